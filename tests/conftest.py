@@ -7,6 +7,7 @@ import csv
 import os
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +22,37 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# A private Airflow home with SQLite for this test session, set before anything imports airflow.
+AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="airflow-test-home-"))
+os.environ.update({
+    "AIRFLOW_HOME": str(AIRFLOW_HOME),
+    "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+    "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}",
+    "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+})
+
+# Measurements that tests report (not assert) at the end of the session: {label: value}.
+REPORTED: dict[str, str] = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if REPORTED:
+        terminalreporter.section("measured (reported, not asserted)")
+        for label, value in REPORTED.items():
+            terminalreporter.write_line(f"{label}: {value}")
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """The session's Airflow metadata DB, migrated once (real Airflow, SQLite)."""
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, env=dict(os.environ),
+                   stdout=subprocess.DEVNULL, timeout=300)
+    return AIRFLOW_HOME
 
 
 def free_port() -> int:

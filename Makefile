@@ -1,0 +1,25 @@
+# The two commands: `make demo` and `make test`. Both set up .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: demo test lint-specs bench clean
+
+$(INSTALLED): requirements.txt requirements-test.txt constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt -c constraints.txt
+	touch $(INSTALLED)
+
+demo: $(INSTALLED)
+	$(PY) scripts/demo.py
+
+test: $(INSTALLED)
+	$(PY) -m pytest tests
+
+lint-specs: $(INSTALLED)
+	$(PY) -m tasks validate-spec include/pipelines/*.yaml
+
+clean:
+	rm -rf .demo

@@ -1,0 +1,129 @@
+"""Pipeline specs: validated on load with errors that name the file and field; one YAML = one pipeline."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+SST2 = ROOT / "include" / "pipelines" / "sst2.yaml"
+
+
+def write(tmp_path: Path, name: str, raw) -> Path:
+    path = tmp_path / name
+    path.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw))
+    return path
+
+
+def sst2_raw() -> dict:
+    return yaml.safe_load(SST2.read_text())
+
+
+def test_shipped_specs_validate():
+    from tasks.spec import load_specs
+
+    specs = load_specs(ROOT / "include" / "pipelines")
+    assert [s.name for _p, s in specs] == ["sst2"]
+    spec = specs[0][1]
+    assert spec.data.labels == ["negative", "positive"]
+    assert spec.landing.uri == spec.storage.uri + "/landing/sst2"
+    assert spec.layout.champion == spec.storage.uri + "/models/sst2/champion.json"
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda r: r["gates"].update(min_acuracy=0.9), "gates.min_acuracy: unknown field"),
+    (lambda r: r["gates"].update(min_accuracy=1.5), "gates.min_accuracy: Input should be less than or equal to 1"),
+    (lambda r: r["train"].update(epochs="many"), "train.epochs: Input should be a valid number"),
+    (lambda r: r.pop("data"), "data: required field is missing"),
+    (lambda r: r["data"].update(labels=["only"]), "data.labels: List should have at least 2 items"),
+    (lambda r: r["data"].update(label_aliases={"0": "neutral"}), "label_aliases map to names not in labels"),
+    (lambda r: r.update(name="SST 2"), "name: String should match pattern"),
+    (lambda r: r["storage"].update(uri="ftp://x"), "storage.uri: Value error, must start with s3:// or file://"),
+    (lambda r: r["stages"].update(mode="cloud"), "stages.mode: Input should be 'local' or 'kubernetes'"),
+    (lambda r: r["stages"]["finetune"].update(gpus=-1), "stages.finetune.gpus"),
+])
+def test_bad_spec_gives_clear_error_naming_file_and_field(tmp_path, mutate, expected):
+    from tasks.spec import SpecError, load_spec
+
+    raw = sst2_raw()
+    mutate(raw)
+    path = write(tmp_path, "bad.yaml", raw)
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert str(path) in str(err.value)
+    assert expected in str(err.value)
+
+
+def test_invalid_yaml_and_missing_env(tmp_path, monkeypatch):
+    from tasks.spec import SpecError, load_spec
+
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(write(tmp_path, "broken.yaml", "name: [unclosed\n"))
+    with pytest.raises(SpecError, match="top level must be a mapping"):
+        load_spec(write(tmp_path, "list.yaml", "- a\n- b\n"))
+    raw = sst2_raw()
+    raw["storage"]["uri"] = "${RETRAIN_TEST_UNSET_VAR}"
+    monkeypatch.delenv("RETRAIN_TEST_UNSET_VAR", raising=False)
+    with pytest.raises(SpecError, match="RETRAIN_TEST_UNSET_VAR is not set"):
+        load_spec(write(tmp_path, "env.yaml", raw))
+
+
+def test_env_and_placeholders(tmp_path, monkeypatch):
+    from tasks.spec import load_spec
+
+    monkeypatch.setenv("RETRAIN_STORAGE_URI", "file:///srv/retrain")
+    spec = load_spec(SST2)
+    assert spec.storage.uri == "file:///srv/retrain"
+    assert spec.golden.source_uri == "file:///srv/retrain/reference/sst2/golden.tsv"
+
+
+def test_overrides_are_validated():
+    from tasks.spec import SpecError, load_spec, with_overrides
+
+    spec = load_spec(SST2)
+    assert with_overrides(spec, {"gates.min_accuracy": 0.9, "gates.min_retention": None}).gates.min_accuracy == 0.9
+    with pytest.raises(SpecError, match="gates.min_accuracy"):
+        with_overrides(spec, {"gates.min_accuracy": 7})
+    with pytest.raises(SpecError, match="no such field"):
+        with_overrides(spec, {"gates.nope": 1})
+
+
+def test_second_yaml_gives_second_pipeline(tmp_path, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    shutil.copy(SST2, tmp_path / "sst2.yaml")
+    raw = sst2_raw()
+    raw.update(name="emotion", description="dair-ai emotion")
+    raw["data"].update(text_column="text", label_column="label_name",
+                       labels=["sadness", "joy", "love", "anger", "fear", "surprise"], label_aliases={})
+    write(tmp_path, "emotion.yaml", raw)
+    monkeypatch.setenv("RETRAIN_PIPELINES_DIR", str(tmp_path))
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert bag.import_errors == {}
+    assert {"ingest_sst2", "retrain_sst2", "ingest_emotion", "retrain_emotion"} <= set(bag.dag_ids)
+
+
+def test_bad_spec_in_pipelines_dir_is_an_import_error_naming_the_field(tmp_path, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    raw = sst2_raw()
+    raw["decide"]["min_new_rows"] = -5
+    write(tmp_path, "sst2.yaml", raw)
+    monkeypatch.setenv("RETRAIN_PIPELINES_DIR", str(tmp_path))
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    (error,) = bag.import_errors.values()
+    assert "decide.min_new_rows" in error and "sst2.yaml" in error
+
+
+def test_validate_spec_cli(tmp_path, capsys):
+    from tasks.validate_spec import main
+
+    assert main([str(SST2)]) == 0
+    raw = sst2_raw()
+    raw["gates"]["bootstrap_resamples"] = 10
+    assert main([str(write(tmp_path, "few.yaml", raw))]) == 1
+    assert "gates.bootstrap_resamples" in capsys.readouterr().err
