@@ -1,0 +1,78 @@
+"""Helpers the model benchmarks and the model-stage tests share: SST-2 rows, a snapshot and a run in storage,
+and running a stage command as a subprocess."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("RETRAIN_DATA_DIR", ROOT.parent / "shared" / "data"))
+SPEC_YAML = ROOT / "include" / "pipelines" / "sst2.yaml"
+
+
+def read_tsv(split: str, min_words: int = 0, limit: int | None = None, offset: int = 0) -> list[tuple[str, int]]:
+    """SST-2 rows (``sentence<TAB>label``); ``min_words`` keeps only rows with at least that many words."""
+    rows: list[tuple[str, int]] = []
+    with open(DATA / "sst2" / f"{split}.tsv", newline="", encoding="utf-8") as fh:
+        for i, row in enumerate(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)):
+            if i < offset or len(row["sentence"].split()) < min_words:
+                continue
+            rows.append((row["sentence"].strip(), int(row["label"])))
+            if limit is not None and len(rows) >= limit:
+                break
+    return rows
+
+
+def holdout_of(text: str, fraction: float = 0.1) -> bool:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
+
+
+def write_snapshot(root_uri: str, pipeline: str, rows: list[tuple[str, int]], holdout_fraction: float = 0.1) -> str:
+    """A snapshot in the format tasks.snapshots reads (one part), with a hash-based holdout split."""
+    import pandas as pd
+
+    from tasks import storage
+    from tasks.snapshots import parquet_bytes
+
+    frame = pd.DataFrame({
+        "text": [t for t, _ in rows],
+        "label": [int(y) for _, y in rows],
+        "split": ["holdout" if holdout_of(t, holdout_fraction) else "train" for t, _ in rows],
+        "batch": "b0001",
+    })
+    base = storage.join(root_uri, "snapshots", pipeline)
+    snapshot_id = hashlib.sha256(parquet_bytes(frame)).hexdigest()[:16]
+    storage.write_bytes(storage.join(base, "parts", f"{snapshot_id}.parquet"), parquet_bytes(frame))
+    snapshot = storage.join(base, snapshot_id)
+    storage.write_json(storage.join(snapshot, "manifest.json"),
+                       {"snapshot_id": snapshot_id, "parts": [f"parts/{snapshot_id}.parquet"], "rows": len(frame)})
+    return snapshot
+
+
+def make_run(root_uri: str, run_key: str, overrides: dict[str, Any] | None = None) -> str:
+    """RUN_URI with a frozen spec.json: the sst2 spec, stored at root_uri, with dotted-path overrides."""
+    from tasks import storage
+    from tasks.spec import dump, load_spec, with_overrides
+
+    os.environ["RETRAIN_STORAGE_URI"] = root_uri
+    spec = with_overrides(load_spec(SPEC_YAML), overrides or {})
+    run = spec.layout.run(run_key)
+    storage.write_json(storage.join(run, "spec.json"), dump(spec))
+    return run
+
+
+def run_stage(args: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "tasks", *args], cwd=ROOT, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def print_json(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj, sort_keys=True), flush=True)

@@ -1,0 +1,417 @@
+"""What the fine-tune and distill stages share: data, TrainingArguments, checkpoint sync/resume, progress, outputs.
+
+Both stages use the HF Trainer (see docs/readme-model.md, "Trainer or our own loop"). This module keeps the two
+stage scripts short: each builds a model and a Trainer, and calls ``train_with_resume`` and ``publish_outputs``.
+
+Checkpoints: the Trainer writes ``checkpoint-N/`` into a local scratch directory; ``CheckpointSync`` copies every
+one to ``<storage>/checkpoints/<pipeline>/<run_key>/<stage>/checkpoint-N/`` and writes ``COMPLETE`` into it last,
+so a checkpoint without ``COMPLETE`` (the process died mid-upload) is never resumed from. On start,
+``restore_checkpoints`` replaces the scratch directory with the complete checkpoints from storage, and the Trainer
+resumes from the newest one: same weights, optimizer, scheduler, RNG state and position in the epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from tasks import storage
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger("tasks.training")
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+COMPLETE_MARKER = "COMPLETE"
+
+
+# ---------------------------------------------------------------- where a stage reads and writes
+
+
+@dataclass(frozen=True)
+class StagePaths:
+    run_uri: str
+    stage: str
+    run_key: str
+    out_uri: str  # RUN/<stage>
+    checkpoint_uri: str  # <storage>/checkpoints/<pipeline>/<run_key>/<stage>
+    scratch: Path  # local working directory for Trainer checkpoints
+
+    @property
+    def model_uri(self) -> str:
+        return storage.join(self.out_uri, "model")
+
+
+def stage_paths(spec, run_uri: str, stage: str) -> StagePaths:
+    run_uri = storage.normalize(run_uri).rstrip("/")
+    run_key = run_uri.rsplit("/", 1)[-1]
+    # A fixed local path per run and stage: the Trainer records the best checkpoint's absolute path in its
+    # state, and a retry (a new pod) must find the restored checkpoint at that same path.
+    scratch_root = Path(os.environ.get("RETRAIN_SCRATCH_DIR") or Path(tempfile.gettempdir()) / "retrain-scratch")
+    return StagePaths(
+        run_uri=run_uri,
+        stage=stage,
+        run_key=run_key,
+        out_uri=storage.join(run_uri, stage),
+        checkpoint_uri=storage.join(spec.layout.checkpoints, run_key, stage),
+        scratch=scratch_root / spec.name / run_key / stage,
+    )
+
+
+# ---------------------------------------------------------------- data
+
+
+def load_splits(snapshot_uri: str, max_train_rows: int | None) -> tuple["pd.DataFrame", "pd.DataFrame"]:
+    """(train, holdout) rows of a snapshot. With a cap, the newest rows win: parts are stored oldest batch first,
+    so the cap keeps the tail of the train split."""
+    from tasks.snapshots import read_snapshot
+
+    frame = read_snapshot(snapshot_uri)
+    train = frame[frame["split"] == "train"]
+    holdout = frame[frame["split"] == "holdout"]
+    if max_train_rows is not None and len(train) > max_train_rows:
+        train = train.iloc[len(train) - max_train_rows:]
+    if train.empty:
+        raise ValueError(f"snapshot {snapshot_uri} has no train rows")
+    if holdout.empty:
+        raise ValueError(f"snapshot {snapshot_uri} has no holdout rows; early stopping needs them")
+    return train.reset_index(drop=True), holdout.reset_index(drop=True)
+
+
+def tokenize(tokenizer, texts: Sequence[str], labels: Sequence[int], max_length: int):
+    """A datasets.Dataset of unpadded token ids; padding happens per batch (DataCollatorWithPadding)."""
+    from datasets import Dataset
+
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length)
+    columns = {key: enc[key] for key in enc.keys()}
+    columns["labels"] = [int(label) for label in labels]
+    return Dataset.from_dict(columns)
+
+
+def compute_metrics(eval_pred) -> dict[str, float]:
+    import numpy as np
+
+    logits, labels = eval_pred.predictions, eval_pred.label_ids
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    preds = np.asarray(logits).argmax(-1)
+    labels = np.asarray(labels)
+    f1s = []
+    for cls in np.unique(np.concatenate([labels, preds])):
+        tp = np.sum((preds == cls) & (labels == cls))
+        denom = np.sum(preds == cls) + np.sum(labels == cls)
+        f1s.append(2 * tp / denom if denom else 0.0)
+    return {"accuracy": float(np.mean(preds == labels)), "macro_f1": float(np.mean(f1s))}
+
+
+# ---------------------------------------------------------------- TrainingArguments
+
+
+def device_features() -> dict[str, Any]:
+    """Speed settings by hardware: bf16 autocast, TF32 matmuls and fused AdamW on a CUDA GPU; plain fp32 on CPU
+    (CPU bf16 autocast is slower than fp32 on CPUs without AMX, and TF32 does not exist there)."""
+    import torch
+
+    if torch.cuda.is_available():
+        bf16 = torch.cuda.is_bf16_supported()
+        major, _ = torch.cuda.get_device_capability()
+        return {"bf16": bf16, "fp16": not bf16, "tf32": major >= 8, "optim": "adamw_torch_fused",
+                "dataloader_num_workers": min(4, os.cpu_count() or 1), "dataloader_pin_memory": True}
+    return {"bf16": False, "fp16": False, "tf32": None, "optim": "adamw_torch",
+            "dataloader_num_workers": 0, "dataloader_pin_memory": False}
+
+
+def training_arguments(output_dir: Path, *, epochs: float, batch_size: int, learning_rate: float,
+                       weight_decay: float, warmup_ratio: float, gradient_accumulation_steps: int,
+                       eval_steps: int, checkpoint_steps: int, seed: int, group_by_length: bool = True,
+                       **overrides: Any):
+    from transformers import TrainingArguments
+
+    # load_best_model_at_end needs checkpoints on evaluation steps.
+    save_steps = eval_steps * max(1, math.ceil(checkpoint_steps / eval_steps))
+    if save_steps != checkpoint_steps:
+        log.warning("checkpoint_steps=%d rounded up to %d, a multiple of eval_steps=%d",
+                    checkpoint_steps, save_steps, eval_steps)
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=max(64, batch_size * 2),
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        warmup_steps=warmup_ratio,  # a float < 1 is a ratio of the total steps in transformers v5
+        lr_scheduler_type="linear",
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        train_sampling_strategy="group_by_length" if group_by_length else "random",
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=2,  # the newest and the best; the Trainer never deletes the best one
+        load_best_model_at_end=True,
+        metric_for_best_model="accuracy",
+        greater_is_better=True,
+        logging_strategy="steps",
+        logging_steps=max(1, min(50, eval_steps // 2)),
+        logging_first_step=True,
+        disable_tqdm=True,  # ProgressLogger prints one line per log step instead
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        ddp_find_unused_parameters=False,
+    )
+    kwargs.update(device_features())
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
+
+
+# ---------------------------------------------------------------- callbacks
+
+
+def _transformers_callback_base():
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class ProgressLogger(_transformers_callback_base()):
+    """One log line per logging step: step/total, loss, samples/s, ETA; and the figures for the result."""
+
+    def __init__(self, stage: str, samples_per_step: int) -> None:
+        self.stage = stage
+        self.samples_per_step = samples_per_step
+        self.start = 0.0
+        self.first_step = 0
+        self.eval_seconds = 0.0
+        self.train_seconds = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
+        self.first_step = state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        if "eval_runtime" in logs:
+            self.eval_seconds += float(logs["eval_runtime"])
+            print(f"[{self.stage}] eval step {state.global_step}: loss {logs.get('eval_loss', float('nan')):.4f} "
+                  f"accuracy {logs.get('eval_accuracy', float('nan')):.4f} ({logs['eval_runtime']:.1f}s)", flush=True)
+            return
+        if "loss" not in logs:
+            return
+        done = state.global_step - self.first_step
+        elapsed = max(1e-9, time.monotonic() - self.start - self.eval_seconds)
+        rate = done * self.samples_per_step / elapsed
+        eta = (state.max_steps - state.global_step) * elapsed / done if done else float("nan")
+        print(f"[{self.stage}] step {state.global_step}/{state.max_steps} epoch {state.epoch or 0:.2f} "
+              f"loss {logs['loss']:.4f} lr {logs.get('learning_rate', 0):.2e} "
+              f"{rate:.1f} samples/s ETA {eta:.0f}s", flush=True)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.train_seconds = time.monotonic() - self.start
+
+    def samples_per_second(self, global_step: int) -> float:
+        """Training throughput of this process: samples / (wall time - evaluation time)."""
+        busy = max(1e-9, self.train_seconds - self.eval_seconds)
+        return (global_step - self.first_step) * self.samples_per_step / busy
+
+
+class CheckpointSync(_transformers_callback_base()):
+    """Copies each Trainer checkpoint to storage (rank 0 only) and drops the ones the Trainer rotated away."""
+
+    def __init__(self, paths: StagePaths) -> None:
+        self.paths = paths
+
+    def on_save(self, args, state, control, **kwargs):
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # every rank has written its RNG state into the checkpoint
+        if not state.is_world_process_zero:
+            return
+        name = f"checkpoint-{state.global_step}"
+        local = Path(args.output_dir) / name
+        remote = storage.join(self.paths.checkpoint_uri, name)
+        t0 = time.monotonic()
+        storage.upload_dir(local, remote)
+        storage.write_json(storage.join(remote, COMPLETE_MARKER), {"step": state.global_step, "at": storage.utcnow()})
+        keep = {p.name for p in Path(args.output_dir).iterdir() if _CHECKPOINT.match(p.name)}
+        for step, uri in remote_checkpoints(self.paths.checkpoint_uri, complete_only=False).items():
+            if f"checkpoint-{step}" not in keep:
+                for obj in storage.list_objects(uri):
+                    storage.delete(obj.uri)
+        print(f"[{self.paths.stage}] checkpoint {name} -> {remote} ({time.monotonic() - t0:.1f}s)", flush=True)
+
+
+def remote_checkpoints(prefix_uri: str, complete_only: bool = True) -> dict[int, str]:
+    """{step: uri} of the checkpoints under a prefix; by default only those whose upload completed."""
+    found: dict[int, set[str]] = {}
+    prefix = prefix_uri.rstrip("/") + "/"
+    for obj in storage.list_objects(prefix_uri):
+        parts = obj.uri[len(prefix):].split("/")
+        match = _CHECKPOINT.match(parts[0])
+        if match and len(parts) > 1:
+            found.setdefault(int(match.group(1)), set()).add(parts[-1])
+    return {step: storage.join(prefix_uri, f"checkpoint-{step}") for step, files in sorted(found.items())
+            if not complete_only or COMPLETE_MARKER in files}
+
+
+def restore_checkpoints(paths: StagePaths) -> str | None:
+    """Make the scratch directory hold exactly the complete checkpoints in storage; the newest one's local path.
+
+    Local leftovers are discarded: a killed process may have left a half-written checkpoint there."""
+    if paths.scratch.exists():
+        shutil.rmtree(paths.scratch)
+    paths.scratch.mkdir(parents=True, exist_ok=True)
+    checkpoints = remote_checkpoints(paths.checkpoint_uri)
+    for step, uri in checkpoints.items():
+        storage.download_dir(uri, paths.scratch / f"checkpoint-{step}")
+    if not checkpoints:
+        return None
+    newest = max(checkpoints)
+    print(f"[{paths.stage}] resuming from {checkpoints[newest]} (step {newest})", flush=True)
+    return str(paths.scratch / f"checkpoint-{newest}")
+
+
+def local_latest_checkpoint(scratch: Path) -> str | None:
+    steps = [int(m.group(1)) for p in scratch.glob("checkpoint-*") if (m := _CHECKPOINT.match(p.name))]
+    return str(scratch / f"checkpoint-{max(steps)}") if steps else None
+
+
+# ---------------------------------------------------------------- training and outputs
+
+
+@dataclass
+class TrainOutcome:
+    global_step: int
+    resumed_from_step: int
+    train_seconds: float
+    samples_per_second: float
+    metrics: dict[str, float]
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def prepare_resume(args, paths: StagePaths) -> str | None:
+    """Restore checkpoints from storage (once per machine, first local rank) and return the one to resume."""
+    with args.main_process_first(local=True, desc="restore checkpoints"):
+        if args.local_process_index == 0:
+            restore_checkpoints(paths)
+    return local_latest_checkpoint(paths.scratch)
+
+
+def train_with_resume(trainer, paths: StagePaths, progress: ProgressLogger) -> TrainOutcome:
+    """Train (resuming from storage if a retry), then evaluate the best model on the holdout split."""
+    resume = prepare_resume(trainer.args, paths)
+    resumed_from = int(_CHECKPOINT.match(Path(resume).name).group(1)) if resume else 0
+    trainer.train(resume_from_checkpoint=resume)
+    metrics = trainer.evaluate()
+    clean = {k.removeprefix("eval_"): float(v) for k, v in metrics.items()
+             if k in ("eval_accuracy", "eval_macro_f1", "eval_loss")}
+    clean["holdout_rows"] = len(trainer.eval_dataset)
+    return TrainOutcome(
+        global_step=trainer.state.global_step,
+        resumed_from_step=resumed_from,
+        train_seconds=round(progress.train_seconds, 2),
+        samples_per_second=round(progress.samples_per_second(trainer.state.global_step), 2),
+        metrics=clean,
+        log_history=list(trainer.state.log_history),
+    )
+
+
+def plot_curve(log_history: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Training loss, holdout loss and holdout accuracy against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
+    evals = [(e["step"], e["eval_loss"], e.get("eval_accuracy")) for e in log_history if "eval_loss" in e]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss", color="tab:blue")
+    if evals:
+        ax.plot([e[0] for e in evals], [e[1] for e in evals], "o-", label="holdout loss", color="tab:orange")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    accs = [(e[0], e[2]) for e in evals if e[2] is not None]
+    if accs:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*accs), "s--", label="holdout accuracy", color="tab:green")
+        ax2.set_ylabel("accuracy")
+        ax2.legend(loc="center right")
+    ax.legend(loc="upper right")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def publish_outputs(trainer, tokenizer, paths: StagePaths, outcome: TrainOutcome, extra_dirs: dict[str, Path] | None = None,
+                    ) -> dict[str, str]:
+    """Rank 0: model (safetensors + config + tokenizer), metrics.json, curve.png and extra folders to storage.
+    Returns {name: uri} of the extra folders."""
+    from tasks.modeling import save_model
+
+    uris: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix=f"{paths.stage}-out-") as tmp:
+        out = Path(tmp)
+        save_model(trainer.model, tokenizer, out / "model")
+        storage.upload_dir(out / "model", paths.model_uri)
+        history = [e for e in outcome.log_history if "loss" in e or "eval_loss" in e]
+        metrics = {"holdout": outcome.metrics, "global_step": outcome.global_step,
+                   "resumed_from_step": outcome.resumed_from_step, "train_seconds": outcome.train_seconds,
+                   "samples_per_second": outcome.samples_per_second, "log_history": history}
+        storage.write_json(storage.join(paths.out_uri, "metrics.json"), metrics)
+        plot_curve(outcome.log_history, out / "curve.png", f"{paths.stage} ({paths.run_key})")
+        storage.upload_file(out / "curve.png", storage.join(paths.out_uri, "curve.png"))
+        for name, folder in (extra_dirs or {}).items():
+            uris[name] = storage.join(paths.out_uri, name)
+            storage.upload_dir(folder, uris[name])
+    return uris
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import transformers
+
+    transformers.logging.set_verbosity_warning()
+    transformers.logging.disable_progress_bar()
+
+
+def make_trainer(trainer_cls, **kwargs):
+    """A Trainer whose log lines come from ProgressLogger only (the default printer dumps raw dicts)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer = trainer_cls(**kwargs)
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return trainer
+
+
+def result_json(outcome: TrainOutcome, paths: StagePaths, train_rows: int, **extra: Any) -> dict[str, Any]:
+    result = {
+        "model_uri": paths.model_uri,
+        "metrics": outcome.metrics,
+        "metrics_uri": storage.join(paths.out_uri, "metrics.json"),
+        "curve_uri": storage.join(paths.out_uri, "curve.png"),
+        "train_rows": train_rows,
+        "global_step": outcome.global_step,
+        "samples_per_second": outcome.samples_per_second,
+        "resumed_from_step": outcome.resumed_from_step,
+        "train_seconds": outcome.train_seconds,
+    }
+    result.update(extra)
+    json.dumps(result)  # fail here, not in emit, if something is not JSON
+    return result
