@@ -128,6 +128,8 @@ class GatesSpec(_Section):
     max_student_latency_ms_p95: float | None = Field(None, gt=0)
     max_student_size_mb: float | None = Field(None, gt=0)
     seed: int = 0
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Two-sided level of the paired bootstrap interval")
+    latency_samples: int = Field(100, ge=5, description="Batch-1 student calls timed for p50/p95 latency")
 
 
 class AlertsSpec(_Section):
@@ -135,6 +137,8 @@ class AlertsSpec(_Section):
     smtp_conn_id: str = "smtp_default"
     slack_conn_id: str | None = "slack_alerts"
     slack_channel: str | None = None
+    from_email: str | None = Field(None, description="Sender; None = the SMTP connection's from_email")
+    airflow_base_url: str | None = Field(None, description="For run links; None = Airflow's [api] base_url")
 
 
 class ScheduleSpec(_Section):

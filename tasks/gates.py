@@ -1,0 +1,220 @@
+"""Promotion gates: pure functions over arrays and metric dicts, no I/O (unit-tested with plain numbers).
+
+Every gate returns a ``Gate``: name, passed, the measured value, the threshold, a one-line reason, and details
+(the numbers behind it: intervals, per-class recalls, p-values). ``evaluate_gates`` applies the whole set from
+``spec.gates`` and says which apply on a first run (no champion): the floors and the student's own budgets;
+the champion comparisons are reported as skipped, stated as such.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+
+@dataclass
+class Gate:
+    name: str
+    passed: bool
+    value: float | None
+    threshold: float | None
+    reason: str
+    skipped: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _r(x: float | None, nd: int = 4) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), nd)
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def paired_bootstrap_diff(candidate_correct: Sequence[bool] | np.ndarray, champion_correct: Sequence[bool] | np.ndarray,
+                          *, resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
+                          chunk: int = 200) -> dict[str, float]:
+    """Paired bootstrap CI of accuracy(candidate) - accuracy(champion) on the same examples.
+
+    Both models are scored on the same resampled indices in each replicate, so the interval reflects the
+    paired difference, not two independent noises. Seeded: the same inputs give the same interval.
+    """
+    cand = np.asarray(candidate_correct, dtype=np.float64)
+    champ = np.asarray(champion_correct, dtype=np.float64)
+    if cand.shape != champ.shape or cand.ndim != 1:
+        raise ValueError(f"paired arrays must have the same 1-d shape, got {cand.shape} and {champ.shape}")
+    n = cand.shape[0]
+    if n == 0:
+        raise ValueError("no examples to bootstrap")
+    if resamples < 1:
+        raise ValueError("resamples must be >= 1")
+    per_example = cand - champ
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(resamples, dtype=np.float64)
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        idx = rng.integers(0, n, size=(size, n))
+        diffs[start:start + size] = per_example[idx].mean(axis=1)
+    alpha = 1.0 - confidence
+    lower, upper = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
+    return {"diff": float(per_example.mean()), "lower": float(lower), "upper": float(upper),
+            "confidence": confidence, "resamples": resamples, "n": n, "seed": seed}
+
+
+def mcnemar_exact(candidate_correct: Sequence[bool] | np.ndarray,
+                  champion_correct: Sequence[bool] | np.ndarray) -> dict[str, float]:
+    """Exact (binomial) McNemar test on the discordant pairs; reported next to the bootstrap interval."""
+    from scipy.stats import binomtest
+
+    cand = np.asarray(candidate_correct, dtype=bool)
+    champ = np.asarray(champion_correct, dtype=bool)
+    b = int(np.sum(cand & ~champ))   # candidate right, champion wrong
+    c = int(np.sum(~cand & champ))   # candidate wrong, champion right
+    p = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
+    return {"candidate_only_correct": b, "champion_only_correct": c, "p_value": p}
+
+
+def per_class_recall(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> list[float | None]:
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    out: list[float | None] = []
+    for k in range(num_classes):
+        mask = y_true == k
+        out.append(float(np.mean(y_pred[mask] == k)) if mask.any() else None)
+    return out
+
+
+# ---------------------------------------------------------------- gates
+
+
+def floor_gate(name: str, value: float, minimum: float) -> Gate:
+    ok = value >= minimum
+    verb = ">=" if ok else "<"
+    return Gate(name, ok, _r(value), minimum, f"{value:.4f} {verb} floor {minimum:.4f}")
+
+
+def non_inferiority_gate(name: str, candidate_correct, champion_correct, *, margin: float, resamples: int,
+                         confidence: float = 0.95, seed: int = 0) -> Gate:
+    """Pass only if the lower bound of the paired-bootstrap CI of (candidate - champion) is >= -margin."""
+    ci = paired_bootstrap_diff(candidate_correct, champion_correct, resamples=resamples, confidence=confidence,
+                               seed=seed)
+    ci.update(mcnemar_exact(candidate_correct, champion_correct))
+    ok = ci["lower"] >= -margin
+    reason = (f"accuracy diff {ci['diff']:+.4f}, {int(confidence * 100)}% CI [{ci['lower']:+.4f}, {ci['upper']:+.4f}]"
+              f" (n={ci['n']}, {resamples} paired resamples); lower bound {'>=' if ok else '<'} -margin {-margin:+.4f}")
+    details = {k: (_r(v, 6) if isinstance(v, float) else v) for k, v in ci.items()}
+    return Gate(name, ok, _r(ci["lower"]), -margin, reason, details=details)
+
+
+def class_recall_gate(name: str, candidate_recall: Sequence[float | None], champion_recall: Sequence[float | None],
+                      labels: Sequence[str], *, max_drop: float) -> Gate:
+    drops: dict[str, float] = {}
+    for label, cand, champ in zip(labels, candidate_recall, champion_recall):
+        if cand is None or champ is None:
+            continue
+        drops[label] = float(champ - cand)
+    if not drops:
+        return Gate(name, True, None, max_drop, "no class present in the golden set for both models", skipped=True)
+    worst = max(drops, key=lambda k: drops[k])
+    ok = drops[worst] <= max_drop + 1e-12
+    reason = (f"largest recall drop {drops[worst]:+.4f} on class {worst!r} "
+              f"({'<=' if ok else '>'} {max_drop:.4f})")
+    details = {"drops": {k: _r(v) for k, v in drops.items()},
+               "candidate_recall": dict(zip(labels, map(_r, candidate_recall))),
+               "champion_recall": dict(zip(labels, map(_r, champion_recall)))}
+    return Gate(name, ok, _r(drops[worst]), max_drop, reason, details=details)
+
+
+def retention_gate(student_accuracy: float, teacher_accuracy: float, *, min_ratio: float) -> Gate:
+    ratio = student_accuracy / teacher_accuracy if teacher_accuracy > 0 else (1.0 if student_accuracy == 0 else math.inf)
+    ok = ratio >= min_ratio
+    return Gate("student_retention", ok, _r(ratio), min_ratio,
+                f"student/teacher accuracy {student_accuracy:.4f}/{teacher_accuracy:.4f} = {ratio:.4f} "
+                f"({'>=' if ok else '<'} {min_ratio:.4f})")
+
+
+def budget_gate(name: str, value: float | None, budget: float | None, unit: str) -> Gate:
+    if budget is None:
+        return Gate(name, True, _r(value, 3), None, f"{value:.3f} {unit}; no budget set", skipped=True)
+    ok = value is not None and value <= budget
+    return Gate(name, ok, _r(value, 3), budget, f"{value:.3f} {unit} ({'<=' if ok else '>'} budget {budget:g} {unit})")
+
+
+def skipped(name: str, reason: str) -> Gate:
+    return Gate(name, True, None, None, reason, skipped=True)
+
+
+# ---------------------------------------------------------------- the full set
+
+
+@dataclass
+class ModelScores:
+    """What the gates need from one model on the golden set."""
+
+    y_pred: np.ndarray
+    accuracy: float
+    macro_f1: float
+
+
+def evaluate_gates(gates_spec: Any, labels: Sequence[str], y_true: Sequence[int], *, teacher: ModelScores,
+                   student: ModelScores, champion_teacher: ModelScores | None = None,
+                   champion_student: ModelScores | None = None, student_latency_ms_p95: float | None = None,
+                   student_size_mb: float | None = None) -> tuple[bool, bool, list[Gate]]:
+    """Apply every gate. Returns (passed, first_run, gates). ``gates_spec`` is ``spec.gates``."""
+    g = gates_spec
+    y_true = np.asarray(y_true)
+    first_run = champion_teacher is None and champion_student is None
+    out: list[Gate] = []
+    for role, scores in (("teacher", teacher), ("student", student)):
+        out.append(floor_gate(f"floor_accuracy_{role}", scores.accuracy, g.min_accuracy))
+        out.append(floor_gate(f"floor_macro_f1_{role}", scores.macro_f1, g.min_macro_f1))
+    confidence = getattr(g, "confidence", 0.95)
+    for role, cand, champ in (("teacher", teacher, champion_teacher), ("student", student, champion_student)):
+        if champ is None:
+            why = "first run: no champion, so only the floors and the student's own budgets apply"
+            out.append(skipped(f"non_inferiority_{role}", why))
+            out.append(skipped(f"class_recall_{role}", why))
+            continue
+        out.append(non_inferiority_gate(f"non_inferiority_{role}", cand.y_pred == y_true, champ.y_pred == y_true,
+                                        margin=g.non_inferiority_margin, resamples=g.bootstrap_resamples,
+                                        confidence=confidence, seed=g.seed))
+        out.append(class_recall_gate(f"class_recall_{role}", per_class_recall(y_true, cand.y_pred, len(labels)),
+                                     per_class_recall(y_true, champ.y_pred, len(labels)), labels,
+                                     max_drop=g.max_class_recall_drop))
+    out.append(retention_gate(student.accuracy, teacher.accuracy, min_ratio=g.min_retention))
+    out.append(budget_gate("student_latency_p95", student_latency_ms_p95, g.max_student_latency_ms_p95, "ms"))
+    out.append(budget_gate("student_size", student_size_mb, g.max_student_size_mb, "MB"))
+    passed = all(gate.passed for gate in out)
+    return passed, first_run, out
+
+
+def render_markdown(pipeline: str, run_uri: str, passed: bool, first_run: bool, gates: Sequence[Gate],
+                    metrics_summary: dict[str, Any]) -> str:
+    lines = [f"# Gate report: {pipeline}", "", f"- run: `{run_uri}`",
+             f"- verdict: **{'PASSED' if passed else 'FAILED'}**"]
+    if first_run:
+        lines.append("- **first run: no champion.** Only the absolute floors (and the student's retention, latency "
+                     "and size budgets) apply; non-inferiority and per-class recall are skipped.")
+    failed = [gt.name for gt in gates if not gt.passed]
+    if failed:
+        lines.append(f"- failed gates: {', '.join(failed)}")
+    lines += ["", "| gate | verdict | value | threshold | reason |", "|---|---|---|---|---|"]
+    for gt in gates:
+        verdict = "skipped" if gt.skipped else ("pass" if gt.passed else "**FAIL**")
+        value = "" if gt.value is None else f"{gt.value:g}"
+        threshold = "" if gt.threshold is None else f"{gt.threshold:g}"
+        lines.append(f"| {gt.name} | {verdict} | {value} | {threshold} | {gt.reason.replace('|', '/')} |")
+    lines += ["", "## Metrics (golden set / holdout)", "", "| model | golden acc | golden macro-F1 | holdout acc | "
+              "holdout macro-F1 |", "|---|---|---|---|---|"]
+    for name, m in metrics_summary.items():
+        if not m:
+            continue
+        cells = [m.get("golden_accuracy"), m.get("golden_macro_f1"), m.get("holdout_accuracy"),
+                 m.get("holdout_macro_f1")]
+        lines.append(f"| {name} | " + " | ".join("" if c is None else f"{c:.4f}" for c in cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,373 @@
+"""The model registry: immutable versions in storage, one champion pointer moved by conditional writes, and an
+append-only audit log. Library (used by publish and the DAG) and CLI:
+
+``python -m tasks registry --spec SPEC list | show V | verify V | rollback [--to V] | rerun V [--execute]``
+
+Layout (``spec.layout``)::
+
+    models/<pipeline>/<version>/teacher/...     the fine-tuned teacher
+    models/<pipeline>/<version>/student/...     the distilled student
+    models/<pipeline>/<version>/reports/...     gate report, metrics, confusion matrices, the run's spec.json
+    models/<pipeline>/<version>/manifest.json   written once (If-None-Match), after every file; sha256 of each
+    models/<pipeline>/champion.json             {version, version_uri, snapshot_id, snapshot_uri, promoted_at, previous}
+    models/<pipeline>/audit/<ts>-<event>-<version>.json   one object per promotion / rollback, never rewritten
+
+Guarantees: a version is promotable only if its manifest exists and every file re-hashes to the manifest's
+sha256 (no missing or extra files); champion.json is written last, with If-Match on the ETag read before the
+decision (If-None-Match on the first promotion), so of two concurrent promotions exactly one wins and the
+other gets ``PromotionRefused``; the pointer is never touched when anything before it fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shlex
+import subprocess
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+from tasks import storage
+from tasks.spec import PipelineSpec, load_spec
+
+MANIFEST = "manifest.json"
+
+
+class RegistryError(RuntimeError):
+    pass
+
+
+class VerificationFailed(RegistryError):
+    """A version's files do not match its manifest; it can never become champion."""
+
+
+class PromotionRefused(RegistryError):
+    """The pointer was not moved: the champion changed (expected another) or a concurrent promotion won."""
+
+
+# ---------------------------------------------------------------- versions
+
+
+def new_version_id(now: datetime | None = None) -> str:
+    """Sorts by time: v20261123-101500-<6 hex>."""
+    now = now or datetime.now(timezone.utc)
+    return f"v{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def version_uri(spec: PipelineSpec, version: str) -> str:
+    return spec.layout.version(version)
+
+
+def read_manifest(spec: PipelineSpec, version: str) -> dict[str, Any]:
+    try:
+        return storage.read_json(storage.join(version_uri(spec, version), MANIFEST))
+    except storage.NotFound:
+        raise RegistryError(f"version {version} has no manifest (unknown or incomplete)") from None
+
+
+def list_versions(spec: PipelineSpec) -> list[str]:
+    """Versions with a manifest (complete ones), oldest first."""
+    prefix = spec.layout.models.rstrip("/") + "/"
+    out = set()
+    for obj in storage.list_objects(prefix):
+        rel = obj.uri[len(prefix):]
+        parts = rel.split("/")
+        if len(parts) == 2 and parts[1] == MANIFEST and parts[0].startswith("v"):
+            out.add(parts[0])
+    return sorted(out)
+
+
+def verify(spec: PipelineSpec, version: str) -> dict[str, Any]:
+    """Re-hash every file of a version against its manifest. ``ok`` only if nothing is missing, extra or changed."""
+    manifest = read_manifest(spec, version)
+    base = version_uri(spec, version).rstrip("/") + "/"
+    expected: dict[str, dict[str, Any]] = manifest.get("files", {})
+    present = {o.uri[len(base):]: o for o in storage.list_objects(base)}
+    present.pop(MANIFEST, None)
+    missing = sorted(set(expected) - set(present))
+    extra = sorted(set(present) - set(expected))
+    mismatched = []
+    for rel in sorted(set(expected) & set(present)):
+        data = storage.read_bytes(base + rel)
+        if len(data) != expected[rel]["size"] or storage.sha256_bytes(data) != expected[rel]["sha256"]:
+            mismatched.append(rel)
+    ok = bool(expected) and not (missing or extra or mismatched)
+    return {"version": version, "ok": ok, "files": len(expected), "missing": missing, "extra": extra,
+            "mismatched": mismatched}
+
+
+def require_verified(spec: PipelineSpec, version: str) -> dict[str, Any]:
+    report = verify(spec, version)
+    if not report["ok"]:
+        raise VerificationFailed(
+            f"version {version} failed verification: missing={report['missing']} extra={report['extra']} "
+            f"mismatched={report['mismatched']}")
+    return report
+
+
+# ---------------------------------------------------------------- champion pointer and audit
+
+
+def read_champion_with_etag(spec: PipelineSpec) -> tuple[dict[str, Any] | None, str | None]:
+    """The champion pointer and its ETag, or (None, None) before the first promotion.
+
+    The ETag belongs to the bytes returned: the object is stat'ed before and after the read, and read again
+    (a bounded number of times) if a concurrent writer changed it in between.
+    """
+    uri = spec.layout.champion
+    for _ in range(5):
+        before = storage.stat(uri)
+        if before is None:
+            return None, None
+        try:
+            data = storage.read_bytes(uri)
+        except storage.NotFound:
+            continue
+        after = storage.stat(uri)
+        if after is not None and after.etag == before.etag:
+            return json.loads(data), before.etag
+    raise RegistryError(f"{uri} keeps changing; try again")
+
+
+def read_champion(spec: PipelineSpec) -> dict[str, Any] | None:
+    return read_champion_with_etag(spec)[0]
+
+
+def _audit(spec: PipelineSpec, event: str, record: dict[str, Any]) -> str:
+    ts = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    uri = storage.join(spec.layout.audit, f"{ts}-{event}-{record.get('version', 'none')}.json")
+    storage.write_json(uri, {"event": event, "at": storage.utcnow(), "actor": _actor(), **record},
+                       if_none_match=True)
+    return uri
+
+
+def _actor() -> str:
+    return os.environ.get("RETRAIN_ACTOR") or os.environ.get("AIRFLOW_CTX_DAG_RUN_ID") or os.environ.get("USER", "unknown")
+
+
+def read_audit(spec: PipelineSpec) -> list[dict[str, Any]]:
+    return [storage.read_json(o.uri) for o in storage.list_objects(spec.layout.audit) if o.uri.endswith(".json")]
+
+
+def _move_pointer(spec: PipelineSpec, pointer: dict[str, Any], etag: str | None) -> str:
+    try:
+        if etag is None:
+            return storage.write_json(spec.layout.champion, pointer, if_none_match=True)
+        return storage.write_json(spec.layout.champion, pointer, if_match=etag)
+    except storage.PreconditionFailed as exc:
+        raise PromotionRefused(f"champion.json changed while promoting {pointer['version']} "
+                               f"(a concurrent promotion or rollback won): {exc}") from exc
+
+
+def promote(spec: PipelineSpec, version: str, *, expected_champion: str | None, event: str = "promote",
+            extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Make ``version`` the champion if the current champion is ``expected_champion`` (None = no champion yet).
+
+    Verifies every file first (VerificationFailed), then writes champion.json conditionally (PromotionRefused
+    when the champion is not the expected one or a concurrent writer won), then appends the audit record.
+    Idempotent: if ``version`` already is the champion, nothing is written again except a missing audit record.
+    """
+    require_verified(spec, version)
+    manifest = read_manifest(spec, version)
+    current, etag = read_champion_with_etag(spec)
+    current_version = current["version"] if current else None
+    if current_version == version:
+        _ensure_audited(spec, event, current)
+        return current
+    if current_version != expected_champion:
+        raise PromotionRefused(
+            f"champion is {current_version or 'none'}, but {version} was gated against "
+            f"{expected_champion or 'none'}; re-evaluate against the current champion")
+    pointer = {
+        "version": version,
+        "version_uri": version_uri(spec, version),
+        "snapshot_id": manifest.get("snapshot_id"),
+        "snapshot_uri": manifest.get("snapshot_uri"),
+        "promoted_at": storage.utcnow(),
+        "previous": current_version,
+    }
+    new_etag = _move_pointer(spec, pointer, etag)
+    _audit(spec, event, {**pointer, "champion_etag": new_etag, **(extra or {})})
+    return pointer
+
+
+def _ensure_audited(spec: PipelineSpec, event: str, pointer: dict[str, Any]) -> None:
+    for record in read_audit(spec):
+        if record.get("version") == pointer["version"] and record.get("promoted_at") == pointer["promoted_at"]:
+            return
+    _audit(spec, event, {**pointer, "note": "audit record completed on retry"})
+
+
+def rollback(spec: PipelineSpec, to: str | None = None) -> dict[str, Any]:
+    """Re-point the champion to ``to`` (default: the current champion's ``previous``). Verified and audited.
+
+    The new pointer's ``previous`` is the target's own parent champion (from its manifest) when rolling back
+    to the default, so repeated rollbacks walk back through history; with an explicit ``--to`` it is the
+    champion being replaced, so the rollback itself can be undone.
+    """
+    current, etag = read_champion_with_etag(spec)
+    if current is None:
+        raise RegistryError("there is no champion to roll back")
+    target = to or current.get("previous")
+    if not target:
+        raise RegistryError(f"champion {current['version']} has no previous version; pass --to VERSION")
+    if target == current["version"]:
+        raise RegistryError(f"{target} already is the champion")
+    require_verified(spec, target)
+    manifest = read_manifest(spec, target)
+    previous = current["version"] if to else manifest.get("parent_champion")
+    pointer = {
+        "version": target,
+        "version_uri": version_uri(spec, target),
+        "snapshot_id": manifest.get("snapshot_id"),
+        "snapshot_uri": manifest.get("snapshot_uri"),
+        "promoted_at": storage.utcnow(),
+        "previous": previous,
+        "rolled_back_from": current["version"],
+    }
+    new_etag = _move_pointer(spec, pointer, etag)
+    _audit(spec, "rollback", {**pointer, "champion_etag": new_etag})
+    return pointer
+
+
+# ---------------------------------------------------------------- rerun
+
+
+def rerun_commands(spec: PipelineSpec, version: str, run_key: str | None = None) -> list[list[str]]:
+    """The stage commands that rebuild a version from its manifest, into a fresh run folder."""
+    manifest = read_manifest(spec, version)
+    run_key = run_key or f"rerun-{version}"
+    run = spec.layout.run(run_key)
+    snapshot = manifest["snapshot_uri"]
+    spec_uri = storage.join(version_uri(spec, version), "reports", "spec.json")
+    teacher = storage.join(run, "finetune", "model")
+    student = storage.join(run, "distill", "model")
+    parent = manifest.get("parent_champion")
+    champion = version_uri(spec, parent) if parent else "none"
+    py = [sys.executable if os.environ.get("RETRAIN_RERUN_PYTHON") == "current" else "python", "-m", "tasks"]
+    evaluate = py + ["evaluate", "--run", run, "--snapshot", snapshot, "--teacher", teacher, "--student", student,
+                     "--champion", champion]
+    if manifest.get("golden_uri"):
+        evaluate += ["--golden", manifest["golden_uri"]]
+    return [
+        py + ["registry", "--spec", spec_uri, "copy-spec", version, "--run", run],
+        py + ["finetune", "--run", run, "--snapshot", snapshot],
+        py + ["distill", "--run", run, "--snapshot", snapshot, "--teacher", teacher],
+        evaluate,
+        py + ["publish", "--run", run, "--snapshot", snapshot, "--teacher", teacher, "--student", student,
+              "--evaluation", storage.join(run, "evaluate", "result.json"), "--expected-champion",
+              parent or "none", "--no-promote"],
+    ]
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _fmt_row(version: str, manifest: dict[str, Any], champion: str | None) -> str:
+    ev = manifest.get("evaluation", {})
+    m = ev.get("metrics", {})
+    t = (m.get("teacher") or {}).get("golden_accuracy")
+    s = (m.get("student") or {}).get("golden_accuracy")
+    verdict = "passed" if ev.get("passed") else f"FAILED {','.join(ev.get('failed_gates', []))}"
+    mark = "*" if version == champion else " "
+    fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
+    return (f"{mark} {version:<27} {manifest.get('created_at', ''):<21} {str(manifest.get('snapshot_id'))[:16]:<17}"
+            f" {fmt(t):>7} {fmt(s):>7}  {verdict}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks registry", description="The model registry.")
+    parser.add_argument("--spec", required=True, help="pipeline YAML file, or a frozen spec.json URI")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="versions with their metrics and gate verdicts (* = champion)")
+    sub.add_parser("champion", help="print champion.json")
+    p = sub.add_parser("show", help="print a version's manifest")
+    p.add_argument("version")
+    p = sub.add_parser("verify", help="re-hash a version against its manifest (exit 1 on any mismatch)")
+    p.add_argument("version")
+    p = sub.add_parser("promote", help="make a verified version the champion (audited)")
+    p.add_argument("version")
+    p.add_argument("--expected-champion", required=True, help="VERSION or none")
+    p = sub.add_parser("rollback", help="re-point the champion to the previous (or --to) version, audited")
+    p.add_argument("--to", default=None)
+    p = sub.add_parser("audit", help="print the audit log")
+    p = sub.add_parser("rerun", help="print (or --execute) the stage commands that rebuild a version")
+    p.add_argument("version")
+    p.add_argument("--run-key", default=None)
+    p.add_argument("--execute", action="store_true")
+    p.add_argument("--timeout", type=int, default=6 * 3600, help="seconds per stage with --execute")
+    p = sub.add_parser("copy-spec", help="copy a version's frozen spec into a run folder (first rerun step)")
+    p.add_argument("version")
+    p.add_argument("--run", required=True)
+    args = parser.parse_args(argv)
+    spec = load_spec(args.spec)
+
+    def out(obj: Any) -> None:
+        print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+    try:
+        if args.command == "list":
+            champion = read_champion(spec)
+            cv = champion["version"] if champion else None
+            rows = [(v, read_manifest(spec, v)) for v in list_versions(spec)]
+            if args.json:
+                out([{"version": v, "champion": v == cv, "created_at": m.get("created_at"),
+                      "snapshot_id": m.get("snapshot_id"), "passed": m.get("evaluation", {}).get("passed"),
+                      "failed_gates": m.get("evaluation", {}).get("failed_gates"),
+                      "metrics": m.get("evaluation", {}).get("metrics")} for v, m in rows])
+            else:
+                print(f"  {'version':<27} {'created_at':<21} {'snapshot':<17} {'teacher':>7} {'student':>7}  gates")
+                for v, m in rows:
+                    print(_fmt_row(v, m, cv))
+            return 0
+        if args.command == "champion":
+            out(read_champion(spec))
+            return 0
+        if args.command == "show":
+            out(read_manifest(spec, args.version))
+            return 0
+        if args.command == "verify":
+            report = verify(spec, args.version)
+            out(report)
+            return 0 if report["ok"] else 1
+        if args.command == "promote":
+            expected = None if args.expected_champion.lower() == "none" else args.expected_champion
+            out(promote(spec, args.version, expected_champion=expected, event="promote-manual"))
+            return 0
+        if args.command == "rollback":
+            out(rollback(spec, args.to))
+            return 0
+        if args.command == "audit":
+            out(read_audit(spec))
+            return 0
+        if args.command == "copy-spec":
+            source = storage.join(version_uri(spec, args.version), "reports", "spec.json")
+            storage.write_bytes(storage.join(args.run, "spec.json"), storage.read_bytes(source))
+            print(storage.join(args.run, "spec.json"))
+            return 0
+        if args.command == "rerun":
+            manifest = read_manifest(spec, args.version)
+            commands = rerun_commands(spec, args.version, args.run_key)
+            env = {"RETRAIN_CODE_VERSION": manifest.get("code_version"), "RETRAIN_TASK_IMAGE": manifest.get("image")}
+            print(f"# rebuild {args.version}: code {env['RETRAIN_CODE_VERSION']}, image {env['RETRAIN_TASK_IMAGE']}")
+            print(f"# run inside that image (or a checkout at that commit); the new version is published with "
+                  f"--no-promote for comparison")
+            for cmd in commands:
+                print(shlex.join(cmd))
+            if not args.execute:
+                return 0
+            for cmd in commands:
+                print(f"+ {shlex.join(cmd)}", flush=True)
+                code = subprocess.run(cmd, timeout=args.timeout).returncode
+                if code != 0:
+                    print(f"rerun stopped: exit {code}", file=sys.stderr)
+                    return code
+            return 0
+    except (RegistryError, storage.NotFound) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 2
