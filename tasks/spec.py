@@ -110,6 +110,8 @@ class DriftSpec(_Section):
     embedding_subsample: int = Field(500, ge=20)
     embedding_permutations: int = Field(200, ge=20)
     prediction_shift_threshold: float = Field(0.15, gt=0)
+    min_rows: int = Field(30, ge=1, description="Fewer new rows than this: checks are skipped, not run")
+    report_top_tokens: bool = Field(True, description="List the most over-represented tokens in the report")
     seed: int = 0
 
 

@@ -1,0 +1,78 @@
+"""Whether the nightly run retrains: a pure function over the ingest and drift results.
+
+Imported by the DAG code, so it imports nothing heavy. Rule (README: Decision rule):
+
+* no champion yet -> train (the first run always trains);
+* forced -> train;
+* the snapshot is the champion's own, or fewer than ``decide.min_new_rows`` new rows -> skip;
+* otherwise train if drift was detected or the new rows reach ``decide.retrain_every_rows``; else skip.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _decide_settings(spec: Any) -> tuple[int, int]:
+    section = spec["decide"] if isinstance(spec, dict) else spec.decide
+    get = section.get if isinstance(section, dict) else lambda key: getattr(section, key)
+    return int(get("min_new_rows")), int(get("retrain_every_rows"))
+
+
+def _drifted_checks(drift: dict[str, Any]) -> list[str]:
+    return sorted(name for name, check in (drift.get("checks") or {}).items() if check.get("drifted"))
+
+
+def decide(spec: Any, ingest_result: dict[str, Any] | None, drift_result: dict[str, Any] | None,
+           champion: dict[str, Any] | None, force: bool = False) -> dict[str, Any]:
+    """``{retrain, reasons[], ...numbers}``; ``reasons`` are sentences for the run summary and alerts."""
+    min_new_rows, every_rows = _decide_settings(spec)
+    ingest_result = ingest_result or {}
+    drift_result = drift_result or {}
+    snapshot_id = ingest_result.get("snapshot_id")
+    champion_snapshot = (champion or {}).get("snapshot_id")
+    # New rows since the champion's snapshot (drift counts them); the ingest's own new_rows is only this batch.
+    new_rows = drift_result.get("new_rows")
+    if new_rows is None:
+        new_rows = 0 if snapshot_id and snapshot_id == champion_snapshot else ingest_result.get("new_rows", 0)
+    new_rows = int(new_rows or 0)
+    drifted = _drifted_checks(drift_result)
+    drift_detected = bool(drift_result.get("drift_detected")) or bool(drifted)
+
+    out: dict[str, Any] = {
+        "retrain": False, "reasons": [], "first_run": champion is None, "forced": bool(force),
+        "new_rows": new_rows, "min_new_rows": min_new_rows, "retrain_every_rows": every_rows,
+        "drift_detected": drift_detected, "drifted_checks": drifted,
+        "snapshot_id": snapshot_id, "champion_snapshot_id": champion_snapshot,
+        "champion_version": (champion or {}).get("version"),
+    }
+    reasons: list[str] = out["reasons"]
+
+    if champion is None:
+        reasons.append("There is no champion model yet, so the first run trains one.")
+        out["retrain"] = True
+        return out
+    if force:
+        reasons.append(f"Retraining was forced by the operator ({new_rows} new rows since the champion's snapshot).")
+        out["retrain"] = True
+        return out
+    if snapshot_id and snapshot_id == champion_snapshot:
+        reasons.append(f"Skipped: no new snapshot since the champion's (snapshot {snapshot_id}).")
+        return out
+    if new_rows < min_new_rows:
+        reasons.append(f"Skipped: only {new_rows} new rows since the champion's snapshot, fewer than the "
+                       f"{min_new_rows} needed (decide.min_new_rows).")
+        return out
+    if drift_detected:
+        summary = drift_result.get("summary") or ""
+        reasons.append(f"Drift detected on {new_rows} new rows ({', '.join(drifted) or 'see drift report'})."
+                       + (f" {summary}" if summary else ""))
+        out["retrain"] = True
+    if new_rows >= every_rows:
+        reasons.append(f"{new_rows} new rows since the champion's snapshot reach decide.retrain_every_rows "
+                       f"({every_rows}).")
+        out["retrain"] = True
+    if not out["retrain"]:
+        reasons.append(f"Skipped: {new_rows} new rows, no drift detected, and fewer than the {every_rows} new rows "
+                       f"that trigger a routine retrain (decide.retrain_every_rows).")
+    return out
