@@ -139,10 +139,13 @@ def retention_gate(student_accuracy: float, teacher_accuracy: float, *, min_rati
 
 
 def budget_gate(name: str, value: float | None, budget: float | None, unit: str) -> Gate:
+    shown = "not measured" if value is None else f"{value:.3f} {unit}"
     if budget is None:
-        return Gate(name, True, _r(value, 3), None, f"{value:.3f} {unit}; no budget set", skipped=True)
-    ok = value is not None and value <= budget
-    return Gate(name, ok, _r(value, 3), budget, f"{value:.3f} {unit} ({'<=' if ok else '>'} budget {budget:g} {unit})")
+        return Gate(name, True, _r(value, 3), None, f"{shown}; no budget set", skipped=True)
+    if value is None:
+        return Gate(name, False, None, budget, f"{shown}, but a budget of {budget:g} {unit} is set")
+    ok = value <= budget
+    return Gate(name, ok, _r(value, 3), budget, f"{shown} ({'<=' if ok else '>'} budget {budget:g} {unit})")
 
 
 def skipped(name: str, reason: str) -> Gate:

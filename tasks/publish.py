@@ -165,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evaluation", required=True, help="the evaluate stage's result.json URI")
     parser.add_argument("--expected-champion", required=True,
                         help="the champion version the candidate was gated against, or none")
-    parser.add_argument("--no-promote", action="store_true", help="publish and verify only (dry run)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--no-promote", action="store_true", help="publish and verify only (dry run)")
+    mode.add_argument("--promote", action="store_true", help="the default; accepted so the DAG can always pass one")
     args = parser.parse_args(argv)
     expected = None if args.expected_champion.lower() in ("none", "") else args.expected_champion
     expected = expected.rstrip("/").rsplit("/", 1)[-1] if expected else None  # a version URI works too

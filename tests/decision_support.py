@@ -80,3 +80,114 @@ def train_tiny(base_dir: Path, rows: list[tuple[str, int]], out_dir: Path, *, ep
             opt.step()
     model.eval()
     return modeling.save_model(model, tokenizer, out_dir)
+
+
+# ---------------------------------------------------------------- real alert receivers on 127.0.0.1
+
+
+class SmtpReceiver:
+    """A real SMTP server (aiosmtpd) on 127.0.0.1 that keeps every message it receives."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        from conftest import free_port
+
+        self.messages: list[dict[str, Any]] = []
+        receiver = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
+                import email
+
+                msg = email.message_from_bytes(envelope.content)
+                parts = [p.get_payload(decode=True).decode(p.get_content_charset() or "utf-8")
+                         for p in msg.walk() if not p.is_multipart() and p.get_content_maintype() == "text"]
+                receiver.messages.append({"from": envelope.mail_from, "to": list(envelope.rcpt_tos),
+                                          "subject": str(email.header.make_header(email.header.decode_header(msg["Subject"]))),
+                                          "body": "\n".join(parts)})
+                return "250 OK"
+
+        self.port = free_port()
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, ready_timeout=10)
+
+    def __enter__(self) -> "SmtpReceiver":
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.controller.stop()
+
+    def conn_json(self, from_email: str = "airflow@example.com") -> str:
+        import json
+
+        return json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": self.port, "login": "", "password": "",
+                           "extra": {"disable_ssl": True, "disable_tls": True, "from_email": from_email,
+                                     "timeout": 10, "retry_limit": 0}})
+
+
+class WebhookReceiver:
+    """A local HTTP server standing in for Slack's incoming webhook: records each POSTed JSON body."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.posts: list[dict[str, Any]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                import json
+
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                receiver.posts.append({"path": self.path, "json": json.loads(body or b"{}")})
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+
+    def __enter__(self) -> "WebhookReceiver":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+    def conn_json(self) -> str:
+        import json
+
+        return json.dumps({"conn_type": "slackwebhook", "password": f"http://127.0.0.1:{self.port}/services/T0/B0/X"})
+
+
+class FakeTI:
+    """The part of a RuntimeTaskInstance the alerts use: ids, tries and xcom_pull over a dict of XComs."""
+
+    def __init__(self, task_id: str, xcoms: dict[tuple[str, str | None], Any], try_number: int = 1,
+                 max_tries: int = 0, dag_id: str = "retrain_sst2", run_id: str = "scheduled__2026-11-23T02:00:00+00:00"):
+        self.task_id, self.try_number, self.max_tries = task_id, try_number, max_tries
+        self.dag_id, self.run_id = dag_id, run_id
+        self._xcoms = xcoms
+
+    def xcom_pull(self, task_ids: str, key: str | None = None):
+        return self._xcoms.get((task_ids, key))
+
+
+def failure_context(ti: FakeTI, exception: BaseException) -> dict[str, Any]:
+    from types import SimpleNamespace
+
+    from airflow.sdk import DAG
+
+    dag_run = SimpleNamespace(dag_id=ti.dag_id, run_id=ti.run_id, conf={})
+    return {"ti": ti, "task_instance": ti, "dag_run": dag_run, "run_id": ti.run_id, "exception": exception,
+            "dag": DAG(dag_id=ti.dag_id, schedule=None), "params": {}}
