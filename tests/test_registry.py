@@ -1,0 +1,238 @@
+"""Registry and publish on real S3 (moto's server over HTTP): promotion moves the pointer and grows the audit log,
+a tampered file blocks promotion, an outage mid-upload leaves the pointer untouched and the retry completes,
+two racing promotions have exactly one winner, rollback and rerun."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from decision_support import make_spec, write_run, write_snapshot
+from tasks import publish, registry, storage
+
+pytestmark = pytest.mark.timeout(80)
+
+
+@pytest.fixture
+def env(s3_env, tiny_model_dir):
+    from conftest import read_sst2
+
+    spec = make_spec(s3_env)
+    snap = write_snapshot(spec, read_sst2("train", limit=20), read_sst2("dev", limit=10))
+    model_uri = storage.join(s3_env, "scratch", "model")
+    storage.upload_dir(tiny_model_dir, model_uri)
+    return spec, snap, model_uri
+
+
+def _evaluated_run(spec, key: str, passed: bool = True) -> str:
+    """A run folder whose evaluate stage already ran (its result written the way evaluate writes it)."""
+    run = write_run(spec, key)
+    out = storage.join(run, "evaluate")
+    storage.write_text(storage.join(out, "gate_report.md"), f"# Gate report {key}\n")
+    storage.write_json(storage.join(out, "result.json"), {
+        "passed": passed, "first_run": True, "gates": [], "failed_gates": [] if passed else ["non_inferiority_teacher"],
+        "metrics": {"teacher": {"golden_accuracy": 0.9}, "student": {"golden_accuracy": 0.88}, "champion": None},
+        "report_uri": storage.join(out, "gate_report.json"), "report_md_uri": storage.join(out, "gate_report.md")})
+    return run
+
+
+def _publish(spec, snap, model_uri, key, expected=None, promote=True, passed=True):
+    run = _evaluated_run(spec, key, passed)
+    return publish.run(run, snap, model_uri, model_uri, storage.join(run, "evaluate", "result.json"), expected,
+                       promote=promote)
+
+
+def test_good_batch_promotes_pointer_moves_audit_grows_verify_passes(env, capsys):
+    spec, snap, model = env
+    first, code = _publish(spec, snap, model, "r1")
+    assert code == 0 and first["promoted"] and first["champion_before"] is None
+    assert registry.read_champion(spec)["version"] == first["version"]
+    second, code = _publish(spec, snap, model, "r2", expected=first["version"])
+    assert code == 0 and second["promoted"], second["reason"]
+    champion, etag = registry.read_champion_with_etag(spec)
+    assert champion["version"] == second["version"] and champion["previous"] == first["version"]
+    assert champion["snapshot_id"] == "snap-0001" and champion["version_uri"] == second["version_uri"]
+    assert etag and second["version"] > first["version"]  # version ids sort by time
+    audit = registry.read_audit(spec)
+    assert [(a["event"], a["version"]) for a in audit] == [("promote", first["version"]), ("promote", second["version"])]
+    assert registry.main(["--spec", storage.join(spec.layout.run("r2"), "spec.json"), "verify", second["version"]]) == 0
+    manifest = registry.read_manifest(spec, second["version"])
+    for key in ("version", "snapshot_id", "parent_champion", "code_version", "image", "parameters", "evaluation", "files"):
+        assert key in manifest
+    assert manifest["parent_champion"] == first["version"]
+    assert {"teacher/model.safetensors", "student/config.json", "reports/gate_report.md", "reports/spec.json"} <= set(manifest["files"])
+    registry.main(["--spec", storage.join(spec.layout.run("r2"), "spec.json"), "list"])
+    listing = capsys.readouterr().out
+    assert f"* {second['version']}" in listing and first["version"] in listing
+
+
+def test_failed_evaluation_and_dry_run_never_promote(env):
+    spec, snap, model = env
+    failed, _ = _publish(spec, snap, model, "r1", passed=False)
+    assert not failed["promoted"] and "non_inferiority_teacher" in failed["reason"]
+    dry, _ = _publish(spec, snap, model, "r2", promote=False)
+    assert not dry["promoted"] and "dry run" in dry["reason"] and dry["verified"]
+    assert registry.read_champion(spec) is None and registry.read_audit(spec) == []
+    assert sorted(registry.list_versions(spec)) == sorted([failed["version"], dry["version"]])
+
+
+def test_stale_expected_champion_is_refused(env):
+    spec, snap, model = env
+    first, _ = _publish(spec, snap, model, "r1")
+    stale, _ = _publish(spec, snap, model, "r2", expected=None)  # gated against "no champion", but there is one now
+    assert not stale["promoted"] and f"champion is {first['version']}" in stale["reason"]
+    assert registry.read_champion(spec)["version"] == first["version"]
+
+
+def test_tampered_file_fails_verify_and_blocks_promotion(env, moto_server):
+    spec, snap, model = env
+    first, _ = _publish(spec, snap, model, "r1")
+    cand, _ = _publish(spec, snap, model, "r2", promote=False)
+    target = storage.join(cand["version_uri"], "student", "model.safetensors")
+    data = bytearray(storage.read_bytes(target))
+    data[len(data) // 2] ^= 0x01  # one byte changed after upload
+    storage.write_bytes(target, bytes(data))
+    report = registry.verify(spec, cand["version"])
+    assert not report["ok"] and report["mismatched"] == ["student/model.safetensors"]
+    spec_file = storage.join(spec.layout.run("r1"), "spec.json")
+    assert registry.main(["--spec", spec_file, "verify", cand["version"]]) == 1
+    with pytest.raises(registry.VerificationFailed):
+        registry.promote(spec, cand["version"], expected_champion=first["version"])
+    assert registry.main(["--spec", spec_file, "rollback", "--to", cand["version"]]) == 2
+    assert registry.read_champion(spec)["version"] == first["version"]
+    assert len(registry.read_audit(spec)) == 1
+
+
+def test_tamper_between_upload_and_verify_fails_publish_without_touching_pointer(env, monkeypatch):
+    spec, snap, model = env
+    real_verify = registry.verify
+
+    def tamper_then_verify(spec_, version):
+        target = storage.join(registry.version_uri(spec_, version), "teacher", "config.json")
+        storage.write_bytes(target, storage.read_bytes(target) + b" ")
+        return real_verify(spec_, version)
+
+    monkeypatch.setattr(registry, "verify", tamper_then_verify)
+    result, code = _publish(spec, snap, model, "r1")
+    assert code == 1 and not result["promoted"] and not result["verified"]
+    assert "verification failed" in result["reason"] and "teacher/config.json" in result["reason"]
+    assert not storage.exists(spec.layout.champion)
+
+
+def test_s3_outage_mid_upload_leaves_pointer_then_retry_completes(env, moto_server, monkeypatch):
+    spec, snap, model = env
+    first, _ = _publish(spec, snap, model, "r1")
+    run = _evaluated_run(spec, "r2")
+    real_write = storage.write_bytes
+    calls = {"n": 0}
+
+    def flaky_write(uri, data, **kw):
+        if "/models/" in uri and "/teacher/" in uri:
+            calls["n"] += 1
+            if calls["n"] == 3:  # a few model files in: the endpoint goes away
+                moto_server.stop()
+        return real_write(uri, data, **kw)
+
+    monkeypatch.setattr(storage, "write_bytes", flaky_write)
+    monkeypatch.setenv("STORAGE_CONNECT_TIMEOUT", "1")
+    storage.reset_clients()
+    try:
+        with pytest.raises(Exception):
+            publish.run(run, snap, model, model, storage.join(run, "evaluate", "result.json"), first["version"])
+    finally:
+        moto_server.start()  # the outage ends (moto keeps its state in-process)
+    storage.reset_clients()
+    monkeypatch.setattr(storage, "write_bytes", real_write)
+    assert calls["n"] == 3
+    assert registry.read_champion(spec)["version"] == first["version"]  # untouched
+    version = storage.read_json(storage.join(run, "publish", "state.json"))["version"]
+    assert version not in registry.list_versions(spec)  # no manifest: incomplete, not listable or promotable
+    # the retried task: same run, same version id, completes and promotes
+    retry, code = publish.run(run, snap, model, model, storage.join(run, "evaluate", "result.json"), first["version"])
+    assert code == 0 and retry["promoted"] and retry["version"] == version
+    assert registry.read_champion(spec)["version"] == version and registry.verify(spec, version)["ok"]
+
+
+def test_two_racing_promotions_exactly_one_wins(env, monkeypatch):
+    spec, snap, model = env
+    a, _ = _publish(spec, snap, model, "ra", promote=False)
+    b, _ = _publish(spec, snap, model, "rb", promote=False)
+    barrier = threading.Barrier(2, timeout=30)
+    real_read = registry.read_champion_with_etag
+
+    def read_then_wait(spec_):
+        out = real_read(spec_)
+        barrier.wait()  # both have read "no champion" before either writes
+        return out
+
+    monkeypatch.setattr(registry, "read_champion_with_etag", read_then_wait)
+    outcomes: dict[str, object] = {}
+
+    def attempt(version):
+        try:
+            outcomes[version] = registry.promote(spec, version, expected_champion=None)
+        except registry.PromotionRefused as exc:
+            outcomes[version] = exc
+
+    threads = [threading.Thread(target=attempt, args=(v,)) for v in (a["version"], b["version"])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    winners = [v for v, o in outcomes.items() if isinstance(o, dict)]
+    losers = [v for v, o in outcomes.items() if isinstance(o, registry.PromotionRefused)]
+    assert len(winners) == 1 and len(losers) == 1, outcomes
+    monkeypatch.setattr(registry, "read_champion_with_etag", real_read)
+    assert registry.read_champion(spec)["version"] == winners[0]
+    assert [r["version"] for r in registry.read_audit(spec)] == winners
+
+    # and with a champion in place (If-Match on its ETag): again exactly one of two wins
+    c, _ = _publish(spec, snap, model, "rc", promote=False)
+    d, _ = _publish(spec, snap, model, "rd", promote=False)
+    barrier.reset()
+    monkeypatch.setattr(registry, "read_champion_with_etag", read_then_wait)
+    outcomes.clear()
+    threads = [threading.Thread(target=lambda v=v: _race(spec, v, winners[0], outcomes)) for v in (c["version"], d["version"])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(type(o).__name__ for o in outcomes.values()) == ["PromotionRefused", "dict"], outcomes
+
+
+def _race(spec, version, expected, outcomes):
+    try:
+        outcomes[version] = registry.promote(spec, version, expected_champion=expected)
+    except registry.PromotionRefused as exc:
+        outcomes[version] = exc
+
+
+def test_rollback_restores_previous_and_rerun_reproduces_commands(env, capsys):
+    spec, snap, model = env
+    first, _ = _publish(spec, snap, model, "r1")
+    second, _ = _publish(spec, snap, model, "r2", expected=first["version"])
+    spec_file = storage.join(spec.layout.run("r1"), "spec.json")
+    assert registry.main(["--spec", spec_file, "rollback"]) == 0
+    champion = registry.read_champion(spec)
+    assert champion["version"] == first["version"] and champion["rolled_back_from"] == second["version"]
+    assert [a["event"] for a in registry.read_audit(spec)] == ["promote", "promote", "rollback"]
+    with pytest.raises(registry.RegistryError):  # first has no earlier champion to fall back to
+        registry.rollback(spec)
+    assert registry.rollback(spec, to=second["version"])["version"] == second["version"]
+
+    capsys.readouterr()
+    assert registry.main(["--spec", spec_file, "rerun", second["version"]]) == 0
+    lines = [l for l in capsys.readouterr().out.splitlines() if not l.startswith("#")]
+    manifest = registry.read_manifest(spec, second["version"])
+    run = spec.layout.run(f"rerun-{second['version']}")
+    assert lines[0].endswith(f"registry --spec {second['version_uri']}/reports/spec.json copy-spec {second['version']} --run {run}")
+    assert lines[1].endswith(f"tasks finetune --run {run} --snapshot {manifest['snapshot_uri']}")
+    assert f"distill --run {run} --snapshot {snap} --teacher {run}/finetune/model" in lines[2]
+    assert f"evaluate --run {run} --snapshot {snap}" in lines[3] and f"--champion {first['version_uri']}" in lines[3]
+    assert "publish" in lines[4] and f"--expected-champion {first['version']}" in lines[4] and "--no-promote" in lines[4]
+    # the first step really reproduces the frozen spec of the version
+    assert registry.main(["--spec", spec_file, "copy-spec", second["version"], "--run", run]) == 0
+    assert storage.read_json(storage.join(run, "spec.json")) == storage.read_json(storage.join(spec.layout.run("r2"), "spec.json"))
+    assert json.loads(json.dumps(manifest["parameters"]))["gates"]["min_retention"] == 0.0
