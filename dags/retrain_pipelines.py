@@ -114,6 +114,7 @@ CHAMPION = "{{ ti.xcom_pull(task_ids='prepare_run')['champion_uri'] }}"
 SNAPSHOT = "{{ ti.xcom_pull(task_ids='ingest')['snapshot_uri'] }}"
 TEACHER = "{{ ti.xcom_pull(task_ids='finetune')['model_uri'] }}"
 STUDENT = "{{ ti.xcom_pull(task_ids='distill')['model_uri'] }}"
+GOLDEN = "{{ ti.xcom_pull(task_ids='ingest')['golden_uri'] }}"
 
 
 def build_ingest_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
@@ -190,7 +191,7 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
         finetune = build_stage(spec, "finetune", ["--run", RUN, "--snapshot", SNAPSHOT])
         distill = build_stage(spec, "distill", ["--run", RUN, "--snapshot", SNAPSHOT, "--teacher", TEACHER])
         evaluate = build_stage(spec, "evaluate", ["--run", RUN, "--snapshot", SNAPSHOT, "--teacher", TEACHER,
-                                                  "--student", STUDENT, "--champion", CHAMPION])
+                                                  "--student", STUDENT, "--champion", CHAMPION, "--golden", GOLDEN])
 
         @task(task_id="gate", retries=0, on_failure_callback=retrain_alerts.gate_failure_notifiers(spec))
         def gate(evaluation: dict) -> dict:
