@@ -1,0 +1,146 @@
+"""Drift calibration: false-alarm rate on same-distribution batches, detection rate on clear shifts.
+
+    python bench/drift_calibration.py [--batches 20] [--batch-size 500] [--reference-rows 5000]
+
+* reference: a random slice of SST-2 train (the "champion's snapshot");
+* null: disjoint random slices of the rest of SST-2 train -> drift must fire in at most 5% of them;
+* emotion: dair-ai emotion tweets fed to the SST-2 pipeline (joy/love/surprise -> positive, else negative);
+* skew: SST-2 slices whose label mix is forced to 90/10 (alternately 90% positive and 90% negative).
+
+Every batch runs all seven checks with the spec's thresholds (include/pipelines/sst2.yaml), as the drift stage
+does. The "champion" is the packaged MiniLM encoder with a fresh, seeded 2-class head: the embedding check is
+real, the prediction check sees an untrained head. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DATA = Path(os.environ.get("RETRAIN_DATA_DIR", ROOT.parent / "shared" / "data"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+POSITIVE_EMOTIONS = {"joy", "love", "surprise"}
+
+
+def read_sst2(path: Path) -> list[tuple[str, int]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [(r["sentence"], int(r["label"])) for r in csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)]
+
+
+def read_emotion(path: Path) -> list[tuple[str, int]]:
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        next(fh)
+        for line in fh:
+            text, _, name = line.rstrip("\n").rpartition(";")
+            rows.append((text, 1 if name in POSITIVE_EMOTIONS else 0))
+    return rows
+
+
+def champion_dir(base: str, out: Path) -> Path:
+    import torch
+
+    from tasks.modeling import load_classifier, load_tokenizer, resolve_base_model, save_model
+
+    torch.manual_seed(0)
+    path = resolve_base_model(base)
+    return save_model(load_classifier(path, ["negative", "positive"]), load_tokenizer(path), out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=20, help="batches per scenario (>= 20)")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--reference-rows", type=int, default=5000)
+    parser.add_argument("--spec", default=str(ROOT / "include" / "pipelines" / "sst2.yaml"))
+    parser.add_argument("--embedding-subsample", type=int, default=None, help="default: the spec's")
+    parser.add_argument("--no-model", action="store_true", help="statistical checks only (fast)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+
+    from tasks.drift import TextSide, TokenCounter, model_checks, model_outputs, statistical_checks
+    from tasks.spec import load_spec
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    os.environ.setdefault("RETRAIN_STORAGE_URI", "file:///tmp/unused")
+    spec = load_spec(args.spec)
+    cfg = spec.drift
+    if args.embedding_subsample:
+        cfg = cfg.model_copy(update={"embedding_subsample": args.embedding_subsample})
+    names = spec.data.labels
+    rng = np.random.default_rng(args.seed)
+    started = time.perf_counter()
+
+    sst2 = read_sst2(DATA / "sst2" / "train.tsv")
+    order = rng.permutation(len(sst2))
+    n, b = args.reference_rows, args.batch_size
+    reference = [sst2[i] for i in order[:n]]
+    pool = order[n:]
+    null_batches = [[sst2[i] for i in pool[k * b:(k + 1) * b]] for k in range(args.batches)]
+    rest = pool[args.batches * b:]  # disjoint from the null batches
+    positives = [i for i in rest if sst2[i][1] == 1]
+    negatives = [i for i in rest if sst2[i][1] == 0]
+    skew_batches = []
+    for k in range(args.batches):
+        major, minor = (positives, negatives) if k % 2 == 0 else (negatives, positives)
+        picks = list(rng.choice(major, int(b * 0.9), replace=False)) + list(rng.choice(minor, b - int(b * 0.9), replace=False))
+        skew_batches.append([sst2[i] for i in picks])
+    emotion = read_emotion(DATA / "emotion" / "train.txt")
+    emo_order = rng.permutation(len(emotion))
+    emotion_batches = [[emotion[i] for i in emo_order[k * b:(k + 1) * b]] for k in range(args.batches)]
+
+    with tempfile.TemporaryDirectory(prefix="drift-calib-") as tmp:
+        model_dir = champion_dir(spec.model.base, Path(tmp) / "teacher")
+        counter = TokenCounter(model_dir)
+        ref_side = TextSide([t for t, _ in reference], np.array([y for _, y in reference]))
+        ref_outputs = None
+        if not args.no_model:
+            # Same reference subsample for every batch, as the stage would draw it for one champion.
+            pick = np.sort(np.random.default_rng(cfg.seed).choice(n, min(n, cfg.embedding_subsample), replace=False))
+            ref_outputs = model_outputs(model_dir, [reference[i][0] for i in pick], max_length=spec.model.max_length)
+
+        def run(batches):
+            flags, per_check = [], {}
+            for batch in batches:
+                cur = TextSide([t for t, _ in batch], np.array([y for _, y in batch]))
+                checks, _ = statistical_checks(cfg, names, counter, ref_side, cur)
+                if ref_outputs is not None:
+                    more, _ = model_checks(cfg, names, model_dir, ref_side.texts, cur.texts,
+                                           max_length=spec.model.max_length, ref_outputs=ref_outputs)
+                    checks.update(more)
+                for name, check in checks.items():
+                    per_check[name] = per_check.get(name, 0) + int(check["drifted"])
+                flags.append(any(c["drifted"] for c in checks.values()))
+            return float(np.mean(flags)), {k: v / len(batches) for k, v in per_check.items()}
+
+        false_alarm, null_checks = run(null_batches)
+        emotion_rate, emotion_checks = run(emotion_batches)
+        skew_rate, skew_checks = run(skew_batches)
+
+    print(json.dumps({
+        "bench": "drift_calibration",
+        "false_alarm_rate": false_alarm, "false_alarm_target": "<= 0.05",
+        "detection_emotion": emotion_rate, "detection_label_skew_90_10": skew_rate, "detection_target": ">= 0.95",
+        "passed": false_alarm <= 0.05 and emotion_rate >= 0.95 and skew_rate >= 0.95,
+        "batches_per_scenario": args.batches, "batch_size": b, "reference_rows": n,
+        "model_checks": not args.no_model, "embedding_subsample": cfg.embedding_subsample,
+        "per_check_flag_rate": {"null": null_checks, "emotion": emotion_checks, "label_skew": skew_checks},
+        "seconds": round(time.perf_counter() - started, 1),
+    }, sort_keys=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The retrain decision: a pure function of the ingest result, the drift result and the champion."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import ROOT
+from data_helpers import make_spec
+from tasks.decide import decide
+
+SPEC = make_spec("file:///tmp/unused", decide={"min_new_rows": 100, "retrain_every_rows": 1000})
+CHAMPION = {"version": "v3", "snapshot_id": "aaaa", "snapshot_uri": "s3://b/snapshots/sst2/aaaa"}
+
+
+def ingest(snapshot_id: str = "bbbb", new_rows: int = 0) -> dict:
+    return {"snapshot_id": snapshot_id, "changed": new_rows > 0, "new_rows": new_rows}
+
+
+def drift(new_rows: int, drifted: tuple[str, ...] = ()) -> dict:
+    checks = {name: {"drifted": name in drifted, "statistic": 1.0, "threshold": 0.5, "verdict": "x"}
+              for name in ("label_psi", "vocab_js", "embedding_mmd")}
+    return {"new_rows": new_rows, "drift_detected": bool(drifted), "checks": checks,
+            "summary": "Drift detected." if drifted else "No drift detected."}
+
+
+def test_first_run_always_trains():
+    out = decide(SPEC, ingest(new_rows=5), {"first_run": True, "new_rows": 5, "checks": {}}, None)
+    assert out["retrain"] is True and out["first_run"] is True
+    assert "no champion" in out["reasons"][0]
+
+
+def test_no_new_snapshot_since_champion_skips():
+    out = decide(SPEC, ingest("aaaa"), drift(0), CHAMPION)
+    assert out["retrain"] is False
+    assert out["reasons"] == ["Skipped: no new snapshot since the champion's (snapshot aaaa)."]
+
+
+def test_too_few_new_rows_skip_even_with_drift():
+    out = decide(SPEC, ingest(new_rows=99), drift(99, ("vocab_js",)), CHAMPION)
+    assert out["retrain"] is False and "only 99 new rows" in out["reasons"][0]
+
+
+def test_drift_with_enough_rows_retrains_and_names_checks():
+    out = decide(SPEC, ingest(), drift(100, ("vocab_js", "embedding_mmd")), CHAMPION)
+    assert out["retrain"] is True and out["drifted_checks"] == ["embedding_mmd", "vocab_js"]
+    assert "embedding_mmd, vocab_js" in out["reasons"][0]
+
+
+def test_enough_new_rows_retrain_without_drift():
+    out = decide(SPEC, ingest(), drift(1000), CHAMPION)
+    assert out["retrain"] is True and "retrain_every_rows (1000)" in out["reasons"][0]
+
+
+def test_no_drift_and_below_routine_size_skips():
+    out = decide(SPEC, ingest(), drift(500), CHAMPION)
+    assert out["retrain"] is False and "no drift detected" in out["reasons"][0]
+    assert out["new_rows"] == 500
+
+
+def test_force_overrides_a_skip():
+    out = decide(SPEC, ingest("aaaa"), drift(0), CHAMPION, force=True)
+    assert out["retrain"] is True and out["forced"] is True and "forced" in out["reasons"][0]
+
+
+def test_accepts_a_plain_dict_spec():
+    out = decide({"decide": {"min_new_rows": 1, "retrain_every_rows": 2}}, ingest(), drift(2), CHAMPION)
+    assert out["retrain"] is True
+
+
+def test_decide_module_imports_nothing_heavy():
+    code = ("import sys, tasks.decide, tasks.spec; "
+            "heavy = [m for m in ('pandas', 'numpy', 'torch', 'transformers') if m in sys.modules]; "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
