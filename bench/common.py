@@ -61,17 +61,36 @@ def make_run(root_uri: str, run_key: str, overrides: dict[str, Any] | None = Non
     from tasks import storage
     from tasks.spec import dump, load_spec, with_overrides
 
+    before = os.environ.get("RETRAIN_STORAGE_URI")
     os.environ["RETRAIN_STORAGE_URI"] = root_uri
-    spec = with_overrides(load_spec(SPEC_YAML), overrides or {})
+    try:
+        spec = with_overrides(load_spec(SPEC_YAML), overrides or {})
+    finally:
+        if before is None:
+            del os.environ["RETRAIN_STORAGE_URI"]
+        else:
+            os.environ["RETRAIN_STORAGE_URI"] = before
     run = spec.layout.run(run_key)
     storage.write_json(storage.join(run, "spec.json"), dump(spec))
     return run
 
 
-def run_stage(args: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_stage(args: list[str], env: dict[str, str] | None = None, timeout: float = 1800,
+              log: Path | None = None) -> subprocess.CompletedProcess:
+    """``python -m tasks ARGS`` as a subprocess; with ``log``, its output also streams to that file."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "tasks", *args], cwd=ROOT, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    if log is None:
+        return subprocess.run([sys.executable, "-m", "tasks", *args], cwd=ROOT, env=full_env, capture_output=True,
+                              text=True, timeout=timeout)
+    with open(log, "w") as fh:
+        proc = subprocess.run([sys.executable, "-m", "tasks", *args], cwd=ROOT, env=full_env, stdout=fh,
+                              stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, Path(log).read_text(), "")
+
+
+def stage_result(stdout: str) -> dict[str, Any]:
+    """The result JSON a stage printed (``RESULT {...}``)."""
+    return json.loads(stdout.split("RESULT ", 1)[1].splitlines()[0])
 
 
 def print_json(obj: dict[str, Any]) -> None:
