@@ -325,14 +325,14 @@ async def deadline_missed(*, pipeline: str, deadline_minutes: int, email: list[s
 
 def deadline_alert(spec: Any):
     """A DeadlineAlert for the retrain DAG: alert when a run is still going ``nightly_deadline_minutes`` after it
-    was queued. Returns None when neither e-mail nor Slack is configured."""
+    was queued. Returns None when neither e-mail nor Slack is configured, or the budget is 0 (off)."""
     from airflow.sdk.definitions.callback import AsyncCallback
     from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
 
     alerts = spec.alerts
-    if not alerts.email and not alerts.slack_conn_id:
-        return None
     minutes = int(spec.schedule.nightly_deadline_minutes)
+    if minutes == 0 or (not alerts.email and not alerts.slack_conn_id):
+        return None
     kwargs = {"pipeline": spec.name, "deadline_minutes": minutes, "email": list(alerts.email),
               "smtp_conn_id": alerts.smtp_conn_id, "from_email": alerts.from_email,
               "slack_conn_id": alerts.slack_conn_id, "base_url": alerts.airflow_base_url}

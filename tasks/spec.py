@@ -147,7 +147,8 @@ class ScheduleSpec(_Section):
     cron: str = "0 2 * * *"
     timezone: str = "UTC"
     ingest_every_minutes: int = Field(15, ge=1)
-    nightly_deadline_minutes: int = Field(180, ge=1)
+    nightly_deadline_minutes: int = Field(
+        180, ge=0, description="Alert if a retrain run is still going this long after it was queued; 0 = no alert")
 
 
 class KubernetesSpec(_Section):
