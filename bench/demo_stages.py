@@ -77,6 +77,7 @@ def main() -> None:
         out["distill"] = {k: student[k] for k in ("metrics", "global_step", "samples_per_second", "train_seconds")}
         out["student_dev_accuracy"] = round(dev_accuracy(student["model_uri"], spec.model.max_length), 4)
         out["retention"] = round(out["student_dev_accuracy"] / out["teacher_dev_accuracy"], 4)
+        out["models"] = {"teacher": teacher["model_uri"], "student": student["model_uri"], **student["exports"]}
     print_json(out)
 
 

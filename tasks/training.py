@@ -169,6 +169,7 @@ def training_arguments(output_dir: Path, *, epochs: float, batch_size: int, lear
         seed=seed,
         data_seed=seed,
         ddp_find_unused_parameters=False,
+        restore_callback_states_from_checkpoint=True,  # the early-stopping patience counter survives a retry
     )
     kwargs.update(device_features())
     kwargs.update(overrides)

@@ -1,0 +1,106 @@
+"""Teacher vs student (and its int8 / ONNX exports) on the golden set, CPU inference: throughput at batch 32,
+p95 latency at batch 1, accuracy, retention (student accuracy / teacher accuracy). Prints one JSON line.
+
+The models come from one run of the real stages (bench/demo_stages.py prints their URIs), so teacher and
+student were trained on the same rows within the same budget:
+
+    python bench/demo_stages.py --rows 4000 --min-words 10 > /tmp/demo.json
+    python bench/distill_speed.py --from /tmp/demo.json
+    python bench/distill_speed.py --teacher DIR --student DIR [--int8 DIR] [--onnx DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import print_json, read_tsv  # noqa: E402
+
+
+def torch_predictor(model, tokenizer, max_length: int) -> Callable[[Sequence[str]], "object"]:
+    import torch
+
+    def predict(texts):
+        enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        with torch.inference_mode():
+            return model(**enc).logits.numpy()
+
+    return predict
+
+
+def measure(predict, texts: list[str], labels: list[int], latency_rows: int) -> dict:
+    import numpy as np
+
+    predict(texts[:32])  # warm-up
+    t0 = time.perf_counter()
+    preds = []
+    for start in range(0, len(texts), 32):  # batch 32, dev order, padded per batch
+        preds.append(predict(texts[start:start + 32]).argmax(-1))
+    seconds = time.perf_counter() - t0
+    latencies = []
+    for text in texts[:latency_rows]:
+        t1 = time.perf_counter()
+        predict([text])
+        latencies.append((time.perf_counter() - t1) * 1000)
+    accuracy = float(np.mean(np.concatenate(preds) == np.array(labels)))
+    return {"throughput_b32": round(len(texts) / seconds, 1),
+            "p95_ms_b1": round(float(np.percentile(latencies, 95)), 2),
+            "median_ms_b1": round(statistics.median(latencies), 2), "accuracy": round(accuracy, 4)}
+
+
+def size_mb(path: Path) -> float:
+    return round(sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file() and p.suffix in
+                     (".safetensors", ".pt", ".onnx")) / 1e6, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--from", dest="from_json", help="the JSON line bench/demo_stages.py printed")
+    parser.add_argument("--teacher")
+    parser.add_argument("--student")
+    parser.add_argument("--int8")
+    parser.add_argument("--onnx")
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--latency-rows", type=int, default=200)
+    args = parser.parse_args()
+    dirs = {"teacher": args.teacher, "student": args.student, "int8": args.int8, "onnx": args.onnx}
+    if args.from_json:
+        demo = json.loads(Path(args.from_json).read_text().strip().splitlines()[-1])
+        dirs.update({k: v for k, v in demo["models"].items() if v})
+
+    import torch
+
+    from tasks import export, storage
+    from tasks.modeling import load_classifier, load_tokenizer
+
+    dev = read_tsv("dev")
+    texts, labels = [t for t, _ in dev], [y for _, y in dev]
+    out: dict = {"bench": "distill_speed", "rows": len(dev), "torch_threads": torch.get_num_threads()}
+    for name in ("teacher", "student", "int8", "onnx"):
+        if not dirs.get(name):
+            continue
+        path = storage.local_path(storage.normalize(dirs[name]))
+        if name == "onnx":
+            predict = export.OnnxClassifier(path, threads=torch.get_num_threads()).logits
+        else:
+            model = export.load_int8(path) if name == "int8" else load_classifier(path).eval()
+            predict = torch_predictor(model, load_tokenizer(path), args.max_length)
+        out[name] = {**measure(predict, texts, labels, args.latency_rows), "size_mb": size_mb(path)}
+        print(f"{name}: {out[name]}", file=sys.stderr, flush=True)
+    teacher = out.get("teacher")
+    for name in ("student", "int8", "onnx"):
+        if teacher and name in out:
+            out[name]["speedup_vs_teacher"] = round(out[name]["throughput_b32"] / teacher["throughput_b32"], 2)
+            out[name]["retention"] = round(out[name]["accuracy"] / teacher["accuracy"], 4)
+    print_json(out)
+
+
+if __name__ == "__main__":
+    main()
