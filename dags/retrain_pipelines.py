@@ -48,9 +48,10 @@ def snapshot_asset(spec: PipelineSpec) -> Asset:
     return Asset(name=f"{spec.name}_snapshots", uri=spec.layout.snapshots, group="retrain")
 
 
-def run_key(run_id: str) -> str:
-    """A storage-safe key for a DAG run id (``manual__2026-11-23T10:00:00+00:00`` → ``manual__2026-11-23T10-00-00-00-00``)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", run_id).strip("-")
+def run_key(kind: str, run_id: str) -> str:
+    """A storage-safe, per-DAG key for a run: ``retrain``, ``manual__2026-11-23T10:00:00+00:00`` →
+    ``retrain-manual__2026-11-23T10-00-00-00-00`` (ingest and retrain runs can share a run id)."""
+    return f"{kind}-" + re.sub(r"[^A-Za-z0-9._-]+", "-", run_id).strip("-")
 
 
 def trigger_params() -> dict[str, Param]:
@@ -77,7 +78,7 @@ def default_args(spec: PipelineSpec) -> dict:
     }
 
 
-def make_prepare_run(spec_path: Path, spec: PipelineSpec):
+def make_prepare_run(spec_path: Path, kind: str):
     @task(task_id="prepare_run")
     def prepare_run(params: dict | None = None, dag_run=None) -> dict:
         """Freeze the run's effective spec (the file plus form overrides) into storage for every stage."""
@@ -89,7 +90,7 @@ def make_prepare_run(spec_path: Path, spec: PipelineSpec):
         params = params or {}
         overrides = {path: params.get(name) for name, (path, *_rest) in GATE_OVERRIDES.items()}
         effective = with_overrides(spec, overrides)
-        key = run_key(dag_run.run_id)
+        key = run_key(kind, dag_run.run_id)
         run_uri = effective.layout.run(key)
         storage.write_json(storage.join(run_uri, "spec.json"), dump(effective))
         champion = storage.read_json(effective.layout.champion) if storage.exists(effective.layout.champion) else None
@@ -130,7 +131,7 @@ def build_ingest_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
         tags=["retrain", "ingest", spec.name, *spec.tags],
         doc_md=__doc__,
     ) as dag:
-        prepare = make_prepare_run(spec_path, spec)()
+        prepare = make_prepare_run(spec_path, "ingest")()
         ingest = build_stage(spec, "ingest", ["--run", RUN])
 
         @task(task_id="announce_snapshot", outlets=[asset], retries=0)
@@ -168,7 +169,7 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
         doc_md=__doc__,
         deadline=retrain_alerts.deadline_alert(spec),
     ) as dag:
-        prepare = make_prepare_run(spec_path, spec)()
+        prepare = make_prepare_run(spec_path, "retrain")()
         ingest = build_stage(spec, "ingest", ["--run", RUN])
         drift = build_stage(spec, "drift", ["--run", RUN, "--snapshot", SNAPSHOT, "--champion", CHAMPION])
 

@@ -107,3 +107,15 @@ def test_dag_file_parse_time_and_no_heavy_imports():
             result = json.loads(out.stdout.strip().splitlines()[-1])
             REPORTED[f"DAG parse time {path.name} ({mode} mode)"] = f"{result['seconds']:.2f} s"
             assert result["heavy"] == [], f"{path.name} imports heavy modules at parse time: {result['heavy']}"
+
+
+def test_run_keys_are_storage_safe_and_distinct_per_dag():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("retrain_pipelines_probe", ROOT / "dags" / "retrain_pipelines.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    run_id = "scheduled__2026-11-23T02:00:00+00:00"
+    ingest, retrain = module.run_key("ingest", run_id), module.run_key("retrain", run_id)
+    assert ingest != retrain
+    assert retrain == "retrain-scheduled__2026-11-23T02-00-00-00-00"
