@@ -162,7 +162,8 @@ class LiveAirflow:
 
     def __init__(self, home: Path, dags_folder: Path, *, plugins_folder: Path | None = None,
                  env: dict[str, str] | None = None, components: Iterable[str] = COMPONENTS,
-                 python_path: Iterable[Path] = (), username: str = "admin") -> None:
+                 python_path: Iterable[Path] = (), username: str = "admin",
+                 drop_env_prefixes: Iterable[str] = ()) -> None:
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
@@ -182,7 +183,10 @@ class LiveAirflow:
         passwords.write_text(json.dumps({username: self.password}) + "\n")
         passwords.chmod(0o600)
 
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
+        # The caller's AIRFLOW__* settings never leak in; drop_env_prefixes removes more (e.g. "AWS_", so that
+        # credentials can only come from an Airflow connection).
+        dropped = ("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_", *drop_env_prefixes)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
         self.env.update({
             TAG_VAR: self.tag,
             "AIRFLOW_HOME": str(self.home),
@@ -328,7 +332,7 @@ class LiveAirflow:
                 continue
         return out
 
-    def stop(self, grace: float = 15) -> None:
+    def stop(self, grace: float = 8) -> None:
         import psutil
 
         for client in self._clients:

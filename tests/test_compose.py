@@ -278,7 +278,8 @@ def test_spec_environment_variables_are_provided(config):
         for name, default in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}", spec_file.read_text()):
             if not default:
                 assert env.get(name), f"{spec_file.name} needs {name}"
-    for name in ("RETRAIN_STORAGE_URI", "RETRAIN_STAGE_MODE", "RETRAIN_TASK_IMAGE", "RETRAIN_ALERT_EMAIL"):
+    for name in ("RETRAIN_STORAGE_URI", "RETRAIN_STAGE_MODE", "RETRAIN_TASK_IMAGE", "RETRAIN_ALERT_EMAIL",
+                 "RETRAIN_ALERT_FROM", "AIRFLOW_BASE_URL"):
         assert env.get(name), name
     assert env["RETRAIN_STAGE_MODE"] in ("local", "kubernetes")
 
