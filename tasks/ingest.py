@@ -487,6 +487,11 @@ def run_ingest(spec: PipelineSpec, run_uri: str | None = None) -> dict[str, Any]
             raise IngestError(f"no data yet: no files in {layout.landing} and no snapshot in {layout.snapshots}")
         return _finish(run_uri, _unchanged(latest, base, files_ingested=[], reason="no new landing files"))
 
+    if latest:
+        recovered = _recover_unrecorded_batch(spec, latest, files, base)
+        if recovered:
+            return _finish(run_uri, recovered)
+
     parent_id = latest["snapshot_id"] if latest else None
     batch_id = hashlib.sha256(json.dumps(
         [parent_id, sorted(f.identity for f in files)], default=str).encode()).hexdigest()[:16]
@@ -613,6 +618,27 @@ def run_ingest(spec: PipelineSpec, run_uri: str | None = None) -> dict[str, Any]
     }
     log.info("snapshot %s: %d rows (%d new) from %d file(s)", snapshot_id, len(full), len(new), len(files))
     return _finish(run_uri, result)
+
+
+def _recover_unrecorded_batch(spec: PipelineSpec, latest: dict[str, Any], files: list[FileId],
+                              base: dict[str, Any]) -> dict[str, Any] | None:
+    """A run that moved latest.json but died before recording its batch: record it now and report the snapshot
+    as new (its Asset event was never sent), instead of re-reading the files as duplicates."""
+    manifest = snapshots.read_manifest(latest["snapshot_uri"])
+    batch = manifest.get("batch") or {}
+    committed = {(f["key"], f["etag"], int(f["size"])) for f in batch.get("files", [])}
+    if not committed or committed != {f.identity for f in files}:
+        return None
+    stats = {k: batch.get(k) for k in ("rows_read", "quarantined_rows", "quarantine_reasons", "quarantine_uri",
+                                       "duplicates_removed", "contaminated_removed")}
+    stats.update(batch_id=batch["batch_id"], files_ingested=[f.key for f in files][:200], files_count=len(files))
+    _record_batch(spec, batch["batch_id"], batch["files"], manifest["snapshot_id"], stats)
+    log.info("recorded batch %s of snapshot %s (its run stopped before recording it)", batch["batch_id"],
+             manifest["snapshot_id"])
+    extra = {"snapshot_id": manifest["snapshot_id"], "snapshot_uri": latest["snapshot_uri"],
+             "total_rows": manifest["rows"], "new_rows": manifest["new_rows"]}
+    return {**base, **stats, **extra, "changed": True, "parent_snapshot_id": manifest.get("parent"),
+            "label_counts": manifest["label_counts"], "recovered": True, "asset_extra": extra}
 
 
 def _unchanged(latest: dict[str, Any], base: dict[str, Any], *, reason: str, **extra: Any) -> dict[str, Any]:

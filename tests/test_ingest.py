@@ -237,3 +237,29 @@ def test_cli_writes_result_and_xcom(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tasks", "ingest", "--run", run_uri], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "batch rejected" in proc.stderr
+
+
+@pytest.mark.parametrize("dies_before", ["latest.json", "batch record"])
+def test_a_run_that_dies_midway_is_completed_by_the_next(dies_before, tmp_path, monkeypatch):
+    spec = make_spec("file://" + str(tmp_path / "s"))
+    put_golden(spec)
+    land(spec, "a.tsv", tsv_bytes(read_sst2("train", limit=80)))
+    real_write = storage.write_bytes
+    target = "latest.json" if dies_before == "latest.json" else "/batches/"
+
+    def crash(uri, data, **kwargs):
+        if target in uri:
+            raise ConnectionError("storage went away")
+        return real_write(uri, data, **kwargs)
+
+    monkeypatch.setattr(storage, "write_bytes", crash)
+    with pytest.raises(ConnectionError):
+        run_ingest(spec)
+    monkeypatch.setattr(storage, "write_bytes", real_write)
+
+    result = run_ingest(spec)
+    assert result["changed"] is True and result["new_rows"] == result["total_rows"] == 80
+    assert result["snapshot_id"] == storage.read_json(storage.join(spec.layout.snapshots, "latest.json"))["snapshot_id"]
+    manifests = [o for o in storage.list_objects(spec.layout.snapshots) if o.uri.endswith("manifest.json")]
+    assert len(manifests) == 1
+    assert run_ingest(spec)["changed"] is False  # and now the file counts as processed
