@@ -594,6 +594,7 @@ def run_ingest(spec: PipelineSpec, run_uri: str | None = None) -> dict[str, Any]
                                           "contaminated_removed", "quarantine_uri")}},
         "sources": sorted({*parent_manifest.get("sources", []), *(f.key for f in files)}),
         "golden_id": golden["golden_id"],
+        "golden_uri": golden["golden_uri"],
         "created_at": storage.utcnow(),
     }
     _create(snapshots.manifest_uri(snapshot_uri), _json_bytes(manifest))

@@ -54,6 +54,7 @@ def test_ingest_snapshot_then_idempotent_reingest(root):
     assert not set(frame["text"]) & {normalize_text(t) for t, _ in golden}
     manifest = snapshots.read_manifest(first["snapshot_uri"])
     assert manifest["rows"] == 150 and manifest["sources"] == ["day1/a.tsv"]
+    assert manifest["golden_uri"] == first["golden_uri"] and manifest["golden_id"] == first["golden_id"]
     assert sum(manifest["label_counts"].values()) == 150 and manifest["content_hash"].startswith(first["snapshot_id"])
     assert snapshots.read_golden(first["golden_uri"])["text"].tolist()[0] == normalize_text(golden[0][0])
     stored = storage.read_json(storage.join(run_folder(spec), "ingest", "result.json"))
