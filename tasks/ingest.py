@@ -607,6 +607,10 @@ def run_ingest(spec: PipelineSpec, run_uri: str | None = None) -> dict[str, Any]
         else:
             storage.write_json(latest_uri, pointer, if_match=latest_etag)
     except storage.PreconditionFailed:
+        now, _ = read_latest(spec)
+        if now and now["snapshot_id"] == snapshot_id:  # a concurrent ingest committed these same files first
+            return _finish(run_uri, {**_unchanged(now, base, reason="a concurrent ingest committed this snapshot"),
+                                     **stats})
         raise IngestError(f"another ingest moved {latest_uri} while this one ran; rerun to pick up its snapshot") from None
     _record_batch(spec, batch_id, file_records, snapshot_id, stats)
     result = {

@@ -264,3 +264,36 @@ def test_a_run_that_dies_midway_is_completed_by_the_next(dies_before, tmp_path, 
     manifests = [o for o in storage.list_objects(spec.layout.snapshots) if o.uri.endswith("manifest.json")]
     assert len(manifests) == 1
     assert run_ingest(spec)["changed"] is False  # and now the file counts as processed
+
+
+class StaleFirstRead:
+    """read_latest that returns what a concurrent run saw before the other run moved the pointer, then the truth."""
+
+    def __init__(self, stale):
+        self.stale, self.calls, self.real = stale, 0, ingest.read_latest
+
+    def __call__(self, spec):
+        self.calls += 1
+        return self.stale if self.calls == 1 else self.real(spec)
+
+
+def test_concurrent_ingests_cannot_both_move_latest(tmp_path, monkeypatch):
+    spec = make_spec("file://" + str(tmp_path / "s"))
+    put_golden(spec)
+    land(spec, "a.tsv", tsv_bytes(read_sst2("train", limit=50)))
+    base = run_ingest(spec)
+    land(spec, "b.tsv", tsv_bytes(read_sst2("train", limit=50, offset=50)))
+    seen = ingest.read_latest(spec)  # both runs read the same latest.json and the same unprocessed files
+    other = run_ingest(spec)  # the other run commits first
+    a = next(o for o in storage.list_objects(spec.layout.landing) if o.uri.endswith("/a.tsv"))
+    monkeypatch.setattr(ingest, "processed_files", lambda s: {("a.tsv", a.etag, a.size)})
+    monkeypatch.setattr(ingest, "read_latest", StaleFirstRead(seen))
+    same = run_ingest(spec)  # same files on the same parent: the same snapshot, so this run ends unchanged
+    assert same["changed"] is False and same["snapshot_id"] == other["snapshot_id"] != base["snapshot_id"]
+
+    # Different data committed in between is an error that names the pointer; the pointer stays where it is.
+    land(spec, "c.tsv", tsv_bytes(read_sst2("train", limit=50, offset=100)))
+    monkeypatch.setattr(ingest, "read_latest", StaleFirstRead(seen))
+    with pytest.raises(IngestError, match="another ingest moved .*latest.json"):
+        run_ingest(spec)
+    assert storage.read_json(storage.join(spec.layout.snapshots, "latest.json"))["snapshot_id"] == other["snapshot_id"]
