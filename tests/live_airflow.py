@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -163,12 +164,15 @@ class LiveAirflow:
     def __init__(self, home: Path, dags_folder: Path, *, plugins_folder: Path | None = None,
                  env: dict[str, str] | None = None, components: Iterable[str] = COMPONENTS,
                  python_path: Iterable[Path] = (), username: str = "admin",
-                 drop_env_prefixes: Iterable[str] = ()) -> None:
+                 drop_env_prefixes: Iterable[str] = (), max_lifetime: float = 1800) -> None:
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.components = tuple(components)
+        # A hard cap on every component's life, enforced by coreutils `timeout` around it, so that even a
+        # SIGKILLed test run (where no teardown can run) leaves nothing behind for long.
+        self.max_lifetime = max_lifetime
         self.username = username
         self.password = secrets.token_urlsafe(12)
         self.tag = uuid.uuid4().hex
@@ -256,10 +260,14 @@ class LiveAirflow:
             }[name]
             fh = open(self.home / f"{name}.log", "wb")
             self._logs[name] = fh
-            self.procs[name] = subprocess.Popen([self.airflow, *args], env=self.env, stdout=fh,
+            self.procs[name] = subprocess.Popen([*self._bounded(), self.airflow, *args], env=self.env, stdout=fh,
                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                 start_new_session=True, cwd=self.home)
         return self
+
+    def _bounded(self) -> list[str]:
+        timeout = shutil.which("timeout")
+        return [timeout, "--kill-after=10", f"{int(self.max_lifetime)}s"] if timeout else []
 
     def _check_alive(self) -> None:
         for name, proc in self.procs.items():
