@@ -71,10 +71,6 @@ def normalize_text(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).split())
 
 
-def text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def split_of(text: str, holdout_fraction: float) -> str:
     """train | holdout from a hash of the normalized text: a row never changes split between versions."""
     bucket = int.from_bytes(hashlib.sha256(b"split:" + text.encode("utf-8")).digest()[:8], "big") / 2**64
@@ -155,10 +151,10 @@ def _decode(data: bytes) -> str:
 
 def _read_delimited(data: bytes, fmt: str, text_col: str, label_col: str) -> list[RawRow]:
     text = _decode(data)
-    if fmt == "tsv":  # TSV has no quoting (SST-2 sentences hold bare quotes)
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
-    else:
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter=",")
+    delimiter = "\t" if fmt == "tsv" else ","
+    # TSV has no quoting (SST-2 sentences hold bare quotes); CSV follows RFC 4180.
+    quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
     csv.field_size_limit(_CSV_FIELD_LIMIT)
     try:
         header = next(reader, None)
@@ -174,7 +170,7 @@ def _read_delimited(data: bytes, fmt: str, text_col: str, label_col: str) -> lis
             line = reader.line_num
             if not fields or fields == [""]:
                 continue  # blank line
-            raw = (fmt == "tsv" and "\t" or ",").join(fields)
+            raw = delimiter.join(fields)
             if len(fields) != len(header):
                 rows.append(RawRow(line, None, None, MALFORMED,
                                    f"expected {len(header)} fields, got {len(fields)}", _printable(raw)))
@@ -500,7 +496,7 @@ def run_ingest(spec: PipelineSpec, run_uri: str | None = None) -> dict[str, Any]
     good: list[Good] = []
     bad: list[Bad] = []
     whole_files: list[tuple[FileId, bytes, str, str]] = []  # (file, bytes, reason, detail)
-    total_rows = 0
+    total_rows = whole_file_rows = 0
     for f in files:
         data = storage.read_bytes(storage.join(layout.landing, f.key))
         fmt = file_format(f.key)
@@ -513,6 +509,7 @@ def run_ingest(spec: PipelineSpec, run_uri: str | None = None) -> dict[str, Any]
             # A whole bad file weighs as many rows as it has lines, so one garbage file cannot hide in a batch.
             weight = max(1, data.count(b"\n"))
             total_rows += weight
+            whole_file_rows += weight
             whole_files.append((f, data, reason, str(exc)))
             bad.append(Bad(f.key, None, reason, f"{exc} (whole file quarantined, ~{weight} lines)"))
             continue
@@ -525,8 +522,7 @@ def run_ingest(spec: PipelineSpec, run_uri: str | None = None) -> dict[str, Any]
     known = dict(zip(parent["text"], parent["label"].astype(int))) if parent is not None else {}
     kept, conflicts, duplicates = resolve_conflicts(good, known, spec.data.labels)
     bad.extend(conflicts)
-    bad_rows = sum(1 for b in bad if b.line is not None) + sum(
-        max(1, d.count(b"\n")) for _, d, _, _ in whole_files)
+    bad_rows = sum(1 for b in bad if b.line is not None) + whole_file_rows
 
     reasons = Counter(b.reason for b in bad)
     if total_rows and bad_rows / total_rows > spec.data.max_bad_fraction:
