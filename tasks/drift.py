@@ -441,7 +441,10 @@ def run_drift(spec: PipelineSpec, run_uri: str, snapshot_uri: str, champion_uri:
         return results.emit(result, out_uri)
 
     champion = storage.read_json(storage.join(champion_uri, "manifest.json"))
-    reference_uri = champion["snapshot_uri"]
+    reference_uri = champion.get("snapshot_uri")
+    if not reference_uri:
+        raise ValueError(f"champion manifest {champion_uri}/manifest.json names no snapshot_uri; "
+                         f"cannot tell which data the champion was trained on")
     reference = snapshots.read_snapshot(reference_uri)
     new = current[~current["text"].isin(set(reference["text"]))].reset_index(drop=True)
     base.update({"first_run": False, "champion_uri": champion_uri, "reference_snapshot_uri": reference_uri,
