@@ -297,3 +297,21 @@ def test_concurrent_ingests_cannot_both_move_latest(tmp_path, monkeypatch):
     with pytest.raises(IngestError, match="another ingest moved .*latest.json"):
         run_ingest(spec)
     assert storage.read_json(storage.join(spec.layout.snapshots, "latest.json"))["snapshot_id"] == other["snapshot_id"]
+
+
+def test_readers_handle_bom_quoted_newlines_and_binary():
+    rows = ingest.read_rows('\ufeffsentence,label\n"two\nlines",1\nplain,0\n'.encode(), "csv", "sentence", "label")
+    assert [(r.line, r.text, r.label) for r in rows] == [(3, "two\nlines", "1"), (4, "plain", "0")]
+    with pytest.raises(ingest.Unparseable, match="NUL"):
+        ingest.read_rows(b"sentence\tlabel\nab\x00cd\t1\n", "tsv", "sentence", "label")
+    jsonl = ingest.read_rows(b'{"sentence": "ok", "label": 1}\n\n{"sentence": "caf\xe9", "label": 0}\n', "jsonl",
+                             "sentence", "label")
+    assert [(r.line, r.problem) for r in jsonl] == [(1, None), (3, ingest.UNDECODABLE)]
+
+
+def test_label_map_aliases_names_and_numbers():
+    labels = ingest.LabelMap(["negative", "positive"], {"0": "negative", "1": "positive"})
+    assert labels.lookup(1) == (1, None) and labels.lookup(1.0) == (1, None) and labels.lookup(" 0 ") == (0, None)
+    assert labels.lookup("Positive") == (1, None)
+    assert labels.lookup(None) == (None, ingest.MISSING_LABEL) and labels.lookup(float("nan"))[1] == ingest.MISSING_LABEL
+    assert labels.lookup("2") == (None, ingest.UNKNOWN_LABEL)
