@@ -154,6 +154,7 @@ def build_ingest_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
 
 def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
     asset = snapshot_asset(spec)
+    pipeline_spec = spec  # as parsed; tasks read the run's frozen spec.json for everything else
     with DAG(
         dag_id=f"retrain_{spec.name}",
         description=f"Retrain, distill, gate and promote the {spec.name} classifier",
@@ -180,9 +181,10 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
             from tasks.decide import decide as decide_retrain
             from tasks.spec import load_spec
 
-            spec = load_spec(storage.join(run["run_uri"], "spec.json"))
-            apply_storage_env(spec)
-            decision = decide_retrain(spec, ingest_result, drift_result, run["champion"], force=run["force_retrain"])
+            apply_storage_env(pipeline_spec)  # credentials first: each task is a fresh process
+            run_spec = load_spec(storage.join(run["run_uri"], "spec.json"))
+            decision = decide_retrain(run_spec, ingest_result, drift_result, run["champion"],
+                                      force=run["force_retrain"])
             storage.write_json(storage.join(run["run_uri"], "decide", "result.json"), decision)
             ti.xcom_push(key="decision", value=decision)
             verdict = "RETRAIN" if decision["retrain"] else "SKIP"
@@ -215,7 +217,7 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
             from tasks import storage
             from tasks.summary import build_summary, format_summary
 
-            apply_storage_env(spec)
+            apply_storage_env(pipeline_spec)
             pulled = {name: ti.xcom_pull(task_ids=name) for name in
                       ("ingest", "drift", "finetune", "distill", "evaluate", "publish")}
             pulled["decide"] = ti.xcom_pull(task_ids="decide", key="decision")
