@@ -57,14 +57,15 @@ def train_once(name: str, rows, args, out_dir: Path) -> dict:
         targs = TrainingArguments(
             output_dir=str(out_dir), num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
             learning_rate=args.lr, weight_decay=0.01, warmup_steps=0.06, seed=args.seed, data_seed=args.seed,
-            save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True, logging_steps=50,
+            save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True, logging_steps=10,
             optim="adamw_torch", bf16=False, fp16=False,
         )
         collator = default_data_collator
     set_seed(args.seed)
     model = modeling.load_classifier(base, labels=["negative", "positive"])
     trainer = training.make_trainer(Trainer, model=model, args=targs, train_dataset=data, data_collator=collator,
-                                    processing_class=tokenizer)
+                                    processing_class=tokenizer,
+                                    callbacks=[training.ProgressLogger(name, args.batch_size)])
     t0 = time.perf_counter()
     trainer.train()
     if torch.cuda.is_available():

@@ -244,7 +244,8 @@ class CheckpointSync(_transformers_callback_base()):
         local = Path(args.output_dir) / name
         remote = storage.join(self.paths.checkpoint_uri, name)
         t0 = time.monotonic()
-        storage.upload_dir(local, remote)
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):  # no hashing: scratch data
+            storage.upload_file(path, storage.join(remote, path.relative_to(local).as_posix()))
         storage.write_json(storage.join(remote, COMPLETE_MARKER), {"step": state.global_step, "at": storage.utcnow()})
         keep = {p.name for p in Path(args.output_dir).iterdir() if _CHECKPOINT.match(p.name)}
         for step, uri in remote_checkpoints(self.paths.checkpoint_uri, complete_only=False).items():
