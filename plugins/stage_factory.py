@@ -199,8 +199,9 @@ class LocalStageOperator(BaseOperator):
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                           start_new_session=True)
             assert self._proc.stdout is not None
+            # Printed, not logged: Airflow puts a task's stdout in its log, and `make demo` shows it live.
             for line in self._proc.stdout:
-                self.log.info("%s", line.rstrip())
+                print(line.rstrip(), flush=True)
             returncode = self._proc.wait()
             self.log.info("Stage exited with %s after %.1f s", returncode, time.monotonic() - started)
             if returncode != 0:
