@@ -191,7 +191,7 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
             print(f"{verdict}: " + "; ".join(decision["reasons"]))
             return bool(decision["retrain"])
 
-        finetune = build_stage(spec, "finetune", ["--run", RUN, "--snapshot", SNAPSHOT])
+        finetune = build_stage(spec, "finetune", ["--run", RUN, "--snapshot", SNAPSHOT, "--champion", CHAMPION])
         distill = build_stage(spec, "distill", ["--run", RUN, "--snapshot", SNAPSHOT, "--teacher", TEACHER])
         evaluate = build_stage(spec, "evaluate", ["--run", RUN, "--snapshot", SNAPSHOT, "--teacher", TEACHER,
                                                   "--student", STUDENT, "--champion", CHAMPION, "--golden", GOLDEN])

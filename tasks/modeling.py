@@ -79,6 +79,15 @@ def load_classifier(model_dir: str | Path, labels: Sequence[str] | None = None):
     return AutoModelForSequenceClassification.from_pretrained(str(model_dir), **kwargs)
 
 
+def load_config_labels(model_dir: str | Path) -> list[str]:
+    """The label names a saved classifier was trained with (its config's id2label, in class order)."""
+    import json
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    id2label = config.get("id2label") or {}
+    return [id2label[key] for key in sorted(id2label, key=int)]
+
+
 def save_model(model, tokenizer, out_dir: str | Path) -> Path:
     """safetensors weights + config + tokenizer, the format every stage and the registry expect."""
     out_dir = Path(out_dir)

@@ -254,7 +254,7 @@ def rerun_commands(spec: PipelineSpec, version: str, run_key: str | None = None)
         evaluate += ["--golden", manifest["golden_uri"]]
     return [
         py + ["registry", "--spec", spec_uri, "copy-spec", version, "--run", run],
-        py + ["finetune", "--run", run, "--snapshot", snapshot],
+        py + ["finetune", "--run", run, "--snapshot", snapshot, "--champion", champion],
         py + ["distill", "--run", run, "--snapshot", snapshot, "--teacher", teacher],
         evaluate,
         py + ["publish", "--run", run, "--snapshot", snapshot, "--teacher", teacher, "--student", student,

@@ -86,6 +86,9 @@ class TrainSpec(_Section):
     checkpoint_steps: int = Field(200, ge=1, description="Checkpoint to storage every N steps; a retry resumes from it")
     early_stopping_patience: int = Field(3, ge=1, description="Stop after this many evaluations without improvement")
     max_train_rows: int | None = Field(None, ge=1, description="Cap on training rows (newest first); None = all")
+    init_from: Literal["base", "champion"] = Field(
+        "base", description="Start from model.base, or warm-start from the champion's teacher when there is one")
+    warm_start_epochs: float | None = Field(None, gt=0, description="Epochs when warm-starting; None = epochs")
     seed: int = 42
 
 
@@ -108,6 +111,9 @@ class DriftSpec(_Section):
     unknown_token_share_threshold: float = Field(0.05, gt=0)
     embedding_alpha: float = Field(0.01, gt=0, lt=1)
     embedding_subsample: int = Field(500, ge=20)
+    embedding_reference_subsample: int = Field(
+        1500, ge=20, description="Reference texts for the model checks; more than the new side keeps the reference "
+                                 "sample's own noise from inflating false alarms")
     embedding_permutations: int = Field(200, ge=20)
     prediction_shift_threshold: float = Field(0.15, gt=0)
     min_rows: int = Field(30, ge=1, description="Fewer new rows than this: checks are skipped, not run")

@@ -139,6 +139,9 @@ def test_retrain_story_end_to_end_on_s3(pipeline, receivers):
     assert drifted["decision"]["retrain"] is True
     assert any("Drift detected" in reason for reason in drifted["decision"]["reasons"]), drifted
     assert tasks["publish"] == "success" and drifted["publish"]["promoted"] is False  # dry run
+    # The retrain warm-started from the champion's teacher (train.init_from: champion in the shipped spec).
+    finetune = storage.read_json(drifted["run_uri"] + "/finetune/result.json")
+    assert finetune["init_from"] == f"champion {champion['version']}"
     assert storage.read_json(champion_uri)["version"] == champion["version"]
 
     # 4. A floor no model can reach (set from the trigger form): the gate fails, the run fails, on-call hears.

@@ -228,7 +228,8 @@ def test_rollback_restores_previous_and_rerun_reproduces_commands(env, capsys):
     manifest = registry.read_manifest(spec, second["version"])
     run = spec.layout.run(f"rerun-{second['version']}")
     assert lines[0].endswith(f"registry --spec {second['version_uri']}/reports/spec.json copy-spec {second['version']} --run {run}")
-    assert lines[1].endswith(f"tasks finetune --run {run} --snapshot {manifest['snapshot_uri']}")
+    assert lines[1].endswith(f"tasks finetune --run {run} --snapshot {manifest['snapshot_uri']} "
+                             f"--champion {first['version_uri']}")
     assert f"distill --run {run} --snapshot {snap} --teacher {run}/finetune/model" in lines[2]
     assert f"evaluate --run {run} --snapshot {snap}" in lines[3] and f"--champion {first['version_uri']}" in lines[3]
     assert "publish" in lines[4] and f"--expected-champion {first['version']}" in lines[4] and "--no-promote" in lines[4]
