@@ -29,17 +29,22 @@ DATA = Path(os.environ.get("RETRAIN_DATA_DIR", ROOT.parent / "shared" / "data"))
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--first-rows", type=int, default=int(os.environ.get("DEMO_FIRST_ROWS", 6000)),
+    parser.add_argument("--first-rows", type=int, default=int(os.environ.get("DEMO_FIRST_ROWS", 5000)),
                         help="rows of SST-2 train in the first landed batch")
     parser.add_argument("--second-rows", type=int, default=int(os.environ.get("DEMO_SECOND_ROWS", 5000)),
                         help="rows in the second batch (the spec retrains every 5,000 new rows)")
+    parser.add_argument("--min-words", type=int, default=int(os.environ.get("DEMO_MIN_WORDS", 10)),
+                        help="land only SST-2 rows with at least this many words (full sentences, like dev)")
+    parser.add_argument("--max-train-rows", type=int, default=int(os.environ.get("DEMO_MAX_TRAIN_ROWS", 4500)),
+                        help="train on at most this many rows, newest first (the spec's train.max_train_rows)")
     parser.add_argument("--keep", action="store_true", help="keep .demo/ from an earlier run")
     return parser.parse_args()
 
 
-def configure_environment() -> None:
+def configure_environment(args: argparse.Namespace) -> None:
     """Airflow and pipeline settings for the embedded default, before Airflow is imported."""
     os.environ.update({
+        "RETRAIN_MAX_TRAIN_ROWS": str(args.max_train_rows),
         "AIRFLOW_HOME": str(DEMO / "airflow"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
@@ -70,17 +75,25 @@ def sst2_rows(path: Path):
         yield from csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
 
 
-def land_slice(landing: Path, name: str, start: int, count: int) -> Path:
-    """Write rows [start, start+count) of SST-2 train as one landed TSV file."""
+def land_slice(landing: Path, name: str, start: int, count: int, min_words: int) -> Path:
+    """Write SST-2 train rows [start, start+count), counting only rows of at least min_words words.
+
+    SST-2 train is mostly short phrases (9.4 words on average) while dev, the golden set, is full sentences
+    (19.5); full-sentence rows teach the model what it is judged on, in the demo's small training budget.
+    """
     landing.mkdir(parents=True, exist_ok=True)
     target = landing / name
+    kept = 0
     with open(target, "w", encoding="utf-8") as out:
         out.write("sentence\tlabel\n")
-        for i, row in enumerate(sst2_rows(DATA / "sst2" / "train.tsv")):
-            if i >= start + count:
-                break
-            if i >= start:
+        for row in sst2_rows(DATA / "sst2" / "train.tsv"):
+            if len(row["sentence"].split()) < min_words:
+                continue
+            if kept >= start:
                 out.write(f"{row['sentence']}\t{row['label']}\n")
+            kept += 1
+            if kept >= start + count:
+                break
     return target
 
 
@@ -97,7 +110,7 @@ def main() -> int:
         return 2
     if DEMO.exists() and not args.keep:
         shutil.rmtree(DEMO)
-    configure_environment()
+    configure_environment(args)
     t0 = time.monotonic()
     (DEMO / "airflow").mkdir(parents=True, exist_ok=True)
     print("[demo] preparing Airflow metadata DB (SQLite) ...", flush=True)
@@ -122,8 +135,8 @@ def main() -> int:
              ("second batch: retrain against the champion", "batch-0002.tsv", args.first_rows, args.second_rows)]
     for step, (title, name, start, count) in enumerate(story, 1):
         print(f"\n[demo] === {title} ===", flush=True)
-        land_slice(landing, name, start, count)
-        print(f"[demo] landed {count} SST-2 rows as {landing / name}", flush=True)
+        land_slice(landing, name, start, count, args.min_words)
+        print(f"[demo] landed {count} SST-2 train rows (>= {args.min_words} words) as {landing / name}", flush=True)
         for dag_id in ("ingest_sst2", "retrain_sst2"):
             state, seconds = run_dag(bag, dag_id)
             timings[f"run{step}_{dag_id}"] = round(seconds, 1)
