@@ -111,7 +111,8 @@ def main() -> None:
         ref_outputs = None
         if not args.no_model:
             # Same reference subsample for every batch, as the stage would draw it for one champion.
-            pick = np.sort(np.random.default_rng(cfg.seed).choice(n, min(n, cfg.embedding_subsample), replace=False))
+            pick = np.sort(np.random.default_rng(cfg.seed).choice(n, min(n, cfg.embedding_reference_subsample),
+                                                                  replace=False))
             ref_outputs = model_outputs(model_dir, [reference[i][0] for i in pick], max_length=spec.model.max_length)
 
         def run(batches):
@@ -143,6 +144,7 @@ def main() -> None:
             (skew_rate, skew_rate is not None and skew_rate >= 0.95))),
         "batches_per_scenario": args.batches, "batch_size": b, "reference_rows": n,
         "model_checks": not args.no_model, "embedding_subsample": cfg.embedding_subsample,
+        "embedding_reference_subsample": cfg.embedding_reference_subsample,
         "per_check_flag_rate": {"null": null_checks, "emotion": emotion_checks, "label_skew": skew_checks},
         "seconds": round(time.perf_counter() - started, 1),
     }, sort_keys=False))

@@ -7,7 +7,7 @@ tokens) run as the drift stage runs them: N new texts against a reference of N t
 Texts are SST-2 train sentences drawn with replacement. The target is <= 10 s at 100k on 2 cores, growing
 linearly; wall and CPU seconds are both reported (on a shared machine wall time is noisy). The embedding and
 prediction checks (one forward pass of the packaged MiniLM encoder over
-``drift.embedding_subsample`` texts per side, then the MMD permutation test) are timed once at the spec's
+``drift.embedding_subsample`` new and ``drift.embedding_reference_subsample`` reference texts, then the MMD permutation test) are timed once at the spec's
 default subsample; their cost does not grow with N. Prints one JSON line (best of --repeats per size).
 """
 
@@ -99,7 +99,7 @@ def main() -> None:
                                      max_length=spec.model.max_length)
             out["embedding_check"] = {
                 "seconds": round(time.perf_counter() - started, 2), "model": spec.model.base,
-                "subsample_per_side": cfg.embedding_subsample, "permutations": cfg.embedding_permutations,
+                "new_subsample": cfg.embedding_subsample, "reference_subsample": cfg.embedding_reference_subsample, "permutations": cfg.embedding_permutations,
                 "note": "includes loading the model; independent of the number of new rows",
             }
     print(json.dumps(out))

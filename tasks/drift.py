@@ -13,7 +13,7 @@ vocab_js                  Jensen-Shannon divergence (bits) of token frequencies,
                           what sampling alone gives at these sizes
 unknown_tokens            rise in the share of [UNK] tokens under the model's tokenizer   > unknown_token_share_threshold
 embedding_mmd             MMD (RBF kernel) of mean-pooled champion embeddings,            p < embedding_alpha
-                          permutation p-value, on a bounded subsample
+                          permutation p-value, on bounded subsamples (reference larger)
 prediction                total-variation distance of the champion's predicted-label     > prediction_shift_threshold
                           mix, and the drop in its mean confidence                        (either one)
 ========================  ==============================================================  =====================
@@ -316,7 +316,8 @@ def model_checks(cfg: DriftSpec, label_names: Sequence[str], model_dir: str | Pa
                  cur_texts: Sequence[str], *, max_length: int = 128,
                  ref_outputs: tuple["np.ndarray", "np.ndarray"] | None = None,
                  ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """Embedding MMD and prediction drift on at most ``cfg.embedding_subsample`` texts per side.
+    """Embedding MMD and prediction drift on at most ``cfg.embedding_subsample`` new texts and
+    ``cfg.embedding_reference_subsample`` reference texts.
 
     ``ref_outputs`` lets a caller reuse the reference's (embeddings, probabilities) across many batches."""
     import numpy as np
@@ -324,7 +325,7 @@ def model_checks(cfg: DriftSpec, label_names: Sequence[str], model_dir: str | Pa
     rng = np.random.default_rng(cfg.seed)
     started = time.perf_counter()
     if ref_outputs is None:
-        ref_pick = _subsample(len(ref_texts), cfg.embedding_subsample, rng)
+        ref_pick = _subsample(len(ref_texts), cfg.embedding_reference_subsample, rng)
         ref_outputs = model_outputs(model_dir, [ref_texts[i] for i in ref_pick], max_length=max_length)
     cur_pick = _subsample(len(cur_texts), cfg.embedding_subsample, rng)
     cur_emb, cur_prob = model_outputs(model_dir, [cur_texts[i] for i in cur_pick], max_length=max_length)
