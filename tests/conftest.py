@@ -129,6 +129,18 @@ def s3_env(moto_server, monkeypatch):
     storage.reset_clients()
 
 
+@pytest.fixture
+def receivers(monkeypatch):
+    """A real SMTP server (aiosmtpd) and a local HTTP server standing in for Slack's webhook, on 127.0.0.1,
+    reachable as the Airflow connections smtp_test and slack_test."""
+    from decision_support import SmtpReceiver, WebhookReceiver
+
+    with SmtpReceiver() as smtp, WebhookReceiver() as hook:
+        monkeypatch.setenv("AIRFLOW_CONN_SMTP_TEST", smtp.conn_json())
+        monkeypatch.setenv("AIRFLOW_CONN_SLACK_TEST", hook.conn_json())
+        yield smtp, hook
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 4-layer, 32-wide random-init BERT with the packaged MiniLM tokenizer, saved as safetensors."""

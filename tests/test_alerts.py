@@ -13,18 +13,10 @@ pytest.importorskip("airflow")
 pytest.importorskip("aiosmtpd")
 
 import retrain_alerts  # noqa: E402  (plugins/ is on sys.path via conftest)
-from decision_support import FakeTI, SmtpReceiver, WebhookReceiver, failure_context, make_spec  # noqa: E402
+from decision_support import FakeTI, failure_context, make_spec  # noqa: E402
 from tasks import gates  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def receivers(monkeypatch):
-    with SmtpReceiver() as smtp, WebhookReceiver() as hook:
-        monkeypatch.setenv("AIRFLOW_CONN_SMTP_TEST", smtp.conn_json())
-        monkeypatch.setenv("AIRFLOW_CONN_SLACK_TEST", hook.conn_json())
-        yield smtp, hook
 
 
 def _evaluation() -> dict:

@@ -74,17 +74,6 @@ def run_dag(dag_id: str, **conf):
     return str(getattr(dag_run.state, "value", dag_run.state)), states
 
 
-@pytest.fixture
-def receivers(monkeypatch):
-    """A real SMTP server (aiosmtpd) and a local HTTP server standing in for Slack's webhook, on 127.0.0.1."""
-    from decision_support import SmtpReceiver, WebhookReceiver
-
-    with SmtpReceiver() as smtp, WebhookReceiver() as hook:
-        monkeypatch.setenv("AIRFLOW_CONN_SMTP_TEST", smtp.conn_json())
-        monkeypatch.setenv("AIRFLOW_CONN_SLACK_TEST", hook.conn_json())
-        yield smtp, hook
-
-
 def summaries(storage_uri: str) -> list[dict]:
     from tasks import storage
 
