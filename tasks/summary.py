@@ -14,14 +14,17 @@ def _pick(result: dict | None, *keys: str) -> dict[str, Any]:
     return {k: result[k] for k in keys if k in result}
 
 
+# Evaluate's per-model metrics worth a line in the summary (golden set first: the gates judge on it).
+EVALUATION_KEYS = ("golden_accuracy", "golden_macro_f1", "holdout_accuracy", "holdout_macro_f1", "latency_ms_p95",
+                   "throughput_batch32_per_s", "size_weights_mb")
+
+
 def _headline_metrics(metrics: dict | None) -> dict[str, Any]:
-    """accuracy / macro_f1 from a stage's metrics, whatever nesting it uses (golden first)."""
+    """Evaluate's golden/holdout metrics, or a training stage's holdout metrics, as flat key=value pairs."""
     if not isinstance(metrics, dict):
         return {}
-    for scope in ("golden", "holdout"):
-        if isinstance(metrics.get(scope), dict):
-            return {f"{scope}_{k}": v for k, v in _headline_metrics(metrics[scope]).items()}
-    return {k: metrics[k] for k in ("accuracy", "macro_f1", "eval_accuracy", "f1") if k in metrics}
+    found = {k: metrics[k] for k in EVALUATION_KEYS if k in metrics}
+    return found or {f"holdout_{k}": metrics[k] for k in ("accuracy", "macro_f1") if k in metrics}
 
 
 def build_summary(run: dict, results: dict[str, dict | None]) -> dict[str, Any]:
@@ -47,7 +50,7 @@ def build_summary(run: dict, results: dict[str, dict | None]) -> dict[str, Any]:
         "run_type": run.get("run_type"),
         "dry_run": run.get("dry_run"),
         "outcome": outcome,
-        "decision": _pick(decision, "retrain", "reasons"),
+        "decision": _pick(decision, "retrain", "reasons", "new_rows"),
         "ingest": _pick(results.get("ingest"), "snapshot_id", "snapshot_uri", "changed", "total_rows", "new_rows",
                         "quarantined_rows", "duplicates_removed", "contaminated_removed"),
         "drift": _pick(results.get("drift"), "drift_detected", "summary", "report_uri"),
@@ -71,8 +74,10 @@ def format_summary(summary: dict[str, Any]) -> str:
                      + "; ".join(decision.get("reasons", [])))
     ingest = summary.get("ingest") or {}
     if ingest:
+        since_champion = decision.get("new_rows", ingest.get("new_rows"))
         lines.append(f"data: snapshot {ingest.get('snapshot_id')} ({ingest.get('total_rows')} rows, "
-                     f"{ingest.get('new_rows')} new, {ingest.get('quarantined_rows', 0)} quarantined)")
+                     f"{since_champion} new since the champion's, {ingest.get('quarantined_rows', 0)} quarantined "
+                     "in this ingest)")
     if summary.get("drift"):
         lines.append(f"drift: {summary['drift'].get('summary')}")
     for role in ("teacher", "student"):
