@@ -1,6 +1,6 @@
 """What the fine-tune and distill stages share: data, TrainingArguments, checkpoint sync/resume, progress, outputs.
 
-Both stages use the HF Trainer (see docs/readme-model.md, "Trainer or our own loop"). This module keeps the two
+Both stages use the HF Trainer (README: "Training features", Trainer vs our own loop). This module keeps the two
 stage scripts short: each builds a model and a Trainer, and calls ``train_with_resume`` and ``publish_outputs``.
 
 Checkpoints: the Trainer writes ``checkpoint-N/`` into a local scratch directory; ``CheckpointSync`` copies every
