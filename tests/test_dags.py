@@ -119,3 +119,21 @@ def test_run_keys_are_storage_safe_and_distinct_per_dag():
     ingest, retrain = module.run_key("ingest", run_id), module.run_key("retrain", run_id)
     assert ingest != retrain
     assert retrain == "retrain-scheduled__2026-11-23T02-00-00-00-00"
+
+
+def test_scheduler_timetable_fires_nightly_without_new_data(dagbag):
+    """The cron half of AssetOrTimeSchedule, as the scheduler computes it (from the serialized DAG): with no
+    asset event at all, the next retrain run is due at 02:00 the next day (and the nightly-skip path is the
+    e2e test's unchanged-data run)."""
+    from datetime import datetime, timezone
+
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.timetables.base import TimeRestriction
+
+    scheduler_dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dagbag.dags["retrain_sst2"]))
+    info = scheduler_dag.timetable.next_dagrun_info(
+        last_automated_data_interval=None,
+        restriction=TimeRestriction(earliest=datetime(2026, 11, 23, 10, tzinfo=timezone.utc), latest=None,
+                                    catchup=True))
+    assert info.run_after == datetime(2026, 11, 24, 2, 0, tzinfo=timezone.utc)
+    assert "sst2_snapshots" in str(scheduler_dag.timetable.asset_condition)
