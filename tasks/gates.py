@@ -2,8 +2,8 @@
 
 Every gate returns a ``Gate``: name, passed, the measured value, the threshold, a one-line reason, and details
 (the numbers behind it: intervals, per-class recalls, p-values). ``evaluate_gates`` applies the whole set from
-``spec.gates`` and says which apply on a first run (no champion): the floors and the student's own budgets;
-the champion comparisons are reported as skipped, stated as such.
+``spec.gates`` and says which apply on a first run (no champion): the floors only. The champion comparisons
+are skipped, and the student's retention and budgets are measured and reported but do not gate, stated as such.
 """
 
 from __future__ import annotations
@@ -152,6 +152,13 @@ def skipped(name: str, reason: str) -> Gate:
     return Gate(name, True, None, None, reason, skipped=True)
 
 
+def report_only(gate: Gate, why: str) -> Gate:
+    """The same measurement, shown with its verdict in the reason, but not gating."""
+    verdict = "would pass" if gate.passed else "would FAIL"
+    return Gate(gate.name, True, gate.value, gate.threshold, f"{why}; {verdict}: {gate.reason}", skipped=True,
+                details=gate.details)
+
+
 # ---------------------------------------------------------------- the full set
 
 
@@ -179,7 +186,7 @@ def evaluate_gates(gates_spec: Any, labels: Sequence[str], y_true: Sequence[int]
     confidence = getattr(g, "confidence", 0.95)
     for role, cand, champ in (("teacher", teacher, champion_teacher), ("student", student, champion_student)):
         if champ is None:
-            why = "first run: no champion, so only the floors and the student's own budgets apply"
+            why = "first run: no champion, so only the floors apply"
             out.append(skipped(f"non_inferiority_{role}", why))
             out.append(skipped(f"class_recall_{role}", why))
             continue
@@ -189,9 +196,14 @@ def evaluate_gates(gates_spec: Any, labels: Sequence[str], y_true: Sequence[int]
         out.append(class_recall_gate(f"class_recall_{role}", per_class_recall(y_true, cand.y_pred, len(labels)),
                                      per_class_recall(y_true, champ.y_pred, len(labels)), labels,
                                      max_drop=g.max_class_recall_drop))
-    out.append(retention_gate(student.accuracy, teacher.accuracy, min_ratio=g.min_retention))
-    out.append(budget_gate("student_latency_p95", student_latency_ms_p95, g.max_student_latency_ms_p95, "ms"))
-    out.append(budget_gate("student_size", student_size_mb, g.max_student_size_mb, "MB"))
+    student_checks = [
+        retention_gate(student.accuracy, teacher.accuracy, min_ratio=g.min_retention),
+        budget_gate("student_latency_p95", student_latency_ms_p95, g.max_student_latency_ms_p95, "ms"),
+        budget_gate("student_size", student_size_mb, g.max_student_size_mb, "MB"),
+    ]
+    if first_run:  # floors only: the student's own checks are reported, not gated
+        student_checks = [report_only(gate, "first run: reported, not gated") for gate in student_checks]
+    out.extend(student_checks)
     passed = all(gate.passed for gate in out)
     return passed, first_run, out
 
@@ -201,8 +213,8 @@ def render_markdown(pipeline: str, run_uri: str, passed: bool, first_run: bool, 
     lines = [f"# Gate report: {pipeline}", "", f"- run: `{run_uri}`",
              f"- verdict: **{'PASSED' if passed else 'FAILED'}**"]
     if first_run:
-        lines.append("- **first run: no champion.** Only the absolute floors (and the student's retention, latency "
-                     "and size budgets) apply; non-inferiority and per-class recall are skipped.")
+        lines.append("- **first run: no champion.** Only the absolute floors apply; non-inferiority and per-class "
+                     "recall are skipped, and the student's retention, latency and size are reported, not gated.")
     failed = [gt.name for gt in gates if not gt.passed]
     if failed:
         lines.append(f"- failed gates: {', '.join(failed)}")
