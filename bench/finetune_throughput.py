@@ -63,7 +63,7 @@ def train_once(name: str, rows, args, out_dir: Path) -> dict:
         collator = default_data_collator
     set_seed(args.seed)
     model = modeling.load_classifier(base, labels=["negative", "positive"])
-    trainer = training.make_trainer(Trainer, model=model, args=targs, train_dataset=data, data_collator=collator,
+    trainer = training.quiet_trainer(Trainer, model=model, args=targs, train_dataset=data, data_collator=collator,
                                     processing_class=tokenizer,
                                     callbacks=[training.ProgressLogger(name, args.batch_size)])
     t0 = time.perf_counter()

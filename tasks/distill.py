@@ -124,7 +124,7 @@ def _distill_trainer_class():
 
 
 def main(argv: list[str]) -> int:
-    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, set_seed
+    from transformers import set_seed
 
     from tasks import export, modeling, training
 
@@ -151,16 +151,8 @@ def main(argv: list[str]) -> int:
     student, mapping = init_student(teacher, st.layers)
     progress = training.ProgressLogger(STAGE, st.batch_size * hp.gradient_accumulation_steps * targs.world_size)
     trainer = training.make_trainer(
-        _distill_trainer_class(),
-        model=student,
-        args=targs,
-        train_dataset=train_set,
-        eval_dataset=holdout_set,
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if targs.bf16 or targs.fp16 else None),
-        compute_metrics=training.compute_metrics,
-        callbacks=[progress, training.CheckpointSync(paths),
-                   EarlyStoppingCallback(early_stopping_patience=hp.early_stopping_patience)],
+        _distill_trainer_class(), args=targs, tokenizer=tokenizer, paths=paths, progress=progress,
+        patience=hp.early_stopping_patience, model=student, train_dataset=train_set, eval_dataset=holdout_set,
         teacher=teacher, alpha=st.alpha, temperature=st.temperature, hidden_weight=st.hidden_mse_weight,
         mapping=mapping,
     )

@@ -42,7 +42,7 @@ def starting_point(spec, champion_uri: str):
 
 
 def main(argv: list[str]) -> int:
-    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, set_seed
+    from transformers import Trainer, set_seed
 
     from tasks import modeling, training
 
@@ -68,16 +68,8 @@ def main(argv: list[str]) -> int:
     model = modeling.load_classifier(base, labels=fresh_head_labels)
     progress = training.ProgressLogger(STAGE, hp.batch_size * hp.gradient_accumulation_steps * targs.world_size)
     trainer = training.make_trainer(
-        Trainer,
-        model=model,
-        args=targs,
-        train_dataset=train_set,
-        eval_dataset=holdout_set,
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if targs.bf16 or targs.fp16 else None),
-        compute_metrics=training.compute_metrics,
-        callbacks=[progress, training.CheckpointSync(paths),
-                   EarlyStoppingCallback(early_stopping_patience=hp.early_stopping_patience)],
+        Trainer, args=targs, tokenizer=tokenizer, paths=paths, progress=progress,
+        patience=hp.early_stopping_patience, model=model, train_dataset=train_set, eval_dataset=holdout_set,
     )
     print(f"[{STAGE}] {len(train_set)} train rows, {len(holdout_set)} holdout rows, base {base}, "
           f"init from {init_from}, device {targs.device}, bf16={targs.bf16}, optim={targs.optim}, world_size={targs.world_size}", flush=True)

@@ -394,7 +394,7 @@ def setup_logging() -> None:
     transformers.logging.disable_progress_bar()
 
 
-def make_trainer(trainer_cls, **kwargs):
+def quiet_trainer(trainer_cls, **kwargs):
     """A Trainer whose log lines come from ProgressLogger only (the default printer dumps raw dicts)."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -402,6 +402,23 @@ def make_trainer(trainer_cls, **kwargs):
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     return trainer
+
+
+def make_trainer(trainer_cls, *, args, tokenizer, paths: "StagePaths", progress: "ProgressLogger", patience: int,
+                 **kwargs):
+    """The stages' Trainer, set up one way for both: dynamic padding, holdout metrics, checkpoints synced to
+    storage, early stopping, quiet logs."""
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback
+
+    return quiet_trainer(
+        trainer_cls,
+        args=args,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if args.bf16 or args.fp16 else None),
+        compute_metrics=compute_metrics,
+        callbacks=[progress, CheckpointSync(paths), EarlyStoppingCallback(early_stopping_patience=patience)],
+        **kwargs,
+    )
 
 
 def result_json(outcome: TrainOutcome, paths: StagePaths, train_rows: int, **extra: Any) -> dict[str, Any]:
