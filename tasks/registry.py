@@ -52,9 +52,9 @@ class PromotionRefused(RegistryError):
 
 
 def new_version_id(now: datetime | None = None) -> str:
-    """Sorts by time: v20261123-101500-<6 hex>."""
+    """Sorts by time, to the millisecond: v20261123-101500123-<6 hex> (two runs in one second still sort)."""
     now = now or datetime.now(timezone.utc)
-    return f"v{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    return f"v{now:%Y%m%d-%H%M%S}{now.microsecond // 1000:03d}-{secrets.token_hex(3)}"
 
 
 def version_uri(spec: PipelineSpec, version: str) -> str:

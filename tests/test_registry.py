@@ -237,3 +237,15 @@ def test_rollback_restores_previous_and_rerun_reproduces_commands(env, capsys):
     assert registry.main(["--spec", spec_file, "copy-spec", second["version"], "--run", run]) == 0
     assert storage.read_json(storage.join(run, "spec.json")) == storage.read_json(storage.join(spec.layout.run("r2"), "spec.json"))
     assert json.loads(json.dumps(manifest["parameters"]))["gates"]["min_retention"] == 0.0
+
+
+def test_version_ids_sort_by_time_within_one_second():
+    from datetime import datetime, timezone
+
+    from tasks import registry
+
+    moments = [datetime(2026, 11, 23, 10, 15, 0, us, tzinfo=timezone.utc) for us in (1_000, 2_000, 999_000)]
+    for _ in range(20):  # the random suffix never decides the order
+        ids = [registry.new_version_id(m) for m in moments]
+        assert ids == sorted(ids)
+    assert ids[0].startswith("v20261123-101500001-")
