@@ -78,6 +78,13 @@ class ApiClient:
 
     def ok(self, method: str, path: str, **kwargs: Any) -> Any:
         resp = self.request(method, path, **kwargs)
+        # SQLite lets one writer in at a time: a read can hit a 500 while the scheduler writes. Retry
+        # idempotent reads a few times, as a real client would; never writes.
+        for _attempt in range(4):
+            if method != "GET" or resp.status < 500:
+                break
+            time.sleep(1.0)
+            resp = self.request(method, path, **kwargs)
         if resp.status >= 400:
             raise AirflowError(f"{method} {path} -> {resp.status}: {resp.text[:2000]}")
         return resp.body
