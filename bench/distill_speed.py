@@ -6,7 +6,8 @@ student were trained on the same rows within the same budget:
 
     python bench/demo_stages.py --rows 4000 --min-words 10 > /tmp/demo.json
     python bench/distill_speed.py --from /tmp/demo.json
-    python bench/distill_speed.py --teacher DIR --student DIR [--int8 DIR] [--onnx DIR]
+    python bench/distill_speed.py --teacher DIR --student DIR [--int8 DIR] [--onnx DIR] [--onnx-int8 DIR]
+    python bench/distill_speed.py --version VERSION_DIR   # a registry version: teacher/, student/, exports/*
 """
 
 from __future__ import annotations
@@ -73,10 +74,18 @@ def main() -> None:
     parser.add_argument("--student")
     parser.add_argument("--int8")
     parser.add_argument("--onnx")
+    parser.add_argument("--onnx-int8")
+    parser.add_argument("--version", help="a registry version folder on local disk: its teacher, student and exports")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--latency-rows", type=int, default=200)
     args = parser.parse_args()
-    dirs = {"teacher": args.teacher, "student": args.student, "int8": args.int8, "onnx": args.onnx}
+    dirs = {"teacher": args.teacher, "student": args.student, "int8": args.int8, "onnx": args.onnx,
+            "onnx_int8": args.onnx_int8}
+    if args.version:
+        version = args.version.rstrip("/")
+        dirs.update({"teacher": f"{version}/teacher", "student": f"{version}/student"})
+        dirs.update({name: f"{version}/exports/{name}" for name in ("int8", "onnx", "onnx_int8")
+                     if Path(version.removeprefix("file://"), "exports", name).is_dir()})
     if args.from_json:
         demo = json.loads(Path(args.from_json).read_text().strip().splitlines()[-1])
         dirs.update({k: v for k, v in demo["models"].items() if v})
@@ -90,11 +99,11 @@ def main() -> None:
     texts, labels = [t for t, _ in dev], [y for _, y in dev]
     out: dict = {"bench": "distill_speed", "rows": len(dev), "torch_threads": torch.get_num_threads()}
     predictors, paths = {}, {}
-    for name in ("teacher", "student", "int8", "onnx"):
+    for name in ("teacher", "student", "int8", "onnx", "onnx_int8"):
         if not dirs.get(name):
             continue
         path = paths[name] = storage.local_path(storage.normalize(dirs[name]))
-        if name == "onnx":
+        if name.startswith("onnx"):
             predictors[name] = export.OnnxClassifier(path, threads=torch.get_num_threads()).logits
         else:
             model = export.load_int8(path) if name == "int8" else load_classifier(path).eval()
@@ -102,7 +111,7 @@ def main() -> None:
     for name, figures in measure(predictors, texts, labels, args.latency_rows).items():
         out[name] = {**figures, "size_mb": size_mb(paths[name])}
     teacher = out.get("teacher")
-    for name in ("student", "int8", "onnx"):
+    for name in ("student", "int8", "onnx", "onnx_int8"):
         if teacher and name in out:
             out[name]["speedup_vs_teacher"] = round(out[name]["throughput_b32"] / teacher["throughput_b32"], 2)
             out[name]["retention"] = round(out[name]["accuracy"] / teacher["accuracy"], 4)

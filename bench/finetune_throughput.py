@@ -5,7 +5,10 @@
             (tasks.training.training_arguments, as the finetune stage uses it);
 - baseline: padding="max_length", max_length=128, fp32, random batches (no length grouping).
 
-Both are scored on the golden set (dev.tsv). samples/s = training rows x epochs / training wall time.
+Both are scored on the golden set (dev.tsv). samples/s = training rows x epochs / training wall time;
+tokens/s counts real (non-padding) tokens, so padding does not inflate it. MFU = model FLOPs for those real tokens
+(PaLM appendix B: 6N + 12*L*d*S per token, N = non-embedding parameters, S = mean sequence length) over wall time,
+divided by the accelerator's dense bf16 peak (known for H100/H200/A100; pass --peak-tflops elsewhere).
 
     python bench/finetune_throughput.py --rows 2000 --min-words 10 --epochs 1
 """
@@ -31,6 +34,29 @@ def dev_accuracy(model, tokenizer, max_length: int) -> float:
     dev = read_tsv("dev")
     probs = predict_proba(None, [t for t, _ in dev], model=model, tokenizer=tokenizer, max_length=max_length)
     return float(np.mean(probs.argmax(1) == np.array([y for _, y in dev])))
+
+
+# Dense bf16 tensor-core peaks from the vendors' datasheets (no sparsity), matched against the device name.
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L4": 121.0}
+
+
+def peak_tflops(override: float | None) -> float | None:
+    import torch
+
+    if override:
+        return override
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
+def train_flops_per_token(model, mean_length: float) -> float:
+    """6N + 12*L*d*S (forward + backward), N without the embedding tables, which cost no matmul."""
+    cfg = model.config
+    embedding = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
+    n = sum(p.numel() for p in model.parameters()) - embedding
+    return 6 * n + 12 * cfg.num_hidden_layers * cfg.hidden_size * mean_length
 
 
 def train_once(name: str, rows, args, out_dir: Path) -> dict:
@@ -73,8 +99,17 @@ def train_once(name: str, rows, args, out_dir: Path) -> dict:
     seconds = time.perf_counter() - t0
     accuracy = dev_accuracy(trainer.model, tokenizer, 128)
     print(f"{name}: {seconds:.1f}s, dev accuracy {accuracy:.4f}", file=sys.stderr, flush=True)
-    return {"train_seconds": round(seconds, 2), "samples_per_second": round(len(rows) * args.epochs / seconds, 2),
-            "dev_accuracy": round(accuracy, 4), "steps": trainer.state.global_step}
+    lengths = [sum(mask) for mask in data["attention_mask"]]  # real tokens per row, after truncation
+    real_tokens = sum(lengths) * args.epochs
+    out = {"train_seconds": round(seconds, 2), "samples_per_second": round(len(rows) * args.epochs / seconds, 2),
+           "tokens_per_second": round(real_tokens / seconds, 1), "dev_accuracy": round(accuracy, 4),
+           "steps": trainer.state.global_step, "mfu": None}
+    peak = peak_tflops(args.peak_tflops)
+    if peak:
+        flops = real_tokens * train_flops_per_token(trainer.model, sum(lengths) / len(lengths))
+        out["mfu"] = round(flops / seconds / (peak * 1e12), 4)
+        out["peak_tflops"] = peak
+    return out
 
 
 def main() -> None:
@@ -86,6 +121,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--peak-tflops", type=float, help="the device's dense peak, for MFU where it is not known")
+    parser.add_argument("--only", choices=["ours", "baseline"], help="run one recipe (e.g. ours on a GPU)")
     args = parser.parse_args()
 
     import torch
@@ -98,10 +135,15 @@ def main() -> None:
            "lr": args.lr, "min_words": args.min_words, "torch_threads": torch.get_num_threads(),
            "device": "cuda" if torch.cuda.is_available() else "cpu", "ours_features": device_features()}
     with tempfile.TemporaryDirectory() as tmp:
-        out["ours"] = train_once("ours", rows, args, Path(tmp) / "ours")
-        out["baseline"] = train_once("baseline", rows, args, Path(tmp) / "baseline")
-    out["speedup"] = round(out["ours"]["samples_per_second"] / out["baseline"]["samples_per_second"], 2)
-    out["accuracy_delta_points"] = round(100 * (out["ours"]["dev_accuracy"] - out["baseline"]["dev_accuracy"]), 2)
+        for name in ("ours", "baseline"):
+            if args.only in (None, name):
+                out[name] = train_once(name, rows, args, Path(tmp) / name)
+    if "ours" in out and "baseline" in out:
+        out["speedup"] = round(out["ours"]["samples_per_second"] / out["baseline"]["samples_per_second"], 2)
+        out["accuracy_delta_points"] = round(100 * (out["ours"]["dev_accuracy"] - out["baseline"]["dev_accuracy"]),
+                                             2)
+    if torch.cuda.is_available():
+        out["device_name"] = torch.cuda.get_device_name()
     print_json(out)
 
 

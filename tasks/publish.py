@@ -5,8 +5,9 @@
 
 1. The version id is chosen once per run and kept in ``R/publish/state.json`` (create-only), so a retried task
    (after an S3 outage, say) finishes the same version instead of leaving a second half-copied one.
-2. Every file of the teacher, the student and the reports is copied to ``models/<pipeline>/<version>/``;
-   its sha256 is taken from the bytes copied.
+2. Every file of the teacher, the student, the student's CPU-serving exports (``exports/<format>/``, from the
+   distill stage's result in the run) and the reports is copied to ``models/<pipeline>/<version>/``; its sha256
+   is taken from the bytes copied.
 3. ``manifest.json`` is written after every file, create-only: a version folder without a manifest is
    incomplete and invisible to ``registry list``, and can never be promoted.
 4. Every file is re-read and re-hashed against the manifest (``registry.verify``). A mismatch fails the stage
@@ -77,6 +78,18 @@ def _copy_one(source: str, dest_uri: str, rel: str, files: dict[str, dict[str, A
     files[rel] = {"sha256": storage.sha256_bytes(data), "size": len(data)}
 
 
+def student_exports(run_uri: str, student_uri: str) -> dict[str, str]:
+    """{format: uri} of the exports the distill stage made of this very student (RUN/distill/result.json)."""
+    result_uri = storage.join(run_uri, "distill", "result.json")
+    if not storage.exists(result_uri):
+        return {}
+    distilled = storage.read_json(result_uri)
+    if storage.normalize(distilled.get("model_uri", "")).rstrip("/") != storage.normalize(student_uri).rstrip("/"):
+        print(f"[publish] {result_uri} is about another student; its exports are not published", flush=True)
+        return {}
+    return dict(sorted((distilled.get("exports") or {}).items()))
+
+
 def _snapshot_id(snapshot_uri: str) -> str:
     try:
         manifest = snapshots.read_manifest(snapshot_uri)
@@ -101,6 +114,9 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, eva
         files: dict[str, dict[str, Any]] = {}
         _copy_tree(teacher_uri, vuri, files, "teacher")
         _copy_tree(student_uri, vuri, files, "student")
+        exports = student_exports(run_uri, student_uri)
+        for name, export_uri in exports.items():
+            _copy_tree(export_uri, vuri, files, f"exports/{name}")
         eval_dir = storage.parent(storage.normalize(evaluation_uri))
         _copy_tree(eval_dir, vuri, files, "reports")
         _copy_one(spec_uri, vuri, "reports/spec.json", files)
@@ -118,7 +134,9 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, eva
             "parameters": {k: frozen[k] for k in ("model", "train", "student", "gates")} | {
                 "labels": frozen["data"]["labels"]},
             "run_uri": run_uri,
-            "sources": {"teacher": teacher_uri, "student": student_uri, "evaluation": evaluation_uri},
+            "sources": {"teacher": teacher_uri, "student": student_uri, "evaluation": evaluation_uri,
+                        "exports": exports},
+            "exports": {name: f"exports/{name}/" for name in exports},
             "evaluation": {k: evaluation.get(k) for k in ("passed", "first_run", "failed_gates", "gates", "metrics",
                                                           "report_uri", "report_md_uri")},
             "files": dict(sorted(files.items())),

@@ -96,11 +96,12 @@ class StudentSpec(_Section):
     layers: int = Field(3, ge=1, description="Student keeps every k-th teacher layer, this many in all")
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the hard-label CE; 1-alpha goes to the KL")
     temperature: float = Field(2.0, gt=0, description="Softmax temperature T of the KL term (scaled by T^2)")
-    hidden_mse_weight: float = Field(0.0, ge=0, description="Weight of an MSE on mapped hidden states; 0 = off")
+    hidden_mse_weight: float = Field(1.0, ge=0, description="Weight of an MSE on mapped hidden states; 0 = off")
     epochs: float = Field(1.0, gt=0)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
-    export: list[Literal["int8", "onnx"]] = Field(default_factory=list, description="CPU-serving exports of the student")
+    export: list[Literal["int8", "onnx", "onnx_int8"]] = Field(
+        default_factory=list, description="CPU-serving exports of the student (published with it)")
 
 
 class DriftSpec(_Section):

@@ -4,6 +4,7 @@ the distill stage end to end on moto S3 with int8 and ONNX exports."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,7 +132,7 @@ def test_distill_stage_on_s3_with_int8_and_onnx_exports(s3_env, tmp_path, tiny_m
     storage.upload_dir(tiny_model_dir, teacher_uri)
     run = make_run(s3_env, "distill-run", {
         "model.base": str(tiny_model_dir), "train.eval_steps": 5, "train.checkpoint_steps": 5,
-        "student.layers": 2, "student.epochs": 1, "student.batch_size": 16, "student.export": ["int8", "onnx"],
+        "student.layers": 2, "student.epochs": 1, "student.batch_size": 16, "student.export": ["int8", "onnx", "onnx_int8"],
         "student.hidden_mse_weight": 0.5,
     })
     snapshot = write_snapshot(s3_env, "sst2", read_tsv("train", limit=160, offset=5000))
@@ -140,7 +141,7 @@ def test_distill_stage_on_s3_with_int8_and_onnx_exports(s3_env, tmp_path, tiny_m
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = stage_result(proc.stdout)
     assert result["model_uri"] == f"{run}/distill/model" and result["layer_map"] == [1, 3]
-    assert set(result["exports"]) == {"int8", "onnx"}
+    assert set(result["exports"]) == {"int8", "onnx", "onnx_int8"}
     assert storage.read_json(f"{run}/distill/result.json") == result
     assert storage.exists(f"{run}/distill/curve.png") and storage.exists(f"{run}/distill/metrics.json")
     assert 0.0 <= result["metrics"]["accuracy"] <= 1.0 and result["global_step"] > 0
@@ -161,3 +162,8 @@ def test_distill_stage_on_s3_with_int8_and_onnx_exports(s3_env, tmp_path, tiny_m
             got_int8 = int8(**enc).logits.numpy()
     # int8 weights are an approximation: close to, but not the same as, the fp32 logits.
     assert np.abs(got_int8 - want).max() < 0.1 and not np.array_equal(got_int8, want)
+    with storage.local_copy(result["exports"]["onnx_int8"]) as q_dir, storage.local_copy(result["exports"]["onnx"]) as f_dir:
+        got_q = export.OnnxClassifier(q_dir, threads=1).logits(texts)
+        q_size, f_size = (Path(d, export.ONNX_FILE).stat().st_size for d in (q_dir, f_dir))
+    assert np.abs(got_q - want).max() < 0.1 and not np.array_equal(got_q, want)
+    assert q_size < 0.5 * f_size  # int8 weights, embedding tables included

@@ -249,3 +249,31 @@ def test_version_ids_sort_by_time_within_one_second():
         ids = [registry.new_version_id(m) for m in moments]
         assert ids == sorted(ids)
     assert ids[0].startswith("v20261123-101500001-")
+
+
+def test_student_exports_are_published_and_verified_with_the_version(env):
+    spec, snap, model = env
+    run = _evaluated_run(spec, "with-exports")
+    distill_out = storage.join(run, "distill")
+    int8 = storage.join(distill_out, "int8")
+    storage.write_bytes(storage.join(int8, "model_int8.pt"), b"int8 weights")
+    storage.write_text(storage.join(int8, "config.json"), "{}")
+    storage.write_json(storage.join(distill_out, "result.json"), {"model_uri": model, "exports": {"int8": int8}})
+    result, code = publish.run(run, snap, model, model, storage.join(run, "evaluate", "result.json"), None)
+    assert code == 0 and result["verified"] and result["promoted"], result["reason"]
+    manifest = registry.read_manifest(spec, result["version"])
+    assert manifest["exports"] == {"int8": "exports/int8/"}
+    assert manifest["files"]["exports/int8/model_int8.pt"]["size"] == len(b"int8 weights")
+    assert storage.read_bytes(storage.join(result["version_uri"], "exports/int8/model_int8.pt")) == b"int8 weights"
+
+    # A distill result about another student (say, publish run by hand on a different model): not its exports.
+    other = _evaluated_run(spec, "other-student")
+    storage.write_bytes(storage.join(other, "distill", "int8", "model_int8.pt"), b"someone else's")
+    storage.write_json(storage.join(other, "distill", "result.json"),
+                       {"model_uri": storage.join(other, "distill", "model"),
+                        "exports": {"int8": storage.join(other, "distill", "int8")}})
+    result, code = publish.run(other, snap, model, model, storage.join(other, "evaluate", "result.json"),
+                               registry.read_champion(spec)["version"])
+    assert code == 0 and result["verified"]
+    manifest = registry.read_manifest(spec, result["version"])
+    assert manifest["exports"] == {} and not any(f.startswith("exports/") for f in manifest["files"])
