@@ -192,7 +192,8 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
             return bool(decision["retrain"])
 
         finetune = build_stage(spec, "finetune", ["--run", RUN, "--snapshot", SNAPSHOT, "--champion", CHAMPION])
-        distill = build_stage(spec, "distill", ["--run", RUN, "--snapshot", SNAPSHOT, "--teacher", TEACHER])
+        distill = build_stage(spec, "distill", ["--run", RUN, "--snapshot", SNAPSHOT, "--teacher", TEACHER,
+                                                "--champion", CHAMPION])
         evaluate = build_stage(spec, "evaluate", ["--run", RUN, "--snapshot", SNAPSHOT, "--teacher", TEACHER,
                                                   "--student", STUDENT, "--champion", CHAMPION, "--golden", GOLDEN])
 

@@ -1,7 +1,8 @@
-"""``python -m tasks distill --run RUN_URI --snapshot SNAPSHOT_URI --teacher TEACHER_MODEL_URI``.
+"""``python -m tasks distill --run RUN_URI --snapshot SNAPSHOT_URI --teacher TEACHER_MODEL_URI [--champion V]``.
 
 Distils the fine-tuned teacher into a smaller student, DistilBERT-style: the student is the teacher with fewer
-layers, initialized from every k-th teacher layer (plus the teacher's embeddings, pooler and head), and trained on
+layers, initialized from every k-th teacher layer (plus the teacher's embeddings, pooler and head) or, with
+``student.init_from: champion``, from the champion's student, and trained on
 
     loss = alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)  [+ w * hidden-state MSE]
 
@@ -28,6 +29,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--run", required=True, help="RUN_URI; the spec is RUN_URI/spec.json")
     parser.add_argument("--snapshot", required=True, help="SNAPSHOT_URI to train on")
     parser.add_argument("--teacher", required=True, help="the fine-tuned teacher's model folder (URI)")
+    parser.add_argument("--champion", default="none",
+                        help="champion version URI (warm start with student.init_from: champion), or none")
     return parser.parse_args(argv)
 
 
@@ -58,6 +61,26 @@ def init_student(teacher, student_layers: int):
         wanted[key] = source[teacher_key]
     student.load_state_dict(wanted, strict=True)
     return student, mapping
+
+
+def starting_student(spec, teacher, champion_uri: str):
+    """(student, layer map, description). With ``student.init_from: champion`` and a champion whose student has
+    the spec's layers and labels, that student (a warm start: its errors stay close to the serving model's, which
+    also narrows the gate's paired confidence interval); otherwise every k-th teacher layer."""
+    from tasks import modeling
+
+    st = spec.student
+    if st.init_from == "champion" and champion_uri.lower() != "none":
+        folder = modeling.materialize(storage.join(champion_uri, "student"))
+        champion = modeling.load_classifier(folder)
+        layers, labels = champion.config.num_hidden_layers, modeling.load_config_labels(folder)
+        if layers == st.layers and labels == list(spec.data.labels):
+            mapping = layer_map(teacher.config.num_hidden_layers, st.layers)
+            return champion, mapping, f"champion {champion_uri.rstrip('/').rsplit('/', 1)[-1]}"
+        print(f"[{STAGE}] the champion's student ({layers} layers, labels {labels}) does not fit the spec "
+              f"({st.layers} layers, labels {list(spec.data.labels)}): initializing from the teacher", flush=True)
+    student, mapping = init_student(teacher, st.layers)
+    return student, mapping, "teacher layers"
 
 
 def distillation_loss(student_logits, teacher_logits, labels, *, alpha: float, temperature: float,
@@ -148,7 +171,7 @@ def main(argv: list[str]) -> int:
     )
     set_seed(hp.seed)
     teacher = modeling.load_classifier(teacher_dir)
-    student, mapping = init_student(teacher, st.layers)
+    student, mapping, init_from = starting_student(spec, teacher, args.champion)
     progress = training.ProgressLogger(STAGE, st.batch_size * hp.gradient_accumulation_steps * targs.world_size)
     trainer = training.make_trainer(
         _distill_trainer_class(), args=targs, tokenizer=tokenizer, paths=paths, progress=progress,
@@ -156,7 +179,8 @@ def main(argv: list[str]) -> int:
         teacher=teacher, alpha=st.alpha, temperature=st.temperature, hidden_weight=st.hidden_mse_weight,
         mapping=mapping,
     )
-    print(f"[{STAGE}] student: {st.layers} of {teacher.config.num_hidden_layers} teacher layers {mapping}; "
+    print(f"[{STAGE}] student: {st.layers} of {teacher.config.num_hidden_layers} teacher layers {mapping}, "
+          f"initialized from {init_from}; "
           f"{len(train_set)} train rows, {len(holdout_set)} holdout rows, device {targs.device}", flush=True)
     outcome = training.train_with_resume(trainer, paths, progress)
 
@@ -170,6 +194,7 @@ def main(argv: list[str]) -> int:
         params = sum(p.numel() for p in trainer.model.parameters())
         result = training.result_json(outcome, paths, len(train_set), exports=exports,
                                       teacher_uri=storage.normalize(args.teacher), student_layers=st.layers,
+                                      init_from=init_from,
                                       layer_map=mapping, parameters=params)
         results.emit(result, paths.out_uri)
     return 0

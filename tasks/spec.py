@@ -97,6 +97,8 @@ class StudentSpec(_Section):
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the hard-label CE; 1-alpha goes to the KL")
     temperature: float = Field(2.0, gt=0, description="Softmax temperature T of the KL term (scaled by T^2)")
     hidden_mse_weight: float = Field(1.0, ge=0, description="Weight of an MSE on mapped hidden states; 0 = off")
+    init_from: Literal["teacher", "champion"] = Field(
+        "teacher", description="Every k-th teacher layer, or the champion's student when it has the same layers")
     epochs: float = Field(1.0, gt=0)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1e-4, gt=0)

@@ -47,6 +47,39 @@ def test_layer_map_takes_every_kth_layer_ending_at_the_top():
             layer_map(6, bad)
 
 
+def test_student_warm_starts_from_the_champions_student_only_when_it_fits(teacher, tokenizer, tmp_path):
+    from tasks import storage
+    from tasks.distill import starting_student
+    from tasks.modeling import save_model
+    from tasks.spec import load_spec, with_overrides
+
+    from bench.common import SPEC_YAML
+
+    spec = load_spec(SPEC_YAML)
+    champion_student, _ = init_student(teacher, 2)
+    champion_student.config.id2label = dict(enumerate(spec.data.labels))  # as the finetune stage saves them
+    champion_student.config.label2id = {label: i for i, label in enumerate(spec.data.labels)}
+    with torch.no_grad():  # make it differ from a fresh teacher-layer copy
+        champion_student.classifier.weight.add_(1.0)
+    save_model(champion_student, tokenizer, tmp_path / "v1" / "student")
+    champion_uri = storage.normalize(str(tmp_path / "v1"))
+
+    warm, mapping, how = starting_student(with_overrides(spec, {"student.layers": 2, "student.init_from": "champion"}),
+                                          teacher, champion_uri)
+    assert how == "champion v1" and mapping == [1, 3]
+    assert all(torch.equal(v, champion_student.state_dict()[k]) for k, v in warm.state_dict().items())
+
+    # Another layer count, no champion, init_from: teacher, or other labels: every k-th teacher layer.
+    other_labels = {"data.labels": ["neg", "pos"], "data.label_aliases": {}}
+    for overrides, champion in (({"student.layers": 2, "student.init_from": "champion", **other_labels}, champion_uri),
+                                ({"student.layers": 3, "student.init_from": "champion"}, champion_uri),
+                                ({"student.layers": 2, "student.init_from": "champion"}, "none"),
+                                ({"student.layers": 2, "student.init_from": "teacher"}, champion_uri)):
+        cold, mapping, how = starting_student(with_overrides(spec, overrides), teacher, champion)
+        assert how == "teacher layers" and mapping == layer_map(4, overrides["student.layers"])
+        assert torch.equal(cold.classifier.weight, teacher.classifier.weight)
+
+
 def test_student_is_initialized_from_the_mapped_teacher_layers(teacher):
     student, mapping = init_student(teacher, 2)
     assert mapping == [1, 3]
