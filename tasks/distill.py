@@ -65,8 +65,9 @@ def init_student(teacher, student_layers: int):
 
 def starting_student(spec, teacher, champion_uri: str):
     """(student, layer map, description). With ``student.init_from: champion`` and a champion whose student has
-    the spec's layers and labels, that student (a warm start: its errors stay close to the serving model's, which
-    also narrows the gate's paired confidence interval); otherwise every k-th teacher layer."""
+    the spec's layers and labels and the teacher's architecture, that student (a warm start: its errors stay
+    close to the serving model's, which also narrows the gate's paired confidence interval); otherwise every
+    k-th teacher layer."""
     from tasks import modeling
 
     st = spec.student
@@ -74,11 +75,16 @@ def starting_student(spec, teacher, champion_uri: str):
         folder = modeling.materialize(storage.join(champion_uri, "student"))
         champion = modeling.load_classifier(folder)
         layers, labels = champion.config.num_hidden_layers, modeling.load_config_labels(folder)
-        if layers == st.layers and labels == list(spec.data.labels):
+        # A new model.base in the spec changes the width or vocabulary: hidden-state MSE and the teacher's
+        # tokenizer would no longer fit the old student.
+        shape = {k: getattr(champion.config, k, None) for k in ("model_type", "hidden_size", "vocab_size")}
+        want = {k: getattr(teacher.config, k, None) for k in shape}
+        if layers == st.layers and labels == list(spec.data.labels) and shape == want:
             mapping = layer_map(teacher.config.num_hidden_layers, st.layers)
             return champion, mapping, f"champion {champion_uri.rstrip('/').rsplit('/', 1)[-1]}"
-        print(f"[{STAGE}] the champion's student ({layers} layers, labels {labels}) does not fit the spec "
-              f"({st.layers} layers, labels {list(spec.data.labels)}): initializing from the teacher", flush=True)
+        print(f"[{STAGE}] the champion's student ({layers} layers, labels {labels}, {shape}) does not fit the "
+              f"spec and teacher ({st.layers} layers, labels {list(spec.data.labels)}, {want}): initializing from "
+              "the teacher", flush=True)
     student, mapping = init_student(teacher, st.layers)
     return student, mapping, "teacher layers"
 

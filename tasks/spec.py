@@ -98,7 +98,7 @@ class StudentSpec(_Section):
     temperature: float = Field(2.0, gt=0, description="Softmax temperature T of the KL term (scaled by T^2)")
     hidden_mse_weight: float = Field(1.0, ge=0, description="Weight of an MSE on mapped hidden states; 0 = off")
     init_from: Literal["teacher", "champion"] = Field(
-        "teacher", description="Every k-th teacher layer, or the champion's student when it has the same layers")
+        "teacher", description="Every k-th teacher layer, or the champion's student if its layers, labels, width fit")
     epochs: float = Field(1.0, gt=0)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1e-4, gt=0)

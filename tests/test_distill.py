@@ -69,12 +69,24 @@ def test_student_warm_starts_from_the_champions_student_only_when_it_fits(teache
     assert how == "champion v1" and mapping == [1, 3]
     assert all(torch.equal(v, champion_student.state_dict()[k]) for k, v in warm.state_dict().items())
 
-    # Another layer count, no champion, init_from: teacher, or other labels: every k-th teacher layer.
+    # A champion from another base model (a different width), with the spec's layers and labels.
+    from transformers import BertConfig, BertForSequenceClassification
+
+    wider = BertForSequenceClassification(BertConfig(
+        vocab_size=teacher.config.vocab_size, hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, num_labels=2, id2label=dict(enumerate(spec.data.labels)),
+        label2id={label: i for i, label in enumerate(spec.data.labels)}))
+    save_model(wider, tokenizer, tmp_path / "v2" / "student")
+    other_base = storage.normalize(str(tmp_path / "v2"))
+
+    # Another layer count, no champion, init_from: teacher, other labels or another base model: every k-th
+    # teacher layer.
     other_labels = {"data.labels": ["neg", "pos"], "data.label_aliases": {}}
     for overrides, champion in (({"student.layers": 2, "student.init_from": "champion", **other_labels}, champion_uri),
                                 ({"student.layers": 3, "student.init_from": "champion"}, champion_uri),
                                 ({"student.layers": 2, "student.init_from": "champion"}, "none"),
-                                ({"student.layers": 2, "student.init_from": "teacher"}, champion_uri)):
+                                ({"student.layers": 2, "student.init_from": "teacher"}, champion_uri),
+                                ({"student.layers": 2, "student.init_from": "champion"}, other_base)):
         cold, mapping, how = starting_student(with_overrides(spec, overrides), teacher, champion)
         assert how == "teacher layers" and mapping == layer_map(4, overrides["student.layers"])
         assert torch.equal(cold.classifier.weight, teacher.classifier.weight)
