@@ -1,0 +1,88 @@
+"""Length grouping (tasks.training.LengthBucketSampler): batches of similar length, in random order, seeded, and
+used by the stages' Trainer for every epoch."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from tasks.training import LengthBucketSampler
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def padded_tokens(lengths, batches) -> int:
+    return sum(max(lengths[i] for i in batch) * len(batch) for batch in batches)
+
+
+def test_batches_cover_every_row_once_with_little_padding_in_random_order():
+    rng = random.Random(0)
+    lengths = [rng.randint(3, 60) for _ in range(1000)]
+    sampler = LengthBucketSampler(lengths, batch_size=32, seed=7, mega_batches=10)
+    batches = sampler.batches()
+
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    assert list(sampler) == [i for b in batches for i in b]
+    assert [len(b) for b in batches[:-1]] == [32] * 31 and len(batches[-1]) == 1000 - 31 * 32
+
+    # Less than half the padding of random batches of the same size.
+    shuffled = list(range(1000))
+    rng.shuffle(shuffled)
+    random_batches = [shuffled[i:i + 32] for i in range(0, 1000, 32)]
+    assert padded_tokens(lengths, batches) - sum(lengths) < 0.5 * (padded_tokens(lengths, random_batches) - sum(lengths))
+
+    # transformers' LengthGroupedSampler runs each mega-batch from long to short; here the batch order is random.
+    longest = [max(lengths[i] for i in b) for b in batches[:-1]]
+    assert longest != sorted(longest) and longest != sorted(longest, reverse=True)
+    rises = sum(b > a for a, b in zip(longest, longest[1:]))
+    assert 0.2 < rises / (len(longest) - 1) < 0.8
+
+
+def test_order_depends_on_seed_and_epoch_only():
+    lengths = [i % 37 + 1 for i in range(300)]
+    first = LengthBucketSampler(lengths, batch_size=16, seed=42).batches()
+    assert LengthBucketSampler(lengths, batch_size=16, seed=42).batches() == first
+    assert LengthBucketSampler(lengths, batch_size=16, seed=43).batches() != first
+    next_epoch = LengthBucketSampler(lengths, batch_size=16, seed=42)
+    next_epoch.set_epoch(1)
+    assert next_epoch.batches() != first
+
+
+def test_the_stages_trainer_uses_it_for_every_epoch(tiny_model_dir, tmp_path, monkeypatch):
+    from transformers import Trainer
+
+    from tasks import modeling, training
+
+    epochs_seen: list[int] = []
+    original = LengthBucketSampler.set_epoch
+    monkeypatch.setattr(LengthBucketSampler, "set_epoch",
+                        lambda self, epoch: (epochs_seen.append(epoch), original(self, epoch))[1])
+
+    tokenizer = modeling.load_tokenizer(tiny_model_dir)
+    texts = ["short", "a somewhat longer row of text", "mid length row", "one more row here", "x y", "z"] * 4
+    data = training.tokenize(tokenizer, texts, [i % 2 for i in range(len(texts))], 64)
+    common = dict(epochs=2, batch_size=4, learning_rate=1e-3, weight_decay=0.0, warmup_ratio=0.0,
+                  gradient_accumulation_steps=1, eval_steps=1000, checkpoint_steps=1000, seed=3)
+
+    def trainer(**kwargs):
+        args = training.training_arguments(tmp_path / "out", **common, save_strategy="no", eval_strategy="no",
+                                           load_best_model_at_end=False, **kwargs)
+        return training.quiet_trainer(Trainer, model=modeling.load_classifier(tiny_model_dir), args=args,
+                                      train_dataset=data, processing_class=tokenizer)
+
+    grouped = trainer()
+    sampler = grouped._get_train_sampler()
+    assert isinstance(sampler, LengthBucketSampler) and sampler.batch_size == 4 and sampler.seed == 3
+    grouped.train()
+    assert grouped.state.global_step == 12
+    assert sorted(set(epochs_seen)) == [0, 1]  # a new order each epoch
+
+    assert not isinstance(trainer(group_by_length=False)._get_train_sampler(), LengthBucketSampler)
