@@ -13,7 +13,9 @@ Each run starts from a clean .demo/ so the story is the same every time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import fcntl
 import json
 import os
 import shutil
@@ -103,18 +105,54 @@ def run_dag(bag, dag_id: str) -> tuple[str, float]:
     return str(getattr(dag_run.state, "value", dag_run.state)), time.monotonic() - started
 
 
+class DemoAlreadyRunning(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def demo_lock(path: Path):
+    """Hold an exclusive lock for the whole demo: a second ``make demo`` would wipe .demo/ under the first one's
+    SQLite DB. The kernel drops the lock when the holder dies, so a killed demo never leaves it stale. Yields the
+    lock's file descriptor, for children that must keep holding it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise DemoAlreadyRunning(f"another `make demo` is running (pid {holder}); wait for it or stop it first, "
+                                     f"then run again (lock: {path})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield fd
+    finally:
+        os.close(fd)
+
+
 def main() -> int:
     args = parse_args()
     if not (DATA / "sst2" / "train.tsv").is_file():
         print(f"SST-2 data not found under {DATA}; set RETRAIN_DATA_DIR to the folder holding sst2/", file=sys.stderr)
         return 2
+    try:
+        with demo_lock(ROOT / ".demo.lock") as lock_fd:
+            return run_demo(args, lock_fd)
+    except DemoAlreadyRunning as exc:
+        print(f"[demo] {exc}", file=sys.stderr)
+        return 2
+
+
+def run_demo(args: argparse.Namespace, lock_fd: int) -> int:
     if DEMO.exists() and not args.keep:
         shutil.rmtree(DEMO)
     configure_environment(args)
     t0 = time.monotonic()
     (DEMO / "airflow").mkdir(parents=True, exist_ok=True)
     print("[demo] preparing Airflow metadata DB (SQLite) ...", flush=True)
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
+    # The migration holds the lock too: if this process is killed, no new demo starts until the migration ends.
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL,
+                   pass_fds=(lock_fd,))
 
     storage_root = DEMO / "storage"
     golden = storage_root / "reference" / "sst2" / "golden.tsv"
