@@ -32,5 +32,36 @@ def main(argv: list[str] | None = None) -> int:
     return int(module.main(argv[1:]) or 0)
 
 
+def exit_now(code: int) -> None:
+    """Flush and leave without interpreter finalization. Native thread pools (Arrow's, seen in CI) can abort
+    while Python tears itself down ("terminate called without an active exception", exit -6), which would turn
+    a finished stage, or its clean error exit, into a crash that Airflow retries. Every stage has written its
+    outputs and result before it returns, so nothing is lost by skipping the teardown."""
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def run() -> None:
+    try:
+        code = main()
+    except SystemExit as exc:  # argparse errors and --help
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001 - print the traceback as Python would, then exit 1
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    exit_now(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
