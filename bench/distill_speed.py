@@ -82,10 +82,12 @@ def main() -> None:
     dirs = {"teacher": args.teacher, "student": args.student, "int8": args.int8, "onnx": args.onnx,
             "onnx_int8": args.onnx_int8}
     if args.version:
-        version = args.version.rstrip("/")
-        dirs.update({"teacher": f"{version}/teacher", "student": f"{version}/student"})
-        dirs.update({name: f"{version}/exports/{name}" for name in ("int8", "onnx", "onnx_int8")
-                     if Path(version.removeprefix("file://"), "exports", name).is_dir()})
+        from tasks import storage
+
+        version = storage.local_path(storage.normalize(args.version))
+        dirs.update({"teacher": str(version / "teacher"), "student": str(version / "student")})
+        dirs.update({name: str(version / "exports" / name) for name in ("int8", "onnx", "onnx_int8")
+                     if (version / "exports" / name).is_dir()})
     if args.from_json:
         demo = json.loads(Path(args.from_json).read_text().strip().splitlines()[-1])
         dirs.update({k: v for k, v in demo["models"].items() if v})

@@ -51,10 +51,12 @@ def exit_now(code: int) -> None:
 def run() -> None:
     try:
         code = main()
-    except SystemExit as exc:  # argparse errors and --help
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if exc.code is not None and not isinstance(exc.code, int):
+    except SystemExit as exc:  # argparse errors and --help; sys.exit("message") prints it and exits 1, as Python does
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
             print(exc.code, file=sys.stderr)
+            code = 1
     except BaseException:  # noqa: BLE001 - print the traceback as Python would, then exit 1
         import traceback
 

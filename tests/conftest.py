@@ -141,6 +141,18 @@ def receivers(monkeypatch):
         yield smtp, hook
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: the 2 test cores are shared, and OpenMP threads that spin-wait for each
+    other on an oversubscribed machine run far slower than one thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 4-layer, 32-wide random-init BERT with the packaged MiniLM tokenizer, saved as safetensors."""

@@ -13,13 +13,7 @@ from bench.common import make_run, read_tsv, run_stage, stage_result, write_snap
 from tasks.distill import _distill_trainer_class, distillation_loss, init_student, layer_map
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The 2 test cores are shared; one thread avoids OpenMP spin-waiting on an oversubscribed machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

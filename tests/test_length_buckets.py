@@ -6,17 +6,11 @@ from __future__ import annotations
 import random
 
 import pytest
-import torch
 
 from tasks.training import LengthBucketSampler
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def padded_tokens(lengths, batches) -> int:
