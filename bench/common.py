@@ -35,11 +35,11 @@ def holdout_of(text: str, fraction: float = 0.1) -> bool:
 
 
 def write_snapshot(root_uri: str, pipeline: str, rows: list[tuple[str, int]], holdout_fraction: float = 0.1) -> str:
-    """A snapshot in the format tasks.snapshots reads (one part), with a hash-based holdout split."""
+    """A snapshot in the format tasks.data.snapshots reads (one part), with a hash-based holdout split."""
     import pandas as pd
 
     from tasks import storage
-    from tasks.snapshots import parquet_bytes
+    from tasks.data.snapshots import parquet_bytes
 
     frame = pd.DataFrame({
         "text": [t for t, _ in rows],

@@ -23,7 +23,7 @@ def dev_accuracy(model_uri: str, max_length: int) -> float:
     import numpy as np
 
     from tasks import storage
-    from tasks.modeling import predict_proba
+    from tasks.train.modeling import predict_proba
 
     dev = read_tsv("dev")
     probs = predict_proba(storage.local_path(model_uri), [t for t, _ in dev], max_length=max_length)

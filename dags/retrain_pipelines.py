@@ -178,7 +178,7 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
         def decide(run: dict, ingest_result: dict, drift_result: dict, ti=None) -> bool:
             """Retrain or skip, with reasons; on skip, the training stages never start."""
             from tasks import storage
-            from tasks.decide import decide as decide_retrain
+            from tasks.decide.decision import decide as decide_retrain
             from tasks.spec import load_spec
 
             apply_storage_env(pipeline_spec)  # credentials first: each task is a fresh process
@@ -216,7 +216,7 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
         def notify(run: dict, ti=None) -> dict:
             """The run summary: decisions, metrics, where the artifacts are; stored with the run and logged."""
             from tasks import storage
-            from tasks.summary import build_summary, format_summary
+            from tasks.decide.summary import build_summary, format_summary
 
             apply_storage_env(pipeline_spec)
             pulled = {name: ti.xcom_pull(task_ids=name) for name in

@@ -183,7 +183,7 @@ def run_demo(args: argparse.Namespace, lock_fd: int) -> int:
                 return 1
 
     print("\n[demo] ===== summary =====")
-    from tasks.summary import format_summary
+    from tasks.decide.summary import format_summary
 
     summaries = sorted((storage_root / "runs" / "sst2").glob("*/summary.json"), key=lambda p: p.stat().st_mtime)
     for path in summaries:

@@ -6,24 +6,25 @@ import importlib
 import os
 import sys
 
+from tasks.cli import set_offline_env
+from tasks.errors import PipelineError
+
 # Stage name -> module; each module has main(argv: list[str]) -> int | None.
 STAGES = {
-    "ingest": "tasks.ingest",
-    "drift": "tasks.drift",
-    "finetune": "tasks.finetune",
-    "distill": "tasks.distill",
-    "evaluate": "tasks.evaluate",
-    "publish": "tasks.publish",
-    "registry": "tasks.registry",
+    "ingest": "tasks.data.ingest",
+    "drift": "tasks.drift.stage",
+    "finetune": "tasks.train.finetune",
+    "distill": "tasks.train.distill",
+    "evaluate": "tasks.decide.evaluate",
+    "publish": "tasks.decide.publish",
+    "registry": "tasks.decide.registry",
     "validate-spec": "tasks.validate_spec",
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    set_offline_env()
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in STAGES:
         known = ", ".join(STAGES)
         print(f"usage: python -m tasks STAGE [ARGS]\nstages: {known}", file=sys.stderr)
@@ -57,6 +58,9 @@ def run() -> None:
         else:
             print(exc.code, file=sys.stderr)
             code = 1
+    except PipelineError as exc:  # a classified failure: one clear line, and the kind's exit code
+        print(f"error ({exc.kind.name}): {exc}", file=sys.stderr)
+        code = exc.kind.exit_code
     except BaseException:  # noqa: BLE001 - print the traceback as Python would, then exit 1
         import traceback
 

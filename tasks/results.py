@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks import storage
+from tasks.contracts import Result
 
 POD_XCOM_PATH = "/airflow/xcom/return.json"
 MAX_RESULT_BYTES = 64 * 1024
@@ -28,8 +29,12 @@ def xcom_path() -> Path | None:
     return None
 
 
-def emit(result: dict[str, Any], out_uri: str | None = None) -> dict[str, Any]:
-    """Store the result next to the stage's artifacts (if out_uri) and hand it to Airflow as XCom."""
+def emit(result: "dict[str, Any] | Result", out_uri: str | None = None) -> dict[str, Any]:
+    """Store the result next to the stage's artifacts (if out_uri) and hand it to Airflow as XCom.
+
+    ``result`` is one of the models in ``tasks.contracts`` (or a plain dict of the same shape)."""
+    if isinstance(result, Result):
+        result = result.dump()
     text = json.dumps(result, sort_keys=True, default=str)
     if len(text.encode()) > MAX_RESULT_BYTES:
         raise ValueError(f"stage result is {len(text)} bytes; XCom carries URIs and summaries only")

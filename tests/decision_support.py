@@ -7,7 +7,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from tasks import snapshots, storage
+from tasks.data import snapshots
+from tasks import storage
 from tasks.spec import dump, parse_spec
 
 
@@ -59,7 +60,7 @@ def train_tiny(base_dir: Path, rows: list[tuple[str, int]], out_dir: Path, *, ep
     """Fine-tune the tiny random-init BERT on (text, label) rows; a few seconds on one CPU core."""
     import torch
 
-    from tasks import modeling
+    from tasks.train import modeling
 
     torch.manual_seed(seed)
     model = modeling.load_classifier(base_dir)

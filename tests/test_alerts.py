@@ -14,7 +14,7 @@ pytest.importorskip("aiosmtpd")
 
 import retrain_alerts  # noqa: E402  (plugins/ is on sys.path via conftest)
 from decision_support import FakeTI, failure_context, make_spec  # noqa: E402
-from tasks import gates  # noqa: E402
+from tasks.decide import gates  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,7 +7,7 @@ import sys
 
 from conftest import ROOT
 from data_helpers import make_spec
-from tasks.decide import decide
+from tasks.decide.decision import decide
 
 SPEC = make_spec("file:///tmp/unused", decide={"min_new_rows": 100, "retrain_every_rows": 1000})
 CHAMPION = {"version": "v3", "snapshot_id": "aaaa", "snapshot_uri": "s3://b/snapshots/sst2/aaaa"}
@@ -69,7 +69,7 @@ def test_accepts_a_plain_dict_spec():
 
 
 def test_decide_module_imports_nothing_heavy():
-    code = ("import sys, tasks.decide, tasks.spec; "
+    code = ("import sys, tasks.decide.decision, tasks.spec; "
             "heavy = [m for m in ('pandas', 'numpy', 'torch', 'transformers') if m in sys.modules]; "
             "print(heavy); sys.exit(1 if heavy else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

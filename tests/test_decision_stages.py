@@ -8,7 +8,8 @@ import pytest
 
 from decision_support import (FakeTI, SmtpReceiver, WebhookReceiver, failure_context, make_spec, poison, train_tiny,
                               write_run, write_snapshot)
-from tasks import registry, storage
+from tasks.decide import registry
+from tasks import storage
 from tasks.__main__ import main as tasks_main
 
 pytestmark = pytest.mark.timeout(150)  # safety net only: measured 84-88 s on 2 cores shared by 5 agents

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench.common import make_run, read_tsv, run_stage, stage_result, write_snapshot
-from tasks.distill import _distill_trainer_class, distillation_loss, init_student, layer_map
+from tasks.train.distill import _distill_trainer_class, distillation_loss, init_student, layer_map
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -18,14 +18,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def teacher(tiny_model_dir):
-    from tasks.modeling import load_classifier
+    from tasks.train.modeling import load_classifier
 
     return load_classifier(tiny_model_dir).eval()
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
-    from tasks.modeling import load_tokenizer
+    from tasks.train.modeling import load_tokenizer
 
     return load_tokenizer(tiny_model_dir)
 
@@ -43,8 +43,8 @@ def test_layer_map_takes_every_kth_layer_ending_at_the_top():
 
 def test_student_warm_starts_from_the_champions_student_only_when_it_fits(teacher, tokenizer, tmp_path):
     from tasks import storage
-    from tasks.distill import starting_student
-    from tasks.modeling import save_model
+    from tasks.train.distill import starting_student
+    from tasks.train.modeling import save_model
     from tasks.spec import load_spec, with_overrides
 
     from bench.common import SPEC_YAML
@@ -128,7 +128,7 @@ def test_loss_is_alpha_ce_plus_t2_kl():
 def _train_student(teacher, tokenizer, tmp_path, steps: int = 4, seed: int = 7):
     from transformers import DataCollatorWithPadding, set_seed
 
-    from tasks import training
+    from tasks.train import training
 
     rows = read_tsv("train", limit=48, offset=3000)
     data = training.tokenize(tokenizer, [t for t, _ in rows], [y for _, y in rows], 64)
@@ -164,8 +164,9 @@ def test_gradients_reach_the_student_only_and_training_is_deterministic(teacher,
 def test_distill_stage_on_s3_with_int8_and_onnx_exports(s3_env, tmp_path, tiny_model_dir):
     import numpy as np
 
-    from tasks import export, storage
-    from tasks.modeling import load_classifier, load_tokenizer
+    from tasks.train import export
+    from tasks import storage
+    from tasks.train.modeling import load_classifier, load_tokenizer
 
     teacher_uri = storage.join(s3_env, "teacher-model")
     storage.upload_dir(tiny_model_dir, teacher_uri)

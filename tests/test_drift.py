@@ -13,9 +13,9 @@ import pytest
 from conftest import DATA, ROOT, read_sst2
 from data_helpers import fake_champion, land, make_spec, put_golden, run_folder, tsv_bytes
 from tasks import storage
-from tasks.drift import TextSide, TokenCounter, mmd_permutation, run_drift, statistical_checks
-from tasks.ingest import run_ingest
-from tasks.modeling import load_tokenizer
+from tasks.drift.stage import TextSide, TokenCounter, mmd_permutation, run_drift, statistical_checks
+from tasks.data.ingest import run_ingest
+from tasks.train.modeling import load_tokenizer
 from tasks.spec import DriftSpec
 
 

@@ -33,7 +33,7 @@ def _weights(model_dir):
 
 
 def _complete_steps(checkpoint_prefix: str) -> list[int]:
-    from tasks.training import remote_checkpoints
+    from tasks.train.training import remote_checkpoints
 
     return sorted(remote_checkpoints(checkpoint_prefix))
 

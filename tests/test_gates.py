@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from decision_support import make_spec
-from tasks import gates
+from tasks.decide import gates
 
 
 def _pair(n=500, cand_acc=0.85, champ_acc=0.85, seed=0):

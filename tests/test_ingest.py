@@ -11,8 +11,9 @@ import pytest
 
 from conftest import ROOT, read_sst2
 from data_helpers import land, make_spec, parquet_bytes, put_golden, run_folder, tsv_bytes
-from tasks import ingest, snapshots, storage
-from tasks.ingest import IngestError, normalize_text, run_ingest, split_of
+from tasks.data import ingest, snapshots
+from tasks import storage
+from tasks.data.ingest import IngestError, normalize_text, run_ingest, split_of
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -1,4 +1,4 @@
-"""Length grouping (tasks.training.LengthBucketSampler): batches of similar length, in random order, seeded, and
+"""Length grouping (tasks.train.training.LengthBucketSampler): batches of similar length, in random order, seeded, and
 used by the stages' Trainer for every epoch."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from tasks.training import LengthBucketSampler
+from tasks.train.training import LengthBucketSampler
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -53,7 +53,7 @@ def test_order_depends_on_seed_and_epoch_only():
 def test_the_stages_trainer_uses_it_for_every_epoch(tiny_model_dir, tmp_path, monkeypatch):
     from transformers import Trainer
 
-    from tasks import modeling, training
+    from tasks.train import modeling, training
 
     epochs_seen: list[int] = []
     original = LengthBucketSampler.set_epoch

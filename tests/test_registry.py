@@ -10,7 +10,8 @@ import threading
 import pytest
 
 from decision_support import make_spec, write_run, write_snapshot
-from tasks import publish, registry, storage
+from tasks.decide import publish, registry
+from tasks import storage
 
 pytestmark = pytest.mark.timeout(80)
 
@@ -242,7 +243,7 @@ def test_rollback_restores_previous_and_rerun_reproduces_commands(env, capsys):
 def test_version_ids_sort_by_time_within_one_second():
     from datetime import datetime, timezone
 
-    from tasks import registry
+    from tasks.decide import registry
 
     moments = [datetime(2026, 11, 23, 10, 15, 0, us, tzinfo=timezone.utc) for us in (1_000, 2_000, 999_000)]
     for _ in range(20):  # the random suffix never decides the order

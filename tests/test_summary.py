@@ -1,6 +1,6 @@
 """The run summary picks the numbers people act on: golden-set metrics, new rows since the champion, the verdict."""
 
-from tasks.summary import build_summary, format_summary
+from tasks.decide.summary import build_summary, format_summary
 
 
 def test_summary_reports_golden_metrics_and_outcome():

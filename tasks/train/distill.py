@@ -68,7 +68,7 @@ def starting_student(spec, teacher, champion_uri: str):
     the spec's layers and labels and the teacher's architecture, that student (a warm start: its errors stay
     close to the serving model's, which also narrows the gate's paired confidence interval); otherwise every
     k-th teacher layer."""
-    from tasks import modeling
+    from tasks.train import modeling
 
     st = spec.student
     if st.init_from == "champion" and champion_uri.lower() != "none":
@@ -155,7 +155,7 @@ def _distill_trainer_class():
 def main(argv: list[str]) -> int:
     from transformers import set_seed
 
-    from tasks import export, modeling, training
+    from tasks.train import export, modeling, training
 
     training.setup_logging()
     args = parse_args(argv)

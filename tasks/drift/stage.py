@@ -33,13 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from tasks import results, snapshots, storage
+from tasks import results, storage
+from tasks.data import snapshots
 from tasks.spec import DriftSpec, PipelineSpec, load_spec
 
 if TYPE_CHECKING:
     import numpy as np
 
-log = logging.getLogger("tasks.drift")
+log = logging.getLogger("tasks.drift.stage")
 
 # Splits a text into the words BERT-style pre-tokenizers see: whitespace, and each punctuation mark alone.
 _ISOLATE_PUNCT = r"([^\p{L}\p{N}\p{M}\s])"
@@ -61,7 +62,7 @@ class TokenCounter:
     def __init__(self, model_dir: str | Path) -> None:
         from tokenizers import Tokenizer
 
-        from tasks.modeling import load_tokenizer
+        from tasks.train.modeling import load_tokenizer
 
         hf = load_tokenizer(model_dir)
         self.backend = Tokenizer.from_str(hf.backend_tokenizer.to_str())
@@ -271,7 +272,7 @@ def model_outputs(model_dir: str | Path, texts: Sequence[str], *, max_length: in
 @functools.lru_cache(maxsize=2)
 def _load_champion(model_dir: str):
     """The classifier and tokenizer, loaded once per process (benchmarks call model_outputs per batch)."""
-    from tasks.modeling import load_classifier, load_tokenizer
+    from tasks.train.modeling import load_classifier, load_tokenizer
 
     model = load_classifier(model_dir)
     model.eval()
@@ -499,7 +500,7 @@ def _small(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _champion_encoder(champion_uri: str) -> Path:
-    from tasks.modeling import materialize
+    from tasks.train.modeling import materialize
 
     return materialize(storage.join(champion_uri, "teacher"))
 

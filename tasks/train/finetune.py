@@ -28,7 +28,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def starting_point(spec, champion_uri: str):
     """(model dir, labels for a fresh head or None to keep the saved one, epochs, description)."""
-    from tasks import modeling
+    from tasks.train import modeling
 
     hp = spec.train
     if hp.init_from == "champion" and champion_uri.lower() != "none":
@@ -44,7 +44,7 @@ def starting_point(spec, champion_uri: str):
 def main(argv: list[str]) -> int:
     from transformers import Trainer, set_seed
 
-    from tasks import modeling, training
+    from tasks.train import modeling, training
 
     training.setup_logging()
     args = parse_args(argv)

@@ -31,13 +31,14 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
-from tasks import results, snapshots, storage
+from tasks import results, storage
+from tasks.data import snapshots
 from tasks.spec import PipelineSpec, load_spec
 
 if TYPE_CHECKING:
     import pandas as pd
 
-log = logging.getLogger("tasks.ingest")
+log = logging.getLogger("tasks.data.ingest")
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 

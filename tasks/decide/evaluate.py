@@ -20,8 +20,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tasks import gates as gates_mod
-from tasks import modeling, results, snapshots, storage
+from tasks.decide import gates as gates_mod
+from tasks.train import modeling
+from tasks import results, storage
+from tasks.data import snapshots
 from tasks.spec import PipelineSpec, load_spec
 
 METRICS_ENV = "RETRAIN_METRICS_DIR"
@@ -32,7 +34,7 @@ _loaded: dict[str, Any] = {}
 def metrics_dir() -> Path:
     """include/metrics next to tasks/ (the task image copies both), or $RETRAIN_METRICS_DIR."""
     configured = os.environ.get(METRICS_ENV)
-    return Path(configured) if configured else Path(__file__).resolve().parents[1] / "include" / "metrics"
+    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "include" / "metrics"
 
 
 def load_metric(name: str):

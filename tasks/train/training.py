@@ -29,7 +29,7 @@ from tasks import storage
 if TYPE_CHECKING:
     import pandas as pd
 
-log = logging.getLogger("tasks.training")
+log = logging.getLogger("tasks.train.training")
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARKER = "COMPLETE"
@@ -74,7 +74,7 @@ def stage_paths(spec, run_uri: str, stage: str) -> StagePaths:
 def load_splits(snapshot_uri: str, max_train_rows: int | None) -> tuple["pd.DataFrame", "pd.DataFrame"]:
     """(train, holdout) rows of a snapshot. With a cap, the newest rows win: parts are stored oldest batch first,
     so the cap keeps the tail of the train split."""
-    from tasks.snapshots import read_snapshot
+    from tasks.data.snapshots import read_snapshot
 
     frame = read_snapshot(snapshot_uri)
     train = frame[frame["split"] == "train"]
@@ -427,7 +427,7 @@ def publish_outputs(trainer, tokenizer, paths: StagePaths, outcome: TrainOutcome
                     ) -> dict[str, str]:
     """Rank 0: model (safetensors + config + tokenizer), metrics.json, curve.png and extra folders to storage.
     Returns {name: uri} of the extra folders."""
-    from tasks.modeling import save_model
+    from tasks.train.modeling import save_model
 
     uris: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix=f"{paths.stage}-out-") as tmp:

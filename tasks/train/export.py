@@ -122,7 +122,7 @@ class OnnxClassifier:
     def __init__(self, model_dir: str | Path, threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        from tasks.modeling import load_tokenizer
+        from tasks.train.modeling import load_tokenizer
 
         options = ort.SessionOptions()
         if threads:

@@ -26,7 +26,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tasks import __version__, registry, results, snapshots, storage
+from tasks import __version__, results, storage
+from tasks.decide import registry
+from tasks.data import snapshots
 from tasks.spec import dump, load_spec
 
 
@@ -35,7 +37,7 @@ def code_version() -> str:
     if configured:
         return configured
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[1],
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[2],
                               capture_output=True, text=True, timeout=5)
         if head.returncode == 0 and head.stdout.strip():
             return head.stdout.strip()

@@ -1,0 +1,151 @@
+"""The typed contracts between stages: each stage's result, and the ids of the Airflow tasks that carry them.
+
+A stage builds its result as one of these models and hands it to ``tasks.results.emit``; the DAG, the alerts
+and the run summary read XCom back through the same models (``IngestResult.model_validate(xcom)``), so a key is
+spelled once, here. Results carry URIs and short summaries only (XCom is capped at 64 KiB); stage-specific
+details beyond the typed fields are allowed (``extra="allow"``) and kept, but nothing downstream may rely on a
+field that is not declared here.
+
+No Airflow import: the task image uses this module too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class TaskIds:
+    """Airflow task ids, one place (the DAG factory, the alerts and the summary use these)."""
+
+    PREPARE_RUN = "prepare_run"
+    INGEST = "ingest"
+    ANNOUNCE_SNAPSHOT = "announce_snapshot"
+    DRIFT = "drift"
+    DECIDE = "decide"
+    FINETUNE = "finetune"
+    DISTILL = "distill"
+    EVALUATE = "evaluate"
+    GATE = "gate"
+    PUBLISH = "publish"
+    NOTIFY = "notify"
+    FAIL_IF_ANY_FAILED = "fail_if_any_failed"
+
+    STAGES = (INGEST, DRIFT, FINETUNE, DISTILL, EVALUATE, PUBLISH)  # the tasks that run `python -m tasks ...`
+
+
+class Result(BaseModel):
+    """Base for stage results: declared fields are typed; extra detail is kept but not relied on."""
+
+    model_config = ConfigDict(extra="allow")
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class RunContext(Result):
+    """What ``prepare_run`` freezes for the run and every later task reads."""
+
+    pipeline: str
+    run_uri: str
+    run_key: str
+    run_type: str
+    champion: dict[str, Any] | None = None
+    champion_uri: str = "none"
+    champion_version: str = "none"
+    force_retrain: bool = False
+    dry_run: bool = False
+    overrides: dict[str, Any] = {}
+
+
+class IngestResult(Result):
+    snapshot_id: str | None = None
+    snapshot_uri: str | None = None
+    changed: bool = False
+    total_rows: int | None = None
+    new_rows: int = 0
+    golden_uri: str | None = None
+    golden_id: str | None = None
+    quarantined_rows: int = 0
+    duplicates_removed: int = 0
+    contaminated_removed: int = 0
+    reason: str | None = None
+
+
+class DriftResult(Result):
+    drift_detected: bool = False
+    first_run: bool = False
+    new_rows: int = 0
+    summary: str = ""
+    report_uri: str | None = None
+    drifted_checks: list[str] = []
+    checks: dict[str, Any] = {}
+    plots: dict[str, str] = {}
+
+
+class Decision(Result):
+    retrain: bool
+    reasons: list[str]
+    first_run: bool = False
+    forced: bool = False
+    new_rows: int | None = None
+    drift_detected: bool = False
+    snapshot_id: str | None = None
+
+
+class TrainResult(Result):
+    """finetune (the teacher) and distill (the student)."""
+
+    model_uri: str
+    metrics: dict[str, Any] = {}
+    metrics_uri: str | None = None
+    curve_uri: str | None = None
+    train_rows: int = 0
+    global_step: int = 0
+    samples_per_second: float | None = None
+    resumed_from_step: int | None = None
+    train_seconds: float | None = None
+
+
+class GateResult(Result):
+    name: str
+    passed: bool
+    value: Any = None
+    threshold: Any = None
+    reason: str = ""
+    skipped: bool = False
+
+
+class EvaluateResult(Result):
+    passed: bool
+    first_run: bool = False
+    gates: list[GateResult] = []
+    failed_gates: list[str] = []
+    metrics: dict[str, Any] = {}
+    golden_uri: str | None = None
+    report_uri: str | None = None
+    report_md_uri: str | None = None
+
+
+class PublishResult(Result):
+    version: str
+    version_uri: str
+    promoted: bool = False
+    verified: bool = False
+    champion_before: str | None = None
+    champion_after: str | None = None
+    files: int = 0
+    reason: str = ""
+
+
+RESULT_OF_TASK: dict[str, type[Result]] = {
+    TaskIds.PREPARE_RUN: RunContext,
+    TaskIds.INGEST: IngestResult,
+    TaskIds.DRIFT: DriftResult,
+    TaskIds.DECIDE: Decision,
+    TaskIds.FINETUNE: TrainResult,
+    TaskIds.DISTILL: TrainResult,
+    TaskIds.EVALUATE: EvaluateResult,
+    TaskIds.PUBLISH: PublishResult,
+}
