@@ -343,6 +343,28 @@ def download_dir(prefix_uri: str, local_dir: str | Path) -> Path:
     return local_dir
 
 
+def copy(src_uri: str, dst_uri: str, *, if_none_match: bool = False) -> str:
+    """Copy one object to another URI (either backend to either), streaming; returns the new ETag."""
+    with tempfile.TemporaryDirectory(prefix="copy-") as tmp:
+        local = download_file(src_uri, Path(tmp) / "object")
+        return upload_file(local, dst_uri, if_none_match=if_none_match)
+
+
+def sync_dir(local_dir: str | Path, prefix_uri: str) -> list[str]:
+    """Upload the files under local_dir that the prefix does not hold yet (same relative path and size);
+    returns the relative paths sent. For checkpoints: a re-sync sends only what is new."""
+    local_dir = Path(local_dir)
+    prefix = prefix_uri.rstrip("/") + "/"
+    have = {o.uri[len(prefix):]: o.size for o in list_objects(prefix_uri)}
+    sent = []
+    for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(local_dir).as_posix()
+        if have.get(rel) != path.stat().st_size:
+            upload_file(path, join(prefix_uri, rel))
+            sent.append(rel)
+    return sent
+
+
 @contextlib.contextmanager
 def local_copy(prefix_uri: str) -> Iterator[Path]:
     """A local directory holding the objects under a prefix (the directory itself for file:// URIs)."""
