@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint-specs bench clean
+.PHONY: demo test run ingest lint-specs bench clean
 
 $(INSTALLED): requirements.txt requirements-test.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,11 @@ $(INSTALLED): requirements.txt requirements-test.txt constraints.txt
 
 demo: $(INSTALLED)
 	$(PY) scripts/demo.py
+
+# Any pipeline, once, on this machine: make run SPEC=include/pipelines/NAME.yaml LANDING=DIR [STORAGE=DIR]
+run ingest: $(INSTALLED)
+	@test -n "$(SPEC)" -a -n "$(LANDING)" || { echo "usage: make $@ SPEC=include/pipelines/NAME.yaml LANDING=DIR [STORAGE=DIR]" >&2; exit 2; }
+	$(PY) scripts/local_run.py $@ --spec "$(SPEC)" --landing "$(LANDING)" $(if $(STORAGE),--storage "$(STORAGE)")
 
 test: $(INSTALLED)
 	$(PY) -m pytest tests

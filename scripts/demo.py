@@ -25,6 +25,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import local_run  # noqa: E402  (the generic local runner: make run / make ingest)
+
 DEMO = ROOT / ".demo"
 DATA = Path(os.environ.get("RETRAIN_DATA_DIR", ROOT.parent / "shared" / "data"))
 
@@ -45,21 +48,12 @@ def parse_args() -> argparse.Namespace:
 
 def configure_environment(args: argparse.Namespace) -> None:
     """Airflow and pipeline settings for the embedded default, before Airflow is imported."""
+    os.environ.update(local_run.airflow_environment(DEMO / "airflow", ROOT / "include" / "pipelines"))
     os.environ.update({
         "RETRAIN_MAX_TRAIN_ROWS": str(args.max_train_rows),
-        "AIRFLOW_HOME": str(DEMO / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{DEMO / 'airflow' / 'airflow.db'}",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
         "RETRAIN_STORAGE_URI": f"file://{DEMO / 'storage'}",
-        "RETRAIN_STAGE_MODE": "local",
-        # Airflow 3.3.2's dag.test() cannot run a DAG with a DeadlineAlert a second time (README: Known issues).
+        # Airflow 3.3.2's dag.test() cannot run a DAG with a DeadlineAlert a second time (docs/known-issues.md).
         "RETRAIN_NIGHTLY_DEADLINE_MINUTES": "0",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
     })
     os.environ.setdefault("RETRAIN_CODE_VERSION", _git_version())
 
@@ -97,12 +91,6 @@ def land_slice(landing: Path, name: str, start: int, count: int, min_words: int)
             if kept >= start + count:
                 break
     return target
-
-
-def run_dag(bag, dag_id: str) -> tuple[str, float]:
-    started = time.monotonic()
-    dag_run = bag.dags[dag_id].test()
-    return str(getattr(dag_run.state, "value", dag_run.state)), time.monotonic() - started
 
 
 class DemoAlreadyRunning(RuntimeError):
@@ -151,22 +139,14 @@ def run_demo(args: argparse.Namespace, lock_fd: int) -> int:
     (DEMO / "airflow").mkdir(parents=True, exist_ok=True)
     print("[demo] preparing Airflow metadata DB (SQLite) ...", flush=True)
     # The migration holds the lock too: if this process is killed, no new demo starts until the migration ends.
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL,
-                   pass_fds=(lock_fd,))
+    local_run.migrate_db(pass_fds=(lock_fd,))
 
     storage_root = DEMO / "storage"
-    golden = storage_root / "reference" / "sst2" / "golden.tsv"
-    golden.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(DATA / "sst2" / "dev.tsv", golden)
     landing = storage_root / "landing" / "sst2"
+    from tasks.spec import load_spec
 
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(ROOT / "dags"))
-    if bag.import_errors:
-        for path, error in bag.import_errors.items():
-            print(f"[demo] DAG import error in {path}:\n{error}", file=sys.stderr)
-        return 1
+    local_run.seed_golden(load_spec(ROOT / "include" / "pipelines" / "sst2.yaml"))  # SST-2 dev, from golden.seed_uri
+    bag = local_run.load_dags(ROOT / "dags")
 
     timings = {}
     story = [("first batch: the first champion", "batch-0001.tsv", 0, args.first_rows),
@@ -176,7 +156,7 @@ def run_demo(args: argparse.Namespace, lock_fd: int) -> int:
         land_slice(landing, name, start, count, args.min_words)
         print(f"[demo] landed {count} SST-2 train rows (>= {args.min_words} words) as {landing / name}", flush=True)
         for dag_id in ("ingest_sst2", "retrain_sst2"):
-            state, seconds = run_dag(bag, dag_id)
+            state, seconds = local_run.run_dag(bag, dag_id)
             timings[f"run{step}_{dag_id}"] = round(seconds, 1)
             print(f"[demo] {dag_id}: {state} in {seconds:.0f} s", flush=True)
             if dag_id == "ingest_sst2" and state != "success":

@@ -66,6 +66,9 @@ class DataSpec(_Section):
 
 class GoldenSpec(_Section):
     source_uri: str = Field(description="The golden evaluation file; frozen and versioned on first ingest")
+    seed_uri: str | None = Field(
+        None, description="Where a local run (make run, make demo) copies source_uri from when a fresh storage root "
+                          "lacks it; a relative path is relative to the spec file. None = source_uri must exist")
     text_column: str | None = None
     label_column: str | None = None
 
@@ -366,7 +369,11 @@ def load_spec(path_or_uri: str | Path) -> PipelineSpec:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise SpecError(f"invalid pipeline spec {source}: not valid YAML: {exc}") from None
-    return parse_spec(raw, source)
+    spec = parse_spec(raw, source)
+    seed = spec.golden.seed_uri
+    if seed and "://" not in seed and not Path(seed).is_absolute() and not source.startswith(("s3://", "file://")):
+        object.__setattr__(spec.golden, "seed_uri", str((Path(source).resolve().parent / seed).resolve()))
+    return spec
 
 
 def load_specs(directory: str | Path) -> list[tuple[Path, PipelineSpec]]:
