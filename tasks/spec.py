@@ -389,6 +389,46 @@ def load_specs(directory: str | Path) -> list[tuple[Path, PipelineSpec]]:
     return out
 
 
+def _landing_root(uri: str) -> str:
+    return storage.normalize(uri).rstrip("/") + "/"
+
+
+def folder_problems(specs: list[tuple[Path, PipelineSpec]]) -> list[tuple[tuple[Path, Path], str]]:
+    """What is wrong with a set of specs taken together, as ((file, other file), message): two files with one
+    name (their DAG ids and storage paths would collide), or landing zones where one lies inside the other (a
+    file would be ingested by both pipelines)."""
+    problems: list[tuple[tuple[Path, Path], str]] = []
+    for i, (path_a, a) in enumerate(specs):
+        for path_b, b in specs[i + 1:]:
+            if a.name == b.name:
+                problems.append(((path_a, path_b), f"pipeline name {a.name!r} is used by both {path_a} and {path_b}"))
+            root_a, root_b = _landing_root(a.landing.uri), _landing_root(b.landing.uri)
+            if root_a.startswith(root_b) or root_b.startswith(root_a):
+                problems.append(((path_a, path_b), f"landing zones overlap: {path_a} ({a.landing.uri}) and "
+                                                   f"{path_b} ({b.landing.uri})"))
+    return problems
+
+
+def load_folder(directory: str | Path) -> tuple[list[tuple[Path, PipelineSpec]], dict[Path, str]]:
+    """Every spec in a folder, checked one by one and then together: (good specs, {file: error}).
+
+    A broken file, or a file that collides with another (same name, overlapping landing zone), is reported
+    against that file only, so the other pipelines keep working. Of two colliding files, both are refused: there
+    is no telling which one the author meant.
+    """
+    good: list[tuple[Path, PipelineSpec]] = []
+    errors: dict[Path, str] = {}
+    for path in sorted(Path(directory).glob("*.y*ml")):
+        try:
+            good.append((path, load_spec(path)))
+        except SpecError as exc:
+            errors[path] = str(exc)
+    for paths, problem in folder_problems(good):
+        for path in paths:
+            errors[path] = f"{errors[path]}\n{problem}" if path in errors else problem
+    return [(path, spec) for path, spec in good if path not in errors], errors
+
+
 def with_overrides(spec: PipelineSpec, overrides: dict[str, Any]) -> PipelineSpec:
     """A copy of the spec with dotted-path overrides applied (``{"gates.min_accuracy": 0.9}``), re-validated."""
     raw = spec.model_dump(mode="json")

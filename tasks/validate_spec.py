@@ -1,24 +1,35 @@
-"""``python -m tasks validate-spec FILE...``: check pipeline spec files before they reach the DAG folder."""
+"""``python -m tasks validate-spec PATH...``: check pipeline spec files (or folders of them) before they reach the
+DAG folder: each file on its own, then all of them together (duplicate names, overlapping landing zones)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from tasks.spec import SpecError, load_spec
+from tasks.spec import SpecError, folder_problems, load_spec
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tasks validate-spec")
-    parser.add_argument("files", nargs="+")
+    parser = argparse.ArgumentParser(prog="python -m tasks validate-spec", description=__doc__)
+    parser.add_argument("paths", nargs="+", help="spec files, or folders whose *.yaml files are checked together")
     args = parser.parse_args(argv)
+    files: list[Path] = []
+    for raw in args.paths:
+        path = Path(raw)
+        files.extend(sorted(path.glob("*.y*ml")) if path.is_dir() else [path])
     failed = 0
-    for path in args.files:
+    loaded = []
+    for path in files:
         try:
             spec = load_spec(path)
         except SpecError as exc:
             print(exc, file=sys.stderr)
             failed += 1
         else:
+            loaded.append((path, spec))
             print(f"ok: {path} (pipeline {spec.name}, storage {spec.storage.uri})")
+    for _paths, problem in folder_problems(loaded):
+        print(f"invalid together: {problem}", file=sys.stderr)
+        failed += 1
     return 1 if failed else 0

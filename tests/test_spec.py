@@ -127,3 +127,46 @@ def test_validate_spec_cli(tmp_path, capsys):
     raw["gates"]["bootstrap_resamples"] = 10
     assert main([str(write(tmp_path, "few.yaml", raw))]) == 1
     assert "gates.bootstrap_resamples" in capsys.readouterr().err
+
+
+def test_validate_spec_checks_the_folder_as_a_whole(tmp_path, capsys):
+    from tasks.validate_spec import main
+
+    raw = sst2_raw()
+    write(tmp_path, "a.yaml", raw)
+    write(tmp_path, "b.yaml", raw)  # same name, same landing zone
+    assert main([str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "pipeline name 'sst2' is used by both" in err and "landing zones overlap" in err
+
+    other = sst2_raw()
+    other["name"] = "sst2_nested"
+    other["landing"] = {"uri": "{storage}/landing/sst2/nested"}  # inside sst2's landing zone
+    write(tmp_path, "b.yaml", other)
+    assert main([str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "landing zones overlap" in err and "used by both" not in err
+
+    other["landing"] = {"uri": "{storage}/landing/sst2_nested"}  # a sibling prefix, not inside: fine
+    write(tmp_path, "b.yaml", other)
+    assert main([str(tmp_path)]) == 0
+
+
+def test_load_folder_isolates_a_broken_or_colliding_file(tmp_path):
+    from tasks.spec import load_folder
+
+    write(tmp_path, "good.yaml", sst2_raw())
+    broken = sst2_raw()
+    broken["name"] = "broken"
+    broken["landing"] = {"uri": "{storage}/landing/broken"}
+    broken["gates"]["min_accuracy"] = 3
+    write(tmp_path, "broken.yaml", broken)
+    good, errors = load_folder(tmp_path)
+    assert [spec.name for _path, spec in good] == ["sst2"]
+    assert list(errors) == [tmp_path / "broken.yaml"] and "gates.min_accuracy" in errors[tmp_path / "broken.yaml"]
+
+    twin = sst2_raw()
+    twin["landing"] = {"uri": "{storage}/landing/twin"}
+    write(tmp_path, "twin.yaml", twin)  # the name sst2 again: both files are refused, nothing else is
+    good, errors = load_folder(tmp_path)
+    assert good == [] and set(errors) == {tmp_path / "broken.yaml", tmp_path / "good.yaml", tmp_path / "twin.yaml"}
