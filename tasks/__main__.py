@@ -6,6 +6,7 @@ import importlib
 import os
 import sys
 
+from tasks import cost
 from tasks.cli import set_offline_env
 from tasks.errors import PipelineError
 
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         known = ", ".join(STAGES)
         print(f"usage: python -m tasks STAGE [ARGS]\nstages: {known}", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
+    cost.start()  # results.emit adds the stage's wall time, GPU-seconds and energy to its result
     module = importlib.import_module(STAGES[argv[0]])
     return int(module.main(argv[1:]) or 0)
 

@@ -40,6 +40,8 @@ class Result(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
+    cost: dict[str, Any] | None = None  # tasks.cost: wall_seconds, gpus, gpu_seconds, energy_kwh (set by emit)
+
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tasks import storage
+from tasks import cost, storage
 from tasks.contracts import Result
 
 POD_XCOM_PATH = "/airflow/xcom/return.json"
@@ -35,6 +35,8 @@ def emit(result: "dict[str, Any] | Result", out_uri: str | None = None) -> dict[
     ``result`` is one of the models in ``tasks.contracts`` (or a plain dict of the same shape)."""
     if isinstance(result, Result):
         result = result.dump()
+    if result.get("cost") is None and cost.reading() is not None:
+        result = {**result, "cost": cost.reading()}
     text = json.dumps(result, sort_keys=True, default=str)
     if len(text.encode()) > MAX_RESULT_BYTES:
         raise ValueError(f"stage result is {len(text)} bytes; XCom carries URIs and summaries only")
