@@ -55,7 +55,7 @@ def configure_environment(args: argparse.Namespace) -> None:
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
         "RETRAIN_STORAGE_URI": f"file://{DEMO / 'storage'}",
         "RETRAIN_STAGE_MODE": "local",
-        # Airflow 3.3.2's dag.test() cannot run a DAG with a DeadlineAlert a second time (README: Known issues).
+        # Airflow 3.3.2's dag.test() cannot run a DAG with a DeadlineAlert a second time (docs/known-issues.md).
         "RETRAIN_NIGHTLY_DEADLINE_MINUTES": "0",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
