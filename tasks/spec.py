@@ -261,7 +261,7 @@ class PipelineSpec(_Section):
 
 @dataclass(frozen=True)
 class Layout:
-    """Where everything lives; the same on S3 and on a local directory (README: Storage layout)."""
+    """Where everything lives; the same on S3 and on a local directory (docs/architecture.md: Storage layout)."""
 
     root: str
     pipeline: str
@@ -337,7 +337,7 @@ def _format_errors(source: str, exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; see README: Configuration reference)"
+            msg = "unknown field (check the spelling; see docs/configuration.md)"
         elif err["type"] == "missing":
             msg = "required field is missing"
         lines.append(f"  {loc}: {msg}" + (f" (got {err['input']!r})" if err["type"] not in ("missing", "extra_forbidden") and not isinstance(err.get("input"), dict) else ""))
