@@ -150,7 +150,10 @@ def read_batch(spec: PipelineSpec, files: list[LandingFile], parent: "pd.DataFra
         except LandingRefused as exc:
             batch.quarantine.files.append(BadFile(f.key, exc.reason, exc.detail, f.size))
             continue
-        except OSError as exc:  # local only: permission denied, or gone since the listing
+        except storage.NotFound:  # gone since the listing (or a key storage cannot address)
+            batch.quarantine.files.append(BadFile(f.key, UNREADABLE, "not found when read", f.size))
+            continue
+        except OSError as exc:  # local: permission denied, or gone since the listing
             batch.quarantine.files.append(BadFile(f.key, UNREADABLE, f"cannot read: {exc.strerror}", f.size))
             continue
         parsed = parse_file(spec, f, data)
