@@ -167,7 +167,8 @@ def test_every_quarantine_reason(root):
     undecodable = next(r for r in rows if r["reason"] == validation.UNDECODABLE)
     assert "\\xe9" in undecodable["raw"]
     # Whole files are kept byte for byte.
-    assert storage.read_bytes(storage.join(result["quarantine_uri"], "files", "broken.parquet")) == b"PAR1 this is not parquet"
+    copy = storage.join(result["quarantine_uri"], "files", "broken.parquet")
+    assert storage.read_bytes(copy) == b"PAR1 this is not parquet"
 
     texts = set(snapshots.read_snapshot(result["snapshot_uri"])["text"])
     assert {"a fine film", "json row ok", "a quoted, comma text", "parquet row ok"} <= texts
@@ -301,7 +302,8 @@ def test_concurrent_ingests_cannot_both_move_latest(tmp_path, monkeypatch):
     land(spec, "a.tsv", tsv_bytes(read_sst2("train", limit=50)))
     base = run_ingest(spec)
     land(spec, "b.tsv", tsv_bytes(read_sst2("train", limit=50, offset=50)))
-    seen = snapshots.read_latest(spec.layout.snapshots)  # both runs read the same latest.json and the same unprocessed files
+    # Both runs read the same latest.json and the same unprocessed files.
+    seen = snapshots.read_latest(spec.layout.snapshots)
     other = run_ingest(spec)  # the other run commits first
     a = next(o for o in storage.list_objects(spec.layout.landing) if o.uri.endswith("/a.tsv"))
     monkeypatch.setattr(snapshots, "processed_files", lambda s: {("a.tsv", a.etag, a.size)})
@@ -332,5 +334,6 @@ def test_label_map_aliases_names_and_numbers():
     labels = validation.LabelMap(["negative", "positive"], {"0": "negative", "1": "positive"})
     assert labels.lookup(1) == (1, None) and labels.lookup(1.0) == (1, None) and labels.lookup(" 0 ") == (0, None)
     assert labels.lookup("Positive") == (1, None)
-    assert labels.lookup(None) == (None, validation.MISSING_LABEL) and labels.lookup(float("nan"))[1] == validation.MISSING_LABEL
+    assert labels.lookup(None) == (None, validation.MISSING_LABEL)
+    assert labels.lookup(float("nan"))[1] == validation.MISSING_LABEL
     assert labels.lookup("2") == (None, validation.UNKNOWN_LABEL)

@@ -36,10 +36,9 @@ from tasks.data.golden import ensure_golden, golden_texts
 from tasks.data.landing import LandingFile, LandingRefused
 from tasks.data.quarantine import BadFile, Quarantine
 from tasks.data.readers import RawRow, Unparseable
-from tasks.data.snapshots import split_of  # noqa: F401 - part of this stage's public surface
-from tasks.data.validation import (  # noqa: F401 - reasons re-exported for callers of the stage
-    CONFLICTING, EMPTY_TEXT, MALFORMED, MISSING_LABEL, TEXT_TOO_LONG, UNDECODABLE, UNKNOWN_LABEL, UNPARSEABLE_FILE,
-    UNREADABLE, UNSUPPORTED_FORMAT, Good, LabelMap, normalize_text, resolve_conflicts, validate)
+from tasks.data.snapshots import split_of
+from tasks.data.validation import (UNPARSEABLE_FILE, UNREADABLE, UNSUPPORTED_FORMAT, Good, LabelMap,
+                                   resolve_conflicts, validate)
 from tasks.errors import DataRejected, InfrastructureError, SpecInvalid
 from tasks.spec import PipelineSpec, SpecError, load_spec
 

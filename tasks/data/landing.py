@@ -137,7 +137,8 @@ def _walk(root: bytes, rel: bytes, out: list[LandingFile], depth: int) -> None:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:
         key = escape_name(rel) or "."
-        out.append(LandingFile(key, "unreadable", 0, 0.0, folder, UNREADABLE, f"cannot list the folder: {exc.strerror}"))
+        out.append(LandingFile(key, "unreadable", 0, 0.0, folder, UNREADABLE,
+                               f"cannot list the folder: {exc.strerror}"))
         return
     for entry in entries:
         name = os.fsdecode(entry.name)
@@ -168,8 +169,8 @@ def _walk(root: bytes, rel: bytes, out: list[LandingFile], depth: int) -> None:
 
 
 def _kind(mode: int) -> str:
-    for test, kind in ((stat_mod.S_ISFIFO, "FIFO"), (stat_mod.S_ISSOCK, "socket"), (stat_mod.S_ISCHR, "character device"),
-                       (stat_mod.S_ISBLK, "block device")):
+    for test, kind in ((stat_mod.S_ISFIFO, "FIFO"), (stat_mod.S_ISSOCK, "socket"),
+                       (stat_mod.S_ISCHR, "character device"), (stat_mod.S_ISBLK, "block device")):
         if test(mode):
             return kind
     return "special file"

@@ -104,7 +104,8 @@ def read_delimited(data: bytes, fmt: str, text_col: str, label_col: str) -> list
                 continue  # blank line
             raw = printable(delimiter.join(fields))
             if len(fields) != len(header):
-                rows.append(RawRow(line, None, None, MALFORMED, f"expected {len(header)} fields, got {len(fields)}", raw))
+                detail = f"expected {len(header)} fields, got {len(fields)}"
+                rows.append(RawRow(line, None, None, MALFORMED, detail, raw))
                 continue
             row = RawRow(line, fields[t_idx], fields[l_idx], raw=raw)
             if _undecodable(fields[t_idx]) or _undecodable(fields[l_idx]):
