@@ -279,6 +279,7 @@ def test_a_run_that_dies_midway_is_completed_by_the_next(dies_before, tmp_path, 
 
     result = run_ingest(spec)
     assert result["changed"] is True and result["new_rows"] == result["total_rows"] == 80
+    assert result["files_ingested"] == ["a.tsv"] and result["rows_read"] == 80 and result["files_count"] == 1
     assert result["snapshot_id"] == storage.read_json(storage.join(spec.layout.snapshots, "latest.json"))["snapshot_id"]
     manifests = [o for o in storage.list_objects(spec.layout.snapshots) if o.uri.endswith("manifest.json")]
     assert len(manifests) == 1

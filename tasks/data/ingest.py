@@ -50,8 +50,8 @@ log = logging.getLogger("tasks.data.ingest")
 IngestError = DataRejected  # the name this stage's rejections had before tasks/errors.py
 
 # The batch statistics kept in the snapshot manifest and the batch record (and read back by a recovery).
-BATCH_STATS = ("rows_read", "quarantined_rows", "quarantined_files", "quarantine_reasons", "quarantine_uri",
-               "duplicates_removed", "contaminated_removed", "empty_files", "files_count", "files_read")
+BATCH_STATS = ("files_ingested", "files_count", "files_read", "empty_files", "rows_read", "quarantined_rows",
+               "quarantined_files", "quarantine_reasons", "quarantine_uri", "duplicates_removed", "contaminated_removed")
 
 
 @dataclass
@@ -265,7 +265,7 @@ def recover_unrecorded_batch(spec: PipelineSpec, latest: dict[str, Any], files: 
     if not committed or committed != {f.identity for f in recorded(files)}:
         return None
     stats = {k: batch.get(k) for k in BATCH_STATS if k in batch}
-    stats.update(batch_id=batch["batch_id"], files_ingested=sorted(manifest.get("sources", []))[:200])
+    stats["batch_id"] = batch["batch_id"]
     snapshots.record_batch(spec.layout.snapshots, batch["batch_id"], batch["files"], manifest["snapshot_id"], stats)
     log.info("recorded batch %s of snapshot %s (its run stopped before recording it)", batch["batch_id"],
              manifest["snapshot_id"])
