@@ -40,7 +40,7 @@ def read_source(spec: PipelineSpec) -> tuple[list[Good], list[Bad]]:
     try:
         if readers.is_gzip(source):
             data = readers.gunzip(data)
-        rows = readers.read_rows(data, fmt, text_col, label_col)
+        rows = readers.read_rows(data, fmt, text_col, label_col, tsv_quoting=spec.data.tsv_quoting)
     except readers.Unparseable as exc:
         raise DataRejected(f"golden source {source} cannot be parsed: {exc}") from None
     return validate(source, rows, labels, spec.data.max_text_chars)

@@ -51,7 +51,8 @@ IngestError = DataRejected  # the name this stage's rejections had before tasks/
 
 # The batch statistics kept in the snapshot manifest and the batch record (and read back by a recovery).
 BATCH_STATS = ("files_ingested", "files_count", "files_read", "empty_files", "rows_read", "quarantined_rows",
-               "quarantined_files", "quarantine_reasons", "quarantine_uri", "duplicates_removed", "contaminated_removed")
+               "quarantined_files", "quarantine_reasons", "quarantine_uri", "duplicates_removed",
+               "contaminated_removed")
 
 
 @dataclass
@@ -129,7 +130,8 @@ def parse_file(spec: PipelineSpec, f: LandingFile, data: bytes) -> list[RawRow] 
         return BadFile(f.key, UNSUPPORTED_FORMAT, f"unsupported file type; expected one of {allowed} (optionally .gz)",
                        f.size, line_count(content), data)
     try:
-        return readers.read_rows(content, fmt, spec.data.text_column, spec.data.label_column)
+        return readers.read_rows(content, fmt, spec.data.text_column, spec.data.label_column,
+                                 tsv_quoting=spec.data.tsv_quoting)
     except Unparseable as exc:
         return BadFile(f.key, UNPARSEABLE_FILE, str(exc), f.size, line_count(content), data)
 

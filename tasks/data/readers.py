@@ -81,12 +81,15 @@ def _undecodable(value: str) -> bool:
     return False
 
 
-def read_delimited(data: bytes, fmt: str, text_col: str, label_col: str) -> list[RawRow]:
+def read_delimited(data: bytes, fmt: str, text_col: str, label_col: str, tsv_quoting: str = "none") -> list[RawRow]:
     text = _decode(data)
     delimiter = "\t" if fmt == "tsv" else ","
-    # TSV has no quoting (SST-2 sentences hold bare quotes); CSV follows RFC 4180.
-    quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    # CSV follows RFC 4180; TSV by default has no quoting (SST-2 sentences hold bare quotes), or RFC 4180's with
+    # data.tsv_quoting = rfc4180. Quoted dialects are read strictly: a quote that does not close, or text after a
+    # closing quote, makes the file unparseable instead of silently swallowing the rows after it.
+    quoted = fmt == "csv" or tsv_quoting == "rfc4180"
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
+                        quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE, strict=quoted)
     csv.field_size_limit(_CSV_FIELD_LIMIT)
     try:
         header = next(reader, None)
@@ -118,7 +121,10 @@ def read_delimited(data: bytes, fmt: str, text_col: str, label_col: str) -> list
 
 def read_jsonl(data: bytes, text_col: str, label_col: str) -> list[RawRow]:
     rows: list[RawRow] = []
-    for line_no, line in enumerate(_decode(data).splitlines(), start=1):
+    # Lines end at "\n" only: str.splitlines would also split at U+2028, U+0085 and others, which JSON strings may
+    # hold unescaped.
+    for line_no, line in enumerate(_decode(data).split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         if _undecodable(line):
@@ -154,10 +160,10 @@ def read_parquet(data: bytes, text_col: str, label_col: str) -> list[RawRow]:
     return [RawRow(i + 1, t, l, raw={"text": t, "label": l}) for i, (t, l) in enumerate(zip(texts, labels))]
 
 
-def read_rows(data: bytes, fmt: str, text_col: str, label_col: str) -> list[RawRow]:
+def read_rows(data: bytes, fmt: str, text_col: str, label_col: str, *, tsv_quoting: str = "none") -> list[RawRow]:
     """Rows of one file's (already decompressed) bytes in format ``fmt``; Unparseable if the file is bad whole."""
     if fmt in ("csv", "tsv"):
-        return read_delimited(data, fmt, text_col, label_col)
+        return read_delimited(data, fmt, text_col, label_col, tsv_quoting)
     if fmt == "jsonl":
         return read_jsonl(data, text_col, label_col)
     if fmt == "parquet":
