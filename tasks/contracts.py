@@ -73,6 +73,20 @@ class IngestResult(Result):
     duplicates_removed: int = 0
     contaminated_removed: int = 0
     reason: str | None = None
+    # The batch, when there was one (docs/data.md): rows_read = new_rows + quarantined_rows + duplicates_removed
+    # + contaminated_removed, and files_count = files_read + quarantined_files + empty_files.
+    landing_uri: str | None = None
+    batch_id: str | None = None
+    parent_snapshot_id: str | None = None
+    rows_read: int = 0
+    files_count: int = 0
+    files_read: int = 0
+    files_ingested: list[str] = []  # keys of the files read (first 200)
+    quarantined_files: int = 0
+    empty_files: int = 0
+    quarantine_reasons: dict[str, int] = {}
+    quarantine_uri: str | None = None
+    label_counts: dict[str, int] = {}
 
 
 class DriftResult(Result):

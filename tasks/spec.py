@@ -53,6 +53,9 @@ class DataSpec(_Section):
     max_text_chars: int = Field(2000, gt=0)
     max_bad_fraction: float = Field(0.2, ge=0, le=1, description="Fail the ingest if more of a batch is bad")
     holdout_fraction: float = Field(0.1, gt=0, lt=1)
+    tsv_quoting: Literal["none", "rfc4180"] = Field(
+        "none", description="TSV files: none = a quote is an ordinary character (as SST-2); rfc4180 = a field may be "
+                            "quoted, with \"\" for a quote and tabs or newlines inside the quotes")
 
     @model_validator(mode="after")
     def _labels(self) -> "DataSpec":

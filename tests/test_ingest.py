@@ -11,9 +11,12 @@ import pytest
 
 from conftest import ROOT, read_sst2
 from data_helpers import land, make_spec, parquet_bytes, put_golden, run_folder, tsv_bytes
-from tasks.data import ingest, snapshots
 from tasks import storage
-from tasks.data.ingest import IngestError, normalize_text, run_ingest, split_of
+from tasks.data import readers, snapshots, validation
+from tasks.data.ingest import run_ingest
+from tasks.data.snapshots import split_of
+from tasks.data.validation import normalize_text
+from tasks.errors import DataRejected, InfrastructureError
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -26,6 +29,10 @@ def root(request, tmp_path):
 def quarantined(result: dict) -> list[dict]:
     text = storage.read_text(storage.join(result["quarantine_uri"], "rows.jsonl"))
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def quarantine_summary(result: dict) -> dict:
+    return storage.read_json(storage.join(result["quarantine_uri"], "summary.json"))
 
 
 def test_normalization_nfc_trim_collapse():
@@ -137,21 +144,31 @@ def test_every_quarantine_reason(root):
     by_reason = {}
     for row in rows:
         by_reason.setdefault(row["reason"], []).append((row["source"], row["line"]))
-    assert by_reason[ingest.EMPTY_TEXT] == [("bad.tsv", 3), ("bad.tsv", 4), ("rows.parquet", 2)]
-    assert by_reason[ingest.TEXT_TOO_LONG] == [("bad.tsv", 5)]
-    assert by_reason[ingest.UNKNOWN_LABEL] == [("bad.tsv", 6)]
-    assert by_reason[ingest.MISSING_LABEL] == [("bad.tsv", 7)]
-    assert sorted(by_reason[ingest.MALFORMED]) == [("bad.tsv", 8), ("rows.csv", 3), ("rows.jsonl", 2),
+    summary = quarantine_summary(result)
+    for f in summary["whole_files"]:
+        by_reason.setdefault(f["reason"], []).append((f["key"], None))
+    assert by_reason[validation.EMPTY_TEXT] == [("bad.tsv", 3), ("bad.tsv", 4), ("rows.parquet", 2)]
+    assert by_reason[validation.TEXT_TOO_LONG] == [("bad.tsv", 5)]
+    assert by_reason[validation.UNKNOWN_LABEL] == [("bad.tsv", 6)]
+    assert by_reason[validation.MISSING_LABEL] == [("bad.tsv", 7)]
+    assert sorted(by_reason[validation.MALFORMED]) == [("bad.tsv", 8), ("rows.csv", 3), ("rows.jsonl", 2),
                                                    ("rows.jsonl", 3), ("rows.jsonl", 4)]
-    assert by_reason[ingest.UNDECODABLE] == [("bad.tsv", 9)]
-    assert by_reason[ingest.CONFLICTING] == [("bad.tsv", 10), ("bad.tsv", 11)]
-    assert sorted(by_reason[ingest.UNPARSEABLE_FILE]) == [("broken.parquet", None), ("nolabel.csv", None)]
-    assert by_reason[ingest.UNSUPPORTED_FORMAT] == [("notes.xml", None)]
+    assert by_reason[validation.UNDECODABLE] == [("bad.tsv", 9)]
+    assert by_reason[validation.CONFLICTING] == [("bad.tsv", 10), ("bad.tsv", 11)]
+    assert sorted(by_reason[validation.UNPARSEABLE_FILE]) == [("broken.parquet", None), ("nolabel.csv", None)]
+    assert by_reason[validation.UNSUPPORTED_FORMAT] == [("notes.xml", None)]
     assert result["quarantine_reasons"] == {k: len(v) for k, v in by_reason.items()}
-    undecodable = next(r for r in rows if r["reason"] == ingest.UNDECODABLE)
+    assert summary["rows"] == result["quarantined_rows"] == len(rows) == 14
+    assert summary["files"] == result["quarantined_files"] == 3
+    assert result["rows_read"] == (result["new_rows"] + result["quarantined_rows"] + result["duplicates_removed"]
+                                   + result["contaminated_removed"])
+    broken = next(f for f in summary["whole_files"] if f["key"] == "broken.parquet")
+    assert broken["bytes"] == len(b"PAR1 this is not parquet") and broken["copy"] == "files/broken.parquet"
+    undecodable = next(r for r in rows if r["reason"] == validation.UNDECODABLE)
     assert "\\xe9" in undecodable["raw"]
     # Whole files are kept byte for byte.
-    assert storage.read_bytes(storage.join(result["quarantine_uri"], "files", "broken.parquet")) == b"PAR1 this is not parquet"
+    copy = storage.join(result["quarantine_uri"], "files", "broken.parquet")
+    assert storage.read_bytes(copy) == b"PAR1 this is not parquet"
 
     texts = set(snapshots.read_snapshot(result["snapshot_uri"])["text"])
     assert {"a fine film", "json row ok", "a quoted, comma text", "parquet row ok"} <= texts
@@ -161,7 +178,7 @@ def test_every_quarantine_reason(root):
     # A later row that contradicts a stored label is a conflict too; the stored row stays as it was.
     land(spec, "later.tsv", tsv_bytes([(good[0][0], 1 - good[0][1])] + read_sst2("train", limit=20, offset=500)))
     later = run_ingest(spec)
-    assert [(r["reason"], r["line"]) for r in quarantined(later)] == [(ingest.CONFLICTING, 2)]
+    assert [(r["reason"], r["line"]) for r in quarantined(later)] == [(validation.CONFLICTING, 2)]
     assert "previous snapshot" in quarantined(later)[0]["detail"]
 
 
@@ -170,7 +187,7 @@ def test_too_many_bad_rows_fails_and_commits_nothing(root):
     put_golden(spec)
     rows = read_sst2("train", limit=30) + [("", 1)] * 10 + [("some text", "maybe")] * 5
     land(spec, "mostly_bad.tsv", tsv_bytes(rows))
-    with pytest.raises(IngestError, match=r"15 of 45 rows are bad .*nothing was committed"):
+    with pytest.raises(DataRejected, match=r"15 of 45 rows are bad .*nothing was committed"):
         run_ingest(spec)
     assert storage.list_objects(spec.layout.snapshots) == []
     assert storage.list_objects(spec.layout.quarantine) == []
@@ -179,14 +196,14 @@ def test_too_many_bad_rows_fails_and_commits_nothing(root):
 def test_golden_source_missing_is_a_clear_error(root):
     spec = make_spec(root)
     land(spec, "a.tsv", tsv_bytes(read_sst2("train", limit=10)))
-    with pytest.raises(IngestError, match="golden set is not frozen yet and its source .* does not exist"):
+    with pytest.raises(DataRejected, match="golden set is not frozen yet and its source .* does not exist"):
         run_ingest(spec)
 
 
 def test_no_data_at_all_is_a_clear_error(tmp_path):
     spec = make_spec("file://" + str(tmp_path / "s"))
     put_golden(spec)
-    with pytest.raises(IngestError, match="no data yet"):
+    with pytest.raises(DataRejected, match="no data yet"):
         run_ingest(spec)
 
 
@@ -238,7 +255,8 @@ def test_cli_writes_result_and_xcom(tmp_path):
     storage.write_bytes(storage.join(spec.layout.landing, "z.tsv"), tsv_bytes([("", 1)] * 40))
     proc = subprocess.run([sys.executable, "-m", "tasks", "ingest", "--run", run_uri], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1 and "batch rejected" in proc.stderr
+    assert proc.returncode == DataRejected.kind.exit_code == 3, proc.stderr[-2000:]
+    assert "error (data_rejected): batch rejected" in proc.stderr
 
 
 @pytest.mark.parametrize("dies_before", ["latest.json", "batch record"])
@@ -261,6 +279,7 @@ def test_a_run_that_dies_midway_is_completed_by_the_next(dies_before, tmp_path, 
 
     result = run_ingest(spec)
     assert result["changed"] is True and result["new_rows"] == result["total_rows"] == 80
+    assert result["files_ingested"] == ["a.tsv"] and result["rows_read"] == 80 and result["files_count"] == 1
     assert result["snapshot_id"] == storage.read_json(storage.join(spec.layout.snapshots, "latest.json"))["snapshot_id"]
     manifests = [o for o in storage.list_objects(spec.layout.snapshots) if o.uri.endswith("manifest.json")]
     assert len(manifests) == 1
@@ -271,11 +290,11 @@ class StaleFirstRead:
     """read_latest that returns what a concurrent run saw before the other run moved the pointer, then the truth."""
 
     def __init__(self, stale):
-        self.stale, self.calls, self.real = stale, 0, ingest.read_latest
+        self.stale, self.calls, self.real = stale, 0, snapshots.read_latest
 
-    def __call__(self, spec):
+    def __call__(self, snapshots_uri):
         self.calls += 1
-        return self.stale if self.calls == 1 else self.real(spec)
+        return self.stale if self.calls == 1 else self.real(snapshots_uri)
 
 
 def test_concurrent_ingests_cannot_both_move_latest(tmp_path, monkeypatch):
@@ -284,35 +303,38 @@ def test_concurrent_ingests_cannot_both_move_latest(tmp_path, monkeypatch):
     land(spec, "a.tsv", tsv_bytes(read_sst2("train", limit=50)))
     base = run_ingest(spec)
     land(spec, "b.tsv", tsv_bytes(read_sst2("train", limit=50, offset=50)))
-    seen = ingest.read_latest(spec)  # both runs read the same latest.json and the same unprocessed files
+    # Both runs read the same latest.json and the same unprocessed files.
+    seen = snapshots.read_latest(spec.layout.snapshots)
     other = run_ingest(spec)  # the other run commits first
     a = next(o for o in storage.list_objects(spec.layout.landing) if o.uri.endswith("/a.tsv"))
-    monkeypatch.setattr(ingest, "processed_files", lambda s: {("a.tsv", a.etag, a.size)})
-    monkeypatch.setattr(ingest, "read_latest", StaleFirstRead(seen))
+    monkeypatch.setattr(snapshots, "processed_files", lambda s: {("a.tsv", a.etag, a.size)})
+    monkeypatch.setattr(snapshots, "read_latest", StaleFirstRead(seen))
     same = run_ingest(spec)  # same files on the same parent: the same snapshot, so this run ends unchanged
     assert same["changed"] is False and same["snapshot_id"] == other["snapshot_id"] != base["snapshot_id"]
 
     # Different data committed in between is an error that names the pointer; the pointer stays where it is.
     land(spec, "c.tsv", tsv_bytes(read_sst2("train", limit=50, offset=100)))
-    monkeypatch.setattr(ingest, "read_latest", StaleFirstRead(seen))
-    with pytest.raises(IngestError, match="another ingest moved .*latest.json"):
+    monkeypatch.setattr(snapshots, "read_latest", StaleFirstRead(seen))
+    # A transient conflict: retried (InfrastructureError), unlike a rejected batch.
+    with pytest.raises(InfrastructureError, match="another ingest moved .*latest.json"):
         run_ingest(spec)
     assert storage.read_json(storage.join(spec.layout.snapshots, "latest.json"))["snapshot_id"] == other["snapshot_id"]
 
 
 def test_readers_handle_bom_quoted_newlines_and_binary():
-    rows = ingest.read_rows('\ufeffsentence,label\n"two\nlines",1\nplain,0\n'.encode(), "csv", "sentence", "label")
+    rows = readers.read_rows('\ufeffsentence,label\n"two\nlines",1\nplain,0\n'.encode(), "csv", "sentence", "label")
     assert [(r.line, r.text, r.label) for r in rows] == [(3, "two\nlines", "1"), (4, "plain", "0")]
-    with pytest.raises(ingest.Unparseable, match="NUL"):
-        ingest.read_rows(b"sentence\tlabel\nab\x00cd\t1\n", "tsv", "sentence", "label")
-    jsonl = ingest.read_rows(b'{"sentence": "ok", "label": 1}\n\n{"sentence": "caf\xe9", "label": 0}\n', "jsonl",
+    with pytest.raises(readers.Unparseable, match="NUL"):
+        readers.read_rows(b"sentence\tlabel\nab\x00cd\t1\n", "tsv", "sentence", "label")
+    jsonl = readers.read_rows(b'{"sentence": "ok", "label": 1}\n\n{"sentence": "caf\xe9", "label": 0}\n', "jsonl",
                              "sentence", "label")
-    assert [(r.line, r.problem) for r in jsonl] == [(1, None), (3, ingest.UNDECODABLE)]
+    assert [(r.line, r.problem) for r in jsonl] == [(1, None), (3, validation.UNDECODABLE)]
 
 
 def test_label_map_aliases_names_and_numbers():
-    labels = ingest.LabelMap(["negative", "positive"], {"0": "negative", "1": "positive"})
+    labels = validation.LabelMap(["negative", "positive"], {"0": "negative", "1": "positive"})
     assert labels.lookup(1) == (1, None) and labels.lookup(1.0) == (1, None) and labels.lookup(" 0 ") == (0, None)
     assert labels.lookup("Positive") == (1, None)
-    assert labels.lookup(None) == (None, ingest.MISSING_LABEL) and labels.lookup(float("nan"))[1] == ingest.MISSING_LABEL
-    assert labels.lookup("2") == (None, ingest.UNKNOWN_LABEL)
+    assert labels.lookup(None) == (None, validation.MISSING_LABEL)
+    assert labels.lookup(float("nan"))[1] == validation.MISSING_LABEL
+    assert labels.lookup("2") == (None, validation.UNKNOWN_LABEL)

@@ -1,1 +1,4 @@
-"""Data in: readers, validation, quarantine, dedup, snapshots and the golden set (the ingest stage)."""
+"""Data in: landing zone, readers, validation, quarantine, snapshots and the golden set (the ingest stage).
+
+See docs/data.md.
+"""
