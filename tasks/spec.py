@@ -56,6 +56,11 @@ class DataSpec(_Section):
     tsv_quoting: Literal["none", "rfc4180"] = Field(
         "none", description="TSV files: none = a quote is an ordinary character (as SST-2); rfc4180 = a field may be "
                             "quoted, with \"\" for a quote and tabs or newlines inside the quotes")
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = Field(
+        "auto", description="auto = by extension (.csv .tsv .jsonl .ndjson .parquet, each optionally .gz); a named "
+                            "format wins, and then every landed file is read as it, whatever its extension")
+    csv_delimiter: str = Field(",", min_length=1, max_length=1,
+                               description="Field separator of CSV files (RFC 4180 quoting), e.g. ; for many exports")
 
     @model_validator(mode="after")
     def _labels(self) -> "DataSpec":

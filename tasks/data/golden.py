@@ -24,7 +24,7 @@ log = logging.getLogger("tasks.data.golden")
 def read_source(spec: PipelineSpec) -> tuple[list[Good], list[Bad]]:
     """The golden source file's rows, validated like landed rows."""
     source = spec.golden.source_uri
-    fmt = readers.file_format(source)
+    fmt = readers.file_format(source, spec.data.format)
     if fmt is None:
         raise SpecInvalid(f"golden.source_uri {source} has no supported extension ({', '.join(readers.FORMATS)})")
     try:
@@ -40,7 +40,8 @@ def read_source(spec: PipelineSpec) -> tuple[list[Good], list[Bad]]:
     try:
         if readers.is_gzip(source):
             data = readers.gunzip(data)
-        rows = readers.read_rows(data, fmt, text_col, label_col, tsv_quoting=spec.data.tsv_quoting)
+        rows = readers.read_rows(data, fmt, text_col, label_col, tsv_quoting=spec.data.tsv_quoting,
+                                 csv_delimiter=spec.data.csv_delimiter)
     except readers.Unparseable as exc:
         raise DataRejected(f"golden source {source} cannot be parsed: {exc}") from None
     return validate(source, rows, labels, spec.data.max_text_chars)

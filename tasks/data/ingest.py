@@ -118,7 +118,7 @@ def line_count(content: bytes) -> int:
 
 def parse_file(spec: PipelineSpec, f: LandingFile, data: bytes) -> list[RawRow] | BadFile | None:
     """A landed file's rows; a BadFile when the whole file is bad; None when it is empty (zero bytes)."""
-    fmt = readers.file_format(f.key)
+    fmt = readers.file_format(f.key, spec.data.format)
     try:
         content = readers.gunzip(data) if readers.is_gzip(f.key) else data
     except Unparseable as exc:
@@ -131,7 +131,8 @@ def parse_file(spec: PipelineSpec, f: LandingFile, data: bytes) -> list[RawRow] 
                        f.size, line_count(content), data)
     try:
         return readers.read_rows(content, fmt, spec.data.text_column, spec.data.label_column,
-                                 tsv_quoting=spec.data.tsv_quoting)
+                                 tsv_quoting=spec.data.tsv_quoting,
+                                 csv_delimiter=spec.data.csv_delimiter)
     except Unparseable as exc:
         return BadFile(f.key, UNPARSEABLE_FILE, str(exc), f.size, line_count(content), data)
 

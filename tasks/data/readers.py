@@ -42,8 +42,11 @@ class RawRow:
     raw: Any = None
 
 
-def file_format(key: str) -> str | None:
-    """The format of a landing key from its extension (``.gz`` is looked through), or None if unsupported."""
+def file_format(key: str, setting: str = "auto") -> str | None:
+    """The format of a landing key: the pipeline's ``data.format`` when it names one, else from the extension
+    (``.gz`` is looked through); None if unsupported."""
+    if setting != "auto":
+        return setting
     name = key.lower()
     if name.endswith(GZIP_SUFFIX):
         name = name[: -len(GZIP_SUFFIX)]
@@ -81,9 +84,10 @@ def _undecodable(value: str) -> bool:
     return False
 
 
-def read_delimited(data: bytes, fmt: str, text_col: str, label_col: str, tsv_quoting: str = "none") -> list[RawRow]:
+def read_delimited(data: bytes, fmt: str, text_col: str, label_col: str, tsv_quoting: str = "none",
+                   csv_delimiter: str = ",") -> list[RawRow]:
     text = _decode(data)
-    delimiter = "\t" if fmt == "tsv" else ","
+    delimiter = "\t" if fmt == "tsv" else csv_delimiter
     # CSV follows RFC 4180; TSV by default has no quoting (SST-2 sentences hold bare quotes), or RFC 4180's with
     # data.tsv_quoting = rfc4180. Quoted dialects are read strictly: a quote that does not close, or text after a
     # closing quote, makes the file unparseable instead of silently swallowing the rows after it.
@@ -160,10 +164,11 @@ def read_parquet(data: bytes, text_col: str, label_col: str) -> list[RawRow]:
     return [RawRow(i + 1, t, l, raw={"text": t, "label": l}) for i, (t, l) in enumerate(zip(texts, labels))]
 
 
-def read_rows(data: bytes, fmt: str, text_col: str, label_col: str, *, tsv_quoting: str = "none") -> list[RawRow]:
+def read_rows(data: bytes, fmt: str, text_col: str, label_col: str, *, tsv_quoting: str = "none",
+              csv_delimiter: str = ",") -> list[RawRow]:
     """Rows of one file's (already decompressed) bytes in format ``fmt``; Unparseable if the file is bad whole."""
     if fmt in ("csv", "tsv"):
-        return read_delimited(data, fmt, text_col, label_col, tsv_quoting)
+        return read_delimited(data, fmt, text_col, label_col, tsv_quoting, csv_delimiter)
     if fmt == "jsonl":
         return read_jsonl(data, text_col, label_col)
     if fmt == "parquet":
