@@ -5,8 +5,8 @@ so stages pass URIs around and never care which backend sits behind them.
 
 Built on fsspec: s3fs for S3, fsspec's local filesystem (plus os/shutil where a local file needs a stat or an
 atomic rename) for file:// URIs. Transfers stream in bounded parts (multipart uploads, ranged downloads,
-server-side copies within S3); nothing here holds a whole object in memory to stat, copy, upload, download or
-sync it. Only read_bytes/write_bytes deal in whole objects, by definition.
+server-side copies within S3, kernel copies locally): stat, copy, upload, download and sync never hold more
+than a few parts (PART_SIZE) of an object in memory. Only read_bytes/write_bytes deal in whole objects.
 
 S3 settings come from the standard AWS environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
 AWS_DEFAULT_REGION, and AWS_ENDPOINT_URL for MinIO or moto), which botocore reads by itself, plus
@@ -525,6 +525,20 @@ def copy(src_uri: str, dst_uri: str, *, if_none_match: bool = False) -> str:
             raise NotFound(src_uri)
         return _s3_put_file(src, dst_uri, if_none_match=if_none_match)
     return _local_write(dst_uri, lambda tmp: _fetch(src_uri, tmp), if_none_match=if_none_match)
+
+
+def sha256_uri(uri: str) -> str:
+    """sha256 of one object on either backend, read in blocks (for manifests and verification of big files)."""
+    digest = hashlib.sha256()
+    if is_s3(uri):
+        with _s3_errors(uri), _s3().open(_s3_path(uri), "rb") as fh:
+            for block in iter(lambda: fh.read(PART_SIZE), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    try:
+        return sha256_file(local_path(uri))
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise NotFound(uri) from exc
 
 
 def sync_dir(local_dir: str | Path, prefix_uri: str) -> list[str]:

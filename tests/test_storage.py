@@ -314,3 +314,12 @@ def test_forked_child_gets_its_own_s3_client(s3_env):
     assert child.exitcode == 0
     assert out.get(timeout=5) == "from the parent"
     assert storage.read_bytes(f"{s3_env}/child") == b"from the child"  # and the parent's still works
+
+
+def test_sha256_uri_matches_the_bytes(base, tmp_path):
+    data = os.urandom(3 * storage.PART_SIZE + 5)  # several blocks and a ragged end
+    (tmp_path / "f").write_bytes(data)
+    storage.upload_file(tmp_path / "f", storage.join(base, "f"))
+    assert storage.sha256_uri(storage.join(base, "f")) == storage.sha256_bytes(data)
+    with pytest.raises(storage.NotFound):
+        storage.sha256_uri(storage.join(base, "missing"))
