@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPORTED
 from tasks import storage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -270,7 +271,7 @@ def test_copy_across_backends_streams(s3_env, tmp_path):
                           capture_output=True, text=True, timeout=120, env=dict(os.environ))
     assert proc.returncode == 0, proc.stderr[-3000:]
     growth = int(proc.stdout.strip().splitlines()[-1])
-    print(f"peak memory growth {growth / 2**20:.0f} MiB")
+    REPORTED["storage: peak memory growth copying 128 MiB across backends"] = f"{growth / 2**20:.0f} MiB"
     assert growth < 0.75 * size, f"peak memory grew by {growth / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB copy"
     digest = storage.sha256_file(src)
     assert storage.sha256_file(out / "big.s3") == digest and storage.sha256_file(out / "big.local") == digest
