@@ -26,9 +26,10 @@ def sst2_raw() -> dict:
 def test_shipped_specs_validate():
     from tasks.spec import load_specs
 
-    specs = load_specs(ROOT / "include" / "pipelines")
-    assert [s.name for _p, s in specs] == ["sst2"]
-    spec = specs[0][1]
+    specs = dict((s.name, s) for _p, s in load_specs(ROOT / "include" / "pipelines"))
+    assert sorted(specs) == ["emotion", "sst2"]
+    assert len(specs["emotion"].data.labels) == 6 and specs["emotion"].data.csv_delimiter == ";"
+    spec = specs["sst2"]
     assert spec.data.labels == ["negative", "positive"]
     assert spec.landing.uri == spec.storage.uri + "/landing/sst2"
     assert spec.layout.champion == spec.storage.uri + "/models/sst2/champion.json"
