@@ -137,6 +137,7 @@ class PublishResult(Result):
     champion_after: str | None = None
     files: int = 0
     reason: str = ""
+    model_cards: dict[str, str] = {}  # {teacher|student: URI of the version's README.md model card}
 
 
 RESULT_OF_TASK: dict[str, type[Result]] = {
