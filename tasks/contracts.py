@@ -115,6 +115,7 @@ class GateResult(Result):
     threshold: Any = None
     reason: str = ""
     skipped: bool = False
+    details: dict[str, Any] = {}  # the numbers behind the verdict (interval, p-value, recalls); not in XCom
 
 
 class EvaluateResult(Result):

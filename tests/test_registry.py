@@ -5,10 +5,13 @@ two racing promotions have exactly one winner, rollback and rerun."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 
 import pytest
 
+from conftest import ROOT
 from decision_support import make_spec, write_run, write_snapshot
 from tasks.decide import publish, registry
 from tasks import errors, storage
@@ -105,6 +108,9 @@ def test_tampered_file_fails_verify_and_blocks_promotion(env, moto_server):
     spec_file = storage.join(spec.layout.run("r1"), "spec.json")
     with pytest.raises(registry.VerificationFailed):
         registry.main(["--spec", spec_file, "verify", cand["version"]])
+    proc = subprocess.run([sys.executable, "-m", "tasks", "registry", "--spec", spec_file, "verify", cand["version"]],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == errors.GATE_FAILED.exit_code and "student/model.safetensors" in proc.stdout
     with pytest.raises(registry.VerificationFailed):
         registry.promote(spec, cand["version"], expected_champion=first["version"])
     with pytest.raises(registry.VerificationFailed) as failed:

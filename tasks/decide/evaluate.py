@@ -243,8 +243,7 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, cha
     result = EvaluateResult(
         passed=passed,
         first_run=first_run,
-        gates=[GateResult(name=g.name, passed=g.passed, value=g.value, threshold=g.threshold, reason=g.reason,
-                          skipped=g.skipped) for g in gate_list],
+        gates=[GateResult(**g.model_dump(exclude={"details"})) for g in gate_list],  # details: in gate_report.json
         failed_gates=failed,
         metrics={"teacher": summary["teacher"], "student": summary["student"], "champion": champion_summary},
         golden_uri=golden_uri,

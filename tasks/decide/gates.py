@@ -1,32 +1,35 @@
 """Promotion gates: pure functions over arrays and metric dicts, no I/O (unit-tested with plain numbers).
 
-Every gate returns a ``Gate``: name, passed, the measured value, the threshold, a one-line reason, and details
-(the numbers behind it: intervals, per-class recalls, p-values). ``evaluate_gates`` applies the whole set from
-``spec.gates`` and says which apply on a first run (no champion): the floors only. The champion comparisons
-are skipped, and the student's retention and budgets are measured and reported but do not gate, stated as such.
+Every gate returns a ``Gate`` (a ``tasks.contracts.GateResult``): name, passed, the measured value, the threshold,
+a one-line reason, and details (the numbers behind it: intervals, per-class recalls, p-values). ``evaluate_gates``
+applies the whole set from ``spec.gates`` and says which apply on a first run (no champion): the floors only. The
+champion comparisons are skipped, and the student's retention and budgets are measured and reported but do not
+gate, stated as such.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
+from tasks import metrics
+from tasks.contracts import GateResult
 
-@dataclass
-class Gate:
-    name: str
-    passed: bool
-    value: float | None
-    threshold: float | None
-    reason: str
-    skipped: bool = False
-    details: dict[str, Any] = field(default_factory=dict)
+
+class Gate(GateResult):
+    """A gate's verdict: the contract's GateResult, built by the functions below."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.dump()
+
+
+def make_gate(name: str, passed: bool, value: float | None, threshold: float | None, reason: str, *,
+              skipped: bool = False, details: dict[str, Any] | None = None) -> Gate:
+    return Gate(name=name, passed=passed, value=value, threshold=threshold, reason=reason, skipped=skipped,
+                details=details or {})
 
 
 def _r(x: float | None, nd: int = 4) -> float | None:
@@ -123,13 +126,10 @@ def mcnemar_exact(candidate_correct: Sequence[bool] | np.ndarray,
 
 
 def per_class_recall(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> list[float | None]:
-    y_true = np.asarray(y_true)
-    y_pred = np.asarray(y_pred)
-    out: list[float | None] = []
-    for k in range(num_classes):
-        mask = y_true == k
-        out.append(float(np.mean(y_pred[mask] == k)) if mask.any() else None)
-    return out
+    """Recall of each class (tasks.metrics.per_class); None for a class absent from the labels, which the
+    class-recall gate then leaves out instead of counting a drop to 0."""
+    per = metrics.per_class(y_true, y_pred, num_classes)
+    return [recall if support else None for recall, support in zip(per["recall"], per["support"])]
 
 
 # ---------------------------------------------------------------- gates
@@ -138,7 +138,7 @@ def per_class_recall(y_true: Sequence[int], y_pred: Sequence[int], num_classes: 
 def floor_gate(name: str, value: float, minimum: float) -> Gate:
     ok = value >= minimum
     verb = ">=" if ok else "<"
-    return Gate(name, ok, _r(value), minimum, f"{value:.4f} {verb} floor {minimum:.4f}")
+    return make_gate(name, ok, _r(value), minimum, f"{value:.4f} {verb} floor {minimum:.4f}")
 
 
 def non_inferiority_gate(name: str, candidate_correct, champion_correct, *, margin: float, resamples: int,
@@ -151,7 +151,7 @@ def non_inferiority_gate(name: str, candidate_correct, champion_correct, *, marg
     reason = (f"accuracy diff {ci['diff']:+.4f}, {int(confidence * 100)}% CI [{ci['lower']:+.4f}, {ci['upper']:+.4f}]"
               f" (n={ci['n']}, {resamples} paired resamples); lower bound {'>=' if ok else '<'} -margin {-margin:+.4f}")
     details = {k: (_r(v, 6) if isinstance(v, float) else v) for k, v in ci.items()}
-    return Gate(name, ok, _r(ci["lower"]), -margin, reason, details=details)
+    return make_gate(name, ok, _r(ci["lower"]), -margin, reason, details=details)
 
 
 def class_recall_gate(name: str, candidate_recall: Sequence[float | None], champion_recall: Sequence[float | None],
@@ -162,7 +162,8 @@ def class_recall_gate(name: str, candidate_recall: Sequence[float | None], champ
             continue
         drops[label] = float(champ - cand)
     if not drops:
-        return Gate(name, True, None, max_drop, "no class present in the golden set for both models", skipped=True)
+        return make_gate(name, True, None, max_drop, "no class present in the golden set for both models",
+                         skipped=True)
     worst = max(drops, key=lambda k: drops[k])
     ok = drops[worst] <= max_drop + 1e-12
     reason = (f"largest recall drop {drops[worst]:+.4f} on class {worst!r} "
@@ -170,36 +171,37 @@ def class_recall_gate(name: str, candidate_recall: Sequence[float | None], champ
     details = {"drops": {k: _r(v) for k, v in drops.items()},
                "candidate_recall": dict(zip(labels, map(_r, candidate_recall))),
                "champion_recall": dict(zip(labels, map(_r, champion_recall)))}
-    return Gate(name, ok, _r(drops[worst]), max_drop, reason, details=details)
+    return make_gate(name, ok, _r(drops[worst]), max_drop, reason, details=details)
 
 
 def retention_gate(student_accuracy: float, teacher_accuracy: float, *, min_ratio: float) -> Gate:
     ratio = student_accuracy / teacher_accuracy if teacher_accuracy > 0 else (1.0 if student_accuracy == 0 else math.inf)
     ok = ratio >= min_ratio
-    return Gate("student_retention", ok, _r(ratio), min_ratio,
-                f"student/teacher accuracy {student_accuracy:.4f}/{teacher_accuracy:.4f} = {ratio:.4f} "
-                f"({'>=' if ok else '<'} {min_ratio:.4f})")
+    return make_gate("student_retention", ok, _r(ratio), min_ratio,
+                     f"student/teacher accuracy {student_accuracy:.4f}/{teacher_accuracy:.4f} = {ratio:.4f} "
+                     f"({'>=' if ok else '<'} {min_ratio:.4f})")
 
 
 def budget_gate(name: str, value: float | None, budget: float | None, unit: str) -> Gate:
     shown = "not measured" if value is None else f"{value:.3f} {unit}"
     if budget is None:
-        return Gate(name, True, _r(value, 3), None, f"{shown}; no budget set", skipped=True)
+        return make_gate(name, True, _r(value, 3), None, f"{shown}; no budget set", skipped=True)
     if value is None:
-        return Gate(name, False, None, budget, f"{shown}, but a budget of {budget:g} {unit} is set")
+        return make_gate(name, False, None, budget, f"{shown}, but a budget of {budget:g} {unit} is set")
     ok = value <= budget
-    return Gate(name, ok, _r(value, 3), budget, f"{shown} ({'<=' if ok else '>'} budget {budget:g} {unit})")
+    return make_gate(name, ok, _r(value, 3), budget,
+                     f"{shown} ({'<=' if ok else '>'} budget {budget:g} {unit})")
 
 
 def skipped(name: str, reason: str) -> Gate:
-    return Gate(name, True, None, None, reason, skipped=True)
+    return make_gate(name, True, None, None, reason, skipped=True)
 
 
 def report_only(gate: Gate, why: str) -> Gate:
     """The same measurement, shown with its verdict in the reason, but not gating."""
     verdict = "would pass" if gate.passed else "would FAIL"
-    return Gate(gate.name, True, gate.value, gate.threshold, f"{why}; {verdict}: {gate.reason}", skipped=True,
-                details=gate.details)
+    return make_gate(gate.name, True, gate.value, gate.threshold, f"{why}; {verdict}: {gate.reason}",
+                     skipped=True, details=gate.details)
 
 
 # ---------------------------------------------------------------- the full set
