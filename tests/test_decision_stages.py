@@ -12,7 +12,7 @@ from tasks.decide import registry
 from tasks import storage
 from tasks.__main__ import main as tasks_main
 
-pytestmark = pytest.mark.timeout(150)  # safety net only: measured 84-88 s on 2 cores shared by 5 agents
+pytestmark = pytest.mark.timeout(150)  # safety net only: measured 25-42 s (incl. training) on 2 shared cores
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,10 @@ snapshot's holdout, measure the student's CPU cost, apply the gates, write the g
 Artifacts under ``R/evaluate/``: metrics.json (everything), gate_report.json, gate_report.md,
 confusion_<model>_<set>.png, result.json (the small XCom: passed, first_run, gates, failed_gates, metrics,
 report_uri, report_md_uri). Exit code 0 whether or not the gates pass; the DAG's gate task reads ``passed``.
+
+Metrics are ``tasks.metrics`` (the one definition: scikit-learn, macro-F1 over every declared class), with
+percentile bootstrap intervals on the golden set; the gates, the run summary and the model cards all use the
+numbers computed here.
 """
 
 from __future__ import annotations
