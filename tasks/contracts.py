@@ -131,6 +131,7 @@ class GateResult(Result):
     threshold: Any = None
     reason: str = ""
     skipped: bool = False
+    details: dict[str, Any] = {}  # the numbers behind the verdict (interval, p-value, recalls); not in XCom
 
 
 class EvaluateResult(Result):
@@ -153,6 +154,7 @@ class PublishResult(Result):
     champion_after: str | None = None
     files: int = 0
     reason: str = ""
+    model_cards: dict[str, str] = {}  # {teacher|student: URI of the version's README.md model card}
 
 
 RESULT_OF_TASK: dict[str, type[Result]] = {

@@ -44,8 +44,11 @@ def write_snapshot(spec, rows: list[tuple[str, int]], golden_rows: list[tuple[st
                           "batch": ["b1"] * len(rows)})
     storage.write_bytes(storage.join(spec.layout.snapshots, "parts", "b1.parquet"), snapshots.parquet_bytes(frame))
     snap = storage.join(spec.layout.snapshots, snapshot_id)
-    storage.write_json(snapshots.manifest_uri(snap), {"snapshot_id": snapshot_id, "parts": ["parts/b1.parquet"],
-                                                      "golden_uri": golden_uri, "golden_id": "g1"})
+    storage.write_json(snapshots.manifest_uri(snap), {
+        "snapshot_id": snapshot_id, "parts": ["parts/b1.parquet"], "golden_uri": golden_uri, "golden_id": "g1",
+        "rows": len(frame), "new_rows": len(frame),
+        "label_counts": {name: int((frame["label"] == i).sum()) for i, name in enumerate(spec.data.labels)},
+        "split_counts": {s: int((frame["split"] == s).sum()) for s in ("train", "holdout")}})
     return snap
 
 

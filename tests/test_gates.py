@@ -85,3 +85,22 @@ def test_spec_requires_at_least_1000_resamples():
 
     with pytest.raises(SpecError):
         make_spec("file:///unused", bootstrap_resamples=500)
+
+
+def test_bootstrap_intervals_use_the_one_macro_f1_and_bracket_the_point():
+    """Each replicate's macro-F1 is tasks.metrics.macro_f1 of the resampled rows (every declared class, a class
+    absent from labels and predictions counting 0), so the interval is the quantiles of exactly those numbers."""
+    from tasks import metrics
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 120)  # class 2 is declared but absent
+    pred = np.where(rng.random(120) < 0.8, y, 1 - y)
+    out = gates.bootstrap_intervals(y, pred, 3, resamples=200, seed=7, chunk=200)
+    idx = np.random.default_rng(7).integers(0, 120, size=(200, 120))
+    f1 = [metrics.macro_f1(y[i], pred[i], 3) for i in idx]
+    acc = [metrics.accuracy(y[i], pred[i]) for i in idx]
+    assert [out["macro_f1"]["lower"], out["macro_f1"]["upper"]] == pytest.approx(np.quantile(f1, [0.025, 0.975]))
+    assert [out["accuracy"]["lower"], out["accuracy"]["upper"]] == pytest.approx(np.quantile(acc, [0.025, 0.975]))
+    point = metrics.accuracy(y, pred)
+    assert out["accuracy"]["lower"] < point < out["accuracy"]["upper"]
+    assert out == gates.bootstrap_intervals(y, pred, 3, resamples=200, seed=7)  # seeded

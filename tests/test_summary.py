@@ -1,6 +1,12 @@
-"""The run summary picks the numbers people act on: golden-set metrics, new rows since the champion, the verdict."""
+"""The run summary picks the numbers people act on: golden-set metrics, new rows since the champion, the verdict;
+it reads every stage result through its contract, and a malformed one fails loudly."""
 
-from tasks.decide.summary import build_summary, format_summary
+import pytest
+
+from tasks.decide.summary import MalformedResult, build_summary, format_summary
+
+RUN = {"pipeline": "sst2", "run_key": "retrain-r2", "run_uri": "s3://b/runs/sst2/retrain-r2", "run_type": "scheduled",
+       "champion_version": "v1"}
 
 
 def test_summary_reports_golden_metrics_and_outcome():
@@ -8,23 +14,37 @@ def test_summary_reports_golden_metrics_and_outcome():
         "ingest": {"snapshot_id": "s2", "total_rows": 10000, "new_rows": 0, "quarantined_rows": 3},
         "decide": {"retrain": True, "reasons": ["5000 new rows reach decide.retrain_every_rows (5000)."],
                    "new_rows": 5000},
-        "finetune": {"metrics": {"accuracy": 0.89, "macro_f1": 0.88}, "train_rows": 4500},
+        "finetune": {"model_uri": "s3://b/runs/sst2/retrain-r2/finetune/model",
+                     "metrics": {"accuracy": 0.89, "macro_f1": 0.88}, "train_rows": 4500},
+        "distill": None,  # did not run: fine
         "evaluate": {"passed": False, "first_run": False, "failed_gates": ["non_inferiority_teacher"],
-                     "metrics": {"teacher": {"golden_accuracy": 0.851, "golden_macro_f1": 0.85},
-                                 "champion": {"golden_accuracy": 0.86}}},
+                     "metrics": {"teacher": {"golden_accuracy": 0.851, "golden_accuracy_ci": [0.8274, 0.8739],
+                                             "golden_macro_f1": 0.85},
+                                 "champion": {"uri": "s3://b/models/sst2/v1", "teacher": {"golden_accuracy": 0.86},
+                                              "student": None}}},
     }
-    summary = build_summary({"pipeline": "sst2", "run_key": "retrain-r2", "champion_version": "v1"}, results)
-    assert summary["outcome"] == "blocked by gates"
+    summary = build_summary(RUN, results)
+    assert summary["outcome"] == "blocked by gates" and summary["champion_before"] == "v1"
     assert summary["teacher"]["holdout_accuracy"] == 0.89
     assert summary["evaluation"]["teacher"]["golden_accuracy"] == 0.851
     text = format_summary(summary)
     assert "5000 new since the champion's" in text
     assert "FAILED (non_inferiority_teacher)" in text
-    assert "eval champion: golden_accuracy=0.8600" in text
+    assert "golden_accuracy_ci=[0.8274, 0.8739]" in text
+    assert "eval champion_teacher: golden_accuracy=0.8600" in text
 
 
-def test_skip_outcome():
-    summary = build_summary({"pipeline": "sst2", "run_key": "r3"},
+def test_skip_outcome_and_no_champion():
+    summary = build_summary({**RUN, "run_key": "r3", "champion_version": "none"},
                             {"decide": {"retrain": False, "reasons": ["Skipped: no new snapshot."]}})
-    assert summary["outcome"] == "skipped"
+    assert summary["outcome"] == "skipped" and summary["champion_before"] is None
     assert "decision: skip - Skipped: no new snapshot." in format_summary(summary)
+
+
+def test_a_malformed_stage_result_fails_loudly():
+    with pytest.raises(MalformedResult, match="evaluate result does not match EvaluateResult"):
+        build_summary(RUN, {"decide": {"retrain": True, "reasons": []}, "evaluate": {"passed": "maybe"}})
+    with pytest.raises(MalformedResult, match="publish"):
+        build_summary(RUN, {"publish": {"promoted": True}})  # no version
+    with pytest.raises(MalformedResult, match="prepare_run"):
+        build_summary({"pipeline": "sst2"}, {})

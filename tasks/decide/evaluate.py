@@ -6,70 +6,60 @@ snapshot's holdout, measure the student's CPU cost, apply the gates, write the g
 Artifacts under ``R/evaluate/``: metrics.json (everything), gate_report.json, gate_report.md,
 confusion_<model>_<set>.png, result.json (the small XCom: passed, first_run, gates, failed_gates, metrics,
 report_uri, report_md_uri). Exit code 0 whether or not the gates pass; the DAG's gate task reads ``passed``.
+
+Metrics are ``tasks.metrics`` (the one definition: scikit-learn, macro-F1 over every declared class), with
+percentile bootstrap intervals on the golden set; the gates, the run summary and the model cards all use the
+numbers computed here.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
-import os
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from tasks.decide import gates as gates_mod
-from tasks.train import modeling
-from tasks import results, storage
+from tasks import cli, metrics as metrics_mod, results, storage
+from tasks.contracts import EvaluateResult, GateResult
 from tasks.data import snapshots
+from tasks.decide import gates as gates_mod
+from tasks.errors import SpecInvalid
 from tasks.spec import PipelineSpec, load_spec
-
-METRICS_ENV = "RETRAIN_METRICS_DIR"
-_METRICS = ("accuracy", "f1", "precision", "recall")
-_loaded: dict[str, Any] = {}
+from tasks.train import modeling
 
 
-def metrics_dir() -> Path:
-    """include/metrics next to tasks/ (the task image copies both), or $RETRAIN_METRICS_DIR."""
-    configured = os.environ.get(METRICS_ENV)
-    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "include" / "metrics"
-
-
-def load_metric(name: str):
-    """An ``evaluate`` metric from the local module include/metrics/<name>/<name>.py (no Hub)."""
-    if name not in _loaded:
-        import evaluate
-
-        path = metrics_dir() / name
-        if not (path / f"{name}.py").is_file():
-            raise FileNotFoundError(f"metric module {path / (name + '.py')} not found (set ${METRICS_ENV})")
-        _loaded[name] = evaluate.load(str(path))
-    return _loaded[name]
+@dataclass
+class EvaluateArgs:
+    run: str = field(metadata={"help": "the run folder URI (holds spec.json)"})
+    snapshot: str = field(metadata={"help": "the snapshot URI the candidates were trained on"})
+    teacher: str = field(metadata={"help": "the candidate teacher's model folder URI"})
+    student: str = field(metadata={"help": "the candidate student's model folder URI"})
+    champion: str | None = field(metadata={"help": "the champion version (URI or id), or none on a first run"})
+    golden: str | None = field(default=None, metadata={"help": "frozen golden set URI (default: from the snapshot "
+                                                                "manifest)"})
 
 
 def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict[str, Any]:
-    """accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""
+    """accuracy, macro-F1 (tasks.metrics: over every declared class), per-class precision/recall/F1/support and
+    the confusion matrix."""
     from sklearn.metrics import confusion_matrix
 
     y_true = [int(v) for v in y_true]
     y_pred = [int(v) for v in y_pred]
-    ids = list(range(len(labels)))
-    common = {"predictions": y_pred, "references": y_true}
-    accuracy = load_metric("accuracy").compute(**common)["accuracy"]
-    macro_f1 = load_metric("f1").compute(**common, labels=ids, average="macro", zero_division=0)["f1"]
-    per = {name: load_metric(name).compute(**common, labels=ids, average=None, zero_division=0)[name]
-           for name in ("precision", "recall", "f1")}
-    support = np.bincount(np.asarray(y_true, dtype=int), minlength=len(labels)).tolist() if y_true else [0] * len(labels)
+    n_classes = len(labels)
+    per = metrics_mod.per_class(y_true, y_pred, n_classes)
     return {
         "n": len(y_true),
-        "accuracy": float(accuracy),
-        "macro_f1": float(macro_f1),
-        "per_class": {label: {"precision": float(per["precision"][i]), "recall": float(per["recall"][i]),
-                              "f1": float(per["f1"][i]), "support": int(support[i])}
+        "accuracy": metrics_mod.accuracy(y_true, y_pred),
+        "macro_f1": metrics_mod.macro_f1(y_true, y_pred, n_classes),
+        "per_class": {label: {"precision": per["precision"][i], "recall": per["recall"][i], "f1": per["f1"][i],
+                              "support": per["support"][i]}
                       for i, label in enumerate(labels)},
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=ids).tolist(),
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=list(range(n_classes))).tolist(),
     }
 
 
@@ -137,7 +127,8 @@ def measure_cost(model_dir: Path, texts: Sequence[str], *, max_length: int, samp
 
 
 def _resolve_champion(spec: PipelineSpec, champion: str | None) -> str | None:
-    if not champion or champion.lower() == "none":
+    champion = cli.optional(champion)
+    if champion is None:
         return None
     if "://" in champion or champion.startswith("/"):
         return storage.normalize(champion)
@@ -147,15 +138,19 @@ def _resolve_champion(spec: PipelineSpec, champion: str | None) -> str | None:
 def resolve_golden(snapshot_uri: str, golden: str | None) -> str:
     if golden:
         return storage.normalize(golden)
-    manifest = snapshots.read_manifest(snapshot_uri)
-    uri = manifest.get("golden_uri")
+    uri = snapshots.read_manifest(snapshot_uri).get("golden_uri")
     if not uri:
-        raise SystemExit(f"snapshot {snapshot_uri} records no golden_uri; pass --golden")
+        raise SpecInvalid(f"snapshot {snapshot_uri} records no golden_uri; pass --golden")
     return uri
 
 
 def _summary(m: dict[str, Any]) -> dict[str, Any]:
-    out = {"golden_accuracy": round(m["golden"]["accuracy"], 4), "golden_macro_f1": round(m["golden"]["macro_f1"], 4)}
+    """The per-model numbers that travel in the XCom result, the gate report and the registry manifest."""
+    golden = m["golden"]
+    out = {"golden_accuracy": round(golden["accuracy"], 4), "golden_macro_f1": round(golden["macro_f1"], 4),
+           "golden_n": golden["n"]}
+    for metric, ci in (golden.get("ci") or {}).items():
+        out[f"golden_{metric}_ci"] = [round(ci["lower"], 4), round(ci["upper"], 4)]
     if m.get("holdout"):
         out["holdout_accuracy"] = round(m["holdout"]["accuracy"], 4)
         out["holdout_macro_f1"] = round(m["holdout"]["macro_f1"], 4)
@@ -164,27 +159,13 @@ def _summary(m: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, champion: str | None,
-        golden: str | None = None) -> dict[str, Any]:
-    run_uri = storage.normalize(run_uri)
-    snapshot_uri = storage.normalize(snapshot_uri)
-    spec = load_spec(storage.join(run_uri, "spec.json"))
+def score_models(spec: PipelineSpec, models: dict[str, str], sets: dict[str, Any], out_uri: str
+                 ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, str]]:
+    """Every model on every set: metrics (with the golden set's bootstrap intervals), golden predictions for
+    the gates, confusion PNGs, and the student's CPU cost."""
     labels = spec.data.labels
-    out_uri = storage.join(run_uri, "evaluate")
-    golden_uri = resolve_golden(snapshot_uri, golden)
-    golden_df = snapshots.read_golden(golden_uri)
-    snap = snapshots.read_snapshot(snapshot_uri)
-    holdout_df = snap[snap["split"] == "holdout"]
-    sets = {"golden": golden_df, "holdout": holdout_df}
-    champion_uri = _resolve_champion(spec, champion)
-
-    models = {"teacher": storage.normalize(teacher_uri), "student": storage.normalize(student_uri)}
-    if champion_uri:
-        models["champion_teacher"] = storage.join(champion_uri, "teacher")
-        models["champion_student"] = storage.join(champion_uri, "student")
-
-    metrics: dict[str, Any] = {"labels": labels, "golden_uri": golden_uri, "snapshot_uri": snapshot_uri,
-                               "champion_uri": champion_uri, "models": {}}
+    g = spec.gates
+    scored: dict[str, Any] = {}
     preds: dict[str, np.ndarray] = {}
     pngs: dict[str, str] = {}
     for name, uri in models.items():
@@ -195,71 +176,89 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, cha
                 entry[set_name] = None
                 continue
             texts = frame["text"].astype(str).tolist()
-            proba = modeling.predict_proba(local, texts, max_length=spec.model.max_length)
-            y_pred = proba.argmax(axis=1)
+            y_true = frame["label"].astype(int).to_numpy()
+            y_pred = modeling.predict_proba(local, texts, max_length=spec.model.max_length).argmax(axis=1)
+            entry[set_name] = compute_metrics(y_true.tolist(), y_pred.tolist(), labels)
             if set_name == "golden":
                 preds[name] = y_pred
-            entry[set_name] = compute_metrics(frame["label"].astype(int).tolist(), y_pred.tolist(), labels)
+                entry[set_name]["ci"] = gates_mod.bootstrap_intervals(
+                    y_true, y_pred, len(labels), resamples=g.bootstrap_resamples,
+                    confidence=g.confidence, seed=g.seed)
             png_uri = storage.join(out_uri, f"confusion_{name}_{set_name}.png")
             storage.write_bytes(png_uri, confusion_png(entry[set_name]["confusion_matrix"], labels,
                                                        f"{spec.name} {name} on {set_name}"))
             pngs[f"{name}_{set_name}"] = png_uri
         if name == "student":
-            entry["cost"] = {**measure_cost(local, golden_df["text"].astype(str).tolist(),
-                                            max_length=spec.model.max_length, samples=spec.gates.latency_samples),
+            entry["cost"] = {**measure_cost(local, sets["golden"]["text"].astype(str).tolist(),
+                                            max_length=spec.model.max_length, samples=g.latency_samples),
                              **{f"size_{k}": v for k, v in model_size_mb(local).items()}}
-        metrics["models"][name] = entry
+        scored[name] = entry
+    return scored, preds, pngs
 
-    y_true = golden_df["label"].astype(int).to_numpy()
+
+def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, champion: str | None,
+        golden: str | None = None) -> EvaluateResult:
+    run_uri = storage.normalize(run_uri)
+    snapshot_uri = storage.normalize(snapshot_uri)
+    spec = load_spec(storage.join(run_uri, "spec.json"))
+    labels = spec.data.labels
+    out_uri = storage.join(run_uri, "evaluate")
+    golden_uri = resolve_golden(snapshot_uri, golden)
+    golden_df = snapshots.read_golden(golden_uri)
+    snap = snapshots.read_snapshot(snapshot_uri)
+    sets = {"golden": golden_df, "holdout": snap[snap["split"] == "holdout"]}
+    champion_uri = _resolve_champion(spec, champion)
+
+    models = {"teacher": storage.normalize(teacher_uri), "student": storage.normalize(student_uri)}
+    if champion_uri:
+        models["champion_teacher"] = storage.join(champion_uri, "teacher")
+        models["champion_student"] = storage.join(champion_uri, "student")
+    scored, preds, pngs = score_models(spec, models, sets, out_uri)
 
     def scores(name: str) -> gates_mod.ModelScores | None:
         if name not in preds:
             return None
-        m = metrics["models"][name]["golden"]
+        m = scored[name]["golden"]
         return gates_mod.ModelScores(preds[name], m["accuracy"], m["macro_f1"])
 
-    cost = metrics["models"]["student"]["cost"]
+    cost = scored["student"]["cost"]
     passed, first_run, gate_list = gates_mod.evaluate_gates(
-        spec.gates, labels, y_true, teacher=scores("teacher"), student=scores("student"),
-        champion_teacher=scores("champion_teacher"), champion_student=scores("champion_student"),
-        student_latency_ms_p95=cost["latency_ms_p95"], student_size_mb=cost["size_weights_mb"])
+        spec.gates, labels, golden_df["label"].astype(int).to_numpy(), teacher=scores("teacher"),
+        student=scores("student"), champion_teacher=scores("champion_teacher"),
+        champion_student=scores("champion_student"), student_latency_ms_p95=cost["latency_ms_p95"],
+        student_size_mb=cost["size_weights_mb"])
 
-    summary = {name: _summary(m) for name, m in metrics["models"].items()}
+    summary = {name: _summary(m) for name, m in scored.items()}
     champion_summary = ({"uri": champion_uri, "teacher": summary.get("champion_teacher"),
                          "student": summary.get("champion_student")} if champion_uri else None)
-    gate_dicts = [g.to_dict() for g in gate_list]
     failed = [g.name for g in gate_list if not g.passed]
-    report = {"pipeline": spec.name, "run_uri": run_uri, "passed": passed, "first_run": first_run,
-              "failed_gates": failed, "gates": gate_dicts, "thresholds": spec.gates.model_dump(mode="json"),
-              "golden_uri": golden_uri, "snapshot_uri": snapshot_uri, "champion_uri": champion_uri,
-              "metrics": summary, "confusion_matrices": pngs}
     report_uri = storage.join(out_uri, "gate_report.json")
     report_md_uri = storage.join(out_uri, "gate_report.md")
-    storage.write_json(storage.join(out_uri, "metrics.json"), metrics)
-    storage.write_json(report_uri, report)
+    storage.write_json(storage.join(out_uri, "metrics.json"),
+                       {"labels": labels, "golden_uri": golden_uri, "snapshot_uri": snapshot_uri,
+                        "champion_uri": champion_uri, "models": scored})
+    storage.write_json(report_uri, {
+        "pipeline": spec.name, "run_uri": run_uri, "passed": passed, "first_run": first_run, "failed_gates": failed,
+        "gates": [g.to_dict() for g in gate_list], "thresholds": spec.gates.model_dump(mode="json"),
+        "golden_uri": golden_uri, "snapshot_uri": snapshot_uri, "champion_uri": champion_uri, "metrics": summary,
+        "confusion_matrices": pngs})
     storage.write_text(report_md_uri, gates_mod.render_markdown(spec.name, run_uri, passed, first_run, gate_list,
                                                                summary))
-    result = {
-        "passed": passed,
-        "first_run": first_run,
-        "gates": [{k: g[k] for k in ("name", "passed", "value", "threshold", "reason", "skipped")} for g in gate_dicts],
-        "failed_gates": failed,
-        "metrics": {"teacher": summary["teacher"], "student": summary["student"], "champion": champion_summary},
-        "golden_uri": golden_uri,
-        "report_uri": report_uri,
-        "report_md_uri": report_md_uri,
-    }
-    return results.emit(result, out_uri)
+    result = EvaluateResult(
+        passed=passed,
+        first_run=first_run,
+        gates=[GateResult(**g.model_dump(exclude={"details"})) for g in gate_list],  # details: in gate_report.json
+        failed_gates=failed,
+        metrics={"teacher": summary["teacher"], "student": summary["student"], "champion": champion_summary},
+        golden_uri=golden_uri,
+        report_uri=report_uri,
+        report_md_uri=report_md_uri,
+    )
+    results.emit(result, out_uri)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tasks evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--run", required=True)
-    parser.add_argument("--snapshot", required=True)
-    parser.add_argument("--teacher", required=True)
-    parser.add_argument("--student", required=True)
-    parser.add_argument("--champion", required=True, help="champion version URI, or none")
-    parser.add_argument("--golden", default=None, help="frozen golden set URI (default: from the snapshot manifest)")
-    args = parser.parse_args(argv)
+    args = cli.parse(EvaluateArgs, argv, prog="python -m tasks evaluate", description=__doc__.split("\n")[0])
     run(args.run, args.snapshot, args.teacher, args.student, args.champion, args.golden)
     return 0

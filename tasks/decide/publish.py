@@ -1,35 +1,54 @@
 """Publish stage: copy the candidate into the registry as an immutable version, verify it, and promote it.
 
 ``python -m tasks publish --run R --snapshot S --teacher T --student ST --evaluation R/evaluate/result.json
---expected-champion V|none [--no-promote]``
+--expected-champion V|none [--promote | --no-promote]``
 
 1. The version id is chosen once per run and kept in ``R/publish/state.json`` (create-only), so a retried task
    (after an S3 outage, say) finishes the same version instead of leaving a second half-copied one.
 2. Every file of the teacher, the student, the student's CPU-serving exports (``exports/<format>/``, from the
-   distill stage's result in the run) and the reports is copied to ``models/<pipeline>/<version>/``; its sha256
-   is taken from the bytes copied.
-3. ``manifest.json`` is written after every file, create-only: a version folder without a manifest is
+   distill stage's result in the run) and the reports is copied to ``models/<pipeline>/<version>/`` with
+   ``storage.copy`` (streamed, create-only: a retry keeps what an earlier attempt copied); its sha256 is taken
+   from the source, streamed too, so the manifest says what the run produced.
+3. A model card (``README.md``, Hugging Face format) is written into ``teacher/`` and ``student/``.
+4. ``manifest.json`` is written after every file, create-only: a version folder without a manifest is
    incomplete and invisible to ``registry list``, and can never be promoted.
-4. Every file is re-read and re-hashed against the manifest (``registry.verify``). A mismatch fails the stage
-   (exit 1) without touching the champion pointer.
-5. Promotion (``registry.promote``) only when not ``--no-promote``, the evaluation passed, and the current
-   champion is still ``--expected-champion``; champion.json is written last, conditionally, then audited.
+5. Every file is re-hashed against the manifest (``registry.verify``). A mismatch fails the stage
+   (``VerificationFailed``, kind gate_failed: not retried) without touching the champion pointer.
+6. Promotion (``registry.promote``) only when ``--promote``, the evaluation passed, and the current champion is
+   still ``--expected-champion``; champion.json is written last, conditionally, then audited. A refused promotion
+   (the champion moved since the candidate was gated) fails the stage with ``PromotionRefused`` (gate_failed:
+   re-evaluate against the new champion; a retry would be refused again).
 
-Result: version, version_uri, promoted, champion_before, champion_after, reason (+ verified, files).
+The result (``PublishResult``: version, version_uri, promoted, verified, files, champion_before, champion_after,
+reason, model_cards) is written to ``R/publish/result.json`` before any of those failures is raised.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks import __version__, results, storage
-from tasks.decide import registry
+from tasks import __version__, cli, results, storage
+from tasks.contracts import EvaluateResult, PublishResult
 from tasks.data import snapshots
-from tasks.spec import dump, load_spec
+from tasks.decide import model_card, registry
+from tasks.spec import PipelineSpec, dump, load_spec
+
+
+@dataclass
+class PublishArgs:
+    run: str = field(metadata={"help": "the run folder URI (holds spec.json)"})
+    snapshot: str = field(metadata={"help": "the snapshot URI the candidates were trained on"})
+    teacher: str = field(metadata={"help": "the candidate teacher's model folder URI"})
+    student: str = field(metadata={"help": "the candidate student's model folder URI"})
+    evaluation: str = field(metadata={"help": "the evaluate stage's result.json URI"})
+    expected_champion: str | None = field(metadata={"help": "the champion version (id or URI) the candidate was "
+                                                            "gated against, or none"})
+    promote: bool = field(default=True, metadata={"help": "promote when the gates passed (--no-promote: publish "
+                                                          "and verify only, a dry run)"})
 
 
 def code_version() -> str:
@@ -50,34 +69,57 @@ def image_ref() -> str | None:
     return os.environ.get("RETRAIN_TASK_IMAGE") or None
 
 
-def _version_for_run(run_uri: str) -> str:
+def version_for_run(run_uri: str) -> dict[str, str]:
+    """``{version, created_at}``, chosen by the first attempt of this run and kept (create-only)."""
     state_uri = storage.join(run_uri, "publish", "state.json")
     try:
-        return storage.read_json(state_uri)["version"]
+        return storage.read_json(state_uri)
     except storage.NotFound:
         pass
-    version = registry.new_version_id()
+    state = {"version": registry.new_version_id(), "created_at": storage.utcnow()}
     try:
-        storage.write_json(state_uri, {"version": version, "created_at": storage.utcnow()}, if_none_match=True)
+        storage.write_json(state_uri, state, if_none_match=True)
     except storage.PreconditionFailed:  # another attempt of this run chose first
-        return storage.read_json(state_uri)["version"]
-    return version
+        return storage.read_json(state_uri)
+    return state
 
 
-def _copy_tree(source_uri: str, dest_uri: str, files: dict[str, dict[str, Any]], rel_prefix: str) -> None:
-    source_uri = storage.normalize(source_uri).rstrip("/") + "/"
-    objects = storage.list_objects(source_uri)
-    if not objects:
-        raise storage.NotFound(f"nothing to publish under {source_uri}")
-    for obj in objects:
-        rel = obj.uri[len(source_uri):]
-        _copy_one(obj.uri, dest_uri, f"{rel_prefix}/{rel}", files)
+# ---------------------------------------------------------------- copying into the version folder
 
 
-def _copy_one(source: str, dest_uri: str, rel: str, files: dict[str, dict[str, Any]]) -> None:
-    data = storage.read_bytes(source)
-    storage.write_bytes(storage.join(dest_uri, rel), data)
-    files[rel] = {"sha256": storage.sha256_bytes(data), "size": len(data)}
+class VersionFiles:
+    """The files of a version being assembled: each is copied create-only and recorded as {sha256, size}."""
+
+    def __init__(self, version_uri: str) -> None:
+        self.version_uri = version_uri
+        self.files: dict[str, dict[str, Any]] = {}
+
+    def copy(self, source: storage.ObjectInfo, rel: str) -> None:
+        self.files[rel] = {"sha256": registry.file_sha256(source.uri), "size": source.size}
+        try:
+            storage.copy(source.uri, storage.join(self.version_uri, rel), if_none_match=True)
+        except storage.PreconditionFailed:
+            pass  # an earlier attempt of this run copied it; verification compares it with the source's hash
+
+    def copy_tree(self, source_uri: str, rel_prefix: str, skip: tuple[str, ...] = ()) -> None:
+        source_uri = storage.normalize(source_uri).rstrip("/") + "/"
+        objects = storage.list_objects(source_uri)
+        if not objects:
+            raise storage.NotFound(f"nothing to publish under {source_uri}")
+        for obj in objects:
+            rel = obj.uri[len(source_uri):]
+            if rel not in skip:
+                self.copy(obj, f"{rel_prefix}/{rel}")
+
+    def write_text(self, rel: str, text: str) -> None:
+        uri = storage.join(self.version_uri, rel)
+        try:
+            storage.write_text(uri, text, if_none_match=True)
+            data = text.encode("utf-8")
+            self.files[rel] = {"sha256": storage.sha256_bytes(data), "size": len(data)}
+        except storage.PreconditionFailed:  # written by an earlier attempt of this run: that one is the card
+            info = storage.stat(uri)
+            self.files[rel] = {"sha256": registry.file_sha256(uri), "size": info.size if info else 0}
 
 
 def student_exports(run_uri: str, student_uri: str) -> dict[str, str]:
@@ -92,105 +134,129 @@ def student_exports(run_uri: str, student_uri: str) -> dict[str, str]:
     return dict(sorted((distilled.get("exports") or {}).items()))
 
 
-def _snapshot_id(snapshot_uri: str) -> str:
+def snapshot_manifest(snapshot_uri: str) -> dict[str, Any]:
+    """The snapshot's manifest, with at least its id (from the folder name when there is no manifest)."""
+    fallback = snapshot_uri.rstrip("/").rsplit("/", 1)[-1]
     try:
-        manifest = snapshots.read_manifest(snapshot_uri)
-        return str(manifest.get("snapshot_id") or manifest.get("id") or snapshot_uri.rstrip("/").rsplit("/", 1)[-1])
+        manifest = dict(snapshots.read_manifest(snapshot_uri))
     except storage.NotFound:
-        return snapshot_uri.rstrip("/").rsplit("/", 1)[-1]
+        manifest = {}
+    manifest["snapshot_id"] = str(manifest.get("snapshot_id") or manifest.get("id") or fallback)
+    return manifest
+
+
+def assemble(spec: PipelineSpec, state: dict[str, str], run_uri: str, snapshot_uri: str, teacher_uri: str,
+             student_uri: str, evaluation_uri: str, evaluation: EvaluateResult,
+             expected_champion: str | None) -> dict[str, str]:
+    """Copy everything, write the model cards, then the manifest (create-only). Returns {role: card uri}."""
+    version = state["version"]
+    vuri = registry.version_uri(spec, version)
+    out = VersionFiles(vuri)
+    out.copy_tree(teacher_uri, "teacher", skip=(model_card.CARD,))
+    out.copy_tree(student_uri, "student", skip=(model_card.CARD,))
+    exports = student_exports(run_uri, student_uri)
+    for name, export_uri in exports.items():
+        out.copy_tree(export_uri, f"exports/{name}")
+    out.copy_tree(storage.parent(storage.normalize(evaluation_uri)), "reports")
+    spec_uri = storage.join(run_uri, "spec.json")
+    spec_info = storage.stat(spec_uri)
+    if spec_info is None:
+        raise storage.NotFound(spec_uri)
+    out.copy(spec_info, "reports/spec.json")
+
+    snapshot = snapshot_manifest(snapshot_uri)
+    inputs = model_card.CardInputs(
+        spec=spec, version=version, published_at=state["created_at"], snapshot_uri=snapshot_uri, snapshot=snapshot,
+        evaluation=evaluation.dump(), parent_champion=expected_champion, run_uri=run_uri,
+        code_version=code_version(), image=image_ref(), base_card=model_card.base_card_metadata(spec.model.base))
+    cards = {}
+    for role in ("teacher", "student"):
+        out.write_text(f"{role}/{model_card.CARD}", model_card.render(inputs, role))
+        cards[role] = storage.join(vuri, role, model_card.CARD)
+
+    frozen = dump(spec)
+    manifest = {
+        "version": version,
+        "pipeline": spec.name,
+        "created_at": storage.utcnow(),
+        "snapshot_id": snapshot["snapshot_id"],
+        "snapshot_uri": snapshot_uri,
+        "golden_uri": evaluation.golden_uri,
+        "parent_champion": expected_champion,
+        "code_version": inputs.code_version,
+        "image": inputs.image,
+        "parameters": {k: frozen[k] for k in ("model", "train", "student", "gates")} | {
+            "labels": frozen["data"]["labels"]},
+        "run_uri": run_uri,
+        "sources": {"teacher": teacher_uri, "student": student_uri, "evaluation": evaluation_uri,
+                    "exports": exports},
+        "exports": {name: f"exports/{name}/" for name in exports},
+        "model_cards": {role: f"{role}/{model_card.CARD}" for role in cards},
+        "evaluation": evaluation.model_dump(mode="json", include={
+            "passed", "first_run", "failed_gates", "gates", "metrics", "report_uri", "report_md_uri"}),
+        "files": dict(sorted(out.files.items())),
+    }
+    try:
+        storage.write_json(storage.join(vuri, registry.MANIFEST), manifest, if_none_match=True)
+    except storage.PreconditionFailed:
+        pass  # an earlier attempt of this run finished the manifest; verification decides
+    return cards
+
+
+# ---------------------------------------------------------------- the stage
 
 
 def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, evaluation_uri: str,
-        expected_champion: str | None, promote: bool = True) -> tuple[dict[str, Any], int]:
+        expected_champion: str | None, promote: bool = True) -> PublishResult:
+    """Publish, verify and (maybe) promote; raises VerificationFailed / PromotionRefused after writing the result."""
     run_uri = storage.normalize(run_uri)
     snapshot_uri = storage.normalize(snapshot_uri)
-    spec_uri = storage.join(run_uri, "spec.json")
-    spec = load_spec(spec_uri)
-    evaluation = storage.read_json(storage.normalize(evaluation_uri))
-    version = _version_for_run(run_uri)
+    spec = load_spec(storage.join(run_uri, "spec.json"))
+    evaluation = EvaluateResult.model_validate(storage.read_json(storage.normalize(evaluation_uri)))
+    state = version_for_run(run_uri)
+    version = state["version"]
     vuri = registry.version_uri(spec, version)
     champion_before = registry.read_champion(spec)
     before = champion_before["version"] if champion_before else None
+    out_uri = storage.join(run_uri, "publish")
 
+    cards = {role: storage.join(vuri, role, model_card.CARD) for role in ("teacher", "student")}
     if not storage.exists(storage.join(vuri, registry.MANIFEST)):
-        files: dict[str, dict[str, Any]] = {}
-        _copy_tree(teacher_uri, vuri, files, "teacher")
-        _copy_tree(student_uri, vuri, files, "student")
-        exports = student_exports(run_uri, student_uri)
-        for name, export_uri in exports.items():
-            _copy_tree(export_uri, vuri, files, f"exports/{name}")
-        eval_dir = storage.parent(storage.normalize(evaluation_uri))
-        _copy_tree(eval_dir, vuri, files, "reports")
-        _copy_one(spec_uri, vuri, "reports/spec.json", files)
-        frozen = dump(spec)
-        manifest = {
-            "version": version,
-            "pipeline": spec.name,
-            "created_at": storage.utcnow(),
-            "snapshot_id": _snapshot_id(snapshot_uri),
-            "snapshot_uri": snapshot_uri,
-            "golden_uri": evaluation.get("golden_uri"),
-            "parent_champion": expected_champion,
-            "code_version": code_version(),
-            "image": image_ref(),
-            "parameters": {k: frozen[k] for k in ("model", "train", "student", "gates")} | {
-                "labels": frozen["data"]["labels"]},
-            "run_uri": run_uri,
-            "sources": {"teacher": teacher_uri, "student": student_uri, "evaluation": evaluation_uri,
-                        "exports": exports},
-            "exports": {name: f"exports/{name}/" for name in exports},
-            "evaluation": {k: evaluation.get(k) for k in ("passed", "first_run", "failed_gates", "gates", "metrics",
-                                                          "report_uri", "report_md_uri")},
-            "files": dict(sorted(files.items())),
-        }
-        try:
-            storage.write_json(storage.join(vuri, registry.MANIFEST), manifest, if_none_match=True)
-        except storage.PreconditionFailed:
-            pass  # an earlier attempt of this run finished the manifest; verification below decides
+        cards = assemble(spec, state, run_uri, snapshot_uri, teacher_uri, student_uri, evaluation_uri, evaluation,
+                         expected_champion)
 
     check = registry.verify(spec, version)
-    result: dict[str, Any] = {"version": version, "version_uri": vuri, "promoted": False,
-                              "champion_before": before, "champion_after": before,
-                              "verified": check["ok"], "files": check["files"]}
+    result = PublishResult(version=version, version_uri=vuri, champion_before=before, champion_after=before,
+                           verified=check["ok"], files=check["files"], model_cards=cards)
     if not check["ok"]:
-        result["reason"] = (f"verification failed (missing={check['missing'][:5]}, extra={check['extra'][:5]}, "
-                            f"mismatched={check['mismatched'][:5]}); the champion pointer was not touched")
-        results.emit(result, storage.join(run_uri, "publish"))
-        return result, 1
+        result.reason = (f"verification failed (missing={check['missing'][:5]}, extra={check['extra'][:5]}, "
+                         f"mismatched={check['mismatched'][:5]}); the champion pointer was not touched")
+        results.emit(result, out_uri)
+        raise registry.VerificationFailed(f"{version}: {result.reason}")
 
     if not promote:
-        result["reason"] = f"dry run (--no-promote): {version} published and verified, not promoted"
-    elif not evaluation.get("passed"):
-        result["reason"] = (f"evaluation did not pass (failed gates: {', '.join(evaluation.get('failed_gates') or [])}); "
-                            f"{before or 'no champion'} stays")
+        result.reason = f"dry run (--no-promote): {version} published and verified, not promoted"
+    elif not evaluation.passed:
+        result.reason = (f"evaluation did not pass (failed gates: {', '.join(evaluation.failed_gates)}); "
+                         f"{before or 'no champion'} stays")
     else:
         try:
             pointer = registry.promote(spec, version, expected_champion=expected_champion,
                                        extra={"run_uri": run_uri})
-            result.update(promoted=True, champion_after=pointer["version"],
-                          reason=f"promoted {version} (previous champion: {pointer['previous'] or 'none'})")
         except registry.PromotionRefused as exc:
             current = registry.read_champion(spec)
-            result.update(champion_after=current["version"] if current else None, reason=f"not promoted: {exc}")
-    results.emit(result, storage.join(run_uri, "publish"))
-    return result, 0
+            result.champion_after = current["version"] if current else None
+            result.reason = f"not promoted: {exc}"
+            results.emit(result, out_uri)
+            raise
+        result.promoted, result.champion_after = True, pointer["version"]
+        result.reason = f"promoted {version} (previous champion: {pointer['previous'] or 'none'})"
+    results.emit(result, out_uri)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tasks publish", description=__doc__.split("\n")[0])
-    parser.add_argument("--run", required=True)
-    parser.add_argument("--snapshot", required=True)
-    parser.add_argument("--teacher", required=True)
-    parser.add_argument("--student", required=True)
-    parser.add_argument("--evaluation", required=True, help="the evaluate stage's result.json URI")
-    parser.add_argument("--expected-champion", required=True,
-                        help="the champion version the candidate was gated against, or none")
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--no-promote", action="store_true", help="publish and verify only (dry run)")
-    mode.add_argument("--promote", action="store_true", help="the default; accepted so the DAG can always pass one")
-    args = parser.parse_args(argv)
-    expected = None if args.expected_champion.lower() in ("none", "") else args.expected_champion
-    expected = expected.rstrip("/").rsplit("/", 1)[-1] if expected else None  # a version URI works too
-    _, code = run(args.run, args.snapshot, args.teacher, args.student, args.evaluation, expected,
-                  promote=not args.no_promote)
-    return code
+    args = cli.parse(PublishArgs, argv, prog="python -m tasks publish", description=__doc__.split("\n")[0])
+    expected = args.expected_champion.rstrip("/").rsplit("/", 1)[-1] if args.expected_champion else None
+    run(args.run, args.snapshot, args.teacher, args.student, args.evaluation, expected, promote=args.promote)
+    return 0

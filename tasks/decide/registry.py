@@ -1,12 +1,14 @@
 """The model registry: immutable versions in storage, one champion pointer moved by conditional writes, and an
 append-only audit log. Library (used by publish and the DAG) and CLI:
 
-``python -m tasks registry --spec SPEC list | show V | verify V | rollback [--to V] | rerun V [--execute]``
+``python -m tasks registry --spec SPEC list | champion | show V | verify V | promote V --expected-champion E |
+rollback [--to V] | audit | rerun V [--execute] | copy-spec V --run R``
 
 Layout (``spec.layout``)::
 
-    models/<pipeline>/<version>/teacher/...     the fine-tuned teacher
-    models/<pipeline>/<version>/student/...     the distilled student
+    models/<pipeline>/<version>/teacher/...     the fine-tuned teacher, with its model card (README.md)
+    models/<pipeline>/<version>/student/...     the distilled student, with its model card (README.md)
+    models/<pipeline>/<version>/exports/...     the student's CPU-serving exports
     models/<pipeline>/<version>/reports/...     gate report, metrics, confusion matrices, the run's spec.json
     models/<pipeline>/<version>/manifest.json   written once (If-None-Match), after every file; sha256 of each
     models/<pipeline>/champion.json             {version, version_uri, snapshot_id, snapshot_uri, promoted_at, previous}
@@ -16,6 +18,12 @@ Guarantees: a version is promotable only if its manifest exists and every file r
 sha256 (no missing or extra files); champion.json is written last, with If-Match on the ETag read before the
 decision (If-None-Match on the first promotion), so of two concurrent promotions exactly one wins and the
 other gets ``PromotionRefused``; the pointer is never touched when anything before it fails.
+
+Error kinds (``tasks.errors``): a request the registry cannot meet as asked (unknown version, nothing to roll
+back) is ``SpecInvalid``, a bad argument; a version that fails verification and a refused promotion are
+``GateFailed``: nothing was promoted, and running the same command again would fail the same way (the stored
+bytes and the champion do not change by waiting), so Airflow does not retry; a pointer that keeps changing
+under a read is ``InfrastructureError`` (worth a retry).
 """
 
 from __future__ import annotations
@@ -27,25 +35,38 @@ import secrets
 import shlex
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
-from tasks import storage
+from tasks import cli, storage
+from tasks.errors import GateFailed, InfrastructureError, SpecInvalid
 from tasks.spec import PipelineSpec, load_spec
 
 MANIFEST = "manifest.json"
 
 
-class RegistryError(RuntimeError):
-    pass
+class RegistryError(SpecInvalid):
+    """A registry request that cannot be met as asked: an unknown or incomplete version, nothing to roll back."""
 
 
-class VerificationFailed(RegistryError):
+class VerificationFailed(GateFailed):
     """A version's files do not match its manifest; it can never become champion."""
 
 
-class PromotionRefused(RegistryError):
+class PromotionRefused(GateFailed):
     """The pointer was not moved: the champion changed (expected another) or a concurrent promotion won."""
+
+
+def file_sha256(uri: str) -> str:
+    """sha256 of one stored object, streamed (a local file is read in blocks; an S3 object is downloaded to a
+    temporary file first), so a model's weights are never held in memory."""
+    if not storage.is_s3(uri):
+        return storage.sha256_file(storage.local_path(uri))
+    with tempfile.TemporaryDirectory(prefix="sha256-") as tmp:
+        return storage.sha256_file(storage.download_file(uri, Path(tmp) / "object"))
 
 
 # ---------------------------------------------------------------- versions
@@ -89,11 +110,8 @@ def verify(spec: PipelineSpec, version: str) -> dict[str, Any]:
     present.pop(MANIFEST, None)
     missing = sorted(set(expected) - set(present))
     extra = sorted(set(present) - set(expected))
-    mismatched = []
-    for rel in sorted(set(expected) & set(present)):
-        data = storage.read_bytes(base + rel)
-        if len(data) != expected[rel]["size"] or storage.sha256_bytes(data) != expected[rel]["sha256"]:
-            mismatched.append(rel)
+    mismatched = [rel for rel in sorted(set(expected) & set(present))
+                  if present[rel].size != expected[rel]["size"] or file_sha256(base + rel) != expected[rel]["sha256"]]
     ok = bool(expected) and not (missing or extra or mismatched)
     return {"version": version, "ok": ok, "files": len(expected), "missing": missing, "extra": extra,
             "mismatched": mismatched}
@@ -129,7 +147,7 @@ def read_champion_with_etag(spec: PipelineSpec) -> tuple[dict[str, Any] | None, 
         after = storage.stat(uri)
         if after is not None and after.etag == before.etag:
             return json.loads(data), before.etag
-    raise RegistryError(f"{uri} keeps changing; try again")
+    raise InfrastructureError(f"{uri} keeps changing; try again")
 
 
 def read_champion(spec: PipelineSpec) -> dict[str, Any] | None:
@@ -278,96 +296,133 @@ def _fmt_row(version: str, manifest: dict[str, Any], champion: str | None) -> st
             f" {fmt(t):>7} {fmt(s):>7}  {verdict}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tasks registry", description="The model registry.")
-    parser.add_argument("--spec", required=True, help="pipeline YAML file, or a frozen spec.json URI")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="versions with their metrics and gate verdicts (* = champion)")
-    sub.add_parser("champion", help="print champion.json")
-    p = sub.add_parser("show", help="print a version's manifest")
-    p.add_argument("version")
-    p = sub.add_parser("verify", help="re-hash a version against its manifest (exit 1 on any mismatch)")
-    p.add_argument("version")
-    p = sub.add_parser("promote", help="make a verified version the champion (audited)")
-    p.add_argument("version")
-    p.add_argument("--expected-champion", required=True, help="VERSION or none")
-    p = sub.add_parser("rollback", help="re-point the champion to the previous (or --to) version, audited")
-    p.add_argument("--to", default=None)
-    p = sub.add_parser("audit", help="print the audit log")
-    p = sub.add_parser("rerun", help="print (or --execute) the stage commands that rebuild a version")
-    p.add_argument("version")
-    p.add_argument("--run-key", default=None)
-    p.add_argument("--execute", action="store_true")
-    p.add_argument("--timeout", type=int, default=6 * 3600, help="seconds per stage with --execute")
-    p = sub.add_parser("copy-spec", help="copy a version's frozen spec into a run folder (first rerun step)")
-    p.add_argument("version")
-    p.add_argument("--run", required=True)
-    args = parser.parse_args(argv)
-    spec = load_spec(args.spec)
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
-    def out(obj: Any) -> None:
-        print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
-    try:
-        if args.command == "list":
-            champion = read_champion(spec)
-            cv = champion["version"] if champion else None
-            rows = [(v, read_manifest(spec, v)) for v in list_versions(spec)]
-            if args.json:
-                out([{"version": v, "champion": v == cv, "created_at": m.get("created_at"),
+def cmd_list(spec: PipelineSpec, args: argparse.Namespace) -> int:
+    champion = read_champion(spec)
+    current = champion["version"] if champion else None
+    rows = [(v, read_manifest(spec, v)) for v in list_versions(spec)]
+    if args.json:
+        _print_json([{"version": v, "champion": v == current, "created_at": m.get("created_at"),
                       "snapshot_id": m.get("snapshot_id"), "passed": m.get("evaluation", {}).get("passed"),
                       "failed_gates": m.get("evaluation", {}).get("failed_gates"),
                       "metrics": m.get("evaluation", {}).get("metrics")} for v, m in rows])
-            else:
-                print(f"  {'version':<27} {'created_at':<21} {'snapshot':<17} {'teacher':>7} {'student':>7}  gates")
-                for v, m in rows:
-                    print(_fmt_row(v, m, cv))
-            return 0
-        if args.command == "champion":
-            out(read_champion(spec))
-            return 0
-        if args.command == "show":
-            out(read_manifest(spec, args.version))
-            return 0
-        if args.command == "verify":
-            report = verify(spec, args.version)
-            out(report)
-            return 0 if report["ok"] else 1
-        if args.command == "promote":
-            expected = None if args.expected_champion.lower() == "none" else args.expected_champion
-            out(promote(spec, args.version, expected_champion=expected, event="promote-manual"))
-            return 0
-        if args.command == "rollback":
-            out(rollback(spec, args.to))
-            return 0
-        if args.command == "audit":
-            out(read_audit(spec))
-            return 0
-        if args.command == "copy-spec":
-            source = storage.join(version_uri(spec, args.version), "reports", "spec.json")
-            storage.write_bytes(storage.join(args.run, "spec.json"), storage.read_bytes(source))
-            print(storage.join(args.run, "spec.json"))
-            return 0
-        if args.command == "rerun":
-            manifest = read_manifest(spec, args.version)
-            commands = rerun_commands(spec, args.version, args.run_key)
-            env = {"RETRAIN_CODE_VERSION": manifest.get("code_version"), "RETRAIN_TASK_IMAGE": manifest.get("image")}
-            print(f"# rebuild {args.version}: code {env['RETRAIN_CODE_VERSION']}, image {env['RETRAIN_TASK_IMAGE']}")
-            print(f"# run inside that image (or a checkout at that commit); the new version is published with "
-                  f"--no-promote for comparison")
-            for cmd in commands:
-                print(shlex.join(cmd))
-            if not args.execute:
-                return 0
-            for cmd in commands:
-                print(f"+ {shlex.join(cmd)}", flush=True)
-                code = subprocess.run(cmd, timeout=args.timeout).returncode
-                if code != 0:
-                    print(f"rerun stopped: exit {code}", file=sys.stderr)
-                    return code
-            return 0
-    except (RegistryError, storage.NotFound) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 2
+        return 0
+    print(f"  {'version':<27} {'created_at':<21} {'snapshot':<17} {'teacher':>7} {'student':>7}  gates")
+    for v, m in rows:
+        print(_fmt_row(v, m, current))
+    return 0
+
+
+def cmd_champion(spec: PipelineSpec, args: argparse.Namespace) -> int:
+    _print_json(read_champion(spec))
+    return 0
+
+
+def cmd_show(spec: PipelineSpec, args: argparse.Namespace) -> int:
+    _print_json(read_manifest(spec, args.version))
+    return 0
+
+
+def cmd_verify(spec: PipelineSpec, args: argparse.Namespace) -> int:
+    report = verify(spec, args.version)
+    _print_json(report)
+    if not report["ok"]:
+        raise VerificationFailed(f"version {args.version} failed verification (report above)")
+    return 0
+
+
+def cmd_promote(spec: PipelineSpec, args: argparse.Namespace) -> int:
+    _print_json(promote(spec, args.version, expected_champion=args.expected_champion, event="promote-manual"))
+    return 0
+
+
+def cmd_rollback(spec: PipelineSpec, args: argparse.Namespace) -> int:
+    _print_json(rollback(spec, args.to))
+    return 0
+
+
+def cmd_audit(spec: PipelineSpec, args: argparse.Namespace) -> int:
+    _print_json(read_audit(spec))
+    return 0
+
+
+def cmd_copy_spec(spec: PipelineSpec, args: argparse.Namespace) -> int:
+    source = storage.join(version_uri(spec, args.version), "reports", "spec.json")
+    target = storage.join(args.run, "spec.json")
+    try:
+        storage.copy(source, target, if_none_match=True)
+    except storage.PreconditionFailed:  # a repeated rerun: fine if it is the same spec, never overwritten
+        if file_sha256(source) != file_sha256(target):
+            raise RegistryError(f"{target} exists and differs from {source}; choose another --run") from None
+    print(target)
+    return 0
+
+
+def cmd_rerun(spec: PipelineSpec, args: argparse.Namespace) -> int:
+    manifest = read_manifest(spec, args.version)
+    commands = rerun_commands(spec, args.version, args.run_key)
+    print(f"# rebuild {args.version}: code {manifest.get('code_version')}, image {manifest.get('image')}")
+    print("# run inside that image (or a checkout at that commit); the new version is published with "
+          "--no-promote for comparison")
+    for cmd in commands:
+        print(shlex.join(cmd))
+    if not args.execute:
+        return 0
+    for cmd in commands:
+        print(f"+ {shlex.join(cmd)}", flush=True)
+        code = subprocess.run(cmd, timeout=args.timeout).returncode
+        if code != 0:
+            print(f"rerun stopped: exit {code}", file=sys.stderr)
+            return code
+    return 0
+
+
+@dataclass(frozen=True)
+class Command:
+    run: Callable[[PipelineSpec, argparse.Namespace], int]
+    help: str
+    arguments: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = ()
+
+
+VERSION = (("version",), {"help": "a version id, e.g. v20261123-101500123-3fa2c1"})
+
+COMMANDS: dict[str, Command] = {
+    "list": Command(cmd_list, "versions with their metrics and gate verdicts (* = champion)"),
+    "champion": Command(cmd_champion, "print champion.json"),
+    "show": Command(cmd_show, "print a version's manifest", (VERSION,)),
+    "verify": Command(cmd_verify, "re-hash a version against its manifest (exit 5 on any mismatch)", (VERSION,)),
+    "promote": Command(cmd_promote, "make a verified version the champion (audited)", (
+        VERSION,
+        (("--expected-champion",), {"required": True, "type": cli.optional,
+                                    "help": "the version that must be champion now, or none"}))),
+    "rollback": Command(cmd_rollback, "re-point the champion to the previous (or --to) version, audited", (
+        (("--to",), {"default": None, "help": "the version to re-point to (default: champion.previous)"}),)),
+    "audit": Command(cmd_audit, "print the audit log"),
+    "rerun": Command(cmd_rerun, "print (or --execute) the stage commands that rebuild a version", (
+        VERSION,
+        (("--run-key",), {"default": None, "help": "run folder name (default: rerun-<version>)"}),
+        (("--execute",), {"action": "store_true", "help": "run the commands, in order"}),
+        (("--timeout",), {"type": int, "default": 6 * 3600, "help": "seconds per stage with --execute"}))),
+    "copy-spec": Command(cmd_copy_spec, "copy a version's frozen spec into a run folder (first rerun step)", (
+        VERSION, (("--run",), {"required": True, "help": "the run folder URI"}))),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tasks registry", description="The model registry.")
+    parser.add_argument("--spec", required=True, help="pipeline YAML file, or a frozen spec.json URI")
+    parser.add_argument("--json", action="store_true", help="machine-readable output (list)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=command.help)
+        for flags, kwargs in command.arguments:
+            p.add_argument(*flags, **kwargs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return COMMANDS[args.command].run(load_spec(args.spec), args)

@@ -8,15 +8,36 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
 
-def _pick(result: dict | None, *keys: str) -> dict[str, Any]:
-    result = result or {}
-    return {k: result[k] for k in keys if k in result}
+from tasks import cli
+from tasks.contracts import RESULT_OF_TASK, Result, RunContext, TaskIds
+
+
+class MalformedResult(ValueError):
+    """A stage result (XCom) that does not match its contract in tasks.contracts: a bug to fix, not to hide."""
+
+
+def validated(task_id: str, result: dict | None) -> Result | None:
+    """A stage's XCom through its contract model; None for a stage that did not run (skipped, or failed early)."""
+    if result is None:
+        return None
+    model = RESULT_OF_TASK[task_id]
+    try:
+        return model.model_validate(result)
+    except ValidationError as exc:
+        raise MalformedResult(f"the {task_id} result does not match {model.__name__}: {exc}") from exc
+
+
+def _pick(result: Result | None, *keys: str) -> dict[str, Any]:
+    data = result.dump() if result is not None else {}
+    return {k: data[k] for k in keys if k in data}
 
 
 # Evaluate's per-model metrics worth a line in the summary (golden set first: the gates judge on it).
-EVALUATION_KEYS = ("golden_accuracy", "golden_macro_f1", "holdout_accuracy", "holdout_macro_f1", "latency_ms_p95",
-                   "throughput_batch32_per_s", "size_weights_mb")
+EVALUATION_KEYS = ("golden_accuracy", "golden_accuracy_ci", "golden_macro_f1", "golden_macro_f1_ci",
+                   "holdout_accuracy", "holdout_macro_f1", "latency_ms_p95", "throughput_batch32_per_s",
+                   "size_weights_mb")
 
 
 def _headline_metrics(metrics: dict | None) -> dict[str, Any]:
@@ -27,42 +48,58 @@ def _headline_metrics(metrics: dict | None) -> dict[str, Any]:
     return found or {f"holdout_{k}": metrics[k] for k in ("accuracy", "macro_f1") if k in metrics}
 
 
+def _evaluation_lines(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate's metrics by model: teacher, student, and the champion's two (nested under "champion")."""
+    out: dict[str, Any] = {}
+    for role, m in metrics.items():
+        if role == "champion" and isinstance(m, dict) and ("teacher" in m or "student" in m):
+            out.update({f"champion_{sub}": _headline_metrics(m.get(sub)) for sub in ("teacher", "student")})
+        else:
+            out[role] = _headline_metrics(m)
+    return out
+
+
 def build_summary(run: dict, results: dict[str, dict | None]) -> dict[str, Any]:
-    decision = results.get("decide") or {}
-    evaluation = results.get("evaluate") or {}
-    publish = results.get("publish") or {}
-    if not decision:
+    """``run`` is prepare_run's RunContext, ``results`` each stage's XCom by task id (None when it did not run).
+    Raises MalformedResult when a result does not match its contract."""
+    context = RunContext.model_validate(run) if isinstance(run, RunContext) else validated(TaskIds.PREPARE_RUN, run)
+    r = {task: validated(task, results.get(task)) for task in (
+        TaskIds.INGEST, TaskIds.DRIFT, TaskIds.DECIDE, TaskIds.FINETUNE, TaskIds.DISTILL, TaskIds.EVALUATE,
+        TaskIds.PUBLISH)}
+    decision, evaluation, publish = r[TaskIds.DECIDE], r[TaskIds.EVALUATE], r[TaskIds.PUBLISH]
+    if decision is None:
         outcome = "failed before the decision"
-    elif not decision.get("retrain"):
+    elif not decision.retrain:
         outcome = "skipped"
-    elif publish.get("promoted"):
+    elif publish is not None and publish.promoted:
         outcome = "promoted"
-    elif publish:
+    elif publish is not None:
         outcome = "published, not promoted"
-    elif evaluation and not evaluation.get("passed"):
+    elif evaluation is not None and not evaluation.passed:
         outcome = "blocked by gates"
     else:
         outcome = "failed during training or evaluation"
+    finetune, distill = r[TaskIds.FINETUNE], r[TaskIds.DISTILL]
     return {
-        "pipeline": run.get("pipeline"),
-        "run_key": run.get("run_key"),
-        "run_uri": run.get("run_uri"),
-        "run_type": run.get("run_type"),
-        "dry_run": run.get("dry_run"),
+        "pipeline": context.pipeline,
+        "run_key": context.run_key,
+        "run_uri": context.run_uri,
+        "run_type": context.run_type,
+        "dry_run": context.dry_run,
         "outcome": outcome,
         "decision": _pick(decision, "retrain", "reasons", "new_rows"),
-        "ingest": _pick(results.get("ingest"), "snapshot_id", "snapshot_uri", "changed", "total_rows", "new_rows",
+        "ingest": _pick(r[TaskIds.INGEST], "snapshot_id", "snapshot_uri", "changed", "total_rows", "new_rows",
                         "quarantined_rows", "duplicates_removed", "contaminated_removed"),
-        "drift": _pick(results.get("drift"), "drift_detected", "summary", "report_uri"),
-        "teacher": {**_headline_metrics((results.get("finetune") or {}).get("metrics")),
-                    **_pick(results.get("finetune"), "model_uri", "train_rows", "train_seconds")},
-        "student": {**_headline_metrics((results.get("distill") or {}).get("metrics")),
-                    **_pick(results.get("distill"), "model_uri", "train_seconds")},
+        "drift": _pick(r[TaskIds.DRIFT], "drift_detected", "summary", "report_uri"),
+        "teacher": {**_headline_metrics(finetune.metrics if finetune else None),
+                    **_pick(finetune, "model_uri", "train_rows", "train_seconds")},
+        "student": {**_headline_metrics(distill.metrics if distill else None),
+                    **_pick(distill, "model_uri", "train_seconds")},
         "gates": _pick(evaluation, "passed", "first_run", "failed_gates", "report_md_uri"),
-        "evaluation": {role: _headline_metrics(m) for role, m in (evaluation.get("metrics") or {}).items()},
+        "evaluation": _evaluation_lines(evaluation.metrics if evaluation else {}),
         "publish": _pick(publish, "version", "version_uri", "promoted", "champion_before", "champion_after",
-                         "reason"),
-        "champion_before": run.get("champion_version"),
+                         "reason", "model_cards"),
+        "champion_before": cli.optional(context.champion_version),
     }
 
 
@@ -100,4 +137,8 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, list) and value and all(isinstance(v, float) for v in value):  # an interval
+        return "[" + ", ".join(f"{v:.4f}" for v in value) + "]"
+    return str(value)
