@@ -35,10 +35,8 @@ import secrets
 import shlex
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable
 
 from tasks import cli, storage
@@ -61,12 +59,8 @@ class PromotionRefused(GateFailed):
 
 
 def file_sha256(uri: str) -> str:
-    """sha256 of one stored object, streamed (a local file is read in blocks; an S3 object is downloaded to a
-    temporary file first), so a model's weights are never held in memory."""
-    if not storage.is_s3(uri):
-        return storage.sha256_file(storage.local_path(uri))
-    with tempfile.TemporaryDirectory(prefix="sha256-") as tmp:
-        return storage.sha256_file(storage.download_file(uri, Path(tmp) / "object"))
+    """sha256 of one stored object, streamed, so a model's weights are never held in memory."""
+    return storage.sha256_uri(uri)
 
 
 # ---------------------------------------------------------------- versions
