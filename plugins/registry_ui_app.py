@@ -318,6 +318,15 @@ def create_app():
     async def _ui_error(request: Request, exc: UIError) -> Response:
         return error(request, exc.status, exc.detail)
 
+    @app.exception_handler(storage.StorageError)
+    async def _storage_error(request: Request, exc: storage.StorageError) -> Response:
+        log.exception("registry ui: storage error on %s", request.url.path)
+        return error(request, 502, f"the registry's storage did not answer: {type(exc).__name__}: {exc}")
+
+    @app.exception_handler(SpecError)
+    async def _spec_error(request: Request, exc: SpecError) -> Response:
+        return error(request, 500, str(exc))
+
     def png(uri: str) -> Response:
         try:
             data = storage.read_bytes(uri)
