@@ -1,58 +1,133 @@
-"""Alerts that explain themselves: e-mail (SmtpNotifier) and Slack (SlackWebhookNotifier) on a failed gate, on
-a broken pipeline, and when a nightly run overruns its deadline.
+"""Alerts that explain themselves: e-mail and Slack on a failed gate, on a broken pipeline, and when a nightly
+run overruns its deadline.
 
 Three kinds, told apart by the subject so on-call knows at a glance whether the *model* got worse or the
 *pipeline* broke:
 
-* ``[retrain:<pipeline>] gate failed: <gates>``      the gate task raised AirflowFailException (no retries);
-  the body lists each failed gate with its value and threshold, the retrain decision's reasons, the drift
-  summary, the champion that stays, the gate report's URIs and the link to the Airflow run.
-* ``[retrain:<pipeline>] pipeline broken: <task> failed after <n> tries``  any other task that exhausted its
-  retries (``on_failure_callback`` fires only on the final failure).
+* ``[retrain:<pipeline>] gate failed: <gates>``      the gate task failed (no retries); the body has the gate
+  table, each failed gate's reason (with its confidence interval), the retrain decision's reasons, the drift
+  summary, the champion that stays, and links to the Airflow run, the task and the registry page.
+* ``[retrain:<pipeline>] pipeline broken: <task> failed after <n> tries``  any other task's final failure, with
+  the reason from the exception (a deterministic failure fails on its first try).
 * ``[retrain:<pipeline>] deadline missed: ...``       the run is still going ``schedule.nightly_deadline_minutes``
   after it was queued (Airflow 3.3 ``DeadlineAlert``; the callback runs in the triggerer).
+
+Behaviour that keeps alerts quiet when they should be:
+
+* ``alerts.enabled: false`` in the spec, or ``RETRAIN_ALERTS_ENABLED=false`` in the environment, turns every
+  alert off (no notifier is attached at parse time; the env is checked again at send time, so a worker's env
+  wins too).
+* A missing Airflow connection is ONE warning line naming the connection to create, not a failed callback.
+  A connection that exists but does not work (server down, bad credentials) still raises, loudly.
+* The text is plain: ANSI colour codes (from stage logs in an exception message) are stripped.
+
+The providers (SmtpNotifier, SlackWebhookNotifier) do the sending, imported at send time: importing them costs
+about 0.4 s of DAG parse time, for every DAG file parse, and they are only needed when an alert goes out.
 
 DAG wiring::
 
     default_args={"on_failure_callback": retrain_alerts.infra_failure_notifiers(spec)}
-    @task(task_id="gate", retries=0, on_failure_callback=retrain_alerts.gate_failure_notifiers(spec))
+    @task(task_id=TaskIds.GATE, retries=0, on_failure_callback=retrain_alerts.gate_failure_notifiers(spec))
     DAG(..., deadline=retrain_alerts.deadline_alert(spec))
 
 The message builders (``gate_failure_message``, ``infra_failure_message``, ``deadline_message``) are pure
-functions of plain dicts, so they are easy to test and reuse; ``collect_alert_info`` pulls those dicts from a
-task's context (XComs of prepare_run, decide, drift and evaluate).
+functions of an ``AlertInfo``; ``collect_alert_info`` pulls it from a task's context through the stage
+contracts (``tasks/contracts.py``), so a malformed or unreadable XCom fails the callback instead of sending an
+alert with holes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import html
-from dataclasses import dataclass
+import logging
+import re
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
 
-from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
-from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+from airflow.sdk.bases.notifier import BaseNotifier
 
-# Task ids in dags/retrain_pipelines.py whose XComs the alerts read.
-PREPARE_TASK = "prepare_run"
-DECIDE_TASK = "decide"
-DRIFT_TASK = "drift"
-EVALUATE_TASK = "evaluate"
+import registry_ui
+from tasks.contracts import Decision, DriftResult, EvaluateResult, GateResult, Result, RunContext, TaskIds
+from tasks.spec import alerts_enabled
+
+log = logging.getLogger("retrain_alerts")
+
+# ESC [ ... final byte (CSI: colours, cursor moves) and the two-byte escapes; ECMA-48.
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
+_URL = re.compile(r"https?://[^\s<>\"]+")
+
+
+def plain(text: str) -> str:
+    """Text without ANSI escape sequences (stage output quoted in an exception may be coloured)."""
+    return _ANSI.sub("", text)
 
 
 @dataclass
 class Message:
     subject: str
-    text: str  # plain text / Slack mrkdwn
+    text: str                                               # plain text, no markup
+    links: list[tuple[str, str]] = field(default_factory=list)  # (label, URL), after the text
+
+    def __post_init__(self) -> None:
+        self.subject = plain(self.subject).replace("\n", " ")
+        self.text = plain(self.text)
+
+    @property
+    def body(self) -> str:
+        """The whole alert as plain text: the text, then one ``Label: URL`` line per link."""
+        return self.text + ("\n\n" + "\n".join(f"{label}: {url}" for label, url in self.links) if self.links else "")
 
     @property
     def html(self) -> str:
-        return "<pre style=\"font-family:monospace\">" + html.escape(self.text) + "</pre>"
+        """The e-mail: the plain text in <pre> (the tables line up), links clickable."""
+        escaped = html.escape(self.body, quote=False)
+        linked = _URL.sub(lambda m: f'<a href="{m.group(0)}">{m.group(0)}</a>', escaped)
+        return f'<pre style="font-family:monospace">{linked}</pre>'
+
+    @property
+    def slack(self) -> str:
+        """Slack mrkdwn: bold subject, the text in a code block, links outside it (clickable there)."""
+        links = "\n".join(f"<{url}|{label}>" for label, url in self.links)
+        return f"*{self.subject}*\n```\n{self.text}\n```" + (f"\n{links}" if links else "")
 
 
-# ---------------------------------------------------------------- context -> plain dicts
+# ---------------------------------------------------------------- context -> AlertInfo
+
+
+@dataclass
+class AlertInfo:
+    """What an alert is about, read from a failure callback's context."""
+
+    pipeline: str
+    dag_id: str | None
+    run_id: str | None
+    base_url: str
+    task_id: str | None = None
+    try_number: int | None = None
+    max_tries: int | None = None
+    exception: str | None = None
+    prepare: RunContext | None = None
+    decision: Decision | None = None
+    drift: DriftResult | None = None
+    evaluation: EvaluateResult | None = None
+
+    @property
+    def run_url(self) -> str:
+        return run_url(self.base_url, self.dag_id, self.run_id)
+
+    @property
+    def task_url(self) -> str | None:
+        if not self.task_id:
+            return None
+        url = f"{self.run_url}/tasks/{quote(str(self.task_id), safe='')}"
+        return f"{url}?try_number={self.try_number}" if self.try_number else url
+
+    @property
+    def registry_url(self) -> str:
+        return registry_ui.pipeline_url(self.base_url, self.pipeline)
 
 
 def _get(obj: Any, key: str, default: Any = None) -> Any:
@@ -63,55 +138,48 @@ def _get(obj: Any, key: str, default: Any = None) -> Any:
     return getattr(obj, key, default)
 
 
-def _pull(ti: Any, task_id: str, key: str | None = None) -> Any:
+def pull(ti: Any, task_id: str, model: type[Result], key: str | None = None) -> Any:
+    """A task's XCom as its contract model; None when the task left none (it did not run, or failed first).
+
+    Errors are not swallowed: an XCom that cannot be read or does not match its contract fails the callback,
+    which Airflow logs with the traceback."""
     if ti is None:
         return None
-    try:
-        return ti.xcom_pull(task_ids=task_id, key=key) if key else ti.xcom_pull(task_ids=task_id)
-    except Exception:  # an alert must go out even when an XCom is missing or the API hiccups
-        return None
+    value = ti.xcom_pull(task_ids=task_id, key=key) if key else ti.xcom_pull(task_ids=task_id)
+    return None if value is None else model.model_validate(value)
 
 
 def airflow_base_url(configured: str | None = None) -> str:
     if configured:
         return configured.rstrip("/")
-    try:
-        from airflow.configuration import conf
+    from airflow.configuration import conf
 
-        return (conf.get("api", "base_url", fallback=None) or "http://localhost:8080").rstrip("/")
-    except Exception:
-        return "http://localhost:8080"
+    return (conf.get("api", "base_url", fallback=None) or "http://localhost:8080").rstrip("/")
 
 
 def run_url(base_url: str, dag_id: str | None, run_id: str | None) -> str:
     return f"{base_url}/dags/{quote(str(dag_id), safe='')}/runs/{quote(str(run_id), safe='')}"
 
 
-def collect_alert_info(context: dict[str, Any], base_url: str | None = None) -> dict[str, Any]:
-    """Everything an alert needs, from a task callback's context."""
+def collect_alert_info(context: dict[str, Any], pipeline: str, base_url: str | None = None) -> AlertInfo:
+    """Everything an alert needs, from a task callback's context (XComs read through the stage contracts)."""
     ti = context.get("ti") or context.get("task_instance")
     dag_run = context.get("dag_run")
-    dag_id = _get(dag_run, "dag_id") or _get(ti, "dag_id") or _get(context.get("dag"), "dag_id")
-    run_id = _get(dag_run, "run_id") or context.get("run_id") or _get(ti, "run_id")
-    base = airflow_base_url(base_url)
-    task_id = _get(ti, "task_id")
-    try_number = _get(ti, "try_number")
     exception = context.get("exception")
-    url = run_url(base, dag_id, run_id)
-    return {
-        "dag_id": dag_id,
-        "run_id": run_id,
-        "run_url": url,
-        "task_id": task_id,
-        "try_number": try_number,
-        "max_tries": _get(ti, "max_tries"),
-        "log_url": f"{url}/tasks/{quote(str(task_id), safe='')}?try_number={try_number}" if task_id else None,
-        "exception": None if exception is None else f"{type(exception).__name__}: {exception}",
-        "prepare": _pull(ti, PREPARE_TASK) or {},
-        "decision": _pull(ti, DECIDE_TASK, key="decision") or {},
-        "drift": _pull(ti, DRIFT_TASK) or {},
-        "evaluation": _pull(ti, EVALUATE_TASK) or {},
-    }
+    return AlertInfo(
+        pipeline=pipeline,
+        dag_id=_get(dag_run, "dag_id") or _get(ti, "dag_id") or _get(context.get("dag"), "dag_id"),
+        run_id=_get(dag_run, "run_id") or context.get("run_id") or _get(ti, "run_id"),
+        base_url=airflow_base_url(base_url),
+        task_id=_get(ti, "task_id"),
+        try_number=_get(ti, "try_number"),
+        max_tries=_get(ti, "max_tries"),
+        exception=None if exception is None else f"{type(exception).__name__}: {exception}",
+        prepare=pull(ti, TaskIds.PREPARE_RUN, RunContext),
+        decision=pull(ti, TaskIds.DECIDE, Decision, key="decision"),
+        drift=pull(ti, TaskIds.DRIFT, DriftResult),
+        evaluation=pull(ti, TaskIds.EVALUATE, EvaluateResult),
+    )
 
 
 # ---------------------------------------------------------------- messages
@@ -125,48 +193,75 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
-def _champion_line(info: dict[str, Any]) -> str:
-    prepare = info.get("prepare") or {}
-    champion = prepare.get("champion") or {}
-    version = champion.get("version") or (prepare.get("champion_version") if prepare.get("champion_version") not in
-                                          (None, "none") else None)
+def _verdict(gate: GateResult) -> str:
+    return "skipped" if gate.skipped else ("pass" if gate.passed else "FAIL")
+
+
+def gate_table(gates: list[GateResult]) -> list[str]:
+    """Every gate as a fixed-width row: name, verdict, value, threshold (reasons follow for the failed ones)."""
+    rows = [("gate", "verdict", "value", "threshold")]
+    rows += [(g.name, _verdict(g), _fmt(g.value), _fmt(g.threshold)) for g in gates]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    out = []
+    for n, row in enumerate(rows):
+        out.append("  " + "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w)
+                                    for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+        if n == 0:
+            out.append("  " + "  ".join("-" * w for w in widths))
+    return out
+
+
+def _champion_line(info: AlertInfo) -> str:
+    prepare = info.prepare
+    champion = (prepare.champion if prepare else None) or {}
+    version = champion.get("version") or (prepare.champion_version if prepare and prepare.champion_version != "none"
+                                          else None)
     if version:
-        uri = champion.get("version_uri") or prepare.get("champion_uri") or ""
-        return f"Champion that stays in place: {version} {uri}".rstrip()
+        uri = champion.get("version_uri") or (prepare.champion_uri if prepare else "") or ""
+        return f"Champion that stays in place: {version} {uri if uri != 'none' else ''}".rstrip()
     return "Champion that stays in place: none (no model has been promoted yet; nothing is served from this run)"
 
 
-def _drift_lines(drift: dict[str, Any]) -> list[str]:
-    if not drift:
+def drift_lines(drift: DriftResult | None) -> list[str]:
+    if drift is None:
         return ["Drift: no drift result for this run"]
-    lines = [f"Drift: {'DETECTED' if drift.get('drift_detected') else 'not detected'}"
-             + (f" - {drift['summary']}" if drift.get("summary") else "")]
-    for name, check in sorted((drift.get("checks") or {}).items()):
+    lines = [f"Drift: {'DETECTED' if drift.drift_detected else 'not detected'}"
+             + (f" - {drift.summary}" if drift.summary else "")]
+    for name, check in sorted(drift.checks.items()):
         if isinstance(check, dict) and check.get("drifted"):
             lines.append(f"  - {name}: statistic {_fmt(check.get('statistic'))} vs threshold "
                          f"{_fmt(check.get('threshold'))}")
+    if drift.report_uri:
+        lines.append(f"  drift report: {drift.report_uri}")
     return lines
 
 
-def gate_failure_message(pipeline: str, info: dict[str, Any]) -> Message:
-    evaluation = info.get("evaluation") or {}
-    gates = evaluation.get("gates") or []
-    failed = [g for g in gates if not g.get("passed")]
-    names = [g.get("name") for g in failed] or list(evaluation.get("failed_gates") or [])
-    subject = f"[retrain:{pipeline}] gate failed: {', '.join(names) or 'see report'} (run {info.get('run_id')})"
+def _links(info: AlertInfo) -> list[tuple[str, str]]:
+    links = [("Airflow run", info.run_url)]
+    if info.task_url:
+        links.append((f"Task {info.task_id} (log)", info.task_url))
+    links.append(("Model registry", info.registry_url))
+    return links
+
+
+def gate_failure_message(info: AlertInfo) -> Message:
+    evaluation = info.evaluation
+    gates = evaluation.gates if evaluation else []
+    failed = [g for g in gates if not g.passed]
+    names = [g.name for g in failed] or list(evaluation.failed_gates if evaluation else [])
+    subject = f"[retrain:{info.pipeline}] gate failed: {', '.join(names) or 'see report'} (run {info.run_id})"
     lines = [
-        f"Pipeline: {pipeline}",
-        f"Run: {info.get('dag_id')} / {info.get('run_id')}",
+        f"Pipeline: {info.pipeline}",
+        f"Run: {info.dag_id} / {info.run_id}",
         "Verdict: the candidate is NOT promoted; the model got worse (or missed a budget), the pipeline works.",
         "",
-        "Failed gates:",
     ]
-    for g in failed:
-        lines.append(f"  - {g.get('name')}: value {_fmt(g.get('value'))}, threshold {_fmt(g.get('threshold'))}"
-                     f" - {g.get('reason')}")
-    if not failed:
-        lines.append(f"  - (no gate details in XCom) {info.get('exception') or ''}".rstrip())
-    metrics = evaluation.get("metrics") or {}
+    if gates:
+        lines += ["Gates:", *gate_table(gates), "", "Failed gates:"]
+        lines += [f"  - {g.name}: value {_fmt(g.value)}, threshold {_fmt(g.threshold)} - {g.reason}" for g in failed]
+    else:
+        lines += ["Gates: no gate results in the evaluate XCom", f"  {info.exception or ''}".rstrip()]
+    metrics = evaluation.metrics if evaluation else {}
     if metrics:
         lines += ["", "Golden-set accuracy / macro-F1:"]
         for role in ("teacher", "student"):
@@ -177,35 +272,37 @@ def gate_failure_message(pipeline: str, info: dict[str, Any]) -> Message:
             m = champion.get(role) or {}
             if m:
                 lines.append(f"  - champion {role}: {_fmt(m.get('golden_accuracy'))} / {_fmt(m.get('golden_macro_f1'))}")
-    decision = info.get("decision") or {}
     lines += ["", "Why this run retrained:"]
-    lines += [f"  - {r}" for r in decision.get("reasons") or ["(no decision recorded)"]]
-    lines += _drift_lines(info.get("drift") or {})
-    lines += ["", _champion_line(info), "",
-              f"Gate report: {evaluation.get('report_md_uri') or '-'}",
-              f"Gate report (JSON): {evaluation.get('report_uri') or '-'}",
-              f"Airflow run: {info.get('run_url')}"]
-    return Message(subject, "\n".join(lines))
+    lines += [f"  - {r}" for r in (info.decision.reasons if info.decision else ["(no decision recorded)"])]
+    lines += ["", *drift_lines(info.drift), "", _champion_line(info), "",
+              f"Gate report: {(evaluation.report_md_uri if evaluation else None) or '-'}",
+              f"Gate report (JSON): {(evaluation.report_uri if evaluation else None) or '-'}"]
+    return Message(subject, "\n".join(lines), _links(info))
 
 
-def infra_failure_message(pipeline: str, info: dict[str, Any]) -> Message:
-    task = info.get("task_id") or "a task"
-    tries = info.get("try_number")
-    subject = (f"[retrain:{pipeline}] pipeline broken: {task} failed after {tries if tries else '?'} "
-               f"tr{'y' if tries == 1 else 'ies'} (run {info.get('run_id')})")
+def infra_failure_message(info: AlertInfo) -> Message:
+    task = info.task_id or "a task"
+    tries = info.try_number
+    allowed = (info.max_tries or 0) + 1
+    subject = (f"[retrain:{info.pipeline}] pipeline broken: {task} failed after {tries if tries else '?'} "
+               f"tr{'y' if tries == 1 else 'ies'} (run {info.run_id})")
+    if tries and tries < allowed:
+        how = (f"Task: {task} failed on try {tries} of {allowed} and is not retried: the failure is deterministic "
+               f"(bad input or configuration), so a retry cannot help.")
+    else:
+        how = f"Task: {task} exhausted its retries (try {tries or '?'} of {allowed if tries else '?'})."
     lines = [
-        f"Pipeline: {pipeline}",
-        f"Run: {info.get('dag_id')} / {info.get('run_id')}",
-        f"Task: {task} exhausted its retries (try {tries} of {(info.get('max_tries') or 0) + 1 if tries else '?'}).",
+        f"Pipeline: {info.pipeline}",
+        f"Run: {info.dag_id} / {info.run_id}",
+        how,
         "This is an infrastructure/pipeline failure, not a model-quality verdict: no model was judged.",
-        f"Error: {(info.get('exception') or 'unknown')[:1000]}",
+        f"Error: {(info.exception or 'unknown')[:2000]}",
+        "",
+        *drift_lines(info.drift),
         "",
         _champion_line(info),
-        "",
-        f"Task log: {info.get('log_url') or '-'}",
-        f"Airflow run: {info.get('run_url')}",
     ]
-    return Message(subject, "\n".join(lines))
+    return Message(subject, "\n".join(lines), _links(info))
 
 
 def deadline_message(pipeline: str, deadline_minutes: int, context: dict[str, Any] | None,
@@ -214,75 +311,125 @@ def deadline_message(pipeline: str, deadline_minutes: int, context: dict[str, An
     dag_run = context.get("dag_run") or {}
     deadline = context.get("deadline") or {}
     dag_id, run_id = _get(dag_run, "dag_id"), _get(dag_run, "run_id")
-    subject = (f"[retrain:{pipeline}] deadline missed: run {run_id} still running after {deadline_minutes} min")
+    base = airflow_base_url(base_url)
+    subject = f"[retrain:{pipeline}] deadline missed: run {run_id} still running after {deadline_minutes} min"
     lines = [
         f"Pipeline: {pipeline}",
         f"Run: {dag_id} / {run_id} (state {_get(dag_run, 'state')}, queued at {_get(dag_run, 'queued_at')})",
         f"Budget: {deadline_minutes} minutes from queueing (schedule.nightly_deadline_minutes); "
         f"deadline was {deadline.get('deadline_time')}.",
         "The run has not failed; it is slow. Check queued pods, GPU capacity and the training stages' progress.",
-        f"Airflow run: {run_url(airflow_base_url(base_url), dag_id, run_id)}",
     ]
-    return Message(subject, "\n".join(lines))
+    links = [("Airflow run", run_url(base, dag_id, run_id)), ("Model registry", registry_ui.pipeline_url(base, pipeline))]
+    return Message(subject, "\n".join(lines), links)
 
 
 # ---------------------------------------------------------------- notifiers
 
 
-class _Builds:
-    """Mixin: the message is built from the context at notify time (after the XComs exist)."""
+def connection_exists(conn_id: str, kind: str) -> bool:
+    """False, after ONE warning line naming the connection to create, when Airflow has no such connection."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
 
-    kind: str
-    pipeline: str
-    base_url: str | None
+    try:
+        BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        log.warning("retrain alerts: no Airflow connection %r; create it to get %s alerts", conn_id, kind)
+        return False
+    return True
+
+
+class _RetrainNotifier(BaseNotifier):
+    """Builds the message from the context at send time (after the XComs exist), then hands it to a provider."""
+
+    channel = "?"
+
+    def __init__(self, *, kind: str, pipeline: str, base_url: str | None = None, deadline_minutes: int = 0,
+                 enabled: bool = True):
+        super().__init__()
+        self.kind, self.pipeline, self.base_url = kind, pipeline, base_url
+        self.deadline_minutes, self.enabled = deadline_minutes, enabled
 
     def build(self, context: dict[str, Any]) -> Message:
         if self.kind == "deadline":
-            return deadline_message(self.pipeline, self.deadline_minutes, context, self.base_url)  # type: ignore[attr-defined]
-        info = collect_alert_info(context, self.base_url)
-        if self.kind == "gate":
-            return gate_failure_message(self.pipeline, info)
-        return infra_failure_message(self.pipeline, info)
+            return deadline_message(self.pipeline, self.deadline_minutes, context, self.base_url)
+        info = collect_alert_info(context, self.pipeline, self.base_url)
+        return gate_failure_message(info) if self.kind == "gate" else infra_failure_message(info)
+
+    def notify(self, context: dict[str, Any]) -> None:
+        if not alerts_enabled(self.enabled):
+            log.info("retrain alerts: off (alerts.enabled / RETRAIN_ALERTS_ENABLED); no %s alert sent", self.channel)
+            return
+        if not connection_exists(self.conn_id, self.channel):
+            return
+        self.send(self.build(context), context)
+
+    @property
+    def conn_id(self) -> str:
+        raise NotImplementedError
+
+    def send(self, message: Message, context: dict[str, Any]) -> None:
+        raise NotImplementedError
 
 
-class RetrainEmailNotifier(_Builds, SmtpNotifier):
-    def __init__(self, *, kind: str, pipeline: str, to: list[str], smtp_conn_id: str, from_email: str | None = None,
-                 base_url: str | None = None, deadline_minutes: int = 0, **kwargs: Any):
-        # subject/html are set in notify(); "" (not None) keeps the provider from loading its default templates.
-        super().__init__(to=to, from_email=from_email, smtp_conn_id=smtp_conn_id, subject="", html_content="",
-                         **kwargs)
-        self.kind, self.pipeline, self.base_url, self.deadline_minutes = kind, pipeline, base_url, deadline_minutes
+class RetrainEmailNotifier(_RetrainNotifier):
+    channel = "e-mail"
 
-    def notify(self, context):
-        message = self.build(context)
-        self.subject, self.html_content = message.subject, message.html
-        super().notify(context)
+    def __init__(self, *, to: list[str], smtp_conn_id: str, from_email: str | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.to, self.smtp_conn_id, self.from_email = list(to), smtp_conn_id, from_email
 
+    @property
+    def conn_id(self) -> str:
+        return self.smtp_conn_id
 
-class RetrainSlackNotifier(_Builds, SlackWebhookNotifier):
-    def __init__(self, *, kind: str, pipeline: str, slack_webhook_conn_id: str, base_url: str | None = None,
-                 deadline_minutes: int = 0, timeout: int | None = 30, **kwargs: Any):
-        super().__init__(slack_webhook_conn_id=slack_webhook_conn_id, text="", timeout=timeout, **kwargs)
-        self.kind, self.pipeline, self.base_url, self.deadline_minutes = kind, pipeline, base_url, deadline_minutes
+    def send(self, message: Message, context: dict[str, Any]) -> None:
+        from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
-    def notify(self, context):
-        message = self.build(context)
-        self.text = f"*{message.subject}*\n```\n{message.text}\n```"
-        super().notify(context)
+        # notify() directly: our text is final, never a Jinja template (a "{{" in an error message stays as is).
+        SmtpNotifier(to=self.to, from_email=self.from_email, smtp_conn_id=self.smtp_conn_id,
+                     subject=message.subject, html_content=message.html).notify(context)
 
 
-def _notifiers(spec: Any, kind: str, **extra: Any) -> list:
-    alerts = spec.alerts
-    base = alerts.airflow_base_url
-    out: list = []
-    if alerts.email:
-        out.append(RetrainEmailNotifier(kind=kind, pipeline=spec.name, to=list(alerts.email),
-                                        smtp_conn_id=alerts.smtp_conn_id, from_email=alerts.from_email,
-                                        base_url=base, **extra))
-    if alerts.slack_conn_id:
-        out.append(RetrainSlackNotifier(kind=kind, pipeline=spec.name, slack_webhook_conn_id=alerts.slack_conn_id,
-                                        base_url=base, **extra))
+class RetrainSlackNotifier(_RetrainNotifier):
+    channel = "Slack"
+
+    def __init__(self, *, slack_webhook_conn_id: str, timeout: int | None = 30, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.slack_webhook_conn_id, self.timeout = slack_webhook_conn_id, timeout
+
+    @property
+    def conn_id(self) -> str:
+        return self.slack_webhook_conn_id
+
+    def send(self, message: Message, context: dict[str, Any]) -> None:
+        from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
+
+        SlackWebhookNotifier(slack_webhook_conn_id=self.slack_webhook_conn_id, text=message.slack,
+                             timeout=self.timeout).notify(context)
+
+
+def _channels(*, pipeline: str, email: list[str], smtp_conn_id: str | None, from_email: str | None,
+              slack_conn_id: str | None, base_url: str | None, kind: str, deadline_minutes: int = 0,
+              enabled: bool = True) -> list[_RetrainNotifier]:
+    common = {"kind": kind, "pipeline": pipeline, "base_url": base_url, "deadline_minutes": deadline_minutes,
+              "enabled": enabled}
+    out: list[_RetrainNotifier] = []
+    if email and smtp_conn_id:
+        out.append(RetrainEmailNotifier(to=email, smtp_conn_id=smtp_conn_id, from_email=from_email, **common))
+    if slack_conn_id:
+        out.append(RetrainSlackNotifier(slack_webhook_conn_id=slack_conn_id, **common))
     return out
+
+
+def _notifiers(spec: Any, kind: str) -> list:
+    alerts = spec.alerts
+    if not alerts.active:
+        return []
+    return _channels(pipeline=spec.name, email=list(alerts.email), smtp_conn_id=alerts.smtp_conn_id,
+                     from_email=alerts.from_email, slack_conn_id=alerts.slack_conn_id,
+                     base_url=alerts.airflow_base_url, kind=kind, enabled=alerts.enabled)
 
 
 def gate_failure_notifiers(spec: Any) -> list:
@@ -300,18 +447,13 @@ def infra_failure_notifiers(spec: Any) -> list:
 
 async def deadline_missed(*, pipeline: str, deadline_minutes: int, email: list[str] | None = None,
                           smtp_conn_id: str | None = None, from_email: str | None = None,
-                          slack_conn_id: str | None = None, base_url: str | None = None,
+                          slack_conn_id: str | None = None, base_url: str | None = None, enabled: bool = True,
                           context: dict[str, Any] | None = None) -> str:
     """The DeadlineAlert callback (runs in the triggerer): e-mail and Slack, each attempted independently."""
     context = context or {}
-    notifiers: list = []
-    if email and smtp_conn_id:
-        notifiers.append(RetrainEmailNotifier(kind="deadline", pipeline=pipeline, to=list(email),
-                                              smtp_conn_id=smtp_conn_id, from_email=from_email, base_url=base_url,
-                                              deadline_minutes=deadline_minutes))
-    if slack_conn_id:
-        notifiers.append(RetrainSlackNotifier(kind="deadline", pipeline=pipeline, slack_webhook_conn_id=slack_conn_id,
-                                              base_url=base_url, deadline_minutes=deadline_minutes))
+    notifiers = _channels(pipeline=pipeline, email=list(email or []), smtp_conn_id=smtp_conn_id,
+                          from_email=from_email, slack_conn_id=slack_conn_id, base_url=base_url, kind="deadline",
+                          deadline_minutes=deadline_minutes, enabled=enabled)
     errors = []
     for notifier in notifiers:
         try:
@@ -325,17 +467,18 @@ async def deadline_missed(*, pipeline: str, deadline_minutes: int, email: list[s
 
 def deadline_alert(spec: Any):
     """A DeadlineAlert for the retrain DAG: alert when a run is still going ``nightly_deadline_minutes`` after it
-    was queued. Returns None when neither e-mail nor Slack is configured, or the budget is 0 (off)."""
+    was queued. None when alerts are off, neither e-mail nor Slack is configured, or the budget is 0."""
     from airflow.sdk.definitions.callback import AsyncCallback
     from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
 
     alerts = spec.alerts
     minutes = int(spec.schedule.nightly_deadline_minutes)
-    if minutes == 0 or (not alerts.email and not alerts.slack_conn_id):
+    if minutes == 0 or not alerts.active or (not alerts.email and not alerts.slack_conn_id):
         return None
     kwargs = {"pipeline": spec.name, "deadline_minutes": minutes, "email": list(alerts.email),
               "smtp_conn_id": alerts.smtp_conn_id, "from_email": alerts.from_email,
-              "slack_conn_id": alerts.slack_conn_id, "base_url": alerts.airflow_base_url}
+              "slack_conn_id": alerts.slack_conn_id, "base_url": alerts.airflow_base_url,
+              "enabled": alerts.enabled}
     return DeadlineAlert(reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=timedelta(minutes=minutes),
                          callback=AsyncCallback(deadline_missed, kwargs=kwargs),
                          name=f"retrain_{spec.name}_deadline")

@@ -155,7 +155,12 @@ class GatesSpec(_Section):
     latency_samples: int = Field(100, ge=5, description="Batch-1 student calls timed for p50/p95 latency")
 
 
+ALERTS_ENABLED_ENV = "RETRAIN_ALERTS_ENABLED"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 class AlertsSpec(_Section):
+    enabled: bool = Field(True, description="Send alerts at all; env RETRAIN_ALERTS_ENABLED=true|false overrides this")
     email: list[str] = Field(default_factory=list, description="Alert recipients")
     smtp_conn_id: str = Field("smtp_default", description="Airflow SMTP connection")
     slack_conn_id: str | None = Field(
@@ -163,6 +168,21 @@ class AlertsSpec(_Section):
     slack_channel: str | None = None
     from_email: str | None = Field(None, description="Sender; None = the SMTP connection's from_email")
     airflow_base_url: str | None = Field(None, description="For run links; None = Airflow's [api] base_url")
+
+    @property
+    def active(self) -> bool:
+        """``enabled``, unless RETRAIN_ALERTS_ENABLED says otherwise (read each time: a worker's env decides)."""
+        return alerts_enabled(self.enabled)
+
+
+def alerts_enabled(configured: bool) -> bool:
+    """The spec's ``alerts.enabled``, overridden by RETRAIN_ALERTS_ENABLED when that is set."""
+    raw = os.environ.get(ALERTS_ENABLED_ENV, "").strip().lower()
+    if not raw:
+        return configured
+    if raw in _TRUE or raw in _FALSE:
+        return raw in _TRUE
+    raise SpecError(f"{ALERTS_ENABLED_ENV} must be one of {'/'.join(_TRUE + _FALSE)}, got {raw!r}")
 
 
 class ScheduleSpec(_Section):

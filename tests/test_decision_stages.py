@@ -89,7 +89,9 @@ def test_poisoned_batch_fails_gate_alerts_and_good_batch_promotes(s3_env, traine
         monkeypatch.setenv("AIRFLOW_CONN_SMTP_TEST", smtp.conn_json())
         monkeypatch.setenv("AIRFLOW_CONN_SLACK_TEST", hook.conn_json())
         xcoms = {("evaluate", None): ev2,
-                 ("prepare_run", None): {"champion": champion, "champion_version": champion["version"]},
+                 ("prepare_run", None): {"pipeline": spec.name, "run_uri": r2, "run_key": "r2", "run_type": "manual",
+                                         "champion": champion, "champion_uri": champion["version_uri"],
+                                         "champion_version": champion["version"]},
                  ("decide", "decision"): {"retrain": True, "reasons": ["forced by the test"]},
                  ("drift", None): {"drift_detected": False, "summary": "no check drifted", "checks": {}}}
         context = failure_context(FakeTI("gate", xcoms), AirflowFailException("gates failed"))
