@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench.common import make_run, read_tsv, run_stage, stage_result, write_snapshot
-from tasks.train.distill import _distill_trainer_class, distillation_loss, init_student, layer_map
+from tasks.train.distill import DistillTrainer, distillation_loss, init_student, layer_map
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -138,9 +138,8 @@ def _train_student(teacher, tokenizer, tmp_path, steps: int = 4, seed: int = 7):
                                        save_strategy="no", eval_strategy="no")
     set_seed(seed)
     student, mapping = init_student(teacher, 2)
-    trainer = _distill_trainer_class()(model=student, args=args, train_dataset=data,
-                                       data_collator=DataCollatorWithPadding(tokenizer), teacher=teacher, alpha=0.5,
-                                       temperature=2.0, hidden_weight=1.0, mapping=mapping)
+    trainer = DistillTrainer(model=student, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer),
+                             teacher=teacher, alpha=0.5, temperature=2.0, hidden_weight=1.0, mapping=mapping)
     trainer.train()
     return trainer
 
