@@ -174,7 +174,7 @@ def test_distill_stage_on_s3_with_int8_and_onnx_exports(s3_env, tmp_path, tiny_m
         "student.layers": 2, "student.epochs": 1, "student.batch_size": 16, "student.export": ["int8", "onnx", "onnx_int8"],
         "student.hidden_mse_weight": 0.5,
     })
-    snapshot = write_snapshot(s3_env, "sst2", read_tsv("train", limit=160, offset=5000))
+    snapshot = write_snapshot(s3_env, "sst2", read_tsv("train", limit=96, offset=5000))
     proc = run_stage(["distill", "--run", run, "--snapshot", snapshot, "--teacher", teacher_uri],
                      env={"OMP_NUM_THREADS": "1", "RETRAIN_SCRATCH_DIR": str(tmp_path / "scratch")}, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
