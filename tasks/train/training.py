@@ -7,6 +7,7 @@ are in ``tasks/train/checkpoints.py``.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -130,7 +131,9 @@ def device_features() -> dict[str, Any]:
                 "dataloader_num_workers": min(4, os.cpu_count() or 1), "dataloader_pin_memory": True}
     # Fused AdamW has a CPU kernel too: 7x faster optimizer steps than the foreach one (0.02 s vs 0.15 s for
     # MiniLM's 22.7M parameters on one core), which matters when short SST-2 batches make steps cheap.
-    return {"bf16": False, "fp16": False, "tf32": None, "optim": "adamw_torch_fused",
+    # use_cpu: without it, accelerate does not set up DDP over gloo under torchrun on a CPU-only machine (each
+    # rank would train alone on all the data, and each would write the outputs).
+    return {"bf16": False, "fp16": False, "tf32": None, "optim": "adamw_torch_fused", "use_cpu": True,
             "dataloader_num_workers": 0, "dataloader_pin_memory": False}
 
 
@@ -172,6 +175,9 @@ def training_arguments(output_dir: Path, *, epochs: float, batch_size: int, lear
         seed=seed,
         data_seed=seed,
         ddp_find_unused_parameters=False,
+        # Under DDP, transformers multiplies the loss by the number of processes, for losses normalized by the
+        # items summed over all ranks; ours is a per-batch mean, which DDP's gradient averaging already handles.
+        average_tokens_across_devices=False,
         restore_callback_states_from_checkpoint=True,  # the early-stopping patience counter survives a retry
     )
     kwargs.update(device_features())
@@ -190,7 +196,9 @@ class LengthBucketSampler:
     accuracy against random batches (README, Benchmarks). Here each mega-batch of ``mega_batches * batch_size``
     shuffled rows is sorted by length and cut into batches, and then the batches themselves are shuffled. The one
     short batch, if any, comes last, so every other batch stays whole. Seeded by ``seed + epoch`` alone, so a
-    resumed run and every DDP rank see the same order.
+    resumed run and every DDP rank see the same order. Under DDP ``batch_size`` is the global batch (per-device
+    batch x processes), so N processes with per-device batch b train on the batches one process with batch N x b
+    would.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, mega_batches: int = 50) -> None:
@@ -222,22 +230,45 @@ class LengthBucketSampler:
         return iter([index for batch in self.batches() for index in batch])
 
 
-def with_length_buckets(trainer_cls):
-    """``trainer_cls`` whose ``group_by_length`` sampling uses ``LengthBucketSampler``. It overrides the Trainer's
-    private ``_get_train_sampler``, the one hook transformers offers for a custom sampler."""
+# Set to a folder, every training process writes there (rank-R.jsonl) the token ids of the rows in each batch it
+# trained on: which rows a model saw, and which DDP rank saw them (tests/test_ddp.py).
+ROWS_SEEN_ENV = "RETRAIN_ROWS_SEEN_DIR"
 
-    class LengthBucketTrainer(trainer_cls):
+
+def stage_trainer_class(trainer_cls):
+    """``trainer_cls`` as the stages use it: ``group_by_length`` sampling through ``LengthBucketSampler``, losses
+    treated as per-batch means, and the optional log of the rows seen (``ROWS_SEEN_ENV``)."""
+
+    class StageTrainer(trainer_cls):
+        # Our classifiers return a per-batch mean loss (BertForSequenceClassification ignores num_items_in_batch),
+        # so it must be divided by the accumulation steps. transformers would skip that for any model whose
+        # forward takes **kwargs.
+        loss_is_scaled_for_ga = False
+
         def _get_train_sampler(self, train_dataset=None):
+            # The Trainer's private hook, the one transformers offers for a custom sampler.
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             if self.args.train_sampling_strategy != "group_by_length" or dataset is None \
                     or "input_ids" not in getattr(dataset, "column_names", ()):
                 return super()._get_train_sampler(train_dataset)
+            # Buckets of whole global batches (every rank's share of one optimizer step): accelerate hands rank r
+            # the r-th per-device slice of each, so the data order is the same for any number of processes.
             lengths = [len(ids) for ids in dataset["input_ids"]]
-            return LengthBucketSampler(lengths, self.args.train_batch_size,
+            return LengthBucketSampler(lengths, self.args.train_batch_size * self.args.world_size,
                                        seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
 
-    LengthBucketTrainer.__name__ = LengthBucketTrainer.__qualname__ = trainer_cls.__name__
-    return LengthBucketTrainer
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            folder = os.environ.get(ROWS_SEEN_ENV)
+            if folder:
+                ids, mask = inputs["input_ids"].tolist(), inputs["attention_mask"].tolist()
+                rows = [[t for t, m in zip(row, keep) if m] for row, keep in zip(ids, mask)]
+                Path(folder).mkdir(parents=True, exist_ok=True)
+                with open(Path(folder) / f"rank-{self.args.process_index}.jsonl", "a") as fh:
+                    fh.write(json.dumps({"step": self.state.global_step, "rows": rows}) + "\n")
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    StageTrainer.__name__ = StageTrainer.__qualname__ = trainer_cls.__name__
+    return StageTrainer
 
 
 # ---------------------------------------------------------------- callbacks
@@ -386,11 +417,11 @@ def setup_logging() -> None:
 
 
 def quiet_trainer(trainer_cls, **kwargs):
-    """A Trainer whose log lines come from ProgressLogger only (the default printer dumps raw dicts), and whose
-    length grouping is ``LengthBucketSampler``."""
+    """A ``stage_trainer_class(trainer_cls)`` whose log lines come from ProgressLogger only (the default printer
+    dumps raw dicts)."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    trainer = with_length_buckets(trainer_cls)(**kwargs)
+    trainer = stage_trainer_class(trainer_cls)(**kwargs)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     return trainer
