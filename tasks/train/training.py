@@ -196,9 +196,9 @@ class LengthBucketSampler:
     accuracy against random batches (README, Benchmarks). Here each mega-batch of ``mega_batches * batch_size``
     shuffled rows is sorted by length and cut into batches, and then the batches themselves are shuffled. The one
     short batch, if any, comes last, so every other batch stays whole. Seeded by ``seed + epoch`` alone, so a
-    resumed run and every DDP rank see the same order. Under DDP ``batch_size`` is the global batch (per-device
-    batch x processes), so N processes with per-device batch b train on the batches one process with batch N x b
-    would.
+    resumed run and every DDP rank see the same order. The stages pass the rows of one optimizer step as
+    ``batch_size`` (per-device batch x processes x accumulation steps), so N processes with per-device batch b,
+    or accumulation over N batches of b, train on the batches one process with batch N x b would.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, mega_batches: int = 50) -> None:
@@ -251,10 +251,12 @@ def stage_trainer_class(trainer_cls):
             if self.args.train_sampling_strategy != "group_by_length" or dataset is None \
                     or "input_ids" not in getattr(dataset, "column_names", ()):
                 return super()._get_train_sampler(train_dataset)
-            # Buckets of whole global batches (every rank's share of one optimizer step): accelerate hands rank r
-            # the r-th per-device slice of each, so the data order is the same for any number of processes.
+            # Buckets of the rows of one optimizer step (per-device batch x processes x accumulation steps):
+            # accelerate hands rank r every r-th per-device slice, and accumulation takes consecutive ones, so the
+            # batches are the same for any split of the same effective batch.
             lengths = [len(ids) for ids in dataset["input_ids"]]
-            return LengthBucketSampler(lengths, self.args.train_batch_size * self.args.world_size,
+            rows_per_step = self.args.train_batch_size * self.args.world_size * self.args.gradient_accumulation_steps
+            return LengthBucketSampler(lengths, rows_per_step,
                                        seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
