@@ -9,8 +9,9 @@ model or the champion's teacher; every k-th teacher layer or the champion's stud
 cross-entropy; ``DistillTrainer``'s KD loss plus hidden-state MSE). Everything else, from TrainingArguments to
 checkpoints, resume, DDP and outputs, is this file and ``training.py``/``checkpoints.py``.
 
-Under ``torchrun --nproc_per_node=N -m tasks finetune ...`` the Trainer runs DDP: every rank trains on its own
-shard of each epoch's batches; rank 0 alone syncs checkpoints and writes the outputs and the result.
+Under ``torchrun --standalone --nproc_per_node=N -m -- tasks finetune ...`` (the ``--`` keeps torchrun from
+reading the stage's ``--run``) the Trainer runs DDP: every rank trains on its own slice of each step's batch;
+rank 0 alone syncs checkpoints and writes the outputs and the result. docs/training.md has the details.
 """
 
 from __future__ import annotations
