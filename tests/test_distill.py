@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bench.common import make_run, read_tsv, run_stage, stage_result, write_snapshot
+from tasks.errors import SpecInvalid
 from tasks.train.distill import DistillTrainer, distillation_loss, init_student, layer_map
 
 
@@ -37,7 +38,7 @@ def test_layer_map_takes_every_kth_layer_ending_at_the_top():
     assert layer_map(4, 4) == [0, 1, 2, 3]
     assert layer_map(6, 1) == [5]
     for bad in (0, 7):
-        with pytest.raises(ValueError):
+        with pytest.raises(SpecInvalid, match="student.layers"):
             layer_map(6, bad)
 
 

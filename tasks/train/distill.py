@@ -46,7 +46,7 @@ def layer_map(teacher_layers: int, student_layers: int) -> list[int]:
     (6 -> 3: [1, 3, 5]; 12 -> 6: [1, 3, 5, 7, 9, 11]), so the top layer that feeds the copied pooler and
     head is the teacher's own top layer."""
     if not 1 <= student_layers <= teacher_layers:
-        raise ValueError(f"student.layers must be in 1..{teacher_layers} (teacher layers), got {student_layers}")
+        raise SpecInvalid(f"student.layers must be in 1..{teacher_layers} (teacher layers), got {student_layers}")
     return [(i + 1) * teacher_layers // student_layers - 1 for i in range(student_layers)]
 
 
