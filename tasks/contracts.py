@@ -122,6 +122,16 @@ class TrainResult(Result):
     samples_per_second: float | None = None
     resumed_from_step: int | None = None
     train_seconds: float | None = None
+    eval_seconds: float | None = None  # holdout evaluations during training
+    checkpoint_seconds: float | None = None  # checkpoint saves and uploads
+    world_size: int = 1  # processes that trained (DDP under torchrun)
+    base_model: str | None = None  # spec.model.base
+    init_from: str | None = None  # "base", "champion <version>", "teacher layers"
+    parameters: int | None = None
+    exports: dict[str, str] = {}  # distill: CPU-serving exports {format: uri}
+    teacher_uri: str | None = None  # distill
+    student_layers: int | None = None  # distill
+    layer_map: list[int] | None = None  # distill: teacher layer copied into each student layer
 
 
 class GateResult(Result):

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from bench.common import make_run, read_tsv, run_stage, stage_result, write_snapshot
-from tasks.train.distill import _distill_trainer_class, distillation_loss, init_student, layer_map
+from tasks.errors import SpecInvalid
+from tasks.train.distill import DistillTrainer, distillation_loss, init_student, layer_map
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -37,7 +38,7 @@ def test_layer_map_takes_every_kth_layer_ending_at_the_top():
     assert layer_map(4, 4) == [0, 1, 2, 3]
     assert layer_map(6, 1) == [5]
     for bad in (0, 7):
-        with pytest.raises(ValueError):
+        with pytest.raises(SpecInvalid, match="student.layers"):
             layer_map(6, bad)
 
 
@@ -138,9 +139,8 @@ def _train_student(teacher, tokenizer, tmp_path, steps: int = 4, seed: int = 7):
                                        save_strategy="no", eval_strategy="no")
     set_seed(seed)
     student, mapping = init_student(teacher, 2)
-    trainer = _distill_trainer_class()(model=student, args=args, train_dataset=data,
-                                       data_collator=DataCollatorWithPadding(tokenizer), teacher=teacher, alpha=0.5,
-                                       temperature=2.0, hidden_weight=1.0, mapping=mapping)
+    trainer = DistillTrainer(model=student, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer),
+                             teacher=teacher, alpha=0.5, temperature=2.0, hidden_weight=1.0, mapping=mapping)
     trainer.train()
     return trainer
 
@@ -175,7 +175,7 @@ def test_distill_stage_on_s3_with_int8_and_onnx_exports(s3_env, tmp_path, tiny_m
         "student.layers": 2, "student.epochs": 1, "student.batch_size": 16, "student.export": ["int8", "onnx", "onnx_int8"],
         "student.hidden_mse_weight": 0.5,
     })
-    snapshot = write_snapshot(s3_env, "sst2", read_tsv("train", limit=160, offset=5000))
+    snapshot = write_snapshot(s3_env, "sst2", read_tsv("train", limit=96, offset=5000))
     proc = run_stage(["distill", "--run", run, "--snapshot", snapshot, "--teacher", teacher_uri],
                      env={"OMP_NUM_THREADS": "1", "RETRAIN_SCRATCH_DIR": str(tmp_path / "scratch")}, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -55,10 +55,10 @@ def test_the_stages_trainer_uses_it_for_every_epoch(tiny_model_dir, tmp_path, mo
 
     from tasks.train import modeling, training
 
-    epochs_seen: list[int] = []
+    seen: list[tuple[int, int, int]] = []  # (epoch, batch size, seed) of each epoch's sampler
     original = LengthBucketSampler.set_epoch
     monkeypatch.setattr(LengthBucketSampler, "set_epoch",
-                        lambda self, epoch: (epochs_seen.append(epoch), original(self, epoch))[1])
+                        lambda self, epoch: (seen.append((epoch, self.batch_size, self.seed)), original(self, epoch))[1])
 
     tokenizer = modeling.load_tokenizer(tiny_model_dir)
     texts = ["short", "a somewhat longer row of text", "mid length row", "one more row here", "x y", "z"] * 4
@@ -66,17 +66,17 @@ def test_the_stages_trainer_uses_it_for_every_epoch(tiny_model_dir, tmp_path, mo
     common = dict(epochs=2, batch_size=4, learning_rate=1e-3, weight_decay=0.0, warmup_ratio=0.0,
                   gradient_accumulation_steps=1, eval_steps=1000, checkpoint_steps=1000, seed=3)
 
-    def trainer(**kwargs):
+    def train(**kwargs):
         args = training.training_arguments(tmp_path / "out", **common, save_strategy="no", eval_strategy="no",
                                            load_best_model_at_end=False, **kwargs)
-        return training.quiet_trainer(Trainer, model=modeling.load_classifier(tiny_model_dir), args=args,
-                                      train_dataset=data, processing_class=tokenizer)
+        trainer = training.quiet_trainer(Trainer, model=modeling.load_classifier(tiny_model_dir), args=args,
+                                         train_dataset=data, processing_class=tokenizer)
+        trainer.train()
+        return trainer
 
-    grouped = trainer()
-    sampler = grouped._get_train_sampler()
-    assert isinstance(sampler, LengthBucketSampler) and sampler.batch_size == 4 and sampler.seed == 3
-    grouped.train()
-    assert grouped.state.global_step == 12
-    assert sorted(set(epochs_seen)) == [0, 1]  # a new order each epoch
+    assert train().state.global_step == 12
+    assert sorted(set(seen)) == [(0, 4, 3), (1, 4, 3)]  # the stages' batch size and seed, a new order each epoch
 
-    assert not isinstance(trainer(group_by_length=False)._get_train_sampler(), LengthBucketSampler)
+    seen.clear()
+    assert train(group_by_length=False).state.global_step == 12
+    assert seen == []  # random batches: the Trainer's own sampler

@@ -1,13 +1,8 @@
-"""What the fine-tune and distill stages share: data, TrainingArguments, checkpoint sync/resume, progress, outputs.
+"""The toolbox of the training runner (``tasks/train/runner.py``): where a stage reads and writes, data,
+TrainingArguments, length-grouped batches, progress logging, the Trainer set up one way, training and outputs.
 
-Both stages use the HF Trainer (README: "Training features", Trainer vs our own loop). This module keeps the two
-stage scripts short: each builds a model and a Trainer, and calls ``train_with_resume`` and ``publish_outputs``.
-
-Checkpoints: the Trainer writes ``checkpoint-N/`` into a local scratch directory; ``CheckpointSync`` copies every
-one to ``<storage>/checkpoints/<pipeline>/<run_key>/<stage>/checkpoint-N/`` and writes ``COMPLETE`` into it last,
-so a checkpoint without ``COMPLETE`` (the process died mid-upload) is never resumed from. On start,
-``restore_checkpoints`` replaces the scratch directory with the complete checkpoints from storage, and the Trainer
-resumes from the newest one: same weights, optimizer, scheduler, RNG state and position in the epoch.
+Both stages use the HF Trainer (README: "Training features", Trainer vs our own loop); checkpoints and resume
+are in ``tasks/train/checkpoints.py``.
 """
 
 from __future__ import annotations
@@ -16,8 +11,6 @@ import json
 import logging
 import math
 import os
-import re
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -25,14 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from tasks import storage
+from tasks.errors import DataRejected, SpecInvalid
 
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger("tasks.train.training")
-
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-COMPLETE_MARKER = "COMPLETE"
 
 
 # ---------------------------------------------------------------- where a stage reads and writes
@@ -50,6 +41,14 @@ class StagePaths:
     @property
     def model_uri(self) -> str:
         return storage.join(self.out_uri, "model")
+
+    @property
+    def metrics_uri(self) -> str:
+        return storage.join(self.out_uri, "metrics.json")
+
+    @property
+    def curve_uri(self) -> str:
+        return storage.join(self.out_uri, "curve.png")
 
 
 def stage_paths(spec, run_uri: str, stage: str) -> StagePaths:
@@ -76,15 +75,18 @@ def load_splits(snapshot_uri: str, max_train_rows: int | None) -> tuple["pd.Data
     so the cap keeps the tail of the train split."""
     from tasks.data.snapshots import read_snapshot
 
-    frame = read_snapshot(snapshot_uri)
+    try:
+        frame = read_snapshot(snapshot_uri)
+    except storage.NotFound as exc:
+        raise SpecInvalid(f"--snapshot {snapshot_uri}: no snapshot there ({exc})") from None
     train = frame[frame["split"] == "train"]
     holdout = frame[frame["split"] == "holdout"]
     if max_train_rows is not None and len(train) > max_train_rows:
         train = train.iloc[len(train) - max_train_rows:]
     if train.empty:
-        raise ValueError(f"snapshot {snapshot_uri} has no train rows")
+        raise DataRejected(f"snapshot {snapshot_uri} has no train rows")
     if holdout.empty:
-        raise ValueError(f"snapshot {snapshot_uri} has no holdout rows; early stopping needs them")
+        raise DataRejected(f"snapshot {snapshot_uri} has no holdout rows; early stopping needs them")
     return train.reset_index(drop=True), holdout.reset_index(drop=True)
 
 
@@ -98,20 +100,20 @@ def tokenize(tokenizer, texts: Sequence[str], labels: Sequence[int], max_length:
     return Dataset.from_dict(columns)
 
 
-def compute_metrics(eval_pred) -> dict[str, float]:
-    import numpy as np
+def metrics_for(n_classes: int):
+    """The Trainer's ``compute_metrics``: accuracy and macro-F1 over the spec's ``n_classes`` classes, the same
+    definitions evaluation and the gates use (``tasks.metrics``)."""
 
-    logits, labels = eval_pred.predictions, eval_pred.label_ids
-    if isinstance(logits, tuple):
-        logits = logits[0]
-    preds = np.asarray(logits).argmax(-1)
-    labels = np.asarray(labels)
-    f1s = []
-    for cls in np.unique(np.concatenate([labels, preds])):
-        tp = np.sum((preds == cls) & (labels == cls))
-        denom = np.sum(preds == cls) + np.sum(labels == cls)
-        f1s.append(2 * tp / denom if denom else 0.0)
-    return {"accuracy": float(np.mean(preds == labels)), "macro_f1": float(np.mean(f1s))}
+    def compute_metrics(eval_pred) -> dict[str, float]:
+        import numpy as np
+
+        from tasks import metrics
+
+        logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        preds = np.asarray(logits).argmax(-1)
+        return metrics.classification_metrics(np.asarray(eval_pred.label_ids), preds, n_classes)
+
+    return compute_metrics
 
 
 # ---------------------------------------------------------------- TrainingArguments
@@ -129,7 +131,9 @@ def device_features() -> dict[str, Any]:
                 "dataloader_num_workers": min(4, os.cpu_count() or 1), "dataloader_pin_memory": True}
     # Fused AdamW has a CPU kernel too: 7x faster optimizer steps than the foreach one (0.02 s vs 0.15 s for
     # MiniLM's 22.7M parameters on one core), which matters when short SST-2 batches make steps cheap.
-    return {"bf16": False, "fp16": False, "tf32": None, "optim": "adamw_torch_fused",
+    # use_cpu: without it, accelerate does not set up DDP over gloo under torchrun on a CPU-only machine (each
+    # rank would train alone on all the data, and each would write the outputs).
+    return {"bf16": False, "fp16": False, "tf32": None, "optim": "adamw_torch_fused", "use_cpu": True,
             "dataloader_num_workers": 0, "dataloader_pin_memory": False}
 
 
@@ -171,6 +175,9 @@ def training_arguments(output_dir: Path, *, epochs: float, batch_size: int, lear
         seed=seed,
         data_seed=seed,
         ddp_find_unused_parameters=False,
+        # Under DDP, transformers multiplies the loss by the number of processes, for losses normalized by the
+        # items summed over all ranks; ours is a per-batch mean, which DDP's gradient averaging already handles.
+        average_tokens_across_devices=False,
         restore_callback_states_from_checkpoint=True,  # the early-stopping patience counter survives a retry
     )
     kwargs.update(device_features())
@@ -189,7 +196,9 @@ class LengthBucketSampler:
     accuracy against random batches (README, Benchmarks). Here each mega-batch of ``mega_batches * batch_size``
     shuffled rows is sorted by length and cut into batches, and then the batches themselves are shuffled. The one
     short batch, if any, comes last, so every other batch stays whole. Seeded by ``seed + epoch`` alone, so a
-    resumed run and every DDP rank see the same order.
+    resumed run and every DDP rank see the same order. The stages pass the rows of one optimizer step as
+    ``batch_size`` (per-device batch x processes x accumulation steps), so N processes with per-device batch b,
+    or accumulation over N batches of b, train on the batches one process with batch N x b would.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, mega_batches: int = 50) -> None:
@@ -221,22 +230,47 @@ class LengthBucketSampler:
         return iter([index for batch in self.batches() for index in batch])
 
 
-def with_length_buckets(trainer_cls):
-    """``trainer_cls`` whose ``group_by_length`` sampling uses ``LengthBucketSampler``. It overrides the Trainer's
-    private ``_get_train_sampler``, the one hook transformers offers for a custom sampler."""
+# Set to a folder, every training process writes there (rank-R.jsonl) the token ids of the rows in each batch it
+# trained on: which rows a model saw, and which DDP rank saw them (tests/test_ddp.py).
+ROWS_SEEN_ENV = "RETRAIN_ROWS_SEEN_DIR"
 
-    class LengthBucketTrainer(trainer_cls):
+
+def stage_trainer_class(trainer_cls):
+    """``trainer_cls`` as the stages use it: ``group_by_length`` sampling through ``LengthBucketSampler``, losses
+    treated as per-batch means, and the optional log of the rows seen (``ROWS_SEEN_ENV``)."""
+
+    class StageTrainer(trainer_cls):
+        # Our classifiers return a per-batch mean loss (BertForSequenceClassification ignores num_items_in_batch),
+        # so it must be divided by the accumulation steps. transformers would skip that for any model whose
+        # forward takes **kwargs.
+        loss_is_scaled_for_ga = False
+
         def _get_train_sampler(self, train_dataset=None):
+            # The Trainer's private hook, the one transformers offers for a custom sampler.
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             if self.args.train_sampling_strategy != "group_by_length" or dataset is None \
                     or "input_ids" not in getattr(dataset, "column_names", ()):
                 return super()._get_train_sampler(train_dataset)
+            # Buckets of the rows of one optimizer step (per-device batch x processes x accumulation steps):
+            # accelerate hands rank r every r-th per-device slice, and accumulation takes consecutive ones, so the
+            # batches are the same for any split of the same effective batch.
             lengths = [len(ids) for ids in dataset["input_ids"]]
-            return LengthBucketSampler(lengths, self.args.train_batch_size,
+            rows_per_step = self.args.train_batch_size * self.args.world_size * self.args.gradient_accumulation_steps
+            return LengthBucketSampler(lengths, rows_per_step,
                                        seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
 
-    LengthBucketTrainer.__name__ = LengthBucketTrainer.__qualname__ = trainer_cls.__name__
-    return LengthBucketTrainer
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            folder = os.environ.get(ROWS_SEEN_ENV)
+            if folder:
+                ids, mask = inputs["input_ids"].tolist(), inputs["attention_mask"].tolist()
+                rows = [[t for t, m in zip(row, keep) if m] for row, keep in zip(ids, mask)]
+                Path(folder).mkdir(parents=True, exist_ok=True)
+                with open(Path(folder) / f"rank-{self.args.process_index}.jsonl", "a") as fh:
+                    fh.write(json.dumps({"step": self.state.global_step, "rows": rows}) + "\n")
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    StageTrainer.__name__ = StageTrainer.__qualname__ = trainer_cls.__name__
+    return StageTrainer
 
 
 # ---------------------------------------------------------------- callbacks
@@ -290,105 +324,36 @@ class ProgressLogger(_transformers_callback_base()):
         return (global_step - self.first_step) * self.samples_per_step / busy
 
 
-class CheckpointSync(_transformers_callback_base()):
-    """Copies each Trainer checkpoint to storage (rank 0 only) and drops the ones the Trainer rotated away."""
-
-    def __init__(self, paths: StagePaths) -> None:
-        self.paths = paths
-
-    def on_save(self, args, state, control, **kwargs):
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()  # every rank has written its RNG state into the checkpoint
-        if not state.is_world_process_zero:
-            return
-        name = f"checkpoint-{state.global_step}"
-        local = Path(args.output_dir) / name
-        remote = storage.join(self.paths.checkpoint_uri, name)
-        t0 = time.monotonic()
-        for path in sorted(p for p in local.rglob("*") if p.is_file()):  # no hashing: scratch data
-            storage.upload_file(path, storage.join(remote, path.relative_to(local).as_posix()))
-        storage.write_json(storage.join(remote, COMPLETE_MARKER), {"step": state.global_step, "at": storage.utcnow()})
-        keep = {p.name for p in Path(args.output_dir).iterdir() if _CHECKPOINT.match(p.name)}
-        for step, uri in remote_checkpoints(self.paths.checkpoint_uri, complete_only=False).items():
-            if f"checkpoint-{step}" not in keep:
-                for obj in storage.list_objects(uri):
-                    storage.delete(obj.uri)
-        print(f"[{self.paths.stage}] checkpoint {name} -> {remote} ({time.monotonic() - t0:.1f}s)", flush=True)
-
-
-def remote_checkpoints(prefix_uri: str, complete_only: bool = True) -> dict[int, str]:
-    """{step: uri} of the checkpoints under a prefix; by default only those whose upload completed."""
-    found: dict[int, set[str]] = {}
-    prefix = prefix_uri.rstrip("/") + "/"
-    for obj in storage.list_objects(prefix_uri):
-        parts = obj.uri[len(prefix):].split("/")
-        match = _CHECKPOINT.match(parts[0])
-        if match and len(parts) > 1:
-            found.setdefault(int(match.group(1)), set()).add(parts[-1])
-    return {step: storage.join(prefix_uri, f"checkpoint-{step}") for step, files in sorted(found.items())
-            if not complete_only or COMPLETE_MARKER in files}
-
-
-def restore_checkpoints(paths: StagePaths) -> str | None:
-    """Make the scratch directory hold exactly the complete checkpoints in storage; the newest one's local path.
-
-    Local leftovers are discarded: a killed process may have left a half-written checkpoint there."""
-    if paths.scratch.exists():
-        shutil.rmtree(paths.scratch)
-    paths.scratch.mkdir(parents=True, exist_ok=True)
-    checkpoints = remote_checkpoints(paths.checkpoint_uri)
-    for step, uri in checkpoints.items():
-        storage.download_dir(uri, paths.scratch / f"checkpoint-{step}")
-    if not checkpoints:
-        return None
-    newest = max(checkpoints)
-    print(f"[{paths.stage}] resuming from {checkpoints[newest]} (step {newest})", flush=True)
-    return str(paths.scratch / f"checkpoint-{newest}")
-
-
-def local_latest_checkpoint(scratch: Path) -> str | None:
-    steps = [int(m.group(1)) for p in scratch.glob("checkpoint-*") if (m := _CHECKPOINT.match(p.name))]
-    return str(scratch / f"checkpoint-{max(steps)}") if steps else None
-
-
 # ---------------------------------------------------------------- training and outputs
 
 
 @dataclass
 class TrainOutcome:
+    """What one training run produced: the figures for metrics.json and the stage's result."""
+
     global_step: int
     resumed_from_step: int
-    train_seconds: float
-    samples_per_second: float
-    metrics: dict[str, float]
+    train_seconds: float  # trainer.train() wall time, evaluations and checkpoints included
+    samples_per_second: float  # training rows per second, evaluation time excluded
+    eval_seconds: float
+    checkpoint_seconds: float  # local saves plus uploads to storage
+    metrics: dict[str, float]  # the best model on the holdout split
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def prepare_resume(args, paths: StagePaths) -> str | None:
-    """Restore checkpoints from storage (once per machine, first local rank) and return the one to resume."""
-    with args.main_process_first(local=True, desc="restore checkpoints"):
-        if args.local_process_index == 0:
-            restore_checkpoints(paths)
-    return local_latest_checkpoint(paths.scratch)
-
-
-def train_with_resume(trainer, paths: StagePaths, progress: ProgressLogger) -> TrainOutcome:
-    """Train (resuming from storage if a retry), then evaluate the best model on the holdout split."""
-    resume = prepare_resume(trainer.args, paths)
-    resumed_from = int(_CHECKPOINT.match(Path(resume).name).group(1)) if resume else 0
-    trainer.train(resume_from_checkpoint=resume)
-    metrics = trainer.evaluate()
-    clean = {k.removeprefix("eval_"): float(v) for k, v in metrics.items()
-             if k in ("eval_accuracy", "eval_macro_f1", "eval_loss")}
-    clean["holdout_rows"] = len(trainer.eval_dataset)
+def outcome_of(trainer, holdout: dict[str, float], resumed_from_step: int, progress: "ProgressLogger",
+               checkpoint_seconds: float) -> TrainOutcome:
+    metrics = {k.removeprefix("eval_"): float(v) for k, v in holdout.items()
+               if k in ("eval_accuracy", "eval_macro_f1", "eval_loss")}
+    metrics["holdout_rows"] = len(trainer.eval_dataset)
     return TrainOutcome(
         global_step=trainer.state.global_step,
-        resumed_from_step=resumed_from,
+        resumed_from_step=resumed_from_step,
         train_seconds=round(progress.train_seconds, 2),
         samples_per_second=round(progress.samples_per_second(trainer.state.global_step), 2),
-        metrics=clean,
+        eval_seconds=round(progress.eval_seconds, 2),
+        checkpoint_seconds=round(checkpoint_seconds, 2),
+        metrics=metrics,
         log_history=list(trainer.state.log_history),
     )
 
@@ -423,8 +388,8 @@ def plot_curve(log_history: list[dict[str, Any]], path: Path, title: str) -> Pat
     return path
 
 
-def publish_outputs(trainer, tokenizer, paths: StagePaths, outcome: TrainOutcome, extra_dirs: dict[str, Path] | None = None,
-                    ) -> dict[str, str]:
+def publish_outputs(model, tokenizer, paths: StagePaths, outcome: TrainOutcome,
+                    extra_dirs: dict[str, Path] | None = None) -> dict[str, str]:
     """Rank 0: model (safetensors + config + tokenizer), metrics.json, curve.png and extra folders to storage.
     Returns {name: uri} of the extra folders."""
     from tasks.train.modeling import save_model
@@ -432,15 +397,13 @@ def publish_outputs(trainer, tokenizer, paths: StagePaths, outcome: TrainOutcome
     uris: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix=f"{paths.stage}-out-") as tmp:
         out = Path(tmp)
-        save_model(trainer.model, tokenizer, out / "model")
+        save_model(model, tokenizer, out / "model")
         storage.upload_dir(out / "model", paths.model_uri)
+        figures = {k: v for k, v in vars(outcome).items() if k not in ("metrics", "log_history")}
         history = [e for e in outcome.log_history if "loss" in e or "eval_loss" in e]
-        metrics = {"holdout": outcome.metrics, "global_step": outcome.global_step,
-                   "resumed_from_step": outcome.resumed_from_step, "train_seconds": outcome.train_seconds,
-                   "samples_per_second": outcome.samples_per_second, "log_history": history}
-        storage.write_json(storage.join(paths.out_uri, "metrics.json"), metrics)
+        storage.write_json(paths.metrics_uri, {"holdout": outcome.metrics, **figures, "log_history": history})
         plot_curve(outcome.log_history, out / "curve.png", f"{paths.stage} ({paths.run_key})")
-        storage.upload_file(out / "curve.png", storage.join(paths.out_uri, "curve.png"))
+        storage.upload_file(out / "curve.png", paths.curve_uri)
         for name, folder in (extra_dirs or {}).items():
             uris[name] = storage.join(paths.out_uri, name)
             storage.upload_dir(folder, uris[name])
@@ -456,20 +419,20 @@ def setup_logging() -> None:
 
 
 def quiet_trainer(trainer_cls, **kwargs):
-    """A Trainer whose log lines come from ProgressLogger only (the default printer dumps raw dicts), and whose
-    length grouping is ``LengthBucketSampler``."""
+    """A ``stage_trainer_class(trainer_cls)`` whose log lines come from ProgressLogger only (the default printer
+    dumps raw dicts)."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    trainer = with_length_buckets(trainer_cls)(**kwargs)
+    trainer = stage_trainer_class(trainer_cls)(**kwargs)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     return trainer
 
 
-def make_trainer(trainer_cls, *, args, tokenizer, paths: "StagePaths", progress: "ProgressLogger", patience: int,
+def make_trainer(trainer_cls, *, args, tokenizer, n_classes: int, patience: int, callbacks: Sequence[Any] = (),
                  **kwargs):
-    """The stages' Trainer, set up one way for both: dynamic padding, holdout metrics, checkpoints synced to
-    storage, early stopping, quiet logs."""
+    """The stages' Trainer, set up one way for both: dynamic padding, holdout accuracy and macro-F1, early
+    stopping, length-grouped batches, quiet logs; ``callbacks`` (progress, checkpoint sync) come first."""
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback
 
     return quiet_trainer(
@@ -477,24 +440,7 @@ def make_trainer(trainer_cls, *, args, tokenizer, paths: "StagePaths", progress:
         args=args,
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if args.bf16 or args.fp16 else None),
-        compute_metrics=compute_metrics,
-        callbacks=[progress, CheckpointSync(paths), EarlyStoppingCallback(early_stopping_patience=patience)],
+        compute_metrics=metrics_for(n_classes),
+        callbacks=[*callbacks, EarlyStoppingCallback(early_stopping_patience=patience)],
         **kwargs,
     )
-
-
-def result_json(outcome: TrainOutcome, paths: StagePaths, train_rows: int, **extra: Any) -> dict[str, Any]:
-    result = {
-        "model_uri": paths.model_uri,
-        "metrics": outcome.metrics,
-        "metrics_uri": storage.join(paths.out_uri, "metrics.json"),
-        "curve_uri": storage.join(paths.out_uri, "curve.png"),
-        "train_rows": train_rows,
-        "global_step": outcome.global_step,
-        "samples_per_second": outcome.samples_per_second,
-        "resumed_from_step": outcome.resumed_from_step,
-        "train_seconds": outcome.train_seconds,
-    }
-    result.update(extra)
-    json.dumps(result)  # fail here, not in emit, if something is not JSON
-    return result

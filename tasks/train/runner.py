@@ -1,0 +1,107 @@
+"""The one runner of both training stages, ``python -m tasks finetune`` and ``python -m tasks distill``.
+
+    spec + snapshot -> the stage's Recipe (starting weights, loss) -> tokenized splits -> Trainer
+      -> restore checkpoints from storage -> train -> evaluate the best model on the holdout split
+      -> model, exports, metrics.json, curve.png to storage -> the TrainResult
+
+Fine-tuning and distillation differ only in their ``Recipe``: where the weights start (the packaged base
+model or the champion's teacher; every k-th teacher layer or the champion's student) and the loss (the model's
+cross-entropy; ``DistillTrainer``'s KD loss plus hidden-state MSE). Everything else, from TrainingArguments to
+checkpoints, resume, DDP and outputs, is this file and ``training.py``/``checkpoints.py``.
+
+Under ``torchrun --standalone --nproc_per_node=N -m -- tasks finetune ...`` (the ``--`` keeps torchrun from
+reading the stage's ``--run``) the Trainer runs DDP: every rank trains on its own slice of each step's batch;
+rank 0 alone syncs checkpoints and writes the outputs and the result. docs/training.md has the details.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tasks import results, storage
+from tasks.contracts import TrainResult
+from tasks.spec import PipelineSpec, load_spec
+
+
+@dataclass
+class Recipe:
+    """What a stage hands the runner: the model training starts from, how it is trained, what it adds to the
+    result."""
+
+    model: Any  # the weights training starts from
+    tokenizer_dir: Path
+    init_from: str  # where those weights came from, for the log and the result
+    epochs: float
+    batch_size: int
+    learning_rate: float
+    trainer_cls: type | None = None  # None: transformers.Trainer, i.e. the model's own cross-entropy
+    trainer_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. DistillTrainer's teacher and alpha
+    exports: Sequence[str] = ()  # CPU-serving exports of the trained model (tasks.train.export)
+    result: dict[str, Any] = field(default_factory=dict)  # stage-specific TrainResult fields
+    note: str = ""  # one line for the log
+
+
+def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe]) -> int:
+    """Run a training stage; ``args`` has ``run`` and ``snapshot``, ``recipe_of(spec, args)`` the rest."""
+    from transformers import Trainer, set_seed
+
+    from tasks.train import checkpoints, export, modeling, training
+
+    training.setup_logging()
+    spec = load_spec(storage.join(storage.normalize(args.run), "spec.json"))
+    paths = training.stage_paths(spec, args.run, stage)
+    hp = spec.train
+
+    # The data, and the weights and loss that train on it.
+    train_rows, holdout_rows = training.load_splits(args.snapshot, hp.max_train_rows)
+    set_seed(hp.seed)  # a fresh classification head is initialized in recipe_of
+    recipe = recipe_of(spec, args)
+    tokenizer = modeling.load_tokenizer(recipe.tokenizer_dir)
+    train_set = training.tokenize(tokenizer, train_rows["text"], train_rows["label"], spec.model.max_length)
+    holdout_set = training.tokenize(tokenizer, holdout_rows["text"], holdout_rows["label"], spec.model.max_length)
+
+    # The Trainer, set up one way for both stages.
+    targs = training.training_arguments(
+        paths.scratch, epochs=recipe.epochs, batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
+        weight_decay=hp.weight_decay, warmup_ratio=hp.warmup_ratio,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps, eval_steps=hp.eval_steps,
+        checkpoint_steps=hp.checkpoint_steps, seed=hp.seed,
+    )
+    progress = training.ProgressLogger(stage, recipe.batch_size * hp.gradient_accumulation_steps * targs.world_size)
+    sync = checkpoints.CheckpointSync(paths)
+    trainer = training.make_trainer(
+        recipe.trainer_cls or Trainer, args=targs, tokenizer=tokenizer, n_classes=len(spec.data.labels),
+        patience=hp.early_stopping_patience, callbacks=[progress, sync],
+        model=recipe.model, train_dataset=train_set, eval_dataset=holdout_set, **recipe.trainer_kwargs,
+    )
+    print(f"[{stage}] {len(train_set)} train rows, {len(holdout_set)} holdout rows; init from {recipe.init_from}"
+          f"{'; ' + recipe.note if recipe.note else ''}; device {targs.device}, bf16={targs.bf16}, "
+          f"optim={targs.optim}, world_size={targs.world_size}", flush=True)
+
+    # Train, resuming from the newest complete checkpoint in storage on a retry; then score the best model
+    # (load_best_model_at_end) on the holdout split.
+    resume = checkpoints.prepare_resume(targs, paths)
+    trainer.train(resume_from_checkpoint=resume)
+    holdout = trainer.evaluate()
+    outcome = training.outcome_of(trainer, holdout, checkpoints.step_of(resume) if resume else 0, progress,
+                                  sync.seconds)
+    if not trainer.is_world_process_zero():
+        return 0
+
+    # Outputs (rank 0): model and exports, metrics.json, curve.png; the result last.
+    with tempfile.TemporaryDirectory(prefix=f"{stage}-export-") as tmp:
+        folders = export.export_all(trainer.model, tokenizer, Path(tmp), recipe.exports, spec.model.max_length)
+        exports = training.publish_outputs(trainer.model, tokenizer, paths, outcome, extra_dirs=folders)
+    result = TrainResult(
+        model_uri=paths.model_uri, metrics=outcome.metrics, metrics_uri=paths.metrics_uri, curve_uri=paths.curve_uri,
+        train_rows=len(train_set), global_step=outcome.global_step, samples_per_second=outcome.samples_per_second,
+        resumed_from_step=outcome.resumed_from_step, train_seconds=outcome.train_seconds,
+        eval_seconds=outcome.eval_seconds, checkpoint_seconds=outcome.checkpoint_seconds,
+        world_size=targs.world_size, base_model=spec.model.base, init_from=recipe.init_from,
+        parameters=sum(p.numel() for p in trainer.model.parameters()), exports=exports, **recipe.result,
+    )
+    results.emit(result, paths.out_uri)
+    return 0

@@ -1,0 +1,39 @@
+"""bench/gpu_efficiency.py --smoke: the real stages and the bare-loop ceiling on a tiny model on CPU, one JSON line
+with every figure the GPU run reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench.common import ROOT
+
+
+def test_smoke_run_reports_stage_and_ceiling_figures():
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "bench/gpu_efficiency.py", "--smoke", "--peak-tflops", "0.5"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    assert out["bench"] == "gpu_efficiency" and out["smoke"] and out["train_rows"] > 0
+    for stage in (out, out["distill"]):
+        assert stage["samples_per_second"] > 0 and stage["global_step"] > 0
+        assert stage["tokens_per_second"] == pytest.approx(stage["samples_per_second"] * out["mean_tokens_per_row"],
+                                                           rel=1e-3)
+        assert 0 < stage["mfu"] < 1  # against the 0.5 TFLOP/s peak given
+        # Evaluations and checkpoints happen inside the stage's wall time, and take part of it.
+        assert 0 < stage["eval_seconds"] + stage["checkpoint_seconds"] < stage["stage_wall_s"]
+        assert stage["overhead_fraction"] == pytest.approx(
+            (stage["eval_seconds"] + stage["checkpoint_seconds"]) / stage["stage_wall_s"], abs=2e-3)
+        assert stage["train_seconds"] <= stage["stage_wall_s"]
+    assert out["ceiling_samples_per_second"] > 0 and out["ceiling_step_ms"] > 0
+    assert out["ratio_to_ceiling"] == pytest.approx(out["samples_per_second"] / out["ceiling_samples_per_second"],
+                                                    abs=2e-3)
+    assert out["ceiling_mfu"] == pytest.approx(
+        out["mfu"] * out["ceiling_tokens_per_second"] / out["tokens_per_second"], rel=0.05)
+    assert 0 <= out["teacher_dev_accuracy"] <= 1 and 0 <= out["student_dev_accuracy"] <= 1
