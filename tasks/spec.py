@@ -18,10 +18,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks import storage
+from tasks.errors import SpecInvalid
 
 
-class SpecError(ValueError):
-    """A pipeline spec that cannot be used; the message names the file and the field."""
+class SpecError(SpecInvalid):
+    """A pipeline spec that cannot be used; the message names the file and the field (exit 4, never retried)."""
 
 
 class _Section(BaseModel):
