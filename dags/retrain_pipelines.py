@@ -328,14 +328,16 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
         ])
 
         @task(task_id=TaskIds.NOTIFY, trigger_rule=TriggerRule.ALL_DONE, retries=1)
-        def notify(run: dict, ti=None) -> dict:
+        def notify(ti=None) -> dict:
             """The run summary: decisions, metrics, where the artifacts are; stored with the run and logged.
             After training and evaluation (promoted, or blocked by gates) it records the snapshot as trained on."""
             from tasks import storage
             from tasks.decide.summary import build_summary, format_summary
 
+            run_ctx = pull_result(ti, TaskIds.PREPARE_RUN, required=False)
+            if run_ctx is None:  # prepare_run failed (e.g. rejected conf): there is no run to summarize
+                raise AirflowSkipException("no run context: prepare_run did not finish; see its log")
             apply_storage_env(pipeline_spec)
-            run_ctx = RunContext.model_validate(run)
             ids = (TaskIds.INGEST, TaskIds.DRIFT, TaskIds.DECIDE, TaskIds.FINETUNE, TaskIds.DISTILL,
                    TaskIds.EVALUATE, TaskIds.PUBLISH)
             states = task_states(ti, ids)
@@ -369,8 +371,8 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
         decision >> finetune
         gate_task = gate(evaluate.output)
         gate_task >> publish
-        summary = notify(prepare)
-        publish >> summary
+        summary = notify()
+        [prepare, publish] >> summary
         [prepare, ingest, drift, decision, finetune, distill, evaluate, gate_task, publish, summary] >> fail_if_any_failed()
     return dag
 
