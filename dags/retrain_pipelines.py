@@ -255,11 +255,12 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
     with DAG(
         dag_id=f"retrain_{spec.name}",
         description=f"Retrain, distill, gate and promote the {spec.name} classifier",
-        # No start_date and run_immediately=False: unpausing never starts a run for a past cron slot (with a
-        # start_date, Airflow runs the latest past slot on unpause even with catchup off).
+        # Unpausing never starts a run for a past cron slot: no start_date (with one, Airflow 3.3 runs the latest
+        # past slot on unpause even with catchup off), and run_immediately=timedelta(0) (False still runs a slot
+        # that passed less than 10% of the cron period ago, e.g. 2.4 h for a daily cron).
         schedule=AssetOrTimeSchedule(
             timetable=CronTriggerTimetable(spec.schedule.cron, timezone=spec.schedule.timezone,
-                                           run_immediately=False),
+                                           run_immediately=timedelta(0)),
             assets=[asset],
         ),
         catchup=False,
@@ -315,7 +316,8 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
             result = EvaluateResult.model_validate(evaluation)
             if not result.passed:
                 failed = [g for g in result.gates if not g.passed and not g.skipped]
-                detail = "; ".join(f"{g.name}: {g.value} vs threshold {g.threshold}" for g in failed)
+                fmt = lambda x: f"{x:.4f}" if isinstance(x, float) else str(x)  # noqa: E731
+                detail = "; ".join(f"{g.name}: {fmt(g.value)} vs threshold {fmt(g.threshold)}" for g in failed)
                 names = ", ".join(g.name for g in failed) or ", ".join(result.failed_gates) or "unknown"
                 raise AirflowFailException(f"gates failed: {names}" + (f" ({detail})" if detail else "")
                                            + f"; report: {result.report_md_uri}")

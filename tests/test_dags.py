@@ -245,19 +245,22 @@ def test_scheduler_timetable_fires_nightly_without_new_data(dagbag):
 
 
 def test_unpausing_never_starts_a_run_for_a_past_slot(dagbag, monkeypatch):
-    """Unpaused at 10:00, the first retrain run is tomorrow's 02:00, not this morning's (which the DAG used to run
-    at once: with a start_date, Airflow's CronTriggerTimetable starts the latest past slot even with catchup
-    off). Asked of the scheduler's own DAG object (deserialized), as the scheduler asks it."""
+    """Unpaused at 10:00 or 02:30, the first retrain run is tomorrow's 02:00, not this morning's (which the DAG
+    used to run at once: with a start_date, Airflow's CronTriggerTimetable starts the latest past slot even with
+    catchup off). Asked of the scheduler's own DAG object (deserialized), as the scheduler asks it."""
     from datetime import datetime, timezone
 
     import airflow.timetables.trigger as trigger
     from airflow.serialization.serialized_objects import DagSerialization
 
     scheduler_dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dagbag.dags["retrain_sst2"]))
-    unpaused_at = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
-    monkeypatch.setattr(trigger, "utcnow", lambda: unpaused_at)
-    first = scheduler_dag.next_dagrun_info(last_automated_run_info=None)
-    assert first.run_after == datetime(2026, 11, 24, 2, 0, tzinfo=timezone.utc)
+    # 10:00, and 02:30: within 10% of the period after the slot, where run_immediately=False would still run it.
+    for unpaused_at in (datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc),
+                        datetime(2026, 11, 23, 2, 30, tzinfo=timezone.utc)):
+        monkeypatch.setattr(trigger, "utcnow", lambda: unpaused_at)
+        first = scheduler_dag.next_dagrun_info(last_automated_run_info=None)
+        assert first.run_after == datetime(2026, 11, 24, 2, 0, tzinfo=timezone.utc), unpaused_at
+    monkeypatch.setattr(trigger, "utcnow", lambda: datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc))
     # The same DAG with a start_date, as it was: the past slot would have run on unpause.
     dag_with_start = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dagbag.dags["retrain_sst2"]))
     dag_with_start.start_date = datetime(2026, 1, 1, tzinfo=timezone.utc)

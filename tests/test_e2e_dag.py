@@ -33,8 +33,8 @@ def tiny_spec(storage_uri: str, model_dir: Path) -> dict:
     raw.update(name="tiny")
     raw["storage"]["uri"] = storage_uri
     raw["golden"]["source_uri"] = storage_uri + "/reference/tiny/golden.tsv"
-    raw["model"] = {"base": str(model_dir), "max_length": 48}
-    raw["train"].update(epochs=1, batch_size=16, eval_steps=10, checkpoint_steps=10, max_train_rows=240,
+    raw["model"] = {"base": str(model_dir), "max_length": 32}
+    raw["train"].update(epochs=1, batch_size=16, eval_steps=10, checkpoint_steps=10, max_train_rows=160,
                         learning_rate=1e-3)
     raw["student"].update(layers=2, epochs=1, batch_size=16, export=[])
     raw["drift"].update(embedding_subsample=40, embedding_permutations=50)
@@ -123,7 +123,7 @@ def story(tmp_path_factory, moto_server, tiny_model_dir, airflow_db) -> Story:
         bucket = moto_server.create_bucket("e2e-story")
         (tmp / "pipelines").mkdir()
         (tmp / "pipelines" / "tiny.yaml").write_text(yaml.safe_dump(tiny_spec(bucket, tiny_model_dir)))
-        golden = "sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in read_sst2("dev", limit=120))
+        golden = "sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in read_sst2("dev", limit=80))
         storage.write_text(bucket + "/reference/tiny/golden.tsv", golden)
 
         runs: dict[str, Run] = {}
@@ -137,11 +137,11 @@ def story(tmp_path_factory, moto_server, tiny_model_dir, airflow_db) -> Story:
             runs[name] = Run(state, tasks, tries, new_summary(bucket, seen), smtp.messages[mails:],
                              hook.posts[posts:])
 
-        land(bucket, "batch-1.tsv", 0, 240)
+        land(bucket, "batch-1.tsv", 0, 160)
         play("first")
         champion = storage.read_json(bucket + "/models/tiny/champion.json")
         play("unchanged")
-        land(bucket, "batch-2.tsv", 240, 150, positive_share=0.9)
+        land(bucket, "batch-2.tsv", 160, 100, positive_share=0.9)
         play("drift_blocked", min_accuracy=0.99)
         play("same_snapshot")
         play("typo", min_acuracy=0.9)
