@@ -6,7 +6,6 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from conftest import ROOT
-from stage_factory import StageFailed
 
 
 @pytest.fixture
@@ -122,7 +121,9 @@ def test_local_operator_runs_the_command_and_returns_its_result(tmp_path):
     """The local operator really runs `python -m tasks ...` and hands back the JSON the stage emitted."""
     from airflow.sdk import DAG
 
-    from stage_factory import LocalStageOperator
+    # Imported here, not at the top: Airflow's plugin manager (run by other tests' DagBags) re-imports plugins/
+    # modules, so a class imported at collection time may not be the one the operator raises.
+    from stage_factory import LocalStageOperator, StageFailed
 
     with DAG(dag_id="t_local_exec", schedule=None):
         op = LocalStageOperator(task_id="probe", cmds=["python", "-c"],
@@ -157,7 +158,7 @@ entry.run()
 def test_local_operator_fails_by_error_kind_with_the_stage_reason(tmp_path, error, code, retried):
     from airflow.sdk import DAG
 
-    from stage_factory import LocalStageOperator
+    from stage_factory import LocalStageOperator, StageFailed
 
     script = tmp_path / "stage.py"
     script.write_text(FAILING_STAGE)
@@ -194,7 +195,7 @@ POD_LOG_TAIL = "reading batch-2.tsv\n2000 rows, 900 bad\nerror (data_rejected): 
 
 
 def test_pod_exit_code_decides_retry_and_carries_the_reason():
-    from stage_factory import StageRejected, pod_failure
+    from stage_factory import StageFailed, StageRejected, pod_failure
 
     rejected = pod_failure("ingest", failed_pod(3, POD_LOG_TAIL))
     assert isinstance(rejected, StageRejected) and isinstance(rejected, AirflowFailException)
