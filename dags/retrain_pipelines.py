@@ -248,6 +248,25 @@ def trained_record(layout, snapshot_id: str) -> dict | None:
     return storage.read_json(uri) if storage.exists(uri) else None
 
 
+def record_trained(run_ctx: RunContext, summary: dict) -> None:
+    """After a verdict on a snapshot (promoted, or blocked by gates), record it as trained on; the first run that
+    trained on it stays on record (nothing is overwritten)."""
+    from tasks import storage
+    from tasks.spec import load_spec
+
+    snapshot_id = (summary.get("ingest") or {}).get("snapshot_id")
+    if summary["outcome"] not in TRAINED_OUTCOMES or not snapshot_id:
+        return
+    layout = load_spec(storage.join(run_ctx.run_uri, "spec.json")).layout
+    if trained_record(layout, snapshot_id) is None:
+        storage.write_json(layout.trained(snapshot_id), {
+            "snapshot_id": snapshot_id, "run_key": run_ctx.run_key, "run_uri": run_ctx.run_uri,
+            "run_type": run_ctx.run_type, "outcome": summary["outcome"],
+            "version": (summary.get("publish") or {}).get("version"),
+            "overrides": run_ctx.overrides, "recorded_at": datetime.now().astimezone().isoformat(),
+        })
+
+
 def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
     asset = snapshot_asset(spec)
     pipeline_spec = spec  # as parsed; tasks read the run's frozen spec.json for everything else
@@ -348,18 +367,7 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
             summary = build_summary(run_ctx.dump(), {k: v.dump() if v else None for k, v in results.items()})
             summary["task_states"] = states
             storage.write_json(storage.join(run_ctx.run_uri, "summary.json"), summary)
-            snapshot_id = (summary.get("ingest") or {}).get("snapshot_id")
-            if summary["outcome"] in TRAINED_OUTCOMES and snapshot_id:
-                from tasks.spec import load_spec
-
-                layout = load_spec(storage.join(run_ctx.run_uri, "spec.json")).layout
-                if trained_record(layout, snapshot_id) is None:  # the first run that trained on it stays on record
-                    storage.write_json(layout.trained(snapshot_id), {
-                        "snapshot_id": snapshot_id, "run_key": run_ctx.run_key, "run_uri": run_ctx.run_uri,
-                        "run_type": run_ctx.run_type, "outcome": summary["outcome"],
-                        "version": (summary.get("publish") or {}).get("version"),
-                        "overrides": run_ctx.overrides, "recorded_at": datetime.now().astimezone().isoformat(),
-                    })
+            record_trained(run_ctx, summary)
             print(format_summary(summary))
             return summary
 
