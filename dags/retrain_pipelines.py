@@ -6,11 +6,15 @@
   prepare_run → ingest → drift → decide → finetune → distill → evaluate → gate → publish → notify.
 
 DAG declarations only: no torch, transformers or pandas here; the stages run as ``python -m tasks ...``,
-in a pod or as a local subprocess (plugins/stage_factory.py).
+in a pod or as a local subprocess (plugins/stage_factory.py). Tasks hand each other typed results
+(``tasks.contracts``): stage arguments are XComArgs of those results, and the Python tasks read them through
+the models. docs/triggers.md says what each trigger does.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 import os
 import re
 import sys
@@ -18,15 +22,38 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT, ROOT / "plugins"):  # the tasks package and our plugins modules, wherever dags/ is mounted
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+
+
+def _put_project_on_path() -> None:
+    """Make the ``tasks`` package and our plugins modules importable however Airflow was started.
+
+    Every layout we ship has this file at ``<root>/dags/`` next to ``<root>/tasks`` and ``<root>/plugins``: a
+    checkout (tests, ``make demo``), docker-compose (mounts at /opt/airflow/{dags,plugins,tasks}) and a
+    git-synced or bundled copy of the repository. The sibling ``tasks`` comes first, so the DAG and the stage
+    code it runs are one version. Without a sibling, ``tasks`` must be installed or on PYTHONPATH; if it is not,
+    fail here with that, instead of a confusing ImportError further down.
+    """
+    if (ROOT / "tasks" / "__init__.py").is_file() and str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    plugins = ROOT / "plugins"  # Airflow puts its configured plugins folder on sys.path; ours may be another
+    if (plugins / "stage_factory.py").is_file() and str(plugins) not in sys.path:
+        sys.path.append(str(plugins))
+    missing = [name for name in ("tasks", "stage_factory", "retrain_alerts") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(f"{Path(__file__).name}: cannot find {', '.join(missing)} (looked next to {ROOT}/dags and "
+                          "on sys.path); run Airflow from a checkout of airflow-retrain, or put its root on PYTHONPATH")
+
+
+_put_project_on_path()
 
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule, task  # noqa: E402
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException  # noqa: E402
 
 import retrain_alerts  # noqa: E402
-from stage_factory import apply_storage_env, build_stage  # noqa: E402
+from stage_factory import apply_storage_env, build_stage, pull_result, task_states  # noqa: E402
+from tasks.contracts import (  # noqa: E402
+    Decision, DriftResult, EvaluateResult, IngestResult, RunContext, TaskIds,
+)
 from tasks.spec import PipelineSpec, load_specs  # noqa: E402
 
 PIPELINES_DIR = Path(os.environ.get("RETRAIN_PIPELINES_DIR", ROOT / "include" / "pipelines"))
@@ -57,7 +84,8 @@ def run_key(kind: str, run_id: str) -> str:
 def trigger_params() -> dict[str, Param]:
     params = {
         "force_retrain": Param(False, type="boolean", title="Force retrain",
-                               description="Retrain even when there is no new data and no drift."),
+                               description="Retrain even when there is no new data, no drift, or the snapshot "
+                                           "was already trained on."),
         "dry_run": Param(False, type="boolean", title="Dry run",
                          description="Train and evaluate, publish the version, but never move the champion."),
     }
@@ -66,6 +94,18 @@ def trigger_params() -> dict[str, Param]:
                              title=name.replace("_", " ").capitalize(),
                              description=f"{description} Empty = the spec's value.")
     return params
+
+
+def check_conf(conf: dict | None, valid: list[str]) -> None:
+    """Reject trigger conf keys that are not fields of the form. Airflow validates conf against the DAG's Params
+    key by key and keeps unknown keys (apache/airflow#29018), so a typo would silently be ignored."""
+    unknown = sorted(set(conf or {}) - set(valid))
+    if not unknown:
+        return
+    hints = [f"{key!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, valid, n=1))
+             else repr(key) for key in unknown]
+    raise AirflowFailException(f"unknown trigger conf key{'s' if len(unknown) > 1 else ''}: {', '.join(hints)}; "
+                               f"valid keys: {', '.join(sorted(valid)) or '(none: this DAG takes no conf)'}")
 
 
 def default_args(spec: PipelineSpec) -> dict:
@@ -78,10 +118,57 @@ def default_args(spec: PipelineSpec) -> dict:
     }
 
 
-def make_prepare_run(spec_path: Path, kind: str):
-    @task(task_id="prepare_run")
+# ---------------------------------------------------------------- DAG docs, from the spec
+
+
+def dag_doc(spec: PipelineSpec, kind: str) -> str:
+    """The DAG's page in the UI: what this pipeline is, its data, schedule and gates, from its spec."""
+    d, s, g, dec = spec.data, spec.schedule, spec.gates, spec.decide
+    lines = [f"# {kind}_{spec.name}", "", spec.description or f"Pipeline {spec.name}.", ""]
+    if kind == "ingest":
+        lines += [f"Every {s.ingest_every_minutes} minutes: ingest files landed in `{spec.landing.uri}` "
+                  f"({', '.join(spec.landing.formats)}) into an immutable snapshot under `{spec.layout.snapshots}`. "
+                  f"A new snapshot emits the Asset `{spec.name}_snapshots`, which triggers `retrain_{spec.name}`."]
+    else:
+        deadline = (f"; alert if a run is still going {s.nightly_deadline_minutes} min after it was queued"
+                    if s.nightly_deadline_minutes else "")
+        lines += [
+            "## Schedule",
+            f"- nightly: cron `{s.cron}` ({s.timezone}){deadline}; unpausing never starts a run for a past slot",
+            f"- a new snapshot from `ingest_{spec.name}` (Asset `{spec.name}_snapshots`)",
+            "- manual, with the trigger form (force retrain, dry run, gate overrides); unknown keys are rejected",
+            "",
+            "## Decision",
+            f"Retrain on a first run, when forced, on drift with at least {dec.min_new_rows} new rows, or at "
+            f"{dec.retrain_every_rows} new rows since the champion's snapshot. A snapshot a finished run already "
+            "trained on (promoted, or blocked by its gates) is skipped unless forced (docs/triggers.md).",
+            "",
+            "## Gates (golden set)",
+            f"- accuracy >= {g.min_accuracy}, macro-F1 >= {g.min_macro_f1} (teacher and student)",
+            f"- non-inferiority vs the champion: CI lower bound of the accuracy difference >= -{g.non_inferiority_margin}"
+            f" ({g.confidence:.0%} paired bootstrap, {g.bootstrap_resamples} resamples)",
+            f"- largest per-class recall drop <= {g.max_class_recall_drop}; student retention >= {g.min_retention}",
+        ]
+        budgets = [f"student p95 latency <= {g.max_student_latency_ms_p95} ms" if g.max_student_latency_ms_p95 else "",
+                   f"student size <= {g.max_student_size_mb} MB" if g.max_student_size_mb else ""]
+        if any(budgets):
+            lines.append("- " + "; ".join(b for b in budgets if b))
+    lines += ["", "## Data",
+              f"- labels: {', '.join(d.labels)} (text column `{d.text_column}`, label column `{d.label_column}`)",
+              f"- a batch fails if more than {d.max_bad_fraction:.0%} of its rows are bad (quarantined with reasons)",
+              f"- golden set: `{spec.golden.source_uri}`, frozen on first ingest, never trained on",
+              f"- storage: `{spec.storage.uri}`; owner: {spec.owner}"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- shared tasks
+
+
+def make_prepare_run(spec_path: Path, kind: str, valid_conf: list[str]):
+    @task(task_id=TaskIds.PREPARE_RUN, multiple_outputs=True)
     def prepare_run(params: dict | None = None, dag_run=None) -> dict:
-        """Freeze the run's effective spec (the file plus form overrides) into storage for every stage."""
+        """Reject unknown trigger keys, then freeze the run's effective spec (the file plus form overrides)."""
+        check_conf(dag_run.conf, valid_conf)  # before any work: a typo must not start a run
         from tasks import storage
         from tasks.spec import dump, load_spec, with_overrides
 
@@ -94,28 +181,23 @@ def make_prepare_run(spec_path: Path, kind: str):
         run_uri = effective.layout.run(key)
         storage.write_json(storage.join(run_uri, "spec.json"), dump(effective))
         champion = storage.read_json(effective.layout.champion) if storage.exists(effective.layout.champion) else None
-        return {
-            "pipeline": spec.name,
-            "run_uri": run_uri,
-            "run_key": key,
-            "run_type": str(dag_run.run_type),
-            "champion": champion,
-            "champion_uri": champion["version_uri"] if champion else "none",
-            "champion_version": champion["version"] if champion else "none",
-            "force_retrain": bool(params.get("force_retrain")),
-            "dry_run": bool(params.get("dry_run")),
-            "overrides": {k: v for k, v in overrides.items() if v is not None},
-        }
+        dry_run = bool(params.get("dry_run"))
+        return RunContext(
+            pipeline=spec.name,
+            run_uri=run_uri,
+            run_key=key,
+            run_type=str(dag_run.run_type),
+            champion=champion,
+            champion_uri=champion["version_uri"] if champion else "none",
+            champion_version=champion["version"] if champion else "none",
+            force_retrain=bool(params.get("force_retrain")),
+            dry_run=dry_run,
+            overrides={k: v for k, v in overrides.items() if v is not None},
+            evaluation_uri=storage.join(run_uri, TaskIds.EVALUATE, "result.json"),
+            promote_flag="--no-promote" if dry_run else "--promote",
+        ).dump()
 
     return prepare_run
-
-
-RUN = "{{ ti.xcom_pull(task_ids='prepare_run')['run_uri'] }}"
-CHAMPION = "{{ ti.xcom_pull(task_ids='prepare_run')['champion_uri'] }}"
-SNAPSHOT = "{{ ti.xcom_pull(task_ids='ingest')['snapshot_uri'] }}"
-TEACHER = "{{ ti.xcom_pull(task_ids='finetune')['model_uri'] }}"
-STUDENT = "{{ ti.xcom_pull(task_ids='distill')['model_uri'] }}"
-GOLDEN = "{{ ti.xcom_pull(task_ids='ingest')['golden_uri'] }}"
 
 
 def build_ingest_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
@@ -129,52 +211,93 @@ def build_ingest_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
         max_active_runs=1,
         default_args=default_args(spec),
         tags=["retrain", "ingest", spec.name, *spec.tags],
-        doc_md=__doc__,
+        doc_md=dag_doc(spec, "ingest"),
     ) as dag:
-        prepare = make_prepare_run(spec_path, "ingest")()
-        ingest = build_stage(spec, "ingest", ["--run", RUN])
+        prepare = make_prepare_run(spec_path, "ingest", valid_conf=[])()
+        ingest = build_stage(spec, TaskIds.INGEST, ["--run", prepare["run_uri"]])
 
-        @task(task_id="announce_snapshot", outlets=[asset], retries=0)
+        @task(task_id=TaskIds.ANNOUNCE_SNAPSHOT, outlets=[asset], retries=0)
         def announce_snapshot(result: dict, outlet_events=None) -> dict:
             """Emit the Asset event only for a new snapshot; an unchanged ingest emits nothing."""
-            if not result.get("changed"):
-                raise AirflowSkipException(f"no new data: snapshot {result.get('snapshot_id')} is unchanged")
+            snapshot = IngestResult.model_validate(result)
+            if not snapshot.changed:
+                raise AirflowSkipException(f"no new data: snapshot {snapshot.snapshot_id} is unchanged")
             outlet_events[asset].extra = {
-                "snapshot_id": result["snapshot_id"],
-                "snapshot_uri": result["snapshot_uri"],
-                "total_rows": result["total_rows"],
-                "new_rows": result["new_rows"],
+                "snapshot_id": snapshot.snapshot_id,
+                "snapshot_uri": snapshot.snapshot_uri,
+                "total_rows": snapshot.total_rows,
+                "new_rows": snapshot.new_rows,
             }
-            return result
+            return snapshot.dump()
 
-        prepare >> ingest
         announce_snapshot(ingest.output)
     return dag
+
+
+# ---------------------------------------------------------------- the retrain DAG
+
+
+# Outcomes (tasks.decide.summary) after which the run's snapshot counts as trained on (docs/triggers.md).
+TRAINED_OUTCOMES = ("promoted", "blocked by gates")
+
+
+def trained_record(layout, snapshot_id: str) -> dict | None:
+    from tasks import storage
+
+    uri = layout.trained(snapshot_id)
+    return storage.read_json(uri) if storage.exists(uri) else None
+
+
+def record_trained(run_ctx: RunContext, summary: dict) -> None:
+    """After a verdict on a snapshot (promoted, or blocked by gates), record it as trained on; the first run that
+    trained on it stays on record (nothing is overwritten)."""
+    from tasks import storage
+    from tasks.spec import load_spec
+
+    snapshot_id = (summary.get("ingest") or {}).get("snapshot_id")
+    if summary["outcome"] not in TRAINED_OUTCOMES or not snapshot_id:
+        return
+    layout = load_spec(storage.join(run_ctx.run_uri, "spec.json")).layout
+    if trained_record(layout, snapshot_id) is None:
+        storage.write_json(layout.trained(snapshot_id), {
+            "snapshot_id": snapshot_id, "run_key": run_ctx.run_key, "run_uri": run_ctx.run_uri,
+            "run_type": run_ctx.run_type, "outcome": summary["outcome"],
+            "version": (summary.get("publish") or {}).get("version"),
+            "overrides": run_ctx.overrides, "recorded_at": datetime.now().astimezone().isoformat(),
+        })
 
 
 def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
     asset = snapshot_asset(spec)
     pipeline_spec = spec  # as parsed; tasks read the run's frozen spec.json for everything else
+    params = trigger_params()
     with DAG(
         dag_id=f"retrain_{spec.name}",
         description=f"Retrain, distill, gate and promote the {spec.name} classifier",
+        # Unpausing never starts a run for a past cron slot: no start_date (with one, Airflow 3.3 runs the latest
+        # past slot on unpause even with catchup off), and run_immediately=timedelta(0) (False still runs a slot
+        # that passed less than 10% of the cron period ago, e.g. 2.4 h for a daily cron).
         schedule=AssetOrTimeSchedule(
-            timetable=CronTriggerTimetable(spec.schedule.cron, timezone=spec.schedule.timezone), assets=[asset]
+            timetable=CronTriggerTimetable(spec.schedule.cron, timezone=spec.schedule.timezone,
+                                           run_immediately=timedelta(0)),
+            assets=[asset],
         ),
-        start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
-        params=trigger_params(),
+        params=params,
         default_args=default_args(spec),
         tags=["retrain", spec.name, *spec.tags],
-        doc_md=__doc__,
+        doc_md=dag_doc(spec, "retrain"),
         deadline=retrain_alerts.deadline_alert(spec),
     ) as dag:
-        prepare = make_prepare_run(spec_path, "retrain")()
-        ingest = build_stage(spec, "ingest", ["--run", RUN])
-        drift = build_stage(spec, "drift", ["--run", RUN, "--snapshot", SNAPSHOT, "--champion", CHAMPION])
+        prepare = make_prepare_run(spec_path, "retrain", valid_conf=list(params))()
+        run_uri, champion_uri = prepare["run_uri"], prepare["champion_uri"]
+        ingest = build_stage(spec, TaskIds.INGEST, ["--run", run_uri])
+        snapshot_uri = ingest.output["snapshot_uri"]
+        drift = build_stage(spec, TaskIds.DRIFT, ["--run", run_uri, "--snapshot", snapshot_uri,
+                                                  "--champion", champion_uri])
 
-        @task.short_circuit(task_id="decide", ignore_downstream_trigger_rules=False)
+        @task.short_circuit(task_id=TaskIds.DECIDE, ignore_downstream_trigger_rules=False)
         def decide(run: dict, ingest_result: dict, drift_result: dict, ti=None) -> bool:
             """Retrain or skip, with reasons; on skip, the training stages never start."""
             from tasks import storage
@@ -182,65 +305,84 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
             from tasks.spec import load_spec
 
             apply_storage_env(pipeline_spec)  # credentials first: each task is a fresh process
-            run_spec = load_spec(storage.join(run["run_uri"], "spec.json"))
-            decision = decide_retrain(run_spec, ingest_result, drift_result, run["champion"],
-                                      force=run["force_retrain"])
-            storage.write_json(storage.join(run["run_uri"], "decide", "result.json"), decision)
+            run_ctx = RunContext.model_validate(run)
+            snapshot = IngestResult.model_validate(ingest_result)
+            drift_checks = DriftResult.model_validate(drift_result)
+            run_spec = load_spec(storage.join(run_ctx.run_uri, "spec.json"))
+            trained = trained_record(run_spec.layout, snapshot.snapshot_id) if snapshot.snapshot_id else None
+            decision = Decision.model_validate(decide_retrain(
+                run_spec, snapshot.dump(), drift_checks.dump(), run_ctx.champion, force=run_ctx.force_retrain,
+                trained=trained)).dump()
+            storage.write_json(storage.join(run_ctx.run_uri, TaskIds.DECIDE, "result.json"), decision)
             ti.xcom_push(key="decision", value=decision)
             verdict = "RETRAIN" if decision["retrain"] else "SKIP"
             print(f"{verdict}: " + "; ".join(decision["reasons"]))
             return bool(decision["retrain"])
 
-        finetune = build_stage(spec, "finetune", ["--run", RUN, "--snapshot", SNAPSHOT, "--champion", CHAMPION])
-        distill = build_stage(spec, "distill", ["--run", RUN, "--snapshot", SNAPSHOT, "--teacher", TEACHER,
-                                                "--champion", CHAMPION])
-        evaluate = build_stage(spec, "evaluate", ["--run", RUN, "--snapshot", SNAPSHOT, "--teacher", TEACHER,
-                                                  "--student", STUDENT, "--champion", CHAMPION, "--golden", GOLDEN])
+        finetune = build_stage(spec, TaskIds.FINETUNE, ["--run", run_uri, "--snapshot", snapshot_uri,
+                                                        "--champion", champion_uri])
+        teacher_uri = finetune.output["model_uri"]
+        distill = build_stage(spec, TaskIds.DISTILL, ["--run", run_uri, "--snapshot", snapshot_uri,
+                                                      "--teacher", teacher_uri, "--champion", champion_uri])
+        student_uri = distill.output["model_uri"]
+        evaluate = build_stage(spec, TaskIds.EVALUATE, [
+            "--run", run_uri, "--snapshot", snapshot_uri, "--teacher", teacher_uri, "--student", student_uri,
+            "--champion", champion_uri, "--golden", ingest.output["golden_uri"]])
 
-        @task(task_id="gate", retries=0, on_failure_callback=retrain_alerts.gate_failure_notifiers(spec))
+        @task(task_id=TaskIds.GATE, retries=0, on_failure_callback=retrain_alerts.gate_failure_notifiers(spec))
         def gate(evaluation: dict) -> dict:
-            """A failed gate fails the run (no retries) and alerts on-call with the numbers."""
-            if not evaluation.get("passed"):
-                failed = ", ".join(evaluation.get("failed_gates", [])) or "unknown"
-                raise AirflowFailException(f"gates failed: {failed}; report: {evaluation.get('report_md_uri')}")
-            return {"passed": True, "report_uri": evaluation.get("report_uri")}
+            """A failed gate fails the run once (no retries) and alerts on-call with the numbers."""
+            result = EvaluateResult.model_validate(evaluation)
+            if not result.passed:
+                failed = [g for g in result.gates if not g.passed and not g.skipped]
+                fmt = lambda x: f"{x:.4f}" if isinstance(x, float) else str(x)  # noqa: E731
+                detail = "; ".join(f"{g.name}: {fmt(g.value)} vs threshold {fmt(g.threshold)}" for g in failed)
+                names = ", ".join(g.name for g in failed) or ", ".join(result.failed_gates) or "unknown"
+                raise AirflowFailException(f"gates failed: {names}" + (f" ({detail})" if detail else "")
+                                           + f"; report: {result.report_md_uri}")
+            return {"passed": True, "report_uri": result.report_uri}
 
-        publish = build_stage(spec, "publish", [
-            "--run", RUN, "--snapshot", SNAPSHOT, "--teacher", TEACHER, "--student", STUDENT,
-            "--evaluation", RUN + "/evaluate/result.json",
-            "--expected-champion", "{{ ti.xcom_pull(task_ids='prepare_run')['champion_version'] }}",
-            "{{ '--no-promote' if ti.xcom_pull(task_ids='prepare_run')['dry_run'] else '--promote' }}",
+        publish = build_stage(spec, TaskIds.PUBLISH, [
+            "--run", run_uri, "--snapshot", snapshot_uri, "--teacher", teacher_uri, "--student", student_uri,
+            "--evaluation", prepare["evaluation_uri"], "--expected-champion", prepare["champion_version"],
+            prepare["promote_flag"],
         ])
 
-        @task(task_id="notify", trigger_rule=TriggerRule.ALL_DONE, retries=1)
-        def notify(run: dict, ti=None) -> dict:
-            """The run summary: decisions, metrics, where the artifacts are; stored with the run and logged."""
+        @task(task_id=TaskIds.NOTIFY, trigger_rule=TriggerRule.ALL_DONE, retries=1)
+        def notify(ti=None) -> dict:
+            """The run summary: decisions, metrics, where the artifacts are; stored with the run and logged.
+            After training and evaluation (promoted, or blocked by gates) it records the snapshot as trained on."""
             from tasks import storage
             from tasks.decide.summary import build_summary, format_summary
 
+            run_ctx = pull_result(ti, TaskIds.PREPARE_RUN, required=False)
+            if run_ctx is None:  # prepare_run failed (e.g. rejected conf): there is no run to summarize
+                raise AirflowSkipException("no run context: prepare_run did not finish; see its log")
             apply_storage_env(pipeline_spec)
-            pulled = {name: ti.xcom_pull(task_ids=name) for name in
-                      ("ingest", "drift", "finetune", "distill", "evaluate", "publish")}
-            pulled["decide"] = ti.xcom_pull(task_ids="decide", key="decision")
-            summary = build_summary(run, pulled)
-            storage.write_json(storage.join(run["run_uri"], "summary.json"), summary)
+            ids = (TaskIds.INGEST, TaskIds.DRIFT, TaskIds.DECIDE, TaskIds.FINETUNE, TaskIds.DISTILL,
+                   TaskIds.EVALUATE, TaskIds.PUBLISH)
+            states = task_states(ti, ids)
+            # A stage that did not succeed has no result (said by its state); one that succeeded must have one.
+            results = {task_id: pull_result(ti, task_id, required=False, state=states[task_id]) for task_id in ids}
+            summary = build_summary(run_ctx.dump(), {k: v.dump() if v else None for k, v in results.items()})
+            summary["task_states"] = states
+            storage.write_json(storage.join(run_ctx.run_uri, "summary.json"), summary)
+            record_trained(run_ctx, summary)
             print(format_summary(summary))
             return summary
 
-        @task(task_id="fail_if_any_failed", trigger_rule=TriggerRule.ONE_FAILED, retries=0,
+        @task(task_id=TaskIds.FAIL_IF_ANY_FAILED, trigger_rule=TriggerRule.ONE_FAILED, retries=0,
               on_failure_callback=None)
         def fail_if_any_failed() -> None:
             """notify runs after failures too; this keeps a failed stage or gate from ending as a green run."""
             raise AirflowFailException("an upstream task failed; see the gate report or the failed task's log")
 
-        prepare >> ingest >> drift
         decision = decide(prepare, ingest.output, drift.output)
-        evaluation = evaluate.output
-        decision >> finetune >> distill >> evaluate
-        gate_task = gate(evaluation)
+        decision >> finetune
+        gate_task = gate(evaluate.output)
         gate_task >> publish
-        summary = notify(prepare)
-        publish >> summary
+        summary = notify()
+        [prepare, publish] >> summary
         [prepare, ingest, drift, decision, finetune, distill, evaluate, gate_task, publish, summary] >> fail_if_any_failed()
     return dag
 

@@ -1,21 +1,34 @@
-"""One stage spec, two ways to run it.
+"""One stage spec, two ways to run it, and one way to read its result back.
 
 ``build_stage(spec, stage, arguments)`` returns the Airflow task for a heavy stage:
 
-- ``kubernetes`` mode: a KubernetesPodOperator running the task image, with GPU limits, tolerations, node
-  selector, priority class, an in-memory /dev/shm, S3 credentials from a Kubernetes Secret, and the stage's
-  result returned through /airflow/xcom/return.json;
+- ``kubernetes`` mode: ``KubernetesStageOperator``, a pod running the task image with GPU limits, tolerations,
+  node selector, priority class, an in-memory /dev/shm, S3 credentials from a Kubernetes Secret, and the stage's
+  result returned through /airflow/xcom/return.json. The cncf provider's KubernetesPodOperator builds and
+  watches the pod, but only when the task runs: importing the provider costs ~0.7 s, which every DAG parse
+  would otherwise pay;
 - ``local`` mode (the embedded default): ``LocalStageOperator``, which runs exactly the same command as a
   subprocess of the Airflow worker and returns the same result JSON.
 
-Both take their command from ``stage_command()``, so the two modes cannot drift apart. The mode comes from
-the spec (``stages.mode``) or the environment variable RETRAIN_STAGE_MODE.
+Both take their command from ``stage_command()``, so the two modes cannot drift apart, and both turn a failed
+stage into the same exception: ``tasks.errors`` maps the stage's exit code to its error kind, a deterministic
+kind (data rejected, spec invalid, gate failed) fails the task at once (``StageRejected``, an
+AirflowFailException: no retries), anything else raises ``StageFailed`` and is retried. The message carries the
+stage's own last error line (``error (kind): message``, what ``python -m tasks`` prints), so the failure alert,
+which gets the exception as ``context["exception"]``, says why.
+
+``pull_result(ti, task_id)`` reads a task's XCom through its model in ``tasks.contracts``, loudly.
+
+This module is also loaded by Airflow's plugin manager, possibly before any DAG file has run, so it imports
+nothing from the ``tasks`` package at module level (see docs/triggers.md, "How the DAG files import").
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,11 +36,14 @@ import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from tasks.spec import PipelineSpec, StageSpec
+if TYPE_CHECKING:
+    from tasks.contracts import Result
+    from tasks.spec import PipelineSpec, StageSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +52,10 @@ STAGE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OF
              "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
 
 
-def stage_command(spec: PipelineSpec, stage: str, arguments: Sequence[str]) -> tuple[list[str], list[str]]:
+# ---------------------------------------------------------------- the command
+
+
+def stage_command(spec: PipelineSpec, stage: str, arguments: Sequence[Any]) -> tuple[list[str], list[Any]]:
     """(cmds, arguments) for a stage: ``python -m tasks STAGE ...``, or torchrun (DDP) with more than one GPU."""
     gpus = stage_spec(spec, stage).gpus
     if gpus > 1:
@@ -63,67 +82,77 @@ def retry_args(resources: StageSpec) -> dict[str, Any]:
     }
 
 
-def build_stage(spec: PipelineSpec, stage: str, arguments: Sequence[str], *, task_id: str | None = None,
+def build_stage(spec: PipelineSpec, stage: str, arguments: Sequence[Any], *, task_id: str | None = None,
                 mode: str | None = None, **task_kwargs: Any) -> BaseOperator:
-    """The Airflow task that runs ``stage`` for ``spec`` in the configured mode."""
+    """The Airflow task that runs ``stage`` for ``spec`` in the configured mode.
+
+    ``arguments`` may hold XComArgs (``prepare.output["run_uri"]``): both operators template ``arguments``,
+    so Airflow resolves them when the task runs and adds the upstream dependency. Every key of the stage's
+    result is also pushed as its own XCom (``multiple_outputs``), so ``ingest.output["snapshot_uri"]`` works.
+    """
     mode = mode or spec.stage_mode
     cmds, args = stage_command(spec, stage, arguments)
     resources = stage_spec(spec, stage)
-    kwargs = {**retry_args(resources), **task_kwargs}
+    kwargs = {**retry_args(resources), "multiple_outputs": True, **task_kwargs}
     task_id = task_id or stage
     if mode == "kubernetes":
-        return _kubernetes_operator(spec, stage, task_id, cmds, args, resources, kwargs)
+        return KubernetesStageOperator(task_id=task_id, stage=stage, cmds=cmds, arguments=args,
+                                       pod_settings=pod_settings(spec, stage, resources), **kwargs)
     if mode == "local":
-        return LocalStageOperator(task_id=task_id, cmds=cmds, arguments=args, storage_conn_id=spec.storage.conn_id,
-                                  storage_uri=spec.storage.uri, **kwargs)
+        return LocalStageOperator(task_id=task_id, stage=stage, cmds=cmds, arguments=args,
+                                  storage_conn_id=spec.storage.conn_id, storage_uri=spec.storage.uri, **kwargs)
     raise ValueError(f"unknown stage mode {mode!r}: use local or kubernetes")
 
 
-def _kubernetes_operator(spec: PipelineSpec, stage: str, task_id: str, cmds: list[str], args: list[str],
-                         resources: StageSpec, kwargs: dict[str, Any]) -> BaseOperator:
-    # Imported here: the provider costs ~0.7 s of DAG parse time, which local mode should not pay.
-    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-    from kubernetes.client import models as k8s
+# ---------------------------------------------------------------- why a stage failed
 
-    kube = spec.stages.kubernetes
-    requests = {"cpu": resources.cpu, "memory": resources.memory}
-    limits = {"memory": resources.memory_limit or resources.memory}
-    if resources.cpu_limit:
-        limits["cpu"] = resources.cpu_limit
-    if resources.gpus:
-        requests["nvidia.com/gpu"] = str(resources.gpus)
-        limits["nvidia.com/gpu"] = str(resources.gpus)
-    shm = k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory",
-                                                                         size_limit=resources.shm_size))
-    return KubernetesPodOperator(
-        task_id=task_id,
-        name=f"{spec.name}-{stage}".replace("_", "-"),
-        namespace=kube.namespace,
-        image=kube.image,
-        image_pull_policy=kube.image_pull_policy,
-        cmds=cmds,
-        arguments=args,
-        container_resources=k8s.V1ResourceRequirements(requests=requests, limits=limits),
-        tolerations=[k8s.V1Toleration(key=t.key, operator=t.operator, value=t.value, effect=t.effect)
-                     for t in resources.tolerations],
-        node_selector=dict(resources.node_selector) or None,
-        priority_class_name=resources.priority_class,
-        service_account_name=kube.service_account,
-        volumes=[shm],
-        volume_mounts=[k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm")],
-        env_vars=dict(STAGE_ENV, RETRAIN_TASK_IMAGE=kube.image),
-        # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ... as env from the secret's keys.
-        env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=kube.s3_secret))],
-        labels={"app.kubernetes.io/name": "airflow-retrain", "retrain/pipeline": spec.name, "retrain/stage": stage},
-        kubernetes_conn_id=kube.conn_id,
-        in_cluster=kube.in_cluster,
-        do_xcom_push=True,
-        get_logs=True,
-        on_finish_action="delete_succeeded_pod",  # failed pods stay for debugging
-        durable=True,  # a restarted worker reattaches to the running pod instead of starting over
-        startup_timeout_seconds=900,  # GPU nodes may need to scale up
-        **kwargs,
-    )
+
+class StageFailed(AirflowException):
+    """A stage exited non-zero with a kind worth a retry (infrastructure, killed, unexpected)."""
+
+    def __init__(self, message: str, *, stage: str | None = None, exit_code: int | None = None,
+                 kind: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.stage, self.exit_code, self.kind, self.reason = stage, exit_code, kind, reason
+
+
+class StageRejected(StageFailed, AirflowFailException):
+    """A stage failed deterministically (data rejected, spec invalid, gate failed): the same command would fail
+    again, so the task fails at once, without retries."""
+
+
+# `python -m tasks` prints a classified failure as one line on stderr: "error (data_rejected): message".
+ERROR_LINE = re.compile(r"^error \((?P<kind>[a-z_]+)\): ")
+MAX_REASON_CHARS = 1500
+
+
+def failure_reason(output_lines: Iterable[str]) -> str:
+    """The stage's own account of its failure: from its last ``error (kind): ...`` line to the end of the output
+    (a message may run over several lines); else the last non-blank line (a traceback's exception line)."""
+    lines = [line.rstrip() for line in output_lines]
+    for i in range(len(lines) - 1, -1, -1):
+        if ERROR_LINE.match(lines[i]):
+            reason = "\n".join(line for line in lines[i:] if line.strip())
+            return reason[:MAX_REASON_CHARS]
+    for line in reversed(lines):
+        if line.strip():
+            return line.strip()[:MAX_REASON_CHARS]
+    return "(the stage printed nothing)"
+
+
+def stage_failure(stage: str, exit_code: int | None, output_lines: Iterable[str]) -> StageFailed:
+    """The exception for a failed stage, from its exit code (``tasks.errors``, the one mapping) and output."""
+    from tasks import errors
+
+    kind = errors.kind_of_exit(exit_code)
+    reason = failure_reason(output_lines)
+    retry = "retried" if kind.retry else "not retried"
+    message = (f"stage {stage} failed: {kind.name} (exit code {exit_code}, {retry}; {kind.meaning}): {reason}")
+    cls = StageFailed if kind.retry else StageRejected
+    return cls(message, stage=stage, exit_code=exit_code, kind=kind.name, reason=reason)
+
+
+# ---------------------------------------------------------------- local mode
 
 
 def storage_env(conn_id: str | None, storage_uri: str) -> dict[str, str]:
@@ -167,10 +196,13 @@ class LocalStageOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("arguments",)
     ui_color = "#e8f4ea"
+    OUTPUT_TAIL_LINES = 200  # kept to find the stage's error line
 
-    def __init__(self, *, cmds: list[str], arguments: list[str], storage_conn_id: str | None = None,
-                 storage_uri: str = "", env_vars: dict[str, str] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, cmds: list[str], arguments: list[Any], stage: str | None = None,
+                 storage_conn_id: str | None = None, storage_uri: str = "", env_vars: dict[str, str] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.stage = stage or self.task_id
         self.cmds = list(cmds)
         self.arguments = list(arguments)
         self.storage_conn_id = storage_conn_id
@@ -190,8 +222,9 @@ class LocalStageOperator(BaseOperator):
         return env
 
     def execute(self, context: Any) -> Any:
-        command = [*self.cmds, *self.arguments]
+        command = [str(part) for part in (*self.cmds, *self.arguments)]
         self.log.info("Running stage locally: %s", " ".join(command))
+        tail: collections.deque[str] = collections.deque(maxlen=self.OUTPUT_TAIL_LINES)
         with tempfile.TemporaryDirectory(prefix="stage-xcom-") as tmp:
             xcom_path = Path(tmp) / "return.json"
             started = time.monotonic()
@@ -202,10 +235,11 @@ class LocalStageOperator(BaseOperator):
             # Printed, not logged: Airflow puts a task's stdout in its log, and `make demo` shows it live.
             for line in self._proc.stdout:
                 print(line.rstrip(), flush=True)
+                tail.append(line)
             returncode = self._proc.wait()
             self.log.info("Stage exited with %s after %.1f s", returncode, time.monotonic() - started)
             if returncode != 0:
-                raise RuntimeError(f"stage command failed with exit code {returncode}: {' '.join(command)}")
+                raise stage_failure(self.stage, returncode, tail)
             if not xcom_path.exists():
                 raise RuntimeError("stage finished without writing its result JSON")
             return json.loads(xcom_path.read_text())
@@ -213,3 +247,206 @@ class LocalStageOperator(BaseOperator):
     def on_kill(self) -> None:
         if self._proc and self._proc.poll() is None:
             os.killpg(self._proc.pid, signal.SIGTERM)
+
+
+# ---------------------------------------------------------------- kubernetes mode
+
+
+def pod_settings(spec: PipelineSpec, stage: str, resources: StageSpec) -> dict[str, Any]:
+    """The pod, as plain data (no kubernetes client objects: those are built when the task runs)."""
+    kube = spec.stages.kubernetes
+    requests = {"cpu": resources.cpu, "memory": resources.memory}
+    limits = {"memory": resources.memory_limit or resources.memory}
+    if resources.cpu_limit:
+        limits["cpu"] = resources.cpu_limit
+    if resources.gpus:
+        requests["nvidia.com/gpu"] = str(resources.gpus)
+        limits["nvidia.com/gpu"] = str(resources.gpus)
+    return {
+        "name": f"{spec.name}-{stage}".replace("_", "-"),
+        "namespace": kube.namespace,
+        "image": kube.image,
+        "image_pull_policy": kube.image_pull_policy,
+        "requests": requests,
+        "limits": limits,
+        "tolerations": [t.model_dump() for t in resources.tolerations],
+        "node_selector": dict(resources.node_selector),
+        "priority_class_name": resources.priority_class,
+        "service_account_name": kube.service_account,
+        "shm_size": resources.shm_size,
+        "env_vars": dict(STAGE_ENV, RETRAIN_TASK_IMAGE=kube.image),
+        "s3_secret": kube.s3_secret,
+        "labels": {"app.kubernetes.io/name": "airflow-retrain", "retrain/pipeline": spec.name,
+                   "retrain/stage": stage},
+        "kubernetes_conn_id": kube.conn_id,
+        "in_cluster": kube.in_cluster,
+    }
+
+
+class KubernetesStageOperator(BaseOperator):
+    """kubernetes mode: runs the stage command in a pod through the cncf provider's KubernetesPodOperator.
+
+    At parse time this holds the pod settings as plain data; ``pod_operator()`` builds the provider's operator
+    (``StagePodOperator``) from them, which ``execute`` then runs and ``build_pod_request_obj`` asks for the
+    pod it would create.
+    """
+
+    template_fields: Sequence[str] = ("arguments",)
+    ui_color = "#e4ecf7"
+
+    def __init__(self, *, stage: str, cmds: list[str], arguments: list[Any], pod_settings: dict[str, Any],
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stage = stage
+        self.cmds = list(cmds)
+        self.arguments = list(arguments)
+        self.pod_settings = dict(pod_settings)
+        self.kubernetes_conn_id = pod_settings["kubernetes_conn_id"]
+        self._running: Any = None
+
+    def pod_operator(self) -> Any:
+        """The provider's operator for this stage (call it outside a DAG context: it is not a task of its own)."""
+        from kubernetes.client import models as k8s
+
+        s = self.pod_settings
+        shm = k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory",
+                                                                             size_limit=s["shm_size"]))
+        return stage_pod_operator_class()(
+            task_id=self.task_id,
+            stage=self.stage,
+            name=s["name"],
+            namespace=s["namespace"],
+            image=s["image"],
+            image_pull_policy=s["image_pull_policy"],
+            cmds=list(self.cmds),
+            arguments=[str(a) for a in self.arguments],
+            container_resources=k8s.V1ResourceRequirements(requests=s["requests"], limits=s["limits"]),
+            tolerations=[k8s.V1Toleration(**t) for t in s["tolerations"]],
+            node_selector=s["node_selector"] or None,
+            priority_class_name=s["priority_class_name"],
+            service_account_name=s["service_account_name"],
+            volumes=[shm],
+            volume_mounts=[k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm")],
+            env_vars=dict(s["env_vars"]),
+            # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ... as env from the secret's keys.
+            env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=s["s3_secret"]))],
+            labels=dict(s["labels"]),
+            kubernetes_conn_id=s["kubernetes_conn_id"],
+            in_cluster=s["in_cluster"],
+            do_xcom_push=True,
+            get_logs=True,
+            # The last log lines become the container's termination message on a failure, so the stage's
+            # "error (kind): ..." line can be read back from the pod status (StagePodOperator.cleanup).
+            termination_message_policy="FallbackToLogsOnError",
+            on_finish_action="delete_succeeded_pod",  # failed pods stay for debugging
+            durable=True,  # a restarted worker reattaches to the running pod instead of starting over
+            startup_timeout_seconds=900,  # GPU nodes may need to scale up
+        )
+
+    def build_pod_request_obj(self, context: Any = None, *, dry_run: bool = False) -> Any:
+        return self.pod_operator().build_pod_request_obj(context, dry_run=dry_run)
+
+    def execute(self, context: Any) -> Any:
+        self._running = self.pod_operator()
+        return self._running.execute(context)
+
+    def on_kill(self) -> None:
+        if self._running is not None:
+            self._running.on_kill()
+
+
+def base_container_exit_code(pod: Any, container: str = "base") -> int | None:
+    """The exit code of the stage's container in a pod status, or None if it has not terminated."""
+    statuses = (pod.status.container_statuses if pod is not None and pod.status else None) or []
+    status = next((s for s in statuses if s.name == container), None)
+    terminated = status.state.terminated if status and status.state else None
+    return terminated.exit_code if terminated else None
+
+
+def base_container_message(pod: Any, container: str = "base") -> str:
+    statuses = (pod.status.container_statuses if pod is not None and pod.status else None) or []
+    status = next((s for s in statuses if s.name == container), None)
+    terminated = status.state.terminated if status and status.state else None
+    return (terminated.message or "") if terminated else ""
+
+
+def pod_failure(stage: str, pod: Any, container: str = "base") -> StageFailed | None:
+    """The StageFailed/StageRejected for a finished stage pod, or None when its container has no exit code
+    (never started, still running): then the provider's own error stands."""
+    code = base_container_exit_code(pod, container)
+    if code is None or code == 0:
+        return None
+    return stage_failure(stage, code, base_container_message(pod, container).splitlines())
+
+
+_STAGE_POD_OPERATOR: type | None = None
+
+
+def stage_pod_operator_class() -> type:
+    """KubernetesPodOperator that fails like LocalStageOperator: by the stage's exit code, with its reason.
+    Defined on first use so that only running a pod imports the provider."""
+    global _STAGE_POD_OPERATOR
+    if _STAGE_POD_OPERATOR is None:
+        from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+        class StagePodOperator(KubernetesPodOperator):
+            def __init__(self, *, stage: str, **kwargs: Any) -> None:
+                super().__init__(**kwargs)
+                self.stage = stage
+
+            def cleanup(self, pod, remote_pod, xcom_result=None, context=None):
+                try:
+                    return super().cleanup(pod, remote_pod, xcom_result=xcom_result, context=context)
+                except AirflowException as exc:
+                    failure = pod_failure(self.stage, remote_pod, self.base_container_name)
+                    if failure is None:
+                        raise
+                    raise failure from exc
+
+        _STAGE_POD_OPERATOR = StagePodOperator
+    return _STAGE_POD_OPERATOR
+
+
+# ---------------------------------------------------------------- reading results back
+
+
+class MissingResult(AirflowFailException):
+    """A task that should have produced a result did not (or produced one that does not fit its contract)."""
+
+
+DECISION_XCOM_KEY = "decision"  # decide returns the short-circuit bool; its Decision goes under this key
+
+
+def task_states(ti: Any, task_ids: Iterable[str]) -> dict[str, str | None]:
+    """The states of other tasks of this run (Airflow 3: through the task SDK, no DB access)."""
+    task_ids = list(task_ids)
+    by_run = ti.get_task_states(dag_id=ti.dag_id, task_ids=task_ids, run_ids=[ti.run_id]) or {}
+    states = by_run.get(ti.run_id) or {}
+    return {task_id: (None if states.get(task_id) is None else str(states[task_id])) for task_id in task_ids}
+
+
+def pull_result(ti: Any, task_id: str, *, required: bool = True, state: str | None = None) -> Result | None:
+    """``task_id``'s XCom result, validated with its model (``tasks.contracts.RESULT_OF_TASK``).
+
+    None when the task was skipped (a short-circuited stage: explicit, not an error). A required result that
+    is missing, or a result that does not fit its model, raises MissingResult naming the task and its state.
+    With ``required=False`` a missing result of a task that did not succeed is None as well (the run summary
+    after a failure); a task that succeeded without a result still raises.
+    """
+    from pydantic import ValidationError
+
+    from tasks.contracts import RESULT_OF_TASK, TaskIds
+
+    model = RESULT_OF_TASK[task_id]
+    key = DECISION_XCOM_KEY if task_id == TaskIds.DECIDE else "return_value"
+    value = ti.xcom_pull(task_ids=task_id, key=key)
+    if value is None:
+        state = state or task_states(ti, [task_id])[task_id]
+        if state == "skipped" or (not required and state != "success"):
+            return None
+        raise MissingResult(f"task {task_id} left no {model.__name__} in XCom (task state: {state}); "
+                            f"its result is required here")
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise MissingResult(f"task {task_id}'s result does not fit {model.__name__}: {exc}") from None

@@ -59,6 +59,9 @@ class RunContext(Result):
     force_retrain: bool = False
     dry_run: bool = False
     overrides: dict[str, Any] = {}
+    # Stage arguments derived from the run, so the DAG passes them as XComArgs instead of Jinja expressions.
+    evaluation_uri: str | None = None  # the evaluate stage's result.json, which publish reads
+    promote_flag: str = "--promote"  # "--no-promote" on a dry run
 
 
 class IngestResult(Result):

@@ -337,6 +337,10 @@ class Layout:
     def checkpoints(self) -> str:
         return self._at("checkpoints", self.pipeline)
 
+    def trained(self, snapshot_id: str) -> str:
+        """The record that a finished run trained on this snapshot (promoted, or blocked by its gates)."""
+        return self._at("runs", self.pipeline, "trained", f"{snapshot_id}.json")
+
 
 # ${VAR} or ${VAR:-default}; the default may hold {storage}/{name} placeholders.
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-((?:[^{}]|\{[^{}]*\})*))?\}")

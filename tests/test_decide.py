@@ -74,3 +74,35 @@ def test_decide_module_imports_nothing_heavy():
             "print(heavy); sys.exit(1 if heavy else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+TRAINED = {"snapshot_id": "bbbb", "run_key": "retrain-asset_triggered__2026-11-23T01-10-00", "outcome": "blocked by gates",
+           "version": None}
+
+
+def test_a_snapshot_already_trained_on_is_skipped_whatever_the_trigger():
+    """One landed file, three triggers (asset event, nightly, a past slot): only the first run trains on it."""
+    out = decide(SPEC, ingest(new_rows=2000), drift(2000, ("vocab_js",)), CHAMPION, trained=TRAINED)
+    assert out["retrain"] is False and out["already_trained"] is True
+    assert out["reasons"] == [
+        "Skipped: already trained on snapshot bbbb (run retrain-asset_triggered__2026-11-23T01-10-00: blocked by "
+        "gates); land new data, or trigger with force_retrain to train on it again."]
+
+
+def test_already_trained_applies_before_a_first_champion_exists():
+    """A first run blocked by its floors leaves no champion; the next trigger must not retrain the same data."""
+    out = decide(SPEC, ingest(new_rows=300), {"first_run": True, "new_rows": 300, "checks": {}}, None,
+                 trained=dict(TRAINED, outcome="blocked by gates"))
+    assert out["retrain"] is False and "already trained on snapshot bbbb" in out["reasons"][0]
+
+
+def test_force_retrains_an_already_trained_snapshot():
+    out = decide(SPEC, ingest(new_rows=300), drift(300), CHAMPION, force=True, trained=TRAINED)
+    assert out["retrain"] is True and out["forced"] is True and out["already_trained"] is True
+
+
+def test_promoted_record_names_the_version():
+    out = decide(SPEC, ingest("aaaa"), drift(0), CHAMPION,
+                 trained={"snapshot_id": "aaaa", "run_key": "retrain-r1", "outcome": "promoted", "version": "v3"})
+    assert out["reasons"][0].startswith("Skipped: already trained on snapshot aaaa (run retrain-r1: promoted, "
+                                        "version v3)")

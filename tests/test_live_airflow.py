@@ -50,13 +50,19 @@ def tiny_spec(storage_uri: str, model_dir: Path) -> dict:
     raw["gates"].update(min_accuracy=0.0, min_macro_f1=0.0, min_retention=0.0, max_class_recall_drop=1.0,
                         non_inferiority_margin=1.0)
     raw["alerts"].update(email=[], slack_conn_id=None)
-    # The ingest DAG's own schedule fires within a minute. The nightly cron is Feb 29 only: its most recent
-    # occurrence (2024) predates the DAGs' start_date, so unpausing creates no scheduled run that would race
-    # the runs under test (with catchup off, a cron DAG otherwise runs its latest past slot on unpause).
-    raw["schedule"].update(ingest_every_minutes=1, cron="0 0 29 2 *")
+    # The ingest DAG's own schedule fires within a minute. The nightly slot was an hour ago: unpausing must not
+    # start a run for it (docs/triggers.md), and the next one is 23 hours away, well after this module.
+    raw["schedule"].update(ingest_every_minutes=1, cron=past_daily_slot())
     raw["stages"] = {"mode": "local", **{stage: {"retries": 0, "timeout_minutes": 10} for stage in
                                         ("ingest", "drift", "finetune", "distill", "evaluate", "publish")}}
     return raw
+
+
+def past_daily_slot(hours_ago: int = 1) -> str:
+    from datetime import datetime, timedelta, timezone
+
+    slot = datetime.now(timezone.utc) - timedelta(hours=hours_ago)
+    return f"{slot.minute} {slot.hour} * * *"
 
 
 def tsv(rows: list[tuple[str, int]]) -> str:
@@ -191,7 +197,7 @@ def test_a_landed_file_makes_the_scheduler_start_retraining(airflow, api, bucket
     champion = storage.read_json(f"{bucket}/models/{PIPELINE}/champion.json")
     assert champion["snapshot_id"] == event["extra"]["snapshot_id"]
     assert storage.exists(champion["version_uri"] + "/manifest.json")
-    # Only the scheduler made retrain runs so far.
+    # Only the Asset event made a retrain run: unpausing did not start one for the nightly slot an hour ago.
     assert {r["run_type"] for r in api.dag_runs(RETRAIN_DAG)} == {"asset_triggered"}
 
 
@@ -225,3 +231,17 @@ def test_manual_trigger_with_form_conf_is_honoured(airflow, api, bucket):
     assert frozen["gates"]["min_macro_f1"] == 0.0  # untouched fields keep the spec's value
     decision = storage.read_json(prepare["run_uri"] + "/decide/result.json")
     assert decision["forced"] is True and decision["retrain"] is True
+
+
+def test_a_typo_in_the_conf_fails_the_run_before_any_work(airflow, api):
+    """Airflow's API accepts unknown conf keys (it validates Params key by key), so prepare_run rejects them:
+    the run fails after one try, nothing downstream runs, and the task says which keys are valid."""
+    resp = api.trigger(RETRAIN_DAG, {"min_acuracy": 0.9})
+    assert resp.status == 200, resp.text
+    run = api.wait_for_run(RETRAIN_DAG, resp.body["dag_run_id"], timeout=PARSE_TIMEOUT)
+    assert run["state"] == "failed", explain(airflow, RETRAIN_DAG, run["dag_run_id"])
+    tasks = {t["task_id"]: t for t in api.task_instances(RETRAIN_DAG, run["dag_run_id"])}
+    assert tasks["prepare_run"]["state"] == "failed" and tasks["prepare_run"]["try_number"] == 1, tasks
+    assert tasks["ingest"]["state"] == "upstream_failed"
+    log = airflow.task_logs(RETRAIN_DAG, run["dag_run_id"], chars=20000)
+    assert "unknown trigger conf key: 'min_acuracy' (did you mean 'min_accuracy'?)" in log, log[-3000:]

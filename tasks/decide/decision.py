@@ -2,8 +2,10 @@
 
 Imported by the DAG code, so it imports nothing heavy. Rule (README: Decision rule):
 
-* no champion yet -> train (the first run always trains);
 * forced -> train;
+* a finished run already trained on this snapshot (promoted, or blocked by its gates) -> skip, whichever trigger
+  comes next (asset event, nightly cron, a manual run without force): one training per data change;
+* no champion yet -> train (the first run trains);
 * the snapshot is the champion's own, or fewer than ``decide.min_new_rows`` new rows -> skip;
 * otherwise train if drift was detected or the new rows reach ``decide.retrain_every_rows``; else skip.
 """
@@ -23,9 +25,20 @@ def _drifted_checks(drift: dict[str, Any]) -> list[str]:
     return sorted(name for name, check in (drift.get("checks") or {}).items() if check.get("drifted"))
 
 
+def _trained_reason(snapshot_id: str, trained: dict[str, Any]) -> str:
+    run = trained.get("run_key") or "an earlier run"
+    outcome = trained.get("outcome") or "trained"
+    version = f", version {trained['version']}" if trained.get("version") else ""
+    return (f"Skipped: already trained on snapshot {snapshot_id} (run {run}: {outcome}{version}); "
+            "land new data, or trigger with force_retrain to train on it again.")
+
+
 def decide(spec: Any, ingest_result: dict[str, Any] | None, drift_result: dict[str, Any] | None,
-           champion: dict[str, Any] | None, force: bool = False) -> dict[str, Any]:
-    """``{retrain, reasons[], ...numbers}``; ``reasons`` are sentences for the run summary and alerts."""
+           champion: dict[str, Any] | None, force: bool = False,
+           trained: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``{retrain, reasons[], ...numbers}``; ``reasons`` are sentences for the run summary and alerts.
+
+    ``trained`` is the record a finished run left for this run's snapshot (``Layout.trained``), or None."""
     min_new_rows, every_rows = _decide_settings(spec)
     ingest_result = ingest_result or {}
     drift_result = drift_result or {}
@@ -48,12 +61,16 @@ def decide(spec: Any, ingest_result: dict[str, Any] | None, drift_result: dict[s
     }
     reasons: list[str] = out["reasons"]
 
-    if champion is None:
-        reasons.append("There is no champion model yet, so the first run trains one.")
-        out["retrain"] = True
-        return out
+    out["already_trained"] = bool(trained and snapshot_id)
     if force:
         reasons.append(f"Retraining was forced by the operator ({new_rows} new rows since the champion's snapshot).")
+        out["retrain"] = True
+        return out
+    if trained and snapshot_id:
+        reasons.append(_trained_reason(snapshot_id, trained))
+        return out
+    if champion is None:
+        reasons.append("There is no champion model yet, so the first run trains one.")
         out["retrain"] = True
         return out
     if snapshot_id and snapshot_id == champion_snapshot:
