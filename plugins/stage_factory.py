@@ -59,7 +59,8 @@ def stage_command(spec: PipelineSpec, stage: str, arguments: Sequence[Any]) -> t
     """(cmds, arguments) for a stage: ``python -m tasks STAGE ...``, or torchrun (DDP) with more than one GPU."""
     gpus = stage_spec(spec, stage).gpus
     if gpus > 1:
-        cmds = ["torchrun", "--standalone", f"--nproc_per_node={gpus}", "-m", "tasks"]
+        # "--" ends torchrun's own options: its parser would take the stage's --run for its --run-path.
+        cmds = ["torchrun", "--standalone", f"--nproc_per_node={gpus}", "-m", "--", "tasks"]
     else:
         cmds = ["python", "-m", "tasks"]
     return cmds, [stage, *arguments]

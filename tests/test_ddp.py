@@ -80,10 +80,17 @@ def test_two_processes_share_the_batches_and_rank0_alone_writes(tmp_path, tiny_w
     seen, logs = tmp_path / "seen", tmp_path / "logs"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", **ONE_THREAD,
            "RETRAIN_SCRATCH_DIR": str(tmp_path / "scratch-2"), training.ROWS_SEEN_ENV: str(seen)}
-    # torchrun itself; "--" ends its options (its parser would take the stage's --run for its --run-path).
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                "--log-dir", str(logs), "--redirects", "3", "-m", "--", "tasks", "finetune",
-                "--run", ddp_run, "--snapshot", snapshot]
+    # The very command the stage factory gives a 2-GPU pod, with torchrun run from this interpreter and its
+    # per-rank logs kept for the assertions below.
+    from stage_factory import stage_command
+    from tasks.spec import with_overrides
+
+    cmds, args = stage_command(with_overrides(load_spec(storage.join(ddp_run, "spec.json")),
+                                              {"stages.finetune.gpus": 2}),
+                               "finetune", ["--run", ddp_run, "--snapshot", snapshot])
+    assert cmds[0] == "torchrun" and "--nproc_per_node=2" in cmds
+    torchrun = [sys.executable, "-m", "torch.distributed.run", *cmds[1:-3], "--log-dir", str(logs),
+                "--redirects", "3", *cmds[-3:], *args]
     proc = subprocess.run(torchrun, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     stdout = {rank: next(logs.rglob(f"attempt_0/{rank}/stdout.log")).read_text() for rank in (0, 1)}
     assert proc.returncode == 0, proc.stderr[-2000:] + stdout[0][-2000:]

@@ -76,7 +76,7 @@ def test_four_gpus_become_torchrun_ddp(spec):
     spec4 = with_overrides(spec, {"stages.finetune.gpus": 4, "stages.finetune.priority_class": "gpu-batch"})
     pod = pod_for(spec4)
     (container,) = [c for c in pod.spec.containers if c.name == "base"]
-    assert container.command == ["torchrun", "--standalone", "--nproc_per_node=4", "-m", "tasks"]
+    assert container.command == ["torchrun", "--standalone", "--nproc_per_node=4", "-m", "--", "tasks"]
     assert container.args[:1] == ["finetune"]
     assert container.resources.limits["nvidia.com/gpu"] == "4"
     assert pod.spec.priority_class_name == "gpu-batch"
