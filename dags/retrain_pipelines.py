@@ -14,6 +14,7 @@ the models. docs/triggers.md says what each trigger does.
 from __future__ import annotations
 
 import difflib
+import logging
 import importlib.util
 import os
 import re
@@ -54,7 +55,7 @@ from stage_factory import apply_storage_env, build_stage, pull_result, task_stat
 from tasks.contracts import (  # noqa: E402
     Decision, DriftResult, EvaluateResult, IngestResult, RunContext, TaskIds,
 )
-from tasks.spec import PipelineSpec, load_specs  # noqa: E402
+from tasks.spec import PipelineSpec, load_folder  # noqa: E402
 
 PIPELINES_DIR = Path(os.environ.get("RETRAIN_PIPELINES_DIR", ROOT / "include" / "pipelines"))
 START_DATE = datetime(2026, 1, 1)
@@ -387,6 +388,36 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
     return dag
 
 
-for _spec_path, _spec in load_specs(PIPELINES_DIR):
+def build_spec_error_dag(spec_path: Path, error: str) -> DAG:
+    """Stands in for the two DAGs of a spec that is broken, or collides with another (same name, overlapping
+    landing zone): ``spec_error_<file>``, never scheduled, its doc and its one task carry the error.
+
+    Airflow records import errors per DAG *file*, and one file serves every pipeline; raising here would hide all
+    of them, so the broken pipeline alone is replaced and every other one keeps running. The error is also
+    logged by the DAG processor, and ``python -m tasks validate-spec include/pipelines`` reports it before deploy.
+    """
+    with DAG(
+        dag_id="spec_error_" + re.sub(r"[^A-Za-z0-9_]+", "_", spec_path.stem),
+        description=f"INVALID pipeline spec {spec_path.name}: its DAGs are not loaded",
+        schedule=None,
+        start_date=START_DATE,
+        catchup=False,
+        tags=["retrain", "spec-error"],
+        doc_md=f"## Invalid pipeline spec `{spec_path}`\n\nIts ingest and retrain DAGs are not loaded until it is "
+               f"fixed; the other pipelines are unaffected.\n\n```\n{error}\n```\n",
+    ) as dag:
+        @task(task_id="spec_invalid", retries=0)
+        def spec_invalid() -> None:
+            raise AirflowFailException(error)
+
+        spec_invalid()
+    return dag
+
+
+_good_specs, _spec_errors = load_folder(PIPELINES_DIR)
+for _spec_path, _spec in _good_specs:
     globals()[f"ingest_{_spec.name}"] = build_ingest_dag(_spec_path, _spec)
     globals()[f"retrain_{_spec.name}"] = build_retrain_dag(_spec_path, _spec)
+for _spec_path, _error in _spec_errors.items():
+    logging.getLogger(__name__).error("pipeline spec %s is invalid; its DAGs are not loaded:\n%s", _spec_path, _error)
+    globals()[f"spec_error_{_spec_path.stem}"] = build_spec_error_dag(_spec_path, _error)

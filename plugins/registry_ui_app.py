@@ -24,7 +24,6 @@ the runs that produced them (drift report and plots) under runs/<pipeline>/.
 # annotations (GetUserDep, ...) as objects. Importing this module stays cheap (the plugins manager imports every
 # file under plugins/, in every Airflow component): FastAPI, Jinja and Airflow's API modules are imported by
 # create_app(), on the first request, in the api-server only.
-import json
 import logging
 import os
 import re

@@ -108,16 +108,21 @@ def test_second_yaml_gives_second_pipeline(tmp_path, monkeypatch):
     assert {"ingest_sst2", "retrain_sst2", "ingest_emotion", "retrain_emotion"} <= set(bag.dag_ids)
 
 
-def test_bad_spec_in_pipelines_dir_is_an_import_error_naming_the_field(tmp_path, monkeypatch):
+def test_a_bad_spec_takes_down_only_its_own_pipeline(tmp_path, monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
 
     raw = sst2_raw()
     raw["decide"]["min_new_rows"] = -5
     write(tmp_path, "sst2.yaml", raw)
+    shutil.copy(ROOT / "include" / "pipelines" / "emotion.yaml", tmp_path / "emotion.yaml")
     monkeypatch.setenv("RETRAIN_PIPELINES_DIR", str(tmp_path))
     bag = DagBag(dag_folder=str(ROOT / "dags"))
-    (error,) = bag.import_errors.values()
-    assert "decide.min_new_rows" in error and "sst2.yaml" in error
+    assert bag.import_errors == {}
+    assert {"ingest_emotion", "retrain_emotion"} <= set(bag.dag_ids)  # the good pipeline keeps running
+    assert "retrain_sst2" not in bag.dag_ids and "ingest_sst2" not in bag.dag_ids
+    stand_in = bag.dags["spec_error_sst2"]
+    assert "decide.min_new_rows" in stand_in.doc_md and "sst2.yaml" in stand_in.doc_md
+    assert type(stand_in.timetable).__name__ == "NullTimetable"  # never scheduled
 
 
 def test_validate_spec_cli(tmp_path, capsys):
