@@ -48,3 +48,21 @@ def test_a_malformed_stage_result_fails_loudly():
         build_summary(RUN, {"publish": {"promoted": True}})  # no version
     with pytest.raises(MalformedResult, match="prepare_run"):
         build_summary({"pipeline": "sst2"}, {})
+
+
+def test_the_summary_adds_up_what_each_stage_cost():
+    from tasks.decide.summary import build_summary, format_summary
+
+    run = {"pipeline": "sst2", "run_key": "retrain-x", "run_uri": "file:///tmp/x", "run_type": "manual"}
+    stage_cost = {"wall_seconds": 10.0, "gpus": 1, "gpu_seconds": 10.0, "energy_kwh": 0.002}
+    results = {
+        "ingest": {"snapshot_id": "s1", "cost": {"wall_seconds": 2.0, "gpus": 0, "gpu_seconds": 0.0,
+                                                  "energy_kwh": None}},
+        "decide": {"retrain": True, "reasons": ["forced"]},
+        "finetune": {"model_uri": "file:///tmp/t", "cost": stage_cost},
+        "distill": {"model_uri": "file:///tmp/s", "cost": stage_cost},
+    }
+    summary = build_summary(run, results)
+    assert set(summary["cost"]["stages"]) == {"ingest", "finetune", "distill"}
+    assert summary["cost"]["total"] == {"wall_seconds": 22.0, "gpu_seconds": 20.0, "energy_kwh": 0.004}
+    assert "cost: 22 s in stages, 20 GPU-seconds, 0.0040 kWh" in format_summary(summary)

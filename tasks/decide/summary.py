@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tasks import cli
+from tasks import cli, cost
 from tasks.contracts import RESULT_OF_TASK, Result, RunContext, TaskIds
 
 
@@ -100,6 +100,9 @@ def build_summary(run: dict, results: dict[str, dict | None]) -> dict[str, Any]:
         "publish": _pick(publish, "version", "version_uri", "promoted", "champion_before", "champion_after",
                          "reason", "model_cards"),
         "champion_before": cli.optional(context.champion_version),
+        # What the night cost, stage by stage (tasks.cost): wall, GPU-seconds, GPU energy where NVML answers.
+        "cost": cost.add_up({task: result.cost if result is not None else None for task, result in r.items()
+                             if task != TaskIds.DECIDE}),
     }
 
 
@@ -133,6 +136,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"publish: version {publish.get('version')} at {publish.get('version_uri')}; "
                      f"promoted={publish.get('promoted')}; champion {publish.get('champion_before')} -> "
                      f"{publish.get('champion_after')}" + (f" ({publish['reason']})" if publish.get("reason") else ""))
+    total = (summary.get("cost") or {}).get("total")
+    if total and total.get("wall_seconds"):
+        energy = f", {total['energy_kwh']:.4f} kWh" if total.get("energy_kwh") is not None else ""
+        lines.append(f"cost: {total['wall_seconds']:.0f} s in stages, {total['gpu_seconds']:.0f} GPU-seconds{energy}")
     return "\n".join(lines)
 
 
