@@ -45,11 +45,14 @@ if TYPE_CHECKING:
     from tasks.contracts import Result
     from tasks.spec import PipelineSpec, StageSpec
 
+ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # Env every stage gets in both modes: no hub at run time, ever.
 STAGE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-             "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+             "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
+             # Task logs are plain text: no library colours its output (NO_COLOR, https://no-color.org).
+             "NO_COLOR": "1", "TERM": "dumb"}
 
 
 # ---------------------------------------------------------------- the command
@@ -235,6 +238,7 @@ class LocalStageOperator(BaseOperator):
             assert self._proc.stdout is not None
             # Printed, not logged: Airflow puts a task's stdout in its log, and `make demo` shows it live.
             for line in self._proc.stdout:
+                line = ANSI_ESCAPE.sub("", line)  # a colour code that slipped through would garble the log
                 print(line.rstrip(), flush=True)
                 tail.append(line)
             returncode = self._proc.wait()

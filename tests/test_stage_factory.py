@@ -136,6 +136,22 @@ def test_local_operator_runs_the_command_and_returns_its_result(tmp_path):
     assert not isinstance(caught.value, AirflowFailException)  # an unclassified crash is retried
 
 
+def test_local_operator_output_is_plain_text(capsys):
+    """Stage output reaches the task log without colour codes: the stage is asked for none, and any that slip
+    through are stripped."""
+    from airflow.sdk import DAG
+
+    from stage_factory import LocalStageOperator
+
+    code = ("import os; from tasks.results import emit; "
+            "print('\\x1b[31mred\\x1b[0m', os.environ.get('NO_COLOR')); emit({'ok': True})")
+    with DAG(dag_id="t_local_plain", schedule=None):
+        op = LocalStageOperator(task_id="probe", cmds=["python", "-c"], arguments=[code])
+    assert op.execute(context={}) == {"ok": True}
+    out = capsys.readouterr().out
+    assert "red 1" in out and "\x1b" not in out
+
+
 # A stage that fails the way every stage does: it raises an error kind and `python -m tasks` (tasks.__main__.run)
 # prints "error (kind): message" and exits with the kind's code.
 FAILING_STAGE = """

@@ -302,7 +302,9 @@ class ProgressLogger(_transformers_callback_base()):
             return
         if "eval_runtime" in logs:
             self.eval_seconds += float(logs["eval_runtime"])
-            print(f"[{self.stage}] eval step {state.global_step}: loss {logs.get('eval_loss', float('nan')):.4f} "
+            # After training, the one evaluation left is the best model's, not another step's.
+            what = "best model" if self.train_seconds else f"eval step {state.global_step}"
+            print(f"[{self.stage}] {what}: loss {logs.get('eval_loss', float('nan')):.4f} "
                   f"accuracy {logs.get('eval_accuracy', float('nan')):.4f} ({logs['eval_runtime']:.1f}s)", flush=True)
             return
         if "loss" not in logs:
