@@ -177,8 +177,12 @@ def score_models(spec: PipelineSpec, models: dict[str, str], sets: dict[str, Any
                 continue
             texts = frame["text"].astype(str).tolist()
             y_true = frame["label"].astype(int).to_numpy()
+            started = time.monotonic()
             y_pred = modeling.predict_proba(local, texts, max_length=spec.model.max_length).argmax(axis=1)
             entry[set_name] = compute_metrics(y_true.tolist(), y_pred.tolist(), labels)
+            print(f"[evaluate] {name} on {set_name} ({len(texts)} rows): accuracy "
+                  f"{entry[set_name]['accuracy']:.4f}, macro-F1 {entry[set_name]['macro_f1']:.4f} "
+                  f"({time.monotonic() - started:.1f}s)", flush=True)
             if set_name == "golden":
                 preds[name] = y_pred
                 entry[set_name]["ci"] = gates_mod.bootstrap_intervals(
@@ -189,6 +193,8 @@ def score_models(spec: PipelineSpec, models: dict[str, str], sets: dict[str, Any
                                                        f"{spec.name} {name} on {set_name}"))
             pngs[f"{name}_{set_name}"] = png_uri
         if name == "student":
+            print(f"[evaluate] timing the student on CPU ({g.latency_samples} batch-1 calls, then batch 32)",
+                  flush=True)
             entry["cost"] = {**measure_cost(local, sets["golden"]["text"].astype(str).tolist(),
                                             max_length=spec.model.max_length, samples=g.latency_samples),
                              **{f"size_{k}": v for k, v in model_size_mb(local).items()}}
@@ -254,6 +260,8 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, cha
         report_uri=report_uri,
         report_md_uri=report_md_uri,
     )
+    print(f"[evaluate] gates {'passed' if passed else 'FAILED: ' + ', '.join(failed)}"
+          f"{' (first run: floors only)' if first_run else ''}; report {report_md_uri}", flush=True)
     results.emit(result, out_uri)
     return result
 
