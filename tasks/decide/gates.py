@@ -2,9 +2,13 @@
 
 Every gate returns a ``Gate`` (a ``tasks.contracts.GateResult``): name, passed, the measured value, the threshold,
 a one-line reason, and details (the numbers behind it: intervals, per-class recalls, p-values). ``evaluate_gates``
-applies the whole set from ``spec.gates`` and says which apply on a first run (no champion): the floors only. The
-champion comparisons are skipped, and the student's retention and budgets are measured and reported but do not
-gate, stated as such.
+applies the whole set from ``spec.gates`` and says which apply on a first run (no champion): the floors only
+(above the majority-class baseline, and any absolute floor). The champion comparisons are skipped, and the
+student's retention and budgets are measured and reported but do not gate, stated as such.
+
+Each gate that compares is a test, not a threshold on a point estimate: the floors and non-inferiority use
+paired bootstrap intervals on the golden set; the per-class recall gate a one-sided paired test per class,
+corrected for the number of classes (docs/registry.md: Gates).
 """
 
 from __future__ import annotations
