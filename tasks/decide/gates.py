@@ -251,13 +251,6 @@ def mcnemar_exact(candidate_correct: Sequence[bool] | np.ndarray,
     return {"candidate_only_correct": b, "champion_only_correct": c, "p_value": p}
 
 
-def per_class_recall(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> list[float | None]:
-    """Recall of each class (tasks.metrics.per_class); None for a class absent from the labels, which the
-    class-recall gate then leaves out instead of counting a drop to 0."""
-    per = metrics.per_class(y_true, y_pred, num_classes)
-    return [recall if support else None for recall, support in zip(per["recall"], per["support"])]
-
-
 # ---------------------------------------------------------------- gates
 
 
