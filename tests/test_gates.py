@@ -134,6 +134,33 @@ def test_77_classes_noise_in_a_40_row_class_does_not_block_a_6_point_gain():
     assert "intent_07" in old_rule
 
 
+def test_77_classes_over_many_seeds_noise_never_blocks_and_a_collapse_always_does():
+    """50 simulated retrains: a candidate as good as the champion (independent errors) is never blocked, where the
+    old rule (any observed drop above the margin) blocks every one; the same candidate with one random class
+    collapsing by about 50 points is always blocked, and that class is the one named."""
+    y = _intent_golden()
+    spec = GatesSpec()
+    blocked_by_noise, old_rule_blocked, caught = 0, 0, 0
+    for seed in range(50):
+        rng = np.random.default_rng(100 + seed)
+        champ = _predict(y, 77, 0.85, rng)
+        cand = _predict(y, 77, 0.85, rng)
+        kwargs = dict(max_drop=spec.max_class_recall_drop, min_support=spec.class_recall_min_support,
+                      alpha=spec.class_recall_alpha, correction=spec.class_recall_correction)
+        noise = gates.class_recall_gate("cr", y, cand, champ, INTENTS, **kwargs)
+        blocked_by_noise += not noise.passed
+        old_rule_blocked += max(t["drop"] for t in noise.details["classes"].values()) > spec.max_class_recall_drop
+        victim = int(rng.integers(0, 77))
+        rows = np.flatnonzero(y == victim)
+        cand[rows] = champ[rows]
+        hits = rows[champ[rows] == victim]
+        cand[hits[: hits.size // 2 + 1]] = (victim + 1) % 77
+        collapsed = gates.class_recall_gate("cr", y, cand, champ, INTENTS, **kwargs)
+        caught += (not collapsed.passed) and collapsed.details["failing"] == [INTENTS[victim]]
+    assert blocked_by_noise == 0 and caught == 50
+    assert old_rule_blocked == 50  # any observed drop above 5 points: some class of 77 always has one
+
+
 def test_holm_correction_is_applied():
     """One of six 100-row classes loses 10 rows: p ~ 0.015 alone, ~ 0.09 after Holm over six classes."""
     labels = [f"c{i}" for i in range(6)]
