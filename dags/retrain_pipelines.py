@@ -145,10 +145,15 @@ def dag_doc(spec: PipelineSpec, kind: str) -> str:
             "trained on (promoted, or blocked by its gates) is skipped unless forced (docs/triggers.md).",
             "",
             "## Gates (golden set)",
-            f"- accuracy >= {g.min_accuracy}, macro-F1 >= {g.min_macro_f1} (teacher and student)",
+            "- above the majority-class baseline (CI lower bound): accuracy by "
+            f"{g.min_accuracy_over_baseline}, macro-F1 by {g.min_macro_f1_over_baseline}"
+            + (f"; absolute floors accuracy >= {g.min_accuracy}, macro-F1 >= {g.min_macro_f1}"
+               if g.min_accuracy or g.min_macro_f1 else ""),
             f"- non-inferiority vs the champion: CI lower bound of the accuracy difference >= -{g.non_inferiority_margin}"
             f" ({g.confidence:.0%} paired bootstrap, {g.bootstrap_resamples} resamples)",
-            f"- largest per-class recall drop <= {g.max_class_recall_drop}; student retention >= {g.min_retention}",
+            f"- no class's recall drops by more than {g.max_class_recall_drop} (one-sided paired test per class with "
+            f">= {g.class_recall_min_support} rows, {g.class_recall_correction} correction); "
+            f"student retention >= {g.min_retention}",
         ]
         budgets = [f"student p95 latency <= {g.max_student_latency_ms_p95} ms" if g.max_student_latency_ms_p95 else "",
                    f"student size <= {g.max_student_size_mb} MB" if g.max_student_size_mb else ""]

@@ -142,17 +142,37 @@ class DecideSpec(_Section):
 
 
 class GatesSpec(_Section):
-    min_accuracy: float = Field(0.8, ge=0, le=1, description="Floor on golden-set accuracy, teacher and student")
-    min_macro_f1: float = Field(0.8, ge=0, le=1, description="Floor on golden-set macro-F1, teacher and student")
+    min_accuracy: float = Field(
+        0.0, ge=0, le=1, description="Absolute floor on golden-set accuracy, teacher and student; 0 = none (the "
+                                     "default: the floor is relative, min_accuracy_over_baseline)")
+    min_macro_f1: float = Field(
+        0.0, ge=0, le=1, description="Absolute floor on golden-set macro-F1, teacher and student; 0 = none (the "
+                                     "default: the floor is relative, min_macro_f1_over_baseline)")
+    min_accuracy_over_baseline: float | None = Field(
+        0.0, ge=0, le=1, description="Relative floor, every run: the CI lower bound of accuracy(model) - accuracy of "
+                                     "always predicting the golden set's majority class must exceed this many "
+                                     "points; null = off")
+    min_macro_f1_over_baseline: float | None = Field(
+        0.05, ge=0, le=1, description="Relative floor, every run: the CI lower bound of macro-F1(model) - macro-F1 of "
+                                      "the majority-class predictor must exceed this; null = off")
     non_inferiority_margin: float = Field(
         0.01, ge=0, le=1, description="Pass if the CI lower bound of accuracy(candidate - champion) >= -margin")
     bootstrap_resamples: int = Field(1000, ge=1000, description="Paired bootstrap resamples (seeded)")
-    max_class_recall_drop: float = Field(0.05, ge=0, le=1, description="In recall points (0.05 = 5 points)")
+    max_class_recall_drop: float = Field(
+        0.05, ge=0, le=1, description="Per class: block only if the recall drop vs the champion is significantly "
+                                      "larger than this (recall points, 0.05 = 5 points)")
+    class_recall_min_support: int = Field(
+        20, ge=1, description="Classes with fewer golden rows are reported but do not gate")
+    class_recall_alpha: float = Field(
+        0.05, gt=0, lt=0.5, description="Family-wise level of the per-class recall tests (after the correction)")
+    class_recall_correction: Literal["holm", "bh", "none"] = Field(
+        "holm", description="Multiple-testing correction across classes: holm (family-wise error), bh "
+                            "(Benjamini-Hochberg, false-discovery rate), none (not advised beyond a few classes)")
     min_retention: float = Field(0.97, ge=0, le=1.5, description="Student accuracy / teacher accuracy must reach this")
     max_student_latency_ms_p95: float | None = Field(None, gt=0, description="Budget on batch-1 CPU p95; None = report only")
     max_student_size_mb: float | None = Field(None, gt=0, description="Budget on student weights; None = report only")
     seed: int = 0
-    confidence: float = Field(0.95, gt=0.5, lt=1, description="Two-sided level of the paired bootstrap interval")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Two-sided level of the bootstrap and recall intervals")
     latency_samples: int = Field(100, ge=5, description="Batch-1 student calls timed for p50/p95 latency")
 
 

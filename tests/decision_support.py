@@ -19,7 +19,8 @@ def make_spec(root: str, **gates: Any):
         "data": {"labels": ["negative", "positive"]},
         "golden": {"source_uri": "{storage}/reference/{name}/golden.tsv"},
         "model": {"max_length": 48},
-        "gates": {"min_accuracy": 0.0, "min_macro_f1": 0.0, "min_retention": 0.0, "latency_samples": 5, **gates},
+        "gates": {"min_accuracy": 0.0, "min_macro_f1": 0.0, "min_accuracy_over_baseline": None,
+                  "min_macro_f1_over_baseline": None, "min_retention": 0.0, "latency_samples": 5, **gates},
         "alerts": {"email": ["oncall@example.com"], "smtp_conn_id": "smtp_test", "slack_conn_id": "slack_test",
                    "from_email": "airflow@example.com", "airflow_base_url": "http://airflow.example:8080"},
     }

@@ -109,7 +109,7 @@ def test_configuration_reference_follows_a_changed_field_description(monkeypatch
     monkeypatch.setattr(field, "description", "A floor described differently")
     changed = spec_reference.page()
     assert changed != committed
-    assert "| `gates.min_accuracy` | float | `0.8` | A floor described differently (ge 0, le 1) |" in changed
+    assert "| `gates.min_accuracy` | float | `0.0` | A floor described differently (ge 0, le 1) |" in changed
 
 
 def test_spec_reference_check_command():

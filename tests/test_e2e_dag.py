@@ -41,6 +41,7 @@ def tiny_spec(storage_uri: str, model_dir: Path) -> dict:
     raw["decide"].update(min_new_rows=50, retrain_every_rows=1000)
     # A random-init model only has to clear floors of zero on its first run.
     raw["gates"].update(min_accuracy=0.0, min_macro_f1=0.0, min_retention=0.0, max_class_recall_drop=1.0,
+                        min_accuracy_over_baseline=None, min_macro_f1_over_baseline=None,
                         non_inferiority_margin=1.0, latency_samples=5)
     # Airflow 3.3.2's dag.test() breaks on a DAG with a DeadlineAlert once it has run before (it hands the
     # alert's definition to DeadlineAlertModel.get_by_id); the live-Airflow test covers the deadline instead.

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from decision_support import make_spec
+from tasks import metrics
 from tasks.decide import gates
+from tasks.spec import GatesSpec
 
 
 def _pair(n=500, cand_acc=0.85, champ_acc=0.85, seed=0):
@@ -40,17 +42,234 @@ def test_non_inferiority_fails_when_worse_passes_when_equal_or_better():
     assert better.passed and better.value > 0
 
 
-def test_class_recall_gate_catches_one_collapsed_class():
+def test_class_recall_gate_two_classes_blocks_a_clear_drop_and_respects_the_margin():
     y = np.array([0] * 50 + [1] * 50)
     champ = y.copy()
     cand = y.copy()
-    cand[50:60] = 0  # positive recall 1.0 -> 0.8
-    gate = gates.class_recall_gate("cr", gates.per_class_recall(y, cand, 2), gates.per_class_recall(y, champ, 2),
-                                   ["negative", "positive"], max_drop=0.05)
+    cand[50:60] = 0  # positive recall 1.0 -> 0.8: 10 losses, no gains
+    gate = gates.class_recall_gate("cr", y, cand, champ, ["negative", "positive"], max_drop=0.05)
     assert not gate.passed and gate.value == pytest.approx(0.2) and "positive" in gate.reason
-    ok = gates.class_recall_gate("cr", gates.per_class_recall(y, cand, 2), gates.per_class_recall(y, champ, 2),
-                                 ["negative", "positive"], max_drop=0.25)
-    assert ok.passed
+    assert gate.details["failing"] == ["positive"]
+    positive = gate.details["classes"]["positive"]
+    assert positive["losses"] == 10 and positive["gains"] == 0 and positive["n"] == 50
+    assert positive["lower"] < 0.2 < positive["upper"] and positive["p_adjusted"] <= 0.05
+    ok = gates.class_recall_gate("cr", y, cand, champ, ["negative", "positive"], max_drop=0.25)
+    assert ok.passed and not ok.skipped and "positive" in ok.reason  # named as the largest observed drop
+
+
+def test_score_test_with_no_margin_is_mcnemar():
+    rng = np.random.default_rng(5)
+    champ = rng.random(300) < 0.8
+    cand = rng.random(300) < 0.7
+    test = gates.recall_drop_test(champ, cand, margin=0.0)
+    losses, gains = int(np.sum(champ & ~cand)), int(np.sum(cand & ~champ))
+    assert test["z"] == pytest.approx((losses - gains) / np.sqrt(losses + gains))
+    assert test["drop"] == pytest.approx(champ.mean() - cand.mean())
+    assert test["lower"] < test["drop"] < test["upper"]
+    # the interval is the test inverted: at its lower end the one-sided p-value is alpha/2
+    at_lower = gates.recall_drop_test(champ, cand, margin=test["lower"])
+    assert at_lower["p_value"] == pytest.approx(0.025, abs=1e-4)
+
+
+def _intent_golden(classes=77, per_class=40):
+    return np.repeat(np.arange(classes), per_class)
+
+
+def _predict(y, classes, accuracy, rng):
+    """Right with probability ``accuracy``, else a uniformly chosen wrong class."""
+    wrong = (y + rng.integers(1, classes, y.size)) % classes
+    return np.where(rng.random(y.size) < accuracy, y, wrong)
+
+
+INTENTS = [f"intent_{i:02d}" for i in range(77)]
+
+
+def test_77_classes_one_class_collapsing_by_50_points_is_blocked_and_named():
+    rng = np.random.default_rng(0)
+    y = _intent_golden()
+    champ = _predict(y, 77, 0.85, rng)
+    cand = _predict(y, 77, 0.86, rng)
+    rows = np.flatnonzero(y == 13)
+    cand[rows] = champ[rows]
+    hits = rows[champ[rows] == 13]
+    cand[hits[:20]] = 14  # intent_13: 20 of its 40 golden rows lost, recall down 50 points
+    spec = GatesSpec()
+    gate = gates.class_recall_gate("class_recall_teacher", y, cand, champ, INTENTS,
+                                   max_drop=spec.max_class_recall_drop, min_support=spec.class_recall_min_support,
+                                   alpha=spec.class_recall_alpha, correction=spec.class_recall_correction)
+    assert not gate.passed
+    assert gate.details["failing"] == ["intent_13"] and gate.details["classes_gated"] == 77
+    assert "intent_13" in gate.reason and "n=40" in gate.reason and "holm" in gate.reason
+    assert gate.value == pytest.approx(0.5)
+    assert len(gate.reason) < 600  # readable: the failing classes only, not 77 of them
+    md = gates.render_markdown("intents", "s3://b/runs/x", False, False, [gate], {})
+    assert "## class_recall_teacher: failing classes (1)" in md and "| intent_13 | 40 |" in md
+    assert md.count("| intent_") == 1
+
+
+def test_77_classes_noise_in_a_40_row_class_does_not_block_a_6_point_gain():
+    rng = np.random.default_rng(1)
+    y = _intent_golden()
+    champ = _predict(y, 77, 0.85, rng)
+    cand = _predict(y, 77, 0.92, rng)
+    rows = np.flatnonzero(y == 7)
+    right = int(np.sum(champ[rows] == 7))
+    cand[rows] = (7 + 1) % 77
+    cand[rng.choice(rows, right - 5, replace=False)] = 7  # intent_07: 5 rows fewer than the champion
+    teacher = gates.ModelScores(cand, metrics.accuracy(y, cand), metrics.macro_f1(y, cand, 77))
+    champion = gates.ModelScores(champ, metrics.accuracy(y, champ), metrics.macro_f1(y, champ, 77))
+    passed, first_run, out = gates.evaluate_gates(GatesSpec(), INTENTS, y, teacher=teacher, student=teacher,
+                                                  champion_teacher=champion, champion_student=champion)
+    by = {g.name: g for g in out}
+    assert passed and not first_run, [g.reason for g in out if not g.passed]
+    gain = by["non_inferiority_teacher"].details
+    assert gain["diff"] > 0.06 and gain["lower"] > 0.045  # the gain itself is significant (the user's: [+5.2, +7.2])
+    recall = by["class_recall_teacher"]
+    assert recall.passed and not recall.skipped
+    seven = recall.details["classes"]["intent_07"]
+    assert seven["drop"] == pytest.approx(5 / 40) and seven["drop"] > GatesSpec().max_class_recall_drop
+    assert not seven["significant"] and seven["p_adjusted"] > 0.05
+    # the old rule (any observed drop above 5 points blocks) would have blocked this candidate
+    old_rule = [k for k, t in recall.details["classes"].items() if t["drop"] > 0.05]
+    assert "intent_07" in old_rule
+
+
+def test_77_classes_over_many_seeds_noise_never_blocks_and_a_collapse_always_does():
+    """50 simulated retrains: a candidate as good as the champion (independent errors) is never blocked, where the
+    old rule (any observed drop above the margin) blocks every one; the same candidate with one random class
+    collapsing by about 50 points is always blocked, and that class is the one named."""
+    y = _intent_golden()
+    spec = GatesSpec()
+    blocked_by_noise, old_rule_blocked, caught = 0, 0, 0
+    for seed in range(50):
+        rng = np.random.default_rng(100 + seed)
+        champ = _predict(y, 77, 0.85, rng)
+        cand = _predict(y, 77, 0.85, rng)
+        kwargs = dict(max_drop=spec.max_class_recall_drop, min_support=spec.class_recall_min_support,
+                      alpha=spec.class_recall_alpha, correction=spec.class_recall_correction)
+        noise = gates.class_recall_gate("cr", y, cand, champ, INTENTS, **kwargs)
+        blocked_by_noise += not noise.passed
+        old_rule_blocked += max(t["drop"] for t in noise.details["classes"].values()) > spec.max_class_recall_drop
+        victim = int(rng.integers(0, 77))
+        rows = np.flatnonzero(y == victim)
+        cand[rows] = champ[rows]
+        hits = rows[champ[rows] == victim]
+        cand[hits[: hits.size // 2 + 1]] = (victim + 1) % 77
+        collapsed = gates.class_recall_gate("cr", y, cand, champ, INTENTS, **kwargs)
+        caught += (not collapsed.passed) and collapsed.details["failing"] == [INTENTS[victim]]
+    assert blocked_by_noise == 0 and caught == 50
+    assert old_rule_blocked == 50  # any observed drop above 5 points: some class of 77 always has one
+
+
+def test_holm_correction_is_applied():
+    """One of six 100-row classes loses 10 rows: p ~ 0.015 alone, ~ 0.09 after Holm over six classes."""
+    labels = [f"c{i}" for i in range(6)]
+    y = np.repeat(np.arange(6), 100)
+    champ = y.copy()
+    cand = y.copy()
+    cand[np.flatnonzero(y == 2)[:10]] = 3
+    uncorrected = gates.class_recall_gate("cr", y, cand, champ, labels, max_drop=0.05, correction="none")
+    holm = gates.class_recall_gate("cr", y, cand, champ, labels, max_drop=0.05, correction="holm")
+    p = holm.details["classes"]["c2"]["p_value"]
+    assert 0.05 / 6 < p < 0.05
+    assert not uncorrected.passed and uncorrected.details["failing"] == ["c2"]
+    assert holm.passed and holm.details["classes"]["c2"]["p_adjusted"] == pytest.approx(6 * p, rel=1e-4)
+    assert gates.adjust_p_values([0.01, 0.04, 0.03, 0.2], "holm") == pytest.approx([0.04, 0.09, 0.09, 0.2])
+    assert gates.adjust_p_values([0.01, 0.04, 0.03, 0.2], "bh") == pytest.approx([0.04, 0.16 / 3, 0.16 / 3, 0.2])
+
+
+def test_six_imbalanced_classes_block_a_collapsed_small_class_not_noise():
+    labels = ["sadness", "joy", "love", "anger", "fear", "surprise"]
+    y = np.repeat(np.arange(6), [581, 695, 159, 275, 224, 66])
+    rng = np.random.default_rng(2)
+    champ = _predict(y, 6, 0.9, rng)
+    noisy = _predict(y, 6, 0.9, rng)  # as good, independent errors
+    gate = gates.class_recall_gate("cr", y, noisy, champ, labels, max_drop=0.10)
+    assert gate.passed and gate.details["classes_gated"] == 6
+    collapsed = champ.copy()
+    rows = np.flatnonzero((y == 5) & (champ == 5))
+    collapsed[rows[: int(0.6 * rows.size)]] = 1  # surprise recall 0.9 -> ~0.36: predicted as joy
+    gate = gates.class_recall_gate("cr", y, collapsed, champ, labels, max_drop=0.10)
+    assert not gate.passed and gate.details["failing"] == ["surprise"] and "n=66" in gate.reason
+
+
+def test_classes_below_min_support_are_reported_not_gated():
+    labels = ["a", "b", "rare"]
+    y = np.repeat(np.arange(3), [200, 200, 10])
+    champ = y.copy()
+    cand = y.copy()
+    cand[y == 2] = 0  # the 10-row class collapses completely
+    gate = gates.class_recall_gate("cr", y, cand, champ, labels, max_drop=0.05, min_support=20)
+    assert gate.passed and gate.details["below_min_support"] == ["rare"]
+    rare = gate.details["classes"]["rare"]
+    assert rare["drop"] == 1.0 and rare["gated"] is False and "p_adjusted" not in rare
+    assert "below min_support 20" in gate.reason
+    strict = gates.class_recall_gate("cr", y, cand, champ, labels, max_drop=0.05, min_support=10)
+    assert not strict.passed and strict.details["failing"] == ["rare"]
+    nothing = gates.class_recall_gate("cr", y, cand, champ, labels, max_drop=0.05, min_support=500)
+    assert nothing.skipped and nothing.passed
+
+
+def test_majority_class_predictor_fails_the_relative_floor():
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(6), [581, 695, 159, 275, 224, 66])
+    labels = ["sadness", "joy", "love", "anger", "fear", "surprise"]
+    base = gates.majority_baseline(y, 6)
+    assert base["class_id"] == 1 and base["accuracy"] == pytest.approx(695 / 2000)
+    assert base["macro_f1"] == pytest.approx(metrics.macro_f1(y, np.ones_like(y), 6))
+    constant = np.full_like(y, 1)
+    random_guess = rng.integers(0, 6, y.size)
+    spec = GatesSpec()
+    for preds in (constant, random_guess):
+        gate = gates.baseline_gate("baseline_accuracy_teacher", "accuracy", y, preds, 6, labels,
+                                   margin=spec.min_accuracy_over_baseline, resamples=1000)
+        assert not gate.passed and "'joy'" in gate.reason
+    f1 = gates.baseline_gate("baseline_macro_f1_teacher", "macro_f1", y, constant, 6, labels,
+                             margin=spec.min_macro_f1_over_baseline, resamples=1000)
+    assert not f1.passed and f1.details["diff"] == 0
+
+
+def test_relative_floor_passes_a_modest_model_on_a_hard_dataset():
+    """77 intents, 25% accuracy: far below the old fixed 0.80 floor, far above always answering one intent."""
+    rng = np.random.default_rng(4)
+    y = _intent_golden()
+    preds = _predict(y, 77, 0.25, rng)
+    scores = gates.ModelScores(preds, metrics.accuracy(y, preds), metrics.macro_f1(y, preds, 77))
+    passed, first_run, out = gates.evaluate_gates(GatesSpec(), INTENTS, y, teacher=scores, student=scores)
+    by = {g.name: g for g in out}
+    assert passed and first_run
+    assert by["floor_accuracy_teacher"].skipped  # no absolute floor by default
+    assert by["baseline_accuracy_teacher"].passed and by["baseline_accuracy_teacher"].value > 0.2
+    assert by["baseline_macro_f1_student"].passed and not by["baseline_macro_f1_student"].skipped
+    absolute = GatesSpec(min_accuracy=0.8, min_macro_f1=0.8)  # still possible, if a team wants it
+    passed, _, out = gates.evaluate_gates(absolute, INTENTS, y, teacher=scores, student=scores)
+    assert not passed and {g.name for g in out if not g.passed} == {
+        f"floor_{m}_{r}" for m in ("accuracy", "macro_f1") for r in ("teacher", "student")}
+
+
+@pytest.mark.parametrize("pipeline", ["sst2", "emotion"])
+def test_shipped_specs_promote_their_first_run(pipeline):
+    """The demo's first run (SST-2: teacher 84.6%, student 83.6% on the 872-row dev set) and emotion's (2,000-row
+    test set, accuracy ~85%) pass the shipped floors."""
+    from pathlib import Path
+
+    from tasks.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "include" / "pipelines" / f"{pipeline}.yaml")
+    rng = np.random.default_rng(6)
+    if pipeline == "sst2":
+        y, accuracies = np.repeat([0, 1], [428, 444]), (0.846, 0.836)
+    else:
+        y, accuracies = np.repeat(np.arange(6), [581, 695, 159, 275, 224, 66]), (0.86, 0.85)
+    k = len(spec.data.labels)
+    models = []
+    for accuracy in accuracies:
+        preds = _predict(y, k, accuracy, rng)
+        models.append(gates.ModelScores(preds, metrics.accuracy(y, preds), metrics.macro_f1(y, preds, k)))
+    passed, first_run, out = gates.evaluate_gates(spec.gates, spec.data.labels, y, teacher=models[0],
+                                                  student=models[1])
+    assert passed and first_run, [g.reason for g in out if not g.passed]
+    assert {g.name for g in out if not g.skipped} >= {"baseline_accuracy_teacher", "baseline_macro_f1_student"}
 
 
 def test_retention_and_budgets():

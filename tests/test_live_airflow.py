@@ -48,6 +48,7 @@ def tiny_spec(storage_uri: str, model_dir: Path) -> dict:
     raw["decide"].update(min_new_rows=20, retrain_every_rows=100)
     # The first run only has floors; a random-init model clears floors of zero.
     raw["gates"].update(min_accuracy=0.0, min_macro_f1=0.0, min_retention=0.0, max_class_recall_drop=1.0,
+                        min_accuracy_over_baseline=None, min_macro_f1_over_baseline=None,
                         non_inferiority_margin=1.0)
     raw["alerts"].update(email=[], slack_conn_id=None)
     # The ingest DAG's own schedule fires within a minute. The nightly slot was an hour ago: unpausing must not

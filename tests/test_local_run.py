@@ -35,6 +35,7 @@ def small_emotion_spec(tmp: Path, model_dir: Path) -> Path:
     raw["student"].update(layers=2, epochs=1, batch_size=16)
     raw["drift"] = {"embedding_subsample": 40, "embedding_permutations": 50}
     raw["gates"].update(min_accuracy=0.0, min_macro_f1=0.0, min_retention=0.0, max_class_recall_drop=1.0,
+                        min_accuracy_over_baseline=None, min_macro_f1_over_baseline=None,
                         non_inferiority_margin=1.0)
     raw["alerts"] = {"email": [], "slack_conn_id": None}
     path = tmp / "emotion.yaml"

@@ -2,9 +2,13 @@
 
 Every gate returns a ``Gate`` (a ``tasks.contracts.GateResult``): name, passed, the measured value, the threshold,
 a one-line reason, and details (the numbers behind it: intervals, per-class recalls, p-values). ``evaluate_gates``
-applies the whole set from ``spec.gates`` and says which apply on a first run (no champion): the floors only. The
-champion comparisons are skipped, and the student's retention and budgets are measured and reported but do not
-gate, stated as such.
+applies the whole set from ``spec.gates`` and says which apply on a first run (no champion): the floors only
+(above the majority-class baseline, and any absolute floor). The champion comparisons are skipped, and the
+student's retention and budgets are measured and reported but do not gate, stated as such.
+
+Each gate that compares is a test, not a threshold on a point estimate: the floors and non-inferiority use
+paired bootstrap intervals on the golden set; the per-class recall gate a one-sided paired test per class,
+corrected for the number of classes (docs/registry.md: Gates).
 """
 
 from __future__ import annotations
@@ -69,40 +73,53 @@ def paired_bootstrap_diff(candidate_correct: Sequence[bool] | np.ndarray, champi
             "confidence": confidence, "resamples": resamples, "n": n, "seed": seed}
 
 
+def _replicates(y_true: np.ndarray, preds: Sequence[np.ndarray], k: int, *, resamples: int, seed: int,
+                chunk: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Bootstrap replicates of (accuracy, macro-F1) of each prediction vector, all on the SAME resampled rows
+    (so differences between them are paired). Each replicate's confusion counts come from one bincount."""
+    n = y_true.shape[0]
+    if n == 0:
+        raise ValueError("no examples to bootstrap")
+    if resamples < 1:
+        raise ValueError("resamples must be >= 1")
+    cells = [y_true * k + np.asarray(p, dtype=np.int64) for p in preds]  # the confusion-matrix cell of each row
+    rng = np.random.default_rng(seed)
+    out = [(np.empty(resamples, dtype=np.float64), np.empty(resamples, dtype=np.float64)) for _ in preds]
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        idx = rng.integers(0, n, size=(size, n))
+        offsets = (np.arange(size) * k * k)[:, None]
+        for cell, (accuracy, macro_f1) in zip(cells, out):
+            counts = np.bincount((cell[idx] + offsets).ravel(), minlength=size * k * k).reshape(size, k, k)
+            tp = np.diagonal(counts, axis1=1, axis2=2).astype(np.float64)
+            fp = counts.sum(axis=1) - tp  # predicted as the class, minus the hits
+            fn = counts.sum(axis=2) - tp  # labelled as the class, minus the hits
+            denom = 2 * tp + fp + fn
+            f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+            accuracy[start:start + size] = tp.sum(axis=1) / n
+            macro_f1[start:start + size] = f1.mean(axis=1)
+    return out
+
+
+def _check_labels(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1:
+        raise ValueError(f"labels and predictions must have the same 1-d shape, got {y_true.shape}, {y_pred.shape}")
+    return y_true, y_pred
+
+
 def bootstrap_intervals(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, n_classes: int, *,
                         resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
                         chunk: int = 200) -> dict[str, dict[str, float]]:
     """Percentile bootstrap intervals of one model's accuracy and macro-F1 on one set (examples resampled).
 
-    Each replicate's confusion counts come from one bincount, so 1000 replicates cost milliseconds; F1 per class
-    is 2TP / (2TP + FP + FN), 0 when a class is absent from both labels and predictions, averaged over every
-    declared class: the convention of ``tasks.metrics.macro_f1`` (a test pins the two to the same number).
+    F1 per class is 2TP / (2TP + FP + FN), 0 when a class is absent from both labels and predictions, averaged
+    over every declared class: the convention of ``tasks.metrics.macro_f1`` (a test pins the two to the same
+    number).
     """
-    y_true = np.asarray(y_true, dtype=np.int64)
-    y_pred = np.asarray(y_pred, dtype=np.int64)
-    if y_true.shape != y_pred.shape or y_true.ndim != 1:
-        raise ValueError(f"labels and predictions must have the same 1-d shape, got {y_true.shape}, {y_pred.shape}")
-    n, k = y_true.shape[0], n_classes
-    if n == 0:
-        raise ValueError("no examples to bootstrap")
-    if resamples < 1:
-        raise ValueError("resamples must be >= 1")
-    cell = y_true * k + y_pred  # the confusion-matrix cell of each example
-    rng = np.random.default_rng(seed)
-    accuracy = np.empty(resamples, dtype=np.float64)
-    macro_f1 = np.empty(resamples, dtype=np.float64)
-    for start in range(0, resamples, chunk):
-        size = min(chunk, resamples - start)
-        idx = rng.integers(0, n, size=(size, n))
-        offsets = (np.arange(size) * k * k)[:, None]
-        counts = np.bincount((cell[idx] + offsets).ravel(), minlength=size * k * k).reshape(size, k, k)
-        tp = np.diagonal(counts, axis1=1, axis2=2).astype(np.float64)
-        fp = counts.sum(axis=1) - tp  # predicted as the class, minus the hits
-        fn = counts.sum(axis=2) - tp  # labelled as the class, minus the hits
-        denom = 2 * tp + fp + fn
-        f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-        accuracy[start:start + size] = tp.sum(axis=1) / n
-        macro_f1[start:start + size] = f1.mean(axis=1)
+    y_true, y_pred = _check_labels(y_true, y_pred)
+    [(accuracy, macro_f1)] = _replicates(y_true, [y_pred], n_classes, resamples=resamples, seed=seed, chunk=chunk)
     alpha = 1.0 - confidence
     out = {}
     for name, values in (("accuracy", accuracy), ("macro_f1", macro_f1)):
@@ -110,6 +127,115 @@ def bootstrap_intervals(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int
         out[name] = {"lower": float(lower), "upper": float(upper), "confidence": confidence,
                      "resamples": resamples, "seed": seed}
     return out
+
+
+def majority_baseline(y_true: Sequence[int] | np.ndarray, n_classes: int) -> dict[str, float | int]:
+    """The classifier that always predicts the golden set's most frequent class (ties: the lowest id), with its
+    accuracy (that class's share) and macro-F1 (tasks.metrics: its one nonzero F1 over every declared class)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    counts = np.bincount(y_true, minlength=n_classes)
+    majority = int(np.argmax(counts))
+    constant = np.full_like(y_true, majority)
+    return {"class_id": majority, "accuracy": metrics.accuracy(y_true, constant),
+            "macro_f1": metrics.macro_f1(y_true, constant, n_classes)}
+
+
+def paired_bootstrap_vs_baseline(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
+                                 n_classes: int, *, resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
+                                 chunk: int = 200) -> dict[str, dict[str, float]]:
+    """Paired bootstrap CIs of metric(model) - metric(majority-class baseline), accuracy and macro-F1.
+
+    The baseline is a fixed classifier (always the golden set's majority class), scored on the same resampled
+    rows as the model in every replicate.
+    """
+    y_true, y_pred = _check_labels(y_true, y_pred)
+    base = majority_baseline(y_true, n_classes)
+    constant = np.full_like(y_true, base["class_id"])
+    model_reps, base_reps = _replicates(y_true, [y_pred, constant], n_classes, resamples=resamples, seed=seed,
+                                        chunk=chunk)
+    alpha = 1.0 - confidence
+    point = {"accuracy": metrics.accuracy(y_true, y_pred), "macro_f1": metrics.macro_f1(y_true, y_pred, n_classes)}
+    out = {}
+    for i, name in enumerate(("accuracy", "macro_f1")):
+        lower, upper = np.quantile(model_reps[i] - base_reps[i], [alpha / 2, 1 - alpha / 2])
+        out[name] = {"model": point[name], "baseline": base[name], "diff": point[name] - base[name],
+                     "lower": float(lower), "upper": float(upper), "confidence": confidence,
+                     "resamples": resamples, "seed": seed, "n": int(y_true.shape[0]),
+                     "baseline_class_id": base["class_id"]}
+    return out
+
+
+# Per-class recall drop: a one-sided paired test with a margin (Tango's score test for paired proportions).
+
+
+def _score_z(losses: int, gains: int, n: int, margin: float) -> float:
+    """Score statistic of H0: drop <= margin on n paired rows, where drop = P(champion right, candidate wrong)
+    - P(candidate right, champion wrong) and losses/gains count those rows (Tango 1998; margin 0 gives McNemar's
+    z). The variance is taken at the restricted maximum-likelihood estimate under drop == margin."""
+    if margin < 0:  # mirror image: the roles of losses and gains swap
+        return -_score_z(gains, losses, n, -margin)
+    numerator = losses - gains - n * margin
+    ties = n - losses - gains
+    b = losses * (1 - margin) + gains * (1 - 3 * margin) - 2 * margin * ties
+    c = gains * margin * (1 - margin)
+    p_gain = (b + math.sqrt(max(b * b + 8 * n * c, 0.0))) / (4 * n)  # restricted MLE of P(gain)
+    variance = n * (2 * p_gain + margin - margin * margin)
+    if variance <= 1e-15:
+        return 0.0 if abs(numerator) < 1e-12 else math.copysign(math.inf, numerator)
+    return numerator / math.sqrt(variance)
+
+
+def recall_drop_test(champion_correct: Sequence[bool] | np.ndarray, candidate_correct: Sequence[bool] | np.ndarray,
+                     *, margin: float, confidence: float = 0.95) -> dict[str, float]:
+    """One class's golden rows, both models scored on them: is the candidate's recall lower than the champion's
+    by more than ``margin``? One-sided score test (p-value) and the two-sided score interval of the drop
+    (the test inverted), both from the discordant rows: the rows where exactly one of the two is right."""
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    champ = np.asarray(champion_correct, dtype=bool)
+    cand = np.asarray(candidate_correct, dtype=bool)
+    if champ.shape != cand.shape or champ.ndim != 1 or champ.size == 0:
+        raise ValueError("paired 1-d arrays with at least one row are required")
+    n = int(champ.size)
+    losses = int(np.sum(champ & ~cand))  # the champion right, the candidate wrong
+    gains = int(np.sum(cand & ~champ))
+    z = _score_z(losses, gains, n, margin)
+    critical = float(norm.isf((1 - confidence) / 2))
+
+    def bound(target: float, default: float) -> float:
+        f = lambda d: _score_z(losses, gains, n, d) - target  # noqa: E731  decreasing in d
+        lo, hi = -1 + 1e-9, 1 - 1e-9
+        if f(lo) * f(hi) > 0:
+            return default
+        return float(brentq(f, lo, hi, xtol=1e-7))
+
+    return {"n": n, "losses": losses, "gains": gains, "drop": (losses - gains) / n,
+            "champion_recall": float(champ.mean()), "candidate_recall": float(cand.mean()),
+            "lower": bound(critical, -1.0), "upper": bound(-critical, 1.0), "confidence": confidence,
+            "z": z, "p_value": float(norm.sf(z))}
+
+
+def adjust_p_values(p_values: Sequence[float], method: str) -> list[float]:
+    """Multiple-testing adjusted p-values: ``holm`` (step-down, controls the family-wise error: the chance that
+    any class is flagged by noise), ``bh`` (Benjamini-Hochberg via scipy, controls the false-discovery rate), or
+    ``none``. A hypothesis is rejected when its adjusted p-value is <= alpha."""
+    p = np.asarray(p_values, dtype=np.float64)
+    if p.size == 0 or method == "none":
+        return p.tolist()
+    if method == "bh":
+        from scipy.stats import false_discovery_control
+
+        return false_discovery_control(p, method="bh").tolist()
+    if method != "holm":
+        raise ValueError(f"unknown correction {method!r}")
+    # scipy has no Holm and statsmodels is not a dependency; the step-down is five lines.
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    stepped = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
+    adjusted = np.empty(m)
+    adjusted[order] = stepped
+    return adjusted.tolist()
 
 
 def mcnemar_exact(candidate_correct: Sequence[bool] | np.ndarray,
@@ -123,13 +249,6 @@ def mcnemar_exact(candidate_correct: Sequence[bool] | np.ndarray,
     c = int(np.sum(~cand & champ))   # candidate wrong, champion right
     p = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
     return {"candidate_only_correct": b, "champion_only_correct": c, "p_value": p}
-
-
-def per_class_recall(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> list[float | None]:
-    """Recall of each class (tasks.metrics.per_class); None for a class absent from the labels, which the
-    class-recall gate then leaves out instead of counting a drop to 0."""
-    per = metrics.per_class(y_true, y_pred, num_classes)
-    return [recall if support else None for recall, support in zip(per["recall"], per["support"])]
 
 
 # ---------------------------------------------------------------- gates
@@ -154,24 +273,85 @@ def non_inferiority_gate(name: str, candidate_correct, champion_correct, *, marg
     return make_gate(name, ok, _r(ci["lower"]), -margin, reason, details=details)
 
 
-def class_recall_gate(name: str, candidate_recall: Sequence[float | None], champion_recall: Sequence[float | None],
-                      labels: Sequence[str], *, max_drop: float) -> Gate:
-    drops: dict[str, float] = {}
-    for label, cand, champ in zip(labels, candidate_recall, champion_recall):
-        if cand is None or champ is None:
+def baseline_gate(name: str, metric: str, y_true, y_pred, n_classes: int, labels: Sequence[str], *, margin: float,
+                  resamples: int, confidence: float = 0.95, seed: int = 0) -> Gate:
+    """Pass only if the lower bound of the paired-bootstrap CI of metric(model) - metric(majority-class
+    baseline) is above ``margin``: the model demonstrably beats always predicting the most frequent class."""
+    ci = paired_bootstrap_vs_baseline(y_true, y_pred, n_classes, resamples=resamples, confidence=confidence,
+                                      seed=seed)[metric]
+    ok = ci["lower"] > margin
+    majority = labels[ci["baseline_class_id"]]
+    shown = metric.replace("_", "-").replace("macro-f1", "macro-F1")
+    reason = (f"{shown} {ci['model']:.4f} vs {ci['baseline']:.4f} always predicting {majority!r}: "
+              f"diff {ci['diff']:+.4f}, {int(confidence * 100)}% CI [{ci['lower']:+.4f}, {ci['upper']:+.4f}] "
+              f"(n={ci['n']}); lower bound {'>' if ok else '<='} margin {margin:+.4f}")
+    details = {k: (_r(v, 6) if isinstance(v, float) else v) for k, v in ci.items()}
+    details["baseline_class"] = majority
+    return make_gate(name, ok, _r(ci["lower"]), margin, reason, details=details)
+
+
+CLASS_RECALL_TEST = ("one-sided score test (Tango) of drop > margin on the class's golden rows, paired on the "
+                     "rows where exactly one model is right")
+REPORT_TOP = 5  # classes named in a class-recall gate's reason and markdown table
+
+
+def class_recall_gate(name: str, y_true, candidate_pred, champion_pred, labels: Sequence[str], *, max_drop: float,
+                      min_support: int = 20, alpha: float = 0.05, correction: str = "holm",
+                      confidence: float = 0.95) -> Gate:
+    """Block only a statistically clear drop of one class's recall: per class with at least ``min_support``
+    golden rows, a one-sided paired test that recall(champion) - recall(candidate) > ``max_drop``, the p-values
+    corrected for the number of classes tested (``correction``, family level ``alpha``). Classes below the
+    support are reported (their drop and interval) but never block; a class absent from the golden set is
+    left out."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    candidate_pred = np.asarray(candidate_pred, dtype=np.int64)
+    champion_pred = np.asarray(champion_pred, dtype=np.int64)
+    per_class: dict[str, dict[str, Any]] = {}
+    for class_id, label in enumerate(labels):
+        rows = y_true == class_id
+        if not rows.any():
             continue
-        drops[label] = float(champ - cand)
-    if not drops:
-        return make_gate(name, True, None, max_drop, "no class present in the golden set for both models",
-                         skipped=True)
-    worst = max(drops, key=lambda k: drops[k])
-    ok = drops[worst] <= max_drop + 1e-12
-    reason = (f"largest recall drop {drops[worst]:+.4f} on class {worst!r} "
-              f"({'<=' if ok else '>'} {max_drop:.4f})")
-    details = {"drops": {k: _r(v) for k, v in drops.items()},
-               "candidate_recall": dict(zip(labels, map(_r, candidate_recall))),
-               "champion_recall": dict(zip(labels, map(_r, champion_recall)))}
-    return make_gate(name, ok, _r(drops[worst]), max_drop, reason, details=details)
+        test = recall_drop_test(champion_pred[rows] == class_id, candidate_pred[rows] == class_id,
+                                margin=max_drop, confidence=confidence)
+        test["gated"] = test["n"] >= min_support
+        per_class[label] = test
+    gated = [label for label, t in per_class.items() if t["gated"]]
+    not_gated = [label for label, t in per_class.items() if not t["gated"]]
+    for label, p_adjusted in zip(gated, adjust_p_values([per_class[k]["p_value"] for k in gated], correction)):
+        per_class[label]["p_adjusted"] = p_adjusted
+        per_class[label]["significant"] = p_adjusted <= alpha
+    settings = {"test": CLASS_RECALL_TEST, "margin": max_drop, "alpha": alpha, "correction": correction,
+                "min_support": min_support, "confidence": confidence}
+    details: dict[str, Any] = {
+        **settings, "classes_gated": len(gated), "below_min_support": not_gated,
+        "classes": {label: {k: (_r(v, 6) if isinstance(v, float) else v) for k, v in t.items()}
+                    for label, t in per_class.items()}}
+    if not gated:
+        return make_gate(name, True, None, max_drop, f"no class has {min_support} golden rows (min_support); "
+                         f"{len(not_gated)} reported, not gated", skipped=True, details=details)
+    failing = sorted((k for k in gated if per_class[k]["significant"]), key=lambda k: per_class[k]["p_adjusted"])
+    details["failing"] = failing
+    family = (f"{len(gated)} classes tested, {correction} correction, family alpha {alpha:g}"
+              + (f"; {len(not_gated)} below min_support {min_support} reported only" if not_gated else ""))
+
+    def describe(label: str) -> str:
+        t = per_class[label]
+        adjusted = f", p_adj {t['p_adjusted']:.2g}" if "p_adjusted" in t else ""
+        return (f"{label!r} {t['champion_recall']:.3f}->{t['candidate_recall']:.3f} (drop {t['drop']:+.3f}, "
+                f"{int(confidence * 100)}% CI [{t['lower']:+.3f}, {t['upper']:+.3f}], n={t['n']}, "
+                f"p {t['p_value']:.2g}{adjusted})")
+
+    if failing:
+        shown = "; ".join(describe(k) for k in failing[:3]) + (f"; and {len(failing) - 3} more" if len(failing) > 3
+                                                                 else "")
+        reason = (f"recall of {len(failing)} class(es) dropped by more than {max_drop:.3f} beyond noise ({family}): "
+                  f"{shown}")
+        return make_gate(name, False, _r(max(per_class[k]["drop"] for k in failing)), max_drop, reason,
+                         details=details)
+    worst = max(gated, key=lambda k: per_class[k]["drop"])
+    reason = (f"no class's recall dropped significantly by more than {max_drop:.3f} ({family}); largest observed "
+              f"drop: {describe(worst)}")
+    return make_gate(name, True, _r(per_class[worst]["drop"]), max_drop, reason, details=details)
 
 
 def retention_gate(student_accuracy: float, teacher_accuracy: float, *, min_ratio: float) -> Gate:
@@ -225,10 +405,24 @@ def evaluate_gates(gates_spec: Any, labels: Sequence[str], y_true: Sequence[int]
     y_true = np.asarray(y_true)
     first_run = champion_teacher is None and champion_student is None
     out: list[Gate] = []
-    for role, scores in (("teacher", teacher), ("student", student)):
-        out.append(floor_gate(f"floor_accuracy_{role}", scores.accuracy, g.min_accuracy))
-        out.append(floor_gate(f"floor_macro_f1_{role}", scores.macro_f1, g.min_macro_f1))
     confidence = getattr(g, "confidence", 0.95)
+    n_classes = len(labels)
+    for role, scores in (("teacher", teacher), ("student", student)):
+        for metric, value, minimum in (("accuracy", scores.accuracy, g.min_accuracy),
+                                       ("macro_f1", scores.macro_f1, g.min_macro_f1)):
+            if minimum > 0:
+                out.append(floor_gate(f"floor_{metric}_{role}", value, minimum))
+            else:
+                out.append(skipped(f"floor_{metric}_{role}", f"{value:.4f}; no absolute floor (gates.min_{metric} "
+                                                              f"is 0)"))
+        for metric, margin in (("accuracy", g.min_accuracy_over_baseline),
+                               ("macro_f1", g.min_macro_f1_over_baseline)):
+            name = f"baseline_{metric}_{role}"
+            if margin is None:
+                out.append(skipped(name, f"off (gates.min_{metric}_over_baseline is null)"))
+                continue
+            out.append(baseline_gate(name, metric, y_true, scores.y_pred, n_classes, labels, margin=margin,
+                                     resamples=g.bootstrap_resamples, confidence=confidence, seed=g.seed))
     for role, cand, champ in (("teacher", teacher, champion_teacher), ("student", student, champion_student)):
         if champ is None:
             why = "first run: no champion, so only the floors apply"
@@ -238,9 +432,10 @@ def evaluate_gates(gates_spec: Any, labels: Sequence[str], y_true: Sequence[int]
         out.append(non_inferiority_gate(f"non_inferiority_{role}", cand.y_pred == y_true, champ.y_pred == y_true,
                                         margin=g.non_inferiority_margin, resamples=g.bootstrap_resamples,
                                         confidence=confidence, seed=g.seed))
-        out.append(class_recall_gate(f"class_recall_{role}", per_class_recall(y_true, cand.y_pred, len(labels)),
-                                     per_class_recall(y_true, champ.y_pred, len(labels)), labels,
-                                     max_drop=g.max_class_recall_drop))
+        out.append(class_recall_gate(f"class_recall_{role}", y_true, cand.y_pred, champ.y_pred, labels,
+                                     max_drop=g.max_class_recall_drop, min_support=g.class_recall_min_support,
+                                     alpha=g.class_recall_alpha, correction=g.class_recall_correction,
+                                     confidence=confidence))
     student_checks = [
         retention_gate(student.accuracy, teacher.accuracy, min_ratio=g.min_retention),
         budget_gate("student_latency_p95", student_latency_ms_p95, g.max_student_latency_ms_p95, "ms"),
@@ -258,8 +453,9 @@ def render_markdown(pipeline: str, run_uri: str, passed: bool, first_run: bool, 
     lines = [f"# Gate report: {pipeline}", "", f"- run: `{run_uri}`",
              f"- verdict: **{'PASSED' if passed else 'FAILED'}**"]
     if first_run:
-        lines.append("- **first run: no champion.** Only the absolute floors apply; non-inferiority and per-class "
-                     "recall are skipped, and the student's retention, latency and size are reported, not gated.")
+        lines.append("- **first run: no champion.** Only the floors apply (above the majority-class baseline, and any "
+                     "absolute floor); non-inferiority and per-class recall are skipped, and the student's "
+                     "retention, latency and size are reported, not gated.")
     failed = [gt.name for gt in gates if not gt.passed]
     if failed:
         lines.append(f"- failed gates: {', '.join(failed)}")
@@ -269,6 +465,7 @@ def render_markdown(pipeline: str, run_uri: str, passed: bool, first_run: bool, 
         value = "" if gt.value is None else f"{gt.value:g}"
         threshold = "" if gt.threshold is None else f"{gt.threshold:g}"
         lines.append(f"| {gt.name} | {verdict} | {value} | {threshold} | {gt.reason.replace('|', '/')} |")
+    lines += class_recall_tables(gates)
     lines += ["", "## Metrics (golden set with bootstrap intervals / holdout)", "",
               "| model | golden acc | golden macro-F1 | holdout acc | holdout macro-F1 |", "|---|---|---|---|---|"]
     for name, m in metrics_summary.items():
@@ -278,6 +475,38 @@ def render_markdown(pipeline: str, run_uri: str, passed: bool, first_run: bool, 
                  with_interval(m, "holdout_accuracy"), with_interval(m, "holdout_macro_f1")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def class_recall_tables(gates: Sequence[Gate]) -> list[str]:
+    """Per class-recall gate: its failing classes, or if none failed its largest observed drops, top few only."""
+    lines: list[str] = []
+    for gt in gates:
+        classes = gt.details.get("classes") if gt.name.startswith("class_recall") else None
+        if not classes:
+            continue
+        failing = gt.details.get("failing") or []
+        if failing:
+            title, shown = f"failing classes ({len(failing)})", failing[:REPORT_TOP]
+        else:
+            gated = [k for k, t in classes.items() if t.get("gated")]
+            title, shown = "no class failed; largest observed drops", sorted(
+                gated, key=lambda k: -classes[k]["drop"])[:min(3, REPORT_TOP)]
+        below = gt.details.get("below_min_support") or []
+        lines += ["", f"## {gt.name}: {title}", "",
+                  f"{gt.details['test']}; margin {gt.details['margin']:g}, {gt.details['correction']} correction over "
+                  f"{gt.details['classes_gated']} classes, family alpha {gt.details['alpha']:g}"
+                  + (f"; {len(below)} class(es) under {gt.details['min_support']} rows reported, not gated"
+                     if below else "") + ".", "",
+                  "| class | support | champion recall | candidate recall | drop | interval | p | p adjusted |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for label in shown:
+            t = classes[label]
+            lines.append(f"| {label} | {t['n']} | {t['champion_recall']:.3f} | {t['candidate_recall']:.3f} | "
+                         f"{t['drop']:+.3f} | [{t['lower']:+.3f}, {t['upper']:+.3f}] | {t['p_value']:.2g} | "
+                         f"{t.get('p_adjusted', float('nan')):.2g} |")
+        if len(failing) > len(shown):
+            lines.append(f"\n{len(failing) - len(shown)} more failing class(es) in gate_report.json.")
+    return lines
 
 
 def with_interval(summary: dict[str, Any], key: str) -> str:
