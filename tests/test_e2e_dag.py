@@ -1,7 +1,8 @@
 """The whole retrain DAG under real Airflow (dag.test() on SQLite), real S3 over HTTP (moto on 127.0.0.1),
 real stage subprocesses, a tiny random-init BERT with the packaged tokenizer, and a few hundred SST-2 rows.
 
-One module-scoped fixture plays the story once (five runs, two of which train); each test asserts one part:
+Module-scoped fixtures play the story once (five runs, two of which train, one fixture per run, each built on
+the one before); each test asserts one part:
 
 1. the first batch makes the first champion;
 2. unchanged data: the run decides to skip, no training stage starts;
@@ -19,6 +20,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import yaml
@@ -77,8 +79,9 @@ class Run:
 @dataclass
 class Story:
     bucket: str
-    champion_after_first: dict
-    runs: dict[str, Run]
+    play: Callable[..., None]
+    runs: dict[str, Run] = field(default_factory=dict)
+    champion_after_first: dict | None = None
 
 
 def run_dag(dag_id: str, **conf) -> tuple[str, dict[str, str], dict[str, int], list]:
@@ -106,6 +109,9 @@ def new_summary(storage_uri: str, seen: set[str]) -> dict | None:
     return storage.read_json(fresh[0]) if fresh else None
 
 
+# The story is five runs of the retrain DAG on one storage, night after night. Each run is its own module
+# fixture, built on the one before, so each test pays only for the runs it is the first to need (pytest reports a
+# fixture's time as the setup of the first test that uses it) and every run happens once.
 @pytest.fixture(scope="module")
 def story(tmp_path_factory, moto_server, tiny_model_dir, airflow_db) -> Story:
     from decision_support import SmtpReceiver, WebhookReceiver
@@ -126,8 +132,6 @@ def story(tmp_path_factory, moto_server, tiny_model_dir, airflow_db) -> Story:
         (tmp / "pipelines" / "tiny.yaml").write_text(yaml.safe_dump(tiny_spec(bucket, tiny_model_dir)))
         golden = "sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in read_sst2("dev", limit=80))
         storage.write_text(bucket + "/reference/tiny/golden.tsv", golden)
-
-        runs: dict[str, Run] = {}
         seen: set[str] = set()
 
         def play(name: str, **conf) -> None:
@@ -135,22 +139,51 @@ def story(tmp_path_factory, moto_server, tiny_model_dir, airflow_db) -> Story:
             state, tasks, tries, slowest = run_dag("retrain_tiny", **conf)
             REPORTED[f"e2e run {name}"] = (f"{time.monotonic() - started:.0f} s (slowest tasks: "
                                            + ", ".join(f"{t} {s:.0f} s" for s, t in reversed(slowest)) + ")")
-            runs[name] = Run(state, tasks, tries, new_summary(bucket, seen), smtp.messages[mails:],
-                             hook.posts[posts:])
+            story.runs[name] = Run(state, tasks, tries, new_summary(bucket, seen), smtp.messages[mails:],
+                                   hook.posts[posts:])
 
-        land(bucket, "batch-1.tsv", 0, 160)
-        play("first")
-        champion = storage.read_json(bucket + "/models/tiny/champion.json")
-        play("unchanged")
-        land(bucket, "batch-2.tsv", 160, 100, positive_share=0.9)
-        play("drift_blocked", min_accuracy=0.99)
-        play("same_snapshot")
-        play("typo", min_acuracy=0.9)
+        story = Story(bucket, play)
+        yield story
         storage.reset_clients()
-        yield Story(bucket, champion, runs)
 
 
-def test_first_batch_makes_the_first_champion(story):
+@pytest.fixture(scope="module")
+def first_night(story) -> Story:
+    from tasks import storage
+
+    land(story.bucket, "batch-1.tsv", 0, 160)
+    story.play("first")
+    story.champion_after_first = storage.read_json(story.bucket + "/models/tiny/champion.json")
+    return story
+
+
+@pytest.fixture(scope="module")
+def unchanged_night(first_night) -> Story:
+    first_night.play("unchanged")
+    return first_night
+
+
+@pytest.fixture(scope="module")
+def drifted_night(unchanged_night) -> Story:
+    land(unchanged_night.bucket, "batch-2.tsv", 160, 100, positive_share=0.9)
+    unchanged_night.play("drift_blocked", min_accuracy=0.99)
+    return unchanged_night
+
+
+@pytest.fixture(scope="module")
+def same_snapshot_night(drifted_night) -> Story:
+    drifted_night.play("same_snapshot")
+    return drifted_night
+
+
+@pytest.fixture(scope="module")
+def typo_night(same_snapshot_night) -> Story:
+    same_snapshot_night.play("typo", min_acuracy=0.9)
+    return same_snapshot_night
+
+
+def test_first_batch_makes_the_first_champion(first_night):
+    story = first_night
     from tasks import storage
 
     run = story.runs["first"]
@@ -177,7 +210,8 @@ def test_first_batch_makes_the_first_champion(story):
     assert storage.exists(f"{story.bucket}/runs/tiny/trained/{champion['snapshot_id']}.json")
 
 
-def test_unchanged_data_skips_without_starting_a_training_stage(story):
+def test_unchanged_data_skips_without_starting_a_training_stage(unchanged_night):
+    story = unchanged_night
     run = story.runs["unchanged"]
     assert run.state == "success", run.tasks
     assert run.tasks["decide"] == "success"
@@ -189,7 +223,8 @@ def test_unchanged_data_skips_without_starting_a_training_stage(story):
     assert not run.mails and not run.posts
 
 
-def test_a_drifted_batch_retrains_and_a_failed_gate_blocks_it_and_alerts(story):
+def test_a_drifted_batch_retrains_and_a_failed_gate_blocks_it_and_alerts(drifted_night):
+    story = drifted_night
     from tasks import storage
 
     run = story.runs["drift_blocked"]
@@ -215,7 +250,8 @@ def test_a_drifted_batch_retrains_and_a_failed_gate_blocks_it_and_alerts(story):
     assert "floor_accuracy_teacher" in json.dumps(run.posts[0])
 
 
-def test_the_same_snapshot_is_not_trained_on_twice(story):
+def test_the_same_snapshot_is_not_trained_on_twice(same_snapshot_night):
+    story = same_snapshot_night
     """Blocked by its gates, the drifted snapshot is on record as trained on: the next trigger skips it."""
     from tasks import storage
 
@@ -232,7 +268,8 @@ def test_the_same_snapshot_is_not_trained_on_twice(story):
                              "blocked by gates")
 
 
-def test_a_typo_in_the_trigger_conf_fails_at_once_with_the_valid_keys(story):
+def test_a_typo_in_the_trigger_conf_fails_at_once_with_the_valid_keys(typo_night):
+    story = typo_night
     run = story.runs["typo"]
     assert run.state == "failed"
     assert run.tasks["prepare_run"] == "failed" and run.tries["prepare_run"] == 1  # AirflowFailException: no retry

@@ -52,8 +52,10 @@ def local_run(command: str, spec: Path, landing: Path, storage: Path) -> tuple[i
     return proc.returncode, json.loads(lines[-1]), proc.stdout + proc.stderr
 
 
+# One fixture per call, each built on the one before: every call happens once, and pytest charges each to the
+# first test that needs it.
 @pytest.fixture(scope="module")
-def first_night(tmp_path_factory, tiny_model_dir):
+def first_ingest(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("emotion-run")
     spec = small_emotion_spec(tmp, tiny_model_dir)
     landing = tmp / "landing"
@@ -61,20 +63,36 @@ def first_night(tmp_path_factory, tiny_model_dir):
     (landing / "batch-1.txt").write_text("text;label_name\n" + "\n".join(emotion_rows("train", 300)) + "\n",
                                          encoding="utf-8")
     storage = tmp / "storage"
-    code, summary, log = local_run("run", spec, landing, storage)
-    return {"spec": spec, "landing": landing, "storage": storage, "code": code, "summary": summary, "log": log}
+    code, result, log = local_run("ingest", spec, landing, storage)
+    return {"spec": spec, "landing": landing, "storage": storage, "code": code, "result": result, "log": log}
+
+
+@pytest.fixture(scope="module")
+def first_night(first_ingest):
+    code, summary, log = local_run("run", first_ingest["spec"], first_ingest["landing"], first_ingest["storage"])
+    return {**first_ingest, "code": code, "summary": summary, "log": log}
+
+
+def test_make_ingest_snapshots_a_fresh_storage(first_ingest):
+    result, storage = first_ingest["result"], first_ingest["storage"]
+    assert first_ingest["code"] == 0, first_ingest["log"][-4000:]
+    assert result["changed"] is True and result["files_ingested"] == ["batch-1.txt"]
+    assert result["rows_read"] == 300
+    assert result["new_rows"] + result["quarantined_rows"] + result["duplicates_removed"] \
+        + result["contaminated_removed"] == 300
+    assert sorted(result["label_counts"]) == sorted(yaml.safe_load(EMOTION.read_text())["data"]["labels"])
+    # The golden set came from the spec's seed, frozen in the fresh storage root.
+    assert (storage / "reference" / "emotion" / "golden.txt").read_text().startswith("text;label_name\n")
+    assert list((storage / "golden" / "emotion").glob("*/manifest.json"))
 
 
 def test_make_run_promotes_a_first_emotion_champion(first_night):
     summary, storage = first_night["summary"], first_night["storage"]
     assert first_night["code"] == 0, first_night["log"][-4000:]
     assert summary["pipeline"] == "emotion" and summary["outcome"] == "promoted"
-    assert summary["ingest"]["total_rows"] >= 290  # 300 landed, minus duplicates and golden rows
+    assert summary["ingest"]["snapshot_id"] == first_night["result"]["snapshot_id"]  # the same data, once
     champion = json.loads((storage / "models" / "emotion" / "champion.json").read_text())
     assert champion["version"] == summary["publish"]["version"]
-    # The golden set came from the spec's seed, frozen in the fresh storage root.
-    assert (storage / "reference" / "emotion" / "golden.txt").read_text().startswith("text;label_name\n")
-    assert list((storage / "golden" / "emotion").glob("*/manifest.json"))
 
 
 def test_the_next_call_on_the_same_storage_is_the_next_night(first_night):
