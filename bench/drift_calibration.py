@@ -73,7 +73,8 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from tasks.drift.stage import TextSide, TokenCounter, model_checks, model_outputs, statistical_checks
+    from tasks.drift.embeddings import model_checks, model_outputs
+    from tasks.drift.stats import TextSide, TokenCounter, statistical_checks
     from tasks.spec import load_spec
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
