@@ -113,7 +113,8 @@ def prediction_check(cfg: DriftSpec, label_names: Sequence[str], ref_prob: "np.n
                f"{report.moves_text(ref_shares, cur_shares, label_names)}); mean confidence "
                f"{float(cur_conf.mean()):.2f} vs {float(ref_conf.mean()):.2f} (p = {confidence['p_value']:.3g}); "
                f"floor {floor}, alpha {alpha}.")
-    return check(mix["tvd"], floor, drifted, verdict, p_value=mix["p_value"], effect=mix["effect"],
+    return check(mix["effect"], floor, drifted, verdict, p_value=mix["p_value"], alpha=alpha, tvd=mix["tvd"],
+                 effect=mix["effect"],
                  mix_drifted=mix_moved, confidence_drifted=confidence_fell, largest_move=mix["largest_move"],
                  noise_tvd=mix["noise_tvd"], null_resamples=mix["null_resamples"],
                  confidence_drop=confidence["drop"], confidence_p_value=confidence["p_value"],

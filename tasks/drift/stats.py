@@ -1,6 +1,7 @@
 """The statistical drift checks: label mix, text length, vocabulary and unknown tokens, and the shared nulls.
 
-Every check returns ``{statistic, threshold, drifted, verdict, ...}``. The label and prediction checks (here and
+Every check returns ``{statistic, threshold, drifted, verdict, ...}``; for the checks with an effect floor,
+``statistic`` is the effect and ``threshold`` the floor, with ``p_value`` and ``alpha`` beside them. The label and prediction checks (here and
 in ``tasks.drift.embeddings``) are judged against their own sampling noise: a seeded permutation null gives the
 p-value, and a check drifts only when ``p < alpha`` *and* its effect (how far the mix moved beyond what
 sampling alone moves it) reaches a floor. The p-value keeps false alarms at ``alpha`` whatever the number of
@@ -214,6 +215,8 @@ def label_psi(ref: "np.ndarray", cur: "np.ndarray", names: Sequence[str], cfg: D
               seed: int | None = None) -> dict[str, Any]:
     """Population stability index of the label mix, against its permutation null.
 
+    ``statistic`` is PSI minus its null mean (the part sampling does not explain), compared with ``threshold``.
+
     Drifted when p < ``chi2_alpha`` and PSI minus its null mean >= ``psi_threshold``. With many classes and few
     rows, empty classes alone push PSI above 0.2; the null mean is that sampling part."""
     import numpy as np
@@ -230,8 +233,8 @@ def label_psi(ref: "np.ndarray", cur: "np.ndarray", names: Sequence[str], cfg: D
                f"{float(null.mean()):.3f} (excess {excess:.3f} {'>=' if excess >= cfg.psi_threshold else '<'} "
                f"{cfg.psi_threshold}; permutation p = {p_value:.3g}); "
                f"{report.moves_text(ref_shares, cur_shares, names)}.")
-    return check(psi, cfg.psi_threshold, drifted, verdict, p_value=p_value, effect=excess,
-                 sampling_psi=float(null.mean()), top_moves=report.top_moves(ref_shares, cur_shares, names),
+    return check(excess, cfg.psi_threshold, drifted, verdict, p_value=p_value, alpha=cfg.chi2_alpha, psi=psi,
+                 effect=excess, sampling_psi=float(null.mean()), top_moves=report.top_moves(ref_shares, cur_shares, names),
                  reference_shares=dict(zip(names, ref_shares.round(4).tolist())),
                  current_shares=dict(zip(names, cur_shares.round(4).tolist())))
 
@@ -239,6 +242,8 @@ def label_psi(ref: "np.ndarray", cur: "np.ndarray", names: Sequence[str], cfg: D
 def label_chi2(ref: "np.ndarray", cur: "np.ndarray", names: Sequence[str], cfg: DriftSpec,
                seed: int | None = None) -> dict[str, Any]:
     """Homogeneity of the label counts (chi-square, TVD and largest move; min-p permutation null), plus a floor.
+
+    ``statistic`` is the effect (share points moved beyond noise), compared with ``threshold`` (the floor).
 
     Drifted when p < ``chi2_alpha`` and the mix moved >= ``label_shift_floor`` beyond sampling noise: at 60k
     reference rows a 3-point move is "significant" but not worth a retrain."""
@@ -255,7 +260,7 @@ def label_chi2(ref: "np.ndarray", cur: "np.ndarray", names: Sequence[str], cfg: 
                f"{cfg.chi2_alpha}); beyond sampling noise the mix moved {max(test['effect'], 0.0):.3f} "
                f"({'>=' if test['effect'] >= floor else '<'} {floor}); "
                f"{report.moves_text(ref_shares, cur_shares, names)}.")
-    return check(test["chi2"], cfg.chi2_alpha, drifted, verdict, **test,
+    return check(test["effect"], floor, drifted, verdict, alpha=cfg.chi2_alpha, **test,
                  top_moves=report.top_moves(ref_shares, cur_shares, names))
 
 
