@@ -151,3 +151,21 @@ def test_champion_without_snapshot_is_an_invalid_argument(tmp_path, tiny_model_d
         run_drift(spec, run_folder(spec), snap["snapshot_uri"], champion)
     with pytest.raises(SpecInvalid, match="no manifest.json"):
         run_drift(spec, run_folder(spec), snap["snapshot_uri"], storage.join(spec.storage.uri, "nowhere"))
+
+
+def test_label_quality_compares_agreement_with_the_holdout(tmp_path, tiny_model_dir):
+    """The tiny champion predicts 'positive' for (almost) everything: it agrees with about half of SST-2's
+    labels, and with none of a batch labelled all 'negative', which label quality flags."""
+    spec = make_spec("file://" + str(tmp_path / "s"), data={"holdout_fraction": 0.5},
+                     drift={"embedding_subsample": 60, "embedding_permutations": 30})
+    put_golden(spec)
+    land(spec, "a.tsv", tsv_bytes(read_sst2("train", limit=200)))
+    first = run_ingest(spec)
+    champion = fake_champion(spec, first, tiny_model_dir)
+    land(spec, "b.tsv", tsv_bytes([(text, 0) for text, _ in read_sst2("train", limit=100, offset=4000)]))
+    result = run_drift(spec, run_folder(spec), run_ingest(spec)["snapshot_uri"], champion)
+    quality = result["label_quality"]
+    assert result["model_reference"] == "holdout" and quality["reference_sample"] >= 60
+    assert quality["reference_agreement"] > 0.3 and quality["current_agreement"] < 0.1, quality
+    assert quality["flagged"] and "unreliable" in quality["verdict"]
+    assert "label_quality" not in result["checks"]  # a warning about labels, not drift
