@@ -136,7 +136,8 @@ class DriftSpec(_Section):
         0.01, gt=0, lt=1, description="Significance level of the prediction check against its permutation null")
     label_quality_alpha: float = Field(
         0.01, gt=0, lt=1, description="Label quality is flagged when the champion's agreement with the new labels "
-                                      "is lower than on the reference holdout at this level (Fisher's exact)")
+                                      "is lower than on the reference holdout (class by class, permutation null) "
+                                      "at this level")
     label_quality_floor: float = Field(
         0.1, gt=0, le=1, description="... and only if the agreement also dropped by at least this much "
                                       "(accuracy points)")

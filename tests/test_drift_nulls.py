@@ -42,7 +42,8 @@ def doubled(shares: np.ndarray, cls: int) -> np.ndarray:
     return out / out.sum()
 
 
-def probabilities(labels: np.ndarray, k: int, rng, strength: float = 4.0, temperature: float = 1.0) -> np.ndarray:
+def probabilities(labels: np.ndarray, k: int, rng, strength: "float | np.ndarray" = 4.0,
+                  temperature: float = 1.0) -> np.ndarray:
     """A champion's class probabilities whose argmax follows ``labels`` most of the time; a higher
     ``temperature`` lowers its confidence without changing its predictions."""
     logits = rng.normal(size=(len(labels), k))
@@ -150,3 +151,27 @@ def test_label_quality_flags_flipped_labels(k):
     noisy = label_quality(CFG, ref_prob, truth_ref, cur_prob, flipped)
     assert noisy["flagged"] and noisy["statistic"] >= CFG.label_quality_floor, noisy["verdict"]
     assert "unreliable" in noisy["verdict"]
+
+
+def test_label_quality_false_alarms_and_label_mix_shifts():
+    """Clean batches (40 draws, 6 classes) flag at most 2 times (P(>= 3 | 0.01) = 0.008); a batch that is
+    only richer in the class the champion finds hardest is a mix shift and is not flagged."""
+    rng = np.random.default_rng(9)
+    k = 6
+    mix = zipf(k)
+    strength = np.linspace(4.0, 0.5, k)  # class 5 is hard for the champion
+
+    def champion(labels):
+        return probabilities(labels, k, rng, strength=strength[labels])
+    truth_ref = rng.choice(k, 1500, p=mix)
+    ref_prob = champion(truth_ref)
+    flags = 0
+    for _ in range(40):
+        truth = rng.choice(k, 500, p=mix)
+        flags += label_quality(CFG, ref_prob, truth_ref, champion(truth), truth)["flagged"]
+    assert flags <= 2, flags
+    hard = doubled(doubled(doubled(mix, k - 1), k - 1), k - 1)
+    truth = rng.choice(k, 500, p=hard)
+    shifted = label_quality(CFG, ref_prob, truth_ref, champion(truth), truth)
+    assert shifted["current_agreement"] < shifted["reference_agreement"] - 0.05  # raw agreement fell...
+    assert not shifted["flagged"], shifted["verdict"]  # ...as expected at the new mix

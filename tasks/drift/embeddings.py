@@ -8,8 +8,9 @@ every check here reads those.
 * ``prediction``: the champion's predicted-label mix (``mix_shift``: permutation null, effect floor) and its mean
   confidence (permutation test of the drop, same floor).
 * label quality (not a drift check; the result's ``label_quality``): does the champion agree with the batch's
-  *given* labels much less than with the reference holdout's? A one-sided two-proportion test (Fisher's
-  exact) plus a floor on the drop. Flipped or garbled labels show up here before any GPU time is spent.
+  *given* labels much less than with the reference holdout's? Two proportions compared class by class
+  (stratified permutation null) plus a floor on the drop. Flipped or garbled labels show up here before any
+  GPU time is spent.
 """
 
 from __future__ import annotations
@@ -128,30 +129,54 @@ def label_quality(cfg: DriftSpec, ref_prob: "np.ndarray", ref_labels: "np.ndarra
                   cur_labels: "np.ndarray") -> dict[str, Any]:
     """Do the batch's labels agree with the champion much less than the reference holdout's labels do?
 
-    ``flagged`` when Fisher's exact test (one-sided: agreement fell) gives p < ``label_quality_alpha`` and the
-    agreement dropped by >= ``label_quality_floor``. 20% flipped labels on a 90%-accurate champion drop
-    agreement by ~0.16 (binary: 0.9 -> 0.74). A real concept shift lowers agreement too; the verdict says so.
+    Compared class by class (by *given* label), then weighted by the new rows' label mix: a batch that is
+    simply richer in a class the champion finds hard is a label-mix shift (drift), not bad labels, and must
+    not lower the expectation. Expected agreement = sum over classes c of share_new(c) x recall_ref(c).
+    The null is stratified: within each class, which of the pooled rows agree is shuffled between the two
+    sides (per class a hypergeometric draw; ``drift.null_resamples``, seeded). ``flagged`` when the one-sided
+    p < ``label_quality_alpha`` and the drop (expected - observed) >= ``label_quality_floor``. 20% flipped
+    labels on a 90%-accurate champion drop agreement by ~0.16 (binary: 0.9 -> 0.74). A real concept shift
+    lowers agreement too; the verdict says so.
     """
     import numpy as np
-    from scipy.stats import fisher_exact
+
+    from tasks.drift.stats import permutation_p
 
     ref_labels, cur_labels = np.asarray(ref_labels, dtype=np.int64), np.asarray(cur_labels, dtype=np.int64)
-    ref_agree = metrics.accuracy(ref_labels, ref_prob.argmax(1))
-    cur_agree = metrics.accuracy(cur_labels, cur_prob.argmax(1))
-    n_ref, n_cur = len(ref_labels), len(cur_labels)
-    a_ref, a_cur = round(ref_agree * n_ref), round(cur_agree * n_cur)
-    _, p_value = fisher_exact([[a_ref, n_ref - a_ref], [a_cur, n_cur - a_cur]], alternative="greater")
-    drop = ref_agree - cur_agree
+    ref_pred, cur_pred = ref_prob.argmax(1), cur_prob.argmax(1)
+    k = int(max(ref_prob.shape[1], ref_labels.max(initial=-1) + 1, cur_labels.max(initial=-1) + 1))
+    ref_classes = metrics.per_class(ref_labels, ref_pred, n_classes=k)  # recall of c = agreement on rows labelled c
+    m = np.asarray(ref_classes["support"], dtype=np.int64)
+    a_ref = np.rint(np.asarray(ref_classes["recall"]) * m).astype(np.int64)
+    n = np.bincount(cur_labels, minlength=k)
+    a_cur = np.bincount(cur_labels, weights=(cur_pred == cur_labels).astype(np.float64), minlength=k).astype(np.int64)
+    usable = (m > 0) & (n > 0)  # a class the reference sample lacks has no baseline
+    m, n, a_ref, a_cur = m[usable], n[usable], a_ref[usable], a_cur[usable]
+    weights = n / max(n.sum(), 1)
+    expected = float(np.sum(weights * a_ref / np.clip(m, 1, None)))
+    observed = float(a_cur.sum() / max(n.sum(), 1))
+    drop = expected - observed
+    if usable.any():
+        rng = np.random.default_rng(cfg.seed + 4)
+        agree = a_ref + a_cur
+        cur_null = rng.hypergeometric(agree, m + n - agree, n, size=(cfg.null_resamples, len(n)))
+        null = np.sum(weights * ((agree - cur_null) / m - cur_null / n), axis=1)
+        p_value = permutation_p(drop, null)
+    else:
+        p_value = 1.0
     floor, alpha = cfg.label_quality_floor, cfg.label_quality_alpha
     flagged = bool(p_value < alpha and drop >= floor)
     verdict = (f"Labels {'look unreliable' if flagged else 'look consistent'}: the champion agrees with "
-               f"{cur_agree:.1%} of the new rows' labels vs {ref_agree:.1%} on the reference holdout "
-               f"(drop {drop:.3f}, {'>=' if drop >= floor else '<'} {floor}; Fisher p = {p_value:.3g})"
+               f"{observed:.1%} of the new rows' labels, {expected:.1%} expected from the reference holdout at the "
+               f"new label mix (drop {drop:.3f}, {'>=' if drop >= floor else '<'} {floor}; p = {p_value:.3g})"
                + ("; check the labelling before retraining (a real concept shift lowers agreement too)."
                   if flagged else "."))
-    return {"flagged": flagged, "statistic": float(drop), "threshold": float(floor), "p_value": float(p_value),
-            "alpha": float(alpha), "reference_agreement": ref_agree, "current_agreement": cur_agree,
-            "reference_sample": n_ref, "current_sample": n_cur, "verdict": verdict}
+    return {"flagged": flagged, "statistic": drop, "threshold": float(floor), "p_value": float(p_value),
+            "alpha": float(alpha), "current_agreement": observed, "expected_agreement": expected,
+            "reference_agreement": metrics.accuracy(ref_labels, ref_pred),
+            "reference_sample": len(ref_labels), "current_sample": len(cur_labels),
+            "rows_without_baseline": int(len(cur_labels) - n.sum()), "null_resamples": int(cfg.null_resamples),
+            "verdict": verdict}
 
 
 def model_checks(cfg: DriftSpec, label_names: Sequence[str], model_dir: str | Path, ref_texts: Sequence[str],
