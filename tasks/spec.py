@@ -123,7 +123,8 @@ class DriftSpec(_Section):
         0.1, gt=0, description="vocab_js drifts when token JS divergence (bits) exceeds sampling noise by this")
     unknown_token_share_threshold: float = Field(
         0.05, gt=0, description="unknown_tokens drifts when the [UNK] share of new tokens rises by more than this")
-    embedding_alpha: float = Field(0.01, gt=0, lt=1, description="embedding_mmd drifts when the MMD p-value is below this")
+    embedding_alpha: float = Field(
+        0.01, gt=0, lt=1, description="embedding_mmd drifts when the MMD p-value is below this")
     embedding_subsample: int = Field(500, ge=20, description="New texts for the model checks (at most)")
     embedding_reference_subsample: int = Field(
         1500, ge=20, description="Reference texts for the model checks; more than the new side keeps the reference "

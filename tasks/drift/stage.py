@@ -4,22 +4,15 @@ Reference: the snapshot the champion was trained on (its version manifest names 
 snapshot that the reference does not hold. Checks (thresholds in ``spec.drift``; docs/drift.md has the nulls
 and the calibration):
 
-========================  ==============================================================  =====================
-check                     statistic                                                       drifted when
-========================  ==============================================================  =====================
-label_psi                 population stability index of the label mix                     p < chi2_alpha and
-                                                                                          PSI - noise >= psi_threshold
-label_chi2                label-count homogeneity: chi-square, TVD and largest class      p < chi2_alpha and
-                          move, min-p permutation null                                    move >= label_shift_floor
-length_ks                 two-sample KS test on text length in model tokens               p < length_ks_alpha
-vocab_js                  Jensen-Shannon divergence (bits) of token frequencies, minus   > vocab_js_threshold
-                          what sampling alone gives at these sizes
-unknown_tokens            rise in the share of [UNK] tokens under the model's tokenizer   > unknown_token_share_threshold
-embedding_mmd             MMD (RBF kernel) of mean-pooled champion embeddings,            p < embedding_alpha
-                          permutation p-value, on bounded subsamples (reference larger)
-prediction                the champion's predicted-label mix (as label_chi2) and its      p < prediction_alpha and
-                          mean confidence (permutation test of the drop)                  move or drop >= prediction_shift_threshold
-========================  ==============================================================  =====================
+* ``label_psi``: PSI of the label mix; p < chi2_alpha and PSI - its null mean >= psi_threshold.
+* ``label_chi2``: label-count homogeneity (chi-square, TVD, largest class move; min-p permutation null);
+  p < chi2_alpha and the mix moved >= label_shift_floor beyond sampling noise.
+* ``length_ks``: KS test on text length in model tokens; p < length_ks_alpha.
+* ``vocab_js``: JS divergence (bits) of token frequencies minus what sampling gives; > vocab_js_threshold.
+* ``unknown_tokens``: rise of the [UNK] share under the model's tokenizer; > unknown_token_share_threshold.
+* ``embedding_mmd``: MMD of mean-pooled champion embeddings on bounded subsamples; p < embedding_alpha.
+* ``prediction``: the champion's predicted-label mix (as label_chi2) or its mean confidence moved, with
+  p < prediction_alpha and by >= prediction_shift_threshold.
 
 Apart from the checks, ``label_quality`` compares the champion's agreement with the new rows' labels to its
 agreement on the reference holdout; it is not drift (it does not ask for a retrain), it warns of bad labels.

@@ -1,10 +1,10 @@
 """The statistical drift checks: label mix, text length, vocabulary and unknown tokens, and the shared nulls.
 
-Every check returns ``{statistic, threshold, drifted, verdict, ...}``; for the checks with an effect floor,
-``statistic`` is the effect and ``threshold`` the floor, with ``p_value`` and ``alpha`` beside them. The label and prediction checks (here and
+Every check returns ``{statistic, threshold, drifted, verdict, ...}``. The label and prediction checks (here and
 in ``tasks.drift.embeddings``) are judged against their own sampling noise: a seeded permutation null gives the
 p-value, and a check drifts only when ``p < alpha`` *and* its effect (how far the mix moved beyond what
-sampling alone moves it) reaches a floor. The p-value keeps false alarms at ``alpha`` whatever the number of
+sampling alone moves it) reaches a floor; for them ``statistic`` is the effect and ``threshold`` the floor, with
+``p_value`` and ``alpha`` beside them. The p-value keeps false alarms at ``alpha`` whatever the number of
 classes or rows; the floor keeps a large batch from alarming on a real but negligible shift (docs/drift.md).
 """
 
@@ -234,7 +234,8 @@ def label_psi(ref: "np.ndarray", cur: "np.ndarray", names: Sequence[str], cfg: D
                f"{cfg.psi_threshold}; permutation p = {p_value:.3g}); "
                f"{report.moves_text(ref_shares, cur_shares, names)}.")
     return check(excess, cfg.psi_threshold, drifted, verdict, p_value=p_value, alpha=cfg.chi2_alpha, psi=psi,
-                 effect=excess, sampling_psi=float(null.mean()), top_moves=report.top_moves(ref_shares, cur_shares, names),
+                 effect=excess, sampling_psi=float(null.mean()),
+                 top_moves=report.top_moves(ref_shares, cur_shares, names),
                  reference_shares=dict(zip(names, ref_shares.round(4).tolist())),
                  current_shares=dict(zip(names, cur_shares.round(4).tolist())))
 
