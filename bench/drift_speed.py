@@ -40,7 +40,8 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from tasks.drift.stage import TextSide, TokenCounter, model_checks, statistical_checks
+    from tasks.drift.embeddings import model_checks
+    from tasks.drift.stats import TextSide, TokenCounter, statistical_checks
     from tasks.train.modeling import load_classifier, load_tokenizer, resolve_base_model, save_model
     from tasks.spec import load_spec
 

@@ -101,6 +101,18 @@ class DriftResult(Result):
     drifted_checks: list[str] = []
     checks: dict[str, Any] = {}
     plots: dict[str, str] = {}
+    snapshot_uri: str | None = None
+    reference_rows: int = 0
+    champion_uri: str | None = None
+    reference_snapshot_uri: str | None = None
+    reference_snapshot_id: str | None = None
+    model_reference: str | None = None  # "holdout" | "all": which reference rows the model checks used
+    timings: dict[str, float] = {}
+    current_label_counts: dict[str, int] = {}
+    # Not a drift check (never asks for a retrain): {flagged, statistic, threshold, p_value, verdict,
+    # reference_agreement, current_agreement, ...} or {flagged: False, skipped: True, verdict}. None when the
+    # checks did not run. The decide step should stop the run (no fine-tuning) when flagged, with the verdict.
+    label_quality: dict[str, Any] | None = None
 
 
 class Decision(Result):

@@ -119,21 +119,44 @@ class StudentSpec(_Section):
 
 
 class DriftSpec(_Section):
-    psi_threshold: float = Field(0.2, gt=0)
-    chi2_alpha: float = Field(0.01, gt=0, lt=1)
-    length_ks_alpha: float = Field(0.01, gt=0, lt=1)
-    vocab_js_threshold: float = Field(0.1, gt=0)
-    unknown_token_share_threshold: float = Field(0.05, gt=0)
-    embedding_alpha: float = Field(0.01, gt=0, lt=1)
-    embedding_subsample: int = Field(500, ge=20)
+    psi_threshold: float = Field(
+        0.2, gt=0, description="label_psi drifts when PSI minus its permutation-null mean reaches this (and p < "
+                               "chi2_alpha)")
+    chi2_alpha: float = Field(
+        0.01, gt=0, lt=1, description="Significance level of both label checks (label_chi2, label_psi) against "
+                                      "their permutation null")
+    label_shift_floor: float = Field(
+        0.05, gt=0, le=1, description="label_chi2 drifts only if the label mix also moved this much beyond sampling "
+                                      "noise (share points, TVD or largest class move)")
+    null_resamples: int = Field(
+        1000, ge=100, le=100_000, description="Permutations (seeded) for the label and prediction nulls")
+    length_ks_alpha: float = Field(0.01, gt=0, lt=1, description="length_ks drifts when the KS p-value is below this")
+    vocab_js_threshold: float = Field(
+        0.1, gt=0, description="vocab_js drifts when token JS divergence (bits) exceeds sampling noise by this")
+    unknown_token_share_threshold: float = Field(
+        0.05, gt=0, description="unknown_tokens drifts when the [UNK] share of new tokens rises by more than this")
+    embedding_alpha: float = Field(
+        0.01, gt=0, lt=1, description="embedding_mmd drifts when the MMD p-value is below this")
+    embedding_subsample: int = Field(500, ge=20, description="New texts for the model checks (at most)")
     embedding_reference_subsample: int = Field(
         1500, ge=20, description="Reference texts for the model checks; more than the new side keeps the reference "
                                  "sample's own noise from inflating false alarms")
-    embedding_permutations: int = Field(200, ge=20)
-    prediction_shift_threshold: float = Field(0.15, gt=0)
+    embedding_permutations: int = Field(200, ge=20, description="Permutations of the MMD test")
+    prediction_shift_threshold: float = Field(
+        0.15, gt=0, description="prediction drifts when the predicted mix moves this much beyond sampling noise, "
+                                "or mean confidence drops this much (each with p < prediction_alpha)")
+    prediction_alpha: float = Field(
+        0.01, gt=0, lt=1, description="Significance level of the prediction check against its permutation null")
+    label_quality_alpha: float = Field(
+        0.01, gt=0, lt=1, description="Label quality is flagged when the champion's agreement with the new labels "
+                                      "is lower than on the reference holdout (class by class, permutation null) "
+                                      "at this level")
+    label_quality_floor: float = Field(
+        0.1, gt=0, le=1, description="... and only if the agreement also dropped by at least this much "
+                                      "(accuracy points)")
     min_rows: int = Field(30, ge=1, description="Fewer new rows than this: checks are skipped, not run")
     report_top_tokens: bool = Field(True, description="List the most over-represented tokens in the report")
-    seed: int = 0
+    seed: int = Field(0, description="Seeds every subsample and permutation of the drift checks")
 
 
 class DecideSpec(_Section):

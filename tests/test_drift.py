@@ -13,9 +13,11 @@ import pytest
 from conftest import DATA, ROOT, read_sst2
 from data_helpers import fake_champion, land, make_spec, put_golden, run_folder, tsv_bytes
 from tasks import storage
-from tasks.drift.stage import TextSide, TokenCounter, mmd_permutation, run_drift, statistical_checks
+from tasks.drift.stage import run_drift
+from tasks.drift.stats import TextSide, TokenCounter, mmd_permutation, statistical_checks
 from tasks.data.ingest import run_ingest
 from tasks.train.modeling import load_tokenizer
+from tasks.errors import SpecInvalid
 from tasks.spec import DriftSpec
 
 
@@ -113,6 +115,10 @@ def test_drift_stage_end_to_end(backend, tmp_path, tiny_model_dir, request):
     for name in ("length_hist", "label_bars", "embedding_null"):
         assert storage.read_bytes(result["plots"][name])[:4] == b"\x89PNG"
     assert storage.read_json(storage.join(run_uri, "drift", "result.json"))["drift_detected"] is True
+    # 17 holdout rows: too few for an honest agreement baseline, so label quality says it was not checked.
+    assert result["label_quality"]["skipped"] and "not checked" in result["label_quality"]["verdict"]
+    assert "top_moves" in result["checks"]["label_chi2"] and "current_shares" not in result["checks"]["label_psi"]
+    assert report["checks"]["label_psi"]["current_shares"] == {"negative": 0.5, "positive": 0.5}
 
 
 def test_drift_cli(tmp_path, tiny_model_dir):
@@ -130,3 +136,37 @@ def test_drift_cli(tmp_path, tiny_model_dir):
     result = json.loads(xcom.read_text())
     assert result["first_run"] is True and result["report_uri"].endswith("drift/report.json")
     assert "No champion yet" in result["summary"]
+
+
+def test_champion_without_snapshot_is_an_invalid_argument(tmp_path, tiny_model_dir):
+    spec = make_spec("file://" + str(tmp_path / "s"))
+    put_golden(spec)
+    land(spec, "a.tsv", tsv_bytes(read_sst2("train", limit=60)))
+    snap = run_ingest(spec)
+    champion = fake_champion(spec, snap, tiny_model_dir)
+    manifest = storage.read_json(storage.join(champion, "manifest.json"))
+    storage.write_json(storage.join(champion, "manifest.json"), {k: v for k, v in manifest.items()
+                                                                 if k != "snapshot_uri"})
+    with pytest.raises(SpecInvalid, match="names no snapshot_uri"):
+        run_drift(spec, run_folder(spec), snap["snapshot_uri"], champion)
+    with pytest.raises(SpecInvalid, match="no manifest.json"):
+        run_drift(spec, run_folder(spec), snap["snapshot_uri"], storage.join(spec.storage.uri, "nowhere"))
+
+
+def test_label_quality_is_not_fooled_by_a_label_mix_shift(tmp_path, tiny_model_dir):
+    """The tiny champion predicts 'positive' for (almost) everything: it agrees with about half of SST-2's
+    labels and with none of a batch labelled all 'negative'. That batch is a label-mix shift (label_chi2
+    drifts), not bad labels: on the holdout's negatives the champion agreed as rarely, so nothing is flagged."""
+    spec = make_spec("file://" + str(tmp_path / "s"), data={"holdout_fraction": 0.5},
+                     drift={"embedding_subsample": 60, "embedding_permutations": 30})
+    put_golden(spec)
+    land(spec, "a.tsv", tsv_bytes(read_sst2("train", limit=200)))
+    first = run_ingest(spec)
+    champion = fake_champion(spec, first, tiny_model_dir)
+    land(spec, "b.tsv", tsv_bytes([(text, 0) for text, _ in read_sst2("train", limit=100, offset=4000)]))
+    result = run_drift(spec, run_folder(spec), run_ingest(spec)["snapshot_uri"], champion)
+    quality = result["label_quality"]
+    assert result["model_reference"] == "holdout" and quality["reference_sample"] >= 60
+    assert quality["reference_agreement"] > 0.3 and quality["current_agreement"] < 0.1, quality
+    assert quality["expected_agreement"] < 0.1 and not quality["flagged"], quality["verdict"]
+    assert "label_chi2" in result["drifted_checks"] and "label_quality" not in result["checks"]
