@@ -321,8 +321,10 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
                 trained=trained)).dump()
             storage.write_json(storage.join(run_ctx.run_uri, TaskIds.DECIDE, "result.json"), decision)
             ti.xcom_push(key="decision", value=decision)
-            verdict = "RETRAIN" if decision["retrain"] else "SKIP"
+            verdict = "RETRAIN" if decision["retrain"] else "STOP" if decision["stopped"] else "SKIP"
             print(f"{verdict}: " + "; ".join(decision["reasons"]))
+            if decision["stopped"]:  # bad labels: fail once, before any GPU stage, and alert with the reason
+                raise AirflowFailException("data rejected: " + " ".join(decision["reasons"]))
             return bool(decision["retrain"])
 
         finetune = build_stage(spec, TaskIds.FINETUNE, ["--run", run_uri, "--snapshot", snapshot_uri,

@@ -50,6 +50,7 @@ from urllib.parse import quote
 from airflow.sdk.bases.notifier import BaseNotifier
 
 import registry_ui
+import project_path  # noqa: F401,E402  (the tasks package, when plugins load before any DAG file)
 from tasks.contracts import Decision, DriftResult, EvaluateResult, GateResult, Result, RunContext, TaskIds
 from tasks.spec import alerts_enabled
 

@@ -120,6 +120,7 @@ class Decision(Result):
     reasons: list[str]
     first_run: bool = False
     forced: bool = False
+    stopped: bool = False  # the batch's labels failed the label-quality check: the run fails, nothing trains
     new_rows: int | None = None
     drift_detected: bool = False
     snapshot_id: str | None = None

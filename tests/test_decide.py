@@ -106,3 +106,16 @@ def test_promoted_record_names_the_version():
                  trained={"snapshot_id": "aaaa", "run_key": "retrain-r1", "outcome": "promoted", "version": "v3"})
     assert out["reasons"][0].startswith("Skipped: already trained on snapshot aaaa (run retrain-r1: promoted, "
                                         "version v3)")
+
+
+def test_a_batch_whose_labels_fail_the_quality_check_stops_before_training():
+    drift = {"new_rows": 6000, "drift_detected": True, "checks": {},
+             "label_quality": {"flagged": True, "verdict": "the champion agrees with 61% of the new labels, "
+                                                          "against 93% on the reference."}}
+    out = decide(SPEC, {"snapshot_id": "s2"}, drift, CHAMPION)
+    assert out["retrain"] is False and out["stopped"] is True
+    assert out["reasons"][0].startswith("Stopped before training: the champion agrees with 61%")
+    forced = decide(SPEC, {"snapshot_id": "s2"}, drift, CHAMPION, force=True)
+    assert forced["retrain"] is True  # the operator may still insist
+    clean = decide(SPEC, {"snapshot_id": "s2"}, {**drift, "label_quality": {"flagged": False}}, CHAMPION)
+    assert clean["retrain"] is True and clean["stopped"] is False

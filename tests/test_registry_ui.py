@@ -54,7 +54,7 @@ def _evaluated_run(spec, key: str, cand_acc: float, champ_acc: float | None, see
     from tasks import storage
     from tasks.decide import gates
     from tasks.decide.evaluate import confusion_png
-    from tasks.drift.stage import write_plots
+    from tasks.drift.report import write_plots
     from tasks.spec import dump
 
     run = spec.layout.run(key)

@@ -69,6 +69,8 @@ def build_summary(run: dict, results: dict[str, dict | None]) -> dict[str, Any]:
     decision, evaluation, publish = r[TaskIds.DECIDE], r[TaskIds.EVALUATE], r[TaskIds.PUBLISH]
     if decision is None:
         outcome = "failed before the decision"
+    elif decision.stopped:
+        outcome = "stopped: labels failed the quality check"
     elif not decision.retrain:
         outcome = "skipped"
     elif publish is not None and publish.promoted:
