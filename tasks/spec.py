@@ -342,43 +342,21 @@ class Layout:
     def _at(self, *parts: str) -> str:
         return storage.join(self.root, *parts)
 
-    @property
-    def snapshots(self) -> str:
-        return self._at("snapshots", self.pipeline)
-
-    @property
-    def quarantine(self) -> str:
-        return self._at("quarantine", self.pipeline)
-
-    @property
-    def golden(self) -> str:
-        return self._at("golden", self.pipeline)
-
-    @property
-    def runs(self) -> str:
-        return self._at("runs", self.pipeline)
+    # One folder per kind of thing, then per pipeline.
+    snapshots = property(lambda self: self._at("snapshots", self.pipeline), doc="Immutable snapshots, latest.json")
+    quarantine = property(lambda self: self._at("quarantine", self.pipeline), doc="Bad rows and files, with reasons")
+    golden = property(lambda self: self._at("golden", self.pipeline), doc="Frozen golden sets, current.json")
+    runs = property(lambda self: self._at("runs", self.pipeline), doc="One folder per DAG run")
+    models = property(lambda self: self._at("models", self.pipeline), doc="The registry: versions, champion")
+    champion = property(lambda self: self._at("models", self.pipeline, "champion.json"), doc="The champion pointer")
+    audit = property(lambda self: self._at("models", self.pipeline, "audit"), doc="Who moved the champion, when")
+    checkpoints = property(lambda self: self._at("checkpoints", self.pipeline), doc="Training scratch (deletable)")
 
     def run(self, run_key: str) -> str:
         return self._at("runs", self.pipeline, run_key)
 
-    @property
-    def models(self) -> str:
-        return self._at("models", self.pipeline)
-
     def version(self, version: str) -> str:
         return self._at("models", self.pipeline, version)
-
-    @property
-    def champion(self) -> str:
-        return self._at("models", self.pipeline, "champion.json")
-
-    @property
-    def audit(self) -> str:
-        return self._at("models", self.pipeline, "audit")
-
-    @property
-    def checkpoints(self) -> str:
-        return self._at("checkpoints", self.pipeline)
 
     def trained(self, snapshot_id: str) -> str:
         """The record that a finished run trained on this snapshot (promoted, or blocked by its gates)."""

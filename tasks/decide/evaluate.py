@@ -26,18 +26,14 @@ import numpy as np
 from tasks import cli, metrics as metrics_mod, results, storage
 from tasks.contracts import EvaluateResult, GateResult
 from tasks.data import snapshots
-from tasks.decide import gates as gates_mod
+from tasks.decide import CandidateArgs, gates as gates_mod
 from tasks.errors import SpecInvalid
 from tasks.spec import PipelineSpec, load_spec
 from tasks.train import modeling
 
 
 @dataclass
-class EvaluateArgs:
-    run: str = field(metadata={"help": "the run folder URI (holds spec.json)"})
-    snapshot: str = field(metadata={"help": "the snapshot URI the candidates were trained on"})
-    teacher: str = field(metadata={"help": "the candidate teacher's model folder URI"})
-    student: str = field(metadata={"help": "the candidate student's model folder URI"})
+class EvaluateArgs(CandidateArgs):
     champion: str | None = field(metadata={"help": "the champion version (URI or id), or none on a first run"})
     golden: str | None = field(default=None, metadata={"help": "frozen golden set URI (default: from the snapshot "
                                                                 "manifest)"})

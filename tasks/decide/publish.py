@@ -34,16 +34,12 @@ from typing import Any
 from tasks import __version__, cli, results, storage
 from tasks.contracts import EvaluateResult, PublishResult
 from tasks.data import snapshots
-from tasks.decide import model_card, registry
+from tasks.decide import CandidateArgs, model_card, registry
 from tasks.spec import PipelineSpec, dump, load_spec
 
 
 @dataclass
-class PublishArgs:
-    run: str = field(metadata={"help": "the run folder URI (holds spec.json)"})
-    snapshot: str = field(metadata={"help": "the snapshot URI the candidates were trained on"})
-    teacher: str = field(metadata={"help": "the candidate teacher's model folder URI"})
-    student: str = field(metadata={"help": "the candidate student's model folder URI"})
+class PublishArgs(CandidateArgs):
     evaluation: str = field(metadata={"help": "the evaluate stage's result.json URI"})
     expected_champion: str | None = field(metadata={"help": "the champion version (id or URI) the candidate was "
                                                             "gated against, or none"})

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from tasks import metrics
 from tasks.drift import report
-from tasks.drift.stats import check, mean_drop, mix_shift, mmd_permutation, shares
+from tasks.drift.stats import check, mean_drop, mix_test, mmd_permutation
 from tasks.spec import DriftSpec
 
 if TYPE_CHECKING:
@@ -96,19 +96,14 @@ def prediction_check(cfg: DriftSpec, label_names: Sequence[str], ref_prob: "np.n
 
     Drifted when either moved with p < ``prediction_alpha`` *and* by at least ``prediction_shift_threshold``
     beyond sampling noise (mix) or in mean confidence (drop)."""
-    import numpy as np
-
-    k = len(label_names)
-    ref_pred, cur_pred = ref_prob.argmax(1), cur_prob.argmax(1)
-    mix = mix_shift(np.bincount(ref_pred, minlength=k), np.bincount(cur_pred, minlength=k), cfg.null_resamples,
-                    cfg.seed + 2)
+    mix, ref_shares, cur_shares = mix_test(ref_prob.argmax(1), cur_prob.argmax(1), len(label_names),
+                                           cfg.null_resamples, cfg.seed + 2)
     ref_conf, cur_conf = ref_prob.max(1), cur_prob.max(1)
     confidence = mean_drop(ref_conf, cur_conf, cfg.null_resamples, cfg.seed + 3)
     floor, alpha = cfg.prediction_shift_threshold, cfg.prediction_alpha
     mix_moved = mix["p_value"] < alpha and mix["effect"] >= floor
     confidence_fell = confidence["p_value"] < alpha and confidence["drop"] >= floor
     drifted = mix_moved or confidence_fell
-    ref_shares, cur_shares = shares(ref_pred, k), shares(cur_pred, k)
     verdict = (f"Champion predictions {'shifted' if drifted else 'are stable'}: beyond sampling noise the "
                f"predicted mix moved {max(mix['effect'], 0.0):.3f} (TVD {mix['tvd']:.3f}, p = {mix['p_value']:.3g}; "
                f"{report.moves_text(ref_shares, cur_shares, label_names)}); mean confidence "

@@ -181,6 +181,15 @@ def mix_shift(ref_counts: "np.ndarray", cur_counts: "np.ndarray", resamples: int
             "null_resamples": int(resamples)}
 
 
+def mix_test(ref_labels: "np.ndarray", cur_labels: "np.ndarray", k: int, resamples: int, seed: int
+             ) -> tuple[dict[str, Any], "np.ndarray", "np.ndarray"]:
+    """:func:`mix_shift` on two arrays of class ids, with both sides' shares (for the verdict's largest moves)."""
+    import numpy as np
+
+    test = mix_shift(np.bincount(ref_labels, minlength=k), np.bincount(cur_labels, minlength=k), resamples, seed)
+    return test, shares(ref_labels, k), shares(cur_labels, k)
+
+
 def mean_drop(ref_values: "np.ndarray", cur_values: "np.ndarray", resamples: int, seed: int) -> dict[str, Any]:
     """Drop of a mean (reference - new), with a one-sided permutation p-value over ``resamples`` shuffles."""
     import numpy as np
@@ -248,14 +257,10 @@ def label_chi2(ref: "np.ndarray", cur: "np.ndarray", names: Sequence[str], cfg: 
 
     Drifted when p < ``chi2_alpha`` and the mix moved >= ``label_shift_floor`` beyond sampling noise: at 60k
     reference rows a 3-point move is "significant" but not worth a retrain."""
-    import numpy as np
-
-    k = len(names)
-    test = mix_shift(np.bincount(ref, minlength=k), np.bincount(cur, minlength=k), cfg.null_resamples,
-                     cfg.seed + 1 if seed is None else seed)
+    test, ref_shares, cur_shares = mix_test(ref, cur, len(names), cfg.null_resamples,
+                                            cfg.seed + 1 if seed is None else seed)
     floor = cfg.label_shift_floor
     drifted = test["p_value"] < cfg.chi2_alpha and test["effect"] >= floor
-    ref_shares, cur_shares = shares(ref, k), shares(cur, k)
     verdict = (f"Label counts {'differ' if drifted else 'do not differ'}: chi-square {test['chi2']:.1f}, "
                f"permutation p = {test['p_value']:.3g} ({'<' if test['p_value'] < cfg.chi2_alpha else '>='} "
                f"{cfg.chi2_alpha}); beyond sampling noise the mix moved {max(test['effect'], 0.0):.3f} "
