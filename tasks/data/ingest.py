@@ -73,6 +73,7 @@ class IngestArgs:
 #      staged rows are streamed once more into the new snapshot part (write_new_part).
 
 
+RESOLVE_ROWS = 1 << 20  # rows per hash partition when deciding duplicates and conflicts
 STAGE_SCHEMA_FIELDS = (("text", "string"), ("label", "int16"), ("line", "int64"), ("holdout", "bool"))
 
 
@@ -130,14 +131,34 @@ class Batch:
 
     def resolve(self, parent: "snapshots.HashIndex | None", names: list[str]) -> None:
         """Exact duplicates (in the batch, or of a stored row) are dropped, keeping a text's first row; all new
-        rows of a text with conflicting labels (in the batch or vs the stored one) are quarantined."""
+        rows of a text with conflicting labels (in the batch or vs the stored one) are quarantined.
+
+        Decided on the 96-bit text keys, a hash partition (about RESOLVE_ROWS rows) at a time: a text's rows
+        all fall in one partition, so the sort's scratch memory stays the same however big the batch."""
         import numpy as np
 
-        hi, lo, labels = (np.concatenate(xs) if xs else np.zeros(0, dt) for xs, dt in
-                          ((self.keys_hi, np.uint64), (self.keys_lo, np.uint32), (self.labels, np.int16)))
-        self.keys_hi = self.keys_lo = self.labels = []
+        def concat(xs: list, dtype: Any) -> Any:
+            out = np.concatenate(xs) if xs else np.zeros(0, dtype)
+            xs.clear()
+            return out
+
+        hi, lo, labels = concat(self.keys_hi, np.uint64), concat(self.keys_lo, np.uint32), concat(self.labels, np.int16)
         n = len(hi)
         self.keep = np.zeros(n, dtype=bool)
+        self._hi, self._lo = hi, lo  # for drop_golden
+        partitions = max(1, -(-n // RESOLVE_ROWS))
+        for p in range(partitions):
+            rows = np.flatnonzero(hi % np.uint64(partitions) == p) if partitions > 1 else np.arange(n)
+            self._resolve_rows(rows, hi[rows], lo[rows], labels[rows], parent, names)
+        self.quarantine.row_count += len(self.conflicts)
+        if self.conflicts:
+            self.quarantine.row_reasons[CONFLICTING] += len(self.conflicts)
+
+    def _resolve_rows(self, rows: Any, hi: Any, lo: Any, labels: Any, parent: "snapshots.HashIndex | None",
+                      names: list[str]) -> None:
+        import numpy as np
+
+        n = len(rows)
         if not n:
             return
         order = np.argsort(hi, kind="stable")  # stable: within a text, rows stay in landing order
@@ -158,22 +179,19 @@ class Batch:
         stored = (known >= 0) & ~conflict
         sizes = np.diff(np.append(starts, n))
         fresh = ~conflict & ~stored
-        self.keep[order[starts[fresh]]] = True
-        self.duplicates = int(sizes[stored].sum() + (sizes[fresh] - 1).sum())
+        self.keep[rows[order[starts[fresh]]]] = True
+        self.duplicates += int(sizes[stored].sum() + (sizes[fresh] - 1).sum())
         for g in np.flatnonzero(conflict):
-            rows = order[starts[g]:starts[g] + sizes[g]]
+            members = rows[order[starts[g]:starts[g] + sizes[g]]]
             group_labels = {int(x) for x in labs[starts[g]:starts[g] + sizes[g]]}
             where = "this batch"
             if known[g] >= 0:
                 group_labels.add(int(known[g]))
                 where = "this batch and the previous snapshot"
             detail = f"same text labeled {sorted(names[i] for i in group_labels)} in {where}"
-            first = int(rows.min())
-            for r in rows:
+            first = int(members.min())
+            for r in members:
                 self.conflicts[int(r)] = (first, detail)
-        self.quarantine.row_count += len(self.conflicts)
-        self.quarantine.row_reasons[CONFLICTING] += len(self.conflicts)
-        self._hi, self._lo = hi, lo  # for drop_golden
 
     def drop_golden(self, golden: tuple[Any, Any]) -> None:
         """Rows whose text is in the golden set never enter a snapshot."""
@@ -370,7 +388,7 @@ def write_new_part(spec: PipelineSpec, batch: Batch, work: str) -> NewPart:
     writer = pq.ParquetWriter(path, schema) if batch.kept_rows else None
     offset = 0
     for staged in batch.staged:
-        for rb in pq.ParquetFile(staged.path).iter_batches(batch_size=131072):
+        for rb in pq.ParquetFile(staged.path, pre_buffer=False).iter_batches(batch_size=131072):
             n = rb.num_rows
             keep = batch.keep[offset:offset + n]
             if batch.conflicts:

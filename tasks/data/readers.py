@@ -463,7 +463,7 @@ def iter_parquet(fh: Any, text_col: str, label_col: str):
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(fh)
+        pf = pq.ParquetFile(fh, pre_buffer=False)  # pre-buffering would hold every row group read so far
         names = pf.schema_arrow.names
     except Exception as exc:  # pyarrow raises several types for a bad file
         raise Unparseable(f"not a readable Parquet file: {exc}") from None

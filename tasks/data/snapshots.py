@@ -316,7 +316,7 @@ def hash_index(snapshot_uri: str, tmp_dir: str, names: list[str]) -> HashIndex:
     counts = np.zeros(len(names), dtype=np.int64)
     splits: Counter = Counter()
     for part in manifest["parts"]:
-        pf = pq.ParquetFile(_local_parquet(storage.join(base, part), tmp_dir))
+        pf = pq.ParquetFile(_local_parquet(storage.join(base, part), tmp_dir), pre_buffer=False)
         column = "text_hash" if "text_hash" in pf.schema_arrow.names else "text"
         for batch in pf.iter_batches(batch_size=262144, columns=[column, "label", "split"]):
             if column == "text_hash":
