@@ -79,7 +79,7 @@ STAGE_SCHEMA_FIELDS = (("text", "string"), ("label", "int16"), ("line", "int64")
 
 @dataclass
 class Staged:
-    """One landed file's good rows in a local Parquet file (text, label, line, holdout, text_hash)."""
+    """One landed file's good rows in a local Arrow IPC file (text, label, line, holdout, text_hash)."""
 
     source: str
     path: str
@@ -146,9 +146,13 @@ class Batch:
         n = len(hi)
         self.keep = np.zeros(n, dtype=bool)
         self._hi, self._lo = hi, lo  # for drop_golden
-        partitions = max(1, -(-n // RESOLVE_ROWS))
+        partitions = min(256, max(1, -(-n // RESOLVE_ROWS)))
+        top = hi.view(np.uint8).reshape(-1, 8)[:, 7]  # the keys' top byte, a view: partition p holds a range of it
         for p in range(partitions):
-            rows = np.flatnonzero(hi % np.uint64(partitions) == p) if partitions > 1 else np.arange(n)
+            if partitions == 1:
+                rows = np.arange(n)
+            else:
+                rows = np.flatnonzero((top >= p * 256 // partitions) & (top < (p + 1) * 256 // partitions))
             self._resolve_rows(rows, hi[rows], lo[rows], labels[rows], parent, names)
         self.quarantine.row_count += len(self.conflicts)
         if self.conflicts:
@@ -194,16 +198,19 @@ class Batch:
                 self.conflicts[int(r)] = (first, detail)
 
     def drop_golden(self, golden: tuple[Any, Any]) -> None:
-        """Rows whose text is in the golden set never enter a snapshot."""
+        """Rows whose text is in the golden set never enter a snapshot (looked up a block of rows at a time)."""
         import numpy as np
 
         g_hi, g_lo = golden
-        kept = np.flatnonzero(self.keep)
-        maybe = kept[np.isin(self._hi[kept], g_hi)]
         pairs = set(zip(g_hi.tolist(), g_lo.tolist()))
-        hit = [i for i in maybe.tolist() if (int(self._hi[i]), int(self._lo[i])) in pairs]
-        self.keep[hit] = False
-        self.contaminated = len(hit)
+        g_sorted = np.sort(g_hi)
+        for start in range(0, len(self.keep), RESOLVE_ROWS) if len(g_sorted) else ():
+            block = self._hi[start:start + RESOLVE_ROWS]
+            pos = np.minimum(np.searchsorted(g_sorted, block), len(g_sorted) - 1)
+            maybe = np.flatnonzero(self.keep[start:start + RESOLVE_ROWS] & (g_sorted[pos] == block)) + start
+            hit = [i for i in maybe.tolist() if (int(self._hi[i]), int(self._lo[i])) in pairs]
+            self.keep[hit] = False
+            self.contaminated += len(hit)
         self.kept_rows = int(self.keep.sum())
         del self._hi, self._lo
 
@@ -244,7 +251,6 @@ def stage_file(spec: PipelineSpec, f: LandingFile, fh: Any, batch: Batch, labels
     """Pass 1 for one landed file: its good rows staged, its bad rows in the quarantine spool; a BadFile (its
     rows taken back) when the file is bad whole; None when it is empty."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     fmt = readers.file_format(f.key, spec.data.format)
     gz = readers.is_gzip(f.key)
@@ -263,12 +269,12 @@ def stage_file(spec: PipelineSpec, f: LandingFile, fh: Any, batch: Batch, labels
                        f.size, _lines_of(fh, gz), copy_path=_copy_of(fh, copy_path))
     fh.seek(0)
     content = readers.Content(fh, gz)
-    stage_path = os.path.join(work, f"stage-{number}.parquet")
+    stage_path = os.path.join(work, f"stage-{number}.arrow")
     mark, rows_before = batch.quarantine.mark(), batch.rows_read
     n_keys = len(batch.keys_hi)
     staged = 0
     schema = pa.schema([*STAGE_SCHEMA_FIELDS, ("text_hash", pa.binary(snapshots.TEXT_HASH_BYTES))])
-    writer = pq.ParquetWriter(stage_path, schema, compression="none")
+    writer = pa.ipc.new_file(stage_path, schema)  # Arrow IPC: staging is written and read back once, locally
     try:
         source = fh
         if fmt == "parquet" and gz:  # Parquet needs a seekable file: decompress it to one first
@@ -385,10 +391,11 @@ def write_new_part(spec: PipelineSpec, batch: Batch, work: str) -> NewPart:
     content = snapshots.ContentSum()
     conflicts: list[tuple[int, int, Bad]] = []
     split_names = pa.array(["train", "holdout"])
-    writer = pq.ParquetWriter(path, schema) if batch.kept_rows else None
+    # Unique texts gain nothing from dictionary encoding; the repeated columns do.
+    writer = pq.ParquetWriter(path, schema, use_dictionary=["split", "batch"]) if batch.kept_rows else None
     offset = 0
     for staged in batch.staged:
-        for rb in pq.ParquetFile(staged.path, pre_buffer=False).iter_batches(batch_size=131072):
+        for rb in _staged_batches(staged.path):
             n = rb.num_rows
             keep = batch.keep[offset:offset + n]
             if batch.conflicts:
@@ -427,6 +434,15 @@ def write_new_part(spec: PipelineSpec, batch: Batch, work: str) -> NewPart:
     return NewPart(path if writer is not None else None, batch.kept_rows,
                    {name: int(counts[i]) for i, name in enumerate(names)},
                    {"train": batch.kept_rows - holdout, "holdout": holdout}, content)
+
+
+def _staged_batches(path: str):
+    import pyarrow as pa
+
+    with pa.OSFile(path) as fh:
+        reader = pa.ipc.open_file(fh)
+        for i in range(reader.num_record_batches):
+            yield reader.get_batch(i)
 
 
 def golden_keys(golden: dict[str, Any]) -> tuple[Any, Any]:

@@ -236,7 +236,13 @@ def line_stats(content: Content) -> int:
 
 def _lines_in(piece: bytes) -> int:
     """Physical lines as csv/StringIO(newline="") count them: \\n, \\r\\n and a bare \\r each end one."""
+    if b"\r" not in piece:
+        return piece.count(b"\n")
     return piece.count(b"\n") + piece.count(b"\r") - piece.count(b"\r\n")
+
+
+def _bare_cr(piece: bytes) -> bool:
+    return b"\r" in piece and piece.count(b"\r") != piece.count(b"\r\n")
 
 
 def _newlines_outside_quotes(buf: bytes, quoted: bool):
@@ -381,7 +387,7 @@ def iter_delimited(content: Content, fmt: str, text_col: str, label_col: str, ts
     t_idx, l_idx = header.index(text_col), header.index(label_col)
     for piece, line in stream:
         chunk = None
-        if (not quoted or b'"' not in piece) and piece.count(b"\r") == piece.count(b"\r\n"):
+        if (not quoted or b'"' not in piece) and not _bare_cr(piece):
             chunk = _arrow_delimited(piece, line, delimiter, len(header), t_idx, l_idx)
         yield chunk if chunk is not None else chunk_of_rows(
             _python_delimited(piece, line, delimiter, quoted, header, t_idx, l_idx))
@@ -417,7 +423,7 @@ def _arrow_jsonl(piece: bytes, first_line: int, text_col: str, label_col: str):
         return None
     starts, ends, numbers = _line_bounds(piece, first_line)
     arr = np.frombuffer(piece, dtype=np.uint8)
-    all_lines = _lines_in(piece) if piece.count(b"\r") == piece.count(b"\r\n") else -1
+    all_lines = -1 if _bare_cr(piece) else _lines_in(piece)
     if all_lines != len(numbers) or not len(numbers) or np.any(arr[starts] != ord("{")):
         return None
     try:
