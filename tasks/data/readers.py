@@ -213,9 +213,9 @@ class Content:
         self._fh = gzip.GzipFile(fileobj=fh, mode="rb") if gz else fh
         self._limit, self._seen = limit, 0
 
-    def read(self, n: int = PIECE_BYTES) -> bytes:
+    def read(self, n: int | None = None) -> bytes:
         try:
-            data = self._fh.read(n)
+            data = self._fh.read(n or PIECE_BYTES)
         except (OSError, EOFError, zlib.error) as exc:
             raise Unparseable(f"not a readable gzip file: {exc}") from None
         self._seen += len(data)
