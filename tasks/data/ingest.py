@@ -74,6 +74,15 @@ class IngestArgs:
 
 
 RESOLVE_ROWS = 1 << 20  # rows per hash partition when deciding duplicates and conflicts
+
+
+def _key_dtype() -> Any:
+    import numpy as np
+
+    return np.dtype([("hi", "<u8"), ("lo", "<u4"), ("label", "<i2")])  # packed: 14 bytes a row
+
+
+KEY_DTYPE = _key_dtype()
 STAGE_SCHEMA_FIELDS = (("text", "string"), ("label", "int16"), ("line", "int64"), ("holdout", "bool"))
 
 
@@ -100,10 +109,10 @@ class Batch:
     contaminated: int = 0
     quarantine_uri: str | None = None
     staged: list[Staged] = field(default_factory=list)
-    # Per staged row, in staging order: 96-bit dedup key and label; after resolve(), what becomes of it.
-    keys_hi: list[Any] = field(default_factory=list, repr=False)
-    keys_lo: list[Any] = field(default_factory=list, repr=False)
-    labels: list[Any] = field(default_factory=list, repr=False)
+    # Per staged row, in staging order: its 96-bit dedup key and label, in a local file (KEY_DTYPE records);
+    # after resolve(), whether the row is kept.
+    keys_path: str | None = None
+    keyed_rows: int = 0
     keep: Any = field(default=None, repr=False)
     conflicts: dict[int, tuple[int, str]] = field(default_factory=dict, repr=False)  # row -> (group's first, detail)
     kept_rows: int = 0
@@ -129,34 +138,50 @@ class Batch:
             "contaminated_removed": self.contaminated,
         }
 
-    def resolve(self, parent: "snapshots.HashIndex | None", names: list[str]) -> None:
+    def resolve(self, parent: "snapshots.HashIndex | None", names: list[str], golden: tuple[Any, Any]) -> None:
         """Exact duplicates (in the batch, or of a stored row) are dropped, keeping a text's first row; all new
-        rows of a text with conflicting labels (in the batch or vs the stored one) are quarantined.
+        rows of a text with conflicting labels (in the batch or vs the stored one) are quarantined; kept rows
+        whose text is in the golden set are dropped too (``contaminated``).
 
-        Decided on the 96-bit text keys, a hash partition (about RESOLVE_ROWS rows) at a time: a text's rows
-        all fall in one partition, so the sort's scratch memory stays the same however big the batch."""
+        Decided on the 96-bit text keys, a hash partition (about RESOLVE_ROWS rows) at a time, read from the
+        key file: a text's rows all fall in one partition, so memory stays the same however big the batch
+        (but for ``keep``, a byte a row)."""
         import numpy as np
 
-        def concat(xs: list, dtype: Any) -> Any:
-            out = np.concatenate(xs) if xs else np.zeros(0, dtype)
-            xs.clear()
-            return out
-
-        hi, lo, labels = concat(self.keys_hi, np.uint64), concat(self.keys_lo, np.uint32), concat(self.labels, np.int16)
-        n = len(hi)
+        n = self.keyed_rows
         self.keep = np.zeros(n, dtype=bool)
-        self._hi, self._lo = hi, lo  # for drop_golden
+        g_hi, g_lo = golden
+        self._golden = (np.sort(g_hi), set(zip(g_hi.tolist(), g_lo.tolist())))
         partitions = min(256, max(1, -(-n // RESOLVE_ROWS)))
-        top = hi.view(np.uint8).reshape(-1, 8)[:, 7]  # the keys' top byte, a view: partition p holds a range of it
         for p in range(partitions):
-            if partitions == 1:
-                rows = np.arange(n)
-            else:
-                rows = np.flatnonzero((top >= p * 256 // partitions) & (top < (p + 1) * 256 // partitions))
-            self._resolve_rows(rows, hi[rows], lo[rows], labels[rows], parent, names)
+            low, high = p * 256 // partitions, (p + 1) * 256 // partitions
+            picked = []
+            for start, block in self._key_blocks():
+                top = block["hi"] >> np.uint64(56)  # the keys' top byte: partition p holds a range of it
+                rows = np.flatnonzero((top >= low) & (top < high)) if partitions > 1 else np.arange(len(block))
+                picked.append((rows + start, block[rows]))
+            if picked:
+                rows = np.concatenate([r for r, _ in picked])
+                keys = np.concatenate([k for _, k in picked])
+                del picked
+                self._resolve_rows(rows, keys["hi"].copy(), keys["lo"].copy(), keys["label"].copy(), parent, names)
+        self.kept_rows = int(self.keep.sum())
         self.quarantine.row_count += len(self.conflicts)
         if self.conflicts:
             self.quarantine.row_reasons[CONFLICTING] += len(self.conflicts)
+
+    def _key_blocks(self):
+        """(first row, KEY_DTYPE records) blocks of the key file."""
+        import numpy as np
+
+        if not self.keyed_rows:
+            return
+        with open(self.keys_path, "rb") as fh:
+            start = 0
+            while start < self.keyed_rows:
+                block = np.fromfile(fh, dtype=KEY_DTYPE, count=min(RESOLVE_ROWS, self.keyed_rows - start))
+                yield start, block
+                start += len(block)
 
     def _resolve_rows(self, rows: Any, hi: Any, lo: Any, labels: Any, parent: "snapshots.HashIndex | None",
                       names: list[str]) -> None:
@@ -183,7 +208,16 @@ class Batch:
         stored = (known >= 0) & ~conflict
         sizes = np.diff(np.append(starts, n))
         fresh = ~conflict & ~stored
-        self.keep[rows[order[starts[fresh]]]] = True
+        kept = rows[order[starts[fresh]]]
+        kept_hi, kept_lo = hi[order[starts[fresh]]], lo[order[starts[fresh]]]
+        g_sorted, g_pairs = self._golden
+        if len(g_sorted):
+            pos = np.minimum(np.searchsorted(g_sorted, kept_hi), len(g_sorted) - 1)
+            maybe = np.flatnonzero(g_sorted[pos] == kept_hi)
+            golden = [i for i in maybe.tolist() if (int(kept_hi[i]), int(kept_lo[i])) in g_pairs]
+            self.contaminated += len(golden)
+            kept = np.delete(kept, golden)
+        self.keep[kept] = True
         self.duplicates += int(sizes[stored].sum() + (sizes[fresh] - 1).sum())
         for g in np.flatnonzero(conflict):
             members = rows[order[starts[g]:starts[g] + sizes[g]]]
@@ -196,24 +230,6 @@ class Batch:
             first = int(members.min())
             for r in members:
                 self.conflicts[int(r)] = (first, detail)
-
-    def drop_golden(self, golden: tuple[Any, Any]) -> None:
-        """Rows whose text is in the golden set never enter a snapshot (looked up a block of rows at a time)."""
-        import numpy as np
-
-        g_hi, g_lo = golden
-        pairs = set(zip(g_hi.tolist(), g_lo.tolist()))
-        g_sorted = np.sort(g_hi)
-        for start in range(0, len(self.keep), RESOLVE_ROWS) if len(g_sorted) else ():
-            block = self._hi[start:start + RESOLVE_ROWS]
-            pos = np.minimum(np.searchsorted(g_sorted, block), len(g_sorted) - 1)
-            maybe = np.flatnonzero(self.keep[start:start + RESOLVE_ROWS] & (g_sorted[pos] == block)) + start
-            hit = [i for i in maybe.tolist() if (int(self._hi[i]), int(self._lo[i])) in pairs]
-            self.keep[hit] = False
-            self.contaminated += len(hit)
-        self.kept_rows = int(self.keep.sum())
-        del self._hi, self._lo
-
 
 def recorded(files: list[LandingFile]) -> list[LandingFile]:
     return [f for f in files if f.problem != UNREADABLE]
@@ -247,9 +263,10 @@ def _copy_of(fh: Any, path: str) -> str:
 
 
 def stage_file(spec: PipelineSpec, f: LandingFile, fh: Any, batch: Batch, labels: LabelMap, work: str,
-               number: int) -> Staged | BadFile | None:
+               number: int, keys_file: Any) -> Staged | BadFile | None:
     """Pass 1 for one landed file: its good rows staged, its bad rows in the quarantine spool; a BadFile (its
     rows taken back) when the file is bad whole; None when it is empty."""
+    import numpy as np
     import pyarrow as pa
 
     fmt = readers.file_format(f.key, spec.data.format)
@@ -271,7 +288,7 @@ def stage_file(spec: PipelineSpec, f: LandingFile, fh: Any, batch: Batch, labels
     content = readers.Content(fh, gz)
     stage_path = os.path.join(work, f"stage-{number}.arrow")
     mark, rows_before = batch.quarantine.mark(), batch.rows_read
-    n_keys = len(batch.keys_hi)
+    keyed_before = batch.keyed_rows
     staged = 0
     schema = pa.schema([*STAGE_SCHEMA_FIELDS, ("text_hash", pa.binary(snapshots.TEXT_HASH_BYTES))])
     writer = pa.ipc.new_file(stage_path, schema)  # Arrow IPC: staging is written and read back once, locally
@@ -290,9 +307,10 @@ def stage_file(spec: PipelineSpec, f: LandingFile, fh: Any, batch: Batch, labels
             digests = snapshots.text_digests(good.texts)
             text_hash = digests[:, :snapshots.TEXT_HASH_BYTES]
             hi, lo = snapshots.hash_keys(text_hash)
-            batch.keys_hi.append(hi.copy())
-            batch.keys_lo.append(lo.copy())
-            batch.labels.append(good.labels.astype("int16"))
+            keys = np.empty(len(hi), dtype=KEY_DTYPE)
+            keys["hi"], keys["lo"], keys["label"] = hi, lo, good.labels
+            keys_file.write(keys.tobytes())
+            batch.keyed_rows += len(keys)
             hashes = pa.FixedSizeBinaryArray.from_buffers(
                 pa.binary(snapshots.TEXT_HASH_BYTES), len(good.lines),
                 [None, pa.py_buffer(text_hash.tobytes())])
@@ -306,7 +324,9 @@ def stage_file(spec: PipelineSpec, f: LandingFile, fh: Any, batch: Batch, labels
         os.unlink(stage_path)
         batch.quarantine.rollback(mark)
         batch.rows_read = rows_before
-        del batch.keys_hi[n_keys:], batch.keys_lo[n_keys:], batch.labels[n_keys:]
+        batch.keyed_rows = keyed_before
+        keys_file.seek(keyed_before * KEY_DTYPE.itemsize)
+        keys_file.truncate()
         return BadFile(f.key, UNPARSEABLE_FILE, str(exc), f.size, _lines_of(fh, gz), copy_path=_copy_of(fh, copy_path))
     writer.close()
     return Staged(f.key, stage_path, staged)
@@ -320,17 +340,25 @@ def _decompress(content: readers.Content, path: str) -> str:
 
 
 def read_batch(spec: PipelineSpec, files: list[LandingFile], parent: "snapshots.HashIndex | None",
-               parent_id: str | None, work: str) -> Batch:
+               parent_id: str | None, golden: tuple[Any, Any], work: str) -> Batch:
     """Pass 1 and the dedup decisions: read, check and hash the new files; nothing is written to storage."""
-    batch = Batch(batch_id_of(parent_id, files), files, Quarantine(os.path.join(work, "rows.jsonl")))
+    batch = Batch(batch_id_of(parent_id, files), files, Quarantine(os.path.join(work, "rows.jsonl")),
+                  keys_path=os.path.join(work, "keys.bin"))
+    with open(batch.keys_path, "wb") as keys_file:
+        read_files(spec, batch, work, keys_file)
+    batch.resolve(parent, spec.data.labels, golden)
+    return batch
+
+
+def read_files(spec: PipelineSpec, batch: Batch, work: str, keys_file: Any) -> None:
     labels = LabelMap(spec.data.labels, spec.data.label_aliases)
-    for number, f in enumerate(files):
+    for number, f in enumerate(batch.files):
         if f.problem:  # a symlink, a special file: reported, never read
             batch.quarantine.files.append(BadFile(f.key, f.problem, f.detail, f.size))
             continue
         try:
             with landing.open_file(spec.layout.landing, f, work) as fh:
-                outcome = stage_file(spec, f, fh, batch, labels, work, number)
+                outcome = stage_file(spec, f, fh, batch, labels, work, number, keys_file)
         except LandingRefused as exc:
             batch.quarantine.files.append(BadFile(f.key, exc.reason, exc.detail, f.size))
             continue
@@ -347,8 +375,6 @@ def read_batch(spec: PipelineSpec, files: list[LandingFile], parent: "snapshots.
         else:
             batch.read.append(f.key)
             batch.staged.append(outcome)
-    batch.resolve(parent, spec.data.labels)
-    return batch
 
 
 def check_bad_share(spec: PipelineSpec, batch: Batch) -> None:
@@ -563,9 +589,8 @@ def run_ingest(spec: PipelineSpec, run_uri: str | None = None) -> dict[str, Any]
 
     with tempfile.TemporaryDirectory(prefix="ingest-") as work:
         parent = snapshots.hash_index(latest["snapshot_uri"], work, spec.data.labels) if latest else None
-        batch = read_batch(spec, files, parent, latest["snapshot_id"] if latest else None, work)
+        batch = read_batch(spec, files, parent, latest["snapshot_id"] if latest else None, golden_keys(golden), work)
         check_bad_share(spec, batch)
-        batch.drop_golden(golden_keys(golden))
         new = write_new_part(spec, batch, work)
         batch.quarantine.close()
         if batch.quarantine:
