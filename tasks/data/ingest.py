@@ -73,16 +73,17 @@ class IngestArgs:
 #      staged rows are streamed once more into the new snapshot part (write_new_part).
 
 
-RESOLVE_ROWS = 1 << 20  # rows per hash partition when deciding duplicates and conflicts
+RESOLVE_ROWS = 1 << 19  # rows per hash partition when deciding duplicates and conflicts
 
 
-def _key_dtype() -> Any:
+def _key_dtypes() -> tuple[Any, Any]:
     import numpy as np
 
-    return np.dtype([("hi", "<u8"), ("lo", "<u4"), ("label", "<i2")])  # packed: 14 bytes a row
+    key = [("hi", "<u8"), ("lo", "<u4"), ("label", "<i2")]  # packed: 14 bytes a row
+    return np.dtype(key), np.dtype([("row", "<i8"), *key])
 
 
-KEY_DTYPE = _key_dtype()
+KEY_DTYPE, ROW_KEY_DTYPE = _key_dtypes()  # a staged row's key; with its row number, in a partition file
 STAGE_SCHEMA_FIELDS = (("text", "string"), ("label", "int16"), ("line", "int64"), ("holdout", "bool"))
 
 
@@ -143,9 +144,9 @@ class Batch:
         rows of a text with conflicting labels (in the batch or vs the stored one) are quarantined; kept rows
         whose text is in the golden set are dropped too (``contaminated``).
 
-        Decided on the 96-bit text keys, a hash partition (about RESOLVE_ROWS rows) at a time, read from the
-        key file: a text's rows all fall in one partition, so memory stays the same however big the batch
-        (but for ``keep``, a byte a row)."""
+        Decided on the 96-bit text keys, a hash partition (about RESOLVE_ROWS rows) at a time: the key file is
+        split by hash into partition files, and a text's rows all fall in one partition, so memory stays the
+        same however big the batch (but for ``keep``, a byte a row)."""
         import numpy as np
 
         n = self.keyed_rows
@@ -153,35 +154,44 @@ class Batch:
         g_hi, g_lo = golden
         self._golden = (np.sort(g_hi), set(zip(g_hi.tolist(), g_lo.tolist())))
         partitions = min(256, max(1, -(-n // RESOLVE_ROWS)))
-        for p in range(partitions):
-            low, high = p * 256 // partitions, (p + 1) * 256 // partitions
-            picked = []
-            for start, block in self._key_blocks():
-                top = block["hi"] >> np.uint64(56)  # the keys' top byte: partition p holds a range of it
-                rows = np.flatnonzero((top >= low) & (top < high)) if partitions > 1 else np.arange(len(block))
-                picked.append((rows + start, block[rows]))
-            if picked:
-                rows = np.concatenate([r for r, _ in picked])
-                keys = np.concatenate([k for _, k in picked])
-                del picked
-                self._resolve_rows(rows, keys["hi"].copy(), keys["lo"].copy(), keys["label"].copy(), parent, names)
+        for path in self._partition_files(partitions):
+            recs = np.fromfile(path, dtype=ROW_KEY_DTYPE)
+            os.unlink(path)
+            self._resolve_rows(recs["row"].copy(), recs["hi"].copy(), recs["lo"].copy(), recs["label"].copy(),
+                               parent, names)
+            del recs
         self.kept_rows = int(self.keep.sum())
         self.quarantine.row_count += len(self.conflicts)
         if self.conflicts:
             self.quarantine.row_reasons[CONFLICTING] += len(self.conflicts)
 
-    def _key_blocks(self):
-        """(first row, KEY_DTYPE records) blocks of the key file."""
+    def _partition_files(self, partitions: int) -> list[str]:
+        """The key file split by the keys' top byte into ``partitions`` files of ROW_KEY_DTYPE records (row
+        number + key), in one pass; each file's rows stay in staging order."""
         import numpy as np
 
-        if not self.keyed_rows:
-            return
-        with open(self.keys_path, "rb") as fh:
-            start = 0
-            while start < self.keyed_rows:
-                block = np.fromfile(fh, dtype=KEY_DTYPE, count=min(RESOLVE_ROWS, self.keyed_rows - start))
-                yield start, block
-                start += len(block)
+        paths = [f"{self.keys_path}.{p}" for p in range(partitions)]
+        outs = [open(path, "wb") for path in paths]  # noqa: SIM115 (closed below)
+        try:
+            with open(self.keys_path, "rb") as fh:
+                start = 0
+                while start < self.keyed_rows:
+                    block = np.fromfile(fh, dtype=KEY_DTYPE, count=min(RESOLVE_ROWS, self.keyed_rows - start))
+                    part = (block["hi"] >> np.uint64(56)).astype(np.int64) * partitions // 256
+                    order = np.argsort(part, kind="stable")
+                    recs = np.empty(len(block), dtype=ROW_KEY_DTYPE)
+                    recs["row"] = order + start
+                    for name in ("hi", "lo", "label"):
+                        recs[name] = block[name][order]
+                    ends = np.cumsum(np.bincount(part, minlength=partitions))
+                    for p, (a, b) in enumerate(zip(np.concatenate(([0], ends[:-1])), ends)):
+                        if b > a:
+                            outs[p].write(recs[a:b].tobytes())
+                    start += len(block)
+        finally:
+            for out in outs:
+                out.close()
+        return paths
 
     def _resolve_rows(self, rows: Any, hi: Any, lo: Any, labels: Any, parent: "snapshots.HashIndex | None",
                       names: list[str]) -> None:
