@@ -149,21 +149,30 @@ def test_vectorized_split_and_normalization_equal_the_per_row_functions():
 
 
 def test_dedup_and_conflicts_are_the_same_in_many_hash_partitions(tmp_path, monkeypatch):
-    rows = read_sst2("train", limit=300)
-    body = rows + rows[:40] + [(t, 1 - y) for t, y in rows[100:110]] + [("  " + rows[5][0] + " ", rows[5][1])]
+    """In the batch and against the previous snapshot: one partition or dozens give the same result."""
+    rows = read_sst2("train", limit=400)
+    first = rows[:300] + rows[:40] + [(t, 1 - y) for t, y in rows[100:110]] + [("  " + rows[5][0] + " ", rows[5][1])]
+    second = rows[250:] + [(rows[0][0], 1 - rows[0][1])] + rows[350:360]
     results = []
     for name, partition_rows in (("one", 1 << 20), ("many", 7)):
         monkeypatch.setattr(ingest, "RESOLVE_ROWS", partition_rows)
         spec = make_spec("file://" + str(tmp_path / name), data={"max_bad_fraction": 0.5})
         put_golden(spec)
-        land(spec, "a.tsv", tsv_bytes(body))
-        result = run_ingest(spec)
-        bad = storage.read_text(storage.join(result["quarantine_uri"], "rows.jsonl")).splitlines()
-        frame = snapshots.read_snapshot(result["snapshot_uri"])
-        results.append((result["snapshot_id"], result["duplicates_removed"], result["new_rows"],
-                        [(json.loads(b)["line"], json.loads(b)["reason"]) for b in bad], frame["text"].tolist()))
+        seen = []
+        for key, body in (("a.tsv", first), ("b.tsv", second)):
+            land(spec, key, tsv_bytes(body))
+            result = run_ingest(spec)
+            bad = storage.read_text(storage.join(result["quarantine_uri"], "rows.jsonl")).splitlines()
+            frame = snapshots.read_snapshot(result["snapshot_uri"])
+            seen.append((result["snapshot_id"], result["duplicates_removed"], result["new_rows"],
+                         [(json.loads(b)["line"], json.loads(b)["reason"], json.loads(b)["detail"]) for b in bad],
+                         frame["text"].tolist()))
+        results.append(seen)
     assert results[0] == results[1]
-    assert results[0][1] == 41 and results[0][2] == 290 and len(results[0][3]) == 20
+    (_, dups, new, bad, _), (_, dups2, new2, bad2, _) = results[0]
+    assert (dups, new, len(bad)) == (41, 290, 20)
+    assert (dups2, new2) == (50 + 10, 100) and [b[:2] for b in bad2] == [(152, validation.CONFLICTING)]
+    assert "previous snapshot" in bad2[0][2]
 
 
 def test_dedup_against_a_snapshot_written_before_text_hashes(tmp_path):

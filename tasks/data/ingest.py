@@ -79,8 +79,7 @@ RESOLVE_ROWS = 1 << 19  # rows per hash partition when deciding duplicates and c
 def _key_dtypes() -> tuple[Any, Any]:
     import numpy as np
 
-    key = [("hi", "<u8"), ("lo", "<u4"), ("label", "<i2")]  # packed: 14 bytes a row
-    return np.dtype(key), np.dtype([("row", "<i8"), *key])
+    return np.dtype(snapshots.KEY_FIELDS), np.dtype([("row", "<i8"), *snapshots.KEY_FIELDS])
 
 
 KEY_DTYPE, ROW_KEY_DTYPE = _key_dtypes()  # a staged row's key; with its row number, in a partition file
@@ -139,7 +138,7 @@ class Batch:
             "contaminated_removed": self.contaminated,
         }
 
-    def resolve(self, parent: "snapshots.HashIndex | None", names: list[str], golden: tuple[Any, Any]) -> None:
+    def resolve(self, parent: "snapshots.StoredKeys | None", names: list[str], golden: tuple[Any, Any]) -> None:
         """Exact duplicates (in the batch, or of a stored row) are dropped, keeping a text's first row; all new
         rows of a text with conflicting labels (in the batch or vs the stored one) are quarantined; kept rows
         whose text is in the golden set are dropped too (``contaminated``).
@@ -153,13 +152,17 @@ class Batch:
         self.keep = np.zeros(n, dtype=bool)
         g_hi, g_lo = golden
         self._golden = (np.sort(g_hi), set(zip(g_hi.tolist(), g_lo.tolist())))
-        partitions = min(256, max(1, -(-n // RESOLVE_ROWS)))
-        for path in self._partition_files(partitions):
+        partitions = min(256, max(1, -(-max(n, parent.rows if parent else 0) // RESOLVE_ROWS)))
+        for p, path in enumerate(self._partition_files(partitions)):
             recs = np.fromfile(path, dtype=ROW_KEY_DTYPE)
             os.unlink(path)
+            if not len(recs):
+                continue
+            # Partition p holds the top bytes t with t * partitions // 256 == p.
+            stored = parent.index(-(-p * 256 // partitions), -(-(p + 1) * 256 // partitions)) if parent else None
             self._resolve_rows(recs["row"].copy(), recs["hi"].copy(), recs["lo"].copy(), recs["label"].copy(),
-                               parent, names)
-            del recs
+                               stored, names)
+            del recs, stored
         self.kept_rows = int(self.keep.sum())
         self.quarantine.row_count += len(self.conflicts)
         if self.conflicts:
@@ -349,7 +352,7 @@ def _decompress(content: readers.Content, path: str) -> str:
     return path
 
 
-def read_batch(spec: PipelineSpec, files: list[LandingFile], parent: "snapshots.HashIndex | None",
+def read_batch(spec: PipelineSpec, files: list[LandingFile], parent: "snapshots.StoredKeys | None",
                parent_id: str | None, golden: tuple[Any, Any], work: str) -> Batch:
     """Pass 1 and the dedup decisions: read, check and hash the new files; nothing is written to storage."""
     batch = Batch(batch_id_of(parent_id, files), files, Quarantine(os.path.join(work, "rows.jsonl")),
@@ -496,7 +499,7 @@ def _add_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
 
 
 def commit(spec: PipelineSpec, batch: Batch, new: NewPart, latest: dict[str, Any] | None,
-           latest_etag: str | None, parent: "snapshots.HashIndex | None", golden: dict[str, Any],
+           latest_etag: str | None, parent: "snapshots.StoredKeys | None", golden: dict[str, Any],
            base: dict[str, Any]) -> dict[str, Any]:
     """part -> manifest -> latest.json -> batch record; returns the stage result."""
     where = spec.layout.snapshots

@@ -261,16 +261,13 @@ class ContentSum:
 
 
 class HashIndex:
-    """What an ingest needs of the previous snapshot, without its texts: the dedup keys and labels of its rows
-    (sorted by key), its content sum, label and split counts."""
+    """Dedup keys and labels of stored rows, sorted by key, for lookups."""
 
-    def __init__(self, hi: Any, lo: Any, labels: Any, total: ContentSum, label_counts: dict[str, int],
-                 split_counts: dict[str, int]) -> None:
+    def __init__(self, hi: Any, lo: Any, labels: Any) -> None:
         import numpy as np
 
         order = np.argsort(hi, kind="stable")
-        self.hi, self.lo, self.labels, self.total = hi[order], lo[order], labels[order], total
-        self.label_counts, self.split_counts = label_counts, split_counts
+        self.hi, self.lo, self.labels = hi[order], lo[order], labels[order]
         # Two rows sharing 64 bits but not 96 (practically never): look those up exactly, in Python.
         same = self.hi[1:] == self.hi[:-1]
         self.collisions = {(int(h), int(low)): int(lab) for h, low, lab in zip(hi, lo, labels)} if same.any() else None
@@ -288,6 +285,30 @@ class HashIndex:
         return np.where(found, self.labels[pos].astype(np.int64), -1)
 
 
+KEY_FIELDS = [("hi", "<u8"), ("lo", "<u4"), ("label", "<i2")]  # a row's dedup key and label: 14 bytes
+
+
+class StoredKeys:
+    """What an ingest needs of the previous snapshot, without its texts: its rows' dedup keys and labels in 256
+    local bucket files by the keys' top byte (so a hash partition loads only its share), its content sum, and
+    its label and split counts."""
+
+    def __init__(self, folder: str, rows: int, total: ContentSum, label_counts: dict[str, int],
+                 split_counts: dict[str, int]) -> None:
+        self.folder, self.rows, self.total = folder, rows, total
+        self.label_counts, self.split_counts = label_counts, split_counts
+
+    def bucket(self, top: int) -> str:
+        return f"{self.folder}/keys-{top:02x}.bin"
+
+    def index(self, low: int, high: int) -> HashIndex:
+        """The HashIndex of the stored rows whose key's top byte is in [low, high)."""
+        import numpy as np
+
+        recs = np.concatenate([np.fromfile(self.bucket(t), dtype=np.dtype(KEY_FIELDS)) for t in range(low, high)])
+        return HashIndex(recs["hi"].copy(), recs["lo"].copy(), recs["label"].copy())
+
+
 def _local_parquet(uri: str, tmp_dir: str) -> str:
     if storage.is_s3(uri):
         return str(storage.download_file(uri, f"{tmp_dir}/part.parquet"))
@@ -301,9 +322,11 @@ def fixed_binary(column: Any, width: int) -> Any:
                          offset=column.offset * width).reshape(-1, width)
 
 
-def hash_index(snapshot_uri: str, tmp_dir: str, names: list[str]) -> HashIndex:
-    """The HashIndex of a snapshot, read part by part and a row group at a time (only the text_hash, label and
+def hash_index(snapshot_uri: str, tmp_dir: str, names: list[str]) -> StoredKeys:
+    """The StoredKeys of a snapshot, read part by part and a row group at a time (only the text_hash, label and
     split columns where a part has text_hash; an older part has its texts hashed here)."""
+    import os
+
     import numpy as np
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -311,34 +334,42 @@ def hash_index(snapshot_uri: str, tmp_dir: str, names: list[str]) -> HashIndex:
     manifest = read_manifest(snapshot_uri)
     base = storage.parent(snapshot_uri)
     stored_sum = manifest.get("content_sum")
-    his, los, labs = [], [], []
     total = ContentSum()
     counts = np.zeros(len(names), dtype=np.int64)
     splits: Counter = Counter()
-    for part in manifest["parts"]:
-        pf = pq.ParquetFile(_local_parquet(storage.join(base, part), tmp_dir), pre_buffer=False)
-        column = "text_hash" if "text_hash" in pf.schema_arrow.names else "text"
-        for batch in pf.iter_batches(batch_size=262144, columns=[column, "label", "split"]):
-            if column == "text_hash":
-                th = fixed_binary(batch.column(0), TEXT_HASH_BYTES)
-            else:
-                th = text_digests(batch.column(0))[:, :TEXT_HASH_BYTES]
-            labels = batch.column(1).to_numpy(zero_copy_only=False).astype(np.int64)
-            hi, lo = hash_keys(th)
-            his.append(hi.copy())
-            los.append(lo.copy())
-            labs.append(labels.astype(np.int16))
-            counts += np.bincount(labels, minlength=len(names))[: len(names)]
-            for item in pc.value_counts(batch.column(2)).to_pylist():
-                splits[item["values"]] += item["counts"]
-            if stored_sum is None:
-                total.add(th, labels)
-    if stored_sum is not None:
-        total = ContentSum.decode(stored_sum)
-
-    def cat(xs: list, dtype: Any) -> Any:
-        return np.concatenate(xs) if xs else np.zeros(0, dtype)
-
-    return HashIndex(cat(his, np.uint64), cat(los, np.uint32), cat(labs, np.int16), total,
-                     {name: int(counts[i]) for i, name in enumerate(names)},
-                     {s: int(splits.get(s, 0)) for s in ("train", "holdout")})
+    folder = os.path.join(tmp_dir, "stored-keys")
+    os.makedirs(folder, exist_ok=True)
+    keys = StoredKeys(folder, 0, total, {}, {})
+    outs = [open(keys.bucket(t), "wb") for t in range(256)]  # noqa: SIM115 (closed below)
+    try:
+        for part in manifest["parts"]:
+            pf = pq.ParquetFile(_local_parquet(storage.join(base, part), tmp_dir), pre_buffer=False)
+            column = "text_hash" if "text_hash" in pf.schema_arrow.names else "text"
+            for batch in pf.iter_batches(batch_size=262144, columns=[column, "label", "split"]):
+                if column == "text_hash":
+                    th = fixed_binary(batch.column(0), TEXT_HASH_BYTES)
+                else:
+                    th = text_digests(batch.column(0))[:, :TEXT_HASH_BYTES]
+                labels = batch.column(1).to_numpy(zero_copy_only=False).astype(np.int64)
+                hi, lo = hash_keys(th)
+                recs = np.empty(len(hi), dtype=np.dtype(KEY_FIELDS))
+                recs["hi"], recs["lo"], recs["label"] = hi, lo, labels
+                top = (hi >> np.uint64(56)).astype(np.int64)
+                order = np.argsort(top, kind="stable")
+                recs, ends = recs[order], np.cumsum(np.bincount(top, minlength=256))
+                for t, (a, b) in enumerate(zip(np.concatenate(([0], ends[:-1])), ends)):
+                    if b > a:
+                        outs[t].write(recs[a:b].tobytes())
+                keys.rows += len(hi)
+                counts += np.bincount(labels, minlength=len(names))[: len(names)]
+                for item in pc.value_counts(batch.column(2)).to_pylist():
+                    splits[item["values"]] += item["counts"]
+                if stored_sum is None:
+                    total.add(th, labels)
+    finally:
+        for out in outs:
+            out.close()
+    keys.total = ContentSum.decode(stored_sum) if stored_sum is not None else total
+    keys.label_counts = {name: int(counts[i]) for i, name in enumerate(names)}
+    keys.split_counts = {s: int(splits.get(s, 0)) for s in ("train", "holdout")}
+    return keys
