@@ -5,17 +5,20 @@ Steps, in order (docs/data.md):
 1. freeze the golden set on first use (golden.py);
 2. list the landing URI without following symlinks or leaving it (landing.py), and keep the entries whose
    identity (key + ETag + size) no stored batch record names;
-3. parse CSV / TSV / JSONL / Parquet, gzip or not (readers.py); check rows, map labels, normalize text
-   (validation.py);
+3. parse CSV / TSV / JSONL / Parquet, gzip or not, in chunks (readers.py); check rows, map labels, normalize
+   and hash text a chunk at a time (validation.py, snapshots.py), staging the good rows in local files;
 4. put bad rows and whole bad files aside with their reason (quarantine.py); fail without committing anything
    if more than ``data.max_bad_fraction`` of the batch is bad;
-5. drop exact duplicates (within the batch and against the previous snapshot) and golden-set rows;
+5. drop exact duplicates (within the batch and against the previous snapshot, by text hash) and golden-set rows;
 6. write the new rows as ``parts/<batch_id>.parquet`` and a snapshot manifest that lists the parent's parts
    plus the new one; the snapshot id is a hash of the content, so the same data gives the same id;
 7. move ``latest.json`` (conditional write), then record the batch (so its files count as processed).
 
 Every object is written create-only, except the ``latest.json`` pointer, which moves only from the version
 this run read. A crash at any point leaves either nothing or a state the next run completes.
+
+Memory does not grow with the batch (docs/data.md, "Scale"): rows stream through chunks, and only a byte a
+row (``Batch.keep``) stays in memory; the rest lives in local temporary files that are removed at the end.
 
 The counts add up: ``rows_read = new_rows + quarantined_rows + duplicates_removed + contaminated_removed`` and
 ``files_count = files_read + quarantined_files + empty_files``.
@@ -253,13 +256,6 @@ def batch_id_of(parent_id: str | None, files: list[LandingFile]) -> str:
     return hashlib.sha256(json.dumps([parent_id, identities]).encode()).hexdigest()[:16]
 
 
-def line_count(content: bytes) -> int:
-    """Lines of a text file's content (the last one need not end in a newline); 0 for binary content."""
-    if not content or b"\x00" in content:
-        return 0
-    return content.count(b"\n") + (0 if content.endswith(b"\n") else 1)
-
-
 def _lines_of(fh: Any, gz: bool) -> int:
     fh.seek(0)
     try:
@@ -305,8 +301,8 @@ def stage_file(spec: PipelineSpec, f: LandingFile, fh: Any, batch: Batch, labels
     staged = 0
     schema = pa.schema([*STAGE_SCHEMA_FIELDS, ("text_hash", pa.binary(snapshots.TEXT_HASH_BYTES))])
     writer = pa.ipc.new_file(stage_path, schema)  # Arrow IPC: staging is written and read back once, locally
+    source = fh
     try:
-        source = fh
         if fmt == "parquet" and gz:  # Parquet needs a seekable file: decompress it to one first
             source = open(_decompress(content, os.path.join(work, f"unzipped-{number}")), "rb")  # noqa: SIM115
         chunks = readers.iter_chunks(content, source, fmt, spec.data.text_column, spec.data.label_column,
@@ -335,6 +331,8 @@ def stage_file(spec: PipelineSpec, f: LandingFile, fh: Any, batch: Batch, labels
     except Unparseable as exc:
         writer.close()
         os.unlink(stage_path)
+        if source is not fh:
+            source.close()
         batch.quarantine.rollback(mark)
         batch.rows_read = rows_before
         batch.keyed_rows = keyed_before
@@ -342,6 +340,8 @@ def stage_file(spec: PipelineSpec, f: LandingFile, fh: Any, batch: Batch, labels
         keys_file.truncate()
         return BadFile(f.key, UNPARSEABLE_FILE, str(exc), f.size, _lines_of(fh, gz), copy_path=_copy_of(fh, copy_path))
     writer.close()
+    if source is not fh:
+        source.close()
     return Staged(f.key, stage_path, staged)
 
 

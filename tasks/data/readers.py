@@ -245,25 +245,34 @@ def _bare_cr(piece: bytes) -> bool:
     return b"\r" in piece and piece.count(b"\r") != piece.count(b"\r\n")
 
 
-def _newlines_outside_quotes(buf: bytes, quoted: bool):
-    """Offsets of the newlines of ``buf`` that end a record (all of them, or those outside quotes)."""
-    import numpy as np
+class _RecordEnds:
+    """The record ends (newlines outside quotes, or all newlines) of a growing buffer, scanned once per byte: a
+    long quoted field or an unclosed quote does not make the buffer be rescanned at every read."""
 
-    arr = np.frombuffer(buf, dtype=np.uint8)
-    newlines = np.flatnonzero(arr == 10)
-    if not quoted or b'"' not in buf:
-        return newlines
-    quotes_before = np.searchsorted(np.flatnonzero(arr == 34), newlines)
-    return newlines[quotes_before % 2 == 0]
+    def __init__(self, quoted: bool) -> None:
+        self.quoted = quoted
+        self.reset()
 
+    def reset(self) -> None:
+        self.scanned, self.quotes, self.first, self.last = 0, 0, 0, 0  # first/last: offset after a record end
 
-def _cut(buf: bytes, quoted: bool, first: bool) -> int:
-    """Where to end a piece: after the last (or with ``first`` the first) newline that ends a record; 0 if none."""
-    if not quoted or b'"' not in buf:
-        end = buf.find(b"\n") if first else buf.rfind(b"\n")
-        return end + 1
-    ends = _newlines_outside_quotes(buf, quoted)
-    return int(ends[0 if first else -1]) + 1 if len(ends) else 0
+    def scan(self, buf: bytes) -> None:
+        import numpy as np
+
+        if not self.quoted or buf.find(b'"', self.scanned) < 0:
+            if not (self.quotes % 2):  # outside quotes, every newline ends a record
+                first, last = buf.find(b"\n", self.scanned), buf.rfind(b"\n", self.scanned)
+                if last >= 0:
+                    self.first, self.last = self.first or first + 1, last + 1
+        else:
+            arr = np.frombuffer(buf, dtype=np.uint8, offset=self.scanned)
+            newlines = np.flatnonzero(arr == 10)
+            quotes = np.flatnonzero(arr == 34)
+            ends = newlines[(self.quotes + np.searchsorted(quotes, newlines)) % 2 == 0] + self.scanned
+            if len(ends):
+                self.first, self.last = self.first or int(ends[0]) + 1, int(ends[-1]) + 1
+            self.quotes += len(quotes)
+        self.scanned = len(buf)
 
 
 def pieces(content: Content, quoted: bool, first_record_alone: bool = False):
@@ -271,6 +280,7 @@ def pieces(content: Content, quoted: bool, first_record_alone: bool = False):
     each; with ``first_record_alone`` the first piece is just the first record (the header). A UTF-8 BOM is
     dropped; NUL bytes make the file Unparseable."""
     buf, line, first, eof, started = b"", 1, first_record_alone, False, False
+    ends = _RecordEnds(quoted)
     while not eof:
         block = content.read()
         if not block:
@@ -282,8 +292,9 @@ def pieces(content: Content, quoted: bool, first_record_alone: bool = False):
             if b"\x00" in block:
                 raise Unparseable("binary content (NUL bytes); not a text file")
             buf += block
+            ends.scan(buf)
         while buf:
-            end = _cut(buf, quoted, first) if first or len(buf) >= PIECE_BYTES else 0
+            end = (ends.first if first else ends.last) if first or len(buf) >= PIECE_BYTES or eof else 0
             if not end:
                 if not eof:
                     break  # read on: no record end yet
@@ -292,6 +303,9 @@ def pieces(content: Content, quoted: bool, first_record_alone: bool = False):
             yield piece, line
             line += _lines_in(piece)
             first = False
+            ends.reset()  # rescan the (short) rest once
+            if buf:
+                ends.scan(buf)
 
 
 # ---------------------------------------------------------------------- delimited (CSV, TSV)
