@@ -82,8 +82,8 @@ CASES = {
     "csv": (written(QUOTED_ROWS, ",") + b'"only one field"\n' + b"".join(b"r %d,0\n" % i for i in range(40)),
             "csv", "none", ","),
     "csv-semicolon": (written(QUOTED_ROWS, ";"), "csv", "none", ";"),
-    "csv-unclosed": (b'sentence,label\nok,1\n' + b"".join(b"r %d,0\n" % i for i in range(40)) + b'"never closed,1\nx,0\n',
-                     "csv", "none", ","),
+    "csv-unclosed": (b'sentence,label\nok,1\n' + b"".join(b"r %d,0\n" % i for i in range(40))
+                     + b'"never closed,1\nx,0\n', "csv", "none", ","),
     "csv-junk-after-quote": (b'sentence,label\nok,1\n"closed" junk,1\n', "csv", "none", ","),
     "csv-no-label-column": (b"sentence,stars\nnice,5\n", "csv", "none", ","),
     "tsv-nul": (b"sentence\tlabel\nfine\t1\n" * 30 + b"ab\x00cd\t1\n", "tsv", "none", ","),
@@ -188,7 +188,8 @@ def test_dedup_against_a_snapshot_written_before_text_hashes(tmp_path):
     storage.write_bytes(storage.join(where, "parts", "old.parquet"), frame_bytes)
     storage.write_json(storage.join(where, "s0", "manifest.json"), {"snapshot_id": "s0", "parts": ["parts/old.parquet"],
                                                                    "rows": len(old)})
-    storage.write_json(storage.join(where, "latest.json"), {"snapshot_id": "s0", "snapshot_uri": storage.join(where, "s0")})
+    storage.write_json(storage.join(where, "latest.json"),
+                       {"snapshot_id": "s0", "snapshot_uri": storage.join(where, "s0")})
     land(spec, "b.tsv", tsv_bytes(rows[100:] + [(rows[0][0], 1 - rows[0][1])]))
     result = run_ingest(spec)
     assert result["duplicates_removed"] == 20 and result["new_rows"] == 80 and result["total_rows"] == 200

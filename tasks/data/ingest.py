@@ -33,7 +33,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tasks import cli, results, storage
 from tasks.contracts import IngestResult
@@ -46,9 +46,6 @@ from tasks.data.validation import (CONFLICTING, UNPARSEABLE_FILE, UNREADABLE, UN
                                    validate_chunk)
 from tasks.errors import DataRejected, InfrastructureError, SpecInvalid
 from tasks.spec import PipelineSpec, SpecError, load_spec
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 log = logging.getLogger("tasks.data.ingest")
 
@@ -325,7 +322,8 @@ def stage_file(spec: PipelineSpec, f: LandingFile, fh: Any, batch: Batch, labels
                 [None, pa.py_buffer(text_hash.tobytes())])
             writer.write_table(pa.table({
                 "text": good.texts, "label": pa.array(good.labels.astype("int16")),
-                "line": pa.array(good.lines), "holdout": pa.array(snapshots.holdout_mask(digests, spec.data.holdout_fraction)),
+                "line": pa.array(good.lines),
+                "holdout": pa.array(snapshots.holdout_mask(digests, spec.data.holdout_fraction)),
                 "text_hash": hashes}, schema=schema))
             staged += len(good.lines)
     except Unparseable as exc:
@@ -432,19 +430,19 @@ def write_new_part(spec: PipelineSpec, batch: Batch, work: str) -> NewPart:
     split_names = pa.array(["train", "holdout"])
     # Unique texts gain nothing from dictionary encoding; the repeated columns do.
     writer = pq.ParquetWriter(path, schema, use_dictionary=["split", "batch"]) if batch.kept_rows else None
+    conflict_rows = np.array(sorted(batch.conflicts), dtype=np.int64)
     offset = 0
     for staged in batch.staged:
         for rb in _staged_batches(staged.path):
             n = rb.num_rows
             keep = batch.keep[offset:offset + n]
-            if batch.conflicts:
-                for i in range(n):
-                    if offset + i in batch.conflicts:
-                        first, detail = batch.conflicts[offset + i]
-                        label = names[rb.column("label")[i].as_py()]
-                        conflicts.append((first, offset + i, Bad(staged.source, rb.column("line")[i].as_py(),
-                                                                 CONFLICTING, detail,
-                                                                 {"text": rb.column("text")[i].as_py(), "label": label})))
+            lo, hi = np.searchsorted(conflict_rows, [offset, offset + n])
+            for row in conflict_rows[lo:hi].tolist():
+                first, detail = batch.conflicts[row]
+                i = row - offset
+                label = names[rb.column("label")[i].as_py()]
+                conflicts.append((first, row, Bad(staged.source, rb.column("line")[i].as_py(), CONFLICTING, detail,
+                                                  {"text": rb.column("text")[i].as_py(), "label": label})))
             offset += n
             if writer is None or not keep.any():
                 continue

@@ -325,7 +325,8 @@ def _python_delimited(piece: bytes, first_line: int, delimiter: str, quoted: boo
                 continue
             raw = printable(delimiter.join(fields))
             if len(fields) != len(header):
-                rows.append(RawRow(line, None, None, MALFORMED, f"expected {len(header)} fields, got {len(fields)}", raw))
+                detail = f"expected {len(header)} fields, got {len(fields)}"
+                rows.append(RawRow(line, None, None, MALFORMED, detail, raw))
                 continue
             row = RawRow(line, fields[t_idx], fields[l_idx], raw=raw)
             if _undecodable(fields[t_idx]) or _undecodable(fields[l_idx]):
