@@ -29,7 +29,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import DATA, ROOT, make_run, read_tsv  # noqa: E402
 
 
-def land_rows(folder: Path, rows: int, files: int, fmt: str, first_row: int = 0, name: str = "export") -> int:
+def dirty_tsv(base: list, idx: range) -> str:
+    out = []
+    for i in idx:
+        text, label = f"{base[i % len(base)][0]} {i}", base[i % len(base)][1]
+        out.append(f"{text}\t{label}\n")
+        if i % 100 == 99:
+            out.append(f"{text}\t{label}\n")  # a duplicate
+        if i % 1000 == 999:
+            out.append(f"{text}\t{1 - label}\n")  # a conflict: all three rows of this text are quarantined
+        if i % 500 == 499:
+            out.append(f" \t{label}\n")  # empty text
+    return "".join(out)
+
+
+def land_rows(folder: Path, rows: int, files: int, fmt: str, first_row: int = 0, name: str = "export",
+              dirty: bool = False) -> int:
     """Write ``rows`` distinct labeled rows (numbers ``first_row``...) into ``files`` landing files; returns the
     bytes written."""
     base = read_tsv("train")
@@ -54,7 +69,9 @@ def land_rows(folder: Path, rows: int, files: int, fmt: str, first_row: int = 0,
                     fh.write("sentence\tlabel\n" if fmt == "tsv" else "sentence,label\n")
                 for start in range(lo, hi, 100_000):
                     idx = range(start, min(hi, start + 100_000))
-                    if fmt == "tsv":
+                    if fmt == "tsv" and dirty:
+                        fh.write(dirty_tsv(base, idx))
+                    elif fmt == "tsv":
                         fh.write("".join(f"{base[i % len(base)][0]} {i}\t{base[i % len(base)][1]}\n" for i in idx))
                     elif fmt == "csv":
                         fh.write("".join(f"{base[i % len(base)][0].replace(',', ';')} {i},{base[i % len(base)][1]}\n"
@@ -97,6 +114,9 @@ def main() -> None:
     parser.add_argument("--second", type=int, default=0,
                         help="then land this many more rows, half of them already stored, and ingest again on top "
                              "(dedup against the previous snapshot); its figures come as second_*")
+    parser.add_argument("--dirty", action="store_true",
+                        help="TSV only: also every 100th row repeated, every 1000th relabeled (a conflict), every "
+                             "500th with an empty text, so dedup, conflicts and the quarantine spool work at scale")
     parser.add_argument("--keep", help="use (and keep) this folder instead of a temporary one")
     args = parser.parse_args()
 
@@ -105,13 +125,14 @@ def main() -> None:
         root = "file://" + str(work / "store")
         run = make_run(root, "scale")
         landing = work / "store" / "landing" / "sst2"
-        landed = land_rows(landing, args.rows, args.files, args.format)
+        landed = land_rows(landing, args.rows, args.files, args.format, dirty=args.dirty)
         golden = work / "store" / "reference" / "sst2" / "golden.tsv"
         golden.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(DATA / "sst2" / "dev.tsv", golden)
 
         first = run_ingest(run, work)
-        line = {"rows": args.rows, "files": args.files, "format": args.format, "landed_mb": round(landed / 2**20, 1),
+        line = {"rows": args.rows, "files": args.files, "format": args.format, "dirty": args.dirty,
+                "landed_mb": round(landed / 2**20, 1),
                 "wall_s": first["wall_s"], "rows_per_s": round(args.rows / first["wall_s"]), **first}
         if args.second:
             land_rows(landing, args.second, 1, args.format, first_row=args.rows - args.second // 2, name="second")
