@@ -64,13 +64,15 @@ class IngestArgs:
 
 # ------------------------------------------------------------------ one batch of landing files
 #
-# A batch is read in two passes over local files, so that memory does not grow with the rows (only ~14 bytes of
-# hash and label per row stay in memory):
+# A batch is read in two passes over local files, so that memory does not grow with the rows (only the keep mask,
+# a byte a row, stays in memory):
 #   1. every landed file is read in chunks (readers.iter_chunks), each chunk validated, normalized and hashed
 #      vectorized (validation.validate_chunk, snapshots.text_digests); bad rows go to the quarantine spool, good
-#      ones to a staging Parquet file per landed file. A file that turns out bad whole takes its rows back.
-#   2. after dedup and conflicts are decided on the hashes (Batch.resolve) and the bad share is checked, the
-#      staged rows are streamed once more into the new snapshot part (write_new_part).
+#      ones to a staging Arrow file per landed file and their keys to the key file. A file that turns out bad
+#      whole takes its rows back.
+#   2. after dedup, conflicts and golden rows are decided on the keys, a hash partition at a time
+#      (Batch.resolve), and the bad share is checked, the staged rows are streamed once more into the new
+#      snapshot part (write_new_part).
 
 
 RESOLVE_ROWS = 1 << 19  # rows per hash partition when deciding duplicates and conflicts
@@ -83,7 +85,7 @@ def _key_dtypes() -> tuple[Any, Any]:
 
 
 KEY_DTYPE, ROW_KEY_DTYPE = _key_dtypes()  # a staged row's key; with its row number, in a partition file
-STAGE_SCHEMA_FIELDS = (("text", "string"), ("label", "int16"), ("line", "int64"), ("holdout", "bool"))
+STAGE_SCHEMA_FIELDS = (("text", "string"), ("label", "int16"), ("line", "int64"), ("holdout", "bool"))  # + hash
 
 
 @dataclass
