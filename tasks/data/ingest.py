@@ -5,17 +5,20 @@ Steps, in order (docs/data.md):
 1. freeze the golden set on first use (golden.py);
 2. list the landing URI without following symlinks or leaving it (landing.py), and keep the entries whose
    identity (key + ETag + size) no stored batch record names;
-3. parse CSV / TSV / JSONL / Parquet, gzip or not (readers.py); check rows, map labels, normalize text
-   (validation.py);
+3. parse CSV / TSV / JSONL / Parquet, gzip or not, in chunks (readers.py); check rows, map labels, normalize
+   and hash text a chunk at a time (validation.py, snapshots.py), staging the good rows in local files;
 4. put bad rows and whole bad files aside with their reason (quarantine.py); fail without committing anything
    if more than ``data.max_bad_fraction`` of the batch is bad;
-5. drop exact duplicates (within the batch and against the previous snapshot) and golden-set rows;
+5. drop exact duplicates (within the batch and against the previous snapshot, by text hash) and golden-set rows;
 6. write the new rows as ``parts/<batch_id>.parquet`` and a snapshot manifest that lists the parent's parts
    plus the new one; the snapshot id is a hash of the content, so the same data gives the same id;
 7. move ``latest.json`` (conditional write), then record the batch (so its files count as processed).
 
 Every object is written create-only, except the ``latest.json`` pointer, which moves only from the version
 this run read. A crash at any point leaves either nothing or a state the next run completes.
+
+Memory does not grow with the batch (docs/data.md, "Scale"): rows stream through chunks, and only a byte a
+row (``Batch.keep``) stays in memory; the rest lives in local temporary files that are removed at the end.
 
 The counts add up: ``rows_read = new_rows + quarantined_rows + duplicates_removed + contaminated_removed`` and
 ``files_count = files_read + quarantined_files + empty_files``.
@@ -26,8 +29,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tasks import cli, results, storage
 from tasks.contracts import IngestResult
@@ -35,15 +41,11 @@ from tasks.data import landing, readers, snapshots
 from tasks.data.golden import ensure_golden, golden_texts
 from tasks.data.landing import LandingFile, LandingRefused
 from tasks.data.quarantine import BadFile, Quarantine
-from tasks.data.readers import RawRow, Unparseable
-from tasks.data.snapshots import split_of
-from tasks.data.validation import (UNPARSEABLE_FILE, UNREADABLE, UNSUPPORTED_FORMAT, Good, LabelMap,
-                                   resolve_conflicts, validate)
+from tasks.data.readers import Unparseable
+from tasks.data.validation import (CONFLICTING, UNPARSEABLE_FILE, UNREADABLE, UNSUPPORTED_FORMAT, Bad, LabelMap,
+                                   validate_chunk)
 from tasks.errors import DataRejected, InfrastructureError, SpecInvalid
 from tasks.spec import PipelineSpec, SpecError, load_spec
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 log = logging.getLogger("tasks.data.ingest")
 
@@ -61,6 +63,38 @@ class IngestArgs:
 
 
 # ------------------------------------------------------------------ one batch of landing files
+#
+# A batch is read in two passes over local files, so that memory does not grow with the rows (only the keep mask,
+# a byte a row, stays in memory):
+#   1. every landed file is read in chunks (readers.iter_chunks), each chunk validated, normalized and hashed
+#      vectorized (validation.validate_chunk, snapshots.text_digests); bad rows go to the quarantine spool, good
+#      ones to a staging Arrow file per landed file and their keys to the key file. A file that turns out bad
+#      whole takes its rows back.
+#   2. after dedup, conflicts and golden rows are decided on the keys, a hash partition at a time
+#      (Batch.resolve), and the bad share is checked, the staged rows are streamed once more into the new
+#      snapshot part (write_new_part).
+
+
+RESOLVE_ROWS = 1 << 19  # rows per hash partition when deciding duplicates and conflicts
+
+
+def _key_dtypes() -> tuple[Any, Any]:
+    import numpy as np
+
+    return np.dtype(snapshots.KEY_FIELDS), np.dtype([("row", "<i8"), *snapshots.KEY_FIELDS])
+
+
+KEY_DTYPE, ROW_KEY_DTYPE = _key_dtypes()  # a staged row's key; with its row number, in a partition file
+STAGE_SCHEMA_FIELDS = (("text", "string"), ("label", "int16"), ("line", "int64"), ("holdout", "bool"))  # + hash
+
+
+@dataclass
+class Staged:
+    """One landed file's good rows in a local Arrow IPC file (text, label, line, holdout, text_hash)."""
+
+    source: str
+    path: str
+    rows: int
 
 
 @dataclass
@@ -70,13 +104,20 @@ class Batch:
     batch_id: str
     files: list[LandingFile]
     quarantine: Quarantine = field(default_factory=Quarantine)
-    kept: list[Good] = field(default_factory=list)
     read: list[str] = field(default_factory=list)  # keys of the files whose rows were read
     empty: list[str] = field(default_factory=list)  # keys of the zero-byte files
     rows_read: int = 0
     duplicates: int = 0
     contaminated: int = 0
     quarantine_uri: str | None = None
+    staged: list[Staged] = field(default_factory=list)
+    # Per staged row, in staging order: its 96-bit dedup key and label, in a local file (KEY_DTYPE records);
+    # after resolve(), whether the row is kept.
+    keys_path: str | None = None
+    keyed_rows: int = 0
+    keep: Any = field(default=None, repr=False)
+    conflicts: dict[int, tuple[int, str]] = field(default_factory=dict, repr=False)  # row -> (group's first, detail)
+    kept_rows: int = 0
 
     def records(self) -> list[dict[str, Any]]:
         """The files the batch record names as processed: all but those that could not be read this time."""
@@ -91,7 +132,7 @@ class Batch:
             "empty_files": len(self.empty),
             "empty_file_keys": self.empty[:200],
             "rows_read": self.rows_read,
-            "quarantined_rows": len(self.quarantine.rows),
+            "quarantined_rows": self.quarantine.row_count,
             "quarantined_files": len(self.quarantine.files),
             "quarantine_reasons": self.quarantine.reasons(),
             "quarantine_uri": self.quarantine_uri,
@@ -99,6 +140,111 @@ class Batch:
             "contaminated_removed": self.contaminated,
         }
 
+    def resolve(self, parent: "snapshots.StoredKeys | None", names: list[str], golden: tuple[Any, Any]) -> None:
+        """Exact duplicates (in the batch, or of a stored row) are dropped, keeping a text's first row; all new
+        rows of a text with conflicting labels (in the batch or vs the stored one) are quarantined; kept rows
+        whose text is in the golden set are dropped too (``contaminated``).
+
+        Decided on the 96-bit text keys, a hash partition (about RESOLVE_ROWS rows) at a time: the key file is
+        split by hash into partition files, and a text's rows all fall in one partition, so memory stays the
+        same however big the batch (but for ``keep``, a byte a row)."""
+        import numpy as np
+
+        n = self.keyed_rows
+        self.keep = np.zeros(n, dtype=bool)
+        g_hi, g_lo = golden
+        self._golden = (np.sort(g_hi), set(zip(g_hi.tolist(), g_lo.tolist())))
+        partitions = min(256, max(1, -(-max(n, parent.rows if parent else 0) // RESOLVE_ROWS)))
+        for p, path in enumerate(self._partition_files(partitions)):
+            recs = np.fromfile(path, dtype=ROW_KEY_DTYPE)
+            os.unlink(path)
+            if not len(recs):
+                continue
+            # Partition p holds the top bytes t with t * partitions // 256 == p.
+            stored = parent.index(-(-p * 256 // partitions), -(-(p + 1) * 256 // partitions)) if parent else None
+            self._resolve_rows(recs["row"].copy(), recs["hi"].copy(), recs["lo"].copy(), recs["label"].copy(),
+                               stored, names)
+            del recs, stored
+        self.kept_rows = int(self.keep.sum())
+        self.quarantine.row_count += len(self.conflicts)
+        if self.conflicts:
+            self.quarantine.row_reasons[CONFLICTING] += len(self.conflicts)
+
+    def _partition_files(self, partitions: int) -> list[str]:
+        """The key file split by the keys' top byte into ``partitions`` files of ROW_KEY_DTYPE records (row
+        number + key), in one pass; each file's rows stay in staging order."""
+        import numpy as np
+
+        paths = [f"{self.keys_path}.{p}" for p in range(partitions)]
+        outs = [open(path, "wb") for path in paths]  # noqa: SIM115 (closed below)
+        try:
+            with open(self.keys_path, "rb") as fh:
+                start = 0
+                while start < self.keyed_rows:
+                    block = np.fromfile(fh, dtype=KEY_DTYPE, count=min(RESOLVE_ROWS, self.keyed_rows - start))
+                    part = (block["hi"] >> np.uint64(56)).astype(np.int64) * partitions // 256
+                    order = np.argsort(part, kind="stable")
+                    recs = np.empty(len(block), dtype=ROW_KEY_DTYPE)
+                    recs["row"] = order + start
+                    for name in ("hi", "lo", "label"):
+                        recs[name] = block[name][order]
+                    ends = np.cumsum(np.bincount(part, minlength=partitions))
+                    for p, (a, b) in enumerate(zip(np.concatenate(([0], ends[:-1])), ends)):
+                        if b > a:
+                            outs[p].write(recs[a:b].tobytes())
+                    start += len(block)
+        finally:
+            for out in outs:
+                out.close()
+        return paths
+
+    def _resolve_rows(self, rows: Any, hi: Any, lo: Any, labels: Any, parent: "snapshots.HashIndex | None",
+                      names: list[str]) -> None:
+        import numpy as np
+
+        n = len(rows)
+        if not n:
+            return
+        order = np.argsort(hi, kind="stable")  # stable: within a text, rows stay in landing order
+        hs, ls = hi[order], lo[order]
+        if np.any((hs[1:] == hs[:-1]) & (ls[1:] != ls[:-1])):  # 64 bits shared, 96 not: sort by all 96
+            order = np.lexsort((lo, hi))
+            hs, ls = hi[order], lo[order]
+        starts_mask = np.empty(n, dtype=bool)
+        starts_mask[0] = True
+        starts_mask[1:] = (hs[1:] != hs[:-1]) | (ls[1:] != ls[:-1])
+        starts = np.flatnonzero(starts_mask)
+        del starts_mask
+        labs = labels[order]
+        low, high = np.minimum.reduceat(labs, starts), np.maximum.reduceat(labs, starts)
+        known = parent.lookup(hs[starts], ls[starts]) if parent is not None else np.full(len(starts), -1)
+        del hs, ls
+        conflict = (low != high) | ((known >= 0) & (known != low))
+        stored = (known >= 0) & ~conflict
+        sizes = np.diff(np.append(starts, n))
+        fresh = ~conflict & ~stored
+        kept = rows[order[starts[fresh]]]
+        kept_hi, kept_lo = hi[order[starts[fresh]]], lo[order[starts[fresh]]]
+        g_sorted, g_pairs = self._golden
+        if len(g_sorted):
+            pos = np.minimum(np.searchsorted(g_sorted, kept_hi), len(g_sorted) - 1)
+            maybe = np.flatnonzero(g_sorted[pos] == kept_hi)
+            golden = [i for i in maybe.tolist() if (int(kept_hi[i]), int(kept_lo[i])) in g_pairs]
+            self.contaminated += len(golden)
+            kept = np.delete(kept, golden)
+        self.keep[kept] = True
+        self.duplicates += int(sizes[stored].sum() + (sizes[fresh] - 1).sum())
+        for g in np.flatnonzero(conflict):
+            members = rows[order[starts[g]:starts[g] + sizes[g]]]
+            group_labels = {int(x) for x in labs[starts[g]:starts[g] + sizes[g]]}
+            where = "this batch"
+            if known[g] >= 0:
+                group_labels.add(int(known[g]))
+                where = "this batch and the previous snapshot"
+            detail = f"same text labeled {sorted(names[i] for i in group_labels)} in {where}"
+            first = int(members.min())
+            for r in members:
+                self.conflicts[int(r)] = (first, detail)
 
 def recorded(files: list[LandingFile]) -> list[LandingFile]:
     return [f for f in files if f.problem != UNREADABLE]
@@ -109,46 +255,123 @@ def batch_id_of(parent_id: str | None, files: list[LandingFile]) -> str:
     return hashlib.sha256(json.dumps([parent_id, identities]).encode()).hexdigest()[:16]
 
 
-def line_count(content: bytes) -> int:
-    """Lines of a text file's content (the last one need not end in a newline); 0 for binary content."""
-    if not content or b"\x00" in content:
-        return 0
-    return content.count(b"\n") + (0 if content.endswith(b"\n") else 1)
-
-
-def parse_file(spec: PipelineSpec, f: LandingFile, data: bytes) -> list[RawRow] | BadFile | None:
-    """A landed file's rows; a BadFile when the whole file is bad; None when it is empty (zero bytes)."""
-    fmt = readers.file_format(f.key, spec.data.format)
+def _lines_of(fh: Any, gz: bool) -> int:
+    fh.seek(0)
     try:
-        content = readers.gunzip(data) if readers.is_gzip(f.key) else data
+        return readers.line_stats(readers.Content(fh, gz))
+    except Unparseable:
+        return 0
+
+
+def _copy_of(fh: Any, path: str) -> str:
+    fh.seek(0)
+    with open(path, "wb") as out:
+        shutil.copyfileobj(fh, out, 1 << 20)
+    return path
+
+
+def stage_file(spec: PipelineSpec, f: LandingFile, fh: Any, batch: Batch, labels: LabelMap, work: str,
+               number: int, keys_file: Any) -> Staged | BadFile | None:
+    """Pass 1 for one landed file: its good rows staged, its bad rows in the quarantine spool; a BadFile (its
+    rows taken back) when the file is bad whole; None when it is empty."""
+    import numpy as np
+    import pyarrow as pa
+
+    fmt = readers.file_format(f.key, spec.data.format)
+    gz = readers.is_gzip(f.key)
+    content = readers.Content(fh, gz)
+    copy_path = os.path.join(work, f"bad-{number}")
+    try:
+        head = content.read(1 << 16)
     except Unparseable as exc:
-        return BadFile(f.key, UNPARSEABLE_FILE if fmt else UNSUPPORTED_FORMAT, str(exc), f.size, 0, data)
-    if not content:
+        return BadFile(f.key, UNPARSEABLE_FILE if fmt else UNSUPPORTED_FORMAT, str(exc), f.size, 0,
+                       copy_path=_copy_of(fh, copy_path))
+    if not head:
         return None
     if fmt is None or fmt not in spec.landing.formats:
         allowed = sorted(spec.landing.formats)
         return BadFile(f.key, UNSUPPORTED_FORMAT, f"unsupported file type; expected one of {allowed} (optionally .gz)",
-                       f.size, line_count(content), data)
+                       f.size, _lines_of(fh, gz), copy_path=_copy_of(fh, copy_path))
+    fh.seek(0)
+    content = readers.Content(fh, gz)
+    stage_path = os.path.join(work, f"stage-{number}.arrow")
+    mark, rows_before = batch.quarantine.mark(), batch.rows_read
+    keyed_before = batch.keyed_rows
+    staged = 0
+    schema = pa.schema([*STAGE_SCHEMA_FIELDS, ("text_hash", pa.binary(snapshots.TEXT_HASH_BYTES))])
+    writer = pa.ipc.new_file(stage_path, schema)  # Arrow IPC: staging is written and read back once, locally
+    source = fh
     try:
-        return readers.read_rows(content, fmt, spec.data.text_column, spec.data.label_column,
-                                 tsv_quoting=spec.data.tsv_quoting,
-                                 csv_delimiter=spec.data.csv_delimiter)
+        if fmt == "parquet" and gz:  # Parquet needs a seekable file: decompress it to one first
+            source = open(_decompress(content, os.path.join(work, f"unzipped-{number}")), "rb")  # noqa: SIM115
+        chunks = readers.iter_chunks(content, source, fmt, spec.data.text_column, spec.data.label_column,
+                                     tsv_quoting=spec.data.tsv_quoting, csv_delimiter=spec.data.csv_delimiter)
+        for chunk in chunks:
+            good, bad = validate_chunk(f.key, chunk, labels, spec.data.max_text_chars)
+            batch.rows_read += len(chunk)
+            batch.quarantine.add_rows(bad)
+            if not len(good.lines):
+                continue
+            digests = snapshots.text_digests(good.texts)
+            text_hash = digests[:, :snapshots.TEXT_HASH_BYTES]
+            hi, lo = snapshots.hash_keys(text_hash)
+            keys = np.empty(len(hi), dtype=KEY_DTYPE)
+            keys["hi"], keys["lo"], keys["label"] = hi, lo, good.labels
+            keys_file.write(keys.tobytes())
+            batch.keyed_rows += len(keys)
+            hashes = pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(snapshots.TEXT_HASH_BYTES), len(good.lines),
+                [None, pa.py_buffer(text_hash.tobytes())])
+            writer.write_table(pa.table({
+                "text": good.texts, "label": pa.array(good.labels.astype("int16")),
+                "line": pa.array(good.lines),
+                "holdout": pa.array(snapshots.holdout_mask(digests, spec.data.holdout_fraction)),
+                "text_hash": hashes}, schema=schema))
+            staged += len(good.lines)
     except Unparseable as exc:
-        return BadFile(f.key, UNPARSEABLE_FILE, str(exc), f.size, line_count(content), data)
+        writer.close()
+        os.unlink(stage_path)
+        if source is not fh:
+            source.close()
+        batch.quarantine.rollback(mark)
+        batch.rows_read = rows_before
+        batch.keyed_rows = keyed_before
+        keys_file.seek(keyed_before * KEY_DTYPE.itemsize)
+        keys_file.truncate()
+        return BadFile(f.key, UNPARSEABLE_FILE, str(exc), f.size, _lines_of(fh, gz), copy_path=_copy_of(fh, copy_path))
+    writer.close()
+    if source is not fh:
+        source.close()
+    return Staged(f.key, stage_path, staged)
 
 
-def read_batch(spec: PipelineSpec, files: list[LandingFile], parent: "pd.DataFrame | None",
-               parent_id: str | None) -> Batch:
-    """Read, check and dedup the new files; nothing is written."""
-    batch = Batch(batch_id_of(parent_id, files), files)
+def _decompress(content: readers.Content, path: str) -> str:
+    with open(path, "wb") as out:
+        while block := content.read():
+            out.write(block)
+    return path
+
+
+def read_batch(spec: PipelineSpec, files: list[LandingFile], parent: "snapshots.StoredKeys | None",
+               parent_id: str | None, golden: tuple[Any, Any], work: str) -> Batch:
+    """Pass 1 and the dedup decisions: read, check and hash the new files; nothing is written to storage."""
+    batch = Batch(batch_id_of(parent_id, files), files, Quarantine(os.path.join(work, "rows.jsonl")),
+                  keys_path=os.path.join(work, "keys.bin"))
+    with open(batch.keys_path, "wb") as keys_file:
+        read_files(spec, batch, work, keys_file)
+    batch.resolve(parent, spec.data.labels, golden)
+    return batch
+
+
+def read_files(spec: PipelineSpec, batch: Batch, work: str, keys_file: Any) -> None:
     labels = LabelMap(spec.data.labels, spec.data.label_aliases)
-    good: list[Good] = []
-    for f in files:
+    for number, f in enumerate(batch.files):
         if f.problem:  # a symlink, a special file: reported, never read
             batch.quarantine.files.append(BadFile(f.key, f.problem, f.detail, f.size))
             continue
         try:
-            data = landing.read_file(spec.layout.landing, f)
+            with landing.open_file(spec.layout.landing, f, work) as fh:
+                outcome = stage_file(spec, f, fh, batch, labels, work, number, keys_file)
         except LandingRefused as exc:
             batch.quarantine.files.append(BadFile(f.key, exc.reason, exc.detail, f.size))
             continue
@@ -158,21 +381,13 @@ def read_batch(spec: PipelineSpec, files: list[LandingFile], parent: "pd.DataFra
         except OSError as exc:  # local: permission denied, or gone since the listing
             batch.quarantine.files.append(BadFile(f.key, UNREADABLE, f"cannot read: {exc.strerror}", f.size))
             continue
-        parsed = parse_file(spec, f, data)
-        if parsed is None:
+        if outcome is None:
             batch.empty.append(f.key)
-        elif isinstance(parsed, BadFile):
-            batch.quarantine.files.append(parsed)
+        elif isinstance(outcome, BadFile):
+            batch.quarantine.files.append(outcome)
         else:
             batch.read.append(f.key)
-            batch.rows_read += len(parsed)
-            file_good, file_bad = validate(f.key, parsed, labels, spec.data.max_text_chars)
-            good.extend(file_good)
-            batch.quarantine.rows.extend(file_bad)
-    known = dict(zip(parent["text"], parent["label"].astype(int))) if parent is not None else {}
-    batch.kept, conflicts, batch.duplicates = resolve_conflicts(good, known, spec.data.labels)
-    batch.quarantine.rows.extend(conflicts)
-    return batch
+            batch.staged.append(outcome)
 
 
 def check_bad_share(spec: PipelineSpec, batch: Batch) -> None:
@@ -188,51 +403,128 @@ def check_bad_share(spec: PipelineSpec, batch: Batch) -> None:
             f"First: {q.examples()}. Fix or remove the files in {spec.layout.landing} and rerun.")
 
 
-def drop_golden(batch: Batch, golden: set[str]) -> None:
-    before = len(batch.kept)
-    batch.kept = [row for row in batch.kept if row.text not in golden]
-    batch.contaminated = before - len(batch.kept)
+@dataclass
+class NewPart:
+    """The batch's new rows as a local Parquet file, with what the manifest says of them."""
+
+    path: str | None
+    rows: int
+    label_counts: dict[str, int]
+    split_counts: dict[str, int]
+    content: snapshots.ContentSum
 
 
-def new_rows_frame(spec: PipelineSpec, batch: Batch) -> "pd.DataFrame":
-    import pandas as pd
+def write_new_part(spec: PipelineSpec, batch: Batch, work: str) -> NewPart:
+    """Pass 2: stream the staged rows into the snapshot part (text, label, split, batch, text_hash), keeping the
+    rows resolve() kept, and add the conflicting rows to the quarantine (after the files' rows, by text)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    return pd.DataFrame({
-        "text": [r.text for r in batch.kept],
-        "label": pd.Series([r.label for r in batch.kept], dtype="int64"),
-        "split": [split_of(r.text, spec.data.holdout_fraction) for r in batch.kept],
-        "batch": [batch.batch_id] * len(batch.kept),
-    })
+    names = spec.data.labels
+    path = os.path.join(work, "part.parquet")
+    schema = pa.schema([("text", pa.string()), ("label", pa.int64()), ("split", pa.string()),
+                        ("batch", pa.string()), ("text_hash", pa.binary(snapshots.TEXT_HASH_BYTES))])
+    counts = np.zeros(len(names), dtype=np.int64)
+    holdout = 0
+    content = snapshots.ContentSum()
+    conflicts: list[tuple[int, int, Bad]] = []
+    split_names = pa.array(["train", "holdout"])
+    # Unique texts gain nothing from dictionary encoding; the repeated columns do.
+    writer = pq.ParquetWriter(path, schema, use_dictionary=["split", "batch"]) if batch.kept_rows else None
+    conflict_rows = np.array(sorted(batch.conflicts), dtype=np.int64)
+    offset = 0
+    for staged in batch.staged:
+        for rb in _staged_batches(staged.path):
+            n = rb.num_rows
+            keep = batch.keep[offset:offset + n]
+            lo, hi = np.searchsorted(conflict_rows, [offset, offset + n])
+            for row in conflict_rows[lo:hi].tolist():
+                first, detail = batch.conflicts[row]
+                i = row - offset
+                label = names[rb.column("label")[i].as_py()]
+                conflicts.append((first, row, Bad(staged.source, rb.column("line")[i].as_py(), CONFLICTING, detail,
+                                                  {"text": rb.column("text")[i].as_py(), "label": label})))
+            offset += n
+            if writer is None or not keep.any():
+                continue
+            kept = rb.filter(pa.array(keep))
+            labels = kept.column("label").to_numpy().astype(np.int64)
+            is_holdout = kept.column("holdout").to_numpy(zero_copy_only=False)
+            hashes = kept.column("text_hash")
+            text_hash = snapshots.fixed_binary(hashes, snapshots.TEXT_HASH_BYTES)
+            writer.write_table(pa.table({
+                "text": kept.column("text"), "label": pa.array(labels),
+                "split": split_names.take(pa.array(is_holdout.astype(np.int8))),
+                "batch": pa.array([batch.batch_id]).take(pa.array(np.zeros(len(kept), dtype=np.int8))),
+                "text_hash": hashes}, schema=schema))
+            counts += np.bincount(labels, minlength=len(names))
+            holdout += int(is_holdout.sum())
+            content.add(text_hash, labels)
+    if writer is not None:
+        writer.close()
+    conflicts.sort(key=lambda c: (c[0], c[1]))
+    # The counts were taken in resolve(); only the rows themselves go to the spool now.
+    batch.quarantine.row_count -= len(conflicts)
+    batch.quarantine.row_reasons[CONFLICTING] -= len(conflicts)
+    batch.quarantine.add_rows([c[2] for c in conflicts])
+    if not batch.quarantine.row_reasons[CONFLICTING]:
+        del batch.quarantine.row_reasons[CONFLICTING]
+    return NewPart(path if writer is not None else None, batch.kept_rows,
+                   {name: int(counts[i]) for i, name in enumerate(names)},
+                   {"train": batch.kept_rows - holdout, "holdout": holdout}, content)
+
+
+def _staged_batches(path: str):
+    import pyarrow as pa
+
+    with pa.OSFile(path) as fh:
+        reader = pa.ipc.open_file(fh)
+        for i in range(reader.num_record_batches):
+            yield reader.get_batch(i)
+
+
+def golden_keys(golden: dict[str, Any]) -> tuple[Any, Any]:
+    import pyarrow as pa
+
+    texts = pa.array(sorted(golden_texts(golden)), pa.string())
+    return snapshots.hash_keys(snapshots.text_digests(texts)[:, :snapshots.TEXT_HASH_BYTES])
 
 
 # ------------------------------------------------------------------ committing
 
 
-def commit(spec: PipelineSpec, batch: Batch, new: "pd.DataFrame", latest: dict[str, Any] | None,
-           latest_etag: str | None, parent: "pd.DataFrame | None", golden: dict[str, Any],
+def _add_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {k: int(a.get(k, 0)) + int(b.get(k, 0)) for k in {**a, **b}}
+
+
+def commit(spec: PipelineSpec, batch: Batch, new: NewPart, latest: dict[str, Any] | None,
+           latest_etag: str | None, parent: "snapshots.StoredKeys | None", golden: dict[str, Any],
            base: dict[str, Any]) -> dict[str, Any]:
     """part -> manifest -> latest.json -> batch record; returns the stage result."""
-    import pandas as pd
-
     where = spec.layout.snapshots
     stats = batch.stats()
     parent_manifest = snapshots.read_manifest(latest["snapshot_uri"]) if latest else {}
-    part = snapshots.write_part(where, batch.batch_id, new)
-    full = pd.concat([parent, new], ignore_index=True) if parent is not None else new
-    digest = snapshots.content_hash(full)
+    part = snapshots.write_part(where, batch.batch_id, new.path)
+    total = parent.total.merged(new.content) if parent is not None else new.content
+    digest = total.hexdigest()
     snapshot_id = digest[:16]
+    rows = total.rows
+    label_counts = {name: parent.label_counts.get(name, 0) + new.label_counts[name] for name in spec.data.labels} \
+        if parent is not None else new.label_counts
     manifest = {
         "snapshot_id": snapshot_id,
         "pipeline": spec.name,
         "content_hash": digest,
+        "content_sum": total.encode(),
         "parent": latest["snapshot_id"] if latest else None,
         "parts": parent_manifest.get("parts", []) + [part],
-        "rows": len(full),
-        "new_rows": len(new),
-        "label_counts": snapshots.label_counts(full["label"], spec.data.labels),
-        "split_counts": {s: int((full["split"] == s).sum()) for s in ("train", "holdout")},
+        "rows": rows,
+        "new_rows": new.rows,
+        "label_counts": label_counts,
+        "split_counts": _add_counts(parent.split_counts, new.split_counts) if parent is not None else new.split_counts,
         "batch": {"batch_id": batch.batch_id, "files": batch.records(),
-                  "label_counts": snapshots.label_counts(new["label"], spec.data.labels),
+                  "label_counts": new.label_counts,
                   **{k: stats[k] for k in BATCH_STATS}},
         "sources": sorted({*parent_manifest.get("sources", []), *batch.read}),
         "golden_id": golden["golden_id"],
@@ -240,7 +532,7 @@ def commit(spec: PipelineSpec, batch: Batch, new: "pd.DataFrame", latest: dict[s
         "created_at": storage.utcnow(),
     }
     snapshot_uri = snapshots.write_manifest(where, manifest)
-    pointer = {"snapshot_id": snapshot_id, "snapshot_uri": snapshot_uri, "rows": len(full),
+    pointer = {"snapshot_id": snapshot_id, "snapshot_uri": snapshot_uri, "rows": rows,
                "updated_at": storage.utcnow()}
     try:
         snapshots.move_latest(where, pointer, latest_etag)
@@ -252,8 +544,8 @@ def commit(spec: PipelineSpec, batch: Batch, new: "pd.DataFrame", latest: dict[s
         raise InfrastructureError(f"another ingest moved {snapshots.latest_uri(where)} while this one ran; "
                                   f"rerun to pick up its snapshot") from None
     snapshots.record_batch(where, batch.batch_id, batch.records(), snapshot_id, stats)
-    log.info("snapshot %s: %d rows (%d new) from %d file(s)", snapshot_id, len(full), len(new), len(batch.read))
-    extra = {"snapshot_id": snapshot_id, "snapshot_uri": snapshot_uri, "total_rows": len(full), "new_rows": len(new)}
+    log.info("snapshot %s: %d rows (%d new) from %d file(s)", snapshot_id, rows, new.rows, len(batch.read))
+    extra = {"snapshot_id": snapshot_id, "snapshot_uri": snapshot_uri, "total_rows": rows, "new_rows": new.rows}
     return {**base, **stats, **extra, "changed": True, "parent_snapshot_id": manifest["parent"],
             "label_counts": manifest["label_counts"], "asset_extra": extra}
 
@@ -308,23 +600,24 @@ def run_ingest(spec: PipelineSpec, run_uri: str | None = None) -> dict[str, Any]
     if recovered:
         return finish(run_uri, recovered)
 
-    parent = snapshots.read_snapshot(latest["snapshot_uri"]) if latest else None
-    batch = read_batch(spec, files, parent, latest["snapshot_id"] if latest else None)
-    check_bad_share(spec, batch)
-    drop_golden(batch, golden_texts(golden))
-    if batch.quarantine:
-        batch.quarantine_uri = storage.join(layout.quarantine, batch.batch_id)
-        batch.quarantine.write(batch.quarantine_uri, batch.batch_id)
-
-    new = new_rows_frame(spec, batch)
-    if new.empty:
-        if latest is None:
-            raise DataRejected(
-                f"no data yet: {len(files)} landing file(s) gave no usable rows ({batch.quarantine.reasons()}, "
-                f"{batch.duplicates} duplicates, {batch.contaminated} golden rows, {len(batch.empty)} empty files)")
-        snapshots.record_batch(layout.snapshots, batch.batch_id, batch.records(), latest["snapshot_id"], batch.stats())
-        return finish(run_uri, {**unchanged(latest, base, reason="no new rows in the new files"), **batch.stats()})
-    return finish(run_uri, commit(spec, batch, new, latest, latest_etag, parent, golden, base))
+    with tempfile.TemporaryDirectory(prefix="ingest-") as work:
+        parent = snapshots.hash_index(latest["snapshot_uri"], work, spec.data.labels) if latest else None
+        batch = read_batch(spec, files, parent, latest["snapshot_id"] if latest else None, golden_keys(golden), work)
+        check_bad_share(spec, batch)
+        new = write_new_part(spec, batch, work)
+        batch.quarantine.close()
+        if batch.quarantine:
+            batch.quarantine_uri = storage.join(layout.quarantine, batch.batch_id)
+            batch.quarantine.write(batch.quarantine_uri, batch.batch_id)
+        if not new.rows:
+            if latest is None:
+                raise DataRejected(
+                    f"no data yet: {len(files)} landing file(s) gave no usable rows ({batch.quarantine.reasons()}, "
+                    f"{batch.duplicates} duplicates, {batch.contaminated} golden rows, {len(batch.empty)} empty files)")
+            snapshots.record_batch(layout.snapshots, batch.batch_id, batch.records(), latest["snapshot_id"],
+                                   batch.stats())
+            return finish(run_uri, {**unchanged(latest, base, reason="no new rows in the new files"), **batch.stats()})
+        return finish(run_uri, commit(spec, batch, new, latest, latest_etag, parent, golden, base))
 
 
 def main(argv: list[str]) -> int:

@@ -21,11 +21,13 @@ Names starting with ``.`` (at any level) or ``_`` (the file itself) are skipped:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import stat as stat_mod
 from dataclasses import dataclass
+from typing import BinaryIO, Iterator
 
 from tasks import storage
 from tasks.data.validation import NOT_REGULAR, OUTSIDE_LANDING, SYMLINK, UNREADABLE
@@ -192,7 +194,8 @@ def _symlink(root: bytes, path: bytes, key: str, st: os.stat_result) -> LandingF
 
 def _regular(root: bytes, path: bytes, key: str, st: os.stat_result) -> LandingFile:
     try:
-        etag = hashlib.md5(read_local(root, path)).hexdigest()  # same as S3's ETag for a single-part upload
+        with open_local(root, path) as fh:  # same as S3's ETag for a single-part upload; read in blocks
+            etag = hashlib.file_digest(fh, "md5").hexdigest()
     except LandingRefused as exc:
         return LandingFile(key, exc.reason, st.st_size, st.st_mtime, path, exc.reason, exc.detail)
     except OSError as exc:
@@ -217,9 +220,10 @@ class LandingRefused(Exception):
         self.reason, self.detail = reason, detail
 
 
-def read_local(root: bytes, path: bytes) -> bytes:
-    """The bytes of a regular file under ``root``: not through a symlink (last component: O_NOFOLLOW; parents:
-    the resolved path must stay under the resolved root), and only if it is a regular file (fstat)."""
+@contextlib.contextmanager
+def open_local(root: bytes, path: bytes) -> Iterator[BinaryIO]:
+    """A regular file under ``root``, opened for reading: not through a symlink (last component: O_NOFOLLOW;
+    parents: the resolved path must stay under the resolved root), and only if it is a regular file (fstat)."""
     if not _inside(root, os.path.realpath(os.path.dirname(path))):
         raise LandingRefused(OUTSIDE_LANDING, "its folder resolves outside the landing folder; not read")
     try:
@@ -231,6 +235,12 @@ def read_local(root: bytes, path: bytes) -> bytes:
     with os.fdopen(fd, "rb") as fh:
         if not stat_mod.S_ISREG(os.fstat(fh.fileno()).st_mode):
             raise LandingRefused(NOT_REGULAR, "not a regular file; not read")
+        yield fh
+
+
+def read_local(root: bytes, path: bytes) -> bytes:
+    """The bytes of a regular file under ``root`` (see open_local)."""
+    with open_local(root, path) as fh:
         return fh.read()
 
 
@@ -239,6 +249,23 @@ def read_file(landing_uri: str, f: LandingFile) -> bytes:
     if isinstance(f.location, bytes):
         return read_local(os.fsencode(str(storage.local_path(landing_uri))), f.location)
     return storage.read_bytes(f.location)
+
+
+@contextlib.contextmanager
+def open_file(landing_uri: str, f: LandingFile, tmp_dir: str) -> Iterator[BinaryIO]:
+    """A listed landing file opened for reading, seekable, without holding it in memory: a local file through
+    open_local, an S3 object through a local temporary copy (raises as read_file does)."""
+    if isinstance(f.location, bytes):
+        with open_local(os.fsencode(str(storage.local_path(landing_uri))), f.location) as fh:
+            yield fh
+        return
+    path = os.path.join(tmp_dir, "landed-object")
+    storage.download_file(f.location, path)
+    try:
+        with open(path, "rb") as fh:
+            yield fh
+    finally:
+        os.unlink(path)
 
 
 def new_files(landing_uri: str, processed: set[tuple[str, str, int]]) -> list[LandingFile]:

@@ -13,6 +13,7 @@ import gzip
 import io
 import json
 import posixpath
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -21,9 +22,10 @@ from tasks.data.validation import MALFORMED, UNDECODABLE, printable
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 GZIP_SUFFIX = ".gz"
-# A landed .gz is decompressed in memory; past this size it is quarantined instead (a gzip bomb, or a file that
-# belongs in several smaller ones).
+# A landed .gz is decompressed as a stream; past this size it is quarantined instead (a gzip bomb). The small-file
+# helpers (gunzip, read_rows: the golden set) hold the content in memory and keep the 1 GiB bound.
 MAX_DECOMPRESSED_BYTES = 1 << 30
+MAX_STREAM_BYTES = 1 << 36
 
 _CSV_FIELD_LIMIT = 1 << 24
 
@@ -173,4 +175,382 @@ def read_rows(data: bytes, fmt: str, text_col: str, label_col: str, *, tsv_quoti
         return read_jsonl(data, text_col, label_col)
     if fmt == "parquet":
         return read_parquet(data, text_col, label_col)
+    raise Unparseable(f"unsupported format {fmt!r}")
+
+
+# ====================================================================== streaming, in chunks (the ingest stage)
+#
+# A landed file is read piece by piece (PIECE_BYTES, cut at line ends), so memory does not grow with the file.
+# Each piece is parsed by pyarrow when its clean common case applies, and by the Python readers above otherwise
+# (a ragged row, bytes that are not UTF-8, quotes, a bare CR, blank JSONL lines ...), so every row-level result
+# is the same as the Python path's. A piece comes out as a Chunk: the parsed rows as arrow arrays plus the rows
+# that already have a parse problem.
+
+PIECE_BYTES = 4 << 20
+PARQUET_BATCH_ROWS = 65536
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass
+class Chunk:
+    """Rows of one piece of a file: ``texts`` (string array; null = no text) and raw ``labels`` (an arrow array
+    or a list), their physical ``lines``, a ``raw(i)`` for the quarantine, and the rows that failed to parse."""
+
+    texts: Any
+    labels: Any
+    lines: Any  # numpy int64
+    raw: Any  # callable: row index -> printable raw row
+    problems: list[RawRow]
+
+    def __len__(self) -> int:
+        return len(self.lines) + len(self.problems)
+
+
+class Content:
+    """A landed file's (decompressed) byte stream: read(n) that maps gzip errors and a gzip bomb to Unparseable."""
+
+    def __init__(self, fh: Any, gz: bool, limit: int = MAX_STREAM_BYTES) -> None:
+        self._fh = gzip.GzipFile(fileobj=fh, mode="rb") if gz else fh
+        self._limit, self._seen = limit, 0
+
+    def read(self, n: int | None = None) -> bytes:
+        try:
+            data = self._fh.read(n or PIECE_BYTES)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise Unparseable(f"not a readable gzip file: {exc}") from None
+        self._seen += len(data)
+        if self._seen > self._limit:
+            raise Unparseable(f"decompresses to more than {self._limit} bytes")
+        return data
+
+
+def line_stats(content: Content) -> int:
+    """Lines of the rest of a text stream (the last need not end in a newline); 0 for binary content."""
+    lines, last, binary = 0, b"", False
+    while block := content.read():
+        binary = binary or b"\x00" in block
+        lines += block.count(b"\n")
+        last = block[-1:]
+    return 0 if binary or (not lines and not last) else lines + (0 if last == b"\n" else 1)
+
+
+def _lines_in(piece: bytes) -> int:
+    """Physical lines as csv/StringIO(newline="") count them: \\n, \\r\\n and a bare \\r each end one."""
+    if b"\r" not in piece:
+        return piece.count(b"\n")
+    return piece.count(b"\n") + piece.count(b"\r") - piece.count(b"\r\n")
+
+
+def _bare_cr(piece: bytes) -> bool:
+    return b"\r" in piece and piece.count(b"\r") != piece.count(b"\r\n")
+
+
+class _RecordEnds:
+    """The record ends (newlines outside quotes, or all newlines) of a growing buffer, scanned once per byte: a
+    long quoted field or an unclosed quote does not make the buffer be rescanned at every read."""
+
+    def __init__(self, quoted: bool) -> None:
+        self.quoted = quoted
+        self.reset()
+
+    def reset(self) -> None:
+        self.scanned, self.quotes, self.first, self.last = 0, 0, 0, 0  # first/last: offset after a record end
+
+    def scan(self, buf: bytes) -> None:
+        import numpy as np
+
+        if not self.quoted or buf.find(b'"', self.scanned) < 0:
+            if not (self.quotes % 2):  # outside quotes, every newline ends a record
+                first, last = buf.find(b"\n", self.scanned), buf.rfind(b"\n", self.scanned)
+                if last >= 0:
+                    self.first, self.last = self.first or first + 1, last + 1
+        else:
+            arr = np.frombuffer(buf, dtype=np.uint8, offset=self.scanned)
+            newlines = np.flatnonzero(arr == 10)
+            quotes = np.flatnonzero(arr == 34)
+            ends = newlines[(self.quotes + np.searchsorted(quotes, newlines)) % 2 == 0] + self.scanned
+            if len(ends):
+                self.first, self.last = self.first or int(ends[0]) + 1, int(ends[-1]) + 1
+            self.quotes += len(quotes)
+        self.scanned = len(buf)
+
+
+def pieces(content: Content, quoted: bool, first_record_alone: bool = False):
+    """(piece bytes, its first physical line), cut at record ends (newlines outside quotes), about PIECE_BYTES
+    each; with ``first_record_alone`` the first piece is just the first record (the header). A UTF-8 BOM is
+    dropped; NUL bytes make the file Unparseable."""
+    buf, line, first, eof, started = b"", 1, first_record_alone, False, False
+    ends = _RecordEnds(quoted)
+    while not eof:
+        block = content.read()
+        if not block:
+            eof = True
+        else:
+            if not started:
+                started = True
+                block = block[len(_BOM):] if block.startswith(_BOM) else block
+            if b"\x00" in block:
+                raise Unparseable("binary content (NUL bytes); not a text file")
+            buf += block
+            ends.scan(buf)
+        while buf:
+            end = (ends.first if first else ends.last) if first or len(buf) >= PIECE_BYTES or eof else 0
+            if not end:
+                if not eof:
+                    break  # read on: no record end yet
+                end = len(buf)
+            piece, buf = buf[:end], buf[end:]
+            yield piece, line
+            line += _lines_in(piece)
+            first = False
+            ends.reset()  # rescan the (short) rest once
+            if buf:
+                ends.scan(buf)
+
+
+# ---------------------------------------------------------------------- delimited (CSV, TSV)
+
+
+def _python_delimited(piece: bytes, first_line: int, delimiter: str, quoted: bool, header: list[str],
+                      t_idx: int, l_idx: int) -> list[RawRow]:
+    """The Python reader on one piece (it starts at a record boundary, so the result is the whole-file one)."""
+    reader = csv.reader(io.StringIO(piece.decode("utf-8", errors="surrogateescape"), newline=""),
+                        delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE, strict=quoted)
+    csv.field_size_limit(_CSV_FIELD_LIMIT)
+    rows: list[RawRow] = []
+    try:
+        for fields in reader:
+            line = first_line - 1 + reader.line_num
+            if not fields or fields == [""]:
+                continue
+            raw = printable(delimiter.join(fields))
+            if len(fields) != len(header):
+                detail = f"expected {len(header)} fields, got {len(fields)}"
+                rows.append(RawRow(line, None, None, MALFORMED, detail, raw))
+                continue
+            row = RawRow(line, fields[t_idx], fields[l_idx], raw=raw)
+            if _undecodable(fields[t_idx]) or _undecodable(fields[l_idx]):
+                row.problem, row.detail = UNDECODABLE, "bytes that are not valid UTF-8"
+            rows.append(row)
+    except csv.Error as exc:
+        raise Unparseable(f"CSV error near line {first_line - 1 + reader.line_num}: {exc}") from None
+    return rows
+
+
+def _line_bounds(piece: bytes, first_line: int):
+    """Start, end (without CR/LF) and physical line number of every non-empty line of a piece with \\n endings."""
+    import numpy as np
+
+    arr = np.frombuffer(piece, dtype=np.uint8)
+    newlines = np.flatnonzero(arr == 10)
+    starts = np.concatenate(([0], newlines + 1))
+    ends = np.concatenate((newlines, [len(piece)]))
+    if piece.endswith(b"\n"):
+        starts, ends = starts[:-1], ends[:-1]
+    cr = (ends > starts) & (arr[np.maximum(ends - 1, 0)] == 13)
+    ends = ends - cr
+    numbers = first_line + np.arange(len(starts), dtype=np.int64)
+    keep = ends > starts
+    return starts[keep], ends[keep], numbers[keep]
+
+
+def _arrow_delimited(piece: bytes, first_line: int, delimiter: str, n_fields: int, t_idx: int, l_idx: int):
+    """pyarrow on a piece without quotes or bare CRs; None when the Python reader must decide (a ragged row,
+    bytes that are not UTF-8)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    names = [f"c{i}" for i in range(n_fields)]
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(piece),
+            read_options=pacsv.ReadOptions(column_names=names, block_size=PIECE_BYTES + 1024),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char=False, double_quote=False,
+                                             escape_char=False, newlines_in_values=False, ignore_empty_lines=True),
+            convert_options=pacsv.ConvertOptions(include_columns=[names[t_idx], names[l_idx]],
+                                                 column_types={names[t_idx]: pa.string(), names[l_idx]: pa.string()},
+                                                 strings_can_be_null=False, quoted_strings_can_be_null=False))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    starts, ends, numbers = _line_bounds(piece, first_line)
+    if table.num_rows != len(numbers):
+        return None
+
+    def raw(i: int) -> str:
+        return piece[starts[i]:ends[i]].decode("utf-8")
+
+    return Chunk(table.column(names[t_idx]).combine_chunks(), table.column(names[l_idx]).combine_chunks(),
+                 numbers, raw, [])
+
+
+def iter_delimited(content: Content, fmt: str, text_col: str, label_col: str, tsv_quoting: str = "none",
+                   csv_delimiter: str = ","):
+    """Chunks of a CSV/TSV stream; Unparseable when the file is bad whole (header, strict quoting, NUL)."""
+    delimiter = "\t" if fmt == "tsv" else csv_delimiter
+    quoted = fmt == "csv" or tsv_quoting == "rfc4180"
+    stream = pieces(content, quoted, first_record_alone=True)
+    first = next(stream, None)
+    if first is None:
+        raise Unparseable("no header line")
+    header_rows = _python_header(first[0], delimiter, quoted)
+    if header_rows is None:
+        raise Unparseable("no header line")
+    header = [h.strip() for h in header_rows]
+    missing = [c for c in (text_col, label_col) if c not in header]
+    if missing:
+        raise Unparseable(f"header {printable(header[:10])} lacks column(s) {missing}")
+    t_idx, l_idx = header.index(text_col), header.index(label_col)
+    for piece, line in stream:
+        chunk = None
+        if (not quoted or b'"' not in piece) and not _bare_cr(piece):
+            chunk = _arrow_delimited(piece, line, delimiter, len(header), t_idx, l_idx)
+        yield chunk if chunk is not None else chunk_of_rows(
+            _python_delimited(piece, line, delimiter, quoted, header, t_idx, l_idx))
+
+
+def _python_header(piece: bytes, delimiter: str, quoted: bool) -> list[str] | None:
+    reader = csv.reader(io.StringIO(piece.decode("utf-8", errors="surrogateescape"), newline=""),
+                        delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE, strict=quoted)
+    try:
+        return next(reader, None)
+    except csv.Error as exc:
+        raise Unparseable(f"CSV error near line {reader.line_num}: {exc}") from None
+
+
+# ---------------------------------------------------------------------- JSONL
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_JSON_LABEL_TYPES = ("is_null", "is_boolean", "is_integer", "is_floating", "is_string")
+
+
+def _arrow_jsonl(piece: bytes, first_line: int, text_col: str, label_col: str):
+    """pyarrow on a piece whose every line is a JSON object with a string text; None when the Python reader
+    must decide (blank lines, invalid JSON, a missing or non-string text, escaped surrogates ...)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.json as pajson
+
+    if _SURROGATE_ESCAPE.search(piece):
+        return None
+    try:
+        piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    starts, ends, numbers = _line_bounds(piece, first_line)
+    arr = np.frombuffer(piece, dtype=np.uint8)
+    all_lines = -1 if _bare_cr(piece) else _lines_in(piece)
+    if all_lines != len(numbers) or not len(numbers) or np.any(arr[starts] != ord("{")):
+        return None
+    try:
+        table = pajson.read_json(io.BytesIO(piece), read_options=pajson.ReadOptions(block_size=PIECE_BYTES + 1024),
+                                 parse_options=pajson.ParseOptions(explicit_schema=pa.schema([(text_col, pa.string())]),
+                                                                   unexpected_field_behavior="infer"))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    texts = table.column(text_col).combine_chunks()
+    if table.num_rows != len(numbers) or texts.null_count:
+        return None
+    if label_col in table.column_names:
+        labels = table.column(label_col).combine_chunks()
+        if not any(getattr(pa.types, t)(labels.type) for t in _JSON_LABEL_TYPES):
+            return None
+    else:
+        labels = pa.nulls(len(numbers))
+
+    def raw(i: int) -> str:
+        return piece[starts[i]:ends[i]].decode("utf-8")[:500]
+
+    return Chunk(texts, labels, numbers, raw, [])
+
+
+def iter_jsonl(content: Content, text_col: str, label_col: str):
+    for piece, line in pieces(content, quoted=False):
+        chunk = _arrow_jsonl(piece, line, text_col, label_col)
+        if chunk is None:
+            rows = read_jsonl(piece, text_col, label_col)
+            for row in rows:
+                row.line += line - 1
+            chunk = chunk_of_rows(rows)
+        yield chunk
+
+
+# ---------------------------------------------------------------------- Parquet
+
+
+def iter_parquet(fh: Any, text_col: str, label_col: str):
+    """Chunks of a (seekable) Parquet file, a batch of rows at a time."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(fh, pre_buffer=False)  # pre-buffering would hold every row group read so far
+        names = pf.schema_arrow.names
+    except Exception as exc:  # pyarrow raises several types for a bad file
+        raise Unparseable(f"not a readable Parquet file: {exc}") from None
+    missing = [c for c in (text_col, label_col) if c not in names]
+    if missing:
+        raise Unparseable(f"columns {names[:10]} lack {missing}")
+    offset = 0
+    batches = pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[text_col, label_col])
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as exc:
+            raise Unparseable(f"not a readable Parquet file: {exc}") from None
+        if batch is None:
+            return
+        texts, labels = batch.column(0), batch.column(1)
+        if pa.types.is_dictionary(texts.type):
+            texts = texts.dictionary_decode()
+        if pa.types.is_dictionary(labels.type):
+            labels = labels.dictionary_decode()
+        if pa.types.is_large_string(texts.type):
+            texts = texts.cast(pa.string())
+        lines = np.arange(offset + 1, offset + 1 + batch.num_rows, dtype=np.int64)
+        if pa.types.is_string(texts.type):
+            def raw(i: int, texts=texts, labels=labels) -> dict:
+                return {"text": texts[i].as_py(), "label": labels[i].as_py()}
+            yield Chunk(texts, labels, lines, raw, [])
+        else:  # not strings: each row is malformed, as the Python path says it
+            tl, ll = texts.to_pylist(), labels.to_pylist()
+            yield chunk_of_rows([RawRow(int(n), t, l, raw={"text": t, "label": l}) for n, t, l in zip(lines, tl, ll)])
+        offset += batch.num_rows
+
+
+# ---------------------------------------------------------------------- rows -> chunk
+
+
+def chunk_of_rows(rows: list[RawRow]) -> Chunk:
+    """A Chunk from Python rows: rows with a problem, a non-string text or stray surrogates go to ``problems``."""
+    import numpy as np
+    import pyarrow as pa
+
+    ok: list[RawRow] = []
+    problems: list[RawRow] = []
+    for row in rows:
+        if row.problem:
+            problems.append(row)
+        elif row.text is not None and not isinstance(row.text, str):
+            problems.append(RawRow(row.line, None, None, MALFORMED,
+                                   f"text is {type(row.text).__name__}, not a string", row.raw))
+        elif row.text is not None and _undecodable(row.text):
+            problems.append(RawRow(row.line, None, None, UNDECODABLE, "bytes that are not valid UTF-8",
+                                   printable(row.raw)))
+        else:
+            ok.append(row)
+    raws = [r.raw for r in ok]
+    return Chunk(pa.array([r.text for r in ok], pa.string()), [r.label for r in ok],
+                 np.array([r.line for r in ok], dtype=np.int64), raws.__getitem__, problems)
+
+
+def iter_chunks(content: Content, fh: Any, fmt: str, text_col: str, label_col: str, *, tsv_quoting: str = "none",
+                csv_delimiter: str = ","):
+    """Chunks of one landed file in format ``fmt`` (``fh``: the file, seekable, for Parquet without gzip)."""
+    if fmt in ("csv", "tsv"):
+        return iter_delimited(content, fmt, text_col, label_col, tsv_quoting, csv_delimiter)
+    if fmt == "jsonl":
+        return iter_jsonl(content, text_col, label_col)
+    if fmt == "parquet":
+        return iter_parquet(fh, text_col, label_col)
     raise Unparseable(f"unsupported format {fmt!r}")

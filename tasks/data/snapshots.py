@@ -63,7 +63,7 @@ def read_snapshot(snapshot_uri: str) -> "pd.DataFrame":
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"snapshot {snapshot_uri} lacks columns {missing}")
-    return frame
+    return frame[COLUMNS]  # parts written since the text_hash column carry it too; readers get the same columns
 
 
 def read_golden(golden_uri: str) -> "pd.DataFrame":
@@ -81,7 +81,7 @@ def split_of(text: str, holdout_fraction: float) -> str:
 
 
 def content_hash(frame: "pd.DataFrame") -> str:
-    """Order-independent hash of the (text, label) rows."""
+    """Order-independent hash of the (text, label) rows (the golden set's id; snapshots use ContentSum)."""
     digests = sorted(hashlib.sha256(f"{label}\t{text}".encode("utf-8")).digest()
                      for text, label in zip(frame["text"], frame["label"]))
     digest = hashlib.sha256()
@@ -97,6 +97,14 @@ def label_counts(labels: Iterable[int], names: list[str]) -> dict[str, int]:
 
 def json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
+def create_file(uri: str, path: str) -> None:
+    """create() from a local file, streaming (a part or a quarantine spool can be large)."""
+    try:
+        storage.upload_file(path, uri, if_none_match=True)
+    except storage.PreconditionFailed:
+        log.info("%s exists already; keeping it", uri)
 
 
 def create(uri: str, data: bytes) -> None:
@@ -149,10 +157,14 @@ def record_batch(snapshots_uri: str, batch_id: str, files: list[dict[str, Any]],
     create(storage.join(batch_records_uri(snapshots_uri), f"{batch_id}.json"), json_bytes(record))
 
 
-def write_part(snapshots_uri: str, batch_id: str, frame: "pd.DataFrame") -> str:
-    """The batch's new rows as ``parts/<batch_id>.parquet``; returns the part path the manifest lists."""
+def write_part(snapshots_uri: str, batch_id: str, frame: "pd.DataFrame | str") -> str:
+    """The batch's new rows (a frame, or a local Parquet file) as ``parts/<batch_id>.parquet``; returns the part
+    path the manifest lists."""
     part = f"parts/{batch_id}.parquet"
-    create(storage.join(snapshots_uri, part), parquet_bytes(frame))
+    if isinstance(frame, str):
+        create_file(storage.join(snapshots_uri, part), frame)
+    else:
+        create(storage.join(snapshots_uri, part), parquet_bytes(frame))
     return part
 
 
@@ -161,3 +173,203 @@ def write_manifest(snapshots_uri: str, manifest: dict[str, Any]) -> str:
     snapshot_uri = storage.join(snapshots_uri, manifest["snapshot_id"])
     create(manifest_uri(snapshot_uri), json_bytes(manifest))
     return snapshot_uri
+
+
+# ---------------------------------------------------------------- row hashes, vectorized (the ingest stage)
+#
+# Every row's SHA-256 of b"split:" + text is computed once: its first 8 bytes (big-endian) give the split exactly
+# as split_of does, its first 16 bytes are the row's ``text_hash`` (stored in the parts written since, so a later
+# ingest dedups against a snapshot by hash without loading its texts), and with the label they feed the
+# snapshot's content sum.
+
+TEXT_HASH_BYTES = 16
+_SPLIT_PREFIX = b"split:"
+
+
+def text_digests(texts: Any) -> Any:
+    """(n, 32) uint8: SHA-256 of b"split:" + the UTF-8 text, for an arrow string array without nulls."""
+    import numpy as np
+    import pyarrow as pa
+
+    sha = hashlib.sha256
+    values = texts.cast(pa.binary()).to_pylist()
+    joined = b"".join([sha(_SPLIT_PREFIX + v).digest() for v in values])
+    return np.frombuffer(joined, dtype=np.uint8).reshape(len(values), 32)
+
+
+def holdout_mask(digests: Any, holdout_fraction: float) -> Any:
+    """split_of(...) == "holdout" for every row of text_digests (the same float arithmetic)."""
+    import numpy as np
+
+    bucket = np.ascontiguousarray(digests[:, :8]).view(">u8").ravel().astype(np.float64) / 2**64
+    return bucket < holdout_fraction
+
+
+def hash_keys(text_hash: Any) -> tuple[Any, Any]:
+    """(hi uint64, lo uint32) dedup keys from (n, >=12) uint8 text hashes: 96 bits."""
+    import numpy as np
+
+    hi = np.ascontiguousarray(text_hash[:, :8]).view("<u8").ravel()
+    lo = np.ascontiguousarray(text_hash[:, 8:12]).view("<u4").ravel()
+    return hi, lo
+
+
+def _mix(x: Any) -> Any:
+    """splitmix64's finalizer, on uint64 arrays (wrapping arithmetic)."""
+    import numpy as np
+
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+class ContentSum:
+    """An order-independent hash of a snapshot's (text, label) rows that adds up part by part: two 64-bit lane
+    sums of per-row hashes, so a new snapshot's hash is its parent's plus the new rows' (no parent texts read)."""
+
+    def __init__(self, rows: int = 0, a: int = 0, b: int = 0) -> None:
+        self.rows, self.a, self.b = rows, a, b
+
+    def add(self, text_hash: Any, labels: Any) -> None:
+        import numpy as np
+
+        with np.errstate(over="ignore"):
+            d0 = np.ascontiguousarray(text_hash[:, :8]).view("<u8").ravel()
+            d1 = np.ascontiguousarray(text_hash[:, 8:16]).view("<u8").ravel()
+            lab = np.asarray(labels, dtype=np.uint64) + np.uint64(1)
+            a = _mix(d0 ^ _mix(lab))
+            b = _mix(d1 ^ _mix(lab * np.uint64(0x9E3779B97F4A7C15)))
+            self.a = (self.a + int(a.sum(dtype=np.uint64))) % 2**64
+            self.b = (self.b + int(b.sum(dtype=np.uint64))) % 2**64
+        self.rows += len(d0)
+
+    def merged(self, other: "ContentSum") -> "ContentSum":
+        return ContentSum(self.rows + other.rows, (self.a + other.a) % 2**64, (self.b + other.b) % 2**64)
+
+    def encode(self) -> str:
+        return f"{self.rows}:{self.a:016x}:{self.b:016x}"
+
+    @classmethod
+    def decode(cls, text: str) -> "ContentSum":
+        rows, a, b = text.split(":")
+        return cls(int(rows), int(a, 16), int(b, 16))
+
+    def hexdigest(self) -> str:
+        return hashlib.sha256(b"snapshot-rows-v2:" + self.encode().encode()).hexdigest()
+
+
+class HashIndex:
+    """Dedup keys and labels of stored rows, sorted by key, for lookups."""
+
+    def __init__(self, hi: Any, lo: Any, labels: Any) -> None:
+        import numpy as np
+
+        order = np.argsort(hi, kind="stable")
+        self.hi, self.lo, self.labels = hi[order], lo[order], labels[order]
+        # Two rows sharing 64 bits but not 96 (practically never): look those up exactly, in Python.
+        same = self.hi[1:] == self.hi[:-1]
+        self.collisions = {(int(h), int(low)): int(lab) for h, low, lab in zip(hi, lo, labels)} if same.any() else None
+
+    def lookup(self, hi: Any, lo: Any) -> Any:
+        """The stored label of each key (int64), -1 where the snapshot does not hold it."""
+        import numpy as np
+
+        if self.collisions is not None:
+            return np.array([self.collisions.get((int(h), int(low)), -1) for h, low in zip(hi, lo)], dtype=np.int64)
+        if not len(self.hi):
+            return np.full(len(hi), -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.hi, hi), len(self.hi) - 1)
+        found = (self.hi[pos] == hi) & (self.lo[pos] == lo)
+        return np.where(found, self.labels[pos].astype(np.int64), -1)
+
+
+KEY_FIELDS = [("hi", "<u8"), ("lo", "<u4"), ("label", "<i2")]  # a row's dedup key and label: 14 bytes
+
+
+class StoredKeys:
+    """What an ingest needs of the previous snapshot, without its texts: its rows' dedup keys and labels in 256
+    local bucket files by the keys' top byte (so a hash partition loads only its share), its content sum, and
+    its label and split counts."""
+
+    def __init__(self, folder: str, rows: int, total: ContentSum, label_counts: dict[str, int],
+                 split_counts: dict[str, int]) -> None:
+        self.folder, self.rows, self.total = folder, rows, total
+        self.label_counts, self.split_counts = label_counts, split_counts
+
+    def bucket(self, top: int) -> str:
+        return f"{self.folder}/keys-{top:02x}.bin"
+
+    def index(self, low: int, high: int) -> HashIndex:
+        """The HashIndex of the stored rows whose key's top byte is in [low, high)."""
+        import numpy as np
+
+        recs = np.concatenate([np.fromfile(self.bucket(t), dtype=np.dtype(KEY_FIELDS)) for t in range(low, high)])
+        return HashIndex(recs["hi"].copy(), recs["lo"].copy(), recs["label"].copy())
+
+
+def _local_parquet(uri: str, tmp_dir: str) -> str:
+    if storage.is_s3(uri):
+        return str(storage.download_file(uri, f"{tmp_dir}/part.parquet"))
+    return str(storage.local_path(uri))
+
+
+def fixed_binary(column: Any, width: int) -> Any:
+    import numpy as np
+
+    return np.frombuffer(column.buffers()[1], dtype=np.uint8, count=len(column) * width,
+                         offset=column.offset * width).reshape(-1, width)
+
+
+def hash_index(snapshot_uri: str, tmp_dir: str, names: list[str]) -> StoredKeys:
+    """The StoredKeys of a snapshot, read part by part and a row group at a time (only the text_hash, label and
+    split columns where a part has text_hash; an older part has its texts hashed here)."""
+    import os
+
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    manifest = read_manifest(snapshot_uri)
+    base = storage.parent(snapshot_uri)
+    stored_sum = manifest.get("content_sum")
+    total = ContentSum()
+    counts = np.zeros(len(names), dtype=np.int64)
+    splits: Counter = Counter()
+    folder = os.path.join(tmp_dir, "stored-keys")
+    os.makedirs(folder, exist_ok=True)
+    keys = StoredKeys(folder, 0, total, {}, {})
+    outs = [open(keys.bucket(t), "wb") for t in range(256)]  # noqa: SIM115 (closed below)
+    try:
+        for part in manifest["parts"]:
+            pf = pq.ParquetFile(_local_parquet(storage.join(base, part), tmp_dir), pre_buffer=False)
+            column = "text_hash" if "text_hash" in pf.schema_arrow.names else "text"
+            for batch in pf.iter_batches(batch_size=262144, columns=[column, "label", "split"]):
+                if column == "text_hash":
+                    th = fixed_binary(batch.column(0), TEXT_HASH_BYTES)
+                else:
+                    th = text_digests(batch.column(0))[:, :TEXT_HASH_BYTES]
+                labels = batch.column(1).to_numpy(zero_copy_only=False).astype(np.int64)
+                hi, lo = hash_keys(th)
+                recs = np.empty(len(hi), dtype=np.dtype(KEY_FIELDS))
+                recs["hi"], recs["lo"], recs["label"] = hi, lo, labels
+                top = (hi >> np.uint64(56)).astype(np.int64)
+                order = np.argsort(top, kind="stable")
+                recs, ends = recs[order], np.cumsum(np.bincount(top, minlength=256))
+                for t, (a, b) in enumerate(zip(np.concatenate(([0], ends[:-1])), ends)):
+                    if b > a:
+                        outs[t].write(recs[a:b].tobytes())
+                keys.rows += len(hi)
+                counts += np.bincount(labels, minlength=len(names))[: len(names)]
+                for item in pc.value_counts(batch.column(2)).to_pylist():
+                    splits[item["values"]] += item["counts"]
+                if stored_sum is None:
+                    total.add(th, labels)
+    finally:
+        for out in outs:
+            out.close()
+    keys.total = ContentSum.decode(stored_sum) if stored_sum is not None else total
+    keys.label_counts = {name: int(counts[i]) for i, name in enumerate(names)}
+    keys.split_counts = {s: int(splits.get(s, 0)) for s in ("train", "holdout")}
+    return keys
