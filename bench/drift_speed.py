@@ -25,7 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = Path(os.environ.get("RETRAIN_DATA_DIR", ROOT.parent / "shared" / "data"))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from tasks.cli import set_offline_env  # noqa: E402
+
+set_offline_env()
 os.environ.setdefault("RAYON_NUM_THREADS", "2")
 
 

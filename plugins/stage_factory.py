@@ -48,11 +48,12 @@ if TYPE_CHECKING:
 ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
-# Env every stage gets in both modes: no hub at run time, ever.
-STAGE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-             "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
-             # Task logs are plain text: no library colours its output (NO_COLOR, https://no-color.org).
-             "NO_COLOR": "1", "TERM": "dumb"}
+def stage_env() -> dict[str, str]:
+    """Env every stage gets in both modes: no hub at run time, ever (tasks.cli.OFFLINE_ENV, the one place), output
+    unbuffered, and plain text: no library colours it (NO_COLOR, https://no-color.org)."""
+    from tasks.cli import OFFLINE_ENV
+
+    return {**OFFLINE_ENV, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1", "TERM": "dumb"}
 
 
 # ---------------------------------------------------------------- the command
@@ -216,7 +217,7 @@ class LocalStageOperator(BaseOperator):
 
     def _env(self, xcom_path: Path) -> dict[str, str]:
         env = dict(os.environ)
-        env.update(STAGE_ENV)
+        env.update(stage_env())
         env.update(storage_env(self.storage_conn_id, self.storage_uri))
         env.update(self.env_vars)
         # "python" and "torchrun" resolve to this interpreter's environment, and `-m tasks` to this checkout.
@@ -279,7 +280,7 @@ def pod_settings(spec: PipelineSpec, stage: str, resources: StageSpec) -> dict[s
         "priority_class_name": resources.priority_class,
         "service_account_name": kube.service_account,
         "shm_size": resources.shm_size,
-        "env_vars": dict(STAGE_ENV, RETRAIN_TASK_IMAGE=kube.image),
+        "env_vars": dict(stage_env(), RETRAIN_TASK_IMAGE=kube.image),
         "s3_secret": kube.s3_secret,
         "labels": {"app.kubernetes.io/name": "airflow-retrain", "retrain/pipeline": spec.name,
                    "retrain/stage": stage},

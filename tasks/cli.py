@@ -3,7 +3,7 @@
 A stage declares its arguments as a dataclass (as ``HfArgumentParser`` does in HF's examples) and calls
 :func:`parse`: field names become ``--flags`` (underscores as dashes), the type annotation gives the type, a
 field without a default is required, ``bool`` fields take ``--flag/--no-flag``, and ``metadata={"help": ...}``
-is the help text. We do not use ``HfArgumentParser`` itself because importing transformers costs seconds in
+is the help text; ``metadata={"positional": True}`` makes a positional argument. We do not use ``HfArgumentParser`` itself because importing transformers costs seconds in
 stages that never touch a model (ingest, publish, registry).
 """
 
@@ -71,6 +71,12 @@ def parser_for(cls: type, prog: str, description: str | None = None) -> argparse
             kwargs.update(type=tp)
         if "choices" in field.metadata:
             kwargs["choices"] = field.metadata["choices"]
+        if field.metadata.get("positional"):  # validate-spec FILE...: a list field without a --flag
+            kwargs.pop("dest")
+            if kwargs.get("nargs") == "*" and not has_default:
+                kwargs["nargs"] = "+"
+            parser.add_argument(field.name, **kwargs)
+            continue
         parser.add_argument(flag, required=not has_default, default=default, **kwargs)
     return parser
 

@@ -165,12 +165,9 @@ class DecideSpec(_Section):
 
 
 class GatesSpec(_Section):
-    min_accuracy: float = Field(
-        0.0, ge=0, le=1, description="Absolute floor on golden-set accuracy, teacher and student; 0 = none (the "
-                                     "default: the floor is relative, min_accuracy_over_baseline)")
-    min_macro_f1: float = Field(
-        0.0, ge=0, le=1, description="Absolute floor on golden-set macro-F1, teacher and student; 0 = none (the "
-                                     "default: the floor is relative, min_macro_f1_over_baseline)")
+    # Absolute floors are off by default: the default floors are relative to the majority-class baseline.
+    min_accuracy: float = Field(0.0, ge=0, le=1, description="Absolute floor on golden-set accuracy; 0 = none")
+    min_macro_f1: float = Field(0.0, ge=0, le=1, description="Absolute floor on golden-set macro-F1; 0 = none")
     min_accuracy_over_baseline: float | None = Field(
         0.0, ge=0, le=1, description="Relative floor, every run: the CI lower bound of accuracy(model) - accuracy of "
                                      "always predicting the golden set's majority class must exceed this many "

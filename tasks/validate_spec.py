@@ -3,17 +3,22 @@ DAG folder: each file on its own, then all of them together (duplicate names, ov
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from tasks import cli
 from tasks.spec import SpecError, folder_problems, load_spec
 
 
+@dataclass
+class ValidateArgs:
+    paths: list[str] = field(metadata={"positional": True,
+                                       "help": "spec files, or folders whose *.yaml files are checked together"})
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tasks validate-spec", description=__doc__)
-    parser.add_argument("paths", nargs="+", help="spec files, or folders whose *.yaml files are checked together")
-    args = parser.parse_args(argv)
+    args = cli.parse(ValidateArgs, argv, prog="python -m tasks validate-spec", description=__doc__)
     files: list[Path] = []
     for raw in args.paths:
         path = Path(raw)

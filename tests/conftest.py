@@ -18,10 +18,9 @@ DATA = Path(os.environ.get("RETRAIN_DATA_DIR", ROOT.parent / "shared" / "data"))
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "plugins"))
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from tasks.cli import set_offline_env  # noqa: E402
+
+set_offline_env()
 
 # A private Airflow home with SQLite for this test session, set before anything imports airflow.
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="airflow-test-home-"))

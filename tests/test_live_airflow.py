@@ -23,6 +23,7 @@ import yaml
 
 from conftest import ROOT, read_sst2
 from live_airflow import AirflowError, LiveAirflow
+from tasks.cli import OFFLINE_ENV
 
 PIPELINE = "tiny"
 INGEST_DAG = f"ingest_{PIPELINE}"
@@ -104,8 +105,7 @@ def airflow(tmp_path_factory, bucket, moto_server, tiny_model_dir):
             "RETRAIN_STAGE_MODE": "local",
             # The one way the stages get S3 credentials and endpoint: the Airflow connection (compose does same).
             "AIRFLOW_CONN_AWS_DEFAULT": f"aws://testing:testing@/?endpoint_url={endpoint}&region_name=us-east-1",
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "2",
+            **OFFLINE_ENV, "OMP_NUM_THREADS": "2",
         },
     )
     try:

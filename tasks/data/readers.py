@@ -98,31 +98,40 @@ def read_delimited(data: bytes, fmt: str, text_col: str, label_col: str, tsv_quo
                         quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE, strict=quoted)
     csv.field_size_limit(_CSV_FIELD_LIMIT)
     try:
-        header = next(reader, None)
-        if header is None:
-            raise Unparseable("no header line")
-        header = [h.strip() for h in header]
-        missing = [c for c in (text_col, label_col) if c not in header]
-        if missing:
-            raise Unparseable(f"header {printable(header[:10])} lacks column(s) {missing}")
-        t_idx, l_idx = header.index(text_col), header.index(label_col)
-        rows: list[RawRow] = []
-        for fields in reader:
-            line = reader.line_num
-            if not fields or fields == [""]:
-                continue  # blank line
-            raw = printable(delimiter.join(fields))
-            if len(fields) != len(header):
-                detail = f"expected {len(header)} fields, got {len(fields)}"
-                rows.append(RawRow(line, None, None, MALFORMED, detail, raw))
-                continue
-            row = RawRow(line, fields[t_idx], fields[l_idx], raw=raw)
-            if _undecodable(fields[t_idx]) or _undecodable(fields[l_idx]):
-                row.problem, row.detail = UNDECODABLE, "bytes that are not valid UTF-8"
-            rows.append(row)
-        return rows
+        header, t_idx, l_idx = _columns(next(reader, None), text_col, label_col)
+        return _rows_of(reader, 0, delimiter, len(header), t_idx, l_idx)
     except csv.Error as exc:
         raise Unparseable(f"CSV error near line {reader.line_num}: {exc}") from None
+
+
+def _columns(header: list[str] | None, text_col: str, label_col: str) -> tuple[list[str], int, int]:
+    """The header line's fields, and where the text and label columns are; Unparseable when it has not both."""
+    if header is None:
+        raise Unparseable("no header line")
+    header = [h.strip() for h in header]
+    missing = [c for c in (text_col, label_col) if c not in header]
+    if missing:
+        raise Unparseable(f"header {printable(header[:10])} lacks column(s) {missing}")
+    return header, header.index(text_col), header.index(label_col)
+
+
+def _rows_of(reader: Any, line_offset: int, delimiter: str, n_fields: int, t_idx: int, l_idx: int) -> list[RawRow]:
+    """The rows of a csv.reader positioned after the header: a wrong field count or undecodable bytes ride on the
+    row as its problem (shared by the whole-file reader and the chunked reader's Python path)."""
+    rows: list[RawRow] = []
+    for fields in reader:
+        line = line_offset + reader.line_num
+        if not fields or fields == [""]:
+            continue  # blank line
+        raw = printable(delimiter.join(fields))
+        if len(fields) != n_fields:
+            rows.append(RawRow(line, None, None, MALFORMED, f"expected {n_fields} fields, got {len(fields)}", raw))
+            continue
+        row = RawRow(line, fields[t_idx], fields[l_idx], raw=raw)
+        if _undecodable(fields[t_idx]) or _undecodable(fields[l_idx]):
+            row.problem, row.detail = UNDECODABLE, "bytes that are not valid UTF-8"
+        rows.append(row)
+    return rows
 
 
 def read_jsonl(data: bytes, text_col: str, label_col: str) -> list[RawRow]:
@@ -169,13 +178,16 @@ def read_parquet(data: bytes, text_col: str, label_col: str) -> list[RawRow]:
 def read_rows(data: bytes, fmt: str, text_col: str, label_col: str, *, tsv_quoting: str = "none",
               csv_delimiter: str = ",") -> list[RawRow]:
     """Rows of one file's (already decompressed) bytes in format ``fmt``; Unparseable if the file is bad whole."""
-    if fmt in ("csv", "tsv"):
-        return read_delimited(data, fmt, text_col, label_col, tsv_quoting, csv_delimiter)
-    if fmt == "jsonl":
-        return read_jsonl(data, text_col, label_col)
-    if fmt == "parquet":
-        return read_parquet(data, text_col, label_col)
-    raise Unparseable(f"unsupported format {fmt!r}")
+    return by_format(fmt, lambda: read_delimited(data, fmt, text_col, label_col, tsv_quoting, csv_delimiter),
+                     lambda: read_jsonl(data, text_col, label_col), lambda: read_parquet(data, text_col, label_col))
+
+
+def by_format(fmt: str, delimited: Any, jsonl: Any, parquet: Any) -> Any:
+    """Call the reader for ``fmt`` (one dispatch for the whole-file and the streaming readers)."""
+    reader = {"csv": delimited, "tsv": delimited, "jsonl": jsonl, "parquet": parquet}.get(fmt)
+    if reader is None:
+        raise Unparseable(f"unsupported format {fmt!r}")
+    return reader()
 
 
 # ====================================================================== streaming, in chunks (the ingest stage)
@@ -317,24 +329,10 @@ def _python_delimited(piece: bytes, first_line: int, delimiter: str, quoted: boo
     reader = csv.reader(io.StringIO(piece.decode("utf-8", errors="surrogateescape"), newline=""),
                         delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE, strict=quoted)
     csv.field_size_limit(_CSV_FIELD_LIMIT)
-    rows: list[RawRow] = []
     try:
-        for fields in reader:
-            line = first_line - 1 + reader.line_num
-            if not fields or fields == [""]:
-                continue
-            raw = printable(delimiter.join(fields))
-            if len(fields) != len(header):
-                detail = f"expected {len(header)} fields, got {len(fields)}"
-                rows.append(RawRow(line, None, None, MALFORMED, detail, raw))
-                continue
-            row = RawRow(line, fields[t_idx], fields[l_idx], raw=raw)
-            if _undecodable(fields[t_idx]) or _undecodable(fields[l_idx]):
-                row.problem, row.detail = UNDECODABLE, "bytes that are not valid UTF-8"
-            rows.append(row)
+        return _rows_of(reader, first_line - 1, delimiter, len(header), t_idx, l_idx)
     except csv.Error as exc:
         raise Unparseable(f"CSV error near line {first_line - 1 + reader.line_num}: {exc}") from None
-    return rows
 
 
 def _line_bounds(piece: bytes, first_line: int):
@@ -392,14 +390,7 @@ def iter_delimited(content: Content, fmt: str, text_col: str, label_col: str, ts
     first = next(stream, None)
     if first is None:
         raise Unparseable("no header line")
-    header_rows = _python_header(first[0], delimiter, quoted)
-    if header_rows is None:
-        raise Unparseable("no header line")
-    header = [h.strip() for h in header_rows]
-    missing = [c for c in (text_col, label_col) if c not in header]
-    if missing:
-        raise Unparseable(f"header {printable(header[:10])} lacks column(s) {missing}")
-    t_idx, l_idx = header.index(text_col), header.index(label_col)
+    header, t_idx, l_idx = _columns(_python_header(first[0], delimiter, quoted), text_col, label_col)
     for piece, line in stream:
         chunk = None
         if (not quoted or b'"' not in piece) and not _bare_cr(piece):
@@ -547,10 +538,5 @@ def chunk_of_rows(rows: list[RawRow]) -> Chunk:
 def iter_chunks(content: Content, fh: Any, fmt: str, text_col: str, label_col: str, *, tsv_quoting: str = "none",
                 csv_delimiter: str = ","):
     """Chunks of one landed file in format ``fmt`` (``fh``: the file, seekable, for Parquet without gzip)."""
-    if fmt in ("csv", "tsv"):
-        return iter_delimited(content, fmt, text_col, label_col, tsv_quoting, csv_delimiter)
-    if fmt == "jsonl":
-        return iter_jsonl(content, text_col, label_col)
-    if fmt == "parquet":
-        return iter_parquet(fh, text_col, label_col)
-    raise Unparseable(f"unsupported format {fmt!r}")
+    return by_format(fmt, lambda: iter_delimited(content, fmt, text_col, label_col, tsv_quoting, csv_delimiter),
+                     lambda: iter_jsonl(content, text_col, label_col), lambda: iter_parquet(fh, text_col, label_col))

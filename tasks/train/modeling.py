@@ -6,17 +6,15 @@ torch and transformers are imported inside the functions, so importing this modu
 from __future__ import annotations
 
 import importlib
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from tasks import storage
+from tasks import cli, storage
 
 if TYPE_CHECKING:
     import numpy as np
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+cli.set_offline_env()  # before transformers is imported by anyone using this module
 
 
 def resolve_base_model(base: str) -> Path:
