@@ -388,6 +388,8 @@ def read_files(spec: PipelineSpec, batch: Batch, work: str, keys_file: Any) -> N
         else:
             batch.read.append(f.key)
             batch.staged.append(outcome)
+        log.info("file %d/%d read: %s (%s)", number + 1, len(batch.files), f.key,
+                 "empty" if outcome is None else "quarantined whole" if isinstance(outcome, BadFile) else "staged")
 
 
 def check_bad_share(spec: PipelineSpec, batch: Batch) -> None:

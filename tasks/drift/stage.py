@@ -76,6 +76,7 @@ def run_drift(spec: PipelineSpec, run_uri: str, snapshot_uri: str, champion_uri:
                                                 f"than drift.min_rows = {cfg.min_rows}); drift checks skipped.")
 
     # 3. Statistical checks: every reference row against every new row.
+    print(f"[drift] {len(new)} new rows against the champion's {len(reference)}: statistical checks", flush=True)
     model_dir = _champion_encoder(champion_uri)
     started = time.perf_counter()
     checks, plot_data = statistical_checks(
@@ -88,6 +89,8 @@ def run_drift(spec: PipelineSpec, run_uri: str, snapshot_uri: str, champion_uri:
     holdout = reference[reference["split"] == "holdout"]
     use_holdout = len(holdout) >= min(cfg.embedding_subsample, 100)
     model_ref = holdout if use_holdout else reference
+    print(f"[drift] statistical checks done ({timings['statistical_seconds']:.1f}s); champion-model checks on at "
+          f"most {cfg.embedding_subsample} new and {cfg.embedding_reference_subsample} reference texts", flush=True)
     model, model_data = model_checks(cfg, names, model_dir, model_ref["text"].tolist(), new["text"].tolist(),
                                      max_length=spec.model.max_length, ref_labels=model_ref["label"].to_numpy(),
                                      cur_labels=new["label"].to_numpy())
@@ -99,6 +102,8 @@ def run_drift(spec: PipelineSpec, run_uri: str, snapshot_uri: str, champion_uri:
     # 5. Plots next to the report, then the verdict.
     result["plots"] = _upload_plots(out_uri, names, plot_data)
     drifted = sorted(name for name, c in checks.items() if c["drifted"])
+    print(f"[drift] model checks done ({timings['model_seconds']:.1f}s); drifted: {', '.join(drifted) or 'none'}",
+          flush=True)
     return _finish(out_uri, result, model_reference="holdout" if use_holdout else "all", checks=checks,
                    drift_detected=bool(drifted), drifted_checks=drifted, summary=report.summarize(checks, len(new)),
                    timings=timings, label_quality=quality,
