@@ -102,3 +102,38 @@ def test_the_next_call_on_the_same_storage_is_the_next_night(first_night):
     # Nothing new landed: the ingest DAG sees the first night's batch record and keeps its snapshot.
     assert result["changed"] is False
     assert result["snapshot_id"] == first_night["summary"]["ingest"]["snapshot_id"]
+
+
+def test_hostile_landing_files_through_make_ingest(tmp_path, tiny_model_dir):
+    """What the landing-zone guarantees look like from `make ingest`: a symlink out of the folder is not followed,
+    odd file names are ingested, an empty file is reported as empty, and the counts add up."""
+    import os
+
+    import pandas as pd
+
+    spec = small_emotion_spec(tmp_path, tiny_model_dir)
+    landing, outside = tmp_path / "landing", tmp_path / "outside"
+    landing.mkdir()
+    outside.mkdir()
+    (outside / "secret.txt").write_text("text;label_name\nthe secret row from outside the landing zone;joy\n")
+    os.symlink(outside / "secret.txt", landing / "link.txt")
+    rows = emotion_rows("train", 40, offset=1000)
+    (landing / "plain.txt").write_text("text;label_name\n" + "\n".join(rows[:30]) + "\n")
+    with open(os.path.join(os.fsencode(landing), b"caf\xe9-latin1.txt"), "w") as fh:  # a name that is not UTF-8
+        fh.write("text;label_name\n" + "\n".join(rows[30:35]) + "\nno such label here;not-a-label\n")
+    (landing / "new\nline.txt").write_text("text;label_name\n" + "\n".join(rows[35:40]) + "\n")
+    (landing / "empty.txt").write_bytes(b"")
+
+    code, result, log = local_run("ingest", spec, landing, tmp_path / "storage")
+    assert code == 0, log[-4000:]
+    assert result["files_count"] == 5 and result["empty_files"] == 1
+    assert result["files_count"] == result["files_read"] + result["quarantined_files"] + result["empty_files"]
+    assert result["rows_read"] == result["new_rows"] + result["quarantined_rows"] + result["duplicates_removed"] \
+        + result["contaminated_removed"]
+    assert result["quarantined_rows"] == 1 and result["quarantine_reasons"].get("unknown_label") == 1
+    snapshot = pd.concat(pd.read_parquet(p) for p in (tmp_path / "storage" / "snapshots" / "emotion").rglob("*.parquet"))
+    assert len(snapshot) == result["total_rows"] == 40 - result["duplicates_removed"] - result["contaminated_removed"]
+    # Nothing from outside the landing folder, anywhere in storage.
+    for path in (tmp_path / "storage").rglob("*"):
+        if path.is_file():
+            assert b"secret row from outside" not in path.read_bytes(), path
