@@ -96,6 +96,9 @@ class TrainSpec(_Section):
     gradient_accumulation_steps: int = Field(1, ge=1)
     eval_steps: int = Field(200, ge=1, description="Evaluate on the holdout split every N optimizer steps")
     checkpoint_steps: int = Field(200, ge=1, description="Checkpoint to storage every N steps; a retry resumes from it")
+    checkpoint_minutes: float | None = Field(
+        None, gt=0, description="Checkpoint by wall time instead: every N minutes, plus on each new best evaluation; "
+                                "None = every checkpoint_steps on CPU, every 10 minutes on a CUDA GPU")
     early_stopping_patience: int = Field(3, ge=1, description="Stop after this many evaluations without improvement")
     max_train_rows: int | None = Field(None, ge=1, description="Cap on training rows (newest first); None = all")
     init_from: Literal["base", "champion"] = Field(

@@ -84,3 +84,94 @@ def test_gradient_accumulation_trains_as_one_bigger_batch(tiny_model_dir, tmp_pa
     assert not torch.allclose(whole["classifier.weight"], before["classifier.weight"])
     differ = [k for k in whole if not torch.allclose(whole[k], accumulated[k], rtol=1e-3, atol=1e-5)]
     assert not differ, differ[:5]
+
+
+def _tiny_trainer(tiny_model_dir, tmp_path, callbacks, **arg_overrides):
+    """The stages' Trainer (training.make_trainer) on the tiny model: 32 rows, batch 2 -> 16 steps."""
+    from transformers import Trainer, set_seed
+
+    from tasks.train import modeling, training
+
+    tokenizer = modeling.load_tokenizer(tiny_model_dir)
+    rows = read_tsv("train", limit=32, offset=4000)
+    data = training.tokenize(tokenizer, [t for t, _ in rows], [y for _, y in rows], 64)
+    args = training.training_arguments(
+        tmp_path / "scratch", epochs=1, batch_size=2, learning_rate=1e-3, weight_decay=0.0, warmup_ratio=0.0,
+        gradient_accumulation_steps=1, seed=5, **arg_overrides)
+    set_seed(5)
+    return training.make_trainer(Trainer, args=args, tokenizer=tokenizer, n_classes=2, patience=100,
+                                 callbacks=callbacks, model=modeling.load_classifier(tiny_model_dir),
+                                 train_dataset=data, eval_dataset=data.select(range(8)))
+
+
+class _SaveLog:
+    """The steps the Trainer saved at, and a fake clock that moves one minute per optimizer step."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        log = self
+        self.saved, self.minute = [], 0
+
+        class Recorder(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                log.minute += 1
+
+            def on_save(self, args, state, control, **kwargs):
+                log.saved.append(state.global_step)
+
+        self.callback = Recorder()
+
+    def monotonic(self) -> float:
+        return self.minute * 60.0
+
+
+def test_checkpoints_by_time_upload_in_the_background(tiny_model_dir, tmp_path, monkeypatch, one_torch_thread):
+    """checkpoint_minutes=3 with a clock that moves a minute per step: saves at steps 3, 6, 9, ... and none by
+    step count (step 16: the evaluation at the end, the first and so a new best); each upload runs in a thread, COMPLETE comes last, and storage ends as a mirror of the newest
+    and the best local checkpoints."""
+    from tasks.train import checkpoints, training
+
+    clock = _SaveLog()
+    monkeypatch.setattr(checkpoints.time, "monotonic", clock.monotonic)
+    store = storage.normalize(str(tmp_path / "store"))
+    paths = training.StagePaths(run_uri=store, stage="finetune", run_key="r", out_uri=store,
+                                checkpoint_uri=storage.join(store, "checkpoints"), scratch=tmp_path / "scratch")
+    sync = checkpoints.CheckpointSync(paths, background=True)
+    trainer = _tiny_trainer(tiny_model_dir, tmp_path, [clock.callback, checkpoints.TimedCheckpoints(3), sync],
+                            eval_steps=1000, checkpoint_steps=1, checkpoint_minutes=3)
+    assert trainer.args.save_strategy == "best"
+    trainer.train()
+    sync.wait()
+    assert trainer.state.global_step == 16
+    assert clock.saved == [3, 6, 9, 12, 15, 16]
+    remote = checkpoints.remote_checkpoints(paths.checkpoint_uri)  # complete ones only
+    local = sorted(checkpoints.step_of(p) for p in (tmp_path / "scratch").glob("checkpoint-*"))
+    assert sorted(remote) == local == [15, 16]
+    every = checkpoints.remote_checkpoints(paths.checkpoint_uri, complete_only=False)
+    assert every == remote
+    sent = {o.uri.rsplit("/", 1)[-1] for o in storage.list_objects(remote[16])}
+    assert sent == {p.name for p in (tmp_path / "scratch" / "checkpoint-16").iterdir()} | {"COMPLETE"}
+    assert sync.upload_seconds >= 0 and sync.seconds >= 0
+
+
+def test_checkpoints_by_time_still_save_every_new_best(tiny_model_dir, tmp_path, monkeypatch, one_torch_thread):
+    """With saves by time far apart, the Trainer still saves each new best evaluation, so
+    load_best_model_at_end finds the best model; on CPU by default the saving stays by step count."""
+    from tasks.train import checkpoints, training
+
+    clock = _SaveLog()
+    monkeypatch.setattr(checkpoints.time, "monotonic", clock.monotonic)
+    trainer = _tiny_trainer(tiny_model_dir, tmp_path, [clock.callback, checkpoints.TimedCheckpoints(1000)],
+                            eval_steps=4, checkpoint_steps=4, checkpoint_minutes=1000)
+    trainer.train()
+    evals = [e for e in trainer.state.log_history if "eval_accuracy" in e]
+    assert [e["step"] for e in evals] == [4, 8, 12, 16]
+    best_so_far, new_bests = -1.0, []
+    for e in evals:
+        if e["eval_accuracy"] > best_so_far:
+            best_so_far, new_bests = e["eval_accuracy"], new_bests + [e["step"]]
+    assert clock.saved == new_bests
+    assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{new_bests[-1]}")
+    assert training.checkpoint_minutes(None) is None  # CPU: by steps, as before
+    assert training.checkpoint_minutes(5.0) == 5.0

@@ -63,18 +63,22 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
     train_set = training.tokenize(tokenizer, train_rows["text"], train_rows["label"], spec.model.max_length)
     holdout_set = training.tokenize(tokenizer, holdout_rows["text"], holdout_rows["label"], spec.model.max_length)
 
-    # The Trainer, set up one way for both stages.
+    # The Trainer, set up one way for both stages. On a CUDA GPU: checkpoints by time, uploaded in the background.
+    import torch
+
+    minutes = training.checkpoint_minutes(hp.checkpoint_minutes)
     targs = training.training_arguments(
         paths.scratch, epochs=recipe.epochs, batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
         weight_decay=hp.weight_decay, warmup_ratio=hp.warmup_ratio,
         gradient_accumulation_steps=hp.gradient_accumulation_steps, eval_steps=hp.eval_steps,
-        checkpoint_steps=hp.checkpoint_steps, seed=hp.seed,
+        checkpoint_steps=hp.checkpoint_steps, seed=hp.seed, checkpoint_minutes=minutes,
     )
     progress = training.ProgressLogger(stage, recipe.batch_size * hp.gradient_accumulation_steps * targs.world_size)
-    sync = checkpoints.CheckpointSync(paths)
+    sync = checkpoints.CheckpointSync(paths, background=torch.cuda.is_available())
+    timed = [checkpoints.TimedCheckpoints(minutes)] if minutes is not None else []
     trainer = training.make_trainer(
         recipe.trainer_cls or Trainer, args=targs, tokenizer=tokenizer, n_classes=len(spec.data.labels),
-        patience=hp.early_stopping_patience, callbacks=[progress, sync],
+        patience=hp.early_stopping_patience, callbacks=[progress, *timed, sync],  # timed before sync: it sees the save
         model=recipe.model, train_dataset=train_set, eval_dataset=holdout_set, **recipe.trainer_kwargs,
     )
     print(f"[{stage}] {len(train_set)} train rows, {len(holdout_set)} holdout rows; init from {recipe.init_from}"
@@ -85,9 +89,10 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
     # (load_best_model_at_end) on the holdout split.
     resume = checkpoints.prepare_resume(targs, paths)
     trainer.train(resume_from_checkpoint=resume)
+    sync.wait()  # the last checkpoint's upload (on_train_end waits too; this re-raises an upload error)
     holdout = trainer.evaluate()
     outcome = training.outcome_of(trainer, holdout, checkpoints.step_of(resume) if resume else 0, progress,
-                                  sync.seconds)
+                                  sync.seconds, sync.upload_seconds)
     if not trainer.is_world_process_zero():
         return 0
 
@@ -100,6 +105,7 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
         train_rows=len(train_set), global_step=outcome.global_step, samples_per_second=outcome.samples_per_second,
         resumed_from_step=outcome.resumed_from_step, train_seconds=outcome.train_seconds,
         eval_seconds=outcome.eval_seconds, checkpoint_seconds=outcome.checkpoint_seconds,
+        checkpoint_upload_seconds=outcome.checkpoint_upload_seconds, overhead_share=outcome.overhead_share,
         world_size=targs.world_size, base_model=spec.model.base, init_from=recipe.init_from,
         parameters=sum(p.numel() for p in trainer.model.parameters()), exports=exports, **recipe.result,
     )

@@ -137,15 +137,31 @@ def device_features() -> dict[str, Any]:
             "dataloader_num_workers": 0, "dataloader_pin_memory": False}
 
 
+# On a CUDA GPU a checkpoint by steps every few seconds of training was 35-50% of the stage's wall (issue 12).
+GPU_CHECKPOINT_MINUTES = 10.0
+
+
+def checkpoint_minutes(spec_minutes: float | None) -> float | None:
+    """``train.checkpoint_minutes``, or its device default: None (by steps) on CPU, 10 minutes on a CUDA GPU."""
+    import torch
+
+    if spec_minutes is not None:
+        return spec_minutes
+    return GPU_CHECKPOINT_MINUTES if torch.cuda.is_available() else None
+
+
 def training_arguments(output_dir: Path, *, epochs: float, batch_size: int, learning_rate: float,
                        weight_decay: float, warmup_ratio: float, gradient_accumulation_steps: int,
                        eval_steps: int, checkpoint_steps: int, seed: int, group_by_length: bool = True,
-                       **overrides: Any):
+                       checkpoint_minutes: float | None = None, **overrides: Any):
+    """The stages' TrainingArguments. With ``checkpoint_minutes`` the Trainer saves on each new best evaluation
+    (``save_strategy="best"``, what ``load_best_model_at_end`` needs) and ``checkpoints.TimedCheckpoints``
+    adds a save every that many minutes; otherwise it saves every ``checkpoint_steps``."""
     from transformers import TrainingArguments
 
     # load_best_model_at_end needs checkpoints on evaluation steps.
     save_steps = eval_steps * max(1, math.ceil(checkpoint_steps / eval_steps))
-    if save_steps != checkpoint_steps:
+    if save_steps != checkpoint_steps and checkpoint_minutes is None:
         log.warning("checkpoint_steps=%d rounded up to %d, a multiple of eval_steps=%d",
                     checkpoint_steps, save_steps, eval_steps)
     kwargs: dict[str, Any] = dict(
@@ -180,6 +196,9 @@ def training_arguments(output_dir: Path, *, epochs: float, batch_size: int, lear
         average_tokens_across_devices=False,
         restore_callback_states_from_checkpoint=True,  # the early-stopping patience counter survives a retry
     )
+    if checkpoint_minutes is not None:
+        kwargs.update(save_strategy="best")
+        del kwargs["save_steps"]
     kwargs.update(device_features())
     kwargs.update(overrides)
     return TrainingArguments(**kwargs)
@@ -338,13 +357,15 @@ class TrainOutcome:
     train_seconds: float  # trainer.train() wall time, evaluations and checkpoints included
     samples_per_second: float  # training rows per second, evaluation time excluded
     eval_seconds: float
-    checkpoint_seconds: float  # local saves plus uploads to storage
+    checkpoint_seconds: float  # what checkpoints cost the training loop: local saves plus uploads waited for
     metrics: dict[str, float]  # the best model on the holdout split
+    checkpoint_upload_seconds: float = 0.0  # the uploads' own wall time (in the background on a GPU)
+    overhead_share: float = 0.0  # (eval_seconds + checkpoint_seconds) / train_seconds
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def outcome_of(trainer, holdout: dict[str, float], resumed_from_step: int, progress: "ProgressLogger",
-               checkpoint_seconds: float) -> TrainOutcome:
+               checkpoint_seconds: float, checkpoint_upload_seconds: float = 0.0) -> TrainOutcome:
     metrics = {k.removeprefix("eval_"): float(v) for k, v in holdout.items()
                if k in ("eval_accuracy", "eval_macro_f1", "eval_loss")}
     metrics["holdout_rows"] = len(trainer.eval_dataset)
@@ -356,6 +377,8 @@ def outcome_of(trainer, holdout: dict[str, float], resumed_from_step: int, progr
         eval_seconds=round(progress.eval_seconds, 2),
         checkpoint_seconds=round(checkpoint_seconds, 2),
         metrics=metrics,
+        checkpoint_upload_seconds=round(checkpoint_upload_seconds, 2),
+        overhead_share=round((progress.eval_seconds + checkpoint_seconds) / max(1e-9, progress.train_seconds), 4),
         log_history=list(trainer.state.log_history),
     )
 
