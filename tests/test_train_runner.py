@@ -175,3 +175,61 @@ def test_checkpoints_by_time_still_save_every_new_best(tiny_model_dir, tmp_path,
     assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{new_bests[-1]}")
     assert training.checkpoint_minutes(None) is None  # CPU: by steps, as before
     assert training.checkpoint_minutes(5.0) == 5.0
+
+
+def test_auto_gpu_batch_follows_memory_length_and_rows():
+    from tasks.train import training
+
+    gib = 2**30
+    assert training.auto_gpu_batch(80 * gib, 128, 1_000_000, 32) == 256  # the H100 reference point
+    assert training.auto_gpu_batch(141 * gib, 128, 1_000_000, 32) == 256  # H200: 451 -> the power of two below
+    assert training.auto_gpu_batch(80 * gib, 512, 1_000_000, 32) == 64  # 4x the length, a quarter of the batch
+    assert training.auto_gpu_batch(24 * gib, 128, 1_000_000, 32) == 64  # 76.8 -> 64
+    assert training.auto_gpu_batch(640 * gib, 64, 1_000_000, 32) == 1024  # capped
+    assert training.auto_gpu_batch(80 * gib, 128, 4000, 32) == 64  # >= 50 steps per epoch: 4000 / 50 = 80 -> 64
+    assert training.auto_gpu_batch(8 * gib, 512, 1_000_000, 32) == 32  # never below the spec's batch
+
+
+def test_batch_plan_scales_the_learning_rate_and_steps_on_a_gpu_only():
+    from tasks.train import training
+
+    spec = dict(batch_size=32, learning_rate=5e-5, eval_steps=200, checkpoint_steps=400, lr_scaling="sqrt",
+                max_length=128, train_rows=67_000)
+    cpu = training.plan_batches(**spec, gpu_batch_size="auto", total_memory_bytes=None)
+    assert cpu == training.BatchPlan(32, 5e-5, 200, 400)
+    assert training.plan_batches(**spec, gpu_batch_size=None, total_memory_bytes=80 * 2**30) == cpu
+    gpu = training.plan_batches(**spec, gpu_batch_size="auto", total_memory_bytes=80 * 2**30)
+    assert gpu.batch_size == 256
+    assert gpu.learning_rate == pytest.approx(5e-5 * 8**0.5)  # sqrt(256 / 32)
+    assert (gpu.eval_steps, gpu.checkpoint_steps) == (25, 50)  # an evaluation every 6400 rows, as at batch 32
+    pinned = training.plan_batches(**{**spec, "lr_scaling": "linear"}, gpu_batch_size=128,
+                                   total_memory_bytes=80 * 2**30)
+    assert (pinned.batch_size, pinned.learning_rate, pinned.eval_steps) == (128, pytest.approx(2e-4), 50)
+
+
+def test_cpu_training_arguments_are_as_before_the_gpu_profile():
+    """tests/cpu_training_arguments.json: the stage's TrainingArguments on CPU (spec defaults) from the code before
+    the GPU profile (time-based checkpoints, auto batch, background upload) was added; CPU runs must not change."""
+    import json
+    from pathlib import Path
+
+    from tasks.spec import TrainSpec
+    from tasks.train import training
+
+    if training.cuda_memory_bytes() is not None:
+        pytest.skip("compares the CPU arguments; a CUDA GPU has its own profile")
+    hp = TrainSpec()
+    minutes = training.checkpoint_minutes(hp.checkpoint_minutes)
+    plan = training.plan_batches(
+        batch_size=hp.batch_size, learning_rate=hp.learning_rate, eval_steps=hp.eval_steps,
+        checkpoint_steps=hp.checkpoint_steps, gpu_batch_size=hp.gpu_batch_size, lr_scaling=hp.gpu_lr_scaling,
+        max_length=128, train_rows=67_000, total_memory_bytes=training.cuda_memory_bytes())
+    args = training.training_arguments(
+        "/tmp/OUT", epochs=hp.epochs, batch_size=plan.batch_size, learning_rate=plan.learning_rate,
+        weight_decay=hp.weight_decay, warmup_ratio=hp.warmup_ratio,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps, eval_steps=plan.eval_steps,
+        checkpoint_steps=plan.checkpoint_steps, seed=hp.seed, checkpoint_minutes=minutes)
+    now = json.loads(json.dumps(args.to_dict(), default=str))
+    before = json.loads((Path(__file__).parent / "cpu_training_arguments.json").read_text())
+    assert {k: v for k, v in now.items() if before.get(k) != v} == {}
+    assert now.keys() == before.keys()

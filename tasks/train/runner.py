@@ -37,6 +37,7 @@ class Recipe:
     epochs: float
     batch_size: int
     learning_rate: float
+    gpu_batch_size: int | str | None = None  # on a CUDA GPU: "auto", a batch, or None = batch_size (training.plan_batches)
     trainer_cls: type | None = None  # None: transformers.Trainer, i.e. the model's own cross-entropy
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. DistillTrainer's teacher and alpha
     exports: Sequence[str] = ()  # CPU-serving exports of the trained model (tasks.train.export)
@@ -67,13 +68,21 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
     import torch
 
     minutes = training.checkpoint_minutes(hp.checkpoint_minutes)
+    plan = training.plan_batches(
+        batch_size=recipe.batch_size, learning_rate=recipe.learning_rate, eval_steps=hp.eval_steps,
+        checkpoint_steps=hp.checkpoint_steps, gpu_batch_size=recipe.gpu_batch_size, lr_scaling=hp.gpu_lr_scaling,
+        max_length=spec.model.max_length, train_rows=len(train_set), total_memory_bytes=training.cuda_memory_bytes())
     targs = training.training_arguments(
-        paths.scratch, epochs=recipe.epochs, batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
+        paths.scratch, epochs=recipe.epochs, batch_size=plan.batch_size, learning_rate=plan.learning_rate,
         weight_decay=hp.weight_decay, warmup_ratio=hp.warmup_ratio,
-        gradient_accumulation_steps=hp.gradient_accumulation_steps, eval_steps=hp.eval_steps,
-        checkpoint_steps=hp.checkpoint_steps, seed=hp.seed, checkpoint_minutes=minutes,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps, eval_steps=plan.eval_steps,
+        checkpoint_steps=plan.checkpoint_steps, seed=hp.seed, checkpoint_minutes=minutes,
+        **({"torch_compile": True} if hp.torch_compile else {}),
     )
-    progress = training.ProgressLogger(stage, recipe.batch_size * hp.gradient_accumulation_steps * targs.world_size)
+    if plan.batch_size != recipe.batch_size:
+        print(f"[{stage}] GPU batch {plan.batch_size} (spec {recipe.batch_size}), lr {plan.learning_rate:.2e} "
+              f"({hp.gpu_lr_scaling} scaling), eval every {plan.eval_steps} steps", flush=True)
+    progress = training.ProgressLogger(stage, plan.batch_size * hp.gradient_accumulation_steps * targs.world_size)
     sync = checkpoints.CheckpointSync(paths, background=torch.cuda.is_available())
     timed = [checkpoints.TimedCheckpoints(minutes)] if minutes is not None else []
     trainer = training.make_trainer(
@@ -106,7 +115,8 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
         resumed_from_step=outcome.resumed_from_step, train_seconds=outcome.train_seconds,
         eval_seconds=outcome.eval_seconds, checkpoint_seconds=outcome.checkpoint_seconds,
         checkpoint_upload_seconds=outcome.checkpoint_upload_seconds, overhead_share=outcome.overhead_share,
-        world_size=targs.world_size, base_model=spec.model.base, init_from=recipe.init_from,
+        world_size=targs.world_size, batch_size=plan.batch_size, learning_rate=plan.learning_rate,
+        base_model=spec.model.base, init_from=recipe.init_from,
         parameters=sum(p.numel() for p in trainer.model.parameters()), exports=exports, **recipe.result,
     )
     results.emit(result, paths.out_uri)
