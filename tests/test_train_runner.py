@@ -233,3 +233,41 @@ def test_cpu_training_arguments_are_as_before_the_gpu_profile():
     before = json.loads((Path(__file__).parent / "cpu_training_arguments.json").read_text())
     assert {k: v for k, v in now.items() if before.get(k) != v} == {}
     assert now.keys() == before.keys()
+
+
+def test_a_background_upload_that_dies_leaves_no_complete_checkpoint(tiny_model_dir, tmp_path, monkeypatch,
+                                                                      one_torch_thread):
+    """The upload of checkpoint-6 fails half-way in its thread: training stops with that error at the next
+    save, storage holds checkpoint-6 without COMPLETE, and a retry's restore resumes from checkpoint-3 and
+    deletes the half upload (what a process killed mid-upload leaves behind, too)."""
+    from pathlib import Path
+
+    from tasks.train import checkpoints, training
+
+    clock = _SaveLog()
+    monkeypatch.setattr(checkpoints.time, "monotonic", clock.monotonic)
+    real_sync_dir = storage.sync_dir
+
+    def dies_half_way(local_dir, prefix_uri):
+        if Path(local_dir).name != "checkpoint-6":
+            return real_sync_dir(local_dir, prefix_uri)
+        first = sorted(p for p in Path(local_dir).iterdir() if p.is_file())[0]
+        storage.upload_file(first, storage.join(prefix_uri, first.name))
+        raise OSError("connection reset during the upload")
+
+    monkeypatch.setattr(storage, "sync_dir", dies_half_way)
+    store = storage.normalize(str(tmp_path / "store"))
+    paths = training.StagePaths(run_uri=store, stage="finetune", run_key="r", out_uri=store,
+                                checkpoint_uri=storage.join(store, "checkpoints"), scratch=tmp_path / "scratch")
+    sync = checkpoints.CheckpointSync(paths, background=True)
+    trainer = _tiny_trainer(tiny_model_dir, tmp_path, [clock.callback, checkpoints.TimedCheckpoints(3), sync],
+                            eval_steps=1000, checkpoint_steps=1, checkpoint_minutes=3)
+    with pytest.raises(OSError, match="connection reset"):
+        trainer.train()
+    assert trainer.state.global_step == 9  # the next save waited for the upload and got its error
+    assert sorted(checkpoints.remote_checkpoints(paths.checkpoint_uri)) == [3]
+    assert sorted(checkpoints.remote_checkpoints(paths.checkpoint_uri, complete_only=False)) == [3, 6]
+
+    newest = checkpoints.restore(paths)
+    assert newest == str(paths.scratch / "checkpoint-3")
+    assert sorted(checkpoints.remote_checkpoints(paths.checkpoint_uri, complete_only=False)) == [3]
