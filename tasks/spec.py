@@ -101,6 +101,10 @@ class TrainSpec(_Section):
                                 "None = every checkpoint_steps on CPU, every 10 minutes on a CUDA GPU")
     early_stopping_patience: int = Field(3, ge=1, description="Stop after this many evaluations without improvement")
     max_train_rows: int | None = Field(None, ge=1, description="Cap on training rows (newest first); None = all")
+    selection_rows: int | None = Field(
+        None, ge=2, description="Evaluations during training (early stopping, best checkpoint) on a label-stratified "
+                                "sample of at most this many holdout rows; the final metrics use the whole split. "
+                                "None = every holdout row each time")
     gpu_batch_size: PositiveInt | Literal["auto"] | None = Field(
         "auto", description="Per-device batch on a CUDA GPU: auto = from GPU memory and model.max_length "
                             "(docs/training.md), learning rate scaled from batch_size; None = batch_size; CPU: "

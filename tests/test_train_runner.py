@@ -271,3 +271,44 @@ def test_a_background_upload_that_dies_leaves_no_complete_checkpoint(tiny_model_
     newest = checkpoints.restore(paths)
     assert newest == str(paths.scratch / "checkpoint-3")
     assert sorted(checkpoints.remote_checkpoints(paths.checkpoint_uri, complete_only=False)) == [3]
+
+
+def test_stratified_sample_keeps_each_label_share():
+    from collections import Counter
+
+    from tasks.train import training
+
+    labels = [0] * 60 + [1] * 30 + [2] * 9 + [3]  # 60/30/9/1 %
+    picked = training.stratified_sample(labels, 20, seed=1)
+    assert len(picked) == 20 and picked == sorted(set(picked))
+    assert Counter(labels[i] for i in picked) == {0: 12, 1: 6, 2: 1, 3: 1}  # 1.8 -> 1 and the lone row of 3
+    assert picked == training.stratified_sample(labels, 20, seed=1)  # seeded
+    assert picked != training.stratified_sample(labels, 20, seed=2)
+    assert training.stratified_sample(labels, 500, seed=1) == list(range(100))
+
+
+def test_model_selection_on_a_stratified_holdout_sample(tiny_model_dir, tmp_path, monkeypatch, capsys,
+                                                         one_torch_thread):
+    """train.selection_rows: the evaluations during training run on a stratified sample of the holdout split;
+    the final metrics on the whole split."""
+    from tasks.train import finetune
+
+    root = storage.normalize(str(tmp_path / "store"))
+    run = make_run(root, "selection", {"model.base": str(tiny_model_dir), "train.selection_rows": 10,
+                                       "train.batch_size": 16, "train.eval_steps": 5, "train.checkpoint_steps": 5,
+                                       "train.epochs": 1, "model.max_length": 32})
+    rows = read_tsv("train", limit=300)
+    snapshot = write_snapshot(root, "sst2", rows)
+    monkeypatch.setenv("RETRAIN_SCRATCH_DIR", str(tmp_path / "scratch"))
+    assert finetune.main(["--run", run, "--snapshot", snapshot, "--champion", "none"]) == 0
+    result = storage.read_json(storage.join(run, "finetune", "result.json"))
+    holdout = result["metrics"]["holdout_rows"]
+    assert holdout == 300 - result["train_rows"] and holdout > 10
+    assert f"model selection on a stratified 10 of {holdout} holdout rows" in capsys.readouterr().out
+    history = storage.read_json(result["metrics_uri"])["log_history"]
+    assert [e["step"] for e in history if "eval_accuracy" in e][:2] == [5, 10]
+    # Each evaluation during training scored 10 rows: its accuracy is a multiple of 1/10; the last entry is the
+    # final evaluation, on the whole split.
+    evals = [e["eval_accuracy"] for e in history if "eval_accuracy" in e]
+    assert all(abs(a * 10 - round(a * 10)) < 1e-9 for a in evals[:-1])
+    assert evals[-1] == pytest.approx(result["metrics"]["accuracy"])

@@ -63,6 +63,11 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
     tokenizer = modeling.load_tokenizer(recipe.tokenizer_dir)
     train_set = training.tokenize(tokenizer, train_rows["text"], train_rows["label"], spec.model.max_length)
     holdout_set = training.tokenize(tokenizer, holdout_rows["text"], holdout_rows["label"], spec.model.max_length)
+    # Model selection on a stratified sample of the holdout rows (train.selection_rows), or on all of them.
+    selection_set = holdout_set
+    if hp.selection_rows is not None and hp.selection_rows < len(holdout_set):
+        selection_set = holdout_set.select(training.stratified_sample(holdout_rows["label"], hp.selection_rows,
+                                                                      hp.seed))
 
     # The Trainer, set up one way for both stages. On a CUDA GPU: checkpoints by time, uploaded in the background.
     import torch
@@ -88,8 +93,11 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
     trainer = training.make_trainer(
         recipe.trainer_cls or Trainer, args=targs, tokenizer=tokenizer, n_classes=len(spec.data.labels),
         patience=hp.early_stopping_patience, callbacks=[progress, *timed, sync],  # timed before sync: it sees the save
-        model=recipe.model, train_dataset=train_set, eval_dataset=holdout_set, **recipe.trainer_kwargs,
+        model=recipe.model, train_dataset=train_set, eval_dataset=selection_set, **recipe.trainer_kwargs,
     )
+    if selection_set is not holdout_set:
+        print(f"[{stage}] model selection on a stratified {len(selection_set)} of {len(holdout_set)} holdout rows",
+              flush=True)
     print(f"[{stage}] {len(train_set)} train rows, {len(holdout_set)} holdout rows; init from {recipe.init_from}"
           f"{'; ' + recipe.note if recipe.note else ''}; device {targs.device}, bf16={targs.bf16}, "
           f"optim={targs.optim}, world_size={targs.world_size}", flush=True)
@@ -99,9 +107,9 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
     resume = checkpoints.prepare_resume(targs, paths)
     trainer.train(resume_from_checkpoint=resume)
     sync.wait()  # the last checkpoint's upload (on_train_end waits too; this re-raises an upload error)
-    holdout = trainer.evaluate()
+    holdout = trainer.evaluate() if selection_set is holdout_set else trainer.evaluate(holdout_set)
     outcome = training.outcome_of(trainer, holdout, checkpoints.step_of(resume) if resume else 0, progress,
-                                  sync.seconds, sync.upload_seconds)
+                                  sync.seconds, sync.upload_seconds, holdout_rows=len(holdout_set))
     if not trainer.is_world_process_zero():
         return 0
 

@@ -90,6 +90,28 @@ def load_splits(snapshot_uri: str, max_train_rows: int | None) -> tuple["pd.Data
     return train.reset_index(drop=True), holdout.reset_index(drop=True)
 
 
+def stratified_sample(labels: Sequence[int], size: int, seed: int) -> list[int]:
+    """Indices (sorted) of a seeded sample of ``size`` rows with each label's share of ``labels``: per label
+    round(size x share) rows, the rounding left over going to the largest remainders, at least one row of every
+    label present. All indices when ``size`` covers them. Written here rather than sklearn's
+    ``train_test_split(stratify=...)``, which refuses a label with a single row."""
+    import numpy as np
+
+    labels = np.asarray(labels)
+    if size >= len(labels):
+        return list(range(len(labels)))
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = size * counts / len(labels)
+    take = np.maximum(1, np.floor(exact)).astype(int)
+    for i in np.argsort(-(exact - np.floor(exact)), kind="stable"):
+        if take.sum() >= size:
+            break
+        take[i] = min(counts[i], take[i] + 1)
+    rng = np.random.default_rng(seed)
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in zip(classes, take)]
+    return sorted(int(i) for i in np.concatenate(picked))
+
+
 def tokenize(tokenizer, texts: Sequence[str], labels: Sequence[int], max_length: int):
     """A datasets.Dataset of unpadded token ids; padding happens per batch (DataCollatorWithPadding)."""
     from datasets import Dataset
@@ -434,10 +456,11 @@ class TrainOutcome:
 
 
 def outcome_of(trainer, holdout: dict[str, float], resumed_from_step: int, progress: "ProgressLogger",
-               checkpoint_seconds: float, checkpoint_upload_seconds: float = 0.0) -> TrainOutcome:
+               checkpoint_seconds: float, checkpoint_upload_seconds: float = 0.0,
+               holdout_rows: int | None = None) -> TrainOutcome:
     metrics = {k.removeprefix("eval_"): float(v) for k, v in holdout.items()
                if k in ("eval_accuracy", "eval_macro_f1", "eval_loss")}
-    metrics["holdout_rows"] = len(trainer.eval_dataset)
+    metrics["holdout_rows"] = len(trainer.eval_dataset) if holdout_rows is None else holdout_rows
     return TrainOutcome(
         global_step=trainer.state.global_step,
         resumed_from_step=resumed_from_step,
