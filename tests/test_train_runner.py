@@ -201,10 +201,12 @@ def test_batch_plan_scales_the_learning_rate_and_steps_on_a_gpu_only():
     gpu = training.plan_batches(**spec, gpu_batch_size="auto", total_memory_bytes=80 * 2**30)
     assert gpu.batch_size == 256
     assert gpu.learning_rate == pytest.approx(5e-5 * 8**0.5)  # sqrt(256 / 32)
-    assert (gpu.eval_steps, gpu.checkpoint_steps) == (25, 50)  # an evaluation every 6400 rows, as at batch 32
+    assert (gpu.eval_steps, gpu.checkpoint_steps) == (200, 400)  # the spec's optimizer steps
     pinned = training.plan_batches(**{**spec, "lr_scaling": "linear"}, gpu_batch_size=128,
                                    total_memory_bytes=80 * 2**30)
-    assert (pinned.batch_size, pinned.learning_rate, pinned.eval_steps) == (128, pytest.approx(2e-4), 50)
+    assert (pinned.batch_size, pinned.learning_rate) == (128, pytest.approx(2e-4))
+    assert training.plan_batches(**{**spec, "lr_scaling": "none"}, gpu_batch_size=128,
+                                 total_memory_bytes=80 * 2**30).learning_rate == 5e-5
 
 
 def test_cpu_training_arguments_are_as_before_the_gpu_profile():

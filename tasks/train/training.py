@@ -205,8 +205,10 @@ def plan_batches(*, batch_size: int, learning_rate: float, eval_steps: int, chec
                  gpu_batch_size: int | str | None, lr_scaling: str, max_length: int, train_rows: int,
                  total_memory_bytes: int | None) -> BatchPlan:
     """What a stage trains with. ``total_memory_bytes`` None (no CUDA GPU) or ``gpu_batch_size`` None: the spec
-    as it is. Otherwise the GPU batch (``auto``: ``auto_gpu_batch``), the learning rate scaled to it, and eval
-    and checkpoint steps scaled down so evaluations still come every as many rows as the spec says."""
+    as it is. Otherwise the GPU batch (``auto``: ``auto_gpu_batch``) and the learning rate scaled to it. Eval and
+    checkpoint steps stay the spec's optimizer steps, so with a larger batch evaluations come every more rows:
+    scaled down to the same rows (eval_steps 100 at batch 32 -> 12 at batch 256) they would score the whole
+    holdout split every second or so of GPU training, the overhead issue 12 is about."""
     same = BatchPlan(batch_size, learning_rate, eval_steps, checkpoint_steps)
     if total_memory_bytes is None or gpu_batch_size is None:
         return same
@@ -214,9 +216,8 @@ def plan_batches(*, batch_size: int, learning_rate: float, eval_steps: int, chec
              else int(gpu_batch_size))
     if batch == batch_size:
         return same
-    ratio = batch_size / batch
-    return BatchPlan(batch, scaled_learning_rate(learning_rate, batch, batch_size, lr_scaling),
-                     max(1, round(eval_steps * ratio)), max(1, round(checkpoint_steps * ratio)))
+    return BatchPlan(batch, scaled_learning_rate(learning_rate, batch, batch_size, lr_scaling), eval_steps,
+                     checkpoint_steps)
 
 
 def cuda_memory_bytes() -> int | None:
