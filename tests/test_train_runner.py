@@ -128,8 +128,8 @@ class _SaveLog:
 
 def test_checkpoints_by_time_upload_in_the_background(tiny_model_dir, tmp_path, monkeypatch, one_torch_thread):
     """checkpoint_minutes=3 with a clock that moves a minute per step: saves at steps 3, 6, 9, ... and none by
-    step count (step 16: the evaluation at the end, the first and so a new best); each upload runs in a thread, COMPLETE comes last, and storage ends as a mirror of the newest
-    and the best local checkpoints."""
+    step count (step 16: the evaluation at the end, the first and so a new best); each upload runs in a thread,
+    COMPLETE comes last, and storage ends as a mirror of the newest and the best local checkpoints."""
     from tasks.train import checkpoints, training
 
     clock = _SaveLog()

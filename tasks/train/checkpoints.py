@@ -93,17 +93,34 @@ class TimedCheckpoints(TrainerCallback):
     Used with ``save_strategy="best"`` (``training.training_arguments(checkpoint_minutes=...)``): the Trainer
     then saves on every new best evaluation, which ``load_best_model_at_end`` needs, and never by step count;
     this callback adds the saves a retry resumes from. On an evaluation step the Trainer's "best" rule decides
-    alone, so a save that fell due there happens on the next step."""
+    alone, so a save that fell due there happens on the next step.
 
-    def __init__(self, minutes: float) -> None:
+    Under DDP every rank must save on the same step (saving has barriers), and their clocks differ: rank 0's
+    clock decides, broadcast every ``ddp_check_every`` steps (one tiny collective, not one per step). On one
+    process the check is the host clock alone, every step."""
+
+    def __init__(self, minutes: float, ddp_check_every: int = 50) -> None:
         self.seconds = minutes * 60.0
+        self.ddp_check_every = max(1, ddp_check_every)
         self.last_save = 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.last_save = time.monotonic()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if time.monotonic() - self.last_save >= self.seconds:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            if time.monotonic() - self.last_save >= self.seconds:
+                control.should_save = True
+            return
+        if state.global_step % self.ddp_check_every:
+            return
+        import torch
+
+        due = torch.tensor([float(time.monotonic() - self.last_save >= self.seconds)], device=args.device)
+        dist.broadcast(due, src=0)
+        if due.item():
             control.should_save = True
 
     def on_save(self, args, state, control, **kwargs):

@@ -37,7 +37,7 @@ class Recipe:
     epochs: float
     batch_size: int
     learning_rate: float
-    gpu_batch_size: int | str | None = None  # on a CUDA GPU: "auto", a batch, or None = batch_size (training.plan_batches)
+    gpu_batch_size: int | str | None = None  # CUDA: "auto", a batch, or None = batch_size (training.plan_batches)
     trainer_cls: type | None = None  # None: transformers.Trainer, i.e. the model's own cross-entropy
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. DistillTrainer's teacher and alpha
     exports: Sequence[str] = ()  # CPU-serving exports of the trained model (tasks.train.export)
@@ -89,7 +89,7 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
               f"({hp.gpu_lr_scaling} scaling), eval every {plan.eval_steps} steps", flush=True)
     progress = training.ProgressLogger(stage, plan.batch_size * hp.gradient_accumulation_steps * targs.world_size)
     sync = checkpoints.CheckpointSync(paths, background=torch.cuda.is_available())
-    timed = [checkpoints.TimedCheckpoints(minutes)] if minutes is not None else []
+    timed = [checkpoints.TimedCheckpoints(minutes, ddp_check_every=targs.logging_steps)] if minutes else []
     trainer = training.make_trainer(
         recipe.trainer_cls or Trainer, args=targs, tokenizer=tokenizer, n_classes=len(spec.data.labels),
         patience=hp.early_stopping_patience, callbacks=[progress, *timed, sync],  # timed before sync: it sees the save

@@ -161,7 +161,7 @@ def device_features() -> dict[str, Any]:
             "dataloader_num_workers": 0, "dataloader_pin_memory": False}
 
 
-# ---------------------------------------------------------------- the GPU profile (CUDA only; CPU runs as the spec says)
+# ---------------------------------------------------------------- the GPU profile (CUDA only)
 
 # The auto batch rule's reference point: batch 256 at max_length 128 on an 80 GiB GPU, where the bare loop on an
 # H100 reached its ceiling for MiniLM (issue 12) and a BERT-base-size model still fits with room to spare.
