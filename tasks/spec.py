@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from tasks import storage
 from tasks.errors import SpecInvalid
@@ -96,8 +96,22 @@ class TrainSpec(_Section):
     gradient_accumulation_steps: int = Field(1, ge=1)
     eval_steps: int = Field(200, ge=1, description="Evaluate on the holdout split every N optimizer steps")
     checkpoint_steps: int = Field(200, ge=1, description="Checkpoint to storage every N steps; a retry resumes from it")
+    checkpoint_minutes: float | None = Field(
+        None, gt=0, description="Checkpoint by wall time instead: every N minutes, plus on each new best evaluation; "
+                                "None = every checkpoint_steps on CPU, every 10 minutes on a CUDA GPU")
     early_stopping_patience: int = Field(3, ge=1, description="Stop after this many evaluations without improvement")
     max_train_rows: int | None = Field(None, ge=1, description="Cap on training rows (newest first); None = all")
+    selection_rows: int | None = Field(
+        None, ge=2, description="Evaluations during training (early stopping, best checkpoint) on a label-stratified "
+                                "sample of at most this many holdout rows; the final metrics use the whole split. "
+                                "None = every holdout row each time")
+    gpu_batch_size: PositiveInt | Literal["auto"] | None = Field(
+        "auto", description="Per-device batch on a CUDA GPU: auto = from GPU memory and model.max_length "
+                            "(docs/training.md), learning rate scaled from batch_size; None = batch_size; CPU: "
+                            "always batch_size")
+    gpu_lr_scaling: Literal["sqrt", "linear", "none"] = Field(
+        "sqrt", description="How the learning rate follows a GPU batch that differs from batch_size")
+    torch_compile: bool = Field(False, description="torch.compile the model being trained (both stages)")
     init_from: Literal["base", "champion"] = Field(
         "base", description="Start from model.base, or warm-start from the champion's teacher when there is one")
     warm_start_epochs: float | None = Field(None, gt=0, description="Epochs when warm-starting; None = epochs")
@@ -114,6 +128,8 @@ class StudentSpec(_Section):
     epochs: float = Field(1.0, gt=0)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
+    gpu_batch_size: PositiveInt | Literal["auto"] | None = Field(
+        "auto", description="As train.gpu_batch_size, for the student (scaled from student.batch_size)")
     export: list[Literal["int8", "onnx", "onnx_int8"]] = Field(
         default_factory=list, description="CPU-serving exports of the student (published with it)")
 

@@ -123,3 +123,40 @@ def test_two_processes_share_the_batches_and_rank0_alone_writes(tmp_path, tiny_w
     assert not differ, differ[:5]
     holdout_rows = single_result["metrics"]["holdout_rows"]
     assert abs(result["metrics"]["accuracy"] - single_result["metrics"]["accuracy"]) <= 1 / holdout_rows + 1e-9
+
+
+TIMED_RANKS = '''
+import json, os, sys, time
+import torch.distributed as dist
+from transformers import TrainerControl, TrainerState, TrainingArguments
+from tasks.train import checkpoints
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+timed = checkpoints.TimedCheckpoints(minutes=1, ddp_check_every=2)
+args = TrainingArguments(output_dir=sys.argv[1], use_cpu=True, report_to="none")
+state = TrainerState()
+timed.last_save = time.monotonic() - (120 if rank == 0 else 0)  # rank 0's clock says due, rank 1's not yet
+saves = []
+for step in (1, 2, 3):
+    state.global_step, control = step, TrainerControl()
+    timed.on_step_end(args, state, control)
+    saves.append(control.should_save)
+with open(os.path.join(sys.argv[1], f"rank-{rank}.json"), "w") as fh:
+    json.dump(saves, fh)
+dist.destroy_process_group()
+'''
+
+
+def test_timed_checkpoints_save_on_the_same_step_on_every_rank(tmp_path):
+    """Checkpoints by time under DDP: the ranks' clocks differ, and a save on one rank alone would hang the
+    others at the save's barriers; rank 0's clock decides for all, on the steps it checks (every 2nd here)."""
+    script = tmp_path / "timed_ranks.py"
+    script.write_text(TIMED_RANKS)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **ONE_THREAD}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    saves = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert saves[0] == saves[1] == [False, True, False]

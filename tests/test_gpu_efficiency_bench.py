@@ -37,3 +37,18 @@ def test_smoke_run_reports_stage_and_ceiling_figures():
     assert out["ceiling_mfu"] == pytest.approx(
         out["mfu"] * out["ceiling_tokens_per_second"] / out["tokens_per_second"], rel=0.05)
     assert 0 <= out["teacher_dev_accuracy"] <= 1 and 0 <= out["student_dev_accuracy"] <= 1
+
+
+def test_bert_base_mode_runs_stage_and_ceiling_at_the_full_length():
+    """--bert-base (here with --smoke: the tiny model, length 64): train rows filled to model.max_length, so the
+    stage and the bare loop both run at that sequence length, on the batch the stage trained with."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "bench/gpu_efficiency.py", "--smoke", "--bert-base", "--peak-tflops",
+                           "0.5"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["bert_base"] and out["train_rows"] > 0
+    assert out["mean_tokens_per_row"] == 64 and out["ceiling_seq"] == 64
+    assert out["batch_size"] == 8  # CPU: the spec's batch (the smoke spec's 8), no GPU profile
+    assert out["samples_per_second"] > 0 and out["ceiling_samples_per_second"] > 0
+    assert out["checkpoint_upload_seconds"] <= out["checkpoint_seconds"]  # synchronous on CPU: inside it

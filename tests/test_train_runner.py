@@ -84,3 +84,233 @@ def test_gradient_accumulation_trains_as_one_bigger_batch(tiny_model_dir, tmp_pa
     assert not torch.allclose(whole["classifier.weight"], before["classifier.weight"])
     differ = [k for k in whole if not torch.allclose(whole[k], accumulated[k], rtol=1e-3, atol=1e-5)]
     assert not differ, differ[:5]
+
+
+def _tiny_trainer(tiny_model_dir, tmp_path, callbacks, **arg_overrides):
+    """The stages' Trainer (training.make_trainer) on the tiny model: 32 rows, batch 2 -> 16 steps."""
+    from transformers import Trainer, set_seed
+
+    from tasks.train import modeling, training
+
+    tokenizer = modeling.load_tokenizer(tiny_model_dir)
+    rows = read_tsv("train", limit=32, offset=4000)
+    data = training.tokenize(tokenizer, [t for t, _ in rows], [y for _, y in rows], 64)
+    args = training.training_arguments(
+        tmp_path / "scratch", epochs=1, batch_size=2, learning_rate=1e-3, weight_decay=0.0, warmup_ratio=0.0,
+        gradient_accumulation_steps=1, seed=5, **arg_overrides)
+    set_seed(5)
+    return training.make_trainer(Trainer, args=args, tokenizer=tokenizer, n_classes=2, patience=100,
+                                 callbacks=callbacks, model=modeling.load_classifier(tiny_model_dir),
+                                 train_dataset=data, eval_dataset=data.select(range(8)))
+
+
+class _SaveLog:
+    """The steps the Trainer saved at, and a fake clock that moves one minute per optimizer step."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        log = self
+        self.saved, self.minute = [], 0
+
+        class Recorder(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                log.minute += 1
+
+            def on_save(self, args, state, control, **kwargs):
+                log.saved.append(state.global_step)
+
+        self.callback = Recorder()
+
+    def monotonic(self) -> float:
+        return self.minute * 60.0
+
+
+def test_checkpoints_by_time_upload_in_the_background(tiny_model_dir, tmp_path, monkeypatch, one_torch_thread):
+    """checkpoint_minutes=3 with a clock that moves a minute per step: saves at steps 3, 6, 9, ... and none by
+    step count (step 16: the evaluation at the end, the first and so a new best); each upload runs in a thread,
+    COMPLETE comes last, and storage ends as a mirror of the newest and the best local checkpoints."""
+    from tasks.train import checkpoints, training
+
+    clock = _SaveLog()
+    monkeypatch.setattr(checkpoints.time, "monotonic", clock.monotonic)
+    store = storage.normalize(str(tmp_path / "store"))
+    paths = training.StagePaths(run_uri=store, stage="finetune", run_key="r", out_uri=store,
+                                checkpoint_uri=storage.join(store, "checkpoints"), scratch=tmp_path / "scratch")
+    sync = checkpoints.CheckpointSync(paths, background=True)
+    trainer = _tiny_trainer(tiny_model_dir, tmp_path, [clock.callback, checkpoints.TimedCheckpoints(3), sync],
+                            eval_steps=1000, checkpoint_steps=1, checkpoint_minutes=3)
+    assert trainer.args.save_strategy == "best"
+    trainer.train()
+    sync.wait()
+    assert trainer.state.global_step == 16
+    assert clock.saved == [3, 6, 9, 12, 15, 16]
+    remote = checkpoints.remote_checkpoints(paths.checkpoint_uri)  # complete ones only
+    local = sorted(checkpoints.step_of(p) for p in (tmp_path / "scratch").glob("checkpoint-*"))
+    assert sorted(remote) == local == [15, 16]
+    every = checkpoints.remote_checkpoints(paths.checkpoint_uri, complete_only=False)
+    assert every == remote
+    sent = {o.uri.rsplit("/", 1)[-1] for o in storage.list_objects(remote[16])}
+    assert sent == {p.name for p in (tmp_path / "scratch" / "checkpoint-16").iterdir()} | {"COMPLETE"}
+    assert sync.upload_seconds >= 0 and sync.seconds >= 0
+
+
+def test_checkpoints_by_time_still_save_every_new_best(tiny_model_dir, tmp_path, monkeypatch, one_torch_thread):
+    """With saves by time far apart, the Trainer still saves each new best evaluation, so
+    load_best_model_at_end finds the best model; on CPU by default the saving stays by step count."""
+    from tasks.train import checkpoints, training
+
+    clock = _SaveLog()
+    monkeypatch.setattr(checkpoints.time, "monotonic", clock.monotonic)
+    trainer = _tiny_trainer(tiny_model_dir, tmp_path, [clock.callback, checkpoints.TimedCheckpoints(1000)],
+                            eval_steps=4, checkpoint_steps=4, checkpoint_minutes=1000)
+    trainer.train()
+    evals = [e for e in trainer.state.log_history if "eval_accuracy" in e]
+    assert [e["step"] for e in evals] == [4, 8, 12, 16]
+    best_so_far, new_bests = -1.0, []
+    for e in evals:
+        if e["eval_accuracy"] > best_so_far:
+            best_so_far, new_bests = e["eval_accuracy"], new_bests + [e["step"]]
+    assert clock.saved == new_bests
+    assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{new_bests[-1]}")
+    assert training.checkpoint_minutes(None) is None  # CPU: by steps, as before
+    assert training.checkpoint_minutes(5.0) == 5.0
+
+
+def test_auto_gpu_batch_follows_memory_length_and_rows():
+    from tasks.train import training
+
+    gib = 2**30
+    assert training.auto_gpu_batch(80 * gib, 128, 1_000_000, 32) == 256  # the H100 reference point
+    assert training.auto_gpu_batch(141 * gib, 128, 1_000_000, 32) == 256  # H200: 451 -> the power of two below
+    assert training.auto_gpu_batch(80 * gib, 512, 1_000_000, 32) == 64  # 4x the length, a quarter of the batch
+    assert training.auto_gpu_batch(24 * gib, 128, 1_000_000, 32) == 64  # 76.8 -> 64
+    assert training.auto_gpu_batch(640 * gib, 64, 1_000_000, 32) == 1024  # capped
+    assert training.auto_gpu_batch(80 * gib, 128, 4000, 32) == 64  # >= 50 steps per epoch: 4000 / 50 = 80 -> 64
+    assert training.auto_gpu_batch(8 * gib, 512, 1_000_000, 32) == 32  # never below the spec's batch
+
+
+def test_batch_plan_scales_the_learning_rate_and_steps_on_a_gpu_only():
+    from tasks.train import training
+
+    spec = dict(batch_size=32, learning_rate=5e-5, eval_steps=200, checkpoint_steps=400, lr_scaling="sqrt",
+                max_length=128, train_rows=67_000)
+    cpu = training.plan_batches(**spec, gpu_batch_size="auto", total_memory_bytes=None)
+    assert cpu == training.BatchPlan(32, 5e-5, 200, 400)
+    assert training.plan_batches(**spec, gpu_batch_size=None, total_memory_bytes=80 * 2**30) == cpu
+    gpu = training.plan_batches(**spec, gpu_batch_size="auto", total_memory_bytes=80 * 2**30)
+    assert gpu.batch_size == 256
+    assert gpu.learning_rate == pytest.approx(5e-5 * 8**0.5)  # sqrt(256 / 32)
+    assert (gpu.eval_steps, gpu.checkpoint_steps) == (200, 400)  # the spec's optimizer steps
+    pinned = training.plan_batches(**{**spec, "lr_scaling": "linear"}, gpu_batch_size=128,
+                                   total_memory_bytes=80 * 2**30)
+    assert (pinned.batch_size, pinned.learning_rate) == (128, pytest.approx(2e-4))
+    assert training.plan_batches(**{**spec, "lr_scaling": "none"}, gpu_batch_size=128,
+                                 total_memory_bytes=80 * 2**30).learning_rate == 5e-5
+
+
+def test_cpu_training_arguments_are_as_before_the_gpu_profile():
+    """tests/cpu_training_arguments.json: the stage's TrainingArguments on CPU (spec defaults) from the code before
+    the GPU profile (time-based checkpoints, auto batch, background upload) was added; CPU runs must not change."""
+    import json
+    from pathlib import Path
+
+    from tasks.spec import TrainSpec
+    from tasks.train import training
+
+    if training.cuda_memory_bytes() is not None:
+        pytest.skip("compares the CPU arguments; a CUDA GPU has its own profile")
+    hp = TrainSpec()
+    minutes = training.checkpoint_minutes(hp.checkpoint_minutes)
+    plan = training.plan_batches(
+        batch_size=hp.batch_size, learning_rate=hp.learning_rate, eval_steps=hp.eval_steps,
+        checkpoint_steps=hp.checkpoint_steps, gpu_batch_size=hp.gpu_batch_size, lr_scaling=hp.gpu_lr_scaling,
+        max_length=128, train_rows=67_000, total_memory_bytes=training.cuda_memory_bytes())
+    args = training.training_arguments(
+        "/tmp/OUT", epochs=hp.epochs, batch_size=plan.batch_size, learning_rate=plan.learning_rate,
+        weight_decay=hp.weight_decay, warmup_ratio=hp.warmup_ratio,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps, eval_steps=plan.eval_steps,
+        checkpoint_steps=plan.checkpoint_steps, seed=hp.seed, checkpoint_minutes=minutes)
+    now = json.loads(json.dumps(args.to_dict(), default=str))
+    before = json.loads((Path(__file__).parent / "cpu_training_arguments.json").read_text())
+    assert {k: v for k, v in now.items() if before.get(k) != v} == {}
+    assert now.keys() == before.keys()
+
+
+def test_a_background_upload_that_dies_leaves_no_complete_checkpoint(tiny_model_dir, tmp_path, monkeypatch,
+                                                                      one_torch_thread):
+    """The upload of checkpoint-6 fails half-way in its thread: training stops with that error at the next
+    save, storage holds checkpoint-6 without COMPLETE, and a retry's restore resumes from checkpoint-3 and
+    deletes the half upload (what a process killed mid-upload leaves behind, too)."""
+    from pathlib import Path
+
+    from tasks.train import checkpoints, training
+
+    clock = _SaveLog()
+    monkeypatch.setattr(checkpoints.time, "monotonic", clock.monotonic)
+    real_sync_dir = storage.sync_dir
+
+    def dies_half_way(local_dir, prefix_uri):
+        if Path(local_dir).name != "checkpoint-6":
+            return real_sync_dir(local_dir, prefix_uri)
+        first = sorted(p for p in Path(local_dir).iterdir() if p.is_file())[0]
+        storage.upload_file(first, storage.join(prefix_uri, first.name))
+        raise OSError("connection reset during the upload")
+
+    monkeypatch.setattr(storage, "sync_dir", dies_half_way)
+    store = storage.normalize(str(tmp_path / "store"))
+    paths = training.StagePaths(run_uri=store, stage="finetune", run_key="r", out_uri=store,
+                                checkpoint_uri=storage.join(store, "checkpoints"), scratch=tmp_path / "scratch")
+    sync = checkpoints.CheckpointSync(paths, background=True)
+    trainer = _tiny_trainer(tiny_model_dir, tmp_path, [clock.callback, checkpoints.TimedCheckpoints(3), sync],
+                            eval_steps=1000, checkpoint_steps=1, checkpoint_minutes=3)
+    with pytest.raises(OSError, match="connection reset"):
+        trainer.train()
+    assert trainer.state.global_step == 9  # the next save waited for the upload and got its error
+    assert sorted(checkpoints.remote_checkpoints(paths.checkpoint_uri)) == [3]
+    assert sorted(checkpoints.remote_checkpoints(paths.checkpoint_uri, complete_only=False)) == [3, 6]
+
+    newest = checkpoints.restore(paths)
+    assert newest == str(paths.scratch / "checkpoint-3")
+    assert sorted(checkpoints.remote_checkpoints(paths.checkpoint_uri, complete_only=False)) == [3]
+
+
+def test_stratified_sample_keeps_each_label_share():
+    from collections import Counter
+
+    from tasks.train import training
+
+    labels = [0] * 60 + [1] * 30 + [2] * 9 + [3]  # 60/30/9/1 %
+    picked = training.stratified_sample(labels, 20, seed=1)
+    assert len(picked) == 20 and picked == sorted(set(picked))
+    assert Counter(labels[i] for i in picked) == {0: 12, 1: 6, 2: 1, 3: 1}  # 1.8 -> 1 and the lone row of 3
+    assert picked == training.stratified_sample(labels, 20, seed=1)  # seeded
+    assert picked != training.stratified_sample(labels, 20, seed=2)
+    assert training.stratified_sample(labels, 500, seed=1) == list(range(100))
+
+
+def test_model_selection_on_a_stratified_holdout_sample(tiny_model_dir, tmp_path, monkeypatch, capsys,
+                                                         one_torch_thread):
+    """train.selection_rows: the evaluations during training run on a stratified sample of the holdout split;
+    the final metrics on the whole split."""
+    from tasks.train import finetune
+
+    root = storage.normalize(str(tmp_path / "store"))
+    run = make_run(root, "selection", {"model.base": str(tiny_model_dir), "train.selection_rows": 10,
+                                       "train.batch_size": 16, "train.eval_steps": 5, "train.checkpoint_steps": 5,
+                                       "train.epochs": 1, "model.max_length": 32})
+    rows = read_tsv("train", limit=300)
+    snapshot = write_snapshot(root, "sst2", rows)
+    monkeypatch.setenv("RETRAIN_SCRATCH_DIR", str(tmp_path / "scratch"))
+    assert finetune.main(["--run", run, "--snapshot", snapshot, "--champion", "none"]) == 0
+    result = storage.read_json(storage.join(run, "finetune", "result.json"))
+    holdout = result["metrics"]["holdout_rows"]
+    assert holdout == 300 - result["train_rows"] and holdout > 10
+    assert f"model selection on a stratified 10 of {holdout} holdout rows" in capsys.readouterr().out
+    history = storage.read_json(result["metrics_uri"])["log_history"]
+    assert [e["step"] for e in history if "eval_accuracy" in e][:2] == [5, 10]
+    # Each evaluation during training scored 10 rows: its accuracy is a multiple of 1/10; the last entry is the
+    # final evaluation, on the whole split.
+    evals = [e["eval_accuracy"] for e in history if "eval_accuracy" in e]
+    assert all(abs(a * 10 - round(a * 10)) < 1e-9 for a in evals[:-1])
+    assert evals[-1] == pytest.approx(result["metrics"]["accuracy"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -86,22 +87,90 @@ def prepare_resume(args, paths: "StagePaths") -> str | None:
     return newest_local(paths.scratch)
 
 
+class TimedCheckpoints(TrainerCallback):
+    """Checkpoints by wall time: asks the Trainer to save once ``minutes`` have passed since the last save.
+
+    Used with ``save_strategy="best"`` (``training.training_arguments(checkpoint_minutes=...)``): the Trainer
+    then saves on every new best evaluation, which ``load_best_model_at_end`` needs, and never by step count;
+    this callback adds the saves a retry resumes from. On an evaluation step the Trainer's "best" rule decides
+    alone, so a save that fell due there happens on the next step.
+
+    Under DDP every rank must save on the same step (saving has barriers), and their clocks differ: rank 0's
+    clock decides, broadcast every ``ddp_check_every`` steps (one tiny collective, not one per step). On one
+    process the check is the host clock alone, every step."""
+
+    def __init__(self, minutes: float, ddp_check_every: int = 50) -> None:
+        self.seconds = minutes * 60.0
+        self.ddp_check_every = max(1, ddp_check_every)
+        self.last_save = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last_save = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            if time.monotonic() - self.last_save >= self.seconds:
+                control.should_save = True
+            return
+        if state.global_step % self.ddp_check_every:
+            return
+        import torch
+
+        due = torch.tensor([float(time.monotonic() - self.last_save >= self.seconds)], device=args.device)
+        dist.broadcast(due, src=0)
+        if due.item():
+            control.should_save = True
+
+    def on_save(self, args, state, control, **kwargs):
+        self.last_save = time.monotonic()
+
+
 class CheckpointSync(TrainerCallback):
     """Sends each Trainer checkpoint to storage (rank 0 only) and drops the ones the Trainer rotated away.
 
-    ``seconds`` is the wall time spent on checkpoints: the Trainer's local save plus the upload."""
+    With ``background=True`` (the runner's choice on a CUDA GPU) the upload runs in a thread while training
+    goes on: ``COMPLETE`` is still written last (by the thread), so a process killed mid-upload leaves a
+    checkpoint that ``restore`` ignores. Before the Trainer evaluates or saves again (and so before it rotates
+    checkpoints away), the training loop waits for the previous upload; ``wait()`` waits for the last one, and
+    re-raises an upload's error.
 
-    def __init__(self, paths: "StagePaths") -> None:
+    ``seconds`` is the wall time the training loop spent on checkpoints: the Trainer's local save plus the
+    upload, or, in the background, the time it waited for an upload. ``upload_seconds`` is the uploads' own
+    wall time."""
+
+    def __init__(self, paths: "StagePaths", background: bool = False) -> None:
         self.paths = paths
+        self.background = background
         self.seconds = 0.0
+        self.upload_seconds = 0.0
         self._save_began = 0.0
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def wait(self) -> None:
+        """Block until the upload in flight (if any) is done; counted in ``seconds``."""
+        if self._thread is not None:
+            t0 = time.monotonic()
+            self._thread.join()
+            self._thread = None
+            self.seconds += time.monotonic() - t0
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
     def on_step_end(self, args, state, control, **kwargs):
         if control.should_save:  # the Trainer evaluates (if due), then saves, then calls on_save
+            self.wait()
             self._save_began = time.monotonic()
 
     def on_evaluate(self, args, state, control, **kwargs):
+        self.wait()  # the "best" save strategy decides to save right after an evaluation, with no hook between
         self._save_began = time.monotonic()  # evaluation time is counted apart (eval_runtime)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.wait()
 
     def on_save(self, args, state, control, **kwargs):
         import torch.distributed as dist
@@ -110,17 +179,36 @@ class CheckpointSync(TrainerCallback):
             dist.barrier()  # every rank has written its RNG state into the checkpoint
         if not state.is_world_process_zero:
             return
-        name = f"checkpoint-{state.global_step}"
+        t0 = time.monotonic()
+        self.wait()
+        step, output_dir = state.global_step, Path(args.output_dir)
+        if self.background:
+            self._thread = threading.Thread(target=self._upload_catching, args=(step, output_dir),
+                                            name=f"upload-checkpoint-{step}", daemon=True)
+            self._thread.start()
+        else:
+            self._upload(step, output_dir)
+        self.seconds += time.monotonic() - (self._save_began or t0)
+        self._save_began = 0.0
+
+    def _upload_catching(self, step: int, output_dir: Path) -> None:
+        try:
+            self._upload(step, output_dir)
+        except BaseException as exc:  # re-raised in the training loop by wait()
+            self._error = exc
+
+    def _upload(self, step: int, output_dir: Path) -> None:
+        name = f"checkpoint-{step}"
         remote = storage.join(self.paths.checkpoint_uri, name)
         t0 = time.monotonic()
-        sent = storage.sync_dir(Path(args.output_dir) / name, remote)
-        storage.write_json(storage.join(remote, COMPLETE_MARKER), {"step": state.global_step, "at": storage.utcnow()})
+        sent = storage.sync_dir(output_dir / name, remote)
+        storage.write_json(storage.join(remote, COMPLETE_MARKER), {"step": step, "at": storage.utcnow()})
         # The Trainer keeps the newest and the best checkpoint locally; storage mirrors that.
-        keep = {p.name for p in Path(args.output_dir).iterdir() if CHECKPOINT.match(p.name)}
-        for step, uri in remote_checkpoints(self.paths.checkpoint_uri, complete_only=False).items():
-            if f"checkpoint-{step}" not in keep:
+        keep = {p.name for p in output_dir.iterdir() if CHECKPOINT.match(p.name)}
+        for old, uri in remote_checkpoints(self.paths.checkpoint_uri, complete_only=False).items():
+            if f"checkpoint-{old}" not in keep:
                 delete_remote(uri)
-        now = time.monotonic()
-        self.seconds += now - (self._save_began or t0)
-        self._save_began = 0.0
-        print(f"[{self.paths.stage}] checkpoint {name} -> {remote} ({len(sent)} files, {now - t0:.1f}s)", flush=True)
+        took = time.monotonic() - t0
+        self.upload_seconds += took
+        print(f"[{self.paths.stage}] checkpoint {name} -> {remote} ({len(sent)} files, {took:.1f}s"
+              f"{', in the background' if self.background else ''})", flush=True)

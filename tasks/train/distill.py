@@ -172,6 +172,7 @@ def recipe(spec, args: DistillArgs) -> Recipe:
     return Recipe(
         model=student, tokenizer_dir=teacher_dir, init_from=init_from,
         epochs=st.epochs, batch_size=st.batch_size, learning_rate=st.learning_rate,
+        gpu_batch_size=st.gpu_batch_size,
         trainer_cls=DistillTrainer,
         trainer_kwargs=dict(teacher=teacher, alpha=st.alpha, temperature=st.temperature,
                             hidden_weight=st.hidden_mse_weight, mapping=mapping),

@@ -41,7 +41,7 @@ def recipe(spec, args: FinetuneArgs) -> Recipe:
             version = args.champion.rstrip("/").rsplit("/", 1)[-1]
             return Recipe(model=modeling.load_classifier(teacher), tokenizer_dir=teacher,
                           init_from=f"champion {version}", epochs=hp.warm_start_epochs or hp.epochs,
-                          batch_size=hp.batch_size, learning_rate=hp.learning_rate)
+                          batch_size=hp.batch_size, learning_rate=hp.learning_rate, gpu_batch_size=hp.gpu_batch_size)
         print(f"[{STAGE}] champion labels {saved} differ from the spec's {spec.data.labels}: starting from the base "
               "model instead", flush=True)
     try:
@@ -50,6 +50,7 @@ def recipe(spec, args: FinetuneArgs) -> Recipe:
         raise SpecInvalid(str(exc)) from None
     return Recipe(model=modeling.load_classifier(base, labels=list(spec.data.labels)), tokenizer_dir=base,
                   init_from="base", epochs=hp.epochs, batch_size=hp.batch_size, learning_rate=hp.learning_rate,
+                  gpu_batch_size=hp.gpu_batch_size,
                   note=f"base {base}")
 
 

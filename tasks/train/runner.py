@@ -37,6 +37,7 @@ class Recipe:
     epochs: float
     batch_size: int
     learning_rate: float
+    gpu_batch_size: int | str | None = None  # CUDA: "auto", a batch, or None = batch_size (training.plan_batches)
     trainer_cls: type | None = None  # None: transformers.Trainer, i.e. the model's own cross-entropy
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. DistillTrainer's teacher and alpha
     exports: Sequence[str] = ()  # CPU-serving exports of the trained model (tasks.train.export)
@@ -62,21 +63,41 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
     tokenizer = modeling.load_tokenizer(recipe.tokenizer_dir)
     train_set = training.tokenize(tokenizer, train_rows["text"], train_rows["label"], spec.model.max_length)
     holdout_set = training.tokenize(tokenizer, holdout_rows["text"], holdout_rows["label"], spec.model.max_length)
+    # Model selection on a stratified sample of the holdout rows (train.selection_rows), or on all of them.
+    selection_set = holdout_set
+    if hp.selection_rows is not None and hp.selection_rows < len(holdout_set):
+        selection_set = holdout_set.select(training.stratified_sample(holdout_rows["label"], hp.selection_rows,
+                                                                      hp.seed))
 
-    # The Trainer, set up one way for both stages.
+    # The Trainer, set up one way for both stages. On a CUDA GPU: checkpoints by time, uploaded in the background.
+    import torch
+
+    minutes = training.checkpoint_minutes(hp.checkpoint_minutes)
+    plan = training.plan_batches(
+        batch_size=recipe.batch_size, learning_rate=recipe.learning_rate, eval_steps=hp.eval_steps,
+        checkpoint_steps=hp.checkpoint_steps, gpu_batch_size=recipe.gpu_batch_size, lr_scaling=hp.gpu_lr_scaling,
+        max_length=spec.model.max_length, train_rows=len(train_set), total_memory_bytes=training.cuda_memory_bytes())
     targs = training.training_arguments(
-        paths.scratch, epochs=recipe.epochs, batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
+        paths.scratch, epochs=recipe.epochs, batch_size=plan.batch_size, learning_rate=plan.learning_rate,
         weight_decay=hp.weight_decay, warmup_ratio=hp.warmup_ratio,
-        gradient_accumulation_steps=hp.gradient_accumulation_steps, eval_steps=hp.eval_steps,
-        checkpoint_steps=hp.checkpoint_steps, seed=hp.seed,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps, eval_steps=plan.eval_steps,
+        checkpoint_steps=plan.checkpoint_steps, seed=hp.seed, checkpoint_minutes=minutes,
+        **({"torch_compile": True} if hp.torch_compile else {}),
     )
-    progress = training.ProgressLogger(stage, recipe.batch_size * hp.gradient_accumulation_steps * targs.world_size)
-    sync = checkpoints.CheckpointSync(paths)
+    if plan.batch_size != recipe.batch_size:
+        print(f"[{stage}] GPU batch {plan.batch_size} (spec {recipe.batch_size}), lr {plan.learning_rate:.2e} "
+              f"({hp.gpu_lr_scaling} scaling), eval every {plan.eval_steps} steps", flush=True)
+    progress = training.ProgressLogger(stage, plan.batch_size * hp.gradient_accumulation_steps * targs.world_size)
+    sync = checkpoints.CheckpointSync(paths, background=torch.cuda.is_available())
+    timed = [checkpoints.TimedCheckpoints(minutes, ddp_check_every=targs.logging_steps)] if minutes else []
     trainer = training.make_trainer(
         recipe.trainer_cls or Trainer, args=targs, tokenizer=tokenizer, n_classes=len(spec.data.labels),
-        patience=hp.early_stopping_patience, callbacks=[progress, sync],
-        model=recipe.model, train_dataset=train_set, eval_dataset=holdout_set, **recipe.trainer_kwargs,
+        patience=hp.early_stopping_patience, callbacks=[progress, *timed, sync],  # timed before sync: it sees the save
+        model=recipe.model, train_dataset=train_set, eval_dataset=selection_set, **recipe.trainer_kwargs,
     )
+    if selection_set is not holdout_set:
+        print(f"[{stage}] model selection on a stratified {len(selection_set)} of {len(holdout_set)} holdout rows",
+              flush=True)
     print(f"[{stage}] {len(train_set)} train rows, {len(holdout_set)} holdout rows; init from {recipe.init_from}"
           f"{'; ' + recipe.note if recipe.note else ''}; device {targs.device}, bf16={targs.bf16}, "
           f"optim={targs.optim}, world_size={targs.world_size}", flush=True)
@@ -85,9 +106,10 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
     # (load_best_model_at_end) on the holdout split.
     resume = checkpoints.prepare_resume(targs, paths)
     trainer.train(resume_from_checkpoint=resume)
-    holdout = trainer.evaluate()
+    sync.wait()  # the last checkpoint's upload (on_train_end waits too; this re-raises an upload error)
+    holdout = trainer.evaluate() if selection_set is holdout_set else trainer.evaluate(holdout_set)
     outcome = training.outcome_of(trainer, holdout, checkpoints.step_of(resume) if resume else 0, progress,
-                                  sync.seconds)
+                                  sync.seconds, sync.upload_seconds, holdout_rows=len(holdout_set))
     if not trainer.is_world_process_zero():
         return 0
 
@@ -100,7 +122,9 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
         train_rows=len(train_set), global_step=outcome.global_step, samples_per_second=outcome.samples_per_second,
         resumed_from_step=outcome.resumed_from_step, train_seconds=outcome.train_seconds,
         eval_seconds=outcome.eval_seconds, checkpoint_seconds=outcome.checkpoint_seconds,
-        world_size=targs.world_size, base_model=spec.model.base, init_from=recipe.init_from,
+        checkpoint_upload_seconds=outcome.checkpoint_upload_seconds, overhead_share=outcome.overhead_share,
+        world_size=targs.world_size, batch_size=plan.batch_size, learning_rate=plan.learning_rate,
+        base_model=spec.model.base, init_from=recipe.init_from,
         parameters=sum(p.numel() for p in trainer.model.parameters()), exports=exports, **recipe.result,
     )
     results.emit(result, paths.out_uri)

@@ -90,6 +90,28 @@ def load_splits(snapshot_uri: str, max_train_rows: int | None) -> tuple["pd.Data
     return train.reset_index(drop=True), holdout.reset_index(drop=True)
 
 
+def stratified_sample(labels: Sequence[int], size: int, seed: int) -> list[int]:
+    """Indices (sorted) of a seeded sample of ``size`` rows with each label's share of ``labels``: per label
+    round(size x share) rows, the rounding left over going to the largest remainders, at least one row of every
+    label present. All indices when ``size`` covers them. Written here rather than sklearn's
+    ``train_test_split(stratify=...)``, which refuses a label with a single row."""
+    import numpy as np
+
+    labels = np.asarray(labels)
+    if size >= len(labels):
+        return list(range(len(labels)))
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = size * counts / len(labels)
+    take = np.maximum(1, np.floor(exact)).astype(int)
+    for i in np.argsort(-(exact - np.floor(exact)), kind="stable"):
+        if take.sum() >= size:
+            break
+        take[i] = min(counts[i], take[i] + 1)
+    rng = np.random.default_rng(seed)
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in zip(classes, take)]
+    return sorted(int(i) for i in np.concatenate(picked))
+
+
 def tokenize(tokenizer, texts: Sequence[str], labels: Sequence[int], max_length: int):
     """A datasets.Dataset of unpadded token ids; padding happens per batch (DataCollatorWithPadding)."""
     from datasets import Dataset
@@ -127,8 +149,10 @@ def device_features() -> dict[str, Any]:
     if torch.cuda.is_available():
         bf16 = torch.cuda.is_bf16_supported()
         major, _ = torch.cuda.get_device_capability()
+        # logging_nan_inf_filter off: it checks every step's loss on the host (a sync per step).
         return {"bf16": bf16, "fp16": not bf16, "tf32": major >= 8, "optim": "adamw_torch_fused",
-                "dataloader_num_workers": min(4, os.cpu_count() or 1), "dataloader_pin_memory": True}
+                "dataloader_num_workers": min(4, os.cpu_count() or 1), "dataloader_pin_memory": True,
+                "dataloader_persistent_workers": True, "logging_nan_inf_filter": False}
     # Fused AdamW has a CPU kernel too: 7x faster optimizer steps than the foreach one (0.02 s vs 0.15 s for
     # MiniLM's 22.7M parameters on one core), which matters when short SST-2 batches make steps cheap.
     # use_cpu: without it, accelerate does not set up DDP over gloo under torchrun on a CPU-only machine (each
@@ -137,15 +161,99 @@ def device_features() -> dict[str, Any]:
             "dataloader_num_workers": 0, "dataloader_pin_memory": False}
 
 
+# ---------------------------------------------------------------- the GPU profile (CUDA only)
+
+# The auto batch rule's reference point: batch 256 at max_length 128 on an 80 GiB GPU, where the bare loop on an
+# H100 reached its ceiling for MiniLM (issue 12) and a BERT-base-size model still fits with room to spare.
+AUTO_BATCH_AT_80GIB_LEN128 = 256
+AUTO_BATCH_MAX = 1024
+AUTO_MIN_STEPS_PER_EPOCH = 50
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Per-device batch, peak learning rate and step counts a stage trains with."""
+
+    batch_size: int
+    learning_rate: float
+    eval_steps: int
+    checkpoint_steps: int
+
+
+def _power_of_two_at_most(x: float) -> int:
+    return 1 << max(0, int(math.floor(math.log2(max(1.0, x)))))
+
+
+def auto_gpu_batch(total_memory_bytes: int, max_length: int, train_rows: int, batch_size: int) -> int:
+    """The per-device batch for ``gpu_batch_size: auto``: the largest power of two at most
+    256 x (GPU memory / 80 GiB) x (128 / max_length) (activation memory grows with batch x length), at most 1024,
+    and small enough to leave at least 50 optimizer steps per epoch (evaluations, early stopping and warmup need
+    steps); never below the spec's ``batch_size``."""
+    by_memory = AUTO_BATCH_AT_80GIB_LEN128 * (total_memory_bytes / 80 / 2**30) * (128 / max_length)
+    by_steps = train_rows / AUTO_MIN_STEPS_PER_EPOCH
+    return max(batch_size, _power_of_two_at_most(min(by_memory, by_steps, AUTO_BATCH_MAX)))
+
+
+def scaled_learning_rate(learning_rate: float, batch_size: int, reference_batch: int, rule: str) -> float:
+    """The peak rate for ``batch_size`` given the spec's rate at ``reference_batch``: sqrt (the default; Adam's
+    noise scale grows with the square root of the batch) or linear scaling; warmup stays ``train.warmup_ratio``."""
+    ratio = batch_size / reference_batch
+    return learning_rate * {"sqrt": math.sqrt(ratio), "linear": ratio, "none": 1.0}[rule]
+
+
+def plan_batches(*, batch_size: int, learning_rate: float, eval_steps: int, checkpoint_steps: int,
+                 gpu_batch_size: int | str | None, lr_scaling: str, max_length: int, train_rows: int,
+                 total_memory_bytes: int | None) -> BatchPlan:
+    """What a stage trains with. ``total_memory_bytes`` None (no CUDA GPU) or ``gpu_batch_size`` None: the spec
+    as it is. Otherwise the GPU batch (``auto``: ``auto_gpu_batch``) and the learning rate scaled to it. Eval and
+    checkpoint steps stay the spec's optimizer steps, so with a larger batch evaluations come every more rows:
+    scaled down to the same rows (eval_steps 100 at batch 32 -> 12 at batch 256) they would score the whole
+    holdout split every second or so of GPU training, the overhead issue 12 is about."""
+    same = BatchPlan(batch_size, learning_rate, eval_steps, checkpoint_steps)
+    if total_memory_bytes is None or gpu_batch_size is None:
+        return same
+    batch = (auto_gpu_batch(total_memory_bytes, max_length, train_rows, batch_size) if gpu_batch_size == "auto"
+             else int(gpu_batch_size))
+    if batch == batch_size:
+        return same
+    return BatchPlan(batch, scaled_learning_rate(learning_rate, batch, batch_size, lr_scaling), eval_steps,
+                     checkpoint_steps)
+
+
+def cuda_memory_bytes() -> int | None:
+    """Total memory of the current CUDA device; None without one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+
+
+# On a CUDA GPU a checkpoint by steps every few seconds of training was 35-50% of the stage's wall (issue 12).
+GPU_CHECKPOINT_MINUTES = 10.0
+
+
+def checkpoint_minutes(spec_minutes: float | None) -> float | None:
+    """``train.checkpoint_minutes``, or its device default: None (by steps) on CPU, 10 minutes on a CUDA GPU."""
+    import torch
+
+    if spec_minutes is not None:
+        return spec_minutes
+    return GPU_CHECKPOINT_MINUTES if torch.cuda.is_available() else None
+
+
 def training_arguments(output_dir: Path, *, epochs: float, batch_size: int, learning_rate: float,
                        weight_decay: float, warmup_ratio: float, gradient_accumulation_steps: int,
                        eval_steps: int, checkpoint_steps: int, seed: int, group_by_length: bool = True,
-                       **overrides: Any):
+                       checkpoint_minutes: float | None = None, **overrides: Any):
+    """The stages' TrainingArguments. With ``checkpoint_minutes`` the Trainer saves on each new best evaluation
+    (``save_strategy="best"``, what ``load_best_model_at_end`` needs) and ``checkpoints.TimedCheckpoints``
+    adds a save every that many minutes; otherwise it saves every ``checkpoint_steps``."""
     from transformers import TrainingArguments
 
     # load_best_model_at_end needs checkpoints on evaluation steps.
     save_steps = eval_steps * max(1, math.ceil(checkpoint_steps / eval_steps))
-    if save_steps != checkpoint_steps:
+    if save_steps != checkpoint_steps and checkpoint_minutes is None:
         log.warning("checkpoint_steps=%d rounded up to %d, a multiple of eval_steps=%d",
                     checkpoint_steps, save_steps, eval_steps)
     kwargs: dict[str, Any] = dict(
@@ -180,6 +288,9 @@ def training_arguments(output_dir: Path, *, epochs: float, batch_size: int, lear
         average_tokens_across_devices=False,
         restore_callback_states_from_checkpoint=True,  # the early-stopping patience counter survives a retry
     )
+    if checkpoint_minutes is not None:
+        kwargs.update(save_strategy="best")
+        del kwargs["save_steps"]
     kwargs.update(device_features())
     kwargs.update(overrides)
     return TrainingArguments(**kwargs)
@@ -338,16 +449,19 @@ class TrainOutcome:
     train_seconds: float  # trainer.train() wall time, evaluations and checkpoints included
     samples_per_second: float  # training rows per second, evaluation time excluded
     eval_seconds: float
-    checkpoint_seconds: float  # local saves plus uploads to storage
+    checkpoint_seconds: float  # what checkpoints cost the training loop: local saves plus uploads waited for
     metrics: dict[str, float]  # the best model on the holdout split
+    checkpoint_upload_seconds: float = 0.0  # the uploads' own wall time (in the background on a GPU)
+    overhead_share: float = 0.0  # (eval_seconds + checkpoint_seconds) / train_seconds
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def outcome_of(trainer, holdout: dict[str, float], resumed_from_step: int, progress: "ProgressLogger",
-               checkpoint_seconds: float) -> TrainOutcome:
+               checkpoint_seconds: float, checkpoint_upload_seconds: float = 0.0,
+               holdout_rows: int | None = None) -> TrainOutcome:
     metrics = {k.removeprefix("eval_"): float(v) for k, v in holdout.items()
                if k in ("eval_accuracy", "eval_macro_f1", "eval_loss")}
-    metrics["holdout_rows"] = len(trainer.eval_dataset)
+    metrics["holdout_rows"] = len(trainer.eval_dataset) if holdout_rows is None else holdout_rows
     return TrainOutcome(
         global_step=trainer.state.global_step,
         resumed_from_step=resumed_from_step,
@@ -356,6 +470,8 @@ def outcome_of(trainer, holdout: dict[str, float], resumed_from_step: int, progr
         eval_seconds=round(progress.eval_seconds, 2),
         checkpoint_seconds=round(checkpoint_seconds, 2),
         metrics=metrics,
+        checkpoint_upload_seconds=round(checkpoint_upload_seconds, 2),
+        overhead_share=round((progress.eval_seconds + checkpoint_seconds) / max(1e-9, progress.train_seconds), 4),
         log_history=list(trainer.state.log_history),
     )
 
