@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -90,7 +90,9 @@ class ModelSpec(_Section):
 class TrainSpec(_Section):
     epochs: float = Field(1.0, gt=0, description="Passes over the training rows (fractions allowed)")
     batch_size: int = Field(32, ge=1, description="Per device; effective batch = this x accumulation x GPUs")
-    learning_rate: float = Field(5e-5, gt=0, description="Peak AdamW rate, linear decay after warmup")
+    learning_rate: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        "auto", description="Peak AdamW rate, linear decay after warmup; auto = the champion's recorded rate, or on "
+                            "a first run the best of a short search (lr_search_*; docs/training.md)")
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
@@ -102,6 +104,15 @@ class TrainSpec(_Section):
         "base", description="Start from model.base, or warm-start from the champion's teacher when there is one")
     warm_start_epochs: float | None = Field(None, gt=0, description="Epochs when warm-starting; None = epochs")
     seed: int = 42
+    # learning_rate: auto on a first run (tasks/train/defaults.py)
+    lr_search_candidates: list[Annotated[float, Field(gt=0)]] = Field(
+        [5e-5, 1e-4, 3e-4, 1e-3], min_length=1, max_length=8,
+        description="Rates tried, for an effective batch of 32 (scaled by sqrt(batch/32))")
+    lr_search_rows: int = Field(2000, ge=16, description="Train rows each candidate trains on (seeded subsample)")
+    lr_search_holdout_rows: int = Field(1000, ge=16, description="Holdout rows each candidate is scored on")
+    lr_search_steps: int = Field(100, ge=1, description="Optimizer steps each candidate trains")
+    lr_search_max_seconds: float = Field(
+        1800, gt=0, description="No further candidate starts after this long (the first always runs)")
 
 
 class StudentSpec(_Section):

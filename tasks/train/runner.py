@@ -16,6 +16,7 @@ rank 0 alone syncs checkpoints and writes the outputs and the result. docs/train
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,19 +37,20 @@ class Recipe:
     init_from: str  # where those weights came from, for the log and the result
     epochs: float
     batch_size: int
-    learning_rate: float
+    learning_rate: float | None  # None: learning_rate auto with no recorded rate, the runner searches one
     trainer_cls: type | None = None  # None: transformers.Trainer, i.e. the model's own cross-entropy
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. DistillTrainer's teacher and alpha
     exports: Sequence[str] = ()  # CPU-serving exports of the trained model (tasks.train.export)
     result: dict[str, Any] = field(default_factory=dict)  # stage-specific TrainResult fields
     note: str = ""  # one line for the log
+    learning_rate_source: str = "spec"  # "spec", "champion <version>" (its recorded rate); "search" is the runner's
 
 
 def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe]) -> int:
     """Run a training stage; ``args`` has ``run`` and ``snapshot``, ``recipe_of(spec, args)`` the rest."""
     from transformers import Trainer, set_seed
 
-    from tasks.train import checkpoints, export, modeling, training
+    from tasks.train import checkpoints, defaults, export, modeling, training
 
     training.setup_logging()
     spec = load_spec(storage.join(storage.normalize(args.run), "spec.json"))
@@ -63,9 +65,18 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
     train_set = training.tokenize(tokenizer, train_rows["text"], train_rows["label"], spec.model.max_length)
     holdout_set = training.tokenize(tokenizer, holdout_rows["text"], holdout_rows["label"], spec.model.max_length)
 
+    # learning_rate: auto with no recorded rate (a first run): a short, bounded search picks it (defaults.py).
+    learning_rate, lr_source, lr_search = defaults.resolve(
+        recipe.learning_rate, recipe.learning_rate_source, stored_uri=storage.join(paths.out_uri, "lr_search.json"),
+        search=lambda: defaults.search_for_run(
+            hp, model=recipe.model, trainer_cls=recipe.trainer_cls or Trainer, trainer_kwargs=recipe.trainer_kwargs,
+            tokenizer=tokenizer, train_set=train_set, holdout_set=holdout_set, n_classes=len(spec.data.labels),
+            batch_size=recipe.batch_size, world_size=int(os.environ.get("WORLD_SIZE", "1")),
+            log=lambda line: print(line, flush=True)))
+
     # The Trainer, set up one way for both stages.
     targs = training.training_arguments(
-        paths.scratch, epochs=recipe.epochs, batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
+        paths.scratch, epochs=recipe.epochs, batch_size=recipe.batch_size, learning_rate=learning_rate,
         weight_decay=hp.weight_decay, warmup_ratio=hp.warmup_ratio,
         gradient_accumulation_steps=hp.gradient_accumulation_steps, eval_steps=hp.eval_steps,
         checkpoint_steps=hp.checkpoint_steps, seed=hp.seed,
@@ -78,7 +89,7 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
         model=recipe.model, train_dataset=train_set, eval_dataset=holdout_set, **recipe.trainer_kwargs,
     )
     print(f"[{stage}] {len(train_set)} train rows, {len(holdout_set)} holdout rows; init from {recipe.init_from}"
-          f"{'; ' + recipe.note if recipe.note else ''}; device {targs.device}, bf16={targs.bf16}, "
+          f"{'; ' + recipe.note if recipe.note else ''}; lr {learning_rate:.2e} ({lr_source}); device {targs.device}, bf16={targs.bf16}, "
           f"optim={targs.optim}, world_size={targs.world_size}", flush=True)
 
     # Train, resuming from the newest complete checkpoint in storage on a retry; then score the best model
@@ -95,13 +106,15 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
     with tempfile.TemporaryDirectory(prefix=f"{stage}-export-") as tmp:
         folders = export.export_all(trainer.model, tokenizer, Path(tmp), recipe.exports, spec.model.max_length)
         exports = training.publish_outputs(trainer.model, tokenizer, paths, outcome, extra_dirs=folders)
+    defaults.record(paths.model_uri, learning_rate, lr_source, lr_search)  # a retrain from this model reuses it
     result = TrainResult(
         model_uri=paths.model_uri, metrics=outcome.metrics, metrics_uri=paths.metrics_uri, curve_uri=paths.curve_uri,
         train_rows=len(train_set), global_step=outcome.global_step, samples_per_second=outcome.samples_per_second,
         resumed_from_step=outcome.resumed_from_step, train_seconds=outcome.train_seconds,
         eval_seconds=outcome.eval_seconds, checkpoint_seconds=outcome.checkpoint_seconds,
         world_size=targs.world_size, base_model=spec.model.base, init_from=recipe.init_from,
-        parameters=sum(p.numel() for p in trainer.model.parameters()), exports=exports, **recipe.result,
+        parameters=sum(p.numel() for p in trainer.model.parameters()), exports=exports,
+        learning_rate=learning_rate, learning_rate_source=lr_source, lr_search=lr_search, **recipe.result,
     )
     results.emit(result, paths.out_uri)
     return 0
