@@ -151,6 +151,7 @@ class TrainResult(Result):
     learning_rate: float | None = None  # the peak rate trained with
     learning_rate_source: str | None = None  # "spec", "champion <version>" or "search" (train.learning_rate: auto)
     lr_search: dict[str, Any] | None = None  # the search's trials when it ran (tasks/train/defaults.py)
+    epochs: float | None = None  # epochs trained (train.epochs: auto derives them from the train rows)
 
 
 class GateResult(Result):

@@ -70,19 +70,29 @@ def test_candidates_scale_with_the_square_root_of_the_effective_batch():
     assert defaults.scaled_candidates([1e-4, 3e-4], 128) == [2e-4, 6e-4]
 
 
-def test_learning_rate_defaults_to_auto_and_accepts_a_number():
-    assert TrainSpec().learning_rate == "auto"
-    assert TrainSpec(learning_rate=3e-4).learning_rate == 3e-4
-    for bad in (0, -1e-4, "fast"):
+def test_epochs_auto_trains_on_about_50k_rows_within_one_to_three_epochs():
+    assert defaults.epochs_for(14_400) == 3.0  # emotion's train split (its spec sets 3)
+    assert defaults.epochs_for(20_000) == 2.5
+    assert defaults.epochs_for(200_000) == 1.0
+    assert defaults.epochs_for(30) == 3.0
+
+
+def test_learning_rate_and_epochs_default_to_auto_and_accept_a_number():
+    assert TrainSpec().learning_rate == "auto" and TrainSpec().epochs == "auto"
+    assert TrainSpec(learning_rate=3e-4).learning_rate == 3e-4 and TrainSpec(epochs=2).epochs == 2.0
+    for bad in (0, -1e-4, "fast", True):
         with pytest.raises(ValueError):
             TrainSpec(learning_rate=bad)
+        with pytest.raises(ValueError):
+            TrainSpec(epochs=bad)
     with pytest.raises(ValueError):
         TrainSpec(lr_search_candidates=[])
     # the shipped specs keep their explicit rates (make demo trains as before)
     from bench.common import ROOT
 
-    for name, rate in (("sst2", 1e-4), ("emotion", 1e-4)):
-        assert load_spec(ROOT / "include" / "pipelines" / f"{name}.yaml").train.learning_rate == rate
+    for name, rate, epochs in (("sst2", 1e-4, 2), ("emotion", 1e-4, 3)):
+        train = load_spec(ROOT / "include" / "pipelines" / f"{name}.yaml").train
+        assert (train.learning_rate, train.epochs) == (rate, epochs)
     with pytest.raises(SpecInvalid):
         with_overrides(load_spec(ROOT / "include" / "pipelines" / "sst2.yaml"), {"train.learning_rate": "fast"})
 
@@ -112,8 +122,10 @@ def finetune(root, snapshot, run_key, overrides, champion="none", tiny_model_dir
 
 def test_auto_searches_on_a_first_run_and_a_retrain_reuses_the_champions_rate(store, tiny_model_dir, capsys):
     root, snapshot = store
-    run, first = finetune(root, snapshot, "first", {"train.learning_rate": "auto"}, tiny_model_dir=tiny_model_dir)
+    run, first = finetune(root, snapshot, "first", {"train.learning_rate": "auto", "train.epochs": "auto"},
+                          tiny_model_dir=tiny_model_dir)
     assert first["learning_rate_source"] == "search"
+    assert first["epochs"] == 3.0 and first["global_step"] == 12  # 30 rows: the most epochs, 4 steps each
     # the grid is for batch 32: batch 8 searches half the rates
     assert [t["learning_rate"] for t in first["lr_search"]["trials"]] == defaults.scaled_candidates(CANDIDATES, 8)
     assert defaults.scaled_candidates(CANDIDATES, 8) == [5e-5, 5e-4]
@@ -139,5 +151,22 @@ def test_an_explicit_rate_is_used_as_is_without_a_search(store, tiny_model_dir, 
     root, snapshot = store
     _, result = finetune(root, snapshot, "fixed", {"train.learning_rate": 2e-3}, tiny_model_dir=tiny_model_dir)
     assert result["learning_rate"] == 2e-3 and result["learning_rate_source"] == "spec"
-    assert result["lr_search"] is None
+    assert result["lr_search"] is None and result["epochs"] == 1.0
     assert "[lr-search]" not in capsys.readouterr().out
+
+
+def test_a_retry_of_a_run_reuses_its_stored_search(tmp_path):
+    """A killed first run resumes from checkpoints trained at the searched rate: the retry must not search again
+    (and could pick another rate on a busy machine's time budget)."""
+    stored = storage.normalize(str(tmp_path / "run" / "finetune" / "lr_search.json"))
+    searches = []
+
+    def search():
+        searches.append(1)
+        return defaults.search_learning_rate([1e-4, 3e-4], {1e-4: 0.2, 3e-4: 0.7}.__getitem__, max_seconds=60,
+                                             log=lambda _: None)
+
+    first = defaults.resolve(None, "search", search, stored)
+    again = defaults.resolve(None, "search", search, stored)
+    assert first == again and first[:2] == (3e-4, "search") and len(searches) == 1
+    assert defaults.resolve(2e-5, "spec", search, stored) == (2e-5, "spec", None) and len(searches) == 1

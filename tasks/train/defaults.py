@@ -26,6 +26,8 @@ from typing import Any, Callable, Sequence
 from tasks import storage
 
 AUTO = "auto"
+EPOCH_ROWS = 50_000  # epochs: auto trains on about this many rows in all ...
+EPOCH_RANGE = (1.0, 3.0)  # ... within these many epochs (BERT's fine-tuning advice: 2 to 4)
 RECORD = "hyperparameters.json"  # in the model folder: it travels with the teacher into the registry
 REFERENCE_BATCH = 32  # the candidates are the rates for this effective batch
 
@@ -51,6 +53,13 @@ class SearchResult:
     def from_summary(cls, data: dict[str, Any]) -> "SearchResult":
         return cls(best=float(data["best"]), trials=[Trial(**t) for t in data["trials"]],
                    skipped=[float(x) for x in data.get("skipped", [])], seconds=float(data.get("seconds", 0.0)))
+
+
+def epochs_for(rows: int) -> float:
+    """``epochs: auto``: about ``EPOCH_ROWS`` rows in all, clipped to ``EPOCH_RANGE``, to one decimal (14,400
+    emotion train rows: 3; 200,000 rows: 1)."""
+    low, high = EPOCH_RANGE
+    return round(min(high, max(low, EPOCH_ROWS / max(1, rows))), 1)
 
 
 def scaled_candidates(candidates: Sequence[float], effective_batch: int) -> list[float]:

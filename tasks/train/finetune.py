@@ -41,7 +41,7 @@ def recipe(spec, args: FinetuneArgs) -> Recipe:
             version = args.champion.rstrip("/").rsplit("/", 1)[-1]
             lr, lr_source = learning_rate(hp, teacher_uri, version)
             return Recipe(model=modeling.load_classifier(teacher), tokenizer_dir=teacher,
-                          init_from=f"champion {version}", epochs=hp.warm_start_epochs or hp.epochs,
+                          init_from=f"champion {version}", epochs=epochs(hp.warm_start_epochs or hp.epochs),
                           batch_size=hp.batch_size, learning_rate=lr, learning_rate_source=lr_source)
         print(f"[{STAGE}] champion labels {saved} differ from the spec's {spec.data.labels}: starting from the base "
               "model instead", flush=True)
@@ -51,11 +51,11 @@ def recipe(spec, args: FinetuneArgs) -> Recipe:
         raise SpecInvalid(str(exc)) from None
     lr, lr_source = learning_rate(hp, *champion_teacher(args.champion))
     return Recipe(model=modeling.load_classifier(base, labels=list(spec.data.labels)), tokenizer_dir=base,
-                  init_from="base", epochs=hp.epochs, batch_size=hp.batch_size, learning_rate=lr,
+                  init_from="base", epochs=epochs(hp.epochs), batch_size=hp.batch_size, learning_rate=lr,
                   learning_rate_source=lr_source, note=f"base {base}")
 
 
-# ---------------------------------------------------------------- train.learning_rate: auto
+# ---------------------------------------------------------------- train.learning_rate and train.epochs: auto
 
 
 def champion_teacher(champion: str | None) -> tuple[str | None, str | None]:
@@ -63,6 +63,13 @@ def champion_teacher(champion: str | None) -> tuple[str | None, str | None]:
     if not champion:
         return None, None
     return (storage.join(storage.normalize(champion), "teacher"), champion.rstrip("/").rsplit("/", 1)[-1])
+
+
+def epochs(value: float | str) -> float | None:
+    """The spec's epochs; None for ``auto`` (the runner derives them from the train rows)."""
+    from tasks.train import defaults
+
+    return None if value == defaults.AUTO else float(value)
 
 
 def learning_rate(hp, teacher_uri: str | None, version: str | None) -> tuple[float | None, str]:

@@ -35,7 +35,7 @@ class Recipe:
     model: Any  # the weights training starts from
     tokenizer_dir: Path
     init_from: str  # where those weights came from, for the log and the result
-    epochs: float
+    epochs: float | None  # None: epochs auto, the runner derives them from the train rows (defaults.epochs_for)
     batch_size: int
     learning_rate: float | None  # None: learning_rate auto with no recorded rate, the runner searches one
     trainer_cls: type | None = None  # None: transformers.Trainer, i.e. the model's own cross-entropy
@@ -74,9 +74,11 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
             batch_size=recipe.batch_size, world_size=int(os.environ.get("WORLD_SIZE", "1")),
             log=lambda line: print(line, flush=True)))
 
+    epochs = recipe.epochs if recipe.epochs is not None else defaults.epochs_for(len(train_set))
+
     # The Trainer, set up one way for both stages.
     targs = training.training_arguments(
-        paths.scratch, epochs=recipe.epochs, batch_size=recipe.batch_size, learning_rate=learning_rate,
+        paths.scratch, epochs=epochs, batch_size=recipe.batch_size, learning_rate=learning_rate,
         weight_decay=hp.weight_decay, warmup_ratio=hp.warmup_ratio,
         gradient_accumulation_steps=hp.gradient_accumulation_steps, eval_steps=hp.eval_steps,
         checkpoint_steps=hp.checkpoint_steps, seed=hp.seed,
@@ -89,7 +91,7 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
         model=recipe.model, train_dataset=train_set, eval_dataset=holdout_set, **recipe.trainer_kwargs,
     )
     print(f"[{stage}] {len(train_set)} train rows, {len(holdout_set)} holdout rows; init from {recipe.init_from}"
-          f"{'; ' + recipe.note if recipe.note else ''}; lr {learning_rate:.2e} ({lr_source}); device {targs.device}, bf16={targs.bf16}, "
+          f"{'; ' + recipe.note if recipe.note else ''}; lr {learning_rate:.2e} ({lr_source}), {epochs:g} epochs; device {targs.device}, bf16={targs.bf16}, "
           f"optim={targs.optim}, world_size={targs.world_size}", flush=True)
 
     # Train, resuming from the newest complete checkpoint in storage on a retry; then score the best model
@@ -114,7 +116,8 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
         eval_seconds=outcome.eval_seconds, checkpoint_seconds=outcome.checkpoint_seconds,
         world_size=targs.world_size, base_model=spec.model.base, init_from=recipe.init_from,
         parameters=sum(p.numel() for p in trainer.model.parameters()), exports=exports,
-        learning_rate=learning_rate, learning_rate_source=lr_source, lr_search=lr_search, **recipe.result,
+        learning_rate=learning_rate, learning_rate_source=lr_source, lr_search=lr_search, epochs=epochs,
+        **recipe.result,
     )
     results.emit(result, paths.out_uri)
     return 0
