@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
@@ -180,11 +181,24 @@ def search_for_run(hp: Any, *, model: Any, trainer_cls: Any, trainer_kwargs: dic
                 eval_steps=steps, checkpoint_steps=steps, seed=hp.seed, max_steps=steps, eval_strategy="no",
                 save_strategy="no", load_best_model_at_end=False, logging_strategy="no")
 
+        args_of(candidates[0], hp.lr_search_steps)  # under torchrun: sets up the process group shared_clock uses
         score = trainer_scorer(model=model, trainer_cls=trainer_cls, trainer_kwargs=trainer_kwargs,
                                tokenizer=tokenizer, train_set=train_sub, holdout_set=holdout_sub,
                                n_classes=n_classes, batch_size=batch_size, steps=hp.lr_search_steps,
                                args_of=args_of)
-        return search_learning_rate(candidates, score, max_seconds=hp.lr_search_max_seconds, log=log)
+        return search_learning_rate(candidates, score, max_seconds=hp.lr_search_max_seconds, log=log,
+                                    clock=shared_clock)
+
+
+def shared_clock() -> float:
+    """Rank 0's clock on every DDP rank: the ranks train each candidate together, so they must agree on when the
+    time budget runs out (a rank starting one more candidate than the others would wait forever)."""
+    import torch.distributed as dist
+
+    now = [time.monotonic()]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(now, src=0)
+    return now[0]
 
 
 def resolve(recipe_rate: float | None, recipe_source: str, search: Callable[[], SearchResult],
@@ -199,5 +213,6 @@ def resolve(recipe_rate: float | None, recipe_source: str, search: Callable[[], 
         print(f"[lr-search] reusing this run's earlier search: lr {found.best:.2e}", flush=True)
         return found.best, "search", found.summary()
     found = search()
-    storage.write_json(stored_uri, found.summary())
+    if int(os.environ.get("RANK", "0")) == 0:  # every DDP rank searched alike; one writes
+        storage.write_json(stored_uri, found.summary())
     return found.best, "search", found.summary()

@@ -91,8 +91,8 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
         model=recipe.model, train_dataset=train_set, eval_dataset=holdout_set, **recipe.trainer_kwargs,
     )
     print(f"[{stage}] {len(train_set)} train rows, {len(holdout_set)} holdout rows; init from {recipe.init_from}"
-          f"{'; ' + recipe.note if recipe.note else ''}; lr {learning_rate:.2e} ({lr_source}), {epochs:g} epochs; device {targs.device}, bf16={targs.bf16}, "
-          f"optim={targs.optim}, world_size={targs.world_size}", flush=True)
+          f"{'; ' + recipe.note if recipe.note else ''}; lr {learning_rate:.2e} ({lr_source}), {epochs:g} epochs; "
+          f"device {targs.device}, bf16={targs.bf16}, optim={targs.optim}, world_size={targs.world_size}", flush=True)
 
     # Train, resuming from the newest complete checkpoint in storage on a retry; then score the best model
     # (load_best_model_at_end) on the holdout split.
