@@ -42,7 +42,7 @@ becomes a default. An error names the file and the field:
 ```
 invalid pipeline spec include/pipelines/sst2.yaml:
   gates.min_accuracy: Input should be less than or equal to 1 (got 1.5)
-  train.epochs: Input should be a valid number, unable to parse string as a number (got 'many')
+  train.epochs: Input should be a valid number or 'auto' (got 'many')
   gates.min_acuracy: unknown field (check the spelling; see docs/configuration.md)
 ```
 

@@ -152,6 +152,10 @@ class TrainResult(Result):
     teacher_uri: str | None = None  # distill
     student_layers: int | None = None  # distill
     layer_map: list[int] | None = None  # distill: teacher layer copied into each student layer
+    learning_rate: float | None = None  # the peak rate trained with
+    learning_rate_source: str | None = None  # "spec", "champion <version>" or "search" (train.learning_rate: auto)
+    lr_search: dict[str, Any] | None = None  # the search's trials when it ran (tasks/train/defaults.py)
+    epochs: float | None = None  # epochs trained (train.epochs: auto derives them from the train rows)
 
 
 class GateResult(Result):

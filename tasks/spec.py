@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from tasks import storage
 from tasks.errors import SpecInvalid
@@ -88,9 +89,13 @@ class ModelSpec(_Section):
 
 
 class TrainSpec(_Section):
-    epochs: float = Field(1.0, gt=0, description="Passes over the training rows (fractions allowed)")
+    epochs: float | Literal["auto"] = Field(
+        "auto", description="Passes over the training rows (fractions allowed); auto = 50,000 rows' worth, within "
+                            "[1, 3] (docs/training.md)")
     batch_size: int = Field(32, ge=1, description="Per device; effective batch = this x accumulation x GPUs")
-    learning_rate: float = Field(5e-5, gt=0, description="Peak AdamW rate, linear decay after warmup")
+    learning_rate: float | Literal["auto"] = Field(
+        "auto", description="Peak AdamW rate, linear decay after warmup; auto = the champion's recorded rate, or on "
+                            "a first run the best of a short search (lr_search_*; docs/training.md)")
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
@@ -116,6 +121,37 @@ class TrainSpec(_Section):
         "base", description="Start from model.base, or warm-start from the champion's teacher when there is one")
     warm_start_epochs: float | None = Field(None, gt=0, description="Epochs when warm-starting; None = epochs")
     seed: int = 42
+    # learning_rate: auto on a first run (tasks/train/defaults.py)
+    lr_search_candidates: list[float] = Field(
+        [5e-5, 1e-4, 3e-4, 1e-3], min_length=1, max_length=8,
+        description="Rates tried, for an effective batch of 32 (scaled by sqrt(batch/32))")
+    lr_search_rows: int = Field(2000, ge=16, description="Train rows each candidate trains on (seeded subsample)")
+    lr_search_holdout_rows: int = Field(1000, ge=16, description="Holdout rows each candidate is scored on")
+    lr_search_steps: int = Field(100, ge=1, description="Optimizer steps each candidate trains")
+    lr_search_max_seconds: float = Field(
+        1800, gt=0, description="No further candidate starts after this long (the first always runs)")
+
+    @field_validator("epochs", "learning_rate", mode="before")
+    @classmethod
+    def _positive_or_auto(cls, value: Any) -> Any:
+        # One clear message instead of pydantic's one per member of the union.
+        if value == "auto":
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise PydanticCustomError(
+                "float_parsing", "Input should be a valid number or 'auto'", {}) from None
+        if isinstance(value, bool) or not number > 0:
+            raise PydanticCustomError("greater_than", "Input should be greater than 0, or 'auto'", {})
+        return number
+
+    @field_validator("lr_search_candidates")
+    @classmethod
+    def _positive_rates(cls, value: list[float]) -> list[float]:
+        if any(not rate > 0 for rate in value):
+            raise PydanticCustomError("greater_than", "every rate should be greater than 0", {})
+        return value
 
 
 class StudentSpec(_Section):

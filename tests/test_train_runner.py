@@ -220,7 +220,7 @@ def test_cpu_training_arguments_are_as_before_the_gpu_profile():
 
     if training.cuda_memory_bytes() is not None:
         pytest.skip("compares the CPU arguments; a CUDA GPU has its own profile")
-    hp = TrainSpec()
+    hp = TrainSpec(learning_rate=5e-5, epochs=1.0)  # the numbers that were the defaults before `auto`
     minutes = training.checkpoint_minutes(hp.checkpoint_minutes)
     plan = training.plan_batches(
         batch_size=hp.batch_size, learning_rate=hp.learning_rate, eval_steps=hp.eval_steps,

@@ -39,19 +39,51 @@ def recipe(spec, args: FinetuneArgs) -> Recipe:
         saved = modeling.load_config_labels(teacher)
         if saved == list(spec.data.labels):
             version = args.champion.rstrip("/").rsplit("/", 1)[-1]
+            lr, lr_source = learning_rate(hp, teacher_uri, version)
             return Recipe(model=modeling.load_classifier(teacher), tokenizer_dir=teacher,
-                          init_from=f"champion {version}", epochs=hp.warm_start_epochs or hp.epochs,
-                          batch_size=hp.batch_size, learning_rate=hp.learning_rate, gpu_batch_size=hp.gpu_batch_size)
+                          init_from=f"champion {version}", epochs=epochs(hp.warm_start_epochs or hp.epochs),
+                          batch_size=hp.batch_size, learning_rate=lr, learning_rate_source=lr_source,
+                          gpu_batch_size=hp.gpu_batch_size)
         print(f"[{STAGE}] champion labels {saved} differ from the spec's {spec.data.labels}: starting from the base "
               "model instead", flush=True)
     try:
         base = modeling.resolve_base_model(spec.model.base)
     except FileNotFoundError as exc:
         raise SpecInvalid(str(exc)) from None
+    lr, lr_source = learning_rate(hp, *champion_teacher(args.champion))
     return Recipe(model=modeling.load_classifier(base, labels=list(spec.data.labels)), tokenizer_dir=base,
-                  init_from="base", epochs=hp.epochs, batch_size=hp.batch_size, learning_rate=hp.learning_rate,
-                  gpu_batch_size=hp.gpu_batch_size,
-                  note=f"base {base}")
+                  init_from="base", epochs=epochs(hp.epochs), batch_size=hp.batch_size, learning_rate=lr,
+                  learning_rate_source=lr_source, gpu_batch_size=hp.gpu_batch_size, note=f"base {base}")
+
+
+# ---------------------------------------------------------------- train.learning_rate and train.epochs: auto
+
+
+def champion_teacher(champion: str | None) -> tuple[str | None, str | None]:
+    """(teacher URI, version) of ``--champion``, or (None, None) on a first run."""
+    if not champion:
+        return None, None
+    return (storage.join(storage.normalize(champion), "teacher"), champion.rstrip("/").rsplit("/", 1)[-1])
+
+
+def epochs(value: float | str) -> float | None:
+    """The spec's epochs; None for ``auto`` (the runner derives them from the train rows)."""
+    from tasks.train import defaults
+
+    return None if value == defaults.AUTO else float(value)
+
+
+def learning_rate(hp, teacher_uri: str | None, version: str | None) -> tuple[float | None, str]:
+    """(rate, where it came from): the spec's number; with ``auto``, the rate the champion's teacher was trained
+    with; None (the runner searches) when there is no champion or it records no rate."""
+    from tasks.train import defaults
+
+    if hp.learning_rate != defaults.AUTO:
+        return float(hp.learning_rate), "spec"
+    recorded = defaults.recorded_learning_rate(teacher_uri) if teacher_uri else None
+    if recorded is not None:
+        return recorded, f"champion {version}"
+    return None, "search"
 
 
 def main(argv: list[str]) -> int:

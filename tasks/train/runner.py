@@ -16,6 +16,7 @@ rank 0 alone syncs checkpoints and writes the outputs and the result. docs/train
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,22 +35,23 @@ class Recipe:
     model: Any  # the weights training starts from
     tokenizer_dir: Path
     init_from: str  # where those weights came from, for the log and the result
-    epochs: float
+    epochs: float | None  # None: epochs auto, the runner derives them from the train rows (defaults.epochs_for)
     batch_size: int
-    learning_rate: float
+    learning_rate: float | None  # None: learning_rate auto with no recorded rate, the runner searches one
     gpu_batch_size: int | str | None = None  # CUDA: "auto", a batch, or None = batch_size (training.plan_batches)
     trainer_cls: type | None = None  # None: transformers.Trainer, i.e. the model's own cross-entropy
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. DistillTrainer's teacher and alpha
     exports: Sequence[str] = ()  # CPU-serving exports of the trained model (tasks.train.export)
     result: dict[str, Any] = field(default_factory=dict)  # stage-specific TrainResult fields
     note: str = ""  # one line for the log
+    learning_rate_source: str = "spec"  # "spec", "champion <version>" (its recorded rate); "search" is the runner's
 
 
 def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe]) -> int:
     """Run a training stage; ``args`` has ``run`` and ``snapshot``, ``recipe_of(spec, args)`` the rest."""
     from transformers import Trainer, set_seed
 
-    from tasks.train import checkpoints, export, modeling, training
+    from tasks.train import checkpoints, defaults, export, modeling, training
 
     training.setup_logging()
     spec = load_spec(storage.join(storage.normalize(args.run), "spec.json"))
@@ -69,16 +71,28 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
         selection_set = holdout_set.select(training.stratified_sample(holdout_rows["label"], hp.selection_rows,
                                                                       hp.seed))
 
+    # learning_rate: auto with no recorded rate (a first run): a short, bounded search picks it (defaults.py), at
+    # the spec's batch; on a CUDA GPU plan_batches then scales it with the GPU batch, like a rate from the spec.
+    learning_rate, lr_source, lr_search = defaults.resolve(
+        recipe.learning_rate, recipe.learning_rate_source, stored_uri=storage.join(paths.out_uri, "lr_search.json"),
+        search=lambda: defaults.search_for_run(
+            hp, model=recipe.model, trainer_cls=recipe.trainer_cls or Trainer, trainer_kwargs=recipe.trainer_kwargs,
+            tokenizer=tokenizer, train_set=train_set, holdout_set=holdout_set, n_classes=len(spec.data.labels),
+            batch_size=recipe.batch_size, world_size=int(os.environ.get("WORLD_SIZE", "1")),
+            log=lambda line: print(line, flush=True)))
+
+    epochs = recipe.epochs if recipe.epochs is not None else defaults.epochs_for(len(train_set))
+
     # The Trainer, set up one way for both stages. On a CUDA GPU: checkpoints by time, uploaded in the background.
     import torch
 
     minutes = training.checkpoint_minutes(hp.checkpoint_minutes)
     plan = training.plan_batches(
-        batch_size=recipe.batch_size, learning_rate=recipe.learning_rate, eval_steps=hp.eval_steps,
+        batch_size=recipe.batch_size, learning_rate=learning_rate, eval_steps=hp.eval_steps,
         checkpoint_steps=hp.checkpoint_steps, gpu_batch_size=recipe.gpu_batch_size, lr_scaling=hp.gpu_lr_scaling,
         max_length=spec.model.max_length, train_rows=len(train_set), total_memory_bytes=training.cuda_memory_bytes())
     targs = training.training_arguments(
-        paths.scratch, epochs=recipe.epochs, batch_size=plan.batch_size, learning_rate=plan.learning_rate,
+        paths.scratch, epochs=epochs, batch_size=plan.batch_size, learning_rate=plan.learning_rate,
         weight_decay=hp.weight_decay, warmup_ratio=hp.warmup_ratio,
         gradient_accumulation_steps=hp.gradient_accumulation_steps, eval_steps=plan.eval_steps,
         checkpoint_steps=plan.checkpoint_steps, seed=hp.seed, checkpoint_minutes=minutes,
@@ -99,8 +113,8 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
         print(f"[{stage}] model selection on a stratified {len(selection_set)} of {len(holdout_set)} holdout rows",
               flush=True)
     print(f"[{stage}] {len(train_set)} train rows, {len(holdout_set)} holdout rows; init from {recipe.init_from}"
-          f"{'; ' + recipe.note if recipe.note else ''}; device {targs.device}, bf16={targs.bf16}, "
-          f"optim={targs.optim}, world_size={targs.world_size}", flush=True)
+          f"{'; ' + recipe.note if recipe.note else ''}; lr {learning_rate:.2e} ({lr_source}), {epochs:g} epochs; "
+          f"device {targs.device}, bf16={targs.bf16}, optim={targs.optim}, world_size={targs.world_size}", flush=True)
 
     # Train, resuming from the newest complete checkpoint in storage on a retry; then score the best model
     # (load_best_model_at_end) on the holdout split.
@@ -117,6 +131,7 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
     with tempfile.TemporaryDirectory(prefix=f"{stage}-export-") as tmp:
         folders = export.export_all(trainer.model, tokenizer, Path(tmp), recipe.exports, spec.model.max_length)
         exports = training.publish_outputs(trainer.model, tokenizer, paths, outcome, extra_dirs=folders)
+    defaults.record(paths.model_uri, learning_rate, lr_source, lr_search)  # a retrain from this model reuses it
     result = TrainResult(
         model_uri=paths.model_uri, metrics=outcome.metrics, metrics_uri=paths.metrics_uri, curve_uri=paths.curve_uri,
         train_rows=len(train_set), global_step=outcome.global_step, samples_per_second=outcome.samples_per_second,
@@ -124,6 +139,7 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
         eval_seconds=outcome.eval_seconds, checkpoint_seconds=outcome.checkpoint_seconds,
         checkpoint_upload_seconds=outcome.checkpoint_upload_seconds, overhead_share=outcome.overhead_share,
         world_size=targs.world_size, batch_size=plan.batch_size, learning_rate=plan.learning_rate,
+        learning_rate_source=lr_source, lr_search=lr_search, epochs=epochs,
         base_model=spec.model.base, init_from=recipe.init_from,
         parameters=sum(p.numel() for p in trainer.model.parameters()), exports=exports, **recipe.result,
     )
