@@ -56,6 +56,18 @@ def write_snapshot(root_uri: str, pipeline: str, rows: list[tuple[str, int]], ho
     return snapshot
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``--set dotted.path=VALUE`` flags -> spec overrides (VALUE as JSON, else the string)."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, value = item.split("=", 1)
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
 def make_run(root_uri: str, run_key: str, overrides: dict[str, Any] | None = None) -> str:
     """RUN_URI with a frozen spec.json: the sst2 spec, stored at root_uri, with dotted-path overrides."""
     from tasks import storage

@@ -8,7 +8,6 @@ models on the golden set (dev.tsv). Prints one JSON line.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import make_run, print_json, read_tsv, run_stage, stage_result, write_snapshot  # noqa: E402
+from bench.common import make_run, parse_overrides, print_json, read_tsv, run_stage, stage_result, write_snapshot  # noqa: E402
 
 
 def dev_accuracy(model_uri: str, max_length: int) -> float:
@@ -38,13 +37,7 @@ def main() -> None:
     parser.add_argument("--skip-distill", action="store_true")
     parser.add_argument("--log-prefix", default="/tmp/demo-stages-", help="stage logs go to PREFIX{stage}.log")
     args = parser.parse_args()
-    overrides = {}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    overrides = parse_overrides(args.set)
 
     root = "file://" + tempfile.mkdtemp(prefix="demo-stages-")
     rows = read_tsv("train", min_words=args.min_words, limit=args.rows)

@@ -33,7 +33,6 @@ GPU the profile's, ``train.gpu_batch_size``), and the bare loop uses it too.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import make_run, print_json, read_tsv, write_snapshot  # noqa: E402
+from bench.common import make_run, parse_overrides, print_json, read_tsv, write_snapshot  # noqa: E402
 from bench.finetune_throughput import peak_tflops, train_flops_per_token  # noqa: E402
 
 SMOKE = {"train.epochs": 1, "train.batch_size": 8, "train.eval_steps": 5, "train.checkpoint_steps": 5,
@@ -201,12 +200,7 @@ def main() -> None:
         args.rows, args.min_words, args.dev_rows, args.ceiling_steps = 96, 0, args.dev_rows or 64, 5
     elif args.bert_base:
         overrides = {"model.base": str(bert_base(work / "bert-base")), "model.max_length": 128}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    overrides.update(parse_overrides(args.set))
 
     root = "file://" + str(work / "store")
     if args.bert_base:  # long rows: --rows sentences joined into rows of model.max_length tokens

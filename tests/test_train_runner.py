@@ -126,20 +126,28 @@ class _SaveLog:
         return self.minute * 60.0
 
 
-def test_checkpoints_by_time_upload_in_the_background(tiny_model_dir, tmp_path, monkeypatch, one_torch_thread):
-    """checkpoint_minutes=3 with a clock that moves a minute per step: saves at steps 3, 6, 9, ... and none by
-    step count (step 16: the evaluation at the end, the first and so a new best); each upload runs in a thread,
-    COMPLETE comes last, and storage ends as a mirror of the newest and the best local checkpoints."""
+def _timed_trainer(tiny_model_dir, tmp_path, clock):
+    """A tiny Trainer checkpointing every 3 (fake-clock) minutes, uploaded in the background to local storage."""
     from tasks.train import checkpoints, training
 
-    clock = _SaveLog()
-    monkeypatch.setattr(checkpoints.time, "monotonic", clock.monotonic)
     store = storage.normalize(str(tmp_path / "store"))
     paths = training.StagePaths(run_uri=store, stage="finetune", run_key="r", out_uri=store,
                                 checkpoint_uri=storage.join(store, "checkpoints"), scratch=tmp_path / "scratch")
     sync = checkpoints.CheckpointSync(paths, background=True)
     trainer = _tiny_trainer(tiny_model_dir, tmp_path, [clock.callback, checkpoints.TimedCheckpoints(3), sync],
                             eval_steps=1000, checkpoint_steps=1, checkpoint_minutes=3)
+    return store, paths, sync, trainer
+
+
+def test_checkpoints_by_time_upload_in_the_background(tiny_model_dir, tmp_path, monkeypatch, one_torch_thread):
+    """checkpoint_minutes=3 with a clock that moves a minute per step: saves at steps 3, 6, 9, ... and none by
+    step count (step 16: the evaluation at the end, the first and so a new best); each upload runs in a thread,
+    COMPLETE comes last, and storage ends as a mirror of the newest and the best local checkpoints."""
+    from tasks.train import checkpoints
+
+    clock = _SaveLog()
+    monkeypatch.setattr(checkpoints.time, "monotonic", clock.monotonic)
+    store, paths, sync, trainer = _timed_trainer(tiny_model_dir, tmp_path, clock)
     assert trainer.args.save_strategy == "best"
     trainer.train()
     sync.wait()
@@ -246,7 +254,7 @@ def test_a_background_upload_that_dies_leaves_no_complete_checkpoint(tiny_model_
     deletes the half upload (what a process killed mid-upload leaves behind, too)."""
     from pathlib import Path
 
-    from tasks.train import checkpoints, training
+    from tasks.train import checkpoints
 
     clock = _SaveLog()
     monkeypatch.setattr(checkpoints.time, "monotonic", clock.monotonic)
@@ -260,12 +268,7 @@ def test_a_background_upload_that_dies_leaves_no_complete_checkpoint(tiny_model_
         raise OSError("connection reset during the upload")
 
     monkeypatch.setattr(storage, "sync_dir", dies_half_way)
-    store = storage.normalize(str(tmp_path / "store"))
-    paths = training.StagePaths(run_uri=store, stage="finetune", run_key="r", out_uri=store,
-                                checkpoint_uri=storage.join(store, "checkpoints"), scratch=tmp_path / "scratch")
-    sync = checkpoints.CheckpointSync(paths, background=True)
-    trainer = _tiny_trainer(tiny_model_dir, tmp_path, [clock.callback, checkpoints.TimedCheckpoints(3), sync],
-                            eval_steps=1000, checkpoint_steps=1, checkpoint_minutes=3)
+    store, paths, sync, trainer = _timed_trainer(tiny_model_dir, tmp_path, clock)
     with pytest.raises(OSError, match="connection reset"):
         trainer.train()
     assert trainer.state.global_step == 9  # the next save waited for the upload and got its error
