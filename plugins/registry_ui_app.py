@@ -27,7 +27,6 @@ the runs that produced them (drift report and plots) under runs/<pipeline>/.
 import logging
 import os
 import re
-import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -46,7 +45,6 @@ MAX_VERSIONS = 25   # newest first; each costs a few small reads
 MAX_AUDIT = 50
 CONFIDENCE = 0.95
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")   # a version id, run key or plot name: one path segment
-_ROLLBACK_LOCK = threading.Lock()
 
 
 class UIError(Exception):
@@ -261,18 +259,10 @@ def rollback(spec: PipelineSpec, body: RollbackBody, actor: str) -> dict[str, An
                                  f"reload the page")
     if body.to is not None:
         segment(body.to, "version")
-    with _ROLLBACK_LOCK:  # the audit record's actor comes from RETRAIN_ACTOR (registry._actor): one at a time
-        before = os.environ.get("RETRAIN_ACTOR")
-        os.environ["RETRAIN_ACTOR"] = actor
-        try:
-            return registry.rollback(spec, body.to)
-        except registry.RegistryError as exc:
-            raise UIError(409, str(exc)) from None
-        finally:
-            if before is None:
-                os.environ.pop("RETRAIN_ACTOR", None)
-            else:
-                os.environ["RETRAIN_ACTOR"] = before
+    try:
+        return registry.rollback(spec, body.to, actor=actor)
+    except registry.RegistryError as exc:
+        raise UIError(409, str(exc)) from None
 
 
 # ---------------------------------------------------------------- the app

@@ -35,8 +35,9 @@ def emit(result: "dict[str, Any] | Result", out_uri: str | None = None) -> dict[
     ``result`` is one of the models in ``tasks.contracts`` (or a plain dict of the same shape)."""
     if isinstance(result, Result):
         result = result.dump()
-    if result.get("cost") is None and cost.reading() is not None:
-        result = {**result, "cost": cost.reading()}
+    stage_cost = cost.reading() if result.get("cost") is None else None  # one NVML read, not two
+    if stage_cost is not None:
+        result = {**result, "cost": stage_cost}
     text = json.dumps(result, sort_keys=True, default=str)
     if len(text.encode()) > MAX_RESULT_BYTES:
         raise ValueError(f"stage result is {len(text)} bytes; XCom carries URIs and summaries only")

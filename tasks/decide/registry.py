@@ -148,10 +148,10 @@ def read_champion(spec: PipelineSpec) -> dict[str, Any] | None:
     return read_champion_with_etag(spec)[0]
 
 
-def _audit(spec: PipelineSpec, event: str, record: dict[str, Any]) -> str:
+def _audit(spec: PipelineSpec, event: str, record: dict[str, Any], actor: str | None = None) -> str:
     ts = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     uri = storage.join(spec.layout.audit, f"{ts}-{event}-{record.get('version', 'none')}.json")
-    storage.write_json(uri, {"event": event, "at": storage.utcnow(), "actor": _actor(), **record},
+    storage.write_json(uri, {"event": event, "at": storage.utcnow(), "actor": actor or _actor(), **record},
                        if_none_match=True)
     return uri
 
@@ -213,8 +213,9 @@ def _ensure_audited(spec: PipelineSpec, event: str, pointer: dict[str, Any]) -> 
     _audit(spec, event, {**pointer, "note": "audit record completed on retry"})
 
 
-def rollback(spec: PipelineSpec, to: str | None = None) -> dict[str, Any]:
-    """Re-point the champion to ``to`` (default: the current champion's ``previous``). Verified and audited.
+def rollback(spec: PipelineSpec, to: str | None = None, *, actor: str | None = None) -> dict[str, Any]:
+    """Re-point the champion to ``to`` (default: the current champion's ``previous``). Verified and audited, as
+    ``actor`` (default: RETRAIN_ACTOR, the DAG run, or the user; the UI passes its signed-in user).
 
     The new pointer's ``previous`` is the target's own parent champion (from its manifest) when rolling back
     to the default, so repeated rollbacks walk back through history; with an explicit ``--to`` it is the
@@ -241,7 +242,7 @@ def rollback(spec: PipelineSpec, to: str | None = None) -> dict[str, Any]:
         "rolled_back_from": current["version"],
     }
     new_etag = _move_pointer(spec, pointer, etag)
-    _audit(spec, "rollback", {**pointer, "champion_etag": new_etag})
+    _audit(spec, "rollback", {**pointer, "champion_etag": new_etag}, actor=actor)
     return pointer
 
 
