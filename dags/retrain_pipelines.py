@@ -319,6 +319,8 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
             decision = Decision.model_validate(decide_retrain(
                 run_spec, snapshot.dump(), drift_checks.dump(), run_ctx.champion, force=run_ctx.force_retrain,
                 trained=trained)).dump()
+            if decision["stopped"] and decision["withdraw_batches"]:
+                decision["withdrawn"] = withdraw_bad_batches(run_spec, run_ctx, decision)
             storage.write_json(storage.join(run_ctx.run_uri, TaskIds.DECIDE, "result.json"), decision)
             ti.xcom_push(key="decision", value=decision)
             verdict = "RETRAIN" if decision["retrain"] else "STOP" if decision["stopped"] else "SKIP"
@@ -393,6 +395,25 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
         [prepare, publish] >> summary
         [prepare, ingest, drift, decision, finetune, distill, evaluate, gate_task, publish, summary] >> fail_if_any_failed()
     return dag
+
+
+def withdraw_bad_batches(run_spec, run_ctx: RunContext, decision: dict) -> dict:
+    """Take the batches with bad labels out of the latest snapshot (tasks.data.withdraw), so the next night does
+    not stop on them again and a corrected file can land; the reason says what was done and how to undo it."""
+    from tasks import storage
+    from tasks.data import withdraw
+
+    done = withdraw.withdraw(run_spec, decision["withdraw_batches"], reason=" ".join(decision["reasons"]),
+                             run_key=run_ctx.run_key)
+    if done["withdrawn"]:
+        files = sorted({key for keys in done["files"].values() for key in keys})
+        ids = " ".join(done["withdrawn"])
+        decision["reasons"].append(
+            f"Withdrew batch {', '.join(done['withdrawn'])} (files: {', '.join(files) or 'unknown'}) from the latest "
+            f"snapshot, now {done['snapshot_id']}: nothing trains on it. Land corrected files to replace it; if its "
+            f"labels are right (a real concept shift), put it back with `python -m tasks withdraw --spec "
+            f"{storage.join(run_ctx.run_uri, 'spec.json')} --readmit {ids} --reason ...`.")
+    return done
 
 
 def build_spec_error_dag(spec_path: Path, error: str) -> DAG:

@@ -281,6 +281,30 @@ def gate_failure_message(info: AlertInfo) -> Message:
     return Message(subject, "\n".join(lines), _links(info))
 
 
+def labels_stopped_message(info: AlertInfo) -> Message:
+    """decide stopped the run on the label-quality check: a data verdict, not a broken pipeline."""
+    decision = info.decision
+    withdrawn = (decision.withdrawn or {}).get("withdrawn") or [] if decision else []
+    subject = (f"[retrain:{info.pipeline}] run stopped: the new labels failed the quality check"
+               + (f", batch {', '.join(withdrawn)} withdrawn" if withdrawn else "") + f" (run {info.run_id})")
+    quality = (info.drift.label_quality or {}) if info.drift else {}
+    lines = [
+        f"Pipeline: {info.pipeline}",
+        f"Run: {info.dag_id} / {info.run_id}",
+        "Verdict: nothing was trained; the champion keeps serving. The pipeline works: the data needs a look.",
+        "",
+        "Why:",
+        *[f"  - {r}" for r in (decision.reasons if decision else [])],
+    ]
+    for batch, result in sorted((quality.get("batches") or {}).items()):
+        if not result.get("skipped"):
+            lines.append(f"  batch {batch}: agreement {_fmt(result.get('current_agreement'))} vs "
+                         f"{_fmt(result.get('expected_agreement'))} expected (p = {_fmt(result.get('p_value'))})"
+                         + (" - BAD LABELS" if result.get("flagged") else ""))
+    lines += ["", *drift_lines(info.drift), "", _champion_line(info)]
+    return Message(subject, "\n".join(lines), _links(info))
+
+
 def infra_failure_message(info: AlertInfo) -> Message:
     task = info.task_id or "a task"
     tries = info.try_number
@@ -356,7 +380,11 @@ class _RetrainNotifier(BaseNotifier):
         if self.kind == "deadline":
             return deadline_message(self.pipeline, self.deadline_minutes, context, self.base_url)
         info = collect_alert_info(context, self.pipeline, self.base_url)
-        return gate_failure_message(info) if self.kind == "gate" else infra_failure_message(info)
+        if self.kind == "gate":
+            return gate_failure_message(info)
+        if info.decision is not None and info.decision.stopped and info.task_id == TaskIds.DECIDE:
+            return labels_stopped_message(info)
+        return infra_failure_message(info)
 
     def notify(self, context: dict[str, Any]) -> None:
         if not alerts_enabled(self.enabled):

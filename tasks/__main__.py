@@ -13,6 +13,7 @@ from tasks.errors import PipelineError
 # Stage name -> module; each module has main(argv: list[str]) -> int | None.
 STAGES = {
     "ingest": "tasks.data.ingest",
+    "withdraw": "tasks.data.withdraw",
     "drift": "tasks.drift.stage",
     "finetune": "tasks.train.finetune",
     "distill": "tasks.train.distill",

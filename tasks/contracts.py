@@ -121,6 +121,8 @@ class Decision(Result):
     first_run: bool = False
     forced: bool = False
     stopped: bool = False  # the batch's labels failed the label-quality check: the run fails, nothing trains
+    withdraw_batches: list[str] = []  # when stopped: the batches with bad labels (tasks.data.withdraw)
+    withdrawn: dict[str, Any] | None = None  # what the DAG's decide step withdrew: batches, files, snapshot now
     new_rows: int | None = None
     drift_detected: bool = False
     snapshot_id: str | None = None

@@ -248,6 +248,10 @@ class ContentSum:
     def merged(self, other: "ContentSum") -> "ContentSum":
         return ContentSum(self.rows + other.rows, (self.a + other.a) % 2**64, (self.b + other.b) % 2**64)
 
+    def minus(self, other: "ContentSum") -> "ContentSum":
+        """The sum without ``other``'s rows (a part withdrawn from a snapshot: tasks.data.withdraw)."""
+        return ContentSum(self.rows - other.rows, (self.a - other.a) % 2**64, (self.b - other.b) % 2**64)
+
     def encode(self) -> str:
         return f"{self.rows}:{self.a:016x}:{self.b:016x}"
 
@@ -309,7 +313,7 @@ class StoredKeys:
         return HashIndex(recs["hi"].copy(), recs["lo"].copy(), recs["label"].copy())
 
 
-def _local_parquet(uri: str, tmp_dir: str) -> str:
+def local_parquet(uri: str, tmp_dir: str) -> str:
     if storage.is_s3(uri):
         return str(storage.download_file(uri, f"{tmp_dir}/part.parquet"))
     return str(storage.local_path(uri))
@@ -343,7 +347,7 @@ def hash_index(snapshot_uri: str, tmp_dir: str, names: list[str]) -> StoredKeys:
     outs = [open(keys.bucket(t), "wb") for t in range(256)]  # noqa: SIM115 (closed below)
     try:
         for part in manifest["parts"]:
-            pf = pq.ParquetFile(_local_parquet(storage.join(base, part), tmp_dir), pre_buffer=False)
+            pf = pq.ParquetFile(local_parquet(storage.join(base, part), tmp_dir), pre_buffer=False)
             column = "text_hash" if "text_hash" in pf.schema_arrow.names else "text"
             for batch in pf.iter_batches(batch_size=262144, columns=[column, "label", "split"]):
                 if column == "text_hash":

@@ -7,7 +7,8 @@ Imported by the DAG code, so it imports nothing heavy. Rule (README: Decision ru
   comes next (asset event, nightly cron, a manual run without force): one training per data change;
 * no champion yet -> train (the first run trains);
 * the champion disagrees with the batch's labels far more than with the reference's (drift's ``label_quality``:
-  flipped or poisoned labels) -> stop: no training, and the run fails with the reason (``stopped``);
+  flipped or poisoned labels) -> stop: no training, the run fails with the reason (``stopped``), and the DAG
+  withdraws ``withdraw_batches`` from the latest snapshot (tasks.data.withdraw);
 * the snapshot is the champion's own, or fewer than ``decide.min_new_rows`` new rows -> skip;
 * otherwise train if drift was detected or the new rows reach ``decide.retrain_every_rows``; else skip.
 """
@@ -78,8 +79,8 @@ def decide(spec: Any, ingest_result: dict[str, Any] | None, drift_result: dict[s
     quality = drift_result.get("label_quality") or {}
     out["stopped"] = bool(quality.get("flagged"))
     if out["stopped"]:
-        reasons.append(f"Stopped before training: {quality.get('verdict') or 'the labels of the new rows look wrong'}"
-                       " Fix or remove the batch, or trigger with force_retrain to train on it anyway.")
+        out["withdraw_batches"] = list(quality.get("flagged_batches") or [])
+        reasons.append(f"Stopped before training: {quality.get('verdict') or 'the labels of the new rows look wrong'}")
         return out
     if snapshot_id and snapshot_id == champion_snapshot:
         reasons.append(f"Skipped: no new snapshot since the champion's (snapshot {snapshot_id}).")

@@ -89,7 +89,7 @@ def build_summary(run: dict, results: dict[str, dict | None]) -> dict[str, Any]:
         "run_type": context.run_type,
         "dry_run": context.dry_run,
         "outcome": outcome,
-        "decision": _pick(decision, "retrain", "reasons", "new_rows"),
+        "decision": _pick(decision, "retrain", "stopped", "reasons", "new_rows", "withdrawn"),
         "ingest": _pick(r[TaskIds.INGEST], "snapshot_id", "snapshot_uri", "changed", "total_rows", "new_rows",
                         "quarantined_rows", "duplicates_removed", "contaminated_removed"),
         "drift": _pick(r[TaskIds.DRIFT], "drift_detected", "summary", "report_uri"),

@@ -174,17 +174,56 @@ def label_quality(cfg: DriftSpec, ref_prob: "np.ndarray", ref_labels: "np.ndarra
             "verdict": verdict}
 
 
+def label_quality_by_batch(cfg: DriftSpec, ref_prob: "np.ndarray", ref_labels: "np.ndarray",
+                           cur_prob: "np.ndarray", cur_labels: "np.ndarray", cur_batches: "np.ndarray | None",
+                           accepted: set[str]) -> dict[str, Any]:
+    """``label_quality`` over the new rows, plus the same test batch by batch, so that a stopped run can withdraw
+    the batch that carries the bad labels and keep the others (tasks.data.withdraw).
+
+    ``flagged_batches``: the batches whose own test flags; when only the pooled test flags (bad labels spread
+    thin over several batches, none with enough rows alone), every batch of the sample. Rows of ``accepted``
+    batches are left out of both tests."""
+    import numpy as np
+
+    if cur_batches is None:
+        return label_quality(cfg, ref_prob, ref_labels, cur_prob, cur_labels)
+    checked = np.array([b not in accepted for b in cur_batches], dtype=bool)
+    pooled = label_quality(cfg, ref_prob, ref_labels, cur_prob[checked], cur_labels[checked])
+    per_batch = {}
+    for batch in sorted(set(cur_batches[checked].tolist())):
+        rows = checked & (cur_batches == batch)
+        if rows.sum() < cfg.min_rows:  # too few sampled rows for a test of its own; the pooled test covers them
+            per_batch[batch] = {"flagged": False, "current_sample": int(rows.sum()), "skipped": True}
+            continue
+        one = label_quality(cfg, ref_prob, ref_labels, cur_prob[rows], cur_labels[rows])
+        per_batch[batch] = {k: one[k] for k in ("flagged", "statistic", "p_value", "current_agreement",
+                                                "expected_agreement", "current_sample", "verdict")}
+    flagged = sorted(b for b, r in per_batch.items() if r["flagged"])
+    if pooled["flagged"] and not flagged:
+        flagged = sorted(per_batch)
+    elif flagged and not pooled["flagged"]:  # one bad batch among good ones: its own verdict says why
+        pooled["verdict"] = per_batch[flagged[0]]["verdict"]
+    pooled.update(flagged=bool(flagged), flagged_batches=flagged, batches=per_batch,
+                  accepted_batches=sorted(set(cur_batches.tolist()) & accepted))
+    if flagged:
+        pooled["verdict"] += f" Batch{'es' if len(flagged) > 1 else ''} with bad labels: {', '.join(flagged)}."
+    return pooled
+
+
 def model_checks(cfg: DriftSpec, label_names: Sequence[str], model_dir: str | Path, ref_texts: Sequence[str],
                  cur_texts: Sequence[str], *, max_length: int = 128,
                  ref_outputs: tuple["np.ndarray", "np.ndarray"] | None = None,
                  ref_labels: "np.ndarray | None" = None, cur_labels: "np.ndarray | None" = None,
+                 cur_batches: Sequence[str] | None = None, accepted: Sequence[str] = (),
                  ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Embedding MMD and prediction drift on at most ``cfg.embedding_subsample`` new texts and
     ``cfg.embedding_reference_subsample`` reference texts; returns (checks, data for the plots).
 
     ``ref_outputs`` lets a caller reuse the reference's (embeddings, probabilities) across many batches.
     With ``ref_labels`` (of ``ref_texts``, or of ``ref_outputs``' rows when given) and ``cur_labels`` (of
-    ``cur_texts``), ``data["label_quality"]`` holds the label-quality result."""
+    ``cur_texts``), ``data["label_quality"]`` holds the label-quality result (``label_quality_by_batch``).
+    ``cur_batches`` names the ingest batch of each of ``cur_texts``; rows of ``accepted`` batches (readmitted by
+    a person) are left out of it."""
     import numpy as np
 
     rng = np.random.default_rng(cfg.seed)
@@ -201,6 +240,8 @@ def model_checks(cfg: DriftSpec, label_names: Sequence[str], model_dir: str | Pa
     data: dict[str, Any] = {"mmd_null": null, "mmd_observed": mmd2}
     if ref_labels is not None and cur_labels is not None:
         ref_y = np.asarray(ref_labels)[ref_pick] if ref_pick is not None else np.asarray(ref_labels)
-        data["label_quality"] = label_quality(cfg, ref_prob, ref_y, cur_prob, np.asarray(cur_labels)[cur_pick])
+        batches = np.asarray(cur_batches, dtype=object)[cur_pick] if cur_batches is not None else None
+        data["label_quality"] = label_quality_by_batch(cfg, ref_prob, ref_y, cur_prob,
+                                                       np.asarray(cur_labels)[cur_pick], batches, set(accepted))
     data["model_seconds"] = time.perf_counter() - started
     return checks, data

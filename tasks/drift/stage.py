@@ -15,7 +15,8 @@ and the calibration):
   p < prediction_alpha and by >= prediction_shift_threshold.
 
 Apart from the checks, ``label_quality`` compares the champion's agreement with the new rows' labels to its
-agreement on the reference holdout; it is not drift (it does not ask for a retrain), it warns of bad labels.
+agreement on the reference holdout, pooled and batch by batch; it is not drift (it does not ask for a retrain):
+a flagged batch stops the run, and decide withdraws it from the latest snapshot (tasks.data.withdraw).
 
 The model checks compare against the reference's *holdout* rows when there are enough of them: the champion
 never trained on those, so its confidence and agreement there are an honest baseline.
@@ -32,7 +33,7 @@ from typing import Any
 
 from tasks import cli, results, storage
 from tasks.contracts import DriftResult
-from tasks.data import snapshots
+from tasks.data import snapshots, withdraw
 from tasks.drift import report
 from tasks.drift.embeddings import model_checks
 from tasks.drift.stats import TextSide, TokenCounter, statistical_checks
@@ -93,7 +94,8 @@ def run_drift(spec: PipelineSpec, run_uri: str, snapshot_uri: str, champion_uri:
           f"most {cfg.embedding_subsample} new and {cfg.embedding_reference_subsample} reference texts", flush=True)
     model, model_data = model_checks(cfg, names, model_dir, model_ref["text"].tolist(), new["text"].tolist(),
                                      max_length=spec.model.max_length, ref_labels=model_ref["label"].to_numpy(),
-                                     cur_labels=new["label"].to_numpy())
+                                     cur_labels=new["label"].to_numpy(), cur_batches=new["batch"].astype(str).tolist(),
+                                     accepted=withdraw.accepted_batches(spec.layout.snapshots))
     checks.update(model)
     plot_data.update(model_data)
     timings["model_seconds"] = round(model_data["model_seconds"], 3)

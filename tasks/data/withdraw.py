@@ -1,0 +1,210 @@
+"""Withdraw ingested batches from the latest snapshot, or readmit them: what happens to a batch with bad labels.
+
+    python -m tasks withdraw --spec SPEC --batch ID [ID ...] --reason TEXT
+    python -m tasks withdraw --spec SPEC --readmit ID [ID ...] --reason TEXT
+
+When the drift stage's label-quality check flags a batch (the champion disagrees with its labels far more than
+with the reference's), the retrain run's decide step calls ``withdraw`` before any training stage, then fails the
+run and alerts. Without it the bad rows would stay in every later snapshot: each night would stop again, and a
+corrected file would be quarantined as conflicting with the stored labels.
+
+A withdrawal writes a new snapshot: the latest one's parts minus the batches' (its manifest says ``withdrawn``),
+and moves ``latest.json`` to it with a conditional write (re-read and redone when a concurrent ingest moved it).
+Each batch gets a record ``snapshots/<pipeline>/withdrawn/<batch_id>.json`` (reason, files, rows, when, run).
+Nothing is deleted: the part stays where it is and older snapshots keep listing it; the batch's landing files
+stay recorded as processed, so the same files are not read again, while a corrected file (other content) is a
+new batch whose texts no longer conflict with the withdrawn labels. Withdrawing the only batch since the
+champion's snapshot gives back that snapshot's very id (same rows, same content hash).
+
+Readmission (a person judged the labels right, e.g. a real concept shift) adds the part back in a new snapshot
+and records ``snapshots/<pipeline>/accepted/<batch_id>.json``: the label-quality check then leaves that batch's
+rows out, so the next run trains on it instead of stopping again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from tasks import cli, storage
+from tasks.data import snapshots
+from tasks.errors import InfrastructureError, SpecInvalid
+
+log = logging.getLogger("tasks.data.withdraw")
+
+MOVE_ATTEMPTS = 5  # latest.json moved under us this many times in a row: give up (a retry starts over)
+
+
+@dataclass
+class WithdrawArgs:
+    spec: str = field(metadata={"help": "the pipeline spec (YAML file, or a run's spec.json URI)"})
+    reason: str = field(metadata={"help": "why, for the record and the log"})
+    batch: list[str] = field(default_factory=list, metadata={"help": "batch ids to withdraw"})
+    readmit: list[str] = field(default_factory=list, metadata={"help": "withdrawn batch ids to put back"})
+
+
+def withdrawn_uri(snapshots_uri: str, batch_id: str) -> str:
+    return storage.join(snapshots_uri, "withdrawn", f"{batch_id}.json")
+
+
+def accepted_uri(snapshots_uri: str, batch_id: str) -> str:
+    return storage.join(snapshots_uri, "accepted", f"{batch_id}.json")
+
+
+def accepted_batches(snapshots_uri: str) -> list[str]:
+    """Batches a person readmitted: the label-quality check no longer stops a run for them."""
+    prefix = storage.join(snapshots_uri, "accepted")
+    return sorted(o.uri.rsplit("/", 1)[-1][:-len(".json")] for o in storage.list_objects(prefix)
+                  if o.uri.endswith(".json"))
+
+
+def _part(batch_id: str) -> str:
+    return f"parts/{batch_id}.parquet"  # as snapshots.write_part names it
+
+
+def _batch_of(part: str) -> str:
+    return part.rsplit("/", 1)[-1].removesuffix(".parquet")
+
+
+def _part_totals(snapshots_uri: str, batch_id: str, names: Sequence[str], tmp_dir: str):
+    """(ContentSum, label counts, split counts) of one batch's part, read a row group at a time."""
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    local = snapshots.local_parquet(storage.join(snapshots_uri, _part(batch_id)), tmp_dir)
+    pf = pq.ParquetFile(local, pre_buffer=False)
+    column = "text_hash" if "text_hash" in pf.schema_arrow.names else "text"
+    total, counts, splits = snapshots.ContentSum(), np.zeros(len(names), dtype=np.int64), {"train": 0, "holdout": 0}
+    for rb in pf.iter_batches(batch_size=262144, columns=[column, "label", "split"]):
+        th = (snapshots.fixed_binary(rb.column(0), snapshots.TEXT_HASH_BYTES) if column == "text_hash"
+              else snapshots.text_digests(rb.column(0))[:, :snapshots.TEXT_HASH_BYTES])
+        labels = rb.column(1).to_numpy(zero_copy_only=False).astype(np.int64)
+        total.add(th, labels)
+        counts += np.bincount(labels, minlength=len(names))[: len(names)]
+        for item in pc.value_counts(rb.column(2)).to_pylist():
+            splits[item["values"]] = splits.get(item["values"], 0) + item["counts"]
+    return total, {name: int(counts[i]) for i, name in enumerate(names)}, splits
+
+
+def _batch_files(snapshots_uri: str, batch_id: str) -> list[dict[str, Any]]:
+    uri = storage.join(snapshots.batch_records_uri(snapshots_uri), f"{batch_id}.json")
+    return storage.read_json(uri).get("files", []) if storage.exists(uri) else []
+
+
+def _new_manifest(spec, latest_manifest: dict[str, Any], parts: list[str], change: dict[str, Any],
+                  tmp_dir: str) -> dict[str, Any]:
+    """The manifest of the latest snapshot with ``parts`` instead of its own; sums and counts are adjusted by the
+    parts that leave or join (each read once), so the other parts are not read."""
+    where, names = spec.layout.snapshots, list(spec.data.labels)
+    total = snapshots.ContentSum.decode(latest_manifest["content_sum"])
+    labels = dict(latest_manifest["label_counts"])
+    splits = dict(latest_manifest["split_counts"])
+    old, new = set(latest_manifest["parts"]), set(parts)
+    for part, sign in [*((p, -1) for p in old - new), *((p, 1) for p in new - old)]:
+        part_sum, part_labels, part_splits = _part_totals(where, _batch_of(part), names, tmp_dir)
+        total = total.merged(part_sum) if sign > 0 else total.minus(part_sum)
+        labels = {k: labels.get(k, 0) + sign * part_labels.get(k, 0) for k in {**labels, **part_labels}}
+        splits = {k: splits.get(k, 0) + sign * part_splits.get(k, 0) for k in {**splits, **part_splits}}
+    sources = sorted({f["key"] for p in parts for f in _batch_files(where, _batch_of(p))})
+    digest = total.hexdigest()
+    return {
+        "snapshot_id": digest[:16], "pipeline": spec.name, "content_hash": digest, "content_sum": total.encode(),
+        "parent": latest_manifest["snapshot_id"], "parts": parts, "rows": total.rows, "new_rows": 0,
+        "label_counts": labels, "split_counts": splits, **change, "sources": sources,
+        "golden_id": latest_manifest.get("golden_id"), "golden_uri": latest_manifest.get("golden_uri"),
+        "created_at": storage.utcnow(),
+    }
+
+
+def _move(spec, edit, change: dict[str, Any]) -> dict[str, Any] | None:
+    """Apply ``edit(parts) -> parts`` to the latest snapshot as a new snapshot and move latest.json to it; None
+    when the edit changes nothing. Redone from the new pointer when a concurrent ingest moved it."""
+    where = spec.layout.snapshots
+    for _ in range(MOVE_ATTEMPTS):
+        latest, etag = snapshots.read_latest(where)
+        if latest is None:
+            raise SpecInvalid(f"pipeline {spec.name} has no snapshot yet ({snapshots.latest_uri(where)} missing)")
+        manifest = snapshots.read_manifest(latest["snapshot_uri"])
+        parts = edit(list(manifest["parts"]))
+        if parts == manifest["parts"]:
+            return None
+        if not parts:
+            raise SpecInvalid(f"withdrawing would leave pipeline {spec.name}'s snapshot empty; land data first")
+        with tempfile.TemporaryDirectory(prefix="withdraw-") as tmp:
+            new = _new_manifest(spec, manifest, parts, change, tmp)
+        snapshot_uri = snapshots.write_manifest(where, new)
+        pointer = {"snapshot_id": new["snapshot_id"], "snapshot_uri": snapshot_uri, "rows": new["rows"],
+                   "updated_at": storage.utcnow()}
+        try:
+            snapshots.move_latest(where, pointer, etag)
+        except storage.PreconditionFailed:
+            log.info("latest.json moved while withdrawing; redoing it on the new snapshot")
+            continue
+        return {"snapshot_id": new["snapshot_id"], "snapshot_uri": snapshot_uri, "parent": manifest["snapshot_id"],
+                "rows": new["rows"]}
+    raise InfrastructureError(f"{snapshots.latest_uri(where)} kept moving ({MOVE_ATTEMPTS} tries); rerun")
+
+
+def _record(uri: str, record: dict[str, Any]) -> None:
+    """A create-once record; a second withdrawal of the same batch keeps the first record's text."""
+    try:
+        storage.write_bytes(uri, snapshots.json_bytes(record), if_none_match=True)
+    except storage.PreconditionFailed:
+        log.info("%s exists already; keeping it", uri)
+
+
+def withdraw(spec, batch_ids: Sequence[str], reason: str, run_key: str | None = None) -> dict[str, Any]:
+    """Take ``batch_ids`` out of the latest snapshot (see the module doc); returns what was done, for the
+    decision and the log: ``withdrawn`` (batches that were in it), ``files``, ``snapshot_id`` (now latest)."""
+    where = spec.layout.snapshots
+    wanted = {_part(b) for b in batch_ids}
+    present: list[str] = []
+
+    def edit(parts: list[str]) -> list[str]:
+        present[:] = [p for p in parts if p in wanted]
+        return [p for p in parts if p not in wanted]
+
+    moved = _move(spec, edit, {"withdrawn": {"batches": sorted(batch_ids), "reason": reason, "run_key": run_key}})
+    done = sorted(_batch_of(p) for p in present)
+    files = {b: [f["key"] for f in _batch_files(where, b)] for b in done}
+    for b in done:
+        _record(withdrawn_uri(where, b), {"batch_id": b, "reason": reason, "run_key": run_key, "files": files[b],
+                                          "withdrawn_at": storage.utcnow(),
+                                          "snapshot_id": moved["snapshot_id"] if moved else None})
+    if moved:
+        log.info("withdrew batch(es) %s (files %s): latest snapshot is now %s", ", ".join(done),
+                 json.dumps(files), moved["snapshot_id"])
+    latest, _ = snapshots.read_latest(where)
+    return {"withdrawn": done, "files": files, "snapshot_id": (moved or latest or {}).get("snapshot_id"),
+            "snapshot_uri": (moved or latest or {}).get("snapshot_uri"), "reason": reason}
+
+
+def readmit(spec, batch_ids: Sequence[str], reason: str) -> dict[str, Any]:
+    """Put withdrawn batches back into the latest snapshot and mark them accepted (see the module doc)."""
+    where = spec.layout.snapshots
+    for b in batch_ids:
+        if not storage.exists(withdrawn_uri(where, b)):
+            raise SpecInvalid(f"batch {b} of pipeline {spec.name} was never withdrawn ({withdrawn_uri(where, b)})")
+        _record(accepted_uri(where, b), {"batch_id": b, "reason": reason, "accepted_at": storage.utcnow()})
+    moved = _move(spec, lambda parts: parts + [_part(b) for b in batch_ids if _part(b) not in parts],
+                  {"readmitted": {"batches": sorted(batch_ids), "reason": reason}})
+    latest, _ = snapshots.read_latest(where)
+    return {"readmitted": sorted(batch_ids), "snapshot_id": (moved or latest or {}).get("snapshot_id"),
+            "snapshot_uri": (moved or latest or {}).get("snapshot_uri"), "reason": reason}
+
+
+def main(argv: list[str]) -> int:
+    from tasks.spec import load_spec
+
+    args = cli.parse(WithdrawArgs, argv, prog="python -m tasks withdraw", description=__doc__.splitlines()[0])
+    if bool(args.batch) == bool(args.readmit):
+        raise SpecInvalid("give --batch ID (to withdraw) or --readmit ID (to put back), not both or neither")
+    spec = load_spec(args.spec)
+    outcome = withdraw(spec, args.batch, args.reason) if args.batch else readmit(spec, args.readmit, args.reason)
+    print(json.dumps(outcome, sort_keys=True))
+    return 0
+
