@@ -56,8 +56,14 @@ def test_withdraw_gives_back_the_snapshot_before_the_bad_batch_and_a_corrected_f
     assert record["reason"] == "labels flipped" and record["files"] == ["day2.tsv"] and record["run_key"] == "r2"
     # Nothing deleted: the poisoned snapshot and its part are still there.
     assert len(snapshots.read_snapshot(poisoned["snapshot_uri"])) == 200
-    # Withdrawing it again changes nothing.
-    assert withdraw.withdraw(spec, [poisoned["batch_id"]], reason="again")["withdrawn"] == []
+    # Withdrawing it again (a retried decide) changes nothing and keeps the first record.
+    again = withdraw.withdraw(spec, [poisoned["batch_id"]], reason="again")
+    assert again["withdrawn"] == [poisoned["batch_id"]] and again["snapshot_id"] == first["snapshot_id"]
+    assert storage.read_json(withdraw.withdrawn_uri(spec.layout.snapshots, poisoned["batch_id"]))["reason"] == \
+        "labels flipped"
+    assert len([o for o in storage.list_objects(spec.layout.snapshots) if o.uri.endswith("manifest.json")]) == 2
+    # A batch that was never in a snapshot is not withdrawn.
+    assert withdraw.withdraw(spec, ["0123456789abcdef"], reason="typo")["withdrawn"] == []
 
     # The same file is not read again; the corrected one lands, without conflicts with the withdrawn labels.
     assert run_ingest(spec, run_folder(spec, "r3"))["changed"] is False

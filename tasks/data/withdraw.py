@@ -169,9 +169,11 @@ def withdraw(spec, batch_ids: Sequence[str], reason: str, run_key: str | None = 
         return [p for p in parts if p not in wanted]
 
     moved = _move(spec, edit, {"withdrawn": {"batches": sorted(batch_ids), "reason": reason, "run_key": run_key}})
-    done = sorted(_batch_of(p) for p in present)
+    now = {_batch_of(p) for p in present}
+    # A retried decide finds its batches out already: they count as withdrawn, their first record stays.
+    done = sorted(b for b in batch_ids if b in now or storage.exists(withdrawn_uri(where, b)))
     files = {b: [f["key"] for f in _batch_files(where, b)] for b in done}
-    for b in done:
+    for b in sorted(now):
         _record(withdrawn_uri(where, b), {"batch_id": b, "reason": reason, "run_key": run_key, "files": files[b],
                                           "withdrawn_at": storage.utcnow(),
                                           "snapshot_id": moved["snapshot_id"] if moved else None})
