@@ -9,6 +9,7 @@ String values may use ``${VAR}`` / ``${VAR:-default}`` (environment) and ``{stor
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -66,11 +67,28 @@ class DataSpec(_Section):
 
     @model_validator(mode="after")
     def _labels(self) -> "DataSpec":
-        if len(set(self.labels)) != len(self.labels):
-            raise ValueError("labels must be unique")
+        from tasks.data.validation import label_key  # landed labels match names by this key
+
+        blank = [name for name in self.labels if not name.strip()]
+        if blank:
+            raise ValueError(f"labels must not be empty or blank (got {blank})")
+        repeated = sorted({name for name in self.labels if self.labels.count(name) > 1})
+        if repeated:
+            raise ValueError(f"labels must be unique; repeated: {repeated}")
         unknown = sorted(set(self.label_aliases.values()) - set(self.labels))
         if unknown:
             raise ValueError(f"label_aliases map to names not in labels: {unknown}")
+        # Landed labels match case- and whitespace-insensitively, so names (and aliases of different labels) that
+        # differ only so would be ambiguous.
+        targets: dict[str, set[str]] = {}
+        spellings: dict[str, list[str]] = {}
+        for raw, name in [(n, n) for n in self.labels] + [(str(a), n) for a, n in self.label_aliases.items()]:
+            targets.setdefault(label_key(raw), set()).add(name)
+            spellings.setdefault(label_key(raw), []).append(raw)
+        clashes = [spellings[key] for key, names in targets.items() if len(names) > 1]
+        if clashes:
+            raise ValueError(f"labels or label_aliases that differ only in case, accents' encoding or whitespace "
+                             f"name different labels, so a landed label could not tell them apart: {clashes}")
         return self
 
 
@@ -469,7 +487,11 @@ def load_spec(path_or_uri: str | Path) -> PipelineSpec:
     except (FileNotFoundError, storage.NotFound):
         raise SpecError(f"pipeline spec not found: {source}") from None
     try:
-        raw = yaml.safe_load(text)
+        # A frozen spec.json is JSON: YAML would read its \uXXXX surrogate pairs (an emoji label) as two lone
+        # surrogates, so every stage would see labels that differ from the spec's.
+        raw = json.loads(text) if source.endswith(".json") else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"invalid pipeline spec {source}: not valid JSON: {exc}") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"invalid pipeline spec {source}: not valid YAML: {exc}") from None
     spec = parse_spec(raw, source)

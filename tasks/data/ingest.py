@@ -39,7 +39,7 @@ from tasks import cli, results, storage
 from tasks.contracts import IngestResult
 from tasks.data import landing, readers, snapshots
 from tasks.data.golden import ensure_golden, golden_texts
-from tasks.data.landing import LandingFile, LandingRefused
+from tasks.data.landing import LandingChanged, LandingFile, LandingRefused
 from tasks.data.quarantine import BadFile, Quarantine
 from tasks.data.readers import Unparseable
 from tasks.data.validation import (CONFLICTING, UNPARSEABLE_FILE, UNREADABLE, UNSUPPORTED_FORMAT, Bad, LabelMap,
@@ -270,6 +270,16 @@ def _copy_of(fh: Any, path: str) -> str:
     return path
 
 
+def unsupported_detail(spec: PipelineSpec, key: str, fmt: str | None) -> str:
+    allowed = sorted(spec.landing.formats)
+    if fmt is not None:
+        return f"{fmt} files are not in landing.formats {allowed}"
+    name = key.rsplit("/", 1)[-1]
+    ext = os.path.splitext(name[:-3] if readers.is_gzip(name) else name)[1] or "(none)"
+    return (f"unsupported file type (extension {ext}); expected one of {allowed}: .csv .tsv .jsonl .ndjson .parquet, "
+            f"optionally .gz, or set data.format to read every landed file as one format")
+
+
 def stage_file(spec: PipelineSpec, f: LandingFile, fh: Any, batch: Batch, labels: LabelMap, work: str,
                number: int, keys_file: Any) -> Staged | BadFile | None:
     """Pass 1 for one landed file: its good rows staged, its bad rows in the quarantine spool; a BadFile (its
@@ -289,9 +299,8 @@ def stage_file(spec: PipelineSpec, f: LandingFile, fh: Any, batch: Batch, labels
     if not head:
         return None
     if fmt is None or fmt not in spec.landing.formats:
-        allowed = sorted(spec.landing.formats)
-        return BadFile(f.key, UNSUPPORTED_FORMAT, f"unsupported file type; expected one of {allowed} (optionally .gz)",
-                       f.size, _lines_of(fh, gz), copy_path=_copy_of(fh, copy_path))
+        return BadFile(f.key, UNSUPPORTED_FORMAT, unsupported_detail(spec, f.key, fmt), f.size, _lines_of(fh, gz),
+                       copy_path=_copy_of(fh, copy_path))
     fh.seek(0)
     content = readers.Content(fh, gz)
     stage_path = os.path.join(work, f"stage-{number}.arrow")
@@ -328,7 +337,8 @@ def stage_file(spec: PipelineSpec, f: LandingFile, fh: Any, batch: Batch, labels
                 "holdout": pa.array(snapshots.holdout_mask(digests, spec.data.holdout_fraction)),
                 "text_hash": hashes}, schema=schema))
             staged += len(good.lines)
-    except Unparseable as exc:
+        landing.check_unchanged(f, fh)
+    except (Unparseable, LandingChanged) as exc:
         writer.close()
         os.unlink(stage_path)
         if source is not fh:
@@ -338,6 +348,8 @@ def stage_file(spec: PipelineSpec, f: LandingFile, fh: Any, batch: Batch, labels
         batch.keyed_rows = keyed_before
         keys_file.seek(keyed_before * KEY_DTYPE.itemsize)
         keys_file.truncate()
+        if isinstance(exc, LandingChanged):  # still being written: not recorded, so the next run reads it whole
+            return BadFile(f.key, UNREADABLE, str(exc), f.size)
         return BadFile(f.key, UNPARSEABLE_FILE, str(exc), f.size, _lines_of(fh, gz), copy_path=_copy_of(fh, copy_path))
     writer.close()
     if source is not fh:
@@ -373,18 +385,17 @@ def read_files(spec: PipelineSpec, batch: Batch, work: str, keys_file: Any) -> N
             with landing.open_file(spec.layout.landing, f, work) as fh:
                 outcome = stage_file(spec, f, fh, batch, labels, work, number, keys_file)
         except LandingRefused as exc:
-            batch.quarantine.files.append(BadFile(f.key, exc.reason, exc.detail, f.size))
-            continue
+            outcome = BadFile(f.key, exc.reason, exc.detail, f.size)
         except storage.NotFound:  # gone since the listing (or a key storage cannot address)
-            batch.quarantine.files.append(BadFile(f.key, UNREADABLE, "not found when read", f.size))
-            continue
+            outcome = BadFile(f.key, UNREADABLE, "not found when read", f.size)
         except OSError as exc:  # local: permission denied, or gone since the listing
-            batch.quarantine.files.append(BadFile(f.key, UNREADABLE, f"cannot read: {exc.strerror}", f.size))
-            continue
+            outcome = BadFile(f.key, UNREADABLE, f"cannot read: {exc.strerror}", f.size)
         if outcome is None:
             batch.empty.append(f.key)
         elif isinstance(outcome, BadFile):
             batch.quarantine.files.append(outcome)
+            if outcome.reason == UNREADABLE:  # not recorded as processed: the next run tries it again
+                f.problem, f.detail = UNREADABLE, outcome.detail
         else:
             batch.read.append(f.key)
             batch.staged.append(outcome)

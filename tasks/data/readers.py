@@ -109,10 +109,41 @@ def _columns(header: list[str] | None, text_col: str, label_col: str) -> tuple[l
     if header is None:
         raise Unparseable("no header line")
     header = [h.strip() for h in header]
-    missing = [c for c in (text_col, label_col) if c not in header]
+    t_idx, l_idx = column_positions(header, text_col, label_col, "header (the first line)")
+    return header, t_idx, l_idx
+
+
+def _loose(name: Any) -> str:
+    return name.strip().casefold() if isinstance(name, str) else ""
+
+
+def column_positions(names: list[str], text_col: str, label_col: str, what: str = "columns") -> tuple[int, int]:
+    """Where the text and label columns are among a file's column names: the name exactly, else the one name that
+    equals it but for case and surrounding whitespace (``Text`` for ``text``). Unparseable when a column is
+    missing, named twice, or matched loosely by two names (the file is then ambiguous, not guessed at)."""
+    found, missing = [], []
+    for wanted in (text_col, label_col):
+        exact = [i for i, n in enumerate(names) if n == wanted]
+        hits = exact or [i for i, n in enumerate(names) if _loose(n) == _loose(wanted)]
+        if len(hits) > 1:
+            raise Unparseable(f"{what} {printable(names[:10])} name column {wanted!r} more than once "
+                              f"({printable([names[i] for i in hits])}); which one is meant is not guessed")
+        if not hits:
+            missing.append(wanted)
+        else:
+            found.append(hits[0])
     if missing:
-        raise Unparseable(f"header {printable(header[:10])} lacks column(s) {missing}")
-    return header, header.index(text_col), header.index(label_col)
+        raise Unparseable(f"{what} {printable(names[:10])} lack(s) column(s) {missing}")
+    return found[0], found[1]
+
+
+def json_field(obj: dict, name: str) -> tuple[bool, Any]:
+    """(present, value) of a JSON object's field: the key exactly, else the one key that equals it but for case
+    and surrounding whitespace (as column_positions); two such keys are not guessed between (absent)."""
+    if name in obj:
+        return True, obj[name]
+    hits = [k for k in obj if _loose(k) == _loose(name)]
+    return (True, obj[hits[0]]) if len(hits) == 1 else (False, None)
 
 
 def _rows_of(reader: Any, line_offset: int, delimiter: str, n_fields: int, t_idx: int, l_idx: int) -> list[RawRow]:
@@ -153,10 +184,11 @@ def read_jsonl(data: bytes, text_col: str, label_col: str) -> list[RawRow]:
         if not isinstance(obj, dict):
             rows.append(RawRow(line_no, None, None, MALFORMED, "not a JSON object", line[:500]))
             continue
-        if text_col not in obj:
+        has_text, text = json_field(obj, text_col)
+        if not has_text:
             rows.append(RawRow(line_no, None, None, MALFORMED, f"no field {text_col!r}", line[:500]))
             continue
-        rows.append(RawRow(line_no, obj[text_col], obj.get(label_col), raw=line[:500]))
+        rows.append(RawRow(line_no, text, json_field(obj, label_col)[1], raw=line[:500]))
     return rows
 
 
@@ -167,11 +199,9 @@ def read_parquet(data: bytes, text_col: str, label_col: str) -> list[RawRow]:
         table = pq.read_table(io.BytesIO(data))
     except Exception as exc:  # pyarrow raises several types for a bad file
         raise Unparseable(f"not a readable Parquet file: {exc}") from None
-    missing = [c for c in (text_col, label_col) if c not in table.column_names]
-    if missing:
-        raise Unparseable(f"columns {table.column_names[:10]} lack {missing}")
-    texts = table.column(text_col).to_pylist()
-    labels = table.column(label_col).to_pylist()
+    t_idx, l_idx = column_positions(table.column_names, text_col, label_col)
+    texts = table.column(t_idx).to_pylist()
+    labels = table.column(l_idx).to_pylist()
     return [RawRow(i + 1, t, l, raw={"text": t, "label": l}) for i, (t, l) in enumerate(zip(texts, labels))]
 
 
@@ -438,6 +468,9 @@ def _arrow_jsonl(piece: bytes, first_line: int, text_col: str, label_col: str):
                                                                    unexpected_field_behavior="infer"))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
+    if any(n not in (text_col, label_col) and _loose(n) in (_loose(text_col), _loose(label_col))
+           for n in table.column_names):
+        return None  # a key that differs in case or spaces: the Python reader decides per object (json_field)
     texts = table.column(text_col).combine_chunks()
     if table.num_rows != len(numbers) or texts.null_count:
         return None
@@ -479,11 +512,9 @@ def iter_parquet(fh: Any, text_col: str, label_col: str):
         names = pf.schema_arrow.names
     except Exception as exc:  # pyarrow raises several types for a bad file
         raise Unparseable(f"not a readable Parquet file: {exc}") from None
-    missing = [c for c in (text_col, label_col) if c not in names]
-    if missing:
-        raise Unparseable(f"columns {names[:10]} lack {missing}")
+    t_idx, l_idx = column_positions(names, text_col, label_col)
     offset = 0
-    batches = pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[text_col, label_col])
+    batches = pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[names[t_idx], names[l_idx]])
     while True:
         try:
             batch = next(batches, None)

@@ -59,14 +59,23 @@ def clip(raw: Any, limit: int = 500) -> Any:
     return raw
 
 
+def label_key(value: str) -> str:
+    """How a landed label matches a name (or alias) that it does not equal exactly: Unicode NFC, whitespace runs
+    collapsed, trimmed, casefolded ("VERY  Positive" matches "very positive"; "Zu\u0308rich" matches "Zürich").
+    The spec refuses labels that share a key (tasks/spec.py), so the match is never ambiguous."""
+    return normalize_text(value).casefold()
+
+
 class LabelMap:
-    """Raw label values -> int index into spec.data.labels, through label_aliases."""
+    """Raw label values -> int index into spec.data.labels, through label_aliases: an exact match first, then one
+    by :func:`label_key`."""
 
     def __init__(self, labels: list[str], aliases: dict[str, str]) -> None:
         self.labels = labels
         self._index = {name: i for i, name in enumerate(labels)}
         for raw, name in aliases.items():
             self._index[str(raw).strip()] = self._index[name]
+        self._loose = {label_key(name): i for name, i in self._index.items()}
 
     @staticmethod
     def _raw(value: Any) -> str | None:
@@ -89,7 +98,7 @@ class LabelMap:
             return None, MISSING_LABEL
         index = self._index.get(raw)
         if index is None:
-            index = self._index.get(raw.lower())
+            index = self._loose.get(label_key(raw))
         return (index, None) if index is not None else (None, UNKNOWN_LABEL)
 
 
