@@ -48,6 +48,16 @@ class LandingSpec(_Section):
     formats: list[Literal["csv", "tsv", "jsonl", "parquet"]] = ["csv", "tsv", "jsonl", "parquet"]
 
 
+def _label_name(value: Any) -> Any:
+    """A label name (or alias key) as written in YAML: a number is its digits (``labels: [0, 1]``); a YAML boolean
+    or null is refused, since unquoted yes/no/on/off/true/false/null are not the strings they look like."""
+    if isinstance(value, bool) or value is None:
+        raise PydanticCustomError(
+            "label_name", "YAML read {value} as a {kind}, not a label name: quote it (\"yes\", \"no\", \"null\")",
+            {"value": repr(value), "kind": "null" if value is None else "boolean"})
+    return str(value) if isinstance(value, int) else value
+
+
 class DataSpec(_Section):
     text_column: str = "text"
     label_column: str = "label"
@@ -64,6 +74,29 @@ class DataSpec(_Section):
                             "format wins, and then every landed file is read as it, whatever its extension")
     csv_delimiter: str = Field(",", min_length=1, max_length=1,
                                description="Field separator of CSV files (RFC 4180 quoting), e.g. ; for many exports")
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _label_names(cls, value: Any) -> Any:
+        return [_label_name(v) for v in value] if isinstance(value, list) else value
+
+    @field_validator("label_aliases", mode="before")
+    @classmethod
+    def _alias_keys(cls, value: Any) -> Any:
+        return {_label_name(k): _label_name(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+    @field_validator("csv_delimiter")
+    @classmethod
+    def _delimiter(cls, value: str) -> str:
+        if value in ('"', "\n", "\r"):
+            raise PydanticCustomError("delimiter", "a quote or a line break cannot separate fields", {})
+        return value
+
+    @model_validator(mode="after")
+    def _columns(self) -> "DataSpec":
+        if self.text_column.strip().casefold() == self.label_column.strip().casefold():
+            raise ValueError(f"text_column and label_column name the same column ({self.text_column!r})")
+        return self
 
     @model_validator(mode="after")
     def _labels(self) -> "DataSpec":
@@ -384,6 +417,15 @@ class PipelineSpec(_Section):
                 value = value.replace(token, replacement)
             if value != getattr(obj, attr):
                 object.__setattr__(obj, attr, value)
+        return self
+
+    @model_validator(mode="after")
+    def _golden_format(self) -> "PipelineSpec":
+        from tasks.data.readers import FORMATS, file_format
+
+        if file_format(self.golden.source_uri, self.data.format) is None:
+            raise ValueError(f"golden.source_uri {self.golden.source_uri} has no supported extension "
+                             f"({' '.join(FORMATS)}, optionally .gz); rename it or set data.format")
         return self
 
     @property

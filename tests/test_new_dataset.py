@@ -187,3 +187,21 @@ def test_spec_refuses_labels_a_landed_label_could_not_tell_apart(tmp_path, label
     with pytest.raises(SpecError, match="data") as err:
         make_spec("file://" + str(tmp_path), data={"labels": labels, "label_aliases": aliases})
     assert expected in str(err.value)
+
+
+def test_files_in_another_encoding_or_with_another_delimiter_say_so(tmp_path):
+    spec = twenty_class_spec(tmp_path, max_bad_fraction=0.9)
+    rows = [(t, LABELS[9]) for t in texts(30)]
+    land(spec, "good.tsv", tsv(rows[:10]))
+    land(spec, "excel-unicode.tsv", tsv(rows[10:20]).decode().encode("utf-16"))  # "Unicode text": UTF-16 LE + BOM
+    land(spec, "semicolons.csv", "text;label\n" + "".join(f"{t};{label}\n" for t, label in rows[20:30]))
+    land(spec, "cp1252.tsv", tsv([("it\u2019s \u201cfine\u201d", LABELS[9])]).decode().encode("cp1252"))
+
+    result = run_ingest(spec)
+    bad = whole_files(result)
+    assert bad["excel-unicode.tsv"]["reason"] == validation.UNPARSEABLE_FILE
+    assert "UTF-16 text (byte order mark ff fe); only UTF-8 is read" in bad["excel-unicode.tsv"]["detail"]
+    assert "one field holding ';'" in bad["semicolons.csv"]["detail"]
+    rows_file = storage.read_text(storage.join(result["quarantine_uri"], "rows.jsonl"))
+    (row,) = [json.loads(line) for line in rows_file.splitlines()]
+    assert row["reason"] == validation.UNDECODABLE and "latin-1/cp1252" in row["detail"]

@@ -34,6 +34,27 @@ class Unparseable(ValueError):
     """A whole file that cannot be parsed; it is quarantined whole."""
 
 
+# Only UTF-8 is read; the details say what the file more likely is (a spreadsheet's "Unicode text" export is UTF-16).
+NOT_UTF8 = "bytes that are not valid UTF-8 (saved as latin-1/cp1252? files must be UTF-8)"
+_UTF_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+             (b"\xfe\xff", "UTF-16"))
+
+
+def binary_detail(head: bytes) -> str:
+    """Why text with NUL bytes is refused, naming a UTF-16/32 byte order mark when the file starts with one."""
+    for bom, name in _UTF_BOMS:
+        if head.startswith(bom):
+            return f"{name} text (byte order mark {bom.hex(' ')}); only UTF-8 is read: save the file as UTF-8"
+    return "binary content (NUL bytes): not a UTF-8 text file (UTF-16 without a byte order mark, or not text)"
+
+
+def csv_error(line: int, exc: Exception) -> str:
+    detail = f"CSV error near line {line}: {exc}"
+    if "field larger than field limit" in str(exc):
+        detail += " (a field of more than 16 MiB: a quote that never closes, or the wrong delimiter or format?)"
+    return detail
+
+
 @dataclass
 class RawRow:
     line: int  # 1-based physical line (CSV/TSV: header is line 1; JSONL: line; Parquet: row number)
@@ -73,7 +94,7 @@ def gunzip(data: bytes) -> bytes:
 
 def _decode(data: bytes) -> str:
     if b"\x00" in data:
-        raise Unparseable("binary content (NUL bytes); not a text file")
+        raise Unparseable(binary_detail(data))
     # surrogateescape keeps undecodable bytes as lone surrogates, so only the rows that hold them are bad.
     return data.decode("utf-8-sig", errors="surrogateescape")
 
@@ -101,7 +122,7 @@ def read_delimited(data: bytes, fmt: str, text_col: str, label_col: str, tsv_quo
         header, t_idx, l_idx = _columns(next(reader, None), text_col, label_col)
         return _rows_of(reader, 0, delimiter, len(header), t_idx, l_idx)
     except csv.Error as exc:
-        raise Unparseable(f"CSV error near line {reader.line_num}: {exc}") from None
+        raise Unparseable(csv_error(reader.line_num, exc)) from None
 
 
 def _columns(header: list[str] | None, text_col: str, label_col: str) -> tuple[list[str], int, int]:
@@ -109,7 +130,14 @@ def _columns(header: list[str] | None, text_col: str, label_col: str) -> tuple[l
     if header is None:
         raise Unparseable("no header line")
     header = [h.strip() for h in header]
-    t_idx, l_idx = column_positions(header, text_col, label_col, "header (the first line)")
+    try:
+        t_idx, l_idx = column_positions(header, text_col, label_col, "header (the first line)")
+    except Unparseable as exc:
+        others = [d for d in (",", ";", "\t", "|") if len(header) == 1 and d in header[0]]
+        if others:  # one field holding another separator: the file's delimiter is not the pipeline's
+            raise Unparseable(f"{exc}; the line is one field holding {others[0]!r}: is the file's delimiter the "
+                              f"pipeline's (data.csv_delimiter, data.format)?") from None
+        raise
     return header, t_idx, l_idx
 
 
@@ -160,7 +188,7 @@ def _rows_of(reader: Any, line_offset: int, delimiter: str, n_fields: int, t_idx
             continue
         row = RawRow(line, fields[t_idx], fields[l_idx], raw=raw)
         if _undecodable(fields[t_idx]) or _undecodable(fields[l_idx]):
-            row.problem, row.detail = UNDECODABLE, "bytes that are not valid UTF-8"
+            row.problem, row.detail = UNDECODABLE, NOT_UTF8
         rows.append(row)
     return rows
 
@@ -174,7 +202,7 @@ def read_jsonl(data: bytes, text_col: str, label_col: str) -> list[RawRow]:
         if not line.strip():
             continue
         if _undecodable(line):
-            rows.append(RawRow(line_no, None, None, UNDECODABLE, "bytes that are not valid UTF-8", printable(line)))
+            rows.append(RawRow(line_no, None, None, UNDECODABLE, NOT_UTF8, printable(line)))
             continue
         try:
             obj = json.loads(line)
@@ -328,11 +356,12 @@ def pieces(content: Content, quoted: bool, first_record_alone: bool = False):
         if not block:
             eof = True
         else:
+            head = b""
             if not started:
-                started = True
+                started, head = True, block[:4]
                 block = block[len(_BOM):] if block.startswith(_BOM) else block
             if b"\x00" in block:
-                raise Unparseable("binary content (NUL bytes); not a text file")
+                raise Unparseable(binary_detail(head))
             buf += block
             ends.scan(buf)
         while buf:
@@ -362,7 +391,7 @@ def _python_delimited(piece: bytes, first_line: int, delimiter: str, quoted: boo
     try:
         return _rows_of(reader, first_line - 1, delimiter, len(header), t_idx, l_idx)
     except csv.Error as exc:
-        raise Unparseable(f"CSV error near line {first_line - 1 + reader.line_num}: {exc}") from None
+        raise Unparseable(csv_error(first_line - 1 + reader.line_num, exc)) from None
 
 
 def _line_bounds(piece: bytes, first_line: int):
@@ -435,7 +464,7 @@ def _python_header(piece: bytes, delimiter: str, quoted: bool) -> list[str] | No
     try:
         return next(reader, None)
     except csv.Error as exc:
-        raise Unparseable(f"CSV error near line {reader.line_num}: {exc}") from None
+        raise Unparseable(csv_error(reader.line_num, exc)) from None
 
 
 # ---------------------------------------------------------------------- JSONL
@@ -557,7 +586,7 @@ def chunk_of_rows(rows: list[RawRow]) -> Chunk:
             problems.append(RawRow(row.line, None, None, MALFORMED,
                                    f"text is {type(row.text).__name__}, not a string", row.raw))
         elif row.text is not None and _undecodable(row.text):
-            problems.append(RawRow(row.line, None, None, UNDECODABLE, "bytes that are not valid UTF-8",
+            problems.append(RawRow(row.line, None, None, UNDECODABLE, NOT_UTF8,
                                    printable(row.raw)))
         else:
             ok.append(row)
