@@ -205,3 +205,16 @@ def test_files_in_another_encoding_or_with_another_delimiter_say_so(tmp_path):
     rows_file = storage.read_text(storage.join(result["quarantine_uri"], "rows.jsonl"))
     (row,) = [json.loads(line) for line in rows_file.splitlines()]
     assert row["reason"] == validation.UNDECODABLE and "latin-1/cp1252" in row["detail"]
+
+
+def test_numbers_for_named_labels_are_rejected_with_what_to_set(tmp_path):
+    from tasks.errors import DataRejected
+
+    spec = twenty_class_spec(tmp_path)
+    land(spec, "ids.parquet", parquet_bytes({"text": texts(20), "label": list(range(20))}))
+    with pytest.raises(DataRejected) as err:
+        run_ingest(spec)
+    message = str(err.value)
+    assert "label 0 not in data.labels (20 names)" in message
+    assert "numbers as labels need data.label_aliases (e.g. {'0': 'Very Positive'})" in message
+    assert message.count("Ελληνικά") == 1  # the 20 names once, not once per example row

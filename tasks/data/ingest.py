@@ -42,8 +42,8 @@ from tasks.data.golden import ensure_golden, golden_texts
 from tasks.data.landing import LandingChanged, LandingFile, LandingRefused
 from tasks.data.quarantine import BadFile, Quarantine
 from tasks.data.readers import Unparseable
-from tasks.data.validation import (CONFLICTING, UNPARSEABLE_FILE, UNREADABLE, UNSUPPORTED_FORMAT, Bad, LabelMap,
-                                   validate_chunk)
+from tasks.data.validation import (CONFLICTING, UNKNOWN_LABEL, UNPARSEABLE_FILE, UNREADABLE, UNSUPPORTED_FORMAT, Bad,
+                                   LabelMap, unknown_label_hint, validate_chunk)
 from tasks.errors import DataRejected, InfrastructureError, SpecInvalid
 from tasks.spec import PipelineSpec, SpecError, load_spec
 
@@ -413,7 +413,9 @@ def check_bad_share(spec: PipelineSpec, batch: Batch) -> None:
         raise DataRejected(
             f"batch rejected: {bad} of {total} rows are bad ({bad / total:.0%} > data.max_bad_fraction "
             f"{spec.data.max_bad_fraction:.0%}); nothing was committed. By reason: {q.reasons()}. "
-            f"First: {q.examples()}. Fix or remove the files in {spec.layout.landing} and rerun.")
+            f"First: {q.examples()}. Fix or remove the files in {spec.layout.landing} and rerun."
+            + (f" Unknown {unknown_label_hint(spec.data.labels, spec.data.label_aliases)}."
+               if UNKNOWN_LABEL in q.row_reasons else ""))
 
 
 @dataclass

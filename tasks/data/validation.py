@@ -66,6 +66,22 @@ def label_key(value: str) -> str:
     return normalize_text(value).casefold()
 
 
+def unknown_detail(value: Any, labels: list[str]) -> str:
+    """Why a label is unknown; a long label list is named by its size (the rejection message lists it once)."""
+    names = str(labels) if len(str(labels)) <= 200 else f"data.labels ({len(labels)} names)"
+    return f"label {printable(value)!r} not in {names}"
+
+
+def unknown_label_hint(labels: list[str], aliases: dict[str, str]) -> str:
+    """What an unknown label is matched against, for the message of a rejected batch."""
+    hint = f"labels are matched against data.labels {labels}"
+    if aliases:
+        hint += f" and data.label_aliases {dict(list(aliases.items())[:10])}"
+    if not all(name.isdigit() for name in labels):
+        hint += f"; numbers as labels need data.label_aliases (e.g. {{'0': {labels[0]!r}}})"
+    return hint
+
+
 class LabelMap:
     """Raw label values -> int index into spec.data.labels, through label_aliases: an exact match first, then one
     by :func:`label_key`."""
@@ -140,7 +156,7 @@ def validate(source: str, rows: Iterable["RawRow"], labels: LabelMap, max_chars:
             continue
         index, reason = labels.lookup(row.label)
         if reason:
-            detail = "no label" if reason == MISSING_LABEL else f"label {printable(row.label)!r} not in {labels.labels}"
+            detail = "no label" if reason == MISSING_LABEL else unknown_detail(row.label, labels.labels)
             bad.append(Bad(source, row.line, reason, detail, row.raw))
             continue
         good.append(Good(source, row.line, text, index))
@@ -277,7 +293,7 @@ def validate_chunk(source: str, chunk: Any, label_map: LabelMap, max_chars: int)
         else:
             value = chunk.labels[i] if isinstance(chunk.labels, list) else chunk.labels[i].as_py()
             detail = "no label" if reasons[i] == MISSING_LABEL else \
-                f"label {printable(value)!r} not in {label_map.labels}"
+                unknown_detail(value, label_map.labels)
             bad.append(Bad(source, line, reasons[i], detail, chunk.raw(i)))
     bad.sort(key=lambda b: b.line)
     mask = pa.array(good)
