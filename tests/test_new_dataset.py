@@ -218,3 +218,20 @@ def test_numbers_for_named_labels_are_rejected_with_what_to_set(tmp_path):
     assert "label 0 not in data.labels (20 names)" in message
     assert "numbers as labels need data.label_aliases (e.g. {'0': 'Very Positive'})" in message
     assert message.count("Ελληνικά") == 1  # the 20 names once, not once per example row
+
+
+@pytest.mark.parametrize("golden, expected", [
+    ([(f"golden text {i}", "not a label") for i in range(10)] + [("golden text ok", "x-y")],
+     "10 of 11 rows are bad"),
+    ([], "has no rows"),
+])
+def test_a_mostly_bad_golden_source_is_not_frozen(tmp_path, golden, expected):
+    from tasks.errors import DataRejected
+
+    spec = twenty_class_spec(tmp_path)
+    put(spec.golden.source_uri, "".join(json.dumps({"text": t, "label": label}) + "\n" for t, label in golden))
+    land(spec, "a.tsv", tsv([(t, "x-y") for t in texts(10)]))
+    with pytest.raises(DataRejected, match=expected) as err:
+        run_ingest(spec)
+    assert "it is not frozen" in str(err.value)
+    assert not storage.exists(storage.join(spec.layout.golden, "current.json"))
