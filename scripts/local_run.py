@@ -85,7 +85,8 @@ def seed_golden(spec) -> None:
         return
     seed_uri = storage.normalize(seed)
     if not storage.exists(seed_uri):
-        raise SystemExit(f"golden.seed_uri {seed} does not exist; the golden set {source} cannot be seeded")
+        raise SystemExit(f"golden.seed_uri {seed} does not exist; the golden set {source} cannot be seeded (a "
+                         f"relative seed_uri is relative to the spec file; or put the golden file at {source})")
     storage.copy(seed_uri, source)
     print(f"[run] golden set: copied {seed_uri} -> {source}", flush=True)
 

@@ -98,6 +98,14 @@ CASES = {
               "jsonl", "none", ","),
     "jsonl-clean": (b"".join(b'{"sentence": "row %d  x", "label": "%d"}\n' % (i, i % 2) for i in range(200)),
                     "jsonl", "none", ","),
+    # Classic Mac line ends (a bare CR each), as "CSV (Macintosh)" exports write them; and a header line ending in
+    # a bare CR before LF lines.
+    "tsv-cr-lines": (PLAIN_TSV.split(b"\ncaf")[0].replace(b"\r\n", b"\n").replace(b"\n", b"\r"), "tsv", "none", ","),
+    "csv-cr-lines": ((written(QUOTED_ROWS, ",") + b"bad label,neutral\n").replace(b"\n", b"\r"), "csv", "none", ","),
+    "jsonl-cr-lines": (b"".join(b'{"sentence": "row %d", "label": %d}\r' % (i, i % 3) for i in range(50)),
+                       "jsonl", "none", ","),
+    "tsv-cr-header": (b"sentence\tlabel\rcr row\t1\rcr bad\t7\r" + b"".join(b"r %d\t1\n" % i for i in range(20)),
+                      "tsv", "none", ","),
     "parquet": (parquet_bytes({"sentence": HOSTILE + [None, "  ", "ok"], "label": [1] * len(HOSTILE) + [0, 1, None]}),
                 "parquet", "none", ","),
     "parquet-int-text": (parquet_bytes({"sentence": [1, 2], "label": [0, 1]}), "parquet", "none", ","),

@@ -236,6 +236,8 @@ def read_parquet(data: bytes, text_col: str, label_col: str) -> list[RawRow]:
 def read_rows(data: bytes, fmt: str, text_col: str, label_col: str, *, tsv_quoting: str = "none",
               csv_delimiter: str = ",") -> list[RawRow]:
     """Rows of one file's (already decompressed) bytes in format ``fmt``; Unparseable if the file is bad whole."""
+    if fmt in ("csv", "tsv", "jsonl") and cr_lines(data):
+        data = data.replace(b"\r", b"\n")  # as LineEnds does for a landed file
     return by_format(fmt, lambda: read_delimited(data, fmt, text_col, label_col, tsv_quoting, csv_delimiter),
                      lambda: read_jsonl(data, text_col, label_col), lambda: read_parquet(data, text_col, label_col))
 
@@ -292,6 +294,29 @@ class Content:
         if self._seen > self._limit:
             raise Unparseable(f"decompresses to more than {self._limit} bytes")
         return data
+
+
+class LineEnds:
+    """A text stream whose lines end in a bare CR (classic Mac, "CSV (Macintosh)" exports) read as LF lines; any
+    other stream as it is. Decided on the first line end seen: no LF before it and a CR = CR lines. (A CR inside a
+    quoted field becomes an LF; normalization makes both one space.)"""
+
+    def __init__(self, content: Content) -> None:
+        self._content, self._cr_lines = content, None
+
+    def read(self, n: int | None = None) -> bytes:
+        data = self._content.read(n)
+        if self._cr_lines is None and data:
+            self._cr_lines = cr_lines(data)
+        return data.replace(b"\r", b"\n") if self._cr_lines else data
+
+
+def cr_lines(data: bytes) -> bool | None:
+    """Whether text's first line end is a bare CR (None: no line end in ``data`` yet)."""
+    lf, cr = data.find(b"\n"), data.find(b"\r")
+    if lf < 0 and cr < 0:
+        return None
+    return cr >= 0 and (lf < 0 or cr < lf - 1)
 
 
 def line_stats(content: Content) -> int:
@@ -445,26 +470,26 @@ def iter_delimited(content: Content, fmt: str, text_col: str, label_col: str, ts
     """Chunks of a CSV/TSV stream; Unparseable when the file is bad whole (header, strict quoting, NUL)."""
     delimiter = "\t" if fmt == "tsv" else csv_delimiter
     quoted = fmt == "csv" or tsv_quoting == "rfc4180"
-    stream = pieces(content, quoted, first_record_alone=True)
+    stream = pieces(LineEnds(content), quoted, first_record_alone=True)
     first = next(stream, None)
     if first is None:
         raise Unparseable("no header line")
-    header, t_idx, l_idx = _columns(_python_header(first[0], delimiter, quoted), text_col, label_col)
+    reader = csv.reader(io.StringIO(first[0].decode("utf-8", errors="surrogateescape"), newline=""),
+                        delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE, strict=quoted)
+    try:
+        header, t_idx, l_idx = _columns(next(reader, None), text_col, label_col)
+        # Rows in the header's piece: lines that end in a bare CR before the first LF (a mixed file).
+        rest = _rows_of(reader, 0, delimiter, len(header), t_idx, l_idx)
+    except csv.Error as exc:
+        raise Unparseable(csv_error(reader.line_num, exc)) from None
+    if rest:
+        yield chunk_of_rows(rest)
     for piece, line in stream:
         chunk = None
         if (not quoted or b'"' not in piece) and not _bare_cr(piece):
             chunk = _arrow_delimited(piece, line, delimiter, len(header), t_idx, l_idx)
         yield chunk if chunk is not None else chunk_of_rows(
             _python_delimited(piece, line, delimiter, quoted, header, t_idx, l_idx))
-
-
-def _python_header(piece: bytes, delimiter: str, quoted: bool) -> list[str] | None:
-    reader = csv.reader(io.StringIO(piece.decode("utf-8", errors="surrogateescape"), newline=""),
-                        delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE, strict=quoted)
-    try:
-        return next(reader, None)
-    except csv.Error as exc:
-        raise Unparseable(csv_error(reader.line_num, exc)) from None
 
 
 # ---------------------------------------------------------------------- JSONL
@@ -517,7 +542,7 @@ def _arrow_jsonl(piece: bytes, first_line: int, text_col: str, label_col: str):
 
 
 def iter_jsonl(content: Content, text_col: str, label_col: str):
-    for piece, line in pieces(content, quoted=False):
+    for piece, line in pieces(LineEnds(content), quoted=False):
         chunk = _arrow_jsonl(piece, line, text_col, label_col)
         if chunk is None:
             rows = read_jsonl(piece, text_col, label_col)
