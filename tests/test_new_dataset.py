@@ -252,3 +252,31 @@ def test_local_run_refuses_a_folder_a_file_uri_cannot_carry(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "holds '#' or '?'" in proc.stderr
     assert not (tmp_path / "store").exists()
+
+
+def test_the_label_list_may_grow_at_the_end_but_not_change_under_stored_rows(tmp_path):
+    from tasks.errors import SpecInvalid
+
+    spec = twenty_class_spec(tmp_path)
+    land(spec, "a.tsv", tsv([(t, LABELS[i % 20]) for i, t in enumerate(texts(40))]))
+    first = run_ingest(spec)
+    assert snapshots.read_manifest(first["snapshot_uri"])["labels"] == LABELS
+
+    reordered = twenty_class_spec(tmp_path, labels=[LABELS[1], LABELS[0], *LABELS[2:]])
+    land(reordered, "b.tsv", tsv([(t, LABELS[0]) for t in texts(10, offset=100)]))
+    with pytest.raises(SpecInvalid, match="add new labels at the end"):
+        run_ingest(reordered)
+    assert snapshots.read_latest(spec.layout.snapshots)[0]["snapshot_id"] == first["snapshot_id"]
+
+    grown = twenty_class_spec(tmp_path, labels=[*LABELS, "brand new"])
+    land(grown, "c.tsv", tsv([(t, "brand new") for t in texts(10, offset=200)]))
+    second = run_ingest(grown)
+    assert second["label_counts"]["brand new"] == 10 and second["label_counts"][LABELS[0]] == 2 + 10
+
+    # A manifest written before manifests named their labels: checked by the names its label counts hold.
+    path = storage.local_path(second["snapshot_uri"]) / "manifest.json"
+    old = json.loads(path.read_text())
+    del old["labels"]
+    path.write_text(json.dumps(old))
+    with pytest.raises(SpecInvalid, match=r"labels no longer in data.labels: \['brand new'\]"):
+        run_ingest(twenty_class_spec(tmp_path))

@@ -73,9 +73,13 @@ def ensure_golden(spec: PipelineSpec) -> dict[str, Any]:
 
     pointer_uri = storage.join(spec.layout.golden, "current.json")
     try:
-        return storage.read_json(pointer_uri)
+        pointer = storage.read_json(pointer_uri)
     except storage.NotFound:
         pass
+    else:
+        manifest = storage.read_json(storage.join(pointer["golden_uri"], "manifest.json"))
+        snapshots.check_labels(spec.data.labels, manifest, f"frozen golden set {pointer['golden_id']}")
+        return pointer
     good, bad = read_source(spec)
     first: dict[str, int] = {}
     for row in good:
@@ -87,6 +91,7 @@ def ensure_golden(spec: PipelineSpec) -> dict[str, Any]:
     golden_uri = storage.join(spec.layout.golden, golden_id)
     manifest = {
         "golden_id": golden_id,
+        "labels": spec.data.labels,
         "source_uri": spec.golden.source_uri,
         "rows": len(frame),
         "label_counts": snapshots.label_counts(frame["label"], spec.data.labels),

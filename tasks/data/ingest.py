@@ -538,6 +538,7 @@ def commit(spec: PipelineSpec, batch: Batch, new: NewPart, latest: dict[str, Any
         "new_rows": new.rows,
         "label_counts": label_counts,
         "split_counts": _add_counts(parent.split_counts, new.split_counts) if parent is not None else new.split_counts,
+        "labels": spec.data.labels,
         "batch": {"batch_id": batch.batch_id, "files": batch.records(),
                   "label_counts": new.label_counts,
                   **{k: stats[k] for k in BATCH_STATS}},
@@ -605,6 +606,9 @@ def run_ingest(spec: PipelineSpec, run_uri: str | None = None) -> dict[str, Any]
     layout = spec.layout
     golden = ensure_golden(spec)
     latest, latest_etag = snapshots.read_latest(layout.snapshots)
+    if latest:
+        snapshots.check_labels(spec.data.labels, snapshots.read_manifest(latest["snapshot_uri"]),
+                               f"latest snapshot {latest['snapshot_id']}")
     files = landing.new_files(layout.landing, snapshots.processed_files(layout.snapshots))
     base = {"golden_uri": golden["golden_uri"], "golden_id": golden["golden_id"], "landing_uri": layout.landing}
     if not files:
