@@ -32,6 +32,7 @@ HOSTILE = [
     "\u05e2\u05d1\u05e8\u05d9\u05ea right-to-left \u202eoverride\u202c", "Cafe\u0301 composed to NFC",
     "line\u2028separator and next\u0085line", "  leading and trailing  ", "inner   runs \x0b of \x0c space",
     "unit\x1fseparator\x1cfile", "nbsp\u00a0and\u3000ideographic", "plain ascii text", "x" * 301,
+    "\u200b\u200d", " \ufeff\u2060 ",  # only invisible characters: empty
 ]
 
 

@@ -280,3 +280,13 @@ def test_the_label_list_may_grow_at_the_end_but_not_change_under_stored_rows(tmp
     path.write_text(json.dumps(old))
     with pytest.raises(SpecInvalid, match=r"labels no longer in data.labels: \['brand new'\]"):
         run_ingest(twenty_class_spec(tmp_path))
+
+
+def test_a_text_of_only_invisible_characters_is_empty(tmp_path):
+    spec = twenty_class_spec(tmp_path, max_bad_fraction=0.5)
+    invisible = ["\u200b", "\u200b\u200d \ufeff", "\u2060\u00ad"]  # zero-width space/joiner, BOM, word joiner, SHY
+    land(spec, "a.tsv", tsv([(t, "x-y") for t in texts(10)] + [(t, "x-y") for t in invisible]))
+    land(spec, "b.jsonl", "".join(json.dumps({"text": t, "label": "x-y"}) + "\n" for t in invisible))
+
+    result = run_ingest(spec)
+    assert result["new_rows"] == 10 and result["quarantine_reasons"] == {validation.EMPTY_TEXT: 6}

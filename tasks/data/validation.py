@@ -44,6 +44,12 @@ def normalize_text(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).split())
 
 
+def invisible(text: str) -> bool:
+    """A text of only invisible characters (zero-width spaces and joiners, BOMs, other format or control
+    characters) is as empty as a whitespace-only one."""
+    return all(unicodedata.category(ch)[0] in "CZ" for ch in text)
+
+
 def printable(value: Any) -> Any:
     """A string that JSON and UTF-8 can carry: bytes that were not UTF-8 (lone surrogates) as ``\\xNN``."""
     if isinstance(value, str):
@@ -148,7 +154,7 @@ def validate(source: str, rows: Iterable["RawRow"], labels: LabelMap, max_chars:
             bad.append(Bad(source, row.line, MALFORMED, f"text is {type(row.text).__name__}, not a string", row.raw))
             continue
         text = normalize_text(row.text or "")
-        if not text:
+        if not text or invisible(text):
             bad.append(Bad(source, row.line, EMPTY_TEXT, "empty or whitespace-only text", row.raw))
             continue
         if len(text) > max_chars:
@@ -280,6 +286,9 @@ def validate_chunk(source: str, chunk: Any, label_map: LabelMap, max_chars: int)
     texts = normalize_array(chunk.texts)
     length = pc.fill_null(pc.utf8_length(texts), 0).to_numpy(zero_copy_only=False)
     empty = length == 0
+    non_ascii = np.flatnonzero(~empty & ~pc.fill_null(pc.string_is_ascii(texts), True).to_numpy(zero_copy_only=False))
+    if len(non_ascii):  # zero-width or format characters only (ASCII: only a lone control character could be)
+        empty[non_ascii] = [invisible(t) for t in texts.take(pa.array(non_ascii)).to_pylist()]
     too_long = ~empty & (length > max_chars)
     index, reasons = label_indices(chunk.labels, label_map)
     label_bad = ~empty & ~too_long & (index < 0)
