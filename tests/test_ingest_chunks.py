@@ -109,6 +109,9 @@ CASES = {
                       "tsv", "none", ","),
     "parquet": (parquet_bytes({"sentence": HOSTILE + [None, "  ", "ok"], "label": [1] * len(HOSTILE) + [0, 1, None]}),
                 "parquet", "none", ","),
+    # Strings written as bytes without the UTF8 annotation (older Hive/Impala jobs), one of them latin-1.
+    "parquet-bytes-text": (parquet_bytes({"sentence": [b"plain", "caf\u00e9".encode(), b"caf\xe9", None],
+                                          "label": [b"1", b"0", b"1", b"0"]}), "parquet", "none", ","),
     "parquet-int-text": (parquet_bytes({"sentence": [1, 2], "label": [0, 1]}), "parquet", "none", ","),
 }
 

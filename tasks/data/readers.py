@@ -220,6 +220,30 @@ def read_jsonl(data: bytes, text_col: str, label_col: str) -> list[RawRow]:
     return rows
 
 
+def utf8_strings(column: Any) -> Any:
+    """A Parquet column as plain values: dictionaries decoded, large strings as strings, and bytes columns (a
+    string column written without its UTF8 annotation, as older Hive/Impala/Spark jobs do) as strings when every
+    value is valid UTF-8 (else left as bytes: each such row is a malformed_row)."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    if pa.types.is_large_string(column.type):
+        column = column.cast(pa.string())
+    if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+        try:
+            column = column.cast(pa.string())
+        except pa.ArrowInvalid:
+            pass
+    return column
+
+
+def _text_of(value: Any) -> Any:
+    """A bytes value of a column that is not all UTF-8: as text whose bad bytes are lone surrogates, so only its
+    own row is undecodable_bytes."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
 def read_parquet(data: bytes, text_col: str, label_col: str) -> list[RawRow]:
     import pyarrow.parquet as pq
 
@@ -228,9 +252,14 @@ def read_parquet(data: bytes, text_col: str, label_col: str) -> list[RawRow]:
     except Exception as exc:  # pyarrow raises several types for a bad file
         raise Unparseable(f"not a readable Parquet file: {exc}") from None
     t_idx, l_idx = column_positions(table.column_names, text_col, label_col)
-    texts = table.column(t_idx).to_pylist()
-    labels = table.column(l_idx).to_pylist()
-    return [RawRow(i + 1, t, l, raw={"text": t, "label": l}) for i, (t, l) in enumerate(zip(texts, labels))]
+    texts = [_text_of(v) for v in utf8_strings(table.column(t_idx).combine_chunks()).to_pylist()]
+    labels = [_text_of(v) for v in utf8_strings(table.column(l_idx).combine_chunks()).to_pylist()]
+    rows = [RawRow(i + 1, t, l, raw={"text": t, "label": l}) for i, (t, l) in enumerate(zip(texts, labels))]
+    for row in rows:
+        if isinstance(row.text, str) and _undecodable(row.text):  # a bytes value that was not UTF-8
+            row.text, row.label, row.problem, row.detail = None, None, UNDECODABLE, NOT_UTF8
+            row.raw = printable(row.raw)
+    return rows
 
 
 def read_rows(data: bytes, fmt: str, text_col: str, label_col: str, *, tsv_quoting: str = "none",
@@ -576,20 +605,14 @@ def iter_parquet(fh: Any, text_col: str, label_col: str):
             raise Unparseable(f"not a readable Parquet file: {exc}") from None
         if batch is None:
             return
-        texts, labels = batch.column(0), batch.column(1)
-        if pa.types.is_dictionary(texts.type):
-            texts = texts.dictionary_decode()
-        if pa.types.is_dictionary(labels.type):
-            labels = labels.dictionary_decode()
-        if pa.types.is_large_string(texts.type):
-            texts = texts.cast(pa.string())
+        texts, labels = utf8_strings(batch.column(0)), utf8_strings(batch.column(1))
         lines = np.arange(offset + 1, offset + 1 + batch.num_rows, dtype=np.int64)
         if pa.types.is_string(texts.type):
             def raw(i: int, texts=texts, labels=labels) -> dict:
                 return {"text": texts[i].as_py(), "label": labels[i].as_py()}
             yield Chunk(texts, labels, lines, raw, [])
         else:  # not strings: each row is malformed, as the Python path says it
-            tl, ll = texts.to_pylist(), labels.to_pylist()
+            tl, ll = [_text_of(v) for v in texts.to_pylist()], [_text_of(v) for v in labels.to_pylist()]
             yield chunk_of_rows([RawRow(int(n), t, l, raw={"text": t, "label": l}) for n, t, l in zip(lines, tl, ll)])
         offset += batch.num_rows
 
