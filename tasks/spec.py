@@ -420,9 +420,12 @@ class PipelineSpec(_Section):
         return self
 
     @model_validator(mode="after")
-    def _golden_format(self) -> "PipelineSpec":
+    def _formats(self) -> "PipelineSpec":
         from tasks.data.readers import FORMATS, file_format
 
+        if self.data.format != "auto" and self.data.format not in self.landing.formats:
+            raise ValueError(f"data.format {self.data.format} is not in landing.formats {self.landing.formats}: "
+                             f"every landed file would be refused")
         if file_format(self.golden.source_uri, self.data.format) is None:
             raise ValueError(f"golden.source_uri {self.golden.source_uri} has no supported extension "
                              f"({' '.join(FORMATS)}, optionally .gz); rename it or set data.format")

@@ -51,6 +51,7 @@ def test_shipped_specs_validate():
     (lambda r: r["data"].update(csv_delimiter='"'), "data.csv_delimiter: a quote or a line break"),
     (lambda r: r["data"].update(text_column="label"), "text_column and label_column name the same column"),
     (lambda r: r["golden"].update(source_uri="{storage}/golden.txt"), "has no supported extension"),
+    (lambda r: (r["data"].update(format="csv"), r.update(landing={"formats": ["tsv"]})), "data.format csv is not in"),
 ])
 def test_bad_spec_gives_clear_error_naming_file_and_field(tmp_path, mutate, expected):
     from tasks.spec import SpecError, load_spec
