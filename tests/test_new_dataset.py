@@ -196,12 +196,15 @@ def test_files_in_another_encoding_or_with_another_delimiter_say_so(tmp_path):
     land(spec, "excel-unicode.tsv", tsv(rows[10:20]).decode().encode("utf-16"))  # "Unicode text": UTF-16 LE + BOM
     land(spec, "semicolons.csv", "text;label\n" + "".join(f"{t};{label}\n" for t, label in rows[20:30]))
     land(spec, "cp1252.tsv", tsv([("it\u2019s \u201cfine\u201d", LABELS[9])]).decode().encode("cp1252"))
+    land(spec, "export.json", json.dumps([{"text": t, "label": label} for t, label in rows[:3]]))
 
     result = run_ingest(spec)
     bad = whole_files(result)
     assert bad["excel-unicode.tsv"]["reason"] == validation.UNPARSEABLE_FILE
     assert "UTF-16 text (byte order mark ff fe); only UTF-8 is read" in bad["excel-unicode.tsv"]["detail"]
     assert "one field holding ';'" in bad["semicolons.csv"]["detail"]
+    assert bad["export.json"]["reason"] == validation.UNSUPPORTED_FORMAT
+    assert "extension .json" in bad["export.json"]["detail"] and "as .jsonl" in bad["export.json"]["detail"]
     rows_file = storage.read_text(storage.join(result["quarantine_uri"], "rows.jsonl"))
     (row,) = [json.loads(line) for line in rows_file.splitlines()]
     assert row["reason"] == validation.UNDECODABLE and "latin-1/cp1252" in row["detail"]

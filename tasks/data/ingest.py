@@ -276,8 +276,10 @@ def unsupported_detail(spec: PipelineSpec, key: str, fmt: str | None) -> str:
         return f"{fmt} files are not in landing.formats {allowed}"
     name = key.rsplit("/", 1)[-1]
     ext = os.path.splitext(name[:-3] if readers.is_gzip(name) else name)[1] or "(none)"
+    hint = "; a .json file (one JSON document) is not read: write JSON Lines, one object per line, as .jsonl" \
+        if ext.lower() == ".json" else ""
     return (f"unsupported file type (extension {ext}); expected one of {allowed}: .csv .tsv .jsonl .ndjson .parquet, "
-            f"optionally .gz, or set data.format to read every landed file as one format")
+            f"optionally .gz, or set data.format to read every landed file as one format{hint}")
 
 
 def stage_file(spec: PipelineSpec, f: LandingFile, fh: Any, batch: Batch, labels: LabelMap, work: str,
