@@ -293,3 +293,19 @@ def test_a_text_of_only_invisible_characters_is_empty(tmp_path):
 
     result = run_ingest(spec)
     assert result["new_rows"] == 10 and result["quarantine_reasons"] == {validation.EMPTY_TEXT: 6}
+
+
+def test_quarantined_raw_rows_are_clipped_whatever_the_reason(tmp_path):
+    spec = twenty_class_spec(tmp_path, max_bad_fraction=0.5)
+    land(spec, "good.tsv", tsv([(t, "x-y") for t in texts(10)]))
+    land(spec, "a.tsv", tsv([("m " * 50000 + "\textra", "x-y"), ("w " * 900, "nope")]))
+    land(spec, "b.parquet", parquet_bytes({"text": ["p " * 900], "label": ["nope"]}))
+
+    result = run_ingest(spec)
+    rows = [json.loads(line) for line in
+            storage.read_text(storage.join(result["quarantine_uri"], "rows.jsonl")).splitlines()]
+    assert sorted(r["reason"] for r in rows) == [validation.MALFORMED, validation.UNKNOWN_LABEL,
+                                                 validation.UNKNOWN_LABEL]
+    for row in rows:
+        raw = row["raw"]["text"] if isinstance(row["raw"], dict) else row["raw"]
+        assert len(raw) < 530 and raw.endswith(" chars)")

@@ -62,8 +62,11 @@ def printable(value: Any) -> Any:
 
 
 def clip(raw: Any, limit: int = 500) -> Any:
-    if isinstance(raw, str) and len(raw) > limit:
+    """A raw row for the quarantine: strings (also a Parquet row's values) clipped at ``limit`` characters."""
+    if isinstance(raw, str) and len(raw) > limit and not raw[limit:].startswith("... ("):
         return raw[:limit] + f"... ({len(raw)} chars)"
+    if isinstance(raw, dict):
+        return {k: clip(v, limit) for k, v in raw.items()}
     return raw
 
 
