@@ -258,7 +258,7 @@ def batch_id_of(parent_id: str | None, files: list[LandingFile]) -> str:
 def _lines_of(fh: Any, gz: bool) -> int:
     fh.seek(0)
     try:
-        return readers.line_stats(readers.Content(fh, gz))
+        return readers.line_stats(readers.LineEnds(readers.Content(fh, gz)))  # CR-only lines count too
     except Unparseable:
         return 0
 

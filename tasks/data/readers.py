@@ -348,7 +348,7 @@ def cr_lines(data: bytes) -> bool | None:
     return cr >= 0 and (lf < 0 or cr < lf - 1)
 
 
-def line_stats(content: Content) -> int:
+def line_stats(content: "Content | LineEnds") -> int:
     """Lines of the rest of a text stream (the last need not end in a newline); 0 for binary content."""
     lines, last, binary = 0, b"", False
     while block := content.read():
