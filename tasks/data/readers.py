@@ -223,7 +223,7 @@ def read_jsonl(data: bytes, text_col: str, label_col: str) -> list[RawRow]:
 def utf8_strings(column: Any) -> Any:
     """A Parquet column as plain values: dictionaries decoded, large strings as strings, and bytes columns (a
     string column written without its UTF8 annotation, as older Hive/Impala/Spark jobs do) as strings when every
-    value is valid UTF-8 (else left as bytes: each such row is a malformed_row)."""
+    value is valid UTF-8 (else left as bytes, decoded row by row: see _text_of)."""
     import pyarrow as pa
 
     if pa.types.is_dictionary(column.type):
