@@ -85,7 +85,8 @@ def seed_golden(spec) -> None:
         return
     seed_uri = storage.normalize(seed)
     if not storage.exists(seed_uri):
-        raise SystemExit(f"golden.seed_uri {seed} does not exist; the golden set {source} cannot be seeded")
+        raise SystemExit(f"golden.seed_uri {seed} does not exist; the golden set {source} cannot be seeded (a "
+                         f"relative seed_uri is relative to the spec file; or put the golden file at {source})")
     storage.copy(seed_uri, source)
     print(f"[run] golden set: copied {seed_uri} -> {source}", flush=True)
 
@@ -136,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name = (yaml.safe_load(spec_path.read_text(encoding="utf-8")) or {}).get("name", spec_path.stem)
     storage_root = (args.storage or ROOT / ".run" / str(name) / "storage").resolve()
+    for what, folder in (("LANDING", args.landing.resolve()), ("STORAGE", storage_root)):
+        if set("#?") & set(str(folder)):  # tasks.storage reads file:// URIs with urlparse: '#...' and '?...' drop
+            print(f"[run] {what} {folder} holds '#' or '?', which a file:// URI cannot carry here; use another "
+                  f"folder", file=sys.stderr)
+            return 2
     storage_root.mkdir(parents=True, exist_ok=True)
 
     with tempfile.TemporaryDirectory(prefix="retrain-run-") as tmp:

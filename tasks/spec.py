@@ -9,6 +9,7 @@ String values may use ``${VAR}`` / ``${VAR:-default}`` (environment) and ``{stor
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -47,6 +48,16 @@ class LandingSpec(_Section):
     formats: list[Literal["csv", "tsv", "jsonl", "parquet"]] = ["csv", "tsv", "jsonl", "parquet"]
 
 
+def _label_name(value: Any) -> Any:
+    """A label name (or alias key) as written in YAML: a number is its digits (``labels: [0, 1]``); a YAML boolean
+    or null is refused, since unquoted yes/no/on/off/true/false/null are not the strings they look like."""
+    if isinstance(value, bool) or value is None:
+        raise PydanticCustomError(
+            "label_name", "YAML read {value} as a {kind}, not a label name: quote it (\"yes\", \"no\", \"null\")",
+            {"value": repr(value), "kind": "null" if value is None else "boolean"})
+    return str(value) if isinstance(value, int) else value
+
+
 class DataSpec(_Section):
     text_column: str = "text"
     label_column: str = "label"
@@ -64,13 +75,53 @@ class DataSpec(_Section):
     csv_delimiter: str = Field(",", min_length=1, max_length=1,
                                description="Field separator of CSV files (RFC 4180 quoting), e.g. ; for many exports")
 
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _label_names(cls, value: Any) -> Any:
+        return [_label_name(v) for v in value] if isinstance(value, list) else value
+
+    @field_validator("label_aliases", mode="before")
+    @classmethod
+    def _alias_keys(cls, value: Any) -> Any:
+        return {_label_name(k): _label_name(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+    @field_validator("csv_delimiter")
+    @classmethod
+    def _delimiter(cls, value: str) -> str:
+        if value in ('"', "\n", "\r"):
+            raise PydanticCustomError("delimiter", "a quote or a line break cannot separate fields", {})
+        return value
+
+    @model_validator(mode="after")
+    def _columns(self) -> "DataSpec":
+        if self.text_column.strip().casefold() == self.label_column.strip().casefold():
+            raise ValueError(f"text_column and label_column name the same column ({self.text_column!r})")
+        return self
+
     @model_validator(mode="after")
     def _labels(self) -> "DataSpec":
-        if len(set(self.labels)) != len(self.labels):
-            raise ValueError("labels must be unique")
+        from tasks.data.validation import label_key  # landed labels match names by this key
+
+        blank = [name for name in self.labels if not name.strip()]
+        if blank:
+            raise ValueError(f"labels must not be empty or blank (got {blank})")
+        repeated = sorted({name for name in self.labels if self.labels.count(name) > 1})
+        if repeated:
+            raise ValueError(f"labels must be unique; repeated: {repeated}")
         unknown = sorted(set(self.label_aliases.values()) - set(self.labels))
         if unknown:
             raise ValueError(f"label_aliases map to names not in labels: {unknown}")
+        # Landed labels match case- and whitespace-insensitively, so names (and aliases of different labels) that
+        # differ only so would be ambiguous.
+        targets: dict[str, set[str]] = {}
+        spellings: dict[str, list[str]] = {}
+        for raw, name in [(n, n) for n in self.labels] + [(str(a), n) for a, n in self.label_aliases.items()]:
+            targets.setdefault(label_key(raw), set()).add(name)
+            spellings.setdefault(label_key(raw), []).append(raw)
+        clashes = [spellings[key] for key, names in targets.items() if len(names) > 1]
+        if clashes:
+            raise ValueError(f"labels or label_aliases that differ only in case, accents' encoding or whitespace "
+                             f"name different labels, so a landed label could not tell them apart: {clashes}")
         return self
 
 
@@ -368,6 +419,18 @@ class PipelineSpec(_Section):
                 object.__setattr__(obj, attr, value)
         return self
 
+    @model_validator(mode="after")
+    def _formats(self) -> "PipelineSpec":
+        from tasks.data.readers import FORMATS, file_format
+
+        if self.data.format != "auto" and self.data.format not in self.landing.formats:
+            raise ValueError(f"data.format {self.data.format} is not in landing.formats {self.landing.formats}: "
+                             f"every landed file would be refused")
+        if file_format(self.golden.source_uri, self.data.format) is None:
+            raise ValueError(f"golden.source_uri {self.golden.source_uri} has no supported extension "
+                             f"({' '.join(FORMATS)}, optionally .gz); rename it or set data.format")
+        return self
+
     @property
     def layout(self) -> "Layout":
         return Layout(self.storage.uri, self.name, self.landing.uri)
@@ -469,7 +532,11 @@ def load_spec(path_or_uri: str | Path) -> PipelineSpec:
     except (FileNotFoundError, storage.NotFound):
         raise SpecError(f"pipeline spec not found: {source}") from None
     try:
-        raw = yaml.safe_load(text)
+        # A frozen spec.json is JSON: YAML would read its \uXXXX surrogate pairs (an emoji label) as two lone
+        # surrogates, so every stage would see labels that differ from the spec's.
+        raw = json.loads(text) if source.endswith(".json") else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"invalid pipeline spec {source}: not valid JSON: {exc}") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"invalid pipeline spec {source}: not valid YAML: {exc}") from None
     spec = parse_spec(raw, source)

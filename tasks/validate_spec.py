@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks import cli
+from tasks import cli, storage
 from tasks.spec import SpecError, folder_problems, load_spec
 
 
@@ -34,6 +34,12 @@ def main(argv: list[str]) -> int:
         else:
             loaded.append((path, spec))
             print(f"ok: {path} (pipeline {spec.name}, storage {spec.storage.uri})")
+            seed = spec.golden.seed_uri
+            if seed and not storage.is_s3(seed) and not storage.exists(storage.normalize(seed)):
+                # Not an error: only a local run on a fresh storage root needs it (production reads source_uri).
+                print(f"warning: {path}: golden.seed_uri {seed} does not exist; a local run (make run / make "
+                      f"ingest) on a fresh storage root cannot seed the golden set {spec.golden.source_uri}",
+                      file=sys.stderr)
     for _paths, problem in folder_problems(loaded):
         print(f"invalid together: {problem}", file=sys.stderr)
         failed += 1

@@ -32,6 +32,7 @@ HOSTILE = [
     "\u05e2\u05d1\u05e8\u05d9\u05ea right-to-left \u202eoverride\u202c", "Cafe\u0301 composed to NFC",
     "line\u2028separator and next\u0085line", "  leading and trailing  ", "inner   runs \x0b of \x0c space",
     "unit\x1fseparator\x1cfile", "nbsp\u00a0and\u3000ideographic", "plain ascii text", "x" * 301,
+    "\u200b\u200d", " \ufeff\u2060 ",  # only invisible characters: empty
 ]
 
 
@@ -98,8 +99,19 @@ CASES = {
               "jsonl", "none", ","),
     "jsonl-clean": (b"".join(b'{"sentence": "row %d  x", "label": "%d"}\n' % (i, i % 2) for i in range(200)),
                     "jsonl", "none", ","),
+    # Classic Mac line ends (a bare CR each), as "CSV (Macintosh)" exports write them; and a header line ending in
+    # a bare CR before LF lines.
+    "tsv-cr-lines": (PLAIN_TSV.split(b"\ncaf")[0].replace(b"\r\n", b"\n").replace(b"\n", b"\r"), "tsv", "none", ","),
+    "csv-cr-lines": ((written(QUOTED_ROWS, ",") + b"bad label,neutral\n").replace(b"\n", b"\r"), "csv", "none", ","),
+    "jsonl-cr-lines": (b"".join(b'{"sentence": "row %d", "label": %d}\r' % (i, i % 3) for i in range(50)),
+                       "jsonl", "none", ","),
+    "tsv-cr-header": (b"sentence\tlabel\rcr row\t1\rcr bad\t7\r" + b"".join(b"r %d\t1\n" % i for i in range(20)),
+                      "tsv", "none", ","),
     "parquet": (parquet_bytes({"sentence": HOSTILE + [None, "  ", "ok"], "label": [1] * len(HOSTILE) + [0, 1, None]}),
                 "parquet", "none", ","),
+    # Strings written as bytes without the UTF8 annotation (older Hive/Impala jobs), one of them latin-1.
+    "parquet-bytes-text": (parquet_bytes({"sentence": [b"plain", "caf\u00e9".encode(), b"caf\xe9", None],
+                                          "label": [b"1", b"0", b"1", b"0"]}), "parquet", "none", ","),
     "parquet-int-text": (parquet_bytes({"sentence": [1, 2], "label": [0, 1]}), "parquet", "none", ","),
 }
 

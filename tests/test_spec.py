@@ -46,6 +46,12 @@ def test_shipped_specs_validate():
     (lambda r: r["storage"].update(uri="ftp://x"), "storage.uri: Value error, must start with s3:// or file://"),
     (lambda r: r["stages"].update(mode="cloud"), "stages.mode: Input should be 'local' or 'kubernetes'"),
     (lambda r: r["stages"]["finetune"].update(gpus=-1), "stages.finetune.gpus"),
+    (lambda r: r["data"].update(labels=["negative", "negative"]), "labels must be unique; repeated: ['negative']"),
+    (lambda r: r["data"].update(labels=[True, False]), "data.labels: YAML read True as a boolean"),
+    (lambda r: r["data"].update(csv_delimiter='"'), "data.csv_delimiter: a quote or a line break"),
+    (lambda r: r["data"].update(text_column="label"), "text_column and label_column name the same column"),
+    (lambda r: r["golden"].update(source_uri="{storage}/golden.txt"), "has no supported extension"),
+    (lambda r: (r["data"].update(format="csv"), r.update(landing={"formats": ["tsv"]})), "data.format csv is not in"),
 ])
 def test_bad_spec_gives_clear_error_naming_file_and_field(tmp_path, mutate, expected):
     from tasks.spec import SpecError, load_spec
@@ -133,6 +139,25 @@ def test_validate_spec_cli(tmp_path, capsys):
     raw["gates"]["bootstrap_resamples"] = 10
     assert main([str(write(tmp_path, "few.yaml", raw))]) == 1
     assert "gates.bootstrap_resamples" in capsys.readouterr().err
+
+
+def test_numbers_as_label_names_and_alias_keys_are_their_digits():
+    from tasks.spec import parse_spec
+
+    raw = sst2_raw()
+    raw["storage"]["uri"] = "file:///tmp/x"
+    raw["data"].update(labels=[0, 1], label_aliases={0: 0, 1: 1})
+    data = parse_spec(raw).data
+    assert data.labels == ["0", "1"] and data.label_aliases == {"0": "0", "1": "1"}
+
+
+def test_validate_spec_warns_of_a_missing_golden_seed(tmp_path, capsys):
+    from tasks.validate_spec import main
+
+    raw = sst2_raw()
+    raw["golden"]["seed_uri"] = str(tmp_path / "nowhere.tsv")
+    assert main([str(write(tmp_path, "seedless.yaml", raw))]) == 0  # production does not need the seed
+    assert f"golden.seed_uri {tmp_path / 'nowhere.tsv'} does not exist" in capsys.readouterr().err
 
 
 def test_validate_spec_checks_the_folder_as_a_whole(tmp_path, capsys):

@@ -14,7 +14,7 @@ from typing import Any
 
 from tasks import storage
 from tasks.data import readers, snapshots
-from tasks.data.validation import Bad, Good, LabelMap, validate
+from tasks.data.validation import UNKNOWN_LABEL, Bad, Good, LabelMap, unknown_label_hint, validate
 from tasks.errors import DataRejected, SpecInvalid
 from tasks.spec import PipelineSpec
 
@@ -47,27 +47,51 @@ def read_source(spec: PipelineSpec) -> tuple[list[Good], list[Bad]]:
     return validate(source, rows, labels, spec.data.max_text_chars)
 
 
+def check_bad_share(spec: PipelineSpec, good: list[Good], bad: list[Bad]) -> None:
+    """Refuse to freeze a golden set when more of its source than data.max_bad_fraction is bad (or all of it):
+    it is frozen for good, so a file with the wrong label names or columns must fail loudly, not shrink quietly."""
+    total = len(good) + len(bad)
+    if not total:
+        raise DataRejected(f"golden source {spec.golden.source_uri} has no rows; it is not frozen")
+    if good and len(bad) <= spec.data.max_bad_fraction * total:
+        if bad:
+            log.warning("golden source %s: %d of %d rows skipped: %s", spec.golden.source_uri, len(bad), total,
+                        dict(Counter(b.reason for b in bad)))
+        return
+    examples = "; ".join(f"line {b.line} {b.reason} ({b.detail})" for b in bad[:5])
+    hint = f" {unknown_label_hint(spec.data.labels, spec.data.label_aliases)}." \
+        if any(b.reason == UNKNOWN_LABEL for b in bad) else ""
+    raise DataRejected(
+        f"golden source {spec.golden.source_uri}: {len(bad)} of {total} rows are bad (more than "
+        f"data.max_bad_fraction {spec.data.max_bad_fraction:.0%}), so it is not frozen. By reason: "
+        f"{dict(Counter(b.reason for b in bad))}. First: {examples}.{hint} Fix the file and rerun.")
+
+
 def ensure_golden(spec: PipelineSpec) -> dict[str, Any]:
     """The frozen golden set's pointer ({golden_id, golden_uri, rows}); freezes it on first use."""
     import pandas as pd
 
     pointer_uri = storage.join(spec.layout.golden, "current.json")
     try:
-        return storage.read_json(pointer_uri)
+        pointer = storage.read_json(pointer_uri)
     except storage.NotFound:
         pass
+    else:
+        manifest = storage.read_json(storage.join(pointer["golden_uri"], "manifest.json"))
+        snapshots.check_labels(spec.data.labels, manifest, f"frozen golden set {pointer['golden_id']}")
+        return pointer
     good, bad = read_source(spec)
     first: dict[str, int] = {}
     for row in good:
         first.setdefault(row.text, row.label)  # keep the first label of a repeated text
-    if not first:
-        raise DataRejected(f"golden source {spec.golden.source_uri} has no valid rows ({len(bad)} bad)")
+    check_bad_share(spec, good, bad)
     frame = pd.DataFrame({"text": list(first), "label": pd.Series(list(first.values()), dtype="int64")})
     digest = snapshots.content_hash(frame)
     golden_id = digest[:16]
     golden_uri = storage.join(spec.layout.golden, golden_id)
     manifest = {
         "golden_id": golden_id,
+        "labels": spec.data.labels,
         "source_uri": spec.golden.source_uri,
         "rows": len(frame),
         "label_counts": snapshots.label_counts(frame["label"], spec.data.labels),

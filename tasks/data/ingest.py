@@ -39,11 +39,11 @@ from tasks import cli, results, storage
 from tasks.contracts import IngestResult
 from tasks.data import landing, readers, snapshots
 from tasks.data.golden import ensure_golden, golden_texts
-from tasks.data.landing import LandingFile, LandingRefused
+from tasks.data.landing import LandingChanged, LandingFile, LandingRefused
 from tasks.data.quarantine import BadFile, Quarantine
 from tasks.data.readers import Unparseable
-from tasks.data.validation import (CONFLICTING, UNPARSEABLE_FILE, UNREADABLE, UNSUPPORTED_FORMAT, Bad, LabelMap,
-                                   validate_chunk)
+from tasks.data.validation import (CONFLICTING, UNKNOWN_LABEL, UNPARSEABLE_FILE, UNREADABLE, UNSUPPORTED_FORMAT, Bad,
+                                   LabelMap, unknown_label_hint, validate_chunk)
 from tasks.errors import DataRejected, InfrastructureError, SpecInvalid
 from tasks.spec import PipelineSpec, SpecError, load_spec
 
@@ -258,7 +258,7 @@ def batch_id_of(parent_id: str | None, files: list[LandingFile]) -> str:
 def _lines_of(fh: Any, gz: bool) -> int:
     fh.seek(0)
     try:
-        return readers.line_stats(readers.Content(fh, gz))
+        return readers.line_stats(readers.LineEnds(readers.Content(fh, gz)))  # CR-only lines count too
     except Unparseable:
         return 0
 
@@ -268,6 +268,18 @@ def _copy_of(fh: Any, path: str) -> str:
     with open(path, "wb") as out:
         shutil.copyfileobj(fh, out, 1 << 20)
     return path
+
+
+def unsupported_detail(spec: PipelineSpec, key: str, fmt: str | None) -> str:
+    allowed = sorted(spec.landing.formats)
+    if fmt is not None:
+        return f"{fmt} files are not in landing.formats {allowed}"
+    name = key.rsplit("/", 1)[-1]
+    ext = os.path.splitext(name[:-3] if readers.is_gzip(name) else name)[1] or "(none)"
+    hint = "; a .json file (one JSON document) is not read: write JSON Lines, one object per line, as .jsonl" \
+        if ext.lower() == ".json" else ""
+    return (f"unsupported file type (extension {ext}); expected one of {allowed}: .csv .tsv .jsonl .ndjson .parquet, "
+            f"optionally .gz, or set data.format to read every landed file as one format{hint}")
 
 
 def stage_file(spec: PipelineSpec, f: LandingFile, fh: Any, batch: Batch, labels: LabelMap, work: str,
@@ -289,9 +301,8 @@ def stage_file(spec: PipelineSpec, f: LandingFile, fh: Any, batch: Batch, labels
     if not head:
         return None
     if fmt is None or fmt not in spec.landing.formats:
-        allowed = sorted(spec.landing.formats)
-        return BadFile(f.key, UNSUPPORTED_FORMAT, f"unsupported file type; expected one of {allowed} (optionally .gz)",
-                       f.size, _lines_of(fh, gz), copy_path=_copy_of(fh, copy_path))
+        return BadFile(f.key, UNSUPPORTED_FORMAT, unsupported_detail(spec, f.key, fmt), f.size, _lines_of(fh, gz),
+                       copy_path=_copy_of(fh, copy_path))
     fh.seek(0)
     content = readers.Content(fh, gz)
     stage_path = os.path.join(work, f"stage-{number}.arrow")
@@ -328,7 +339,8 @@ def stage_file(spec: PipelineSpec, f: LandingFile, fh: Any, batch: Batch, labels
                 "holdout": pa.array(snapshots.holdout_mask(digests, spec.data.holdout_fraction)),
                 "text_hash": hashes}, schema=schema))
             staged += len(good.lines)
-    except Unparseable as exc:
+        landing.check_unchanged(f, fh)
+    except (Unparseable, LandingChanged) as exc:
         writer.close()
         os.unlink(stage_path)
         if source is not fh:
@@ -338,6 +350,8 @@ def stage_file(spec: PipelineSpec, f: LandingFile, fh: Any, batch: Batch, labels
         batch.keyed_rows = keyed_before
         keys_file.seek(keyed_before * KEY_DTYPE.itemsize)
         keys_file.truncate()
+        if isinstance(exc, LandingChanged):  # still being written: not recorded, so the next run reads it whole
+            return BadFile(f.key, UNREADABLE, str(exc), f.size)
         return BadFile(f.key, UNPARSEABLE_FILE, str(exc), f.size, _lines_of(fh, gz), copy_path=_copy_of(fh, copy_path))
     writer.close()
     if source is not fh:
@@ -373,18 +387,17 @@ def read_files(spec: PipelineSpec, batch: Batch, work: str, keys_file: Any) -> N
             with landing.open_file(spec.layout.landing, f, work) as fh:
                 outcome = stage_file(spec, f, fh, batch, labels, work, number, keys_file)
         except LandingRefused as exc:
-            batch.quarantine.files.append(BadFile(f.key, exc.reason, exc.detail, f.size))
-            continue
+            outcome = BadFile(f.key, exc.reason, exc.detail, f.size)
         except storage.NotFound:  # gone since the listing (or a key storage cannot address)
-            batch.quarantine.files.append(BadFile(f.key, UNREADABLE, "not found when read", f.size))
-            continue
+            outcome = BadFile(f.key, UNREADABLE, "not found when read", f.size)
         except OSError as exc:  # local: permission denied, or gone since the listing
-            batch.quarantine.files.append(BadFile(f.key, UNREADABLE, f"cannot read: {exc.strerror}", f.size))
-            continue
+            outcome = BadFile(f.key, UNREADABLE, f"cannot read: {exc.strerror}", f.size)
         if outcome is None:
             batch.empty.append(f.key)
         elif isinstance(outcome, BadFile):
             batch.quarantine.files.append(outcome)
+            if outcome.reason == UNREADABLE:  # not recorded as processed: the next run tries it again
+                f.problem, f.detail = UNREADABLE, outcome.detail
         else:
             batch.read.append(f.key)
             batch.staged.append(outcome)
@@ -402,7 +415,9 @@ def check_bad_share(spec: PipelineSpec, batch: Batch) -> None:
         raise DataRejected(
             f"batch rejected: {bad} of {total} rows are bad ({bad / total:.0%} > data.max_bad_fraction "
             f"{spec.data.max_bad_fraction:.0%}); nothing was committed. By reason: {q.reasons()}. "
-            f"First: {q.examples()}. Fix or remove the files in {spec.layout.landing} and rerun.")
+            f"First: {q.examples()}. Fix or remove the files in {spec.layout.landing} and rerun."
+            + (f" Unknown {unknown_label_hint(spec.data.labels, spec.data.label_aliases)}."
+               if UNKNOWN_LABEL in q.row_reasons else ""))
 
 
 @dataclass
@@ -525,6 +540,7 @@ def commit(spec: PipelineSpec, batch: Batch, new: NewPart, latest: dict[str, Any
         "new_rows": new.rows,
         "label_counts": label_counts,
         "split_counts": _add_counts(parent.split_counts, new.split_counts) if parent is not None else new.split_counts,
+        "labels": spec.data.labels,
         "batch": {"batch_id": batch.batch_id, "files": batch.records(),
                   "label_counts": new.label_counts,
                   **{k: stats[k] for k in BATCH_STATS}},
@@ -592,6 +608,9 @@ def run_ingest(spec: PipelineSpec, run_uri: str | None = None) -> dict[str, Any]
     layout = spec.layout
     golden = ensure_golden(spec)
     latest, latest_etag = snapshots.read_latest(layout.snapshots)
+    if latest:
+        snapshots.check_labels(spec.data.labels, snapshots.read_manifest(latest["snapshot_uri"]),
+                               f"latest snapshot {latest['snapshot_id']}")
     files = landing.new_files(layout.landing, snapshots.processed_files(layout.snapshots))
     base = {"golden_uri": golden["golden_uri"], "golden_id": golden["golden_id"], "landing_uri": layout.landing}
     if not files:

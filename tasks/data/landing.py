@@ -15,8 +15,8 @@ through ``storage.list_objects``, because the landing folder is written by other
 
 S3 landing goes through ``tasks.storage`` (S3 has no symlinks; its keys are escaped the same way).
 
-Names starting with ``.`` (at any level) or ``_`` (the file itself) are skipped: upload markers such as
-``_SUCCESS``, editor and temp files.
+Entries that are not data are skipped quietly (:func:`skipped`: hidden names, ``_SUCCESS`` and other markers,
+uploads in progress, editor and OS files); the listing logs how many.
 """
 
 from __future__ import annotations
@@ -82,9 +82,11 @@ def escape_name(name: str | bytes) -> str:
 
 
 def safe_relpath(key: str) -> str:
-    """A relative path for a copy of the file under quarantine: no ``.``/``..`` components, none too long."""
+    """A relative path for a copy of the file under quarantine: no ``.``/``..`` components, none too long, and no
+    ``#`` or ``?`` (a URI parser reads them as a fragment or query: ``x#1.xml`` and ``x#2.xml`` would both be
+    written to ``x``)."""
     parts = []
-    for part in key.split("/"):
+    for part in key.replace("#", "\\x23").replace("?", "\\x3f").split("/"):
         if part in ("", ".", ".."):
             part = part.replace(".", "\\x2e") or "\\x2f"
         encoded = part.encode("utf-8")
@@ -95,8 +97,24 @@ def safe_relpath(key: str) -> str:
     return "/".join(parts)
 
 
-def _skipped(name: str, is_file: bool) -> bool:
-    return name.startswith(".") or (is_file and name.startswith("_"))
+# Entries that are not data, skipped quietly (not read, not recorded, so a renamed upload is read under its final
+# name): hidden files and folders (.DS_Store, ._x, .~lock.x#), Hadoop/Spark markers and work folders (_SUCCESS,
+# _committed_*, _temporary/, as Hadoop's hidden-file filter), Office owner files (~$x.xlsx), editor backups and
+# autosaves (x~, #x#), uploads and downloads still in progress, and OS thumbnails.
+_SKIP_PREFIXES = (".", "_", "~$")
+_SKIP_SUFFIXES = ("~", ".tmp", ".temp", ".part", ".partial", ".crdownload", ".download", ".filepart", "._copying_",
+                  ".swp", ".inprogress")
+_SKIP_NAMES = ("thumbs.db", "desktop.ini", "icon\r")
+
+
+def skipped(name: str, is_file: bool = True) -> bool:
+    """Whether a landing entry's name marks it as not data (see above); folders only by their prefix."""
+    if name.startswith(_SKIP_PREFIXES):
+        return True
+    if not is_file:
+        return False
+    lower = name.lower()
+    return lower.endswith(_SKIP_SUFFIXES) or lower in _SKIP_NAMES or (len(name) > 1 and name[0] == name[-1] == "#")
 
 
 # ---------------------------------------------------------------- listing
@@ -105,12 +123,15 @@ def _skipped(name: str, is_file: bool) -> bool:
 def list_landing(landing_uri: str) -> list[LandingFile]:
     """Every entry under the landing URI that ingest should look at (regular files and the entries it reports),
     sorted by key."""
-    if storage.is_s3(landing_uri):
-        return _list_s3(landing_uri)
-    return _list_local(landing_uri)
+    skips: list[str] = []
+    found = _list_s3(landing_uri, skips) if storage.is_s3(landing_uri) else _list_local(landing_uri, skips)
+    if skips:
+        log.info("skipped %d landing entr%s that are not data (hidden, markers, uploads in progress): %s%s",
+                 len(skips), "y" if len(skips) == 1 else "ies", ", ".join(skips[:10]), " ..." if len(skips) > 10 else "")
+    return found
 
 
-def _list_s3(landing_uri: str) -> list[LandingFile]:
+def _list_s3(landing_uri: str, skips: list[str]) -> list[LandingFile]:
     prefix = landing_uri.rstrip("/") + "/"
     out = []
     for obj in storage.list_objects(prefix):
@@ -118,22 +139,23 @@ def _list_s3(landing_uri: str) -> list[LandingFile]:
         if raw_key.endswith("/"):  # a "folder" marker some tools create
             continue
         parts = raw_key.split("/")
-        if any(_skipped(p, False) for p in parts[:-1]) or _skipped(parts[-1], True):
+        if any(skipped(p, False) for p in parts[:-1]) or skipped(parts[-1], True):
+            skips.append(escape_name(raw_key))
             continue
         out.append(LandingFile(escape_name(raw_key), obj.etag, obj.size, obj.mtime, obj.uri))
     return sorted(out, key=lambda f: f.key)
 
 
-def _list_local(landing_uri: str) -> list[LandingFile]:
+def _list_local(landing_uri: str, skips: list[str]) -> list[LandingFile]:
     root = os.fsencode(str(storage.local_path(landing_uri)))
     if not os.path.isdir(root):
         return []
     out: list[LandingFile] = []
-    _walk(root, b"", out, depth=0)
+    _walk(root, b"", out, depth=0, skips=skips)
     return sorted(out, key=lambda f: f.key)
 
 
-def _walk(root: bytes, rel: bytes, out: list[LandingFile], depth: int) -> None:
+def _walk(root: bytes, rel: bytes, out: list[LandingFile], depth: int, skips: list[str]) -> None:
     folder = os.path.join(root, rel) if rel else root
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
@@ -151,14 +173,16 @@ def _walk(root: bytes, rel: bytes, out: list[LandingFile], depth: int) -> None:
         except OSError:  # gone since the listing
             continue
         if stat_mod.S_ISDIR(st.st_mode):
-            if _skipped(name, False):
+            if skipped(name, False):
+                skips.append(key + "/")
                 continue
             if depth >= MAX_DEPTH:
                 log.warning("landing folder %s is nested deeper than %d levels; not walked", key, MAX_DEPTH)
                 continue
-            _walk(root, rel_path, out, depth + 1)
+            _walk(root, rel_path, out, depth + 1, skips)
             continue
-        if _skipped(name, True):
+        if skipped(name, True):
+            skips.append(key)
             continue
         if stat_mod.S_ISLNK(st.st_mode):
             out.append(_symlink(root, entry.path, key, st))
@@ -236,6 +260,22 @@ def open_local(root: bytes, path: bytes) -> Iterator[BinaryIO]:
         if not stat_mod.S_ISREG(os.fstat(fh.fileno()).st_mode):
             raise LandingRefused(NOT_REGULAR, "not a regular file; not read")
         yield fh
+
+
+class LandingChanged(Exception):
+    """A local landing file that changed between the listing and the end of its reading (still being written)."""
+
+
+def check_unchanged(f: LandingFile, fh: BinaryIO) -> None:
+    """Raise LandingChanged if a local file's size or mtime moved since it was listed, so rows of a file caught
+    mid-write (a cut last line: a truncated text or label) are not ingested; S3 objects are replaced whole."""
+    if not isinstance(f.location, bytes):
+        return
+    st = os.fstat(fh.fileno())
+    if st.st_size != f.size or st.st_mtime != f.mtime:
+        raise LandingChanged(f"changed while it was read ({f.size} -> {st.st_size} bytes): still being written? "
+                             f"Not recorded; the next run reads it again (land files under a temporary name, e.g. "
+                             f"x.tsv.tmp, and rename them when complete)")
 
 
 def read_local(root: bytes, path: bytes) -> bytes:

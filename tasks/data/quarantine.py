@@ -22,7 +22,7 @@ from typing import Any
 from tasks import storage
 from tasks.data import snapshots
 from tasks.data.landing import safe_relpath
-from tasks.data.validation import DATA_FILE_REASONS, Bad
+from tasks.data.validation import DATA_FILE_REASONS, Bad, clip
 
 
 @dataclass
@@ -65,7 +65,7 @@ class Quarantine:
     def add_rows(self, rows: list[Bad]) -> None:
         if not rows:
             return
-        lines = b"".join((json.dumps(asdict(b), default=str, ensure_ascii=False) + "\n")
+        lines = b"".join((json.dumps({**asdict(b), "raw": clip(b.raw)}, default=str, ensure_ascii=False) + "\n")
                          .encode("utf-8", "backslashreplace") for b in rows)
         if self._spool is not None:
             self._spool.write(lines)

@@ -34,6 +34,27 @@ class Unparseable(ValueError):
     """A whole file that cannot be parsed; it is quarantined whole."""
 
 
+# Only UTF-8 is read; the details say what the file more likely is (a spreadsheet's "Unicode text" export is UTF-16).
+NOT_UTF8 = "bytes that are not valid UTF-8 (saved as latin-1/cp1252? files must be UTF-8)"
+_UTF_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+             (b"\xfe\xff", "UTF-16"))
+
+
+def binary_detail(head: bytes) -> str:
+    """Why text with NUL bytes is refused, naming a UTF-16/32 byte order mark when the file starts with one."""
+    for bom, name in _UTF_BOMS:
+        if head.startswith(bom):
+            return f"{name} text (byte order mark {bom.hex(' ')}); only UTF-8 is read: save the file as UTF-8"
+    return "binary content (NUL bytes): not a UTF-8 text file (UTF-16 without a byte order mark, or not text)"
+
+
+def csv_error(line: int, exc: Exception) -> str:
+    detail = f"CSV error near line {line}: {exc}"
+    if "field larger than field limit" in str(exc):
+        detail += " (a field of more than 16 MiB: a quote that never closes, or the wrong delimiter or format?)"
+    return detail
+
+
 @dataclass
 class RawRow:
     line: int  # 1-based physical line (CSV/TSV: header is line 1; JSONL: line; Parquet: row number)
@@ -73,7 +94,7 @@ def gunzip(data: bytes) -> bytes:
 
 def _decode(data: bytes) -> str:
     if b"\x00" in data:
-        raise Unparseable("binary content (NUL bytes); not a text file")
+        raise Unparseable(binary_detail(data))
     # surrogateescape keeps undecodable bytes as lone surrogates, so only the rows that hold them are bad.
     return data.decode("utf-8-sig", errors="surrogateescape")
 
@@ -101,7 +122,7 @@ def read_delimited(data: bytes, fmt: str, text_col: str, label_col: str, tsv_quo
         header, t_idx, l_idx = _columns(next(reader, None), text_col, label_col)
         return _rows_of(reader, 0, delimiter, len(header), t_idx, l_idx)
     except csv.Error as exc:
-        raise Unparseable(f"CSV error near line {reader.line_num}: {exc}") from None
+        raise Unparseable(csv_error(reader.line_num, exc)) from None
 
 
 def _columns(header: list[str] | None, text_col: str, label_col: str) -> tuple[list[str], int, int]:
@@ -109,10 +130,48 @@ def _columns(header: list[str] | None, text_col: str, label_col: str) -> tuple[l
     if header is None:
         raise Unparseable("no header line")
     header = [h.strip() for h in header]
-    missing = [c for c in (text_col, label_col) if c not in header]
+    try:
+        t_idx, l_idx = column_positions(header, text_col, label_col, "header (the first line)")
+    except Unparseable as exc:
+        others = [d for d in (",", ";", "\t", "|") if len(header) == 1 and d in header[0]]
+        if others:  # one field holding another separator: the file's delimiter is not the pipeline's
+            raise Unparseable(f"{exc}; the line is one field holding {others[0]!r}: is the file's delimiter the "
+                              f"pipeline's (data.csv_delimiter, data.format)?") from None
+        raise
+    return header, t_idx, l_idx
+
+
+def _loose(name: Any) -> str:
+    return name.strip().casefold() if isinstance(name, str) else ""
+
+
+def column_positions(names: list[str], text_col: str, label_col: str, what: str = "columns") -> tuple[int, int]:
+    """Where the text and label columns are among a file's column names: the name exactly, else the one name that
+    equals it but for case and surrounding whitespace (``Text`` for ``text``). Unparseable when a column is
+    missing, named twice, or matched loosely by two names (the file is then ambiguous, not guessed at)."""
+    found, missing = [], []
+    for wanted in (text_col, label_col):
+        exact = [i for i, n in enumerate(names) if n == wanted]
+        hits = exact or [i for i, n in enumerate(names) if _loose(n) == _loose(wanted)]
+        if len(hits) > 1:
+            raise Unparseable(f"{what} {printable(names[:10])} name column {wanted!r} more than once "
+                              f"({printable([names[i] for i in hits])}); which one is meant is not guessed")
+        if not hits:
+            missing.append(wanted)
+        else:
+            found.append(hits[0])
     if missing:
-        raise Unparseable(f"header {printable(header[:10])} lacks column(s) {missing}")
-    return header, header.index(text_col), header.index(label_col)
+        raise Unparseable(f"{what} {printable(names[:10])} lack(s) column(s) {missing}")
+    return found[0], found[1]
+
+
+def json_field(obj: dict, name: str) -> tuple[bool, Any]:
+    """(present, value) of a JSON object's field: the key exactly, else the one key that equals it but for case
+    and surrounding whitespace (as column_positions); two such keys are not guessed between (absent)."""
+    if name in obj:
+        return True, obj[name]
+    hits = [k for k in obj if _loose(k) == _loose(name)]
+    return (True, obj[hits[0]]) if len(hits) == 1 else (False, None)
 
 
 def _rows_of(reader: Any, line_offset: int, delimiter: str, n_fields: int, t_idx: int, l_idx: int) -> list[RawRow]:
@@ -129,7 +188,7 @@ def _rows_of(reader: Any, line_offset: int, delimiter: str, n_fields: int, t_idx
             continue
         row = RawRow(line, fields[t_idx], fields[l_idx], raw=raw)
         if _undecodable(fields[t_idx]) or _undecodable(fields[l_idx]):
-            row.problem, row.detail = UNDECODABLE, "bytes that are not valid UTF-8"
+            row.problem, row.detail = UNDECODABLE, NOT_UTF8
         rows.append(row)
     return rows
 
@@ -143,7 +202,7 @@ def read_jsonl(data: bytes, text_col: str, label_col: str) -> list[RawRow]:
         if not line.strip():
             continue
         if _undecodable(line):
-            rows.append(RawRow(line_no, None, None, UNDECODABLE, "bytes that are not valid UTF-8", printable(line)))
+            rows.append(RawRow(line_no, None, None, UNDECODABLE, NOT_UTF8, printable(line)))
             continue
         try:
             obj = json.loads(line)
@@ -153,11 +212,36 @@ def read_jsonl(data: bytes, text_col: str, label_col: str) -> list[RawRow]:
         if not isinstance(obj, dict):
             rows.append(RawRow(line_no, None, None, MALFORMED, "not a JSON object", line[:500]))
             continue
-        if text_col not in obj:
+        has_text, text = json_field(obj, text_col)
+        if not has_text:
             rows.append(RawRow(line_no, None, None, MALFORMED, f"no field {text_col!r}", line[:500]))
             continue
-        rows.append(RawRow(line_no, obj[text_col], obj.get(label_col), raw=line[:500]))
+        rows.append(RawRow(line_no, text, json_field(obj, label_col)[1], raw=line[:500]))
     return rows
+
+
+def utf8_strings(column: Any) -> Any:
+    """A Parquet column as plain values: dictionaries decoded, large strings as strings, and bytes columns (a
+    string column written without its UTF8 annotation, as older Hive/Impala/Spark jobs do) as strings when every
+    value is valid UTF-8 (else left as bytes, decoded row by row: see _text_of)."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    if pa.types.is_large_string(column.type):
+        column = column.cast(pa.string())
+    if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+        try:
+            column = column.cast(pa.string())
+        except pa.ArrowInvalid:
+            pass
+    return column
+
+
+def _text_of(value: Any) -> Any:
+    """A bytes value of a column that is not all UTF-8: as text whose bad bytes are lone surrogates, so only its
+    own row is undecodable_bytes."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 def read_parquet(data: bytes, text_col: str, label_col: str) -> list[RawRow]:
@@ -167,17 +251,22 @@ def read_parquet(data: bytes, text_col: str, label_col: str) -> list[RawRow]:
         table = pq.read_table(io.BytesIO(data))
     except Exception as exc:  # pyarrow raises several types for a bad file
         raise Unparseable(f"not a readable Parquet file: {exc}") from None
-    missing = [c for c in (text_col, label_col) if c not in table.column_names]
-    if missing:
-        raise Unparseable(f"columns {table.column_names[:10]} lack {missing}")
-    texts = table.column(text_col).to_pylist()
-    labels = table.column(label_col).to_pylist()
-    return [RawRow(i + 1, t, l, raw={"text": t, "label": l}) for i, (t, l) in enumerate(zip(texts, labels))]
+    t_idx, l_idx = column_positions(table.column_names, text_col, label_col)
+    texts = [_text_of(v) for v in utf8_strings(table.column(t_idx).combine_chunks()).to_pylist()]
+    labels = [_text_of(v) for v in utf8_strings(table.column(l_idx).combine_chunks()).to_pylist()]
+    rows = [RawRow(i + 1, t, l, raw={"text": t, "label": l}) for i, (t, l) in enumerate(zip(texts, labels))]
+    for row in rows:
+        if isinstance(row.text, str) and _undecodable(row.text):  # a bytes value that was not UTF-8
+            row.text, row.label, row.problem, row.detail = None, None, UNDECODABLE, NOT_UTF8
+            row.raw = printable(row.raw)
+    return rows
 
 
 def read_rows(data: bytes, fmt: str, text_col: str, label_col: str, *, tsv_quoting: str = "none",
               csv_delimiter: str = ",") -> list[RawRow]:
     """Rows of one file's (already decompressed) bytes in format ``fmt``; Unparseable if the file is bad whole."""
+    if fmt in ("csv", "tsv", "jsonl") and cr_lines(data):
+        data = data.replace(b"\r", b"\n")  # as LineEnds does for a landed file
     return by_format(fmt, lambda: read_delimited(data, fmt, text_col, label_col, tsv_quoting, csv_delimiter),
                      lambda: read_jsonl(data, text_col, label_col), lambda: read_parquet(data, text_col, label_col))
 
@@ -236,7 +325,30 @@ class Content:
         return data
 
 
-def line_stats(content: Content) -> int:
+class LineEnds:
+    """A text stream whose lines end in a bare CR (classic Mac, "CSV (Macintosh)" exports) read as LF lines; any
+    other stream as it is. Decided on the first line end seen: no LF before it and a CR = CR lines. (A CR inside a
+    quoted field becomes an LF; normalization makes both one space.)"""
+
+    def __init__(self, content: Content) -> None:
+        self._content, self._cr_lines = content, None
+
+    def read(self, n: int | None = None) -> bytes:
+        data = self._content.read(n)
+        if self._cr_lines is None and data:
+            self._cr_lines = cr_lines(data)
+        return data.replace(b"\r", b"\n") if self._cr_lines else data
+
+
+def cr_lines(data: bytes) -> bool | None:
+    """Whether text's first line end is a bare CR (None: no line end in ``data`` yet)."""
+    lf, cr = data.find(b"\n"), data.find(b"\r")
+    if lf < 0 and cr < 0:
+        return None
+    return cr >= 0 and (lf < 0 or cr < lf - 1)
+
+
+def line_stats(content: "Content | LineEnds") -> int:
     """Lines of the rest of a text stream (the last need not end in a newline); 0 for binary content."""
     lines, last, binary = 0, b"", False
     while block := content.read():
@@ -298,11 +410,12 @@ def pieces(content: Content, quoted: bool, first_record_alone: bool = False):
         if not block:
             eof = True
         else:
+            head = b""
             if not started:
-                started = True
+                started, head = True, block[:4]
                 block = block[len(_BOM):] if block.startswith(_BOM) else block
             if b"\x00" in block:
-                raise Unparseable("binary content (NUL bytes); not a text file")
+                raise Unparseable(binary_detail(head))
             buf += block
             ends.scan(buf)
         while buf:
@@ -332,7 +445,7 @@ def _python_delimited(piece: bytes, first_line: int, delimiter: str, quoted: boo
     try:
         return _rows_of(reader, first_line - 1, delimiter, len(header), t_idx, l_idx)
     except csv.Error as exc:
-        raise Unparseable(f"CSV error near line {first_line - 1 + reader.line_num}: {exc}") from None
+        raise Unparseable(csv_error(first_line - 1 + reader.line_num, exc)) from None
 
 
 def _line_bounds(piece: bytes, first_line: int):
@@ -386,26 +499,26 @@ def iter_delimited(content: Content, fmt: str, text_col: str, label_col: str, ts
     """Chunks of a CSV/TSV stream; Unparseable when the file is bad whole (header, strict quoting, NUL)."""
     delimiter = "\t" if fmt == "tsv" else csv_delimiter
     quoted = fmt == "csv" or tsv_quoting == "rfc4180"
-    stream = pieces(content, quoted, first_record_alone=True)
+    stream = pieces(LineEnds(content), quoted, first_record_alone=True)
     first = next(stream, None)
     if first is None:
         raise Unparseable("no header line")
-    header, t_idx, l_idx = _columns(_python_header(first[0], delimiter, quoted), text_col, label_col)
+    reader = csv.reader(io.StringIO(first[0].decode("utf-8", errors="surrogateescape"), newline=""),
+                        delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE, strict=quoted)
+    try:
+        header, t_idx, l_idx = _columns(next(reader, None), text_col, label_col)
+        # Rows in the header's piece: lines that end in a bare CR before the first LF (a mixed file).
+        rest = _rows_of(reader, 0, delimiter, len(header), t_idx, l_idx)
+    except csv.Error as exc:
+        raise Unparseable(csv_error(reader.line_num, exc)) from None
+    if rest:
+        yield chunk_of_rows(rest)
     for piece, line in stream:
         chunk = None
         if (not quoted or b'"' not in piece) and not _bare_cr(piece):
             chunk = _arrow_delimited(piece, line, delimiter, len(header), t_idx, l_idx)
         yield chunk if chunk is not None else chunk_of_rows(
             _python_delimited(piece, line, delimiter, quoted, header, t_idx, l_idx))
-
-
-def _python_header(piece: bytes, delimiter: str, quoted: bool) -> list[str] | None:
-    reader = csv.reader(io.StringIO(piece.decode("utf-8", errors="surrogateescape"), newline=""),
-                        delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE, strict=quoted)
-    try:
-        return next(reader, None)
-    except csv.Error as exc:
-        raise Unparseable(f"CSV error near line {reader.line_num}: {exc}") from None
 
 
 # ---------------------------------------------------------------------- JSONL
@@ -438,6 +551,9 @@ def _arrow_jsonl(piece: bytes, first_line: int, text_col: str, label_col: str):
                                                                    unexpected_field_behavior="infer"))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
+    if any(n not in (text_col, label_col) and _loose(n) in (_loose(text_col), _loose(label_col))
+           for n in table.column_names):
+        return None  # a key that differs in case or spaces: the Python reader decides per object (json_field)
     texts = table.column(text_col).combine_chunks()
     if table.num_rows != len(numbers) or texts.null_count:
         return None
@@ -455,7 +571,7 @@ def _arrow_jsonl(piece: bytes, first_line: int, text_col: str, label_col: str):
 
 
 def iter_jsonl(content: Content, text_col: str, label_col: str):
-    for piece, line in pieces(content, quoted=False):
+    for piece, line in pieces(LineEnds(content), quoted=False):
         chunk = _arrow_jsonl(piece, line, text_col, label_col)
         if chunk is None:
             rows = read_jsonl(piece, text_col, label_col)
@@ -479,11 +595,9 @@ def iter_parquet(fh: Any, text_col: str, label_col: str):
         names = pf.schema_arrow.names
     except Exception as exc:  # pyarrow raises several types for a bad file
         raise Unparseable(f"not a readable Parquet file: {exc}") from None
-    missing = [c for c in (text_col, label_col) if c not in names]
-    if missing:
-        raise Unparseable(f"columns {names[:10]} lack {missing}")
+    t_idx, l_idx = column_positions(names, text_col, label_col)
     offset = 0
-    batches = pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[text_col, label_col])
+    batches = pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[names[t_idx], names[l_idx]])
     while True:
         try:
             batch = next(batches, None)
@@ -491,20 +605,14 @@ def iter_parquet(fh: Any, text_col: str, label_col: str):
             raise Unparseable(f"not a readable Parquet file: {exc}") from None
         if batch is None:
             return
-        texts, labels = batch.column(0), batch.column(1)
-        if pa.types.is_dictionary(texts.type):
-            texts = texts.dictionary_decode()
-        if pa.types.is_dictionary(labels.type):
-            labels = labels.dictionary_decode()
-        if pa.types.is_large_string(texts.type):
-            texts = texts.cast(pa.string())
+        texts, labels = utf8_strings(batch.column(0)), utf8_strings(batch.column(1))
         lines = np.arange(offset + 1, offset + 1 + batch.num_rows, dtype=np.int64)
         if pa.types.is_string(texts.type):
             def raw(i: int, texts=texts, labels=labels) -> dict:
                 return {"text": texts[i].as_py(), "label": labels[i].as_py()}
             yield Chunk(texts, labels, lines, raw, [])
         else:  # not strings: each row is malformed, as the Python path says it
-            tl, ll = texts.to_pylist(), labels.to_pylist()
+            tl, ll = [_text_of(v) for v in texts.to_pylist()], [_text_of(v) for v in labels.to_pylist()]
             yield chunk_of_rows([RawRow(int(n), t, l, raw={"text": t, "label": l}) for n, t, l in zip(lines, tl, ll)])
         offset += batch.num_rows
 
@@ -526,7 +634,7 @@ def chunk_of_rows(rows: list[RawRow]) -> Chunk:
             problems.append(RawRow(row.line, None, None, MALFORMED,
                                    f"text is {type(row.text).__name__}, not a string", row.raw))
         elif row.text is not None and _undecodable(row.text):
-            problems.append(RawRow(row.line, None, None, UNDECODABLE, "bytes that are not valid UTF-8",
+            problems.append(RawRow(row.line, None, None, UNDECODABLE, NOT_UTF8,
                                    printable(row.raw)))
         else:
             ok.append(row)

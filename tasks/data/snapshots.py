@@ -37,6 +37,28 @@ def read_manifest(snapshot_uri: str) -> dict[str, Any]:
     return storage.read_json(manifest_uri(snapshot_uri))
 
 
+def check_labels(labels: list[str], manifest: dict[str, Any], what: str) -> None:
+    """Stored rows keep a label's index into data.labels, so the spec's labels must be the stored ones, in their
+    order, plus any new ones at the end; else SpecInvalid (exit 4) before anything is read or written. A manifest
+    written before it recorded ``labels`` is checked by the names its label_counts hold (order unknown)."""
+    from tasks.errors import SpecInvalid
+
+    stored = manifest.get("labels")
+    if stored is not None:
+        if labels[: len(stored)] == stored:
+            return
+        problem = f"they are {stored} (label i = name i)"
+    else:
+        missing = sorted(set(manifest.get("label_counts") or {}) - set(labels))
+        if not missing:
+            return
+        problem = f"they hold labels no longer in data.labels: {missing}"
+    raise SpecInvalid(
+        f"data.labels {labels} do not match the labels of the {what}: {problem}. Stored rows and models use a "
+        f"label's position in the list, so keep the stored names in their order and add new labels at the end (or "
+        f"give the changed pipeline a new name or storage root)")
+
+
 def read_parquet(uri: str) -> "pd.DataFrame":
     import pandas as pd
 

@@ -44,29 +44,65 @@ def normalize_text(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).split())
 
 
+def invisible(text: str) -> bool:
+    """A text of only invisible characters (zero-width spaces and joiners, BOMs, other format or control
+    characters) is as empty as a whitespace-only one."""
+    return all(unicodedata.category(ch)[0] in "CZ" for ch in text)
+
+
 def printable(value: Any) -> Any:
     """A string that JSON and UTF-8 can carry: bytes that were not UTF-8 (lone surrogates) as ``\\xNN``."""
     if isinstance(value, str):
         return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     if isinstance(value, list):
         return [printable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: printable(v) for k, v in value.items()}
     return value
 
 
 def clip(raw: Any, limit: int = 500) -> Any:
-    if isinstance(raw, str) and len(raw) > limit:
+    """A raw row for the quarantine: strings (also a Parquet row's values) clipped at ``limit`` characters."""
+    if isinstance(raw, str) and len(raw) > limit and not raw[limit:].startswith("... ("):
         return raw[:limit] + f"... ({len(raw)} chars)"
+    if isinstance(raw, dict):
+        return {k: clip(v, limit) for k, v in raw.items()}
     return raw
 
 
+def label_key(value: str) -> str:
+    """How a landed label matches a name (or alias) that it does not equal exactly: Unicode NFC, whitespace runs
+    collapsed, trimmed, casefolded ("VERY  Positive" matches "very positive"; "Zu\u0308rich" matches "Zürich").
+    The spec refuses labels that share a key (tasks/spec.py), so the match is never ambiguous."""
+    return normalize_text(value).casefold()
+
+
+def unknown_detail(value: Any, labels: list[str]) -> str:
+    """Why a label is unknown; a long label list is named by its size (the rejection message lists it once)."""
+    names = str(labels) if len(str(labels)) <= 200 else f"data.labels ({len(labels)} names)"
+    return f"label {printable(value)!r} not in {names}"
+
+
+def unknown_label_hint(labels: list[str], aliases: dict[str, str]) -> str:
+    """What an unknown label is matched against, for the message of a rejected batch."""
+    hint = f"labels are matched against data.labels {labels}"
+    if aliases:
+        hint += f" and data.label_aliases {dict(list(aliases.items())[:10])}"
+    if not all(name.isdigit() for name in labels):
+        hint += f"; numbers as labels need data.label_aliases (e.g. {{'0': {labels[0]!r}}})"
+    return hint
+
+
 class LabelMap:
-    """Raw label values -> int index into spec.data.labels, through label_aliases."""
+    """Raw label values -> int index into spec.data.labels, through label_aliases: an exact match first, then one
+    by :func:`label_key`."""
 
     def __init__(self, labels: list[str], aliases: dict[str, str]) -> None:
         self.labels = labels
         self._index = {name: i for i, name in enumerate(labels)}
         for raw, name in aliases.items():
             self._index[str(raw).strip()] = self._index[name]
+        self._loose = {label_key(name): i for name, i in self._index.items()}
 
     @staticmethod
     def _raw(value: Any) -> str | None:
@@ -89,7 +125,7 @@ class LabelMap:
             return None, MISSING_LABEL
         index = self._index.get(raw)
         if index is None:
-            index = self._index.get(raw.lower())
+            index = self._loose.get(label_key(raw))
         return (index, None) if index is not None else (None, UNKNOWN_LABEL)
 
 
@@ -123,7 +159,7 @@ def validate(source: str, rows: Iterable["RawRow"], labels: LabelMap, max_chars:
             bad.append(Bad(source, row.line, MALFORMED, f"text is {type(row.text).__name__}, not a string", row.raw))
             continue
         text = normalize_text(row.text or "")
-        if not text:
+        if not text or invisible(text):
             bad.append(Bad(source, row.line, EMPTY_TEXT, "empty or whitespace-only text", row.raw))
             continue
         if len(text) > max_chars:
@@ -131,7 +167,7 @@ def validate(source: str, rows: Iterable["RawRow"], labels: LabelMap, max_chars:
             continue
         index, reason = labels.lookup(row.label)
         if reason:
-            detail = "no label" if reason == MISSING_LABEL else f"label {printable(row.label)!r} not in {labels.labels}"
+            detail = "no label" if reason == MISSING_LABEL else unknown_detail(row.label, labels.labels)
             bad.append(Bad(source, row.line, reason, detail, row.raw))
             continue
         good.append(Good(source, row.line, text, index))
@@ -255,6 +291,9 @@ def validate_chunk(source: str, chunk: Any, label_map: LabelMap, max_chars: int)
     texts = normalize_array(chunk.texts)
     length = pc.fill_null(pc.utf8_length(texts), 0).to_numpy(zero_copy_only=False)
     empty = length == 0
+    non_ascii = np.flatnonzero(~empty & ~pc.fill_null(pc.string_is_ascii(texts), True).to_numpy(zero_copy_only=False))
+    if len(non_ascii):  # zero-width or format characters only (ASCII: only a lone control character could be)
+        empty[non_ascii] = [invisible(t) for t in texts.take(pa.array(non_ascii)).to_pylist()]
     too_long = ~empty & (length > max_chars)
     index, reasons = label_indices(chunk.labels, label_map)
     label_bad = ~empty & ~too_long & (index < 0)
@@ -268,7 +307,7 @@ def validate_chunk(source: str, chunk: Any, label_map: LabelMap, max_chars: int)
         else:
             value = chunk.labels[i] if isinstance(chunk.labels, list) else chunk.labels[i].as_py()
             detail = "no label" if reasons[i] == MISSING_LABEL else \
-                f"label {printable(value)!r} not in {label_map.labels}"
+                unknown_detail(value, label_map.labels)
             bad.append(Bad(source, line, reasons[i], detail, chunk.raw(i)))
     bad.sort(key=lambda b: b.line)
     mask = pa.array(good)
