@@ -137,11 +137,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name = (yaml.safe_load(spec_path.read_text(encoding="utf-8")) or {}).get("name", spec_path.stem)
     storage_root = (args.storage or ROOT / ".run" / str(name) / "storage").resolve()
-    for what, folder in (("LANDING", args.landing.resolve()), ("STORAGE", storage_root)):
-        if set("#?") & set(str(folder)):  # tasks.storage reads file:// URIs with urlparse: '#...' and '?...' drop
-            print(f"[run] {what} {folder} holds '#' or '?', which a file:// URI cannot carry here; use another "
-                  f"folder", file=sys.stderr)
-            return 2
     storage_root.mkdir(parents=True, exist_ok=True)
 
     with tempfile.TemporaryDirectory(prefix="retrain-run-") as tmp:

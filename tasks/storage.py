@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
-from urllib.parse import urlparse
 
 
 class StorageError(RuntimeError):
@@ -102,7 +101,8 @@ def local_path(uri: str) -> Path:
     if is_s3(uri):
         raise StorageError(f"not a local URI: {uri}")
     if uri.startswith("file://"):
-        return Path(urlparse(uri).path)
+        # Not urlparse: a path may hold '#' or '?', which a URL parser cuts off as fragment or query.
+        return Path(uri[len("file://"):])
     return Path(uri).expanduser().resolve()
 
 
@@ -181,8 +181,9 @@ def reset_clients() -> None:
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
-    parsed = urlparse(uri)
-    return parsed.netloc, parsed.path.lstrip("/")
+    # Not urlparse: S3 keys may hold '#' or '?'.
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    return bucket, key.lstrip("/")
 
 
 def _s3_path(uri: str) -> str:
@@ -514,7 +515,7 @@ def copy(src_uri: str, dst_uri: str, *, if_none_match: bool = False) -> str:
         if not if_none_match:
             with _s3_errors(src_uri):
                 fs = _s3()
-                fs.copy(_s3_path(src_uri), _s3_path(dst_uri))
+                fs.cp_file(_s3_path(src_uri), _s3_path(dst_uri))  # not copy(): it globs "?", "*", "["
                 return _s3_etag(fs.info(_s3_path(dst_uri)))
         with tempfile.TemporaryDirectory(prefix="copy-") as tmp:
             local = download_file(src_uri, Path(tmp) / "object")

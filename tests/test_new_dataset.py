@@ -240,23 +240,6 @@ def test_a_mostly_bad_golden_source_is_not_frozen(tmp_path, golden, expected):
     assert not storage.exists(storage.join(spec.layout.golden, "current.json"))
 
 
-def test_local_run_refuses_a_folder_a_file_uri_cannot_carry(tmp_path):
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
-    landing_dir = tmp_path / "my#data"
-    landing_dir.mkdir()
-    spec_file = tmp_path / "spec.yaml"
-    spec_file.write_text("name: mine\n")
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "local_run.py"), "ingest", "--spec", str(spec_file),
-                           "--landing", str(landing_dir), "--storage", str(tmp_path / "store")],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "holds '#' or '?'" in proc.stderr
-    assert not (tmp_path / "store").exists()
-
-
 def test_the_label_list_may_grow_at_the_end_but_not_change_under_stored_rows(tmp_path):
     from tasks.errors import SpecInvalid
 

@@ -324,3 +324,15 @@ def test_sha256_uri_matches_the_bytes(base, tmp_path):
     assert storage.sha256_uri(storage.join(base, "f")) == storage.sha256_bytes(data)
     with pytest.raises(storage.NotFound):
         storage.sha256_uri(storage.join(base, "missing"))
+
+
+@pytest.mark.parametrize("scheme", ["local", "s3"])
+def test_paths_with_hash_and_question_marks_are_kept_whole(scheme, tmp_path, request):
+    # A URL parser would cut '#...' off as a fragment and '?...' as a query: another folder or key.
+    root = ("file://" + str(tmp_path) if scheme == "local" else request.getfixturevalue("s3_env")) + "/my#data?v=1"
+    storage.write_text(root + "/a#1.txt", "one")
+    storage.copy(root + "/a#1.txt", root + "/b?.txt")
+    assert storage.read_text(root + "/b?.txt") == "one"
+    assert sorted(o.uri for o in storage.list_objects(root)) == [root + "/a#1.txt", root + "/b?.txt"]
+    if scheme == "local":
+        assert (tmp_path / "my#data?v=1" / "a#1.txt").read_text() == "one"
