@@ -194,12 +194,18 @@ def _load(attempt_uri: str, fields: dict[str, Any], sizes: dict[str, int]) -> To
 
 def publish(key_uri: str, fields: dict[str, Any], train, holdout) -> str:
     """Write both splits as a new attempt folder under ``key_uri``, create-only, its manifest last."""
-    from datasets import DatasetDict
+    import datasets
 
     attempt = f"{storage.utcnow().replace('-', '').replace(':', '')}-{uuid.uuid4().hex[:8]}"
     attempt_uri = storage.join(key_uri, attempt)
     with tempfile.TemporaryDirectory(prefix="token-cache-") as tmp:
-        DatasetDict({"train": train, "holdout": holdout}).save_to_disk(tmp)
+        quiet = datasets.are_progress_bars_disabled()
+        datasets.disable_progress_bars()  # one line per stage in the log, not a progress bar per split
+        try:
+            datasets.DatasetDict({"train": train, "holdout": holdout}).save_to_disk(tmp)
+        finally:
+            if not quiet:
+                datasets.enable_progress_bars()
         files = {}
         for path in sorted(Path(tmp).rglob("*")):
             if path.is_file():
