@@ -112,6 +112,41 @@ def test_rows_are_found_by_index_and_a_wrong_row_is_refused(teacher, tokenizer, 
         collate(swapped)
 
 
+def test_a_bf16_teacher_feeds_the_fp32_students_loss_live_and_cached(teacher, tokenizer, train_set, tmp_path):
+    """What a CUDA GPU runs, on CPU: the teacher with bf16 weights (teacher_cache.for_device casts it there), its
+    bf16 logits and hidden states cast to the student's fp32 in the loss, and a cache kept in bf16 (2 bytes a
+    value). Both paths give the fp32 teacher's loss within bf16 rounding, and the same loss as each other."""
+    import copy
+
+    bf16_teacher = copy.deepcopy(teacher).to(torch.bfloat16)
+    layers = [t for _, t in hidden_pairs([1, 3])]
+    outputs = teacher_cache.compute(bf16_teacher, train_set, tokenizer, layers=layers, batch_size=16,
+                                    device=torch.device("cpu"))
+    assert outputs.hidden.dtype == torch.bfloat16 and outputs.logits.dtype == torch.float32
+    assert outputs.hidden.element_size() == 2
+    indexed = train_set.add_column("row_index", list(range(len(train_set))))
+    cached = _trainer(bf16_teacher, tokenizer, indexed, tmp_path / "cached", outputs)
+    live = _trainer(bf16_teacher, tokenizer, train_set, tmp_path / "live")
+    fp32 = _trainer(teacher, tokenizer, train_set, tmp_path / "fp32")
+    assert next(live.teacher.parameters()).dtype == torch.bfloat16  # for_device on CPU keeps the given dtype
+    for trainer in (live, fp32):
+        trainer.model.load_state_dict(cached.model.state_dict())
+    with_cache = next(iter(cached.get_train_dataloader()))
+    without = next(iter(live.get_train_dataloader()))
+    assert with_cache["teacher_hidden"].dtype == torch.bfloat16
+
+    def loss(trainer, batch):
+        trainer.model.train()  # hidden-state MSE in the loss; the same dropout masks by the seed
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return trainer.compute_loss(trainer.model, dict(batch))
+
+    got_cached, got_live, want = loss(cached, with_cache), loss(live, without), loss(fp32, without)
+    assert got_cached.dtype == got_live.dtype == torch.float32
+    assert got_cached.item() == pytest.approx(got_live.item(), rel=1e-3)
+    assert got_live.item() == pytest.approx(want.item(), rel=5e-2)
+
+
 def test_when_the_cache_is_used():
     fits = dict(need_bytes=10 * 2**20, budget_bytes=100 * 2**20)
     assert teacher_cache.decide("auto", cuda=False, epochs=3, world_size=1, **fits) == (False, "auto: off on CPU")

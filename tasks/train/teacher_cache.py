@@ -134,10 +134,13 @@ def compute(teacher, dataset, tokenizer, *, layers: Sequence[int], batch_size: i
 
     t0 = time.monotonic()
     inputs = [c for c in ("input_ids", "token_type_ids", "attention_mask") if c in dataset.column_names]
-    columns = dataset.select_columns(inputs)[:]  # {column: list of rows}
-    lengths = np.array([len(row) for row in columns["input_ids"]], dtype=np.int64)
+    view = dataset.select_columns(inputs)  # batches are read from it by index: the split is never all in RAM
+    lengths, crc = [], []
+    for row in dataset["input_ids"]:
+        lengths.append(len(row))
+        crc.append(row_crc(row))
+    lengths, crc = np.array(lengths, dtype=np.int64), np.array(crc, dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    crc = np.array([row_crc(row) for row in columns["input_ids"]], dtype=np.int64)
     collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if device.type == "cuda" else None)
     dtype = next(teacher.parameters()).dtype
     logits = torch.empty(len(lengths), teacher.config.num_labels, dtype=torch.float32)
@@ -147,7 +150,8 @@ def compute(teacher, dataset, tokenizer, *, layers: Sequence[int], batch_size: i
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            batch = collate([{c: columns[c][r] for c in inputs} for r in rows])
+            chunk = view[rows.tolist()]  # {column: the rows' values}
+            batch = collate([{c: chunk[c][i] for c in inputs} for i in range(len(rows))])
             batch = {k: v.to(device) for k, v in batch.items()}
             out = teacher(**batch, output_hidden_states=bool(layers))
             logits[torch.as_tensor(rows)] = out.logits.float().cpu()
