@@ -203,3 +203,55 @@ def test_the_distill_stage_trains_on_cached_teacher_outputs(tmp_path, tiny_model
     assert len(losses(cached)) == len(losses(live)) > 2
     assert np.allclose(losses(cached), losses(live), rtol=1e-3)
     assert cached["metrics"]["accuracy"] == pytest.approx(live["metrics"]["accuracy"], abs=0.05)
+
+
+def test_a_crashed_distill_with_the_cache_resumes_to_the_uninterrupted_student(tmp_path, tiny_model_dir,
+                                                                                monkeypatch):
+    """Distill with teacher_cache: on dies on its 12th training batch; the retry (a fresh scratch folder, as a new
+    pod) makes the teacher pass again, resumes from the step-10 checkpoint in storage, and ends with the weights
+    of a run that was never interrupted, bit for bit (CPU, same seed)."""
+    from safetensors.torch import load_file
+
+    from tasks.train import distill, finetune
+
+    root = storage.normalize(str(tmp_path / "store"))
+    settings = {"model.base": str(tiny_model_dir), "model.max_length": 32, "train.epochs": 1, "train.batch_size": 16,
+                "train.learning_rate": 1e-3, "train.eval_steps": 5, "train.checkpoint_steps": 5,
+                "train.early_stopping_patience": 100, "student.layers": 2, "student.epochs": 2,
+                "student.batch_size": 16, "student.export": [], "student.teacher_cache": "on"}
+    snapshot = write_snapshot(root, "sst2", read_tsv("train", limit=120, offset=8000))
+    monkeypatch.setenv("RETRAIN_SCRATCH_DIR", str(tmp_path / "scratch-teacher"))
+    teacher_run = make_run(root, "teacher", settings)
+    assert finetune.main(["--run", teacher_run, "--snapshot", snapshot]) == 0
+    teacher_uri = storage.join(teacher_run, "finetune", "model")
+
+    def distill_in(run: str, scratch: str) -> dict:
+        monkeypatch.setenv("RETRAIN_SCRATCH_DIR", str(tmp_path / scratch))
+        assert distill.main(["--run", run, "--snapshot", snapshot, "--teacher", teacher_uri]) == 0
+        return storage.read_json(storage.join(run, "distill", "result.json"))
+
+    reference = distill_in(make_run(root, "uninterrupted", settings), "scratch-ref")
+    assert reference["resumed_from_step"] == 0 and reference["global_step"] > 12
+
+    real_call = teacher_cache.CachedTeacherCollator.__call__
+    train_batches = []
+
+    def dies_on_the_12th_train_batch(self, features):
+        if features and "row_index" in features[0]:
+            train_batches.append(len(features))
+            if len(train_batches) == 12:
+                raise RuntimeError("simulated crash")
+        return real_call(self, features)
+
+    monkeypatch.setattr(teacher_cache.CachedTeacherCollator, "__call__", dies_on_the_12th_train_batch)
+    crashed = make_run(root, "crashed", settings)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        distill_in(crashed, "scratch-crash")
+    assert not storage.exists(storage.join(crashed, "distill", "result.json"))
+    monkeypatch.setattr(teacher_cache.CachedTeacherCollator, "__call__", real_call)
+    retry = distill_in(crashed, "scratch-retry")
+    assert retry["resumed_from_step"] == 10 and retry["global_step"] == reference["global_step"]
+    assert retry["metrics"] == reference["metrics"]
+    got = load_file(str(storage.local_path(retry["model_uri"]) / "model.safetensors"))
+    want = load_file(str(storage.local_path(reference["model_uri"]) / "model.safetensors"))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
