@@ -15,12 +15,19 @@ student's training FLOPs only, not the teacher's forward pass):
   loop's;
 - ``overhead_fraction``: (holdout evaluations + checkpoint saves and uploads) / stage wall;
   ``stage_wall_s``: ``main()`` start to result, in this process (interpreter start and imports excluded);
-- ``teacher_dev_accuracy``, ``student_dev_accuracy``: on SST-2 dev.tsv (the first ``--dev-rows``).
+- ``teacher_dev_accuracy``, ``student_dev_accuracy``: on SST-2 dev.tsv (the first ``--dev-rows``);
+- ``distill_over_finetune``: the distill stage's training rows/s over the fine-tune stage's (issue 12, item 4: at
+  least 1), both per sample, the distill side counting the teacher cache's one pass when it ran
+  (``distill.samples_per_second_with_teacher_pass``; ``distill.teacher_cache`` says whether it did and why);
+- with ``--compare-teacher-cache``: ``teacher_cache_compare``, the distill stage once more with
+  ``student.teacher_cache`` off and once on (same teacher, rows and settings), their figures and
+  ``on_over_off``, the ratio of their rows/s with the pass counted.
 
     python bench/gpu_efficiency.py --rows 4000 --min-words 10                 # packaged MiniLM, spec settings
     python bench/gpu_efficiency.py --rows 4000 --set train.batch_size=256     # a GPU-sized batch
     python bench/gpu_efficiency.py --smoke                                    # tiny model on CPU, seconds
     python bench/gpu_efficiency.py --bert-base --rows 67349 --min-words 0     # BERT-base size, seq 128
+    python bench/gpu_efficiency.py --rows 4000 --compare-teacher-cache        # distill: teacher cache off vs on
 
 ``--bert-base``: a random-init BERT-base-size classifier (12 layers, 768 wide, 12 heads, the packaged MiniLM
 tokenizer) as ``model.base``, ``model.max_length`` 128, and train rows made of consecutive SST-2 sentences of one
@@ -166,7 +173,13 @@ def figures(result: dict, wall: float, mean_tokens: float, model, peak: float | 
     tokens = samples * mean_tokens
     flops = train_flops_per_token(model, mean_tokens)
     overhead = (result["eval_seconds"] or 0) + (result["checkpoint_seconds"] or 0)
-    return {"samples_per_second": samples, "tokens_per_second": round(tokens, 1),
+    # The teacher cache's pass runs before training, outside the stage's own rows/s: count it here.
+    busy = max(1e-9, (result["train_seconds"] or 0) - (result["eval_seconds"] or 0))
+    teacher_pass = result.get("teacher_pass_seconds") or 0.0
+    extra = ({"teacher_cache": result.get("teacher_cache"), "teacher_pass_seconds": result.get("teacher_pass_seconds"),
+              "samples_per_second_with_teacher_pass": round(samples * busy / (busy + teacher_pass), 2)}
+             if "teacher_cache" in result and result.get("teacher_cache") is not None else {})
+    return {**extra, "samples_per_second": samples, "tokens_per_second": round(tokens, 1),
             "mfu": significant(tokens * flops / (peak * 1e12)) if peak else None,
             "stage_wall_s": round(wall, 2), "train_seconds": result["train_seconds"],
             "eval_seconds": result["eval_seconds"], "checkpoint_seconds": result["checkpoint_seconds"],
@@ -185,6 +198,8 @@ def main() -> None:
                         help="random-init BERT-base-size model at sequence length 128 (with --smoke: tiny, 64)")
     parser.add_argument("--ceiling-steps", type=int, default=40)
     parser.add_argument("--peak-tflops", type=float, help="the device's dense peak, for MFU where it is not known")
+    parser.add_argument("--compare-teacher-cache", action="store_true",
+                        help="run the distill stage twice more, student.teacher_cache off and on, and compare")
     args = parser.parse_args()
 
     import torch
@@ -246,6 +261,18 @@ def main() -> None:
     })
     student_model = modeling.load_classifier(modeling.materialize(student["model_uri"]))
     out["distill"] = figures(student, student_wall, mean_tokens, student_model, peak)
+    distill_rate = out["distill"].get("samples_per_second_with_teacher_pass", out["distill"]["samples_per_second"])
+    out["distill_over_finetune"] = round(distill_rate / out["samples_per_second"], 3)
+    if args.compare_teacher_cache:
+        compare = {}
+        for setting in ("off", "on"):
+            cache_run = make_run(root, f"bench-teacher-cache-{setting}", {**overrides, "student.teacher_cache": setting})
+            result, wall = run_stage_here("distill", ["--run", cache_run, "--snapshot", snapshot, "--teacher",
+                                                      teacher["model_uri"]], work / "scratch")
+            compare[setting] = figures(result, wall, mean_tokens, student_model, peak)
+        compare["on_over_off"] = round(compare["on"]["samples_per_second_with_teacher_pass"]
+                                       / compare["off"]["samples_per_second_with_teacher_pass"], 3)
+        out["teacher_cache_compare"] = compare
     out["teacher_dev_accuracy"] = dev_accuracy(teacher["model_uri"], args.dev_rows, spec.model.max_length)
     out["student_dev_accuracy"] = dev_accuracy(student["model_uri"], args.dev_rows, spec.model.max_length)
     print_json(out)

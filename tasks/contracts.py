@@ -158,6 +158,9 @@ class TrainResult(Result):
     learning_rate_source: str | None = None  # "spec", "champion <version>" or "search" (train.learning_rate: auto)
     lr_search: dict[str, Any] | None = None  # the search's trials when it ran (tasks/train/defaults.py)
     epochs: float | None = None  # epochs trained (train.epochs: auto derives them from the train rows)
+    token_cache: str | None = None  # "hit": the tokenized splits came from the cache; "miss": tokenized here
+    teacher_cache: str | None = None  # distill: "on: <rows, tokens, MiB>" or "off: <why>" (student.teacher_cache)
+    teacher_pass_seconds: float | None = None  # distill, teacher cache on: the teacher's one pass before training
 
 
 class GateResult(Result):

@@ -219,6 +219,11 @@ class StudentSpec(_Section):
         "auto", description="As train.gpu_batch_size, for the student (scaled from student.batch_size)")
     export: list[Literal["int8", "onnx", "onnx_int8"]] = Field(
         default_factory=list, description="CPU-serving exports of the student (published with it)")
+    teacher_cache: Literal["auto", "on", "off"] = Field(
+        "auto", description="Teacher outputs (logits, and the mapped hidden states when hidden_mse_weight > 0) from "
+                            "one pass over the train rows before training, in host memory, instead of a teacher "
+                            "forward pass per step: auto = on a CUDA GPU when epochs > GPUs and it fits the memory "
+                            "budget (docs/training.md), off on CPU; on = whenever it fits; off = the live teacher")
 
 
 class DriftSpec(_Section):
@@ -463,6 +468,8 @@ class Layout:
     champion = property(lambda self: self._at("models", self.pipeline, "champion.json"), doc="The champion pointer")
     audit = property(lambda self: self._at("models", self.pipeline, "audit"), doc="Who moved the champion, when")
     checkpoints = property(lambda self: self._at("checkpoints", self.pipeline), doc="Training scratch (deletable)")
+    token_cache = property(lambda self: self._at("cache", self.pipeline, "tokens"),
+                           doc="Tokenized snapshot splits, one folder per key (derived data, deletable)")
 
     def run(self, run_key: str) -> str:
         return self._at("runs", self.pipeline, run_key)

@@ -1,5 +1,6 @@
 """bench/gpu_efficiency.py --smoke: the real stages and the bare-loop ceiling on a tiny model on CPU, one JSON line
-with every figure the GPU run reports."""
+with every figure the GPU run reports (and, with --compare-teacher-cache, the distill stage with the teacher
+cache off and on)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from bench.common import ROOT
 
 def test_smoke_run_reports_stage_and_ceiling_figures():
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "bench/gpu_efficiency.py", "--smoke", "--peak-tflops", "0.5"], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "bench/gpu_efficiency.py", "--smoke", "--peak-tflops", "0.5",
+                           "--compare-teacher-cache"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -37,6 +38,20 @@ def test_smoke_run_reports_stage_and_ceiling_figures():
     assert out["ceiling_mfu"] == pytest.approx(
         out["mfu"] * out["ceiling_tokens_per_second"] / out["tokens_per_second"], rel=0.05)
     assert 0 <= out["teacher_dev_accuracy"] <= 1 and 0 <= out["student_dev_accuracy"] <= 1
+
+    # Issue 12, item 4: distill rows/s over fine-tune rows/s, the teacher cache's pass counted when it ran (on
+    # CPU the spec's auto leaves it off). Then the distill stage with the cache off and on.
+    distill = out["distill"]
+    assert distill["teacher_cache"] == "off: auto: off on CPU"
+    assert distill["samples_per_second_with_teacher_pass"] == pytest.approx(distill["samples_per_second"], rel=1e-3)
+    assert out["distill_over_finetune"] == pytest.approx(distill["samples_per_second"] / out["samples_per_second"],
+                                                         abs=2e-3)
+    off, on = out["teacher_cache_compare"]["off"], out["teacher_cache_compare"]["on"]
+    assert off["teacher_cache"].startswith("off: student.teacher_cache: off") and off["teacher_pass_seconds"] is None
+    assert on["teacher_cache"].startswith("on: ") and on["teacher_pass_seconds"] > 0
+    assert on["samples_per_second_with_teacher_pass"] < on["samples_per_second"]
+    assert out["teacher_cache_compare"]["on_over_off"] == pytest.approx(
+        on["samples_per_second_with_teacher_pass"] / off["samples_per_second_with_teacher_pass"], abs=2e-3)
 
 
 def test_bert_base_mode_runs_stage_and_ceiling_at_the_full_length():

@@ -23,7 +23,7 @@ from transformers import Trainer
 
 from tasks import cli, storage
 from tasks.errors import SpecInvalid
-from tasks.train.runner import Recipe, run
+from tasks.train.runner import Prepared, Recipe, run
 
 STAGE = "distill"
 _LAYER_KEY = re.compile(r"(\.layer\.)(\d+)(\.)")
@@ -109,7 +109,8 @@ def distillation_loss(student_logits, teacher_logits, labels, *, alpha: float, t
 
     ce = F.cross_entropy(student_logits, labels)
     t = temperature
-    kl = F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits.detach() / t, dim=-1),
+    teacher_logits = teacher_logits.detach().to(student_logits.dtype)  # a bf16 teacher's (a no-op in fp32)
+    kl = F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
                   reduction="batchmean", log_target=True) * (t * t)
     loss = alpha * ce + (1 - alpha) * kl
     hidden = torch.zeros((), device=student_logits.device)
@@ -117,39 +118,63 @@ def distillation_loss(student_logits, teacher_logits, labels, *, alpha: float, t
         mask = attention_mask.unsqueeze(-1).to(student_logits.dtype) if attention_mask is not None else None
         terms = []
         for s, h in zip(student_hidden, teacher_hidden):
-            err = (s - h.detach()).pow(2)
+            err = (s - h.detach().to(s.dtype)).pow(2)
             terms.append((err * mask).sum() / (mask.sum() * s.shape[-1]) if mask is not None else err.mean())
         hidden = torch.stack(terms).mean()
         loss = loss + hidden_weight * hidden
     return {"loss": loss, "ce": ce.detach(), "kl": kl.detach(), "hidden": hidden.detach()}
 
 
+def hidden_pairs(mapping: list[int]) -> list[tuple[int, int]]:
+    """(student, teacher) ``hidden_states`` indices: student state i+1 (after student layer i) imitates the
+    teacher's after layer mapping[i]."""
+    return [(i + 1, t + 1) for i, t in enumerate(mapping)]
+
+
 class DistillTrainer(Trainer):
-    """The Trainer with the distillation loss; the teacher is frozen, in eval mode, never wrapped in DDP."""
+    """The Trainer with the distillation loss; the teacher is frozen, in eval mode, never wrapped in DDP.
+
+    On a CUDA GPU the teacher runs with bf16 weights (cast once) under ``torch.inference_mode``. With
+    ``teacher_outputs`` (``tasks.train.teacher_cache``), training batches carry the teacher's cached logits and
+    hidden states and the teacher does not run; evaluation batches still use it."""
 
     loss_is_scaled_for_ga = False  # our loss is a per-batch mean
 
     def __init__(self, *args, teacher, alpha: float, temperature: float, hidden_weight: float,
-                 mapping: list[int], **kwargs):
+                 mapping: list[int], teacher_outputs=None, **kwargs):
+        from tasks.train import teacher_cache
+
         super().__init__(*args, **kwargs)
-        self.teacher = teacher.eval().requires_grad_(False)
+        self.teacher = teacher_cache.for_device(teacher, self.args.device)
         self.alpha, self.temperature, self.hidden_weight = alpha, temperature, hidden_weight
-        # Student hidden state i+1 (after student layer i) imitates the teacher's after layer mapping[i].
-        self.hidden_pairs = [(i + 1, t + 1) for i, t in enumerate(mapping)]
+        self.hidden_pairs = hidden_pairs(mapping)
+        self.teacher_outputs = teacher_outputs
+        if teacher_outputs is not None:
+            # The train split's row_index column must reach the collator; the Trainer would drop it as no
+            # argument of the model's forward. The split holds only the model's inputs, labels and row_index.
+            self.args.remove_unused_columns = False
+            self.data_collator = teacher_cache.CachedTeacherCollator(self.data_collator, teacher_outputs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
+        cached_logits, cached_hidden = inputs.pop("teacher_logits", None), inputs.pop("teacher_hidden", None)
         want_hidden = self.hidden_weight > 0 and model.training  # eval would gather every hidden state
-        if self.teacher.device != labels.device:
-            self.teacher.to(labels.device)
-        with torch.no_grad():
-            teacher_out = self.teacher(**inputs, output_hidden_states=want_hidden)
+        if cached_logits is not None:
+            teacher_logits = cached_logits
+            teacher_hidden = list(cached_hidden) if want_hidden else None
+        else:
+            if self.teacher.device != labels.device:
+                self.teacher.to(labels.device)
+            with torch.inference_mode():
+                teacher_out = self.teacher(**inputs, output_hidden_states=want_hidden)
+            teacher_logits = teacher_out.logits
+            teacher_hidden = [teacher_out.hidden_states[t] for _, t in self.hidden_pairs] if want_hidden else None
         student_out = model(**inputs, output_hidden_states=want_hidden)
         parts = distillation_loss(
-            student_out.logits, teacher_out.logits, labels, alpha=self.alpha, temperature=self.temperature,
+            student_out.logits, teacher_logits, labels, alpha=self.alpha, temperature=self.temperature,
             student_hidden=[student_out.hidden_states[s] for s, _ in self.hidden_pairs] if want_hidden else None,
-            teacher_hidden=[teacher_out.hidden_states[t] for _, t in self.hidden_pairs] if want_hidden else None,
-            hidden_weight=self.hidden_weight, attention_mask=inputs.get("attention_mask"),
+            teacher_hidden=teacher_hidden, hidden_weight=self.hidden_weight,
+            attention_mask=inputs.get("attention_mask"),
         )
         inputs["labels"] = labels
         return (parts["loss"], student_out) if return_outputs else parts["loss"]
@@ -177,9 +202,42 @@ def recipe(spec, args: DistillArgs) -> Recipe:
         trainer_kwargs=dict(teacher=teacher, alpha=st.alpha, temperature=st.temperature,
                             hidden_weight=st.hidden_mse_weight, mapping=mapping),
         exports=st.export,
+        prepare=lambda train_set, **plan: with_teacher_cache(spec, teacher, mapping, train_set, **plan),
         result=dict(teacher_uri=teacher_uri, student_layers=st.layers, layer_map=mapping),
         note=f"student: {st.layers} of {teacher.config.num_hidden_layers} teacher layers {mapping}",
     )
+
+
+def with_teacher_cache(spec, teacher, mapping: list[int], train_set, *, epochs: float, batch_size: int,
+                       world_size: int, tokenizer) -> Prepared:
+    """``student.teacher_cache``: the teacher's outputs over the train rows from one pass, when ``decide`` says
+    so; the train split then carries ``row_index`` for the collator to find them."""
+    import os
+
+    from tasks.train import teacher_cache
+
+    st = spec.student
+    cuda = torch.cuda.is_available()
+    layers = [t for _, t in hidden_pairs(mapping)] if st.hidden_mse_weight > 0 else []
+    tokens = sum(len(ids) for ids in train_set["input_ids"])
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    need = teacher_cache.estimate_bytes(tokens, len(train_set), len(layers), teacher.config.hidden_size,
+                                        teacher.config.num_labels, value_bytes=2 if bf16 else 4)
+    budget = teacher_cache.memory_budget_bytes(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    use, why = teacher_cache.decide(st.teacher_cache, cuda=cuda, epochs=epochs, world_size=world_size,
+                                    need_bytes=need, budget_bytes=budget)
+    if not use:
+        print(f"[{STAGE}] teacher cache off ({why}): the live teacher runs on every batch", flush=True)
+        return Prepared(train_set, result={"teacher_cache": f"off: {why}"})
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
+    outputs = teacher_cache.compute(teacher_cache.for_device(teacher, device), train_set, tokenizer, layers=layers,
+                                    batch_size=max(64, 2 * batch_size), device=device)
+    summary = (f"on: {len(train_set)} rows, {tokens} tokens, {len(layers)} hidden layers, "
+               f"{outputs.nbytes / 2**20:.1f} MiB in host memory ({why})")
+    print(f"[{STAGE}] teacher cache {summary}; one pass in {outputs.seconds:.1f}s", flush=True)
+    return Prepared(train_set.add_column("row_index", list(range(len(train_set)))),
+                    trainer_kwargs={"teacher_outputs": outputs},
+                    result={"teacher_cache": summary, "teacher_pass_seconds": round(outputs.seconds, 2)})
 
 
 def main(argv: list[str]) -> int:

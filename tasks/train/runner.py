@@ -1,6 +1,6 @@
 """The one runner of both training stages, ``python -m tasks finetune`` and ``python -m tasks distill``.
 
-    spec + snapshot -> the stage's Recipe (starting weights, loss) -> tokenized splits -> Trainer
+    spec + snapshot -> the stage's Recipe (starting weights, loss) -> tokenized splits (cached) -> Trainer
       -> restore checkpoints from storage -> train -> evaluate the best model on the holdout split
       -> model, exports, metrics.json, curve.png to storage -> the TrainResult
 
@@ -45,30 +45,45 @@ class Recipe:
     result: dict[str, Any] = field(default_factory=dict)  # stage-specific TrainResult fields
     note: str = ""  # one line for the log
     learning_rate_source: str = "spec"  # "spec", "champion <version>" (its recorded rate); "search" is the runner's
+    # Called with the tokenized train split once the batch is planned (distill: the teacher cache), as
+    # prepare(train_set, epochs=, batch_size=, world_size=, tokenizer=) -> Prepared.
+    prepare: Callable[..., "Prepared"] | None = None
+
+
+@dataclass
+class Prepared:
+    """What a Recipe's ``prepare`` gives back: the train split to train on, and additions to the Trainer's
+    keyword arguments and to the result."""
+
+    train_set: Any
+    trainer_kwargs: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
 
 
 def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe]) -> int:
     """Run a training stage; ``args`` has ``run`` and ``snapshot``, ``recipe_of(spec, args)`` the rest."""
     from transformers import Trainer, set_seed
 
-    from tasks.train import checkpoints, defaults, export, modeling, training
+    from tasks.train import checkpoints, defaults, export, modeling, token_cache, training
 
     training.setup_logging()
     spec = load_spec(storage.join(storage.normalize(args.run), "spec.json"))
     paths = training.stage_paths(spec, args.run, stage)
     hp = spec.train
 
-    # The data, and the weights and loss that train on it.
-    train_rows, holdout_rows = training.load_splits(args.snapshot, hp.max_train_rows)
+    # The weights and loss, and the data they train on: the snapshot's splits tokenized once per snapshot,
+    # tokenizer and length, and cached in storage (the next stage and every retry read them; token_cache.py).
+    snapshot = token_cache.snapshot_identity(args.snapshot)  # a missing snapshot fails here, before any model
     set_seed(hp.seed)  # a fresh classification head is initialized in recipe_of
     recipe = recipe_of(spec, args)
     tokenizer = modeling.load_tokenizer(recipe.tokenizer_dir)
-    train_set = training.tokenize(tokenizer, train_rows["text"], train_rows["label"], spec.model.max_length)
-    holdout_set = training.tokenize(tokenizer, holdout_rows["text"], holdout_rows["label"], spec.model.max_length)
+    splits = token_cache.tokenized_splits(spec.layout.token_cache, args.snapshot, tokenizer, spec.model.max_length,
+                                          hp.max_train_rows, stage=stage, snapshot=snapshot)
+    train_set, holdout_set = splits.train, splits.holdout
     # Model selection on a stratified sample of the holdout rows (train.selection_rows), or on all of them.
     selection_set = holdout_set
     if hp.selection_rows is not None and hp.selection_rows < len(holdout_set):
-        selection_set = holdout_set.select(training.stratified_sample(holdout_rows["label"], hp.selection_rows,
+        selection_set = holdout_set.select(training.stratified_sample(holdout_set["labels"], hp.selection_rows,
                                                                       hp.seed))
 
     # learning_rate: auto with no recorded rate (a first run): a short, bounded search picks it (defaults.py), at
@@ -91,6 +106,9 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
         batch_size=recipe.batch_size, learning_rate=learning_rate, eval_steps=hp.eval_steps,
         checkpoint_steps=hp.checkpoint_steps, gpu_batch_size=recipe.gpu_batch_size, lr_scaling=hp.gpu_lr_scaling,
         max_length=spec.model.max_length, train_rows=len(train_set), total_memory_bytes=training.cuda_memory_bytes())
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    prepared = (recipe.prepare(train_set, epochs=epochs, batch_size=plan.batch_size, world_size=world_size,
+                               tokenizer=tokenizer) if recipe.prepare else Prepared(train_set))
     targs = training.training_arguments(
         paths.scratch, epochs=epochs, batch_size=plan.batch_size, learning_rate=plan.learning_rate,
         weight_decay=hp.weight_decay, warmup_ratio=hp.warmup_ratio,
@@ -107,7 +125,8 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
     trainer = training.make_trainer(
         recipe.trainer_cls or Trainer, args=targs, tokenizer=tokenizer, n_classes=len(spec.data.labels),
         patience=hp.early_stopping_patience, callbacks=[progress, *timed, sync],  # timed before sync: it sees the save
-        model=recipe.model, train_dataset=train_set, eval_dataset=selection_set, **recipe.trainer_kwargs,
+        model=recipe.model, train_dataset=prepared.train_set, eval_dataset=selection_set,
+        **{**recipe.trainer_kwargs, **prepared.trainer_kwargs},
     )
     if selection_set is not holdout_set:
         print(f"[{stage}] model selection on a stratified {len(selection_set)} of {len(holdout_set)} holdout rows",
@@ -141,7 +160,8 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
         world_size=targs.world_size, batch_size=plan.batch_size, learning_rate=plan.learning_rate,
         learning_rate_source=lr_source, lr_search=lr_search, epochs=epochs,
         base_model=spec.model.base, init_from=recipe.init_from,
-        parameters=sum(p.numel() for p in trainer.model.parameters()), exports=exports, **recipe.result,
+        parameters=sum(p.numel() for p in trainer.model.parameters()), exports=exports,
+        token_cache="hit" if splits.hit else "miss", **recipe.result, **prepared.result,
     )
     results.emit(result, paths.out_uri)
     return 0

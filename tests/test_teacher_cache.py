@@ -1,0 +1,257 @@
+"""The teacher cache (tasks/train/teacher_cache.py, student.teacher_cache): the loss from cached teacher outputs
+equals the live teacher's, batch by batch; rows are matched by an explicit index and checked; the rule for when
+it is used; and the distill stage trains with it end to end, reading the fine-tune stage's token cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bench.common import make_run, read_tsv, write_snapshot
+from tasks import storage
+from tasks.train import teacher_cache, training
+from tasks.train.distill import DistillTrainer, hidden_pairs, init_student
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_model_dir):
+    from tasks.train.modeling import load_classifier
+
+    return load_classifier(tiny_model_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from tasks.train.modeling import load_tokenizer
+
+    return load_tokenizer(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def train_set(tokenizer):
+    rows = read_tsv("train", limit=40, offset=2500)
+    return training.tokenize(tokenizer, [t for t, _ in rows], [y for _, y in rows], 48)
+
+
+def _trainer(teacher, tokenizer, data, tmp_path, outputs=None):
+    from transformers import DataCollatorWithPadding
+
+    args = training.training_arguments(tmp_path, epochs=1, batch_size=8, learning_rate=1e-3, weight_decay=0.0,
+                                       warmup_ratio=0.0, gradient_accumulation_steps=1, eval_steps=100,
+                                       checkpoint_steps=100, seed=3, save_strategy="no", eval_strategy="no",
+                                       load_best_model_at_end=False)
+    student, mapping = init_student(teacher, 2)
+    # The stages' Trainer: batches from the seeded LengthBucketSampler, so both trainers see the same ones.
+    return training.quiet_trainer(DistillTrainer, model=student, args=args, train_dataset=data,
+                                  data_collator=DataCollatorWithPadding(tokenizer), teacher=teacher, alpha=0.3,
+                                  temperature=2.0, hidden_weight=1.0, mapping=mapping, teacher_outputs=outputs)
+
+
+def test_the_cached_teachers_loss_equals_the_live_teachers_batch_by_batch(teacher, tokenizer, train_set, tmp_path):
+    import copy
+
+    teacher = copy.deepcopy(teacher)
+    with torch.no_grad():  # a random-init head gives near-equal logits for every row: spread them
+        teacher.classifier.weight.mul_(100.0)
+    layers = [t for _, t in hidden_pairs([1, 3])]
+    outputs = teacher_cache.compute(teacher_cache.for_device(teacher, torch.device("cpu")), train_set, tokenizer,
+                                    layers=layers, batch_size=16, device=torch.device("cpu"))
+    assert outputs.hidden.shape == (2, sum(len(ids) for ids in train_set["input_ids"]), teacher.config.hidden_size)
+    indexed = train_set.add_column("row_index", list(range(len(train_set))))
+    cached = _trainer(teacher, tokenizer, indexed, tmp_path / "cached", outputs)
+    live = _trainer(teacher, tokenizer, train_set, tmp_path / "live")
+    assert cached.args.remove_unused_columns is False  # row_index reaches the collator
+    live.model.load_state_dict(cached.model.state_dict())
+    cached.model.train()
+    live.model.train()
+
+    batches = 0
+    for with_cache, without in zip(cached.get_train_dataloader(), live.get_train_dataloader()):
+        assert "row_index" not in with_cache and with_cache["teacher_hidden"].shape[:2] == (2, len(with_cache["labels"]))
+        assert torch.equal(with_cache["input_ids"], without["input_ids"])  # the same rows, in the same order
+        # The gathered logits and hidden states are the live teacher's for these rows (at every real token;
+        # zero at padding).
+        with torch.no_grad():
+            want = teacher(input_ids=without["input_ids"], attention_mask=without["attention_mask"],
+                           token_type_ids=without["token_type_ids"], output_hidden_states=True)
+        states = want.hidden_states
+        assert torch.allclose(with_cache["teacher_logits"], want.logits, rtol=0, atol=1e-4)
+        mask = without["attention_mask"].bool()
+        for j, layer in enumerate(layers):
+            assert torch.allclose(with_cache["teacher_hidden"][j][mask], states[layer][mask], atol=1e-5)
+            assert not with_cache["teacher_hidden"][j][~mask].any()
+        torch.manual_seed(batches)  # the same dropout masks in the student on both sides
+        loss_cached = cached.compute_loss(cached.model, dict(with_cache))
+        torch.manual_seed(batches)
+        loss_live = live.compute_loss(live.model, dict(without))
+        assert loss_cached.item() == pytest.approx(loss_live.item(), rel=1e-5, abs=1e-6)
+        batches += 1
+    assert batches == len(train_set) // 8
+
+
+def test_rows_are_found_by_index_and_a_wrong_row_is_refused(teacher, tokenizer, train_set):
+    from transformers import DataCollatorWithPadding
+
+    outputs = teacher_cache.compute(teacher, train_set, tokenizer, layers=[], batch_size=7,
+                                    device=torch.device("cpu"))
+    assert outputs.hidden is None and outputs.logits.shape == (len(train_set), 2)
+    collate = teacher_cache.CachedTeacherCollator(DataCollatorWithPadding(tokenizer), outputs)
+    rows = [dict(train_set[i], row_index=i) for i in (5, 0, 17)]
+    batch = collate(rows)
+    with torch.no_grad():
+        want = teacher(**{k: v for k, v in DataCollatorWithPadding(tokenizer)(
+            [train_set[i] for i in (5, 0, 17)]).items() if k != "labels"}).logits
+    assert torch.allclose(batch["teacher_logits"], want, atol=1e-5)
+    # An evaluation batch (no row_index) passes through untouched.
+    assert "teacher_logits" not in collate([train_set[0], train_set[1]])
+    swapped = [dict(train_set[5], row_index=0), dict(train_set[0], row_index=5)]
+    with pytest.raises(RuntimeError, match=r"rows \[0, 5\].*not the rows the cache was computed for"):
+        collate(swapped)
+
+
+def test_a_bf16_teacher_feeds_the_fp32_students_loss_live_and_cached(teacher, tokenizer, train_set, tmp_path):
+    """What a CUDA GPU runs, on CPU: the teacher with bf16 weights (teacher_cache.for_device casts it there), its
+    bf16 logits and hidden states cast to the student's fp32 in the loss, and a cache kept in bf16 (2 bytes a
+    value). Both paths give the fp32 teacher's loss within bf16 rounding, and the same loss as each other."""
+    import copy
+
+    bf16_teacher = copy.deepcopy(teacher).to(torch.bfloat16)
+    layers = [t for _, t in hidden_pairs([1, 3])]
+    outputs = teacher_cache.compute(bf16_teacher, train_set, tokenizer, layers=layers, batch_size=16,
+                                    device=torch.device("cpu"))
+    assert outputs.hidden.dtype == torch.bfloat16 and outputs.logits.dtype == torch.float32
+    assert outputs.hidden.element_size() == 2
+    indexed = train_set.add_column("row_index", list(range(len(train_set))))
+    cached = _trainer(bf16_teacher, tokenizer, indexed, tmp_path / "cached", outputs)
+    live = _trainer(bf16_teacher, tokenizer, train_set, tmp_path / "live")
+    fp32 = _trainer(teacher, tokenizer, train_set, tmp_path / "fp32")
+    assert next(live.teacher.parameters()).dtype == torch.bfloat16  # for_device on CPU keeps the given dtype
+    for trainer in (live, fp32):
+        trainer.model.load_state_dict(cached.model.state_dict())
+    with_cache = next(iter(cached.get_train_dataloader()))
+    without = next(iter(live.get_train_dataloader()))
+    assert with_cache["teacher_hidden"].dtype == torch.bfloat16
+
+    def loss(trainer, batch):
+        trainer.model.train()  # hidden-state MSE in the loss; the same dropout masks by the seed
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return trainer.compute_loss(trainer.model, dict(batch))
+
+    got_cached, got_live, want = loss(cached, with_cache), loss(live, without), loss(fp32, without)
+    assert got_cached.dtype == got_live.dtype == torch.float32
+    assert got_cached.item() == pytest.approx(got_live.item(), rel=1e-3)
+    assert got_live.item() == pytest.approx(want.item(), rel=5e-2)
+
+
+def test_when_the_cache_is_used():
+    fits = dict(need_bytes=10 * 2**20, budget_bytes=100 * 2**20)
+    assert teacher_cache.decide("auto", cuda=False, epochs=3, world_size=1, **fits) == (False, "auto: off on CPU")
+    assert teacher_cache.decide("auto", cuda=True, epochs=2, world_size=1, **fits)[0]
+    assert not teacher_cache.decide("auto", cuda=True, epochs=1, world_size=1, **fits)[0]
+    assert not teacher_cache.decide("auto", cuda=True, epochs=2, world_size=2, **fits)[0]  # a pass per process
+    assert teacher_cache.decide("on", cuda=False, epochs=1, world_size=1, **fits)[0]
+    assert not teacher_cache.decide("off", cuda=True, epochs=5, world_size=1, **fits)[0]
+    too_big = dict(need_bytes=200 * 2**20, budget_bytes=100 * 2**20)
+    for setting in ("auto", "on"):
+        use, why = teacher_cache.decide(setting, cuda=True, epochs=3, world_size=1, **too_big)
+        assert not use and why.startswith("does not fit: 200.0 MiB of a 100 MiB budget")
+    # tokens x layers x hidden x 2 bytes (bf16), plus the logits: full SST-2 with MiniLM's 3 mapped layers.
+    assert teacher_cache.estimate_bytes(67_349 * 13, 67_349, 3, 384, 2, 2) == pytest.approx(2.02e9, rel=0.01)
+    assert 0 < teacher_cache.memory_budget_bytes(2) < teacher_cache.memory_budget_bytes(1)
+
+
+def test_the_distill_stage_trains_on_cached_teacher_outputs(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """finetune, then distill twice on its teacher: the spec's default (auto: off on CPU, the live teacher) and
+    with the cache forced on. Both read the fine-tune stage's token cache; their training losses agree."""
+    from tasks.train import distill, finetune
+
+    root = storage.normalize(str(tmp_path / "store"))
+    settings = {"model.base": str(tiny_model_dir), "model.max_length": 32, "train.epochs": 1, "train.batch_size": 16,
+                "train.learning_rate": 1e-3, "train.eval_steps": 5, "train.checkpoint_steps": 5,
+                "student.layers": 2, "student.epochs": 2, "student.batch_size": 16, "student.hidden_mse_weight": 0.5,
+                "student.export": []}
+    snapshot = write_snapshot(root, "sst2", read_tsv("train", limit=120, offset=7000))
+    monkeypatch.setenv("RETRAIN_SCRATCH_DIR", str(tmp_path / "scratch"))
+    run = make_run(root, "teacher", settings)
+    assert finetune.main(["--run", run, "--snapshot", snapshot]) == 0
+    teacher_result = storage.read_json(storage.join(run, "finetune", "result.json"))
+    assert teacher_result["token_cache"] == "miss"
+
+    results = {}
+    for setting in ("auto", "on"):
+        student_run = make_run(root, f"student-{setting}", {**settings, "student.teacher_cache": setting})
+        capsys.readouterr()
+        assert distill.main(["--run", student_run, "--snapshot", snapshot, "--teacher",
+                             teacher_result["model_uri"]]) == 0
+        out = capsys.readouterr().out
+        assert "[distill] token cache hit" in out
+        results[setting] = storage.read_json(storage.join(student_run, "distill", "result.json"))
+    live, cached = results["auto"], results["on"]
+    assert live["teacher_cache"] == "off: auto: off on CPU" and live["teacher_pass_seconds"] is None
+    assert cached["teacher_cache"].startswith(f"on: {cached['train_rows']} rows") and cached["teacher_pass_seconds"] > 0
+    assert live["token_cache"] == cached["token_cache"] == "hit"
+    assert cached["global_step"] == live["global_step"] > 0
+
+    def losses(result):
+        history = storage.read_json(result["metrics_uri"])["log_history"]
+        return [e["loss"] for e in history if "loss" in e]
+
+    assert len(losses(cached)) == len(losses(live)) > 2
+    assert np.allclose(losses(cached), losses(live), rtol=1e-3)
+    assert cached["metrics"]["accuracy"] == pytest.approx(live["metrics"]["accuracy"], abs=0.05)
+
+
+def test_a_crashed_distill_with_the_cache_resumes_to_the_uninterrupted_student(tmp_path, tiny_model_dir,
+                                                                                monkeypatch):
+    """Distill with teacher_cache: on dies on its 12th training batch; the retry (a fresh scratch folder, as a new
+    pod) makes the teacher pass again, resumes from the step-10 checkpoint in storage, and ends with the weights
+    of a run that was never interrupted, bit for bit (CPU, same seed)."""
+    from safetensors.torch import load_file
+
+    from tasks.train import distill, finetune
+
+    root = storage.normalize(str(tmp_path / "store"))
+    settings = {"model.base": str(tiny_model_dir), "model.max_length": 32, "train.epochs": 1, "train.batch_size": 16,
+                "train.learning_rate": 1e-3, "train.eval_steps": 5, "train.checkpoint_steps": 5,
+                "train.early_stopping_patience": 100, "student.layers": 2, "student.epochs": 2,
+                "student.batch_size": 16, "student.export": [], "student.teacher_cache": "on"}
+    snapshot = write_snapshot(root, "sst2", read_tsv("train", limit=120, offset=8000))
+    monkeypatch.setenv("RETRAIN_SCRATCH_DIR", str(tmp_path / "scratch-teacher"))
+    teacher_run = make_run(root, "teacher", settings)
+    assert finetune.main(["--run", teacher_run, "--snapshot", snapshot]) == 0
+    teacher_uri = storage.join(teacher_run, "finetune", "model")
+
+    def distill_in(run: str, scratch: str) -> dict:
+        monkeypatch.setenv("RETRAIN_SCRATCH_DIR", str(tmp_path / scratch))
+        assert distill.main(["--run", run, "--snapshot", snapshot, "--teacher", teacher_uri]) == 0
+        return storage.read_json(storage.join(run, "distill", "result.json"))
+
+    reference = distill_in(make_run(root, "uninterrupted", settings), "scratch-ref")
+    assert reference["resumed_from_step"] == 0 and reference["global_step"] > 12
+
+    real_call = teacher_cache.CachedTeacherCollator.__call__
+    train_batches = []
+
+    def dies_on_the_12th_train_batch(self, features):
+        if features and "row_index" in features[0]:
+            train_batches.append(len(features))
+            if len(train_batches) == 12:
+                raise RuntimeError("simulated crash")
+        return real_call(self, features)
+
+    monkeypatch.setattr(teacher_cache.CachedTeacherCollator, "__call__", dies_on_the_12th_train_batch)
+    crashed = make_run(root, "crashed", settings)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        distill_in(crashed, "scratch-crash")
+    assert not storage.exists(storage.join(crashed, "distill", "result.json"))
+    monkeypatch.setattr(teacher_cache.CachedTeacherCollator, "__call__", real_call)
+    retry = distill_in(crashed, "scratch-retry")
+    assert retry["resumed_from_step"] == 10 and retry["global_step"] == reference["global_step"]
+    assert retry["metrics"] == reference["metrics"]
+    got = load_file(str(storage.local_path(retry["model_uri"]) / "model.safetensors"))
+    want = load_file(str(storage.local_path(reference["model_uri"]) / "model.safetensors"))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
