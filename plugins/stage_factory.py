@@ -198,6 +198,17 @@ def skip_if_run_finished(run_uri: str | None, task_id: str) -> None:
         raise AirflowSkipException(finished_run_message(task_id, summary))
 
 
+def require_arguments(task_id: str, arguments: Sequence[Any]) -> None:
+    """Fail at once when a rendered argument is None: the upstream result it comes from is missing (that task
+    was marked success by hand, or its XCom was cleared). Passed on, None would become the string "None", which
+    the stages read as the "none" sentinel (tasks.cli.optional): no champion, no teacher."""
+    missing = [str(arguments[i - 1]) if i else f"argument {i}" for i, a in enumerate(arguments) if a is None]
+    if missing:
+        raise MissingResult(f"{task_id}: no value for {', '.join(missing)}: the upstream task that provides it left "
+                            "no result (marked success by hand, or cleared); clear that task to run it again",
+                            absent=True)
+
+
 def run_argument(arguments: Sequence[Any]) -> str | None:
     """The value of a stage command's ``--run`` (rendered), or None."""
     args = [str(a) for a in arguments]
@@ -277,6 +288,7 @@ class LocalStageOperator(BaseOperator):
         for key, value in storage_env(self.storage_conn_id, self.storage_uri).items():
             os.environ.setdefault(key, value)  # this worker reads the run's summary first
         skip_if_run_finished(run_argument(self.arguments), self.task_id)
+        require_arguments(self.task_id, self.arguments)
         command = [str(part) for part in (*self.cmds, *self.arguments)]
         self.log.info("Running stage locally: %s", " ".join(command))
         tail: collections.deque[str] = collections.deque(maxlen=self.OUTPUT_TAIL_LINES)
@@ -407,6 +419,7 @@ class KubernetesStageOperator(BaseOperator):
         for key, value in storage_env(self.storage_conn_id, self.storage_uri).items():
             os.environ.setdefault(key, value)  # the worker reads the run's summary before starting a pod
         skip_if_run_finished(run_argument(self.arguments), self.task_id)
+        require_arguments(self.task_id, self.arguments)
         self._running = self.pod_operator()
         return self._running.execute(context)
 

@@ -2,15 +2,18 @@
 real stage subprocesses and a real SMTP server / Slack webhook on 127.0.0.1 (docs/triggers.md, "Odd triggers,
 clears and reruns"):
 
-one run trains and promotes a tiny model; then the operator clears that finished run, whole or from decide,
-finetune, publish, gate or notify on: no stage runs again, nothing in storage changes (no object added or
-rewritten), the champion stays, and no alert goes out.
+1. finetune marked success by hand: the run summary says so; clearing the failed run's distill redoes it and
+   keeps the earlier summary; clearing its prepare_run after a spec change keeps the run's frozen spec;
+2. one run trains and promotes a tiny model; then the operator clears that finished run, whole or from decide,
+   finetune, publish, gate or notify on: no stage runs again, nothing in storage changes (no object added or
+   rewritten), the champion stays, and no alert goes out.
 
 One training run in all (~1 min on 2 shared cores); every clear is seconds.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import datetime, timezone
 
@@ -23,7 +26,13 @@ from test_e2e_dag import land, tiny_spec
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
 FIRST = datetime(2026, 11, 23, 2, 0, tzinfo=timezone.utc)  # the finished run's logical date (its run id)
+MARKED = datetime(2026, 11, 22, 2, 0, tzinfo=timezone.utc)
 STAGES = ("ingest", "drift", "finetune", "distill", "evaluate", "publish")
+
+
+def run_uri_of(bucket: str, run_id: str) -> str:
+    """The run's folder: its key is the run id made storage-safe (retrain_pipelines.run_key)."""
+    return f"{bucket}/runs/tiny/retrain-" + re.sub(r"[^A-Za-z0-9._-]+", "-", run_id).strip("-")
 
 
 def stored(bucket: str) -> dict[str, tuple[int, str]]:
@@ -52,12 +61,16 @@ def pipeline(tmp_path_factory, moto_server, tiny_model_dir):
         storage.reset_clients()
         bucket = moto_server.create_bucket("odd-triggers")
         (tmp / "pipelines").mkdir()
-        (tmp / "pipelines" / "tiny.yaml").write_text(yaml.safe_dump(tiny_spec(bucket, tiny_model_dir)))
+        raw = tiny_spec(bucket, tiny_model_dir)
+        for stage in ("finetune", "distill"):  # a failure in this test is the point: no retry delays
+            raw["stages"][stage]["retries"] = 0
+        (tmp / "pipelines" / "tiny.yaml").write_text(yaml.safe_dump(raw))
         storage.write_text(bucket + "/reference/tiny/golden.tsv", "sentence\tlabel\n" + "".join(
             f"{t}\t{y}\n" for t, y in read_sst2("dev", limit=80)))
         bag = DagBag(dag_folder=str(ROOT / "dags"))
         assert bag.import_errors == {}
-        yield {"bucket": bucket, "dag": bag.dags["retrain_tiny"], "smtp": smtp, "hook": hook}
+        yield {"bucket": bucket, "dag": bag.dags["retrain_tiny"], "smtp": smtp, "hook": hook,
+               "spec_file": tmp / "pipelines" / "tiny.yaml"}
         storage.reset_clients()
 
 
@@ -73,7 +86,8 @@ def states_of(run) -> tuple[str, dict[str, str], dict[str, int]]:
             {ti.task_id: ti.try_number for ti in tis})
 
 
-def clear_and_rerun(dag, run_id: str, task_id: str | None) -> tuple[str, dict[str, str], dict[str, int]]:
+def clear_and_rerun(dag, run_id: str, task_id: str | None, downstream: bool = True
+                    ) -> tuple[str, dict[str, str], dict[str, int]]:
     """What Clear in the UI does to a finished run (the API's clear: the scheduler DAG's clear() of the task
     and its downstream tasks, None = the whole run), then the scheduler's part: run what became runnable,
     like dag.test() does (which itself would delete and recreate the run)."""
@@ -86,7 +100,7 @@ def clear_and_rerun(dag, run_id: str, task_id: str | None) -> tuple[str, dict[st
 
     scheduler_dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
     ids = None if task_id is None else sorted(
-        {task_id} | dag.get_task(task_id).get_flat_relative_ids(upstream=False))
+        {task_id} | (dag.get_task(task_id).get_flat_relative_ids(upstream=False) if downstream else set()))
     session = settings.Session()
     scheduler_dag.clear(task_ids=ids, run_id=run_id, session=session)
     run = session.scalar(select(DagRun).where(DagRun.dag_id == dag.dag_id, DagRun.run_id == run_id))
@@ -107,19 +121,55 @@ def clear_and_rerun(dag, run_id: str, task_id: str | None) -> tuple[str, dict[st
     return states_of(run)
 
 
+def test_a_task_marked_success_by_hand_is_summarized_and_a_redone_run_keeps_its_spec_and_summaries(pipeline):
+    """finetune marked success without running (Mark as success in the UI; dag.test's mark_success_pattern):
+    distill has no teacher and fails, and notify still writes the run summary, saying what was marked (before:
+    notify failed on the missing result, twice, and the run had no summary). Clearing distill of that failed run
+    redoes it; the earlier summary is kept under previous/. Clearing prepare_run after the spec file changed
+    keeps the run's frozen spec.json (the spec its artifacts were made with)."""
+    from tasks import storage
+
+    land(pipeline["bucket"], "batch-1.tsv", 0, 160)
+    run = pipeline["dag"].test(run_after=MARKED, logical_date=MARKED, mark_success_pattern="finetune")
+    state, tasks, _ = states_of(run)
+    assert state == "failed" and tasks["finetune"] == "success" and tasks["distill"] == "failed", tasks
+    assert tasks["notify"] == "success", tasks
+    run_uri = run_uri_of(pipeline["bucket"], run.run_id)
+    first = storage.read_json(run_uri + "/summary.json")
+    assert first["outcome"] == "failed during training or evaluation"
+    assert first["notes"] == ["finetune is marked success but left no result (marked by hand?): the summary "
+                              "counts it as not run"]
+    # distill failed at once, saying which argument is missing (before: "--teacher None", the "none" sentinel)
+    (mail,) = [m for m in pipeline["smtp"].messages if "distill failed" in m["subject"]]
+    assert "distill failed after 1 try" in mail["subject"]
+    assert "distill: no value for --teacher: the upstream task that provides it left no result" in mail["body"]
+
+    state, tasks, _ = clear_and_rerun(pipeline["dag"], run.run_id, "distill")
+    assert tasks["distill"] == "failed" and tasks["notify"] == "success", tasks
+    assert storage.read_json(run_uri + "/previous/summary-1.json") == first
+
+    spec_json = storage.stat(run_uri + "/spec.json")
+    original = pipeline["spec_file"].read_text()
+    try:
+        pipeline["spec_file"].write_text(original.replace("min_accuracy: 0.0", "min_accuracy: 0.5"))
+        state, tasks, _ = clear_and_rerun(pipeline["dag"], run.run_id, "prepare_run", downstream=False)
+    finally:
+        pipeline["spec_file"].write_text(original)
+    assert tasks["prepare_run"] == "success", tasks
+    assert storage.stat(run_uri + "/spec.json").etag == spec_json.etag
+
+
 @pytest.fixture(scope="module")
 def finished(pipeline):
     """One manual run that trains on the first batch and promotes the first champion."""
     from tasks import storage
 
-    land(pipeline["bucket"], "batch-1.tsv", 0, 160)
+    land(pipeline["bucket"], "batch-1.tsv", 0, 160)  # again (the same file) when that test is deselected
     started = time.monotonic()
     run = pipeline["dag"].test(run_after=FIRST, logical_date=FIRST)
     state, tasks, _ = states_of(run)
     assert state == "success" and tasks["publish"] == "success", tasks
-    runs = [o.uri for o in storage.list_objects(pipeline["bucket"] + "/runs/tiny/") if o.uri.endswith("/summary.json")]
-    (summary_uri,) = runs
-    summary = storage.read_json(summary_uri)
+    summary = storage.read_json(run_uri_of(pipeline["bucket"], run.run_id) + "/summary.json")
     assert summary["outcome"] == "promoted", summary
     return {**pipeline, "summary": summary, "run_id": run.run_id, "seconds": time.monotonic() - started,
             "champion": storage.read_json(pipeline["bucket"] + "/models/tiny/champion.json")}
