@@ -297,6 +297,17 @@ def record_trained(run_ctx: RunContext, summary: dict) -> None:
         })
 
 
+def refused_publish(run_uri: str):
+    """The result a failed publish stored before it raised (a refused promotion: the champion moved since the
+    candidate was gated; a version that failed verification): published, not promoted, with the reason. None
+    when publish failed before that (storage down): the run failed during publishing and may be redone."""
+    from tasks import storage
+    from tasks.contracts import PublishResult
+
+    uri = storage.join(run_uri, TaskIds.PUBLISH, "result.json")
+    return PublishResult.model_validate(storage.read_json(uri)) if storage.exists(uri) else None
+
+
 def write_summary(run_uri: str, summary: dict) -> None:
     """summary.json; the summary of an earlier try that failed before a verdict (the run was cleared and redone)
     is kept under previous/ first. A run with a verdict is never summarized again (skip_if_run_finished)."""
@@ -406,7 +417,8 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
 
             run_ctx = pull_result(ti, TaskIds.PREPARE_RUN, required=False)
             if run_ctx is None:  # prepare_run failed (e.g. rejected conf): there is no run to summarize
-                raise AirflowSkipException("no run context: prepare_run did not finish; see its log")
+                raise AirflowSkipException("no run context: prepare_run failed, or skipped itself (a cleared "
+                                           "finished run); see its log")
             apply_storage_env(pipeline_spec)
             skip_if_run_finished(run_ctx.run_uri, TaskIds.NOTIFY)  # its summary stays as written
             ids = (TaskIds.INGEST, TaskIds.DRIFT, TaskIds.DECIDE, TaskIds.FINETUNE, TaskIds.DISTILL,
@@ -424,6 +436,8 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
                     results[task_id] = None
                     notes.append(f"{task_id} is marked success but left no result (marked by hand?): the summary "
                                  "counts it as not run")
+            if results[TaskIds.PUBLISH] is None and states[TaskIds.PUBLISH] == "failed":
+                results[TaskIds.PUBLISH] = refused_publish(run_ctx.run_uri)
             summary = build_summary(run_ctx.dump(), {k: v.dump() if v else None for k, v in results.items()})
             summary["task_states"] = states
             if notes:

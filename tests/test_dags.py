@@ -283,3 +283,4 @@ def test_a_conf_of_junk_keys_fails_with_a_message_that_fits_an_alert(dagbag):
     assert len(message) < 1500, len(message)
     assert message.startswith("unknown trigger conf keys: 'dry_rün' (did you mean 'dry_run'?), 'key0000', ")
     assert "and 4992 more; valid keys: dry_run, force_retrain" in message
+

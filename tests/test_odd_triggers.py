@@ -122,20 +122,28 @@ def clear_and_rerun(dag, run_id: str, task_id: str | None, downstream: bool = Tr
 
 
 def test_a_task_marked_success_by_hand_is_summarized_and_a_redone_run_keeps_its_spec_and_summaries(pipeline):
-    """finetune marked success without running (Mark as success in the UI; dag.test's mark_success_pattern):
+    """Triggered with the form's defaults for every field (a plain run), finetune marked success without running (Mark as success in the UI; dag.test's mark_success_pattern):
     distill has no teacher and fails, and notify still writes the run summary, saying what was marked (before:
     notify failed on the missing result, twice, and the run had no summary). Clearing distill of that failed run
     redoes it; the earlier summary is kept under previous/. Clearing prepare_run after the spec file changed
     keeps the run's frozen spec.json (the spec its artifacts were made with)."""
     from tasks import storage
+    from tasks.spec import dump, load_spec
 
     land(pipeline["bucket"], "batch-1.tsv", 0, 160)
-    run = pipeline["dag"].test(run_after=MARKED, logical_date=MARKED, mark_success_pattern="finetune")
+    # The conf the trigger form posts when nothing is changed: every field, at its default.
+    form_defaults = {name: param.value for name, param in pipeline["dag"].params.items()}
+    assert form_defaults["dry_run"] is False and form_defaults["min_accuracy"] is None
+    run = pipeline["dag"].test(run_after=MARKED, logical_date=MARKED, run_conf=form_defaults,
+                               mark_success_pattern="finetune")
     state, tasks, _ = states_of(run)
     assert state == "failed" and tasks["finetune"] == "success" and tasks["distill"] == "failed", tasks
     assert tasks["notify"] == "success", tasks
     run_uri = run_uri_of(pipeline["bucket"], run.run_id)
+    # The form's defaults are a plain run: the spec's own gates, no dry run.
+    assert storage.read_json(run_uri + "/spec.json")["gates"] == dump(load_spec(pipeline["spec_file"]))["gates"]
     first = storage.read_json(run_uri + "/summary.json")
+    assert first["dry_run"] is False
     assert first["outcome"] == "failed during training or evaluation"
     assert first["notes"] == ["finetune is marked success but left no result (marked by hand?): the summary "
                               "counts it as not run"]
@@ -196,3 +204,32 @@ def test_clearing_a_finished_run_redoes_nothing_and_overwrites_nothing(finished,
     assert storage.read_json(finished["bucket"] + "/models/tiny/champion.json") == finished["champion"]
     assert storage.read_json(finished["summary"]["run_uri"] + "/summary.json") == finished["summary"]
     assert finished["smtp"].messages[mails:] == [] and finished["hook"].posts[posts:] == []
+
+
+def test_publish_retried_after_the_champion_moved_is_refused_and_the_summary_says_why(finished):
+    """A second run (force_retrain) is gated against the champion; its publish was marked success by hand, the
+    champion moved meanwhile (another writer), and the operator clears publish: the promotion is refused
+    (exit 5, not retried), the champion stays where it moved to, the alert says "not promoted", and the run
+    summary is "published, not promoted" with the reason (before: "failed during training or evaluation",
+    which the operator could clear again and again)."""
+    from tasks import storage
+
+    dag, bucket = finished["dag"], finished["bucket"]
+    second = datetime(2026, 11, 24, 2, 0, tzinfo=timezone.utc)
+    run = dag.test(run_after=second, logical_date=second, run_conf={"force_retrain": True},
+                   mark_success_pattern="publish")
+    state, tasks, _ = states_of(run)
+    assert tasks["gate"] == "success" and tasks["publish"] == "success" and tasks["notify"] == "success", tasks
+    moved = {**finished["champion"], "version": "v-moved-meanwhile"}
+    storage.write_json(bucket + "/models/tiny/champion.json", moved)
+    mails = len(finished["smtp"].messages)
+
+    state, tasks, tries = clear_and_rerun(dag, run.run_id, "publish")
+    assert tasks["publish"] == "failed" and tries["publish"] == 2 and state == "failed", (tasks, tries)  # no retry
+    assert storage.read_json(bucket + "/models/tiny/champion.json") == moved
+    summary = storage.read_json(run_uri_of(bucket, run.run_id) + "/summary.json")
+    assert summary["outcome"] == "published, not promoted", summary
+    assert summary["publish"]["reason"].startswith("not promoted: champion is v-moved-meanwhile, but ")
+    (mail,) = finished["smtp"].messages[mails:]
+    assert mail["subject"].startswith("[retrain:tiny] not promoted: publish failed after 2 tries")  # 1: the mark
+    assert "Nothing was promoted" in mail["body"]
