@@ -51,7 +51,9 @@ from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, P
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException  # noqa: E402
 
 import retrain_alerts  # noqa: E402
-from stage_factory import apply_storage_env, build_stage, pull_result, task_states  # noqa: E402
+from stage_factory import (  # noqa: E402
+    MissingResult, apply_storage_env, build_stage, pull_result, skip_if_run_finished, task_states,
+)
 from tasks.contracts import (  # noqa: E402
     Decision, DriftResult, EvaluateResult, IngestResult, RunContext, TaskIds,
 )
@@ -97,15 +99,25 @@ def trigger_params() -> dict[str, Param]:
     return params
 
 
+MAX_KEYS_NAMED = 10  # a conf with thousands of junk keys still fails with a message that fits an alert
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def check_conf(conf: dict | None, valid: list[str]) -> None:
     """Reject trigger conf keys that are not fields of the form. Airflow validates conf against the DAG's Params
-    key by key and keeps unknown keys (apache/airflow#29018), so a typo would silently be ignored."""
+    key by key and keeps unknown keys (apache/airflow#29018), so a typo would silently be ignored. The message
+    names at most MAX_KEYS_NAMED keys, each clipped: a conf of junk keys still fits an alert."""
     unknown = sorted(set(conf or {}) - set(valid))
     if not unknown:
         return
-    hints = [f"{key!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, valid, n=1))
-             else repr(key) for key in unknown]
-    raise AirflowFailException(f"unknown trigger conf key{'s' if len(unknown) > 1 else ''}: {', '.join(hints)}; "
+    hints = [f"{_clip(repr(key))} (did you mean {close[0]!r}?)"
+             if (close := difflib.get_close_matches(key[:100], valid, n=1)) else _clip(repr(key))
+             for key in unknown[:MAX_KEYS_NAMED]]
+    more = f" and {len(unknown) - MAX_KEYS_NAMED} more" if len(unknown) > MAX_KEYS_NAMED else ""
+    raise AirflowFailException(f"unknown trigger conf key{'s' if len(unknown) > 1 else ''}: {', '.join(hints)}{more}; "
                                f"valid keys: {', '.join(sorted(valid)) or '(none: this DAG takes no conf)'}")
 
 
@@ -176,16 +188,28 @@ def make_prepare_run(spec_path: Path, kind: str, valid_conf: list[str]):
         """Reject unknown trigger keys, then freeze the run's effective spec (the file plus form overrides)."""
         check_conf(dag_run.conf, valid_conf)  # before any work: a typo must not start a run
         from tasks import storage
-        from tasks.spec import dump, load_spec, with_overrides
+        from tasks.spec import SpecError, dump, load_spec, with_overrides
 
-        spec = load_spec(spec_path)
-        apply_storage_env(spec)
         params = params or {}
         overrides = {path: params.get(name) for name, (path, *_rest) in GATE_OVERRIDES.items()}
-        effective = with_overrides(spec, overrides)
+        try:  # a spec file broken since the DAG was parsed, or an override it refuses: the same on every retry
+            spec = load_spec(spec_path)
+            effective = with_overrides(spec, overrides)
+        except SpecError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        apply_storage_env(spec)
         key = run_key(kind, dag_run.run_id)
         run_uri = effective.layout.run(key)
-        storage.write_json(storage.join(run_uri, "spec.json"), dump(effective))
+        skip_if_run_finished(run_uri, TaskIds.PREPARE_RUN)  # a cleared finished run: nothing is redone
+        spec_uri = storage.join(run_uri, "spec.json")
+        try:  # create-only: a retried or cleared prepare_run keeps the spec the run's artifacts were made with
+            storage.write_json(spec_uri, dump(effective), if_none_match=True)
+        except storage.PreconditionFailed:
+            frozen = load_spec(spec_uri)
+            if dump(frozen) != dump(effective):
+                print(f"{spec_uri} was frozen by an earlier try of this run and is kept; the spec file has changed "
+                      "since: trigger a new run to use it", flush=True)
+            effective = frozen
         champion = storage.read_json(effective.layout.champion) if storage.exists(effective.layout.champion) else None
         dry_run = bool(params.get("dry_run"))
         return RunContext(
@@ -273,6 +297,29 @@ def record_trained(run_ctx: RunContext, summary: dict) -> None:
         })
 
 
+def refused_publish(run_uri: str):
+    """The result a failed publish stored before it raised (a refused promotion: the champion moved since the
+    candidate was gated; a version that failed verification): published, not promoted, with the reason. None
+    when publish failed before that (storage down): the run failed during publishing and may be redone."""
+    from tasks import storage
+    from tasks.contracts import PublishResult
+
+    uri = storage.join(run_uri, TaskIds.PUBLISH, "result.json")
+    return PublishResult.model_validate(storage.read_json(uri)) if storage.exists(uri) else None
+
+
+def write_summary(run_uri: str, summary: dict) -> None:
+    """summary.json; the summary of an earlier try that failed before a verdict (the run was cleared and redone)
+    is kept under previous/ first. A run with a verdict is never summarized again (skip_if_run_finished)."""
+    from tasks import storage
+
+    uri = storage.join(run_uri, "summary.json")
+    if storage.exists(uri):
+        earlier = len(storage.list_objects(storage.join(run_uri, "previous") + "/"))
+        storage.copy(uri, storage.join(run_uri, "previous", f"summary-{earlier + 1}.json"), if_none_match=True)
+    storage.write_json(uri, summary)
+
+
 def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
     asset = snapshot_asset(spec)
     pipeline_spec = spec  # as parsed; tasks read the run's frozen spec.json for everything else
@@ -312,6 +359,7 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
 
             apply_storage_env(pipeline_spec)  # credentials first: each task is a fresh process
             run_ctx = RunContext.model_validate(run)
+            skip_if_run_finished(run_ctx.run_uri, TaskIds.DECIDE)
             snapshot = IngestResult.model_validate(ingest_result)
             drift_checks = DriftResult.model_validate(drift_result)
             run_spec = load_spec(storage.join(run_ctx.run_uri, "spec.json"))
@@ -340,8 +388,10 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
             "--champion", champion_uri, "--golden", ingest.output["golden_uri"]])
 
         @task(task_id=TaskIds.GATE, retries=0, on_failure_callback=retrain_alerts.gate_failure_notifiers(spec))
-        def gate(evaluation: dict) -> dict:
+        def gate(evaluation: dict, run: dict) -> dict:
             """A failed gate fails the run once (no retries) and alerts on-call with the numbers."""
+            apply_storage_env(pipeline_spec)
+            skip_if_run_finished(RunContext.model_validate(run).run_uri, TaskIds.GATE)  # no second gate alert
             result = EvaluateResult.model_validate(evaluation)
             if not result.passed:
                 failed = [g for g in result.gates if not g.passed and not g.skipped]
@@ -367,18 +417,34 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
 
             run_ctx = pull_result(ti, TaskIds.PREPARE_RUN, required=False)
             if run_ctx is None:  # prepare_run failed (e.g. rejected conf): there is no run to summarize
-                raise AirflowSkipException("no run context: prepare_run did not finish; see its log")
+                raise AirflowSkipException("no run context: prepare_run failed, or skipped itself (a cleared "
+                                           "finished run); see its log")
             apply_storage_env(pipeline_spec)
+            skip_if_run_finished(run_ctx.run_uri, TaskIds.NOTIFY)  # its summary stays as written
             ids = (TaskIds.INGEST, TaskIds.DRIFT, TaskIds.DECIDE, TaskIds.FINETUNE, TaskIds.DISTILL,
                    TaskIds.EVALUATE, TaskIds.PUBLISH)
             states = task_states(ti, ids)
-            # A stage that did not succeed has no result (said by its state); one that succeeded must have one.
-            results = {task_id: pull_result(ti, task_id, required=False, state=states[task_id]) for task_id in ids}
+            # A stage that did not succeed has no result (said by its state); one that succeeded must have one,
+            # unless someone marked it success by hand: the summary says so instead of failing.
+            results, notes = {}, []
+            for task_id in ids:
+                try:
+                    results[task_id] = pull_result(ti, task_id, required=False, state=states[task_id])
+                except MissingResult as exc:
+                    if not exc.absent:
+                        raise
+                    results[task_id] = None
+                    notes.append(f"{task_id} is marked success but left no result (marked by hand?): the summary "
+                                 "counts it as not run")
+            if results[TaskIds.PUBLISH] is None and states[TaskIds.PUBLISH] == "failed":
+                results[TaskIds.PUBLISH] = refused_publish(run_ctx.run_uri)
             summary = build_summary(run_ctx.dump(), {k: v.dump() if v else None for k, v in results.items()})
             summary["task_states"] = states
-            storage.write_json(storage.join(run_ctx.run_uri, "summary.json"), summary)
-            record_trained(run_ctx, summary)
-            print(format_summary(summary))
+            if notes:
+                summary["notes"] = notes
+            record_trained(run_ctx, summary)  # before summary.json: a summary with a verdict means it is recorded
+            write_summary(run_ctx.run_uri, summary)
+            print(format_summary(summary) + "".join(f"\nnote: {n}" for n in notes))
             return summary
 
         @task(task_id=TaskIds.FAIL_IF_ANY_FAILED, trigger_rule=TriggerRule.ONE_FAILED, retries=0,
@@ -389,7 +455,7 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
 
         decision = decide(prepare, ingest.output, drift.output)
         decision >> finetune
-        gate_task = gate(evaluate.output)
+        gate_task = gate(evaluate.output, prepare)
         gate_task >> publish
         summary = notify()
         [prepare, publish] >> summary

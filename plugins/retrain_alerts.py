@@ -8,7 +8,9 @@ Three kinds, told apart by the subject so on-call knows at a glance whether the 
   table, each failed gate's reason (with its confidence interval), the retrain decision's reasons, the drift
   summary, the champion that stays, and links to the Airflow run, the task and the registry page.
 * ``[retrain:<pipeline>] pipeline broken: <task> failed after <n> tries``  any other task's final failure, with
-  the reason from the exception (a deterministic failure fails on its first try).
+  the reason from the exception (a deterministic failure fails on its first try). A stage that failed with a
+  deterministic error kind says which instead of "pipeline broken": ``data rejected`` (exit 3), ``spec invalid``
+  (exit 4), ``not promoted`` (exit 5: publish refused the candidate); see KIND_HEADLINES.
 * ``[retrain:<pipeline>] deadline missed: ...``       the run is still going ``schedule.nightly_deadline_minutes``
   after it was queued (Airflow 3.3 ``DeadlineAlert``; the callback runs in the triggerer).
 
@@ -110,6 +112,7 @@ class AlertInfo:
     try_number: int | None = None
     max_tries: int | None = None
     exception: str | None = None
+    kind: str | None = None  # the failed stage's error kind (tasks.errors, from its exit code), when a stage failed
     prepare: RunContext | None = None
     decision: Decision | None = None
     drift: DriftResult | None = None
@@ -162,6 +165,17 @@ def run_url(base_url: str, dag_id: str | None, run_id: str | None) -> str:
     return f"{base_url}/dags/{quote(str(dag_id), safe='')}/runs/{quote(str(run_id), safe='')}"
 
 
+def describe(exception: BaseException | str) -> str:
+    """``Type: message``, whatever the exception does when printed (an alert must go out regardless)."""
+    if isinstance(exception, str):
+        return exception
+    try:
+        text = str(exception)
+    except Exception:  # a broken __str__ must not silence the alert
+        text = object.__repr__(exception)
+    return f"{type(exception).__name__}: {text}"
+
+
 def collect_alert_info(context: dict[str, Any], pipeline: str, base_url: str | None = None) -> AlertInfo:
     """Everything an alert needs, from a task callback's context (XComs read through the stage contracts)."""
     ti = context.get("ti") or context.get("task_instance")
@@ -175,7 +189,8 @@ def collect_alert_info(context: dict[str, Any], pipeline: str, base_url: str | N
         task_id=_get(ti, "task_id"),
         try_number=_get(ti, "try_number"),
         max_tries=_get(ti, "max_tries"),
-        exception=None if exception is None else f"{type(exception).__name__}: {exception}",
+        exception=None if exception is None else describe(exception),
+        kind=_get(exception, "kind") if isinstance(_get(exception, "kind"), str) else None,
         prepare=pull(ti, TaskIds.PREPARE_RUN, RunContext),
         decision=pull(ti, TaskIds.DECIDE, Decision, key="decision"),
         drift=pull(ti, TaskIds.DRIFT, DriftResult),
@@ -305,11 +320,27 @@ def labels_stopped_message(info: AlertInfo) -> Message:
     return Message(subject, "\n".join(lines), _links(info))
 
 
+# A failed stage's error kind (tasks.errors) -> the alert's headline and what it means for the model. Kinds not
+# here (infrastructure, killed, unexpected) and failures that are not a stage's are "pipeline broken".
+KIND_HEADLINES = {
+    "data_rejected": ("data rejected", "The landed data was rejected (quarantined with its reasons): the pipeline "
+                                       "works, the data needs a look. Nothing was trained; no model was judged."),
+    "spec_invalid": ("spec invalid", "The pipeline spec or a stage argument is invalid: fix it (python -m tasks "
+                                     "validate-spec), then trigger again. Nothing was trained or promoted."),
+    "gate_failed": ("not promoted", "Nothing was promoted: the stage refused the candidate (a version whose files "
+                                    "fail verification, or a champion that moved since the candidate was gated: "
+                                    "trigger a new run to gate against the current champion)."),
+}
+BROKEN = ("pipeline broken", "This is an infrastructure/pipeline failure, not a model-quality verdict: no model "
+                             "was judged.")
+
+
 def infra_failure_message(info: AlertInfo) -> Message:
     task = info.task_id or "a task"
     tries = info.try_number
     allowed = (info.max_tries or 0) + 1
-    subject = (f"[retrain:{info.pipeline}] pipeline broken: {task} failed after {tries if tries else '?'} "
+    headline, meaning = KIND_HEADLINES.get(info.kind or "", BROKEN)
+    subject = (f"[retrain:{info.pipeline}] {headline}: {task} failed after {tries if tries else '?'} "
                f"tr{'y' if tries == 1 else 'ies'} (run {info.run_id})")
     if tries and tries < allowed:
         how = (f"Task: {task} failed on try {tries} of {allowed} and is not retried: the failure is deterministic "
@@ -320,7 +351,7 @@ def infra_failure_message(info: AlertInfo) -> Message:
         f"Pipeline: {info.pipeline}",
         f"Run: {info.dag_id} / {info.run_id}",
         how,
-        "This is an infrastructure/pipeline failure, not a model-quality verdict: no model was judged.",
+        meaning + (f" (error kind: {info.kind})" if info.kind else ""),
         f"Error: {(info.exception or 'unknown')[:2000]}",
         "",
         *drift_lines(info.drift),

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 if TYPE_CHECKING:
     from tasks.contracts import Result
@@ -102,7 +102,8 @@ def build_stage(spec: PipelineSpec, stage: str, arguments: Sequence[Any], *, tas
     task_id = task_id or stage
     if mode == "kubernetes":
         return KubernetesStageOperator(task_id=task_id, stage=stage, cmds=cmds, arguments=args,
-                                       pod_settings=pod_settings(spec, stage, resources), **kwargs)
+                                       pod_settings=pod_settings(spec, stage, resources),
+                                       storage_conn_id=spec.storage.conn_id, storage_uri=spec.storage.uri, **kwargs)
     if mode == "local":
         return LocalStageOperator(task_id=task_id, stage=stage, cmds=cmds, arguments=args,
                                   storage_conn_id=spec.storage.conn_id, storage_uri=spec.storage.uri, **kwargs)
@@ -155,6 +156,63 @@ def stage_failure(stage: str, exit_code: int | None, output_lines: Iterable[str]
     message = (f"stage {stage} failed: {kind.name} (exit code {exit_code}, {retry}; {kind.meaning}): {reason}")
     cls = StageFailed if kind.retry else StageRejected
     return cls(message, stage=stage, exit_code=exit_code, kind=kind.name, reason=reason)
+
+
+# ---------------------------------------------------------------- a finished run is final
+
+# Run-summary outcomes (tasks.decide.summary) after which a run may be cleared and redone: it failed before a
+# verdict. Any other outcome is final (docs/triggers.md, "Odd triggers, clears and reruns").
+REDOABLE_OUTCOMES = ("failed before the decision", "failed during training or evaluation")
+
+
+def finished_run(run_uri: str | None) -> dict | None:
+    """The run summary of a run that reached its verdict (promoted, blocked by gates, published not promoted,
+    skipped, stopped), or None: no summary yet (the run is going), or it failed before a verdict."""
+    from tasks import storage
+
+    if not run_uri:
+        return None
+    uri = storage.join(run_uri, "summary.json")
+    if not storage.exists(uri):
+        return None
+    summary = storage.read_json(uri)
+    return None if summary.get("outcome") in REDOABLE_OUTCOMES else summary
+
+
+def finished_run_message(task_id: str, summary: dict) -> str:
+    publish = summary.get("publish") or {}
+    snapshot = (summary.get("ingest") or {}).get("snapshot_id")
+    detail = ", ".join(x for x in (f"version {publish['version']}" if publish.get("version") else "",
+                                   f"snapshot {snapshot}" if snapshot else "") if x)
+    return (f"{task_id}: run {summary.get('run_key')} already finished ({summary.get('outcome')}"
+            + (f", {detail}" if detail else "") + "): a cleared task of a finished run redoes nothing, so nothing "
+            "stored is overwritten and nothing is published or promoted twice; its summary is "
+            f"{summary.get('run_uri')}/summary.json. To train again, trigger a new run (force_retrain: true for the "
+            "same snapshot).")
+
+
+def skip_if_run_finished(run_uri: str | None, task_id: str) -> None:
+    """AirflowSkipException when ``run_uri`` already reached its verdict (a task cleared or rerun from the UI)."""
+    summary = finished_run(run_uri)
+    if summary is not None:
+        raise AirflowSkipException(finished_run_message(task_id, summary))
+
+
+def require_arguments(task_id: str, arguments: Sequence[Any]) -> None:
+    """Fail at once when a rendered argument is None: the upstream result it comes from is missing (that task
+    was marked success by hand, or its XCom was cleared). Passed on, None would become the string "None", which
+    the stages read as the "none" sentinel (tasks.cli.optional): no champion, no teacher."""
+    missing = [str(arguments[i - 1]) if i else f"argument {i}" for i, a in enumerate(arguments) if a is None]
+    if missing:
+        raise MissingResult(f"{task_id}: no value for {', '.join(missing)}: the upstream task that provides it left "
+                            "no result (marked success by hand, or cleared); clear that task to run it again",
+                            absent=True)
+
+
+def run_argument(arguments: Sequence[Any]) -> str | None:
+    """The value of a stage command's ``--run`` (rendered), or None."""
+    args = [str(a) for a in arguments]
+    return args[args.index("--run") + 1] if "--run" in args[:-1] else None
 
 
 # ---------------------------------------------------------------- local mode
@@ -227,6 +285,10 @@ class LocalStageOperator(BaseOperator):
         return env
 
     def execute(self, context: Any) -> Any:
+        for key, value in storage_env(self.storage_conn_id, self.storage_uri).items():
+            os.environ.setdefault(key, value)  # this worker reads the run's summary first
+        skip_if_run_finished(run_argument(self.arguments), self.task_id)
+        require_arguments(self.task_id, self.arguments)
         command = [str(part) for part in (*self.cmds, *self.arguments)]
         self.log.info("Running stage locally: %s", " ".join(command))
         tail: collections.deque[str] = collections.deque(maxlen=self.OUTPUT_TAIL_LINES)
@@ -301,9 +363,10 @@ class KubernetesStageOperator(BaseOperator):
     ui_color = "#e4ecf7"
 
     def __init__(self, *, stage: str, cmds: list[str], arguments: list[Any], pod_settings: dict[str, Any],
-                 **kwargs: Any) -> None:
+                 storage_conn_id: str | None = None, storage_uri: str = "", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.stage = stage
+        self.storage_conn_id, self.storage_uri = storage_conn_id, storage_uri
         self.cmds = list(cmds)
         self.arguments = list(arguments)
         self.pod_settings = dict(pod_settings)
@@ -353,6 +416,10 @@ class KubernetesStageOperator(BaseOperator):
         return self.pod_operator().build_pod_request_obj(context, dry_run=dry_run)
 
     def execute(self, context: Any) -> Any:
+        for key, value in storage_env(self.storage_conn_id, self.storage_uri).items():
+            os.environ.setdefault(key, value)  # the worker reads the run's summary before starting a pod
+        skip_if_run_finished(run_argument(self.arguments), self.task_id)
+        require_arguments(self.task_id, self.arguments)
         self._running = self.pod_operator()
         return self._running.execute(context)
 
@@ -417,7 +484,12 @@ def stage_pod_operator_class() -> type:
 
 
 class MissingResult(AirflowFailException):
-    """A task that should have produced a result did not (or produced one that does not fit its contract)."""
+    """A task that should have produced a result did not (``absent``), or produced one that does not fit its
+    contract."""
+
+    def __init__(self, message: str, *, absent: bool = False) -> None:
+        super().__init__(message)
+        self.absent = absent
 
 
 DECISION_XCOM_KEY = "decision"  # decide returns the short-circuit bool; its Decision goes under this key
@@ -451,7 +523,7 @@ def pull_result(ti: Any, task_id: str, *, required: bool = True, state: str | No
         if state == "skipped" or (not required and state != "success"):
             return None
         raise MissingResult(f"task {task_id} left no {model.__name__} in XCom (task state: {state}); "
-                            f"its result is required here")
+                            f"its result is required here", absent=True)
     try:
         return model.model_validate(value)
     except ValidationError as exc:

@@ -291,3 +291,45 @@ def test_importing_the_alerts_does_not_import_the_providers():
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'plugins'}"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True, env=env)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("code, headline, says", [
+    (3, "data rejected", "the data needs a look"),
+    (4, "spec invalid", "python -m tasks validate-spec"),
+    (5, "not promoted", "Nothing was promoted"),
+    (75, "pipeline broken", "not a model-quality verdict"),
+    (137, "pipeline broken", "not a model-quality verdict"),
+])
+def test_a_failed_stage_alert_names_its_error_kind(receivers, code, headline, says):
+    """The exception a stage operator raises for each exit code (stage_factory.stage_failure, the one mapping),
+    through the real notifiers: the subject names the kind, the body says what it means for the model. Before,
+    every kind was "pipeline broken ... no model was judged", also for a rejected batch or a refused promotion.
+    The stage's output is coloured and 5000 characters long: the alert is plain and clipped, and still sent."""
+    from stage_factory import stage_failure
+
+    smtp, hook = receivers
+    stage = "publish" if code == 5 else "ingest"
+    exc = stage_failure(stage, code, ["\x1b[33mworking\x1b[0m", f"error (x): \x1b[31m{'very long reason ' * 300}"])
+    ti = FakeTI(stage, _xcoms(None), try_number=1 if code in (3, 4, 5) else 3, max_tries=2)
+    for notifier in retrain_alerts.infra_failure_notifiers(make_spec("file:///unused")):
+        notifier(failure_context(ti, exc))
+    (mail,), (post,) = smtp.messages, hook.posts
+    assert mail["subject"].startswith(f"[retrain:sst2] {headline}: {stage} failed after ")
+    body = text_of(mail["body"])
+    assert says in body and f"exit code {code}" in body
+    assert "\x1b" not in body + post["json"]["text"] and len(body) < 6000
+    assert post["json"]["text"].startswith(f"*[retrain:sst2] {headline}: {stage}")
+
+
+def test_an_exception_that_cannot_be_printed_still_alerts(receivers):
+    smtp, _hook = receivers
+
+    class Unprintable(Exception):
+        def __str__(self):
+            raise ValueError("no")
+
+    for notifier in retrain_alerts.infra_failure_notifiers(make_spec("file:///unused")):
+        notifier(failure_context(FakeTI(TaskIds.DRIFT, _xcoms(None), try_number=3, max_tries=2), Unprintable()))
+    (mail,) = smtp.messages
+    assert "pipeline broken: drift failed after 3 tries" in mail["subject"]
+    assert "Error: Unprintable: <" in text_of(mail["body"])

@@ -267,3 +267,20 @@ def test_unpausing_never_starts_a_run_for_a_past_slot(dagbag, monkeypatch):
     dag_with_start.start_date = datetime(2026, 1, 1, tzinfo=timezone.utc)
     assert dag_with_start.next_dagrun_info(last_automated_run_info=None).run_after == datetime(
         2026, 11, 23, 2, 0, tzinfo=timezone.utc)
+
+
+def test_a_conf_of_junk_keys_fails_with_a_message_that_fits_an_alert(dagbag):
+    """5000 unknown keys, one of them 100 000 characters long: the message names 10, clipped, and counts the
+    rest (before: every key in full, a message of megabytes in the task log, the e-mail and Slack)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    module = load_dag_module()
+    valid = list(dagbag.dags["retrain_sst2"].params.keys())
+    junk = {f"key{i:04d}": i for i in range(5000)} | {"x" * 100_000: 1, "dry_rün": True}
+    with pytest.raises(AirflowFailException) as caught:
+        module.check_conf(junk, valid)
+    message = str(caught.value)
+    assert len(message) < 1500, len(message)
+    assert message.startswith("unknown trigger conf keys: 'dry_rün' (did you mean 'dry_run'?), 'key0000', ")
+    assert "and 4992 more; valid keys: dry_run, force_retrain" in message
+

@@ -323,3 +323,33 @@ def test_bootstrap_intervals_use_the_one_macro_f1_and_bracket_the_point():
     point = metrics.accuracy(y, pred)
     assert out["accuracy"]["lower"] < point < out["accuracy"]["upper"]
     assert out == gates.bootstrap_intervals(y, pred, 3, resamples=200, seed=7)  # seeded
+
+
+def test_a_label_appended_to_the_spec_gates_against_a_champion_that_never_predicts_it():
+    """The spec gained a third label after the champion was trained on two: the champion's head has two
+    outputs, so it never predicts the new class (evaluate scores its argmax over those two). The gates still
+    judge the old classes: a candidate as good on them that also learned the new class passes (the new class
+    cannot "drop" from a recall of 0), and one that lost an old class is blocked, naming it."""
+    rng = np.random.default_rng(1)
+    labels = ["negative", "positive", "neutral"]
+    y = np.repeat([0, 1, 2], [200, 200, 60])
+    champ = np.where(y == 2, rng.integers(0, 2, y.size), _predict(y, 2, 0.9, rng) % 2)  # classes 0/1 only
+    assert set(np.unique(champ)) == {0, 1}
+    learned = np.where(y == 2, np.where(rng.random(y.size) < 0.8, 2, 0), champ)
+    spec = GatesSpec()
+
+    def run(cand):
+        scores = lambda p: gates.ModelScores(p, float(np.mean(p == y)), 0.0)  # noqa: E731
+        return gates.evaluate_gates(spec, labels, y, teacher=scores(cand), student=scores(cand),
+                                    champion_teacher=scores(champ), champion_student=scores(champ))
+
+    passed, first_run, gate_list = run(learned)
+    assert passed and not first_run, [g.reason for g in gate_list if not g.passed]
+    recall = next(g for g in gate_list if g.name == "class_recall_teacher")
+    assert recall.details["classes"]["neutral"]["champion_recall"] == 0.0
+    lost = learned.copy()
+    lost[(y == 1) & (rng.random(y.size) < 0.5)] = 0  # half of "positive" now predicted "negative"
+    passed, _, gate_list = run(lost)
+    failed = {g.name: g for g in gate_list if not g.passed}
+    assert not passed and "class_recall_teacher" in failed
+    assert failed["class_recall_teacher"].details["failing"] == ["positive"]
