@@ -412,7 +412,6 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
         def notify(ti=None) -> dict:
             """The run summary: decisions, metrics, where the artifacts are; stored with the run and logged.
             After training and evaluation (promoted, or blocked by gates) it records the snapshot as trained on."""
-            from tasks import storage
             from tasks.decide.summary import build_summary, format_summary
 
             run_ctx = pull_result(ti, TaskIds.PREPARE_RUN, required=False)
