@@ -196,15 +196,18 @@ def model_selection_rows(hp, holdout_set, snapshot_uri: str, tokenizer, max_leng
                 golden = snapshots.read_golden(golden_uri)
             except storage.NotFound as exc:
                 raise SpecInvalid(f"train.selection like_golden: no golden set at {golden_uri} ({exc})") from None
+            if golden.empty:
+                raise SpecInvalid(f"train.selection like_golden: the golden set at {golden_uri} has no rows")
             lengths = [len(ids) for ids in tokenizer(list(golden["text"]), truncation=True,
                                                      max_length=max_length)["input_ids"]]
             sample = training.like_golden_sample(
                 [len(ids) for ids in holdout_set["input_ids"]], holdout_set["labels"], lengths,
                 golden["label"].astype(int).tolist(), seed=hp.seed, max_rows=hp.selection_rows)
-            for gap in sample.shortfalls:
-                print(f"[{stage}] model selection: the holdout split has {gap['holdout_rows']} rows of label "
-                      f"{gap['label']} with {gap['tokens']} tokens where the golden mix asks for {gap['wanted']}; "
-                      f"{gap['from_nearby_lengths']} taken from the nearest lengths instead", flush=True)
+            if sample.shortfalls:
+                gaps = "; ".join(f"label {g['label']} with {g['tokens']} tokens: {g['holdout_rows']} of {g['wanted']}"
+                                 for g in sample.shortfalls)
+                print(f"[{stage}] model selection: the holdout split has fewer rows than the golden mix asks for "
+                      f"({gaps}); the rest taken from the nearest lengths of the same label", flush=True)
             print(f"[{stage}] model selection on {len(sample.indices)} of {len(holdout_set)} holdout rows drawn like "
                   f"the golden set ({len(golden)} rows; {len(sample.edges) + 1} token-length bins x labels, "
                   f"distance {sample.histogram_distance:.3f})", flush=True)
