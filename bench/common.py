@@ -34,8 +34,23 @@ def holdout_of(text: str, fraction: float = 0.1) -> bool:
     return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
 
 
-def write_snapshot(root_uri: str, pipeline: str, rows: list[tuple[str, int]], holdout_fraction: float = 0.1) -> str:
-    """A snapshot in the format tasks.data.snapshots reads (one part), with a hash-based holdout split."""
+def write_golden(root_uri: str, pipeline: str, rows: list[tuple[str, int]]) -> str:
+    """A golden set where ingest freezes one (``golden/<pipeline>/<id>/data.parquet``: text, label); its URI."""
+    import pandas as pd
+
+    from tasks import storage
+    from tasks.data.snapshots import content_hash, parquet_bytes
+
+    frame = pd.DataFrame({"text": [t for t, _ in rows], "label": pd.Series([int(y) for _, y in rows], dtype="int64")})
+    uri = storage.join(root_uri, "golden", pipeline, content_hash(frame)[:16])
+    storage.write_bytes(storage.join(uri, "data.parquet"), parquet_bytes(frame))
+    return uri
+
+
+def write_snapshot(root_uri: str, pipeline: str, rows: list[tuple[str, int]], holdout_fraction: float = 0.1,
+                   golden_rows: list[tuple[str, int]] | None = None) -> str:
+    """A snapshot in the format tasks.data.snapshots reads (one part), with a hash-based holdout split; with
+    ``golden_rows``, a golden set its manifest names (``golden_uri``), as ingest's snapshots do."""
     import pandas as pd
 
     from tasks import storage
@@ -51,8 +66,10 @@ def write_snapshot(root_uri: str, pipeline: str, rows: list[tuple[str, int]], ho
     snapshot_id = hashlib.sha256(parquet_bytes(frame)).hexdigest()[:16]
     storage.write_bytes(storage.join(base, "parts", f"{snapshot_id}.parquet"), parquet_bytes(frame))
     snapshot = storage.join(base, snapshot_id)
-    storage.write_json(storage.join(snapshot, "manifest.json"),
-                       {"snapshot_id": snapshot_id, "parts": [f"parts/{snapshot_id}.parquet"], "rows": len(frame)})
+    manifest = {"snapshot_id": snapshot_id, "parts": [f"parts/{snapshot_id}.parquet"], "rows": len(frame)}
+    if golden_rows is not None:
+        manifest["golden_uri"] = write_golden(root_uri, pipeline, golden_rows)
+    storage.write_json(storage.join(snapshot, "manifest.json"), manifest)
     return snapshot
 
 

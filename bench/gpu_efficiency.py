@@ -15,7 +15,11 @@ student's training FLOPs only, not the teacher's forward pass):
   loop's;
 - ``overhead_fraction``: (holdout evaluations + checkpoint saves and uploads) / stage wall;
   ``stage_wall_s``: ``main()`` start to result, in this process (interpreter start and imports excluded);
-- ``teacher_dev_accuracy``, ``student_dev_accuracy``: on SST-2 dev.tsv (the first ``--dev-rows``);
+- ``teacher_dev_accuracy``, ``student_dev_accuracy``: on SST-2 dev.tsv (the first ``--dev-rows``), which is also
+  the snapshot's golden set (``train.selection: like_golden`` reads its lengths and labels);
+  ``teacher_stopped_at_epoch`` (of ``teacher_epochs``), ``teacher_holdout_accuracy`` and ``teacher_selection``
+  (the rows model selection scored): issue 12's item 3. These teacher figures are also printed as a first JSON
+  line (``"partial": "finetune"``) as soon as the fine-tune stage ends;
 - ``distill_over_finetune``: the distill stage's training rows/s over the fine-tune stage's (issue 12, item 4: at
   least 1), both per sample, the distill side counting the teacher cache's one pass when it ran
   (``distill.samples_per_second_with_teacher_pass``; ``distill.teacher_cache`` says whether it did and why);
@@ -224,11 +228,24 @@ def main() -> None:
         rows = long_rows(read_tsv("train", min_words=args.min_words, limit=sentences), max_length)
     else:
         rows = read_tsv("train", min_words=args.min_words, limit=args.rows)
-    snapshot = write_snapshot(root, "sst2", rows)
+    # The golden set (dev.tsv) in the snapshot's manifest, as ingest writes it: train.selection: like_golden reads
+    # its lengths and labels.
+    snapshot = write_snapshot(root, "sst2", rows, golden_rows=read_tsv("dev"))
     run = make_run(root, "bench", overrides)
     spec = load_spec(run + "/spec.json")
 
     teacher, teacher_wall = run_stage_here("finetune", ["--run", run, "--snapshot", snapshot], work / "scratch")
+    # The teacher's figures at once: a step that runs out of time in distill still leaves them (gpu_measure.sh keeps
+    # the last JSON line).
+    teacher_dev = dev_accuracy(teacher["model_uri"], args.dev_rows, spec.model.max_length)
+    selection = {"teacher_dev_accuracy": teacher_dev, "teacher_stopped_at_epoch": teacher.get("stopped_at_epoch"),
+                 "teacher_epochs": teacher.get("epochs"),
+                 "teacher_holdout_accuracy": round(teacher["metrics"]["accuracy"], 4),
+                 "teacher_selection": {k: v for k, v in (teacher.get("selection") or {}).items() if k != "golden_uri"},
+                 "train_min_epochs": spec.train.min_epochs}
+    print_json({"bench": "gpu_efficiency", "partial": "finetune", "rows": len(rows), "train_rows": teacher["train_rows"],
+                "batch_size": teacher.get("batch_size"), "learning_rate": teacher.get("learning_rate"),
+                "finetune_wall_s": round(teacher_wall, 2), "global_step": teacher["global_step"], **selection})
     student, student_wall = run_stage_here(
         "distill", ["--run", run, "--snapshot", snapshot, "--teacher", teacher["model_uri"]], work / "scratch")
 
@@ -273,7 +290,7 @@ def main() -> None:
         compare["on_over_off"] = round(compare["on"]["samples_per_second_with_teacher_pass"]
                                        / compare["off"]["samples_per_second_with_teacher_pass"], 3)
         out["teacher_cache_compare"] = compare
-    out["teacher_dev_accuracy"] = dev_accuracy(teacher["model_uri"], args.dev_rows, spec.model.max_length)
+    out.update(selection)
     out["student_dev_accuracy"] = dev_accuracy(student["model_uri"], args.dev_rows, spec.model.max_length)
     print_json(out)
 

@@ -161,6 +161,8 @@ class TrainResult(Result):
     token_cache: str | None = None  # "hit": the tokenized splits came from the cache; "miss": tokenized here
     teacher_cache: str | None = None  # distill: "on: <rows, tokens, MiB>" or "off: <why>" (student.teacher_cache)
     teacher_pass_seconds: float | None = None  # distill, teacher cache on: the teacher's one pass before training
+    stopped_at_epoch: float | None = None  # the epoch training ended at (early stopping, or all of epochs)
+    selection: dict[str, Any] | None = None  # the rows evaluations during training scored (train.selection)
 
 
 class GateResult(Result):

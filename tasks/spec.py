@@ -159,8 +159,17 @@ class TrainSpec(_Section):
     max_train_rows: int | None = Field(None, ge=1, description="Cap on training rows (newest first); None = all")
     selection_rows: int | None = Field(
         None, ge=2, description="Evaluations during training (early stopping, best checkpoint) on a label-stratified "
-                                "sample of at most this many holdout rows; the final metrics use the whole split. "
-                                "None = every holdout row each time")
+                                "sample of at most this many holdout rows (with selection: like_golden, a cap on "
+                                "that sample); the final metrics use the whole split. None = every holdout row "
+                                "each time")
+    selection: Literal["holdout", "like_golden"] = Field(
+        "holdout", description="Rows the evaluations during training (early stopping, best checkpoint) score: "
+                               "holdout = the holdout split (or its selection_rows sample); like_golden = holdout "
+                               "rows sampled to the golden set's token-length x label mix (never golden rows; "
+                               "docs/training.md). The final metrics use the whole holdout split")
+    min_epochs: float = Field(
+        0, ge=0, description="Early stopping cannot end training before this many epochs (clipped to the stage's "
+                             "epochs); patience counts evaluations after it. 0 = from the start")
     gpu_batch_size: PositiveInt | Literal["auto"] | None = Field(
         "auto", description="Per-device batch on a CUDA GPU: auto = from GPU memory and model.max_length "
                             "(docs/training.md), learning rate scaled from batch_size; None = batch_size; CPU: "

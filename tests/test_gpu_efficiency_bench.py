@@ -19,9 +19,18 @@ def test_smoke_run_reports_stage_and_ceiling_figures():
     proc = subprocess.run([sys.executable, "bench/gpu_efficiency.py", "--smoke", "--peak-tflops", "0.5",
                            "--compare-teacher-cache"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    out = lines[-1]
 
     assert out["bench"] == "gpu_efficiency" and out["smoke"] and out["train_rows"] > 0
+    # Issue 12, item 3: the teacher's figures, first as soon as fine-tuning ends, then in the full line. The
+    # shipped spec selects on holdout rows drawn like the golden set (dev.tsv, in the snapshot's manifest).
+    partial = lines[0]
+    assert partial["partial"] == "finetune"
+    for key in ("teacher_dev_accuracy", "teacher_stopped_at_epoch", "teacher_selection"):
+        assert partial[key] == out[key]
+    assert 0 < out["teacher_stopped_at_epoch"] <= out["teacher_epochs"]
+    assert out["teacher_selection"]["mode"] == "like_golden" and out["teacher_selection"]["rows"] > 0
     for stage in (out, out["distill"]):
         assert stage["samples_per_second"] > 0 and stage["global_step"] > 0
         assert stage["tokens_per_second"] == pytest.approx(stage["samples_per_second"] * out["mean_tokens_per_row"],

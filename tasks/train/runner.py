@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 from tasks import results, storage
 from tasks.contracts import TrainResult
+from tasks.errors import SpecInvalid
 from tasks.spec import PipelineSpec, load_spec
 
 
@@ -80,11 +81,10 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
     splits = token_cache.tokenized_splits(spec.layout.token_cache, args.snapshot, tokenizer, spec.model.max_length,
                                           hp.max_train_rows, stage=stage, snapshot=snapshot)
     train_set, holdout_set = splits.train, splits.holdout
-    # Model selection on a stratified sample of the holdout rows (train.selection_rows), or on all of them.
-    selection_set = holdout_set
-    if hp.selection_rows is not None and hp.selection_rows < len(holdout_set):
-        selection_set = holdout_set.select(training.stratified_sample(holdout_set["labels"], hp.selection_rows,
-                                                                      hp.seed))
+    # The rows evaluations during training score (train.selection): the holdout split, a stratified sample of it
+    # (train.selection_rows), or holdout rows drawn like the golden set.
+    selection_set, selection = model_selection_rows(hp, holdout_set, args.snapshot, tokenizer, spec.model.max_length,
+                                                    stage)
 
     # learning_rate: auto with no recorded rate (a first run): a short, bounded search picks it (defaults.py), at
     # the spec's batch; on a CUDA GPU plan_batches then scales it with the GPU batch, like a rate from the spec.
@@ -97,6 +97,7 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
             log=lambda line: print(line, flush=True)))
 
     epochs = recipe.epochs if recipe.epochs is not None else defaults.epochs_for(len(train_set))
+    min_epochs = min(hp.min_epochs, epochs)  # early stopping waits this long (a warm start's 1 epoch clips it)
 
     # The Trainer, set up one way for both stages. On a CUDA GPU: checkpoints by time, uploaded in the background.
     import torch
@@ -124,21 +125,23 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
     timed = [checkpoints.TimedCheckpoints(minutes, ddp_check_every=targs.logging_steps)] if minutes else []
     trainer = training.make_trainer(
         recipe.trainer_cls or Trainer, args=targs, tokenizer=tokenizer, n_classes=len(spec.data.labels),
-        patience=hp.early_stopping_patience, callbacks=[progress, *timed, sync],  # timed before sync: it sees the save
+        patience=hp.early_stopping_patience, min_epochs=min_epochs,
+        callbacks=[progress, *timed, sync],  # timed before sync: it sees the save
         model=recipe.model, train_dataset=prepared.train_set, eval_dataset=selection_set,
         **{**recipe.trainer_kwargs, **prepared.trainer_kwargs},
     )
-    if selection_set is not holdout_set:
-        print(f"[{stage}] model selection on a stratified {len(selection_set)} of {len(holdout_set)} holdout rows",
-              flush=True)
     print(f"[{stage}] {len(train_set)} train rows, {len(holdout_set)} holdout rows; init from {recipe.init_from}"
-          f"{'; ' + recipe.note if recipe.note else ''}; lr {learning_rate:.2e} ({lr_source}), {epochs:g} epochs; "
+          f"{'; ' + recipe.note if recipe.note else ''}; lr {learning_rate:.2e} ({lr_source}), {epochs:g} epochs"
+          f"{f' (early stopping from epoch {min_epochs:g})' if min_epochs else ''}; "
           f"device {targs.device}, bf16={targs.bf16}, optim={targs.optim}, world_size={targs.world_size}", flush=True)
 
     # Train, resuming from the newest complete checkpoint in storage on a retry; then score the best model
     # (load_best_model_at_end) on the holdout split.
     resume = checkpoints.prepare_resume(targs, paths)
     trainer.train(resume_from_checkpoint=resume)
+    stopped_at_epoch = round(float(trainer.state.epoch or 0.0), 3)
+    print(f"[{stage}] training ended at epoch {stopped_at_epoch:g} of {epochs:g} (step {trainer.state.global_step}"
+          f"/{trainer.state.max_steps}); best checkpoint {trainer.state.best_model_checkpoint}", flush=True)
     sync.wait()  # the last checkpoint's upload (on_train_end waits too; this re-raises an upload error)
     holdout = trainer.evaluate() if selection_set is holdout_set else trainer.evaluate(holdout_set)
     outcome = training.outcome_of(trainer, holdout, checkpoints.step_of(resume) if resume else 0, progress,
@@ -161,7 +164,57 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
         learning_rate_source=lr_source, lr_search=lr_search, epochs=epochs,
         base_model=spec.model.base, init_from=recipe.init_from,
         parameters=sum(p.numel() for p in trainer.model.parameters()), exports=exports,
-        token_cache="hit" if splits.hit else "miss", **recipe.result, **prepared.result,
+        token_cache="hit" if splits.hit else "miss", stopped_at_epoch=stopped_at_epoch, selection=selection,
+        **recipe.result, **prepared.result,
     )
     results.emit(result, paths.out_uri)
     return 0
+
+
+# ---------------------------------------------------------------- the rows model selection scores
+
+
+def model_selection_rows(hp, holdout_set, snapshot_uri: str, tokenizer, max_length: int,
+                         stage: str) -> tuple[Any, dict[str, Any]]:
+    """(the rows the evaluations during training score, a summary for the result).
+
+    ``train.selection: like_golden``: holdout rows sampled to the golden set's token-length x label mix
+    (``training.like_golden_sample``; the golden set named by the snapshot's manifest, read for its lengths and
+    labels only: no golden row is ever scored during training, so the golden metrics of evaluate and the gates stay
+    an unbiased estimate). A snapshot without a golden set falls back to ``holdout``, and says so. ``holdout``:
+    the whole split, or a label-stratified sample of ``train.selection_rows``."""
+    from tasks.data import snapshots
+    from tasks.train import training
+
+    if hp.selection == "like_golden":
+        golden_uri = snapshots.read_manifest(snapshot_uri).get("golden_uri")
+        if not golden_uri:
+            print(f"[{stage}] train.selection like_golden: snapshot {snapshot_uri} records no golden_uri; model "
+                  "selection on the holdout split instead", flush=True)
+        else:
+            try:
+                golden = snapshots.read_golden(golden_uri)
+            except storage.NotFound as exc:
+                raise SpecInvalid(f"train.selection like_golden: no golden set at {golden_uri} ({exc})") from None
+            if golden.empty:
+                raise SpecInvalid(f"train.selection like_golden: the golden set at {golden_uri} has no rows")
+            lengths = [len(ids) for ids in tokenizer(list(golden["text"]), truncation=True,
+                                                     max_length=max_length)["input_ids"]]
+            sample = training.like_golden_sample(
+                [len(ids) for ids in holdout_set["input_ids"]], holdout_set["labels"], lengths,
+                golden["label"].astype(int).tolist(), seed=hp.seed, max_rows=hp.selection_rows)
+            if sample.shortfalls:
+                gaps = "; ".join(f"label {g['label']} with {g['tokens']} tokens: {g['holdout_rows']} of {g['wanted']}"
+                                 for g in sample.shortfalls)
+                print(f"[{stage}] model selection: the holdout split has fewer rows than the golden mix asks for "
+                      f"({gaps}); the rest taken from the nearest lengths of the same label", flush=True)
+            print(f"[{stage}] model selection on {len(sample.indices)} of {len(holdout_set)} holdout rows drawn like "
+                  f"the golden set ({len(golden)} rows; {len(sample.edges) + 1} token-length bins x labels, "
+                  f"distance {sample.histogram_distance:.3f})", flush=True)
+            return holdout_set.select(sample.indices), {**sample.summary(), "golden_uri": golden_uri}
+    if hp.selection_rows is not None and hp.selection_rows < len(holdout_set):
+        picked = training.stratified_sample(holdout_set["labels"], hp.selection_rows, hp.seed)
+        print(f"[{stage}] model selection on a stratified {len(picked)} of {len(holdout_set)} holdout rows",
+              flush=True)
+        return holdout_set.select(picked), {"mode": "holdout", "rows": len(picked)}
+    return holdout_set, {"mode": "holdout", "rows": len(holdout_set)}

@@ -112,6 +112,118 @@ def stratified_sample(labels: Sequence[int], size: int, seed: int) -> list[int]:
     return sorted(int(i) for i in np.concatenate(picked))
 
 
+# ---------------------------------------------------------------- model selection rows drawn like the golden set
+
+LENGTH_BINS = 8  # token-length bins, at the golden set's quantiles
+MIN_LIKE_GOLDEN_ROWS = 200  # below this a like-golden sample fills scarce cells from nearby lengths instead
+
+
+@dataclass
+class LikeGoldenSample:
+    """A holdout sample drawn like the golden set (``like_golden_sample``) and how close it came."""
+
+    indices: list[int]  # into the holdout split, sorted
+    edges: list[int]  # token-length bin edges: bin i holds lengths in [edges[i-1], edges[i])
+    shortfalls: list[dict[str, Any]] = field(default_factory=list)  # cells the holdout could not fill
+    histogram_distance: float = 0.0  # total variation distance of the sample's (length bin, label) mix to golden's
+
+    def summary(self) -> dict[str, Any]:
+        return {"mode": "like_golden", "rows": len(self.indices), "length_edges": self.edges,
+                "histogram_distance": round(self.histogram_distance, 4), "shortfalls": self.shortfalls}
+
+
+def length_edges(lengths: Sequence[int], bins: int = LENGTH_BINS) -> list[int]:
+    """Inner bin edges at the quantiles of ``lengths`` (integers, distinct): ``bins`` bins of about equal golden
+    counts, the first and last open-ended so every holdout row falls in one."""
+    import numpy as np
+
+    inner = np.quantile(np.asarray(lengths), np.linspace(0, 1, bins + 1)[1:-1])
+    return sorted({int(np.ceil(x)) for x in inner} - {int(min(lengths))})
+
+
+def cell_counts(lengths: Sequence[int], labels: Sequence[int], edges: Sequence[int]) -> dict[tuple[int, int], int]:
+    """Rows per (length bin, label)."""
+    import numpy as np
+
+    bins = np.searchsorted(np.asarray(edges), np.asarray(lengths), side="right")
+    cells, counts = np.unique(np.stack([bins, np.asarray(labels)], axis=1), axis=0, return_counts=True)
+    return {(int(b), int(y)): int(n) for (b, y), n in zip(cells, counts)}
+
+
+def apportion(shares: dict[Any, float], size: int) -> dict[Any, int]:
+    """``size`` split by ``shares`` (summing to 1): floors, then the largest remainders (ties by key order)."""
+    keys = sorted(shares)
+    exact = {k: size * shares[k] for k in keys}
+    out = {k: int(exact[k]) for k in keys}
+    for k in sorted(keys, key=lambda k: -(exact[k] - out[k]))[:size - sum(out.values())]:
+        out[k] += 1
+    return out
+
+
+def like_golden_sample(holdout_lengths: Sequence[int], holdout_labels: Sequence[int], golden_lengths: Sequence[int],
+                       golden_labels: Sequence[int], seed: int, max_rows: int | None = None,
+                       bins: int = LENGTH_BINS, min_rows: int = MIN_LIKE_GOLDEN_ROWS) -> LikeGoldenSample:
+    """A seeded sample of holdout rows whose (token-length bin, label) mix is the golden set's.
+
+    Bins are the golden set's length quantiles (``length_edges``). The size is the largest sample with exactly
+    the golden mix that the holdout rows allow, at most the golden set's size and ``max_rows``. When that is
+    below ``min_rows`` (a holdout with few rows of some length and label, e.g. the long sentences of SST-2's
+    phrase-heavy train file), the sample has ``min_rows`` rows (or all the holdout's) and a cell the holdout cannot
+    fill takes what it has, the rest from the nearest length bins of the same label (shorter first on a tie), so
+    the label mix stays the golden set's as long as the label has rows; those cells are in ``shortfalls``. The
+    golden rows themselves are never sampled: only their lengths and labels are read."""
+    import numpy as np
+
+    h_len, h_lab = np.asarray(holdout_lengths), np.asarray(holdout_labels)
+    edges = length_edges(golden_lengths, bins)
+    golden = cell_counts(golden_lengths, golden_labels, edges)
+    total = sum(golden.values())
+    shares = {c: n / total for c, n in golden.items()}
+    h_bins = np.searchsorted(np.asarray(edges), h_len, side="right")
+    members = {c: np.flatnonzero((h_bins == c[0]) & (h_lab == c[1])) for c in golden}
+    exact_fit = min(len(members[c]) / shares[c] for c in golden)
+    cap = min(total, len(h_len), max_rows if max_rows is not None else len(h_len))
+    size = int(min(cap, np.floor(exact_fit + 1e-9)))
+    if size < min_rows:
+        size = min(cap, min_rows)
+    want = apportion(shares, size)
+    take = {c: min(want[c], len(members[c])) for c in golden}
+    # Scarce cells: the rest from the same label's nearest length bins that have rows to spare.
+    shortfalls = []
+    extra: dict[tuple[int, int], int] = {}
+    all_cells = {(int(b), int(y)) for b, y in zip(h_bins, h_lab)}
+    spare = {c: int(np.sum((h_bins == c[0]) & (h_lab == c[1]))) - take.get(c, 0) for c in all_cells}
+    for cell in sorted(golden):
+        missing = want[cell] - take[cell]
+        if not missing:
+            continue
+        filled = 0
+        near = sorted((c for c in all_cells if c[1] == cell[1] and c != cell), key=lambda c: (abs(c[0] - cell[0]), c[0]))
+        for other in near:
+            n = min(missing - filled, spare[other])
+            if n > 0:
+                extra[other] = extra.get(other, 0) + n
+                spare[other] -= n
+                filled += n
+            if filled == missing:
+                break
+        low = edges[cell[0] - 1] if cell[0] > 0 else 0
+        high = edges[cell[0]] if cell[0] < len(edges) else None
+        shortfalls.append({"tokens": f"[{low}, {high if high is not None else 'inf'})", "label": cell[1],
+                           "wanted": want[cell], "holdout_rows": take[cell], "from_nearby_lengths": filled})
+    rng = np.random.default_rng(seed)
+    picked = []
+    for cell in sorted(all_cells):
+        rows = np.flatnonzero((h_bins == cell[0]) & (h_lab == cell[1]))
+        n = take.get(cell, 0) + extra.get(cell, 0)
+        if n:
+            picked.extend(int(i) for i in rng.permutation(rows)[:n])
+    got = cell_counts(h_len[picked], h_lab[picked], edges) if picked else {}
+    distance = 0.5 * sum(abs(got.get(c, 0) / max(1, len(picked)) - shares.get(c, 0.0))
+                         for c in set(got) | set(shares))
+    return LikeGoldenSample(sorted(picked), edges, shortfalls, float(distance))
+
+
 def tokenize(tokenizer, texts: Sequence[str], labels: Sequence[int], max_length: int):
     """A datasets.Dataset of unpadded token ids; padding happens per batch (DataCollatorWithPadding)."""
     from datasets import Dataset
@@ -437,6 +549,37 @@ class ProgressLogger(_transformers_callback_base()):
         return (global_step - self.first_step) * self.samples_per_step / busy
 
 
+def _early_stopping_base():
+    from transformers import EarlyStoppingCallback
+
+    return EarlyStoppingCallback
+
+
+class EarlyStoppingAfterMinEpochs(_early_stopping_base()):
+    """transformers' EarlyStoppingCallback that cannot end training before ``min_epochs``: evaluations before
+    then still update the best checkpoint but do not count towards the patience, so patience evaluations after
+    ``min_epochs`` are what stops a run. Its counter and arguments are part of every checkpoint (``state()``,
+    restored by the Trainer with ``restore_callback_states_from_checkpoint``), so a resumed run stops where the
+    uninterrupted one would."""
+
+    def __init__(self, early_stopping_patience: int = 1, early_stopping_threshold: float | None = 0.0,
+                 min_epochs: float = 0.0) -> None:
+        super().__init__(early_stopping_patience=early_stopping_patience,
+                         early_stopping_threshold=early_stopping_threshold)
+        self.min_epochs = float(min_epochs)
+
+    def on_evaluate(self, args, state, control, metrics, **kwargs):
+        super().on_evaluate(args, state, control, metrics, **kwargs)
+        if (state.epoch or 0.0) < self.min_epochs - 1e-9:
+            self.early_stopping_patience_counter = 0
+            control.should_training_stop = False
+
+    def state(self) -> dict:
+        saved = super().state()
+        saved["args"]["min_epochs"] = self.min_epochs
+        return saved
+
+
 # ---------------------------------------------------------------- training and outputs
 
 
@@ -548,10 +691,11 @@ def quiet_trainer(trainer_cls, **kwargs):
 
 
 def make_trainer(trainer_cls, *, args, tokenizer, n_classes: int, patience: int, callbacks: Sequence[Any] = (),
-                 **kwargs):
+                 min_epochs: float = 0.0, **kwargs):
     """The stages' Trainer, set up one way for both: dynamic padding, holdout accuracy and macro-F1, early
-    stopping, length-grouped batches, quiet logs; ``callbacks`` (progress, checkpoint sync) come first."""
-    from transformers import DataCollatorWithPadding, EarlyStoppingCallback
+    stopping (not before ``min_epochs``), length-grouped batches, quiet logs; ``callbacks`` (progress, checkpoint
+    sync) come first."""
+    from transformers import DataCollatorWithPadding
 
     return quiet_trainer(
         trainer_cls,
@@ -559,6 +703,7 @@ def make_trainer(trainer_cls, *, args, tokenizer, n_classes: int, patience: int,
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if args.bf16 or args.fp16 else None),
         compute_metrics=metrics_for(n_classes),
-        callbacks=[*callbacks, EarlyStoppingCallback(early_stopping_patience=patience)],
+        callbacks=[*callbacks, EarlyStoppingAfterMinEpochs(early_stopping_patience=patience,
+                                                          min_epochs=min_epochs)],
         **kwargs,
     )
