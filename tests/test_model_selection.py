@@ -185,3 +185,27 @@ def test_a_snapshot_without_a_golden_set_selects_on_the_holdout_split(tiny_model
     assert "records no golden_uri; model selection on the holdout split instead" in capsys.readouterr().out
     result = storage.read_json(storage.join(run, "finetune", "result.json"))
     assert result["selection"] == {"mode": "holdout", "rows": result["metrics"]["holdout_rows"]}
+
+
+def test_a_short_sample_under_half_the_split_falls_back_to_the_whole_holdout(tiny_model_dir, tmp_path, capsys):
+    """The demo's case: a holdout of full sentences a little short of the golden mix, where the like-golden
+    sample (200 rows) would be under half the split: the whole split scores model selection, with less noise."""
+    from tasks.spec import load_spec
+    from tasks.train import modeling, training
+    from tasks.train.runner import model_selection_rows
+
+    root = storage.normalize(str(tmp_path / "store"))
+    run = make_run(root, "fallback", {"model.base": str(tiny_model_dir), "train.selection": "like_golden"})
+    rows = [r for r in read_tsv("train", limit=40000) if len(r[0].split()) >= 10][:4000]
+    snapshot = write_snapshot(root, "sst2", rows, golden_rows=read_tsv("dev"))
+    from tasks.data import snapshots
+
+    frame = snapshots.read_snapshot(snapshot)
+    holdout = frame[frame["split"] == "holdout"]
+    tokenizer = modeling.load_tokenizer(tiny_model_dir)
+    holdout_set = training.tokenize(tokenizer, holdout["text"].tolist(), holdout["label"].tolist(), 128)
+    hp = load_spec(storage.join(run, "spec.json")).train
+    chosen, summary = model_selection_rows(hp, holdout_set, snapshot, tokenizer, 128, "finetune")
+    assert summary["like_golden_fallback"]["shortfalls"] and summary["like_golden_fallback"]["rows"] < len(holdout) / 2
+    assert chosen is holdout_set and summary["mode"] == "holdout" and summary["rows"] == len(holdout)
+    assert f"model selection on all {len(holdout)} holdout rows" in capsys.readouterr().out
