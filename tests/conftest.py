@@ -172,6 +172,21 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def tiny_teacher(tiny_model_dir):
+    """The tiny model as a classifier in eval mode (a distillation teacher); one per test module."""
+    from tasks.train.modeling import load_classifier
+
+    return load_classifier(tiny_model_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tiny_model_dir):
+    from tasks.train.modeling import load_tokenizer
+
+    return load_tokenizer(tiny_model_dir)
+
+
 def read_sst2(split: str = "train", limit: int | None = None, offset: int = 0) -> list[tuple[str, int]]:
     rows: list[tuple[str, int]] = []
     with open(DATA / "sst2" / f"{split}.tsv", newline="", encoding="utf-8") as fh:

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, read_sst2
-from live_airflow import AirflowError, LiveAirflow
+from live_airflow import LiveAirflow
 from tasks.cli import OFFLINE_ENV
 
 PIPELINE = "tiny"

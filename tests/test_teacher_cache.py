@@ -17,17 +17,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def teacher(tiny_model_dir):
-    from tasks.train.modeling import load_classifier
-
-    return load_classifier(tiny_model_dir).eval()
+def teacher(tiny_teacher):
+    return tiny_teacher
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    from tasks.train.modeling import load_tokenizer
-
-    return load_tokenizer(tiny_model_dir)
+def tokenizer(tiny_tokenizer):
+    return tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

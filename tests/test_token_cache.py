@@ -15,8 +15,8 @@ from tasks.train.modeling import load_tokenizer
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    return load_tokenizer(tiny_model_dir)
+def tokenizer(tiny_tokenizer):
+    return tiny_tokenizer
 
 
 def _fresh(snapshot: str, tokenizer, max_length: int, max_train_rows: int | None = None):
