@@ -52,10 +52,10 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException  #
 
 import retrain_alerts  # noqa: E402
 from stage_factory import (  # noqa: E402
-    MissingResult, apply_storage_env, build_stage, pull_result, skip_if_run_finished, task_states,
+    DECISION_XCOM_KEY, MissingResult, apply_storage_env, build_stage, pull_result, skip_if_run_finished, task_states,
 )
 from tasks.contracts import (  # noqa: E402
-    Decision, DriftResult, EvaluateResult, IngestResult, RunContext, TaskIds,
+    Decision, DriftResult, EvaluateResult, IngestResult, Outcome, RunContext, TaskIds,
 )
 from tasks.spec import PipelineSpec, load_folder  # noqa: E402
 
@@ -268,9 +268,6 @@ def build_ingest_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
 
 
 # Outcomes (tasks.decide.summary) after which the run's snapshot counts as trained on (docs/triggers.md).
-TRAINED_OUTCOMES = ("promoted", "blocked by gates")
-
-
 def trained_record(layout, snapshot_id: str) -> dict | None:
     from tasks import storage
 
@@ -285,7 +282,7 @@ def record_trained(run_ctx: RunContext, summary: dict) -> None:
     from tasks.spec import load_spec
 
     snapshot_id = (summary.get("ingest") or {}).get("snapshot_id")
-    if summary["outcome"] not in TRAINED_OUTCOMES or not snapshot_id:
+    if summary["outcome"] not in Outcome.TRAINED or not snapshot_id:
         return
     layout = load_spec(storage.join(run_ctx.run_uri, "spec.json")).layout
     if trained_record(layout, snapshot_id) is None:
@@ -370,7 +367,7 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
             if decision["stopped"] and decision["withdraw_batches"]:
                 decision["withdrawn"] = withdraw_bad_batches(run_spec, run_ctx, decision)
             storage.write_json(storage.join(run_ctx.run_uri, TaskIds.DECIDE, "result.json"), decision)
-            ti.xcom_push(key="decision", value=decision)
+            ti.xcom_push(key=DECISION_XCOM_KEY, value=decision)
             verdict = "RETRAIN" if decision["retrain"] else "STOP" if decision["stopped"] else "SKIP"
             print(f"{verdict}: " + "; ".join(decision["reasons"]))
             if decision["stopped"]:  # bad labels: fail once, before any GPU stage, and alert with the reason

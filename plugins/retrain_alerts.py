@@ -52,20 +52,19 @@ from urllib.parse import quote
 from airflow.sdk.bases.notifier import BaseNotifier
 
 import registry_ui
+from stage_factory import ANSI_ESCAPE, DECISION_XCOM_KEY
 import project_path  # noqa: F401,E402  (the tasks package, when plugins load before any DAG file)
 from tasks.contracts import Decision, DriftResult, EvaluateResult, GateResult, Result, RunContext, TaskIds
 from tasks.spec import alerts_enabled
 
 log = logging.getLogger("retrain_alerts")
 
-# ESC [ ... final byte (CSI: colours, cursor moves) and the two-byte escapes; ECMA-48.
-_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
 _URL = re.compile(r"https?://[^\s<>\"]+")
 
 
 def plain(text: str) -> str:
     """Text without ANSI escape sequences (stage output quoted in an exception may be coloured)."""
-    return _ANSI.sub("", text)
+    return ANSI_ESCAPE.sub("", text)
 
 
 @dataclass
@@ -192,7 +191,7 @@ def collect_alert_info(context: dict[str, Any], pipeline: str, base_url: str | N
         exception=None if exception is None else describe(exception),
         kind=_get(exception, "kind") if isinstance(_get(exception, "kind"), str) else None,
         prepare=pull(ti, TaskIds.PREPARE_RUN, RunContext),
-        decision=pull(ti, TaskIds.DECIDE, Decision, key="decision"),
+        decision=pull(ti, TaskIds.DECIDE, Decision, key=DECISION_XCOM_KEY),
         drift=pull(ti, TaskIds.DRIFT, DriftResult),
         evaluation=pull(ti, TaskIds.EVALUATE, EvaluateResult),
     )

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from tasks.contracts import Result
     from tasks.spec import PipelineSpec, StageSpec
 
+# ESC [ ... final byte (CSI: colours, cursor moves) and the two-byte escapes; ECMA-48. Also what alerts strip.
 ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -160,23 +161,21 @@ def stage_failure(stage: str, exit_code: int | None, output_lines: Iterable[str]
 
 # ---------------------------------------------------------------- a finished run is final
 
-# Run-summary outcomes (tasks.decide.summary) after which a run may be cleared and redone: it failed before a
-# verdict. Any other outcome is final (docs/triggers.md, "Odd triggers, clears and reruns").
-REDOABLE_OUTCOMES = ("failed before the decision", "failed during training or evaluation")
-
-
 def finished_run(run_uri: str | None) -> dict | None:
     """The run summary of a run that reached its verdict (promoted, blocked by gates, published not promoted,
-    skipped, stopped), or None: no summary yet (the run is going), or it failed before a verdict."""
+    skipped, stopped), or None: no summary yet (the run is going), or it failed before a verdict
+    (``Outcome.REDOABLE``: such a run may be cleared and redone; docs/triggers.md, "Odd triggers, clears and
+    reruns")."""
     from tasks import storage
+    from tasks.contracts import Outcome
 
     if not run_uri:
         return None
-    uri = storage.join(run_uri, "summary.json")
-    if not storage.exists(uri):
+    try:
+        summary = storage.read_json(storage.join(run_uri, "summary.json"))
+    except storage.NotFound:
         return None
-    summary = storage.read_json(uri)
-    return None if summary.get("outcome") in REDOABLE_OUTCOMES else summary
+    return None if summary.get("outcome") in Outcome.REDOABLE else summary
 
 
 def finished_run_message(task_id: str, summary: dict) -> str:

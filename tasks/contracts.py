@@ -16,6 +16,22 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 
+class Outcome:
+    """A retrain run's verdict, as its summary says it (tasks.decide.summary); the DAG and the stage operators
+    read it back (which runs trained on their snapshot, which are final)."""
+
+    FAILED_BEFORE_DECISION = "failed before the decision"
+    STOPPED = "stopped: labels failed the quality check"
+    SKIPPED = "skipped"
+    PROMOTED = "promoted"
+    PUBLISHED_NOT_PROMOTED = "published, not promoted"
+    BLOCKED = "blocked by gates"
+    FAILED_IN_TRAINING = "failed during training or evaluation"
+
+    TRAINED = (PROMOTED, BLOCKED)  # the snapshot counts as trained on: one training per data change
+    REDOABLE = (FAILED_BEFORE_DECISION, FAILED_IN_TRAINING)  # no verdict yet: a cleared run may run again
+
+
 class TaskIds:
     """Airflow task ids, one place (the DAG factory, the alerts and the summary use these)."""
 
@@ -154,7 +170,6 @@ class TrainResult(Result):
     teacher_uri: str | None = None  # distill
     student_layers: int | None = None  # distill
     layer_map: list[int] | None = None  # distill: teacher layer copied into each student layer
-    learning_rate: float | None = None  # the peak rate trained with
     learning_rate_source: str | None = None  # "spec", "champion <version>" or "search" (train.learning_rate: auto)
     lr_search: dict[str, Any] | None = None  # the search's trials when it ran (tasks/train/defaults.py)
     epochs: float | None = None  # epochs trained (train.epochs: auto derives them from the train rows)

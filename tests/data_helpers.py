@@ -1,8 +1,13 @@
-"""Helpers for the data-side tests (ingest, drift): a spec on any storage root, landing uploads, a fake champion."""
+"""Helpers for the data-side tests (ingest, drift): a spec on any storage root, landing uploads, a fake champion,
+and ``make run`` / ``make ingest`` as the Makefile runs them."""
 
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +74,15 @@ def parquet_bytes(columns: dict[str, list[Any]]) -> bytes:
     buf = io.BytesIO()
     pd.DataFrame(columns).to_parquet(buf, index=False)
     return buf.getvalue()
+
+
+def local_run(command: str, spec: Path, landing: Path, storage_dir: Path,
+              env: dict[str, str] | None = None) -> tuple[int, dict, str]:
+    """scripts/local_run.py COMMAND (what ``make run`` / ``make ingest`` call): (exit code, the JSON its last line
+    prints, the whole output)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "local_run.py"), command, "--spec", str(spec),
+                           "--landing", str(landing), "--storage", str(storage_dir)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+    lines = proc.stdout.strip().splitlines()
+    assert lines, proc.stderr[-3000:]
+    return proc.returncode, json.loads(lines[-1]), proc.stdout + proc.stderr

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +21,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from data_helpers import local_run
 
 POSITIVE = ["good", "great", "lovely", "superb", "wonderful", "brilliant", "delightful", "excellent"]
 NEGATIVE = ["bad", "awful", "poor", "dreadful", "terrible", "boring", "dull", "horrible"]
@@ -70,14 +68,6 @@ def easy_spec(tmp: Path, model_dir: Path) -> Path:
     return path
 
 
-def local_run(spec: Path, landing: Path, storage: Path, env: dict[str, str]) -> tuple[int, dict, str]:
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "local_run.py"), "run", "--spec", str(spec),
-                           "--landing", str(landing), "--storage", str(storage)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, **env})
-    lines = proc.stdout.strip().splitlines()
-    assert lines, proc.stderr[-3000:]
-    return proc.returncode, json.loads(lines[-1]), proc.stdout + proc.stderr
-
 
 @pytest.fixture(scope="module")
 def nights(tmp_path_factory, tiny_model_dir):
@@ -90,17 +80,17 @@ def nights(tmp_path_factory, tiny_model_dir):
     with SmtpReceiver() as smtp:
         env = {"AIRFLOW_CONN_SMTP_TEST": smtp.conn_json()}
         write_tsv(landing / "batch-1.tsv", easy_rows(600, seed=1))
-        out["first"] = local_run(spec, landing, storage, env)
+        out["first"] = local_run("run", spec, landing, storage, env)
         out["champion"] = json.loads((storage / "models" / "easy" / "champion.json").read_text())
         bad = easy_rows(200, seed=2)
         flipped = [(t, 1 - y) if i % 5 < 2 else (t, y) for i, (t, y) in enumerate(bad)]  # 40%
         write_tsv(landing / "batch-2.tsv", flipped)
         mails = len(smtp.messages)
-        out["stopped"] = local_run(spec, landing, storage, env)
+        out["stopped"] = local_run("run", spec, landing, storage, env)
         out["stop_mails"] = smtp.messages[mails:]
         out["latest_after_stop"] = json.loads((storage / "snapshots" / "easy" / "latest.json").read_text())
         write_tsv(landing / "batch-2.tsv", bad)  # the labels fixed, same file name
-        out["fixed"] = local_run(spec, landing, storage, env)
+        out["fixed"] = local_run("run", spec, landing, storage, env)
     return out
 
 

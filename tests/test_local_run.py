@@ -7,14 +7,13 @@ night") that sees the first one's snapshot and champion."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import DATA, ROOT
+from data_helpers import local_run
 
 EMOTION = ROOT / "include" / "pipelines" / "emotion.yaml"
 
@@ -42,14 +41,6 @@ def small_emotion_spec(tmp: Path, model_dir: Path) -> Path:
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
-
-def local_run(command: str, spec: Path, landing: Path, storage: Path) -> tuple[int, dict, str]:
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "local_run.py"), command, "--spec", str(spec),
-                           "--landing", str(landing), "--storage", str(storage)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    lines = proc.stdout.strip().splitlines()
-    assert lines, proc.stderr[-3000:]
-    return proc.returncode, json.loads(lines[-1]), proc.stdout + proc.stderr
 
 
 # One fixture per call, each built on the one before: every call happens once, and pytest charges each to the

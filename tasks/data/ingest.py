@@ -44,8 +44,8 @@ from tasks.data.quarantine import BadFile, Quarantine
 from tasks.data.readers import Unparseable
 from tasks.data.validation import (CONFLICTING, UNKNOWN_LABEL, UNPARSEABLE_FILE, UNREADABLE, UNSUPPORTED_FORMAT, Bad,
                                    LabelMap, unknown_label_hint, validate_chunk)
-from tasks.errors import DataRejected, InfrastructureError, SpecInvalid
-from tasks.spec import PipelineSpec, SpecError, load_spec
+from tasks.errors import DataRejected, InfrastructureError
+from tasks.spec import PipelineSpec, load_spec
 
 log = logging.getLogger("tasks.data.ingest")
 
@@ -644,9 +644,6 @@ def run_ingest(spec: PipelineSpec, run_uri: str | None = None) -> dict[str, Any]
 def main(argv: list[str]) -> int:
     args = cli.parse(IngestArgs, argv, prog="python -m tasks ingest", description=__doc__.splitlines()[0])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        spec = load_spec(storage.join(args.run, "spec.json"))
-    except SpecError as exc:
-        raise SpecInvalid(str(exc)) from None
+    spec = load_spec(storage.join(args.run, "spec.json"))  # a SpecError is a SpecInvalid: exit 4
     run_ingest(spec, args.run)  # DataRejected / SpecInvalid / InfrastructureError -> python -m tasks exit codes
     return 0

@@ -179,10 +179,20 @@ def record_batch(snapshots_uri: str, batch_id: str, files: list[dict[str, Any]],
     create(storage.join(batch_records_uri(snapshots_uri), f"{batch_id}.json"), json_bytes(record))
 
 
+def part_path(batch_id: str) -> str:
+    """A batch's part, relative to the pipeline's snapshots folder (as manifests list it)."""
+    return f"parts/{batch_id}.parquet"
+
+
+def batch_of_part(part: str) -> str:
+    """The batch id of a manifest's part path (part_path's inverse)."""
+    return part.rsplit("/", 1)[-1].removesuffix(".parquet")
+
+
 def write_part(snapshots_uri: str, batch_id: str, frame: "pd.DataFrame | str") -> str:
     """The batch's new rows (a frame, or a local Parquet file) as ``parts/<batch_id>.parquet``; returns the part
     path the manifest lists."""
-    part = f"parts/{batch_id}.parquet"
+    part = part_path(batch_id)
     if isinstance(frame, str):
         create_file(storage.join(snapshots_uri, part), frame)
     else:
@@ -348,14 +358,28 @@ def fixed_binary(column: Any, width: int) -> Any:
                          offset=column.offset * width).reshape(-1, width)
 
 
+def part_rows(part_uri: str, tmp_dir: str) -> Iterable[tuple[Any, Any, Any]]:
+    """A stored part a row group at a time, as (text hashes (n, 16) uint8, labels int64, the split column): only
+    the text_hash, label and split columns where the part has text_hash; an older part has its texts hashed here."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(local_parquet(part_uri, tmp_dir), pre_buffer=False)
+    column = "text_hash" if "text_hash" in pf.schema_arrow.names else "text"
+    for batch in pf.iter_batches(batch_size=262144, columns=[column, "label", "split"]):
+        if column == "text_hash":
+            th = fixed_binary(batch.column(0), TEXT_HASH_BYTES)
+        else:
+            th = text_digests(batch.column(0))[:, :TEXT_HASH_BYTES]
+        yield th, batch.column(1).to_numpy(zero_copy_only=False).astype(np.int64), batch.column(2)
+
+
 def hash_index(snapshot_uri: str, tmp_dir: str, names: list[str]) -> StoredKeys:
-    """The StoredKeys of a snapshot, read part by part and a row group at a time (only the text_hash, label and
-    split columns where a part has text_hash; an older part has its texts hashed here)."""
+    """The StoredKeys of a snapshot, read part by part and a row group at a time (``part_rows``)."""
     import os
 
     import numpy as np
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     manifest = read_manifest(snapshot_uri)
     base = storage.parent(snapshot_uri)
@@ -369,14 +393,7 @@ def hash_index(snapshot_uri: str, tmp_dir: str, names: list[str]) -> StoredKeys:
     outs = [open(keys.bucket(t), "wb") for t in range(256)]  # noqa: SIM115 (closed below)
     try:
         for part in manifest["parts"]:
-            pf = pq.ParquetFile(local_parquet(storage.join(base, part), tmp_dir), pre_buffer=False)
-            column = "text_hash" if "text_hash" in pf.schema_arrow.names else "text"
-            for batch in pf.iter_batches(batch_size=262144, columns=[column, "label", "split"]):
-                if column == "text_hash":
-                    th = fixed_binary(batch.column(0), TEXT_HASH_BYTES)
-                else:
-                    th = text_digests(batch.column(0))[:, :TEXT_HASH_BYTES]
-                labels = batch.column(1).to_numpy(zero_copy_only=False).astype(np.int64)
+            for th, labels, split in part_rows(storage.join(base, part), tmp_dir):
                 hi, lo = hash_keys(th)
                 recs = np.empty(len(hi), dtype=np.dtype(KEY_FIELDS))
                 recs["hi"], recs["lo"], recs["label"] = hi, lo, labels
@@ -388,7 +405,7 @@ def hash_index(snapshot_uri: str, tmp_dir: str, names: list[str]) -> StoredKeys:
                         outs[t].write(recs[a:b].tobytes())
                 keys.rows += len(hi)
                 counts += np.bincount(labels, minlength=len(names))[: len(names)]
-                for item in pc.value_counts(batch.column(2)).to_pylist():
+                for item in pc.value_counts(split).to_pylist():
                     splits[item["values"]] += item["counts"]
                 if stored_sum is None:
                     total.add(th, labels)

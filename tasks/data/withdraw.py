@@ -61,38 +61,25 @@ def accepted_batches(snapshots_uri: str) -> list[str]:
                   if o.uri.endswith(".json"))
 
 
-def _part(batch_id: str) -> str:
-    return f"parts/{batch_id}.parquet"  # as snapshots.write_part names it
-
-
-def _batch_of(part: str) -> str:
-    return part.rsplit("/", 1)[-1].removesuffix(".parquet")
-
-
 def _part_totals(snapshots_uri: str, batch_id: str, names: Sequence[str], tmp_dir: str):
     """(ContentSum, label counts, split counts) of one batch's part, read a row group at a time."""
     import numpy as np
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    local = snapshots.local_parquet(storage.join(snapshots_uri, _part(batch_id)), tmp_dir)
-    pf = pq.ParquetFile(local, pre_buffer=False)
-    column = "text_hash" if "text_hash" in pf.schema_arrow.names else "text"
     total, counts, splits = snapshots.ContentSum(), np.zeros(len(names), dtype=np.int64), {"train": 0, "holdout": 0}
-    for rb in pf.iter_batches(batch_size=262144, columns=[column, "label", "split"]):
-        th = (snapshots.fixed_binary(rb.column(0), snapshots.TEXT_HASH_BYTES) if column == "text_hash"
-              else snapshots.text_digests(rb.column(0))[:, :snapshots.TEXT_HASH_BYTES])
-        labels = rb.column(1).to_numpy(zero_copy_only=False).astype(np.int64)
+    for th, labels, split in snapshots.part_rows(storage.join(snapshots_uri, snapshots.part_path(batch_id)), tmp_dir):
         total.add(th, labels)
         counts += np.bincount(labels, minlength=len(names))[: len(names)]
-        for item in pc.value_counts(rb.column(2)).to_pylist():
+        for item in pc.value_counts(split).to_pylist():
             splits[item["values"]] = splits.get(item["values"], 0) + item["counts"]
     return total, {name: int(counts[i]) for i, name in enumerate(names)}, splits
 
 
 def _batch_files(snapshots_uri: str, batch_id: str) -> list[dict[str, Any]]:
-    uri = storage.join(snapshots.batch_records_uri(snapshots_uri), f"{batch_id}.json")
-    return storage.read_json(uri).get("files", []) if storage.exists(uri) else []
+    try:
+        return storage.read_json(storage.join(snapshots.batch_records_uri(snapshots_uri), f"{batch_id}.json"))["files"]
+    except storage.NotFound:
+        return []
 
 
 def _new_manifest(spec, latest_manifest: dict[str, Any], parts: list[str], change: dict[str, Any],
@@ -105,16 +92,17 @@ def _new_manifest(spec, latest_manifest: dict[str, Any], parts: list[str], chang
     splits = dict(latest_manifest["split_counts"])
     old, new = set(latest_manifest["parts"]), set(parts)
     for part, sign in [*((p, -1) for p in old - new), *((p, 1) for p in new - old)]:
-        part_sum, part_labels, part_splits = _part_totals(where, _batch_of(part), names, tmp_dir)
+        part_sum, part_labels, part_splits = _part_totals(where, snapshots.batch_of_part(part), names, tmp_dir)
         total = total.merged(part_sum) if sign > 0 else total.minus(part_sum)
         labels = {k: labels.get(k, 0) + sign * part_labels.get(k, 0) for k in {**labels, **part_labels}}
         splits = {k: splits.get(k, 0) + sign * part_splits.get(k, 0) for k in {**splits, **part_splits}}
-    sources = sorted({f["key"] for p in parts for f in _batch_files(where, _batch_of(p))})
+    sources = sorted({f["key"] for p in parts for f in _batch_files(where, snapshots.batch_of_part(p))})
     digest = total.hexdigest()
     return {
         "snapshot_id": digest[:16], "pipeline": spec.name, "content_hash": digest, "content_sum": total.encode(),
         "parent": latest_manifest["snapshot_id"], "parts": parts, "rows": total.rows, "new_rows": 0,
         "label_counts": labels, "split_counts": splits, **change, "sources": sources,
+        "labels": latest_manifest.get("labels", list(spec.data.labels)),
         "golden_id": latest_manifest.get("golden_id"), "golden_uri": latest_manifest.get("golden_uri"),
         "created_at": storage.utcnow(),
     }
@@ -149,19 +137,11 @@ def _move(spec, edit, change: dict[str, Any]) -> dict[str, Any] | None:
     raise InfrastructureError(f"{snapshots.latest_uri(where)} kept moving ({MOVE_ATTEMPTS} tries); rerun")
 
 
-def _record(uri: str, record: dict[str, Any]) -> None:
-    """A create-once record; a second withdrawal of the same batch keeps the first record's text."""
-    try:
-        storage.write_bytes(uri, snapshots.json_bytes(record), if_none_match=True)
-    except storage.PreconditionFailed:
-        log.info("%s exists already; keeping it", uri)
-
-
 def withdraw(spec, batch_ids: Sequence[str], reason: str, run_key: str | None = None) -> dict[str, Any]:
     """Take ``batch_ids`` out of the latest snapshot (see the module doc); returns what was done, for the
     decision and the log: ``withdrawn`` (batches that were in it), ``files``, ``snapshot_id`` (now latest)."""
     where = spec.layout.snapshots
-    wanted = {_part(b) for b in batch_ids}
+    wanted = {snapshots.part_path(b) for b in batch_ids}
     present: list[str] = []
 
     def edit(parts: list[str]) -> list[str]:
@@ -169,20 +149,24 @@ def withdraw(spec, batch_ids: Sequence[str], reason: str, run_key: str | None = 
         return [p for p in parts if p not in wanted]
 
     moved = _move(spec, edit, {"withdrawn": {"batches": sorted(batch_ids), "reason": reason, "run_key": run_key}})
-    now = {_batch_of(p) for p in present}
+    now = {snapshots.batch_of_part(p) for p in present}
     # A retried decide finds its batches out already: they count as withdrawn, their first record stays.
     done = sorted(b for b in batch_ids if b in now or storage.exists(withdrawn_uri(where, b)))
     files = {b: [f["key"] for f in _batch_files(where, b)] for b in done}
     for b in sorted(now):
-        _record(withdrawn_uri(where, b), {"batch_id": b, "reason": reason, "run_key": run_key, "files": files[b],
-                                          "withdrawn_at": storage.utcnow(),
-                                          "snapshot_id": moved["snapshot_id"] if moved else None})
+        record = {"batch_id": b, "reason": reason, "run_key": run_key, "files": files[b],
+                  "withdrawn_at": storage.utcnow(), "snapshot_id": moved["snapshot_id"] if moved else None}
+        snapshots.create(withdrawn_uri(where, b), snapshots.json_bytes(record))  # a retry keeps the first
     if moved:
         log.info("withdrew batch(es) %s (files %s): latest snapshot is now %s", ", ".join(done),
                  json.dumps(files), moved["snapshot_id"])
-    latest, _ = snapshots.read_latest(where)
-    return {"withdrawn": done, "files": files, "snapshot_id": (moved or latest or {}).get("snapshot_id"),
-            "snapshot_uri": (moved or latest or {}).get("snapshot_uri"), "reason": reason}
+    return {"withdrawn": done, "files": files, **_now_latest(where, moved), "reason": reason}
+
+
+def _now_latest(where: str, moved: dict[str, Any] | None) -> dict[str, Any]:
+    """snapshot_id and snapshot_uri of the latest snapshot: the one just moved to, or else as it stands."""
+    latest = moved or snapshots.read_latest(where)[0] or {}
+    return {"snapshot_id": latest.get("snapshot_id"), "snapshot_uri": latest.get("snapshot_uri")}
 
 
 def readmit(spec, batch_ids: Sequence[str], reason: str) -> dict[str, Any]:
@@ -191,12 +175,12 @@ def readmit(spec, batch_ids: Sequence[str], reason: str) -> dict[str, Any]:
     for b in batch_ids:
         if not storage.exists(withdrawn_uri(where, b)):
             raise SpecInvalid(f"batch {b} of pipeline {spec.name} was never withdrawn ({withdrawn_uri(where, b)})")
-        _record(accepted_uri(where, b), {"batch_id": b, "reason": reason, "accepted_at": storage.utcnow()})
-    moved = _move(spec, lambda parts: parts + [_part(b) for b in batch_ids if _part(b) not in parts],
+        snapshots.create(accepted_uri(where, b),
+                         snapshots.json_bytes({"batch_id": b, "reason": reason, "accepted_at": storage.utcnow()}))
+    wanted = [snapshots.part_path(b) for b in batch_ids]
+    moved = _move(spec, lambda parts: parts + [p for p in wanted if p not in parts],
                   {"readmitted": {"batches": sorted(batch_ids), "reason": reason}})
-    latest, _ = snapshots.read_latest(where)
-    return {"readmitted": sorted(batch_ids), "snapshot_id": (moved or latest or {}).get("snapshot_id"),
-            "snapshot_uri": (moved or latest or {}).get("snapshot_uri"), "reason": reason}
+    return {"readmitted": sorted(batch_ids), **_now_latest(where, moved), "reason": reason}
 
 
 def main(argv: list[str]) -> int:

@@ -274,11 +274,16 @@ def non_inferiority_gate(name: str, candidate_correct, champion_correct, *, marg
 
 
 def baseline_gate(name: str, metric: str, y_true, y_pred, n_classes: int, labels: Sequence[str], *, margin: float,
-                  resamples: int, confidence: float = 0.95, seed: int = 0) -> Gate:
+                  resamples: int, confidence: float = 0.95, seed: int = 0,
+                  bootstrap: dict[str, Any] | None = None) -> Gate:
     """Pass only if the lower bound of the paired-bootstrap CI of metric(model) - metric(majority-class
-    baseline) is above ``margin``: the model demonstrably beats always predicting the most frequent class."""
-    ci = paired_bootstrap_vs_baseline(y_true, y_pred, n_classes, resamples=resamples, confidence=confidence,
-                                      seed=seed)[metric]
+    baseline) is above ``margin``: the model demonstrably beats always predicting the most frequent class.
+    ``bootstrap``: ``paired_bootstrap_vs_baseline``'s result for these predictions, when the caller has it (one
+    bootstrap gives both metrics)."""
+    if bootstrap is None:
+        bootstrap = paired_bootstrap_vs_baseline(y_true, y_pred, n_classes, resamples=resamples,
+                                                 confidence=confidence, seed=seed)
+    ci = bootstrap[metric]
     ok = ci["lower"] > margin
     majority = labels[ci["baseline_class_id"]]
     shown = metric.replace("_", "-").replace("macro-f1", "macro-F1")
@@ -415,14 +420,20 @@ def evaluate_gates(gates_spec: Any, labels: Sequence[str], y_true: Sequence[int]
             else:
                 out.append(skipped(f"floor_{metric}_{role}", f"{value:.4f}; no absolute floor (gates.min_{metric} "
                                                               f"is 0)"))
+        bootstrap = None  # both baseline gates of a model read one bootstrap
         for metric, margin in (("accuracy", g.min_accuracy_over_baseline),
                                ("macro_f1", g.min_macro_f1_over_baseline)):
             name = f"baseline_{metric}_{role}"
             if margin is None:
                 out.append(skipped(name, f"off (gates.min_{metric}_over_baseline is null)"))
                 continue
+            if bootstrap is None:
+                bootstrap = paired_bootstrap_vs_baseline(y_true, scores.y_pred, n_classes,
+                                                         resamples=g.bootstrap_resamples, confidence=confidence,
+                                                         seed=g.seed)
             out.append(baseline_gate(name, metric, y_true, scores.y_pred, n_classes, labels, margin=margin,
-                                     resamples=g.bootstrap_resamples, confidence=confidence, seed=g.seed))
+                                     resamples=g.bootstrap_resamples, confidence=confidence, seed=g.seed,
+                                     bootstrap=bootstrap))
     for role, cand, champ in (("teacher", teacher, champion_teacher), ("student", student, champion_student)):
         if champ is None:
             why = "first run: no champion, so only the floors apply"

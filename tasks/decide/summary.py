@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tasks import cli, cost
-from tasks.contracts import RESULT_OF_TASK, Result, RunContext, TaskIds
+from tasks.contracts import RESULT_OF_TASK, Outcome, Result, RunContext, TaskIds
 
 
 class MalformedResult(ValueError):
@@ -68,19 +68,19 @@ def build_summary(run: dict, results: dict[str, dict | None]) -> dict[str, Any]:
         TaskIds.PUBLISH)}
     decision, evaluation, publish = r[TaskIds.DECIDE], r[TaskIds.EVALUATE], r[TaskIds.PUBLISH]
     if decision is None:
-        outcome = "failed before the decision"
+        outcome = Outcome.FAILED_BEFORE_DECISION
     elif decision.stopped:
-        outcome = "stopped: labels failed the quality check"
+        outcome = Outcome.STOPPED
     elif not decision.retrain:
-        outcome = "skipped"
+        outcome = Outcome.SKIPPED
     elif publish is not None and publish.promoted:
-        outcome = "promoted"
+        outcome = Outcome.PROMOTED
     elif publish is not None:
-        outcome = "published, not promoted"
+        outcome = Outcome.PUBLISHED_NOT_PROMOTED
     elif evaluation is not None and not evaluation.passed:
-        outcome = "blocked by gates"
+        outcome = Outcome.BLOCKED
     else:
-        outcome = "failed during training or evaluation"
+        outcome = Outcome.FAILED_IN_TRAINING
     finetune, distill = r[TaskIds.FINETUNE], r[TaskIds.DISTILL]
     return {
         "pipeline": context.pipeline,

@@ -220,8 +220,7 @@ def _psi(ref_counts: "np.ndarray", cur_counts: "np.ndarray") -> "np.ndarray":
     return np.sum((c - r) * np.log(c / r), axis=-1)
 
 
-def label_psi(ref: "np.ndarray", cur: "np.ndarray", names: Sequence[str], cfg: DriftSpec,
-              seed: int | None = None) -> dict[str, Any]:
+def label_psi(ref: "np.ndarray", cur: "np.ndarray", names: Sequence[str], cfg: DriftSpec) -> dict[str, Any]:
     """Population stability index of the label mix, against its permutation null.
 
     ``statistic`` is PSI minus its null mean (the part sampling does not explain), compared with ``threshold``.
@@ -233,7 +232,7 @@ def label_psi(ref: "np.ndarray", cur: "np.ndarray", names: Sequence[str], cfg: D
     k = len(names)
     ref_counts, cur_counts = np.bincount(ref, minlength=k), np.bincount(cur, minlength=k)
     psi = float(_psi(ref_counts, cur_counts))
-    null = _psi(*count_null(ref_counts, cur_counts, cfg.null_resamples, cfg.seed if seed is None else seed))
+    null = _psi(*count_null(ref_counts, cur_counts, cfg.null_resamples, cfg.seed))
     p_value = permutation_p(psi, null)
     excess = psi - float(null.mean())
     drifted = p_value < cfg.chi2_alpha and excess >= cfg.psi_threshold
@@ -249,16 +248,14 @@ def label_psi(ref: "np.ndarray", cur: "np.ndarray", names: Sequence[str], cfg: D
                  current_shares=dict(zip(names, cur_shares.round(4).tolist())))
 
 
-def label_chi2(ref: "np.ndarray", cur: "np.ndarray", names: Sequence[str], cfg: DriftSpec,
-               seed: int | None = None) -> dict[str, Any]:
+def label_chi2(ref: "np.ndarray", cur: "np.ndarray", names: Sequence[str], cfg: DriftSpec) -> dict[str, Any]:
     """Homogeneity of the label counts (chi-square, TVD and largest move; min-p permutation null), plus a floor.
 
     ``statistic`` is the effect (share points moved beyond noise), compared with ``threshold`` (the floor).
 
     Drifted when p < ``chi2_alpha`` and the mix moved >= ``label_shift_floor`` beyond sampling noise: at 60k
     reference rows a 3-point move is "significant" but not worth a retrain."""
-    test, ref_shares, cur_shares = mix_test(ref, cur, len(names), cfg.null_resamples,
-                                            cfg.seed + 1 if seed is None else seed)
+    test, ref_shares, cur_shares = mix_test(ref, cur, len(names), cfg.null_resamples, cfg.seed + 1)
     floor = cfg.label_shift_floor
     drifted = test["p_value"] < cfg.chi2_alpha and test["effect"] >= floor
     verdict = (f"Label counts {'differ' if drifted else 'do not differ'}: chi-square {test['chi2']:.1f}, "

@@ -112,7 +112,7 @@ def subsample(n: int, cap: int, seed: int) -> list[int]:
 
 
 def trainer_scorer(*, model: Any, trainer_cls: Any, trainer_kwargs: dict[str, Any], tokenizer: Any,
-                   train_set: Any, holdout_set: Any, n_classes: int, batch_size: int, steps: int,
+                   train_set: Any, holdout_set: Any, n_classes: int, steps: int,
                    args_of: Callable[..., Any]) -> Callable[[float], float]:
     """``train_and_score(lr)``: a fresh copy of ``model`` trained ``steps`` optimizer steps at ``lr`` on
     ``train_set`` (no evaluation, no checkpoints), then its macro-F1 on ``holdout_set`` (``tasks.metrics``).
@@ -184,7 +184,7 @@ def search_for_run(hp: Any, *, model: Any, trainer_cls: Any, trainer_kwargs: dic
         args_of(candidates[0], hp.lr_search_steps)  # under torchrun: sets up the process group shared_clock uses
         score = trainer_scorer(model=model, trainer_cls=trainer_cls, trainer_kwargs=trainer_kwargs,
                                tokenizer=tokenizer, train_set=train_sub, holdout_set=holdout_sub,
-                               n_classes=n_classes, batch_size=batch_size, steps=hp.lr_search_steps,
+                               n_classes=n_classes, steps=hp.lr_search_steps,
                                args_of=args_of)
         return search_learning_rate(candidates, score, max_seconds=hp.lr_search_max_seconds, log=log,
                                     clock=shared_clock)

@@ -31,14 +31,13 @@ def recipe(spec, args: FinetuneArgs) -> Recipe:
     from tasks.train import modeling
 
     hp = spec.train
+    teacher_uri, version = champion_teacher(args.champion)
     if hp.init_from == "champion" and args.champion:
-        teacher_uri = storage.join(storage.normalize(args.champion), "teacher")
         if not storage.exists(storage.join(teacher_uri, "config.json")):
             raise SpecInvalid(f"--champion {args.champion}: no teacher model at {teacher_uri}")
         teacher = modeling.materialize(teacher_uri)
         saved = modeling.load_config_labels(teacher)
         if saved == list(spec.data.labels):
-            version = args.champion.rstrip("/").rsplit("/", 1)[-1]
             lr, lr_source = learning_rate(hp, teacher_uri, version)
             return Recipe(model=modeling.load_classifier(teacher), tokenizer_dir=teacher,
                           init_from=f"champion {version}", epochs=epochs(hp.warm_start_epochs or hp.epochs),
@@ -50,7 +49,7 @@ def recipe(spec, args: FinetuneArgs) -> Recipe:
         base = modeling.resolve_base_model(spec.model.base)
     except FileNotFoundError as exc:
         raise SpecInvalid(str(exc)) from None
-    lr, lr_source = learning_rate(hp, *champion_teacher(args.champion))
+    lr, lr_source = learning_rate(hp, teacher_uri, version)
     return Recipe(model=modeling.load_classifier(base, labels=list(spec.data.labels)), tokenizer_dir=base,
                   init_from="base", epochs=epochs(hp.epochs), batch_size=hp.batch_size, learning_rate=lr,
                   learning_rate_source=lr_source, gpu_batch_size=hp.gpu_batch_size, note=f"base {base}")

@@ -86,6 +86,7 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
     selection_set, selection = model_selection_rows(hp, holdout_set, args.snapshot, tokenizer, spec.model.max_length,
                                                     stage)
 
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))  # processes under torchrun
     # learning_rate: auto with no recorded rate (a first run): a short, bounded search picks it (defaults.py), at
     # the spec's batch; on a CUDA GPU plan_batches then scales it with the GPU batch, like a rate from the spec.
     learning_rate, lr_source, lr_search = defaults.resolve(
@@ -93,7 +94,7 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
         search=lambda: defaults.search_for_run(
             hp, model=recipe.model, trainer_cls=recipe.trainer_cls or Trainer, trainer_kwargs=recipe.trainer_kwargs,
             tokenizer=tokenizer, train_set=train_set, holdout_set=holdout_set, n_classes=len(spec.data.labels),
-            batch_size=recipe.batch_size, world_size=int(os.environ.get("WORLD_SIZE", "1")),
+            batch_size=recipe.batch_size, world_size=world_size,
             log=lambda line: print(line, flush=True)))
 
     epochs = recipe.epochs if recipe.epochs is not None else defaults.epochs_for(len(train_set))
@@ -107,7 +108,6 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
         batch_size=recipe.batch_size, learning_rate=learning_rate, eval_steps=hp.eval_steps,
         checkpoint_steps=hp.checkpoint_steps, gpu_batch_size=recipe.gpu_batch_size, lr_scaling=hp.gpu_lr_scaling,
         max_length=spec.model.max_length, train_rows=len(train_set), total_memory_bytes=training.cuda_memory_bytes())
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     prepared = (recipe.prepare(train_set, epochs=epochs, batch_size=plan.batch_size, world_size=world_size,
                                tokenizer=tokenizer) if recipe.prepare else Prepared(train_set))
     targs = training.training_arguments(
