@@ -78,7 +78,7 @@ def starting_student(spec, teacher, champion_uri: str | None):
     from tasks.train import modeling
 
     st = spec.student
-    if st.init_from == "champion" and champion_uri:  # cli.parse already made "none" None
+    if st.init_from == "champion" and cli.optional(champion_uri):
         folder = modeling.materialize(storage.join(champion_uri, "student"))
         champion = modeling.load_classifier(folder)
         layers, labels = champion.config.num_hidden_layers, modeling.load_config_labels(folder)
