@@ -35,7 +35,7 @@ from pydantic import BaseModel
 import project_path  # noqa: F401,E402  (the tasks package, when plugins load before any DAG file)
 from tasks import storage
 from tasks.decide import registry
-from tasks.spec import PipelineSpec, SpecError, load_specs
+from tasks.spec import PipelineSpec, SpecError, load_folder
 
 log = logging.getLogger("registry_ui")
 
@@ -66,9 +66,12 @@ def pipelines_dir() -> Path:
     return Path(os.environ.get("RETRAIN_PIPELINES_DIR", ROOT / "include" / "pipelines"))
 
 
-def load_pipelines() -> dict[str, PipelineSpec]:
-    """Read on every request: a spec edited on disk shows without restarting the api-server."""
-    return {spec.name: spec for _path, spec in load_specs(pipelines_dir())}
+def load_pipelines() -> tuple[dict[str, PipelineSpec], list[str]]:
+    """The valid specs by name, and the file names of the invalid ones (checked alone and together, as the DAG
+    files do: one broken file hides only its own pipeline). Read on every request: a spec edited on disk shows
+    without restarting the api-server."""
+    good, errors = load_folder(pipelines_dir())
+    return {spec.name: spec for _path, spec in good}, sorted(path.name for path in errors)
 
 
 def dag_id(pipeline: str) -> str:
@@ -93,7 +96,7 @@ def may_rollback(user: Any, pipeline: str) -> bool:
 
 def readable_spec(user: Any, pipeline: str) -> PipelineSpec:
     """The pipeline's spec, or 404 (unknown, or not readable by this user: no difference is shown)."""
-    spec = load_pipelines().get(pipeline)
+    spec = load_pipelines()[0].get(pipeline)
     if spec is None or not may(user, pipeline, "GET"):
         raise UIError(404, f"no pipeline {pipeline!r}")
     with_storage_credentials(spec)
@@ -224,10 +227,7 @@ def pipeline_view(spec: PipelineSpec, selected: str | None = None) -> dict[str, 
 
 
 def index_view(user: Any) -> dict[str, Any]:
-    try:
-        specs = load_pipelines()
-    except SpecError as exc:
-        return {"pipelines": [], "error": str(exc)}
+    specs, invalid = load_pipelines()
     rows = []
     for name, spec in sorted(specs.items()):
         if not may(user, name, "GET"):
@@ -240,7 +240,10 @@ def index_view(user: Any) -> dict[str, Any]:
             champion, count, error = None, None, f"{type(exc).__name__}: {exc}"
         rows.append({"pipeline": name, "description": spec.description, "champion": champion, "versions": count,
                      "error": error})
-    return {"pipelines": rows, "error": None}
+    # Only the file names: the error text can name paths and values of pipelines this user may not read.
+    error = (f"{', '.join(invalid)}: invalid, so not listed (`python -m tasks validate-spec` or the DAG list's "
+             "import errors say why)") if invalid else None
+    return {"pipelines": rows, "error": error}
 
 
 # ---------------------------------------------------------------- rollback

@@ -47,15 +47,17 @@ invalid pipeline spec include/pipelines/sst2.yaml:
 ```
 
 `python -m tasks validate-spec include/pipelines/*.yaml` (or `make lint-specs`) checks files before they reach
-the DAG folder. A bad spec makes `dags/retrain_pipelines.py` fail to import, and Airflow shows the message as the
-file's import error: loud, rather than a pipeline that silently disappears.
+the DAG folder. In Airflow a bad spec takes down its own two DAGs only: with a DAG file of its own
+(`dags/pipeline_<stem>.py`) Airflow shows the message as that file's import error, otherwise a `spec_error_<file>`
+DAG carries it (docs/operations.md#a-dag-file-per-pipeline): loud, rather than a pipeline that silently
+disappears.
 
 **Substitutions.** String values may use `${VAR}` / `${VAR:-default}` (environment) and `{storage}` / `{name}`
 (the pipeline's `storage.uri` and `name`). The shipped spec reads `RETRAIN_STORAGE_URI`, `RETRAIN_GOLDEN_URI`,
 `RETRAIN_TASK_IMAGE`, `RETRAIN_ALERT_EMAIL`, `RETRAIN_MAX_TRAIN_ROWS` and `RETRAIN_NIGHTLY_DEADLINE_MINUTES`.
 
 **Other environment variables.** `RETRAIN_STAGE_MODE` (`local` | `kubernetes`, overrides `stages.mode`),
-`RETRAIN_PIPELINES_DIR` (where the DAG file looks for specs), `RETRAIN_CODE_VERSION` (recorded in manifests),
+`RETRAIN_PIPELINES_DIR` (where the DAG files look for specs), `RETRAIN_CODE_VERSION` (recorded in manifests),
 `RETRAIN_DATA_DIR` (the demo's data), and the standard `AWS_*` variables (S3 credentials and
 `AWS_ENDPOINT_URL`). In local mode, S3 credentials come from the Airflow connection `storage.conn_id` when they
 are not already in the environment.

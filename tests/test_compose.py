@@ -251,7 +251,7 @@ def test_connections_point_at_the_compose_services(config):
 
 
 def test_mounts_reproduce_the_repository_layout(config):
-    """dags/retrain_pipelines.py finds tasks/ and plugins/ at parents[1]; the containers must keep that."""
+    """The DAG files in dags/ find tasks/ and plugins/ at parents[1]; the containers must keep that."""
     for service in AIRFLOW_SERVICES:
         mounts = volumes(config, service)
         for folder in LAYOUT:

@@ -36,6 +36,9 @@ RETRAIN_TIMEOUT = 300
 pytestmark = pytest.mark.timeout(900)
 
 
+BROKEN_SPEC = "name: sst2\ndescription: a spec missing its required sections\n"
+
+
 def tiny_spec(storage_uri: str, model_dir: Path) -> dict:
     raw = yaml.safe_load((ROOT / "include" / "pipelines" / "sst2.yaml").read_text())
     raw["name"] = PIPELINE
@@ -94,6 +97,9 @@ def airflow(tmp_path_factory, bucket, moto_server, tiny_model_dir):
     pipelines = tmp / "pipelines"
     pipelines.mkdir()
     (pipelines / f"{PIPELINE}.yaml").write_text(yaml.safe_dump(tiny_spec(bucket, tiny_model_dir)))
+    # A broken spec next to it, of a pipeline with a DAG file of its own (dags/pipeline_sst2.py): it must be that
+    # file's import error, and nothing else's.
+    (pipelines / "sst2.yaml").write_text(BROKEN_SPEC)
     storage.write_text(f"{bucket}/reference/{PIPELINE}/golden.tsv", tsv(read_sst2("dev", limit=80)))
 
     endpoint = quote(moto_server.endpoint, safe="")
@@ -122,7 +128,7 @@ def airflow(tmp_path_factory, bucket, moto_server, tiny_model_dir):
 def api(airflow):
     client = airflow.client()
     for dag_id in (INGEST_DAG, RETRAIN_DAG):
-        client.wait_for_dag(dag_id, timeout=PARSE_TIMEOUT)
+        client.wait_for_dag(dag_id, timeout=PARSE_TIMEOUT, expected_errors=("pipeline_sst2.py",))
     return client
 
 
@@ -140,6 +146,19 @@ def test_token_is_required_and_issued_like_for_any_client(airflow):
     assert wrong.status_code == 401
     client = airflow.client()
     assert client.request("GET", "/api/v2/dags").status == 200
+
+
+def test_a_broken_spec_shows_as_its_own_dag_files_import_error(api):
+    """What the UI's import-error list shows (GET /api/v2/importErrors): the broken sst2.yaml as the import error
+    of dags/pipeline_sst2.py, naming the spec and what it lacks; the pipeline beside it parsed and runs (the tests
+    below), and no other DAG file has an error."""
+    deadline = time.monotonic() + PARSE_TIMEOUT
+    while not (errors := api.import_errors()) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert [e["filename"].rsplit("/", 1)[-1] for e in errors] == ["pipeline_sst2.py"], errors
+    trace = errors[0]["stack_trace"]
+    assert "sst2.yaml" in trace and "data" in trace and "the other pipelines are not affected" in trace, trace[-1500:]
+    assert api.get_dag(RETRAIN_DAG).status == 200 and api.get_dag("retrain_sst2").status == 404
 
 
 def test_trigger_form_rejects_invalid_conf_with_a_clear_error(api):

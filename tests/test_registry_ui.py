@@ -126,6 +126,7 @@ def registry_spec(tmp_path_factory):
     specs_dir = tmp / "pipelines"
     specs_dir.mkdir()
     (specs_dir / f"{PIPELINE}.yaml").write_text(yaml.safe_dump(_spec_dict(root)))
+    (specs_dir / "broken.yaml").write_text("name: broken\n")  # invalid: must hide only itself from the index
     spec = parse_spec(_spec_dict(root))
     model = tmp / "model"   # what publish copies: the files of a model folder
     model.mkdir()
@@ -217,6 +218,9 @@ def test_viewer_reads_but_may_not_roll_back(airflow, registry_spec):
     _spec, _dir, versions, _tmp = registry_spec
     headers = {"Authorization": f"Bearer {_token(airflow, 'viewer')}"}
     with httpx.Client(base_url=airflow.base_url, headers=headers, timeout=30, trust_env=False) as http:
+        index = http.get(f"{PREFIX}/api/pipelines").json()
+        assert [p["pipeline"] for p in index["pipelines"]] == [PIPELINE]
+        assert index["error"].startswith("broken.yaml: invalid") and "required" not in index["error"]
         view = http.get(f"{PREFIX}/api/pipelines/{PIPELINE}").json()
         assert view["champion"]["version"] == versions[1] and view["may_rollback"] is False
         assert http.get(f"{PREFIX}/api/pipelines/nosuch").status_code == 404

@@ -114,21 +114,58 @@ def test_second_yaml_gives_second_pipeline(tmp_path, monkeypatch):
     assert {"ingest_sst2", "retrain_sst2", "ingest_emotion", "retrain_emotion"} <= set(bag.dag_ids)
 
 
-def test_a_bad_spec_takes_down_only_its_own_pipeline(tmp_path, monkeypatch):
+def test_a_bad_spec_in_its_own_dag_file_is_that_files_import_error(tmp_path, monkeypatch):
+    """sst2 has dags/pipeline_sst2.py: its broken spec is that file's import error (what the UI lists), naming
+    the file and field; the other pipelines, in their own files or the shared one, keep their DAGs."""
     from airflow.dag_processing.dagbag import DagBag
 
     raw = sst2_raw()
     raw["decide"]["min_new_rows"] = -5
     write(tmp_path, "sst2.yaml", raw)
     shutil.copy(ROOT / "include" / "pipelines" / "emotion.yaml", tmp_path / "emotion.yaml")
+    other = sst2_raw()
+    other.update(name="reviews")
+    other["landing"]["uri"] = "file:///tmp/reviews-landing/"
+    write(tmp_path, "reviews.yaml", other)  # no file of its own: dags/retrain_pipelines.py declares it
+    monkeypatch.setenv("RETRAIN_PIPELINES_DIR", str(tmp_path))
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert list(bag.import_errors) == [str(ROOT / "dags" / "pipeline_sst2.py")]
+    error = bag.import_errors[str(ROOT / "dags" / "pipeline_sst2.py")]
+    assert "decide.min_new_rows" in error and "sst2.yaml" in error
+    assert {"ingest_emotion", "retrain_emotion", "ingest_reviews", "retrain_reviews"} <= set(bag.dag_ids)
+    assert "retrain_sst2" not in bag.dag_ids and "ingest_sst2" not in bag.dag_ids
+    assert not [d for d in bag.dag_ids if d.startswith("spec_error_")]
+
+
+def test_a_bad_spec_without_a_dag_file_gets_a_stand_in(tmp_path, monkeypatch):
+    """A spec declared by the shared dags/retrain_pipelines.py: an import error there would hide every pipeline
+    it declares, so the broken one alone is replaced by a never-scheduled DAG that carries the error. A spec that
+    collides with a pipeline in its own file (same name) refuses both."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    shutil.copy(SST2, tmp_path / "sst2.yaml")
+    shutil.copy(ROOT / "include" / "pipelines" / "emotion.yaml", tmp_path / "emotion.yaml")
+    broken = sst2_raw()
+    broken.update(name="reviews")
+    broken["landing"]["uri"] = "file:///tmp/reviews-landing/"
+    broken["decide"]["min_new_rows"] = -5
+    write(tmp_path, "reviews.yaml", broken)
     monkeypatch.setenv("RETRAIN_PIPELINES_DIR", str(tmp_path))
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert bag.import_errors == {}
-    assert {"ingest_emotion", "retrain_emotion"} <= set(bag.dag_ids)  # the good pipeline keeps running
-    assert "retrain_sst2" not in bag.dag_ids and "ingest_sst2" not in bag.dag_ids
-    stand_in = bag.dags["spec_error_sst2"]
-    assert "decide.min_new_rows" in stand_in.doc_md and "sst2.yaml" in stand_in.doc_md
+    assert {"ingest_emotion", "retrain_emotion", "ingest_sst2", "retrain_sst2"} <= set(bag.dag_ids)
+    assert "retrain_reviews" not in bag.dag_ids
+    stand_in = bag.dags["spec_error_reviews"]
+    assert "decide.min_new_rows" in stand_in.doc_md and "reviews.yaml" in stand_in.doc_md
     assert type(stand_in.timetable).__name__ == "NullTimetable"  # never scheduled
+
+    twin = sst2_raw()  # the name sst2 again, another landing zone: which one was meant is unknown
+    twin["landing"]["uri"] = "file:///tmp/twin-landing/"
+    write(tmp_path, "sst2_copy.yaml", twin)
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert "used by both" in bag.import_errors[str(ROOT / "dags" / "pipeline_sst2.py")]
+    assert "used by both" in bag.dags["spec_error_sst2_copy"].doc_md
+    assert "retrain_sst2" not in bag.dag_ids and "retrain_emotion" in bag.dag_ids
 
 
 def test_validate_spec_cli(tmp_path, capsys):

@@ -1,0 +1,544 @@
+"""The DAGs of a pipeline spec, declared by the files in dags/ (``declare``): two for every spec in
+include/pipelines/ (or $RETRAIN_PIPELINES_DIR):
+
+- ``ingest_<name>``: every few minutes, ingest landed files into a new immutable snapshot; a new snapshot
+  emits the pipeline's Asset event (snapshot id, total rows, new rows).
+- ``retrain_<name>``: nightly cron OR that Asset OR a manual trigger with a Params form. It chains
+  prepare_run → ingest → drift → decide → finetune → distill → evaluate → gate → publish → notify.
+
+Which file declares which pipeline: ``dags/pipeline_<stem>.py`` declares the spec ``<stem>.yaml`` alone, so a
+broken spec is that file's import error in the UI and no other pipeline's; ``dags/retrain_pipelines.py``
+declares every spec without a file of its own, and stands a ``spec_error_<file>`` DAG in for a broken one (a
+file's import error would hide all the pipelines it declares). docs/operations.md says when to use which.
+
+DAG declarations only: no torch, transformers or pandas here; the stages run as ``python -m tasks ...``,
+in a pod or as a local subprocess (plugins/stage_factory.py). Tasks hand each other typed results
+(``tasks.contracts``): stage arguments are XComArgs of those results, and the Python tasks read them through
+the models. docs/triggers.md says what each trigger does.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import logging
+import os
+import re
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import project_path  # puts the checkout's root, which holds tasks/, on sys.path
+
+_missing = [name for name in ("tasks", "stage_factory", "retrain_alerts") if importlib.util.find_spec(name) is None]
+if _missing:
+    raise ImportError(f"{Path(__file__).name}: cannot find {', '.join(_missing)} (looked in {project_path.ROOT} "
+                      "and on sys.path); run Airflow from a checkout of airflow-retrain, or put its root on PYTHONPATH")
+
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule, task  # noqa: E402
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException  # noqa: E402
+
+import retrain_alerts  # noqa: E402
+from stage_factory import (  # noqa: E402
+    DECISION_XCOM_KEY, MissingResult, apply_storage_env, build_stage, pull_result, skip_if_run_finished, task_states,
+)
+from tasks.contracts import (  # noqa: E402
+    Decision, DriftResult, EvaluateResult, IngestResult, Outcome, RunContext, TaskIds,
+)
+from tasks.spec import PipelineSpec, SpecError, load_folder  # noqa: E402
+
+OWN_FILE_PREFIX = "pipeline_"  # dags/pipeline_<stem>.py declares <stem>.yaml alone
+
+
+def pipelines_dir() -> Path:
+    """Read at each parse (not at import: this module is imported once per process, the env can change)."""
+    return Path(os.environ.get("RETRAIN_PIPELINES_DIR", project_path.ROOT / "include" / "pipelines"))
+START_DATE = datetime(2026, 1, 1)
+
+# Manual-trigger form: field -> (spec path it overrides, JSON-schema bounds, description).
+GATE_OVERRIDES = {
+    "min_accuracy": ("gates.min_accuracy", 0.0, 1.0, "Absolute floor on golden-set accuracy (0-1)."),
+    "min_macro_f1": ("gates.min_macro_f1", 0.0, 1.0, "Absolute floor on golden-set macro-F1 (0-1)."),
+    "non_inferiority_margin": ("gates.non_inferiority_margin", 0.0, 0.2,
+                               "Largest accuracy loss vs the champion tolerated at the CI's lower bound (0-0.2)."),
+    "max_class_recall_drop": ("gates.max_class_recall_drop", 0.0, 1.0,
+                              "Largest recall drop allowed for any class, in recall points (0-1)."),
+    "min_retention": ("gates.min_retention", 0.0, 1.5, "Student accuracy / teacher accuracy must reach this."),
+}
+
+
+def snapshot_asset(spec: PipelineSpec) -> Asset:
+    return Asset(name=f"{spec.name}_snapshots", uri=spec.layout.snapshots, group="retrain")
+
+
+def run_key(kind: str, run_id: str) -> str:
+    """A storage-safe, per-DAG key for a run: ``retrain``, ``manual__2026-11-23T10:00:00+00:00`` →
+    ``retrain-manual__2026-11-23T10-00-00-00-00`` (ingest and retrain runs can share a run id)."""
+    return f"{kind}-" + re.sub(r"[^A-Za-z0-9._-]+", "-", run_id).strip("-")
+
+
+def trigger_params() -> dict[str, Param]:
+    params = {
+        "force_retrain": Param(False, type="boolean", title="Force retrain",
+                               description="Retrain even when there is no new data, no drift, or the snapshot "
+                                           "was already trained on."),
+        "dry_run": Param(False, type="boolean", title="Dry run",
+                         description="Train and evaluate, publish the version, but never move the champion."),
+    }
+    for name, (_path, low, high, description) in GATE_OVERRIDES.items():
+        params[name] = Param(None, type=["null", "number"], minimum=low, maximum=high,
+                             title=name.replace("_", " ").capitalize(),
+                             description=f"{description} Empty = the spec's value.")
+    return params
+
+
+MAX_KEYS_NAMED = 10  # a conf with thousands of junk keys still fails with a message that fits an alert
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def check_conf(conf: dict | None, valid: list[str]) -> None:
+    """Reject trigger conf keys that are not fields of the form. Airflow validates conf against the DAG's Params
+    key by key and keeps unknown keys (apache/airflow#29018), so a typo would silently be ignored. The message
+    names at most MAX_KEYS_NAMED keys, each clipped: a conf of junk keys still fits an alert."""
+    unknown = sorted(set(conf or {}) - set(valid))
+    if not unknown:
+        return
+    hints = [f"{_clip(repr(key))} (did you mean {close[0]!r}?)"
+             if (close := difflib.get_close_matches(key[:100], valid, n=1)) else _clip(repr(key))
+             for key in unknown[:MAX_KEYS_NAMED]]
+    more = f" and {len(unknown) - MAX_KEYS_NAMED} more" if len(unknown) > MAX_KEYS_NAMED else ""
+    raise AirflowFailException(f"unknown trigger conf key{'s' if len(unknown) > 1 else ''}: {', '.join(hints)}{more}; "
+                               f"valid keys: {', '.join(sorted(valid)) or '(none: this DAG takes no conf)'}")
+
+
+def default_args(spec: PipelineSpec) -> dict:
+    return {
+        "owner": spec.owner,
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+        "on_failure_callback": retrain_alerts.infra_failure_notifiers(spec),
+    }
+
+
+# ---------------------------------------------------------------- DAG docs, from the spec
+
+
+def dag_doc(spec: PipelineSpec, kind: str) -> str:
+    """The DAG's page in the UI: what this pipeline is, its data, schedule and gates, from its spec."""
+    d, s, g, dec = spec.data, spec.schedule, spec.gates, spec.decide
+    lines = [f"# {kind}_{spec.name}", "", spec.description or f"Pipeline {spec.name}.", ""]
+    if kind == "ingest":
+        lines += [f"Every {s.ingest_every_minutes} minutes: ingest files landed in `{spec.landing.uri}` "
+                  f"({', '.join(spec.landing.formats)}) into an immutable snapshot under `{spec.layout.snapshots}`. "
+                  f"A new snapshot emits the Asset `{spec.name}_snapshots`, which triggers `retrain_{spec.name}`."]
+    else:
+        deadline = (f"; alert if a run is still going {s.nightly_deadline_minutes} min after it was queued"
+                    if s.nightly_deadline_minutes else "")
+        lines += [
+            "## Schedule",
+            f"- nightly: cron `{s.cron}` ({s.timezone}){deadline}; unpausing never starts a run for a past slot",
+            f"- a new snapshot from `ingest_{spec.name}` (Asset `{spec.name}_snapshots`)",
+            "- manual, with the trigger form (force retrain, dry run, gate overrides); unknown keys are rejected",
+            "",
+            "## Decision",
+            f"Retrain on a first run, when forced, on drift with at least {dec.min_new_rows} new rows, or at "
+            f"{dec.retrain_every_rows} new rows since the champion's snapshot. A snapshot a finished run already "
+            "trained on (promoted, or blocked by its gates) is skipped unless forced (docs/triggers.md).",
+            "",
+            "## Gates (golden set)",
+            "- above the majority-class baseline (CI lower bound): accuracy by "
+            f"{g.min_accuracy_over_baseline}, macro-F1 by {g.min_macro_f1_over_baseline}"
+            + (f"; absolute floors accuracy >= {g.min_accuracy}, macro-F1 >= {g.min_macro_f1}"
+               if g.min_accuracy or g.min_macro_f1 else ""),
+            f"- non-inferiority vs the champion: CI lower bound of the accuracy difference >= -{g.non_inferiority_margin}"
+            f" ({g.confidence:.0%} paired bootstrap, {g.bootstrap_resamples} resamples)",
+            f"- no class's recall drops by more than {g.max_class_recall_drop} (one-sided paired test per class with "
+            f">= {g.class_recall_min_support} rows, {g.class_recall_correction} correction); "
+            f"student retention >= {g.min_retention}",
+        ]
+        budgets = [f"student p95 latency <= {g.max_student_latency_ms_p95} ms" if g.max_student_latency_ms_p95 else "",
+                   f"student size <= {g.max_student_size_mb} MB" if g.max_student_size_mb else ""]
+        if any(budgets):
+            lines.append("- " + "; ".join(b for b in budgets if b))
+    lines += ["", "## Data",
+              f"- labels: {', '.join(d.labels)} (text column `{d.text_column}`, label column `{d.label_column}`)",
+              f"- a batch fails if more than {d.max_bad_fraction:.0%} of its rows are bad (quarantined with reasons)",
+              f"- golden set: `{spec.golden.source_uri}`, frozen on first ingest, never trained on",
+              f"- storage: `{spec.storage.uri}`; owner: {spec.owner}"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- shared tasks
+
+
+def make_prepare_run(spec_path: Path, kind: str, valid_conf: list[str]):
+    @task(task_id=TaskIds.PREPARE_RUN, multiple_outputs=True)
+    def prepare_run(params: dict | None = None, dag_run=None) -> dict:
+        """Reject unknown trigger keys, then freeze the run's effective spec (the file plus form overrides)."""
+        check_conf(dag_run.conf, valid_conf)  # before any work: a typo must not start a run
+        from tasks import storage
+        from tasks.spec import SpecError, dump, load_spec, with_overrides
+
+        params = params or {}
+        overrides = {path: params.get(name) for name, (path, *_rest) in GATE_OVERRIDES.items()}
+        try:  # a spec file broken since the DAG was parsed, or an override it refuses: the same on every retry
+            spec = load_spec(spec_path)
+            effective = with_overrides(spec, overrides)
+        except SpecError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        apply_storage_env(spec)
+        key = run_key(kind, dag_run.run_id)
+        run_uri = effective.layout.run(key)
+        skip_if_run_finished(run_uri, TaskIds.PREPARE_RUN)  # a cleared finished run: nothing is redone
+        spec_uri = storage.join(run_uri, "spec.json")
+        try:  # create-only: a retried or cleared prepare_run keeps the spec the run's artifacts were made with
+            storage.write_json(spec_uri, dump(effective), if_none_match=True)
+        except storage.PreconditionFailed:
+            frozen = load_spec(spec_uri)
+            if dump(frozen) != dump(effective):
+                print(f"{spec_uri} was frozen by an earlier try of this run and is kept; the spec file has changed "
+                      "since: trigger a new run to use it", flush=True)
+            effective = frozen
+        champion = storage.read_json(effective.layout.champion) if storage.exists(effective.layout.champion) else None
+        dry_run = bool(params.get("dry_run"))
+        return RunContext(
+            pipeline=spec.name,
+            run_uri=run_uri,
+            run_key=key,
+            run_type=str(dag_run.run_type),
+            champion=champion,
+            champion_uri=champion["version_uri"] if champion else "none",
+            champion_version=champion["version"] if champion else "none",
+            force_retrain=bool(params.get("force_retrain")),
+            dry_run=dry_run,
+            overrides={k: v for k, v in overrides.items() if v is not None},
+            evaluation_uri=storage.join(run_uri, TaskIds.EVALUATE, "result.json"),
+            promote_flag="--no-promote" if dry_run else "--promote",
+        ).dump()
+
+    return prepare_run
+
+
+def build_ingest_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
+    asset = snapshot_asset(spec)
+    with DAG(
+        dag_id=f"ingest_{spec.name}",
+        description=f"Ingest landed files for {spec.name} into immutable snapshots",
+        schedule=timedelta(minutes=spec.schedule.ingest_every_minutes),
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        default_args=default_args(spec),
+        tags=["retrain", "ingest", spec.name, *spec.tags],
+        doc_md=dag_doc(spec, "ingest"),
+    ) as dag:
+        prepare = make_prepare_run(spec_path, "ingest", valid_conf=[])()
+        ingest = build_stage(spec, TaskIds.INGEST, ["--run", prepare["run_uri"]])
+
+        @task(task_id=TaskIds.ANNOUNCE_SNAPSHOT, outlets=[asset], retries=0)
+        def announce_snapshot(result: dict, outlet_events=None) -> dict:
+            """Emit the Asset event only for a new snapshot; an unchanged ingest emits nothing."""
+            snapshot = IngestResult.model_validate(result)
+            if not snapshot.changed:
+                raise AirflowSkipException(f"no new data: snapshot {snapshot.snapshot_id} is unchanged")
+            outlet_events[asset].extra = {
+                "snapshot_id": snapshot.snapshot_id,
+                "snapshot_uri": snapshot.snapshot_uri,
+                "total_rows": snapshot.total_rows,
+                "new_rows": snapshot.new_rows,
+            }
+            return snapshot.dump()
+
+        announce_snapshot(ingest.output)
+    return dag
+
+
+# ---------------------------------------------------------------- the retrain DAG
+
+
+# Outcomes (tasks.decide.summary) after which the run's snapshot counts as trained on (docs/triggers.md).
+def trained_record(layout, snapshot_id: str) -> dict | None:
+    from tasks import storage
+
+    uri = layout.trained(snapshot_id)
+    return storage.read_json(uri) if storage.exists(uri) else None
+
+
+def record_trained(run_ctx: RunContext, summary: dict) -> None:
+    """After a verdict on a snapshot (promoted, or blocked by gates), record it as trained on; the first run that
+    trained on it stays on record (nothing is overwritten)."""
+    from tasks import storage
+    from tasks.spec import load_spec
+
+    snapshot_id = (summary.get("ingest") or {}).get("snapshot_id")
+    if summary["outcome"] not in Outcome.TRAINED or not snapshot_id:
+        return
+    layout = load_spec(storage.join(run_ctx.run_uri, "spec.json")).layout
+    if trained_record(layout, snapshot_id) is None:
+        storage.write_json(layout.trained(snapshot_id), {
+            "snapshot_id": snapshot_id, "run_key": run_ctx.run_key, "run_uri": run_ctx.run_uri,
+            "run_type": run_ctx.run_type, "outcome": summary["outcome"],
+            "version": (summary.get("publish") or {}).get("version"),
+            "overrides": run_ctx.overrides, "recorded_at": datetime.now().astimezone().isoformat(),
+        })
+
+
+def refused_publish(run_uri: str):
+    """The result a failed publish stored before it raised (a refused promotion: the champion moved since the
+    candidate was gated; a version that failed verification): published, not promoted, with the reason. None
+    when publish failed before that (storage down): the run failed during publishing and may be redone."""
+    from tasks import storage
+    from tasks.contracts import PublishResult
+
+    uri = storage.join(run_uri, TaskIds.PUBLISH, "result.json")
+    return PublishResult.model_validate(storage.read_json(uri)) if storage.exists(uri) else None
+
+
+def write_summary(run_uri: str, summary: dict) -> None:
+    """summary.json; the summary of an earlier try that failed before a verdict (the run was cleared and redone)
+    is kept under previous/ first. A run with a verdict is never summarized again (skip_if_run_finished)."""
+    from tasks import storage
+
+    uri = storage.join(run_uri, "summary.json")
+    if storage.exists(uri):
+        earlier = len(storage.list_objects(storage.join(run_uri, "previous") + "/"))
+        storage.copy(uri, storage.join(run_uri, "previous", f"summary-{earlier + 1}.json"), if_none_match=True)
+    storage.write_json(uri, summary)
+
+
+def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
+    asset = snapshot_asset(spec)
+    pipeline_spec = spec  # as parsed; tasks read the run's frozen spec.json for everything else
+    params = trigger_params()
+    with DAG(
+        dag_id=f"retrain_{spec.name}",
+        description=f"Retrain, distill, gate and promote the {spec.name} classifier",
+        # Unpausing never starts a run for a past cron slot: no start_date (with one, Airflow 3.3 runs the latest
+        # past slot on unpause even with catchup off), and run_immediately=timedelta(0) (False still runs a slot
+        # that passed less than 10% of the cron period ago, e.g. 2.4 h for a daily cron).
+        schedule=AssetOrTimeSchedule(
+            timetable=CronTriggerTimetable(spec.schedule.cron, timezone=spec.schedule.timezone,
+                                           run_immediately=timedelta(0)),
+            assets=[asset],
+        ),
+        catchup=False,
+        max_active_runs=1,
+        params=params,
+        default_args=default_args(spec),
+        tags=["retrain", spec.name, *spec.tags],
+        doc_md=dag_doc(spec, "retrain"),
+        deadline=retrain_alerts.deadline_alert(spec),
+    ) as dag:
+        prepare = make_prepare_run(spec_path, "retrain", valid_conf=list(params))()
+        run_uri, champion_uri = prepare["run_uri"], prepare["champion_uri"]
+        ingest = build_stage(spec, TaskIds.INGEST, ["--run", run_uri])
+        snapshot_uri = ingest.output["snapshot_uri"]
+        drift = build_stage(spec, TaskIds.DRIFT, ["--run", run_uri, "--snapshot", snapshot_uri,
+                                                  "--champion", champion_uri])
+
+        @task.short_circuit(task_id=TaskIds.DECIDE, ignore_downstream_trigger_rules=False)
+        def decide(run: dict, ingest_result: dict, drift_result: dict, ti=None) -> bool:
+            """Retrain or skip, with reasons; on skip, the training stages never start."""
+            from tasks import storage
+            from tasks.decide.decision import decide as decide_retrain
+            from tasks.spec import load_spec
+
+            apply_storage_env(pipeline_spec)  # credentials first: each task is a fresh process
+            run_ctx = RunContext.model_validate(run)
+            skip_if_run_finished(run_ctx.run_uri, TaskIds.DECIDE)
+            snapshot = IngestResult.model_validate(ingest_result)
+            drift_checks = DriftResult.model_validate(drift_result)
+            run_spec = load_spec(storage.join(run_ctx.run_uri, "spec.json"))
+            trained = trained_record(run_spec.layout, snapshot.snapshot_id) if snapshot.snapshot_id else None
+            decision = Decision.model_validate(decide_retrain(
+                run_spec, snapshot.dump(), drift_checks.dump(), run_ctx.champion, force=run_ctx.force_retrain,
+                trained=trained)).dump()
+            if decision["stopped"] and decision["withdraw_batches"]:
+                decision["withdrawn"] = withdraw_bad_batches(run_spec, run_ctx, decision)
+            storage.write_json(storage.join(run_ctx.run_uri, TaskIds.DECIDE, "result.json"), decision)
+            ti.xcom_push(key=DECISION_XCOM_KEY, value=decision)
+            verdict = "RETRAIN" if decision["retrain"] else "STOP" if decision["stopped"] else "SKIP"
+            print(f"{verdict}: " + "; ".join(decision["reasons"]))
+            if decision["stopped"]:  # bad labels: fail once, before any GPU stage, and alert with the reason
+                raise AirflowFailException("data rejected: " + " ".join(decision["reasons"]))
+            return bool(decision["retrain"])
+
+        finetune = build_stage(spec, TaskIds.FINETUNE, ["--run", run_uri, "--snapshot", snapshot_uri,
+                                                        "--champion", champion_uri])
+        teacher_uri = finetune.output["model_uri"]
+        distill = build_stage(spec, TaskIds.DISTILL, ["--run", run_uri, "--snapshot", snapshot_uri,
+                                                      "--teacher", teacher_uri, "--champion", champion_uri])
+        student_uri = distill.output["model_uri"]
+        evaluate = build_stage(spec, TaskIds.EVALUATE, [
+            "--run", run_uri, "--snapshot", snapshot_uri, "--teacher", teacher_uri, "--student", student_uri,
+            "--champion", champion_uri, "--golden", ingest.output["golden_uri"]])
+
+        @task(task_id=TaskIds.GATE, retries=0, on_failure_callback=retrain_alerts.gate_failure_notifiers(spec))
+        def gate(evaluation: dict, run: dict) -> dict:
+            """A failed gate fails the run once (no retries) and alerts on-call with the numbers."""
+            apply_storage_env(pipeline_spec)
+            skip_if_run_finished(RunContext.model_validate(run).run_uri, TaskIds.GATE)  # no second gate alert
+            result = EvaluateResult.model_validate(evaluation)
+            if not result.passed:
+                failed = [g for g in result.gates if not g.passed and not g.skipped]
+                fmt = lambda x: f"{x:.4f}" if isinstance(x, float) else str(x)  # noqa: E731
+                detail = "; ".join(f"{g.name}: {fmt(g.value)} vs threshold {fmt(g.threshold)}" for g in failed)
+                names = ", ".join(g.name for g in failed) or ", ".join(result.failed_gates) or "unknown"
+                raise AirflowFailException(f"gates failed: {names}" + (f" ({detail})" if detail else "")
+                                           + f"; report: {result.report_md_uri}")
+            return {"passed": True, "report_uri": result.report_uri}
+
+        publish = build_stage(spec, TaskIds.PUBLISH, [
+            "--run", run_uri, "--snapshot", snapshot_uri, "--teacher", teacher_uri, "--student", student_uri,
+            "--evaluation", prepare["evaluation_uri"], "--expected-champion", prepare["champion_version"],
+            prepare["promote_flag"],
+        ])
+
+        @task(task_id=TaskIds.NOTIFY, trigger_rule=TriggerRule.ALL_DONE, retries=1)
+        def notify(ti=None) -> dict:
+            """The run summary: decisions, metrics, where the artifacts are; stored with the run and logged.
+            After training and evaluation (promoted, or blocked by gates) it records the snapshot as trained on."""
+            from tasks.decide.summary import build_summary, format_summary
+
+            run_ctx = pull_result(ti, TaskIds.PREPARE_RUN, required=False)
+            if run_ctx is None:  # prepare_run failed (e.g. rejected conf): there is no run to summarize
+                raise AirflowSkipException("no run context: prepare_run failed, or skipped itself (a cleared "
+                                           "finished run); see its log")
+            apply_storage_env(pipeline_spec)
+            skip_if_run_finished(run_ctx.run_uri, TaskIds.NOTIFY)  # its summary stays as written
+            ids = (TaskIds.INGEST, TaskIds.DRIFT, TaskIds.DECIDE, TaskIds.FINETUNE, TaskIds.DISTILL,
+                   TaskIds.EVALUATE, TaskIds.PUBLISH)
+            states = task_states(ti, ids)
+            # A stage that did not succeed has no result (said by its state); one that succeeded must have one,
+            # unless someone marked it success by hand: the summary says so instead of failing.
+            results, notes = {}, []
+            for task_id in ids:
+                try:
+                    results[task_id] = pull_result(ti, task_id, required=False, state=states[task_id])
+                except MissingResult as exc:
+                    if not exc.absent:
+                        raise
+                    results[task_id] = None
+                    notes.append(f"{task_id} is marked success but left no result (marked by hand?): the summary "
+                                 "counts it as not run")
+            if results[TaskIds.PUBLISH] is None and states[TaskIds.PUBLISH] == "failed":
+                results[TaskIds.PUBLISH] = refused_publish(run_ctx.run_uri)
+            summary = build_summary(run_ctx.dump(), {k: v.dump() if v else None for k, v in results.items()})
+            summary["task_states"] = states
+            if notes:
+                summary["notes"] = notes
+            record_trained(run_ctx, summary)  # before summary.json: a summary with a verdict means it is recorded
+            write_summary(run_ctx.run_uri, summary)
+            print(format_summary(summary) + "".join(f"\nnote: {n}" for n in notes))
+            return summary
+
+        @task(task_id=TaskIds.FAIL_IF_ANY_FAILED, trigger_rule=TriggerRule.ONE_FAILED, retries=0,
+              on_failure_callback=None)
+        def fail_if_any_failed() -> None:
+            """notify runs after failures too; this keeps a failed stage or gate from ending as a green run."""
+            raise AirflowFailException("an upstream task failed; see the gate report or the failed task's log")
+
+        decision = decide(prepare, ingest.output, drift.output)
+        decision >> finetune
+        gate_task = gate(evaluate.output, prepare)
+        gate_task >> publish
+        summary = notify()
+        [prepare, publish] >> summary
+        [prepare, ingest, drift, decision, finetune, distill, evaluate, gate_task, publish, summary] >> fail_if_any_failed()
+    return dag
+
+
+def withdraw_bad_batches(run_spec, run_ctx: RunContext, decision: dict) -> dict:
+    """Take the batches with bad labels out of the latest snapshot (tasks.data.withdraw), so the next night does
+    not stop on them again and a corrected file can land; the reason says what was done and how to undo it."""
+    from tasks import storage
+    from tasks.data import withdraw
+
+    done = withdraw.withdraw(run_spec, decision["withdraw_batches"], reason=" ".join(decision["reasons"]),
+                             run_key=run_ctx.run_key)
+    if done["withdrawn"]:
+        files = sorted({key for keys in done["files"].values() for key in keys})
+        ids = " ".join(done["withdrawn"])
+        decision["reasons"].append(
+            f"Withdrew batch {', '.join(done['withdrawn'])} (files: {', '.join(files) or 'unknown'}) from the latest "
+            f"snapshot, now {done['snapshot_id']}: nothing trains on it. Land corrected files to replace it; if its "
+            f"labels are right (a real concept shift), put it back with `python -m tasks withdraw --spec "
+            f"{storage.join(run_ctx.run_uri, 'spec.json')} --readmit {ids} --reason ...`.")
+    return done
+
+
+def build_spec_error_dag(spec_path: Path, error: str) -> DAG:
+    """Stands in for the two DAGs of a spec that is broken, or collides with another (same name, overlapping
+    landing zone), in ``dags/retrain_pipelines.py``: ``spec_error_<file>``, never scheduled, its doc and its one
+    task carry the error.
+
+    Airflow records import errors per DAG *file*, and that file serves every spec without a file of its own;
+    raising there would hide all of them, so the broken pipeline alone is replaced and every other one keeps
+    running. A pipeline in its own ``dags/pipeline_<stem>.py`` gets a real import error instead (``declare``).
+    The error is also logged by the DAG processor, and ``python -m tasks validate-spec include/pipelines``
+    reports it before deploy.
+    """
+    with DAG(
+        dag_id="spec_error_" + re.sub(r"[^A-Za-z0-9_]+", "_", spec_path.stem),
+        description=f"INVALID pipeline spec {spec_path.name}: its DAGs are not loaded",
+        schedule=None,
+        start_date=START_DATE,
+        catchup=False,
+        tags=["retrain", "spec-error"],
+        doc_md=f"## Invalid pipeline spec `{spec_path}`\n\nIts ingest and retrain DAGs are not loaded until it is "
+               f"fixed; the other pipelines are unaffected.\n\n```\n{error}\n```\n",
+    ) as dag:
+        @task(task_id="spec_invalid", retries=0)
+        def spec_invalid() -> None:
+            raise AirflowFailException(error)
+
+        spec_invalid()
+    return dag
+
+
+# ---------------------------------------------------------------- which file declares what
+
+
+def pipeline_dags(spec_path: Path, spec: PipelineSpec) -> dict[str, DAG]:
+    return {f"ingest_{spec.name}": build_ingest_dag(spec_path, spec),
+            f"retrain_{spec.name}": build_retrain_dag(spec_path, spec)}
+
+
+def declare(dag_file: str | Path) -> dict[str, DAG]:
+    """The DAGs the DAG file ``dag_file`` declares, by its name (put them in its globals):
+
+    - ``pipeline_<stem>.py``: the pipeline of ``<stem>.yaml`` (or .yml) alone. A spec that is broken, or that
+      collides with another file (same name, overlapping landing zone), raises SpecError: Airflow shows it as
+      this file's import error and the other files' pipelines keep running. No such spec in the folder (tests and
+      ``make run`` point $RETRAIN_PIPELINES_DIR at another one): nothing, with a warning.
+    - any other name: every spec that has no ``pipeline_<stem>.py`` next to ``dag_file``; a broken one gets a
+      ``spec_error_<file>`` stand-in DAG that carries its error.
+    """
+    dag_file = Path(dag_file)
+    good, errors = load_folder(pipelines_dir())
+    if dag_file.stem.startswith(OWN_FILE_PREFIX):
+        stem = dag_file.stem[len(OWN_FILE_PREFIX):]
+        for spec_path, error in errors.items():
+            if spec_path.stem == stem:
+                raise SpecError(f"pipeline spec {spec_path} is invalid, so {dag_file.name} declares no DAG "
+                                f"(the other pipelines are not affected):\n{error}")
+        for spec_path, spec in good:
+            if spec_path.stem == stem:
+                return pipeline_dags(spec_path, spec)
+        logging.getLogger(__name__).warning("%s: no spec %s.yaml in %s; no DAG declared", dag_file.name, stem,
+                                            pipelines_dir())
+        return {}
+    own = {path.stem[len(OWN_FILE_PREFIX):] for path in dag_file.parent.glob(f"{OWN_FILE_PREFIX}*.py")}
+    dags: dict[str, DAG] = {}
+    for spec_path, spec in good:
+        if spec_path.stem not in own:
+            dags.update(pipeline_dags(spec_path, spec))
+    for spec_path, error in errors.items():
+        if spec_path.stem not in own:
+            logging.getLogger(__name__).error("pipeline spec %s is invalid; its DAGs are not loaded:\n%s",
+                                              spec_path, error)
+            dags[f"spec_error_{spec_path.stem}"] = build_spec_error_dag(spec_path, error)
+    return dags
