@@ -71,12 +71,14 @@ def parquet_bytes(frame: "pd.DataFrame") -> bytes:
     return buf.getvalue()
 
 
-def read_snapshot(snapshot_uri: str) -> "pd.DataFrame":
-    """All rows of a snapshot, in part order. Part paths in the manifest are URIs relative to the pipeline's
-    snapshots folder (``parts/<batch_id>.parquet``) so that a snapshot can reuse its parent's parts."""
+def read_snapshot(snapshot_uri: str, manifest: dict[str, Any] | None = None) -> "pd.DataFrame":
+    """All rows of a snapshot, in part order (``manifest``: its manifest, when the caller has read it already).
+    Part paths in the manifest are URIs relative to the pipeline's snapshots folder (``parts/<batch_id>.parquet``)
+    so that a snapshot can reuse its parent's parts."""
     import pandas as pd
 
-    manifest = read_manifest(snapshot_uri)
+    if manifest is None:
+        manifest = read_manifest(snapshot_uri)
     base = storage.parent(snapshot_uri)
     frames = [read_parquet(storage.join(base, part)) for part in manifest["parts"]]
     if not frames:

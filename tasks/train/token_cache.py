@@ -65,9 +65,20 @@ class TokenizedSplits:
 # ---------------------------------------------------------------- the key
 
 
-def snapshot_identity(snapshot_uri: str) -> dict[str, str]:
-    """The snapshot's URI, id and manifest hash (snapshots are immutable: the manifest names their parts). A
-    missing snapshot is ``SpecInvalid``, before any model is loaded."""
+@dataclass(frozen=True)
+class SnapshotIdentity:
+    """A snapshot as a training stage knows it: URI, id, the hash of its manifest (the cache key's part) and the
+    manifest itself, read once per stage (snapshots are immutable: the manifest names their parts)."""
+
+    uri: str
+    id: str
+    manifest_sha256: str
+    manifest: dict[str, Any] = field(repr=False)
+
+
+def snapshot_identity(snapshot_uri: str) -> SnapshotIdentity:
+    """The snapshot's identity, its manifest read. A missing snapshot is ``SpecInvalid``, before any model is
+    loaded."""
     from tasks.data.snapshots import manifest_uri
 
     uri = storage.normalize(snapshot_uri).rstrip("/")
@@ -76,8 +87,8 @@ def snapshot_identity(snapshot_uri: str) -> dict[str, str]:
     except storage.NotFound as exc:
         raise SpecInvalid(f"--snapshot {snapshot_uri}: no snapshot there ({exc})") from None
     manifest = json.loads(raw)
-    return {"uri": uri, "id": str(manifest.get("snapshot_id") or uri.rsplit("/", 1)[-1]),
-            "manifest_sha256": storage.sha256_bytes(raw)}
+    return SnapshotIdentity(uri, str(manifest.get("snapshot_id") or uri.rsplit("/", 1)[-1]),
+                            storage.sha256_bytes(raw), manifest)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -99,10 +110,10 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return digest.hexdigest()
 
 
-def key_fields(snapshot: dict[str, str], fingerprint: str, max_length: int,
+def key_fields(snapshot: SnapshotIdentity, fingerprint: str, max_length: int,
                max_train_rows: int | None) -> dict[str, Any]:
-    return {"format": FORMAT, "snapshot_uri": snapshot["uri"], "snapshot_id": snapshot["id"],
-            "snapshot_manifest_sha256": snapshot["manifest_sha256"], "tokenizer_sha256": fingerprint,
+    return {"format": FORMAT, "snapshot_uri": snapshot.uri, "snapshot_id": snapshot.id,
+            "snapshot_manifest_sha256": snapshot.manifest_sha256, "tokenizer_sha256": fingerprint,
             "max_length": max_length, "max_train_rows": max_train_rows}
 
 
@@ -114,7 +125,7 @@ def cache_key(fields: dict[str, Any]) -> str:
 
 
 def tokenized_splits(cache_uri: str, snapshot_uri: str, tokenizer, max_length: int, max_train_rows: int | None,
-                     *, stage: str = "train", snapshot: dict[str, str] | None = None,
+                     *, stage: str = "train", snapshot: SnapshotIdentity | None = None,
                      write: bool | None = None) -> TokenizedSplits:
     """The snapshot's train and holdout splits tokenized (``training.tokenize``): from the cache under
     ``cache_uri`` when a good copy is there, else tokenized now and written there (by one process: DDP rank 0,
@@ -130,7 +141,7 @@ def tokenized_splits(cache_uri: str, snapshot_uri: str, tokenizer, max_length: i
         print(f"[{stage}] token cache hit: {found.uri} ({len(found.train)} train, {len(found.holdout)} holdout rows)",
               flush=True)
         return found
-    train_rows, holdout_rows = training.load_splits(snapshot_uri, max_train_rows)
+    train_rows, holdout_rows = training.load_splits(snapshot_uri, max_train_rows, snapshot.manifest)
     train = training.tokenize(tokenizer, train_rows["text"], train_rows["label"], max_length)
     holdout = training.tokenize(tokenizer, holdout_rows["text"], holdout_rows["label"], max_length)
     if write is None:
