@@ -16,6 +16,7 @@ rank 0 alone syncs checkpoints and writes the outputs and the result. docs/train
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -63,6 +64,13 @@ class Prepared:
 
 def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe]) -> int:
     """Run a training stage; ``args`` has ``run`` and ``snapshot``, ``recipe_of(spec, args)`` the rest."""
+    with contextlib.ExitStack() as held:  # what the stage holds until it returns: a token cache hit's local copy
+        return run_holding(stage, args, recipe_of, held)
+
+
+def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe],
+                held: contextlib.ExitStack) -> int:
+    """``run``'s body; what must outlive the training (the tokenized splits' files) goes on ``held``."""
     from transformers import Trainer, set_seed
 
     from tasks.train import checkpoints, defaults, export, modeling, token_cache, training
@@ -78,8 +86,9 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
     set_seed(hp.seed)  # a fresh classification head is initialized in recipe_of
     recipe = recipe_of(spec, args)
     tokenizer = modeling.load_tokenizer(recipe.tokenizer_dir)
-    splits = token_cache.tokenized_splits(spec.layout.token_cache, args.snapshot, tokenizer, spec.model.max_length,
-                                          hp.max_train_rows, stage=stage, snapshot=snapshot)
+    splits = held.enter_context(token_cache.tokenized_splits(
+        spec.layout.token_cache, args.snapshot, tokenizer, spec.model.max_length, hp.max_train_rows, stage=stage,
+        snapshot=snapshot))
     train_set, holdout_set = splits.train, splits.holdout
     # The rows evaluations during training score (train.selection): the holdout split, a stratified sample of it
     # (train.selection_rows), or holdout rows drawn like the golden set.

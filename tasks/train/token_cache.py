@@ -59,7 +59,14 @@ class TokenizedSplits:
     _keep: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)  # the mapped files
 
     def close(self) -> None:
+        """Remove a cache hit's local copy (the files the datasets map); use the datasets no more after it."""
         self._keep.close()
+
+    def __enter__(self) -> "TokenizedSplits":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # ---------------------------------------------------------------- the key
@@ -125,11 +132,10 @@ def cache_key(fields: dict[str, Any]) -> str:
 
 
 def tokenized_splits(cache_uri: str, snapshot_uri: str, tokenizer, max_length: int, max_train_rows: int | None,
-                     *, stage: str = "train", snapshot: SnapshotIdentity | None = None,
-                     write: bool | None = None) -> TokenizedSplits:
+                     *, stage: str = "train", snapshot: SnapshotIdentity | None = None) -> TokenizedSplits:
     """The snapshot's train and holdout splits tokenized (``training.tokenize``): from the cache under
-    ``cache_uri`` when a good copy is there, else tokenized now and written there (by one process: DDP rank 0,
-    or ``write``). Logs ``[stage] token cache hit|miss``."""
+    ``cache_uri`` when a good copy is there, else tokenized now and written there (by one process: DDP rank 0).
+    Logs ``[stage] token cache hit|miss``. A context manager: a hit's local copy is removed on leaving it."""
     from tasks.train import training
 
     snapshot = snapshot or snapshot_identity(snapshot_uri)
@@ -144,10 +150,8 @@ def tokenized_splits(cache_uri: str, snapshot_uri: str, tokenizer, max_length: i
     train_rows, holdout_rows = training.load_splits(snapshot_uri, max_train_rows, snapshot.manifest)
     train = training.tokenize(tokenizer, train_rows["text"], train_rows["label"], max_length)
     holdout = training.tokenize(tokenizer, holdout_rows["text"], holdout_rows["label"], max_length)
-    if write is None:
-        write = int(os.environ.get("RANK", "0")) == 0  # under DDP every rank tokenizes alike; one writes
     uri = None
-    if write:
+    if int(os.environ.get("RANK", "0")) == 0:  # under DDP every rank tokenizes alike; one writes
         try:
             uri = publish(key_uri, fields, train, holdout)
         except storage.StorageError as exc:  # the cache saves time; a failed write must not fail the stage
