@@ -214,6 +214,14 @@ def run_argument(arguments: Sequence[Any]) -> str | None:
     return args[args.index("--run") + 1] if "--run" in args[:-1] else None
 
 
+def before_stage(task_id: str, arguments: Sequence[Any], storage_conn_id: str | None, storage_uri: str) -> None:
+    """What both operators do before they start a stage: storage credentials for this worker (it reads the run's
+    summary first), skip a cleared task of a finished run, fail on an argument whose upstream result is missing."""
+    set_storage_env(storage_conn_id, storage_uri)
+    skip_if_run_finished(run_argument(arguments), task_id)
+    require_arguments(task_id, arguments)
+
+
 # ---------------------------------------------------------------- local mode
 
 
@@ -243,10 +251,15 @@ def storage_env(conn_id: str | None, storage_uri: str) -> dict[str, str]:
     return {k: v for k, v in env.items() if v}
 
 
+def set_storage_env(conn_id: str | None, storage_uri: str) -> None:
+    """storage_env() into this process's environment, where a variable is not set already."""
+    for key, value in storage_env(conn_id, storage_uri).items():
+        os.environ.setdefault(key, value)
+
+
 def apply_storage_env(spec: PipelineSpec) -> None:
     """For Airflow-side tasks that read storage themselves (prepare_run, decide, notify)."""
-    for key, value in storage_env(spec.storage.conn_id, spec.storage.uri).items():
-        os.environ.setdefault(key, value)
+    set_storage_env(spec.storage.conn_id, spec.storage.uri)
 
 
 class LocalStageOperator(BaseOperator):
@@ -284,10 +297,7 @@ class LocalStageOperator(BaseOperator):
         return env
 
     def execute(self, context: Any) -> Any:
-        for key, value in storage_env(self.storage_conn_id, self.storage_uri).items():
-            os.environ.setdefault(key, value)  # this worker reads the run's summary first
-        skip_if_run_finished(run_argument(self.arguments), self.task_id)
-        require_arguments(self.task_id, self.arguments)
+        before_stage(self.task_id, self.arguments, self.storage_conn_id, self.storage_uri)
         command = [str(part) for part in (*self.cmds, *self.arguments)]
         self.log.info("Running stage locally: %s", " ".join(command))
         tail: collections.deque[str] = collections.deque(maxlen=self.OUTPUT_TAIL_LINES)
@@ -415,10 +425,7 @@ class KubernetesStageOperator(BaseOperator):
         return self.pod_operator().build_pod_request_obj(context, dry_run=dry_run)
 
     def execute(self, context: Any) -> Any:
-        for key, value in storage_env(self.storage_conn_id, self.storage_uri).items():
-            os.environ.setdefault(key, value)  # the worker reads the run's summary before starting a pod
-        skip_if_run_finished(run_argument(self.arguments), self.task_id)
-        require_arguments(self.task_id, self.arguments)
+        before_stage(self.task_id, self.arguments, self.storage_conn_id, self.storage_uri)
         self._running = self.pod_operator()
         return self._running.execute(context)
 

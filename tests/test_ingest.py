@@ -100,6 +100,26 @@ def test_changed_file_gives_new_snapshot_and_dedups_against_earlier(root):
     assert run_ingest(spec)["files_ingested"] == []  # and b.tsv counts as processed
 
 
+def test_ingest_on_a_snapshot_reads_its_manifest_once(tmp_path, monkeypatch):
+    spec = make_spec("file://" + str(tmp_path / "s"))
+    put_golden(spec)
+    rows = read_sst2("train", limit=100)
+    land(spec, "a.tsv", tsv_bytes(rows[:50]))
+    first = run_ingest(spec)
+    land(spec, "b.tsv", tsv_bytes(rows[50:]))
+    reads: list[str] = []
+    real = storage.read_json
+
+    def counting(uri):
+        reads.append(uri)
+        return real(uri)
+
+    monkeypatch.setattr(storage, "read_json", counting)
+    second = run_ingest(spec)
+    assert second["changed"] is True and second["parent_snapshot_id"] == first["snapshot_id"]
+    assert reads.count(snapshots.manifest_uri(first["snapshot_uri"])) == 1
+
+
 def test_same_data_gives_same_snapshot_id(tmp_path):
     ids = []
     for name, order in (("one", slice(None)), ("two", slice(None, None, -1))):

@@ -150,7 +150,18 @@ def test_finetune_selects_on_holdout_rows_drawn_like_the_golden_set(tiny_model_d
     golden = read_tsv("dev", limit=300)
     snapshot = write_snapshot(root, "sst2", rows, golden_rows=golden)
     monkeypatch.setenv("RETRAIN_SCRATCH_DIR", str(tmp_path / "scratch"))
+    manifest_reads = []
+    read_bytes = storage.read_bytes
+
+    def counting(uri):
+        if storage.normalize(uri) == storage.join(storage.normalize(snapshot), "manifest.json"):
+            manifest_reads.append(uri)
+        return read_bytes(uri)
+
+    monkeypatch.setattr(storage, "read_bytes", counting)
     assert finetune.main(["--run", run, "--snapshot", snapshot, "--champion", "none"]) == 0
+    # A token cache miss and like_golden: the splits, the cache key and the golden set all came from one read.
+    assert len(manifest_reads) == 1
     out = capsys.readouterr().out
     result = storage.read_json(storage.join(run, "finetune", "result.json"))
     selection = result["selection"]

@@ -34,6 +34,23 @@ def test_summary_reports_golden_metrics_and_outcome():
     assert "eval champion_teacher: golden_accuracy=0.8600" in text
 
 
+def test_typed_results_are_summarized_as_their_json():
+    """The DAG reads results through their models (stage_factory.pull_result): build_summary takes those as they
+    are and gives the summary their raw JSON gives."""
+    from tasks.contracts import RESULT_OF_TASK, RunContext
+
+    results = {
+        "ingest": {"snapshot_id": "s2", "total_rows": 10000, "new_rows": 0},
+        "decide": {"retrain": True, "reasons": ["forced"], "new_rows": 5000},
+        "evaluate": {"passed": True, "first_run": True, "metrics": {"teacher": {"golden_accuracy": 0.85}}},
+        "publish": {"version": "v2", "version_uri": "s3://b/models/sst2/v2", "promoted": True},
+    }
+    typed = {task: RESULT_OF_TASK[task].model_validate(raw) for task, raw in results.items()}
+    summary = build_summary(RunContext.model_validate(RUN), typed)
+    assert summary == build_summary(RUN, results)
+    assert summary["outcome"] == "promoted" and summary["publish"]["version"] == "v2"
+
+
 def test_skip_outcome_and_no_champion():
     summary = build_summary({**RUN, "run_key": "r3", "champion_version": "none"},
                             {"decide": {"retrain": False, "reasons": ["Skipped: no new snapshot."]}})

@@ -52,7 +52,11 @@ def test_the_next_stage_reads_what_the_first_tokenized_on_s3(s3_env, tokenizer, 
     want_train, want_holdout = _fresh(snapshot, tokenizer, 32)
     _same(second.train, want_train)
     _same(second.holdout, want_holdout)
-    second.close()
+    # A hit maps a local copy of the cached files; leaving the splits' context removes it.
+    local = Path(second.train.cache_files[0]["filename"])
+    with second:
+        assert local.exists()
+    assert not local.exists()
 
 
 def test_the_key_follows_snapshot_tokenizer_length_and_row_cap(tmp_path, tokenizer, tiny_model_dir):

@@ -275,8 +275,13 @@ def test_a_background_upload_that_dies_leaves_no_complete_checkpoint(tiny_model_
     assert sorted(checkpoints.remote_checkpoints(paths.checkpoint_uri)) == [3]
     assert sorted(checkpoints.remote_checkpoints(paths.checkpoint_uri, complete_only=False)) == [3, 6]
 
+    listed = []
+    list_objects = storage.list_objects
+    monkeypatch.setattr(storage, "list_objects", lambda prefix: listed.append(prefix) or list_objects(prefix))
     newest = checkpoints.restore(paths)
     assert newest == str(paths.scratch / "checkpoint-3")
+    assert listed == [paths.checkpoint_uri]  # one listing serves the deletes and the downloads
+    monkeypatch.setattr(storage, "list_objects", list_objects)
     assert sorted(checkpoints.remote_checkpoints(paths.checkpoint_uri, complete_only=False)) == [3]
 
 

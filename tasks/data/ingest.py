@@ -516,12 +516,13 @@ def _add_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
 
 
 def commit(spec: PipelineSpec, batch: Batch, new: NewPart, latest: dict[str, Any] | None,
-           latest_etag: str | None, parent: "snapshots.StoredKeys | None", golden: dict[str, Any],
-           base: dict[str, Any]) -> dict[str, Any]:
-    """part -> manifest -> latest.json -> batch record; returns the stage result."""
+           latest_etag: str | None, parent_manifest: dict[str, Any] | None, parent: "snapshots.StoredKeys | None",
+           golden: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """part -> manifest -> latest.json (moved only from ``latest_etag``, the version this run read) -> batch
+    record; returns the stage result."""
     where = spec.layout.snapshots
     stats = batch.stats()
-    parent_manifest = snapshots.read_manifest(latest["snapshot_uri"]) if latest else {}
+    parent_manifest = parent_manifest or {}
     part = snapshots.write_part(where, batch.batch_id, new.path)
     total = parent.total.merged(new.content) if parent is not None else new.content
     digest = total.hexdigest()
@@ -568,11 +569,11 @@ def commit(spec: PipelineSpec, batch: Batch, new: NewPart, latest: dict[str, Any
             "label_counts": manifest["label_counts"], "asset_extra": extra}
 
 
-def recover_unrecorded_batch(spec: PipelineSpec, latest: dict[str, Any], files: list[LandingFile],
-                             base: dict[str, Any]) -> dict[str, Any] | None:
+def recover_unrecorded_batch(spec: PipelineSpec, latest: dict[str, Any], manifest: dict[str, Any],
+                             files: list[LandingFile], base: dict[str, Any]) -> dict[str, Any] | None:
     """A run that moved latest.json but died before recording its batch: record it now and report the snapshot
-    as new (its Asset event was never sent), instead of re-reading the files as duplicates."""
-    manifest = snapshots.read_manifest(latest["snapshot_uri"])
+    as new (its Asset event was never sent), instead of re-reading the files as duplicates. ``manifest`` is the
+    latest snapshot's."""
     batch = manifest.get("batch") or {}
     committed = {(f["key"], f["etag"], int(f["size"])) for f in batch.get("files", [])}
     if not committed or committed != {f.identity for f in recorded(files)}:
@@ -607,22 +608,23 @@ def run_ingest(spec: PipelineSpec, run_uri: str | None = None) -> dict[str, Any]
     """Ingest new landing files into a snapshot; returns the stage result (and emits it if run_uri is given)."""
     layout = spec.layout
     golden = ensure_golden(spec)
-    latest, latest_etag = snapshots.read_latest(layout.snapshots)
+    # latest.json, its ETag (the version commit() moves it from) and its snapshot's manifest: read once.
+    latest, latest_etag, latest_manifest = snapshots.read_latest_manifest(layout.snapshots)
     if latest:
-        snapshots.check_labels(spec.data.labels, snapshots.read_manifest(latest["snapshot_uri"]),
-                               f"latest snapshot {latest['snapshot_id']}")
+        snapshots.check_labels(spec.data.labels, latest_manifest, f"latest snapshot {latest['snapshot_id']}")
     files = landing.new_files(layout.landing, snapshots.processed_files(layout.snapshots))
     base = {"golden_uri": golden["golden_uri"], "golden_id": golden["golden_id"], "landing_uri": layout.landing}
     if not files:
         if latest is None:
             raise DataRejected(f"no data yet: no files in {layout.landing} and no snapshot in {layout.snapshots}")
         return finish(run_uri, unchanged(latest, base, reason="no new landing files"))
-    recovered = recover_unrecorded_batch(spec, latest, files, base) if latest else None
+    recovered = recover_unrecorded_batch(spec, latest, latest_manifest, files, base) if latest else None
     if recovered:
         return finish(run_uri, recovered)
 
     with tempfile.TemporaryDirectory(prefix="ingest-") as work:
-        parent = snapshots.hash_index(latest["snapshot_uri"], work, spec.data.labels) if latest else None
+        parent = snapshots.hash_index(latest["snapshot_uri"], latest_manifest, work, spec.data.labels) \
+            if latest else None
         batch = read_batch(spec, files, parent, latest["snapshot_id"] if latest else None, golden_keys(golden), work)
         check_bad_share(spec, batch)
         new = write_new_part(spec, batch, work)
@@ -638,7 +640,8 @@ def run_ingest(spec: PipelineSpec, run_uri: str | None = None) -> dict[str, Any]
             snapshots.record_batch(layout.snapshots, batch.batch_id, batch.records(), latest["snapshot_id"],
                                    batch.stats())
             return finish(run_uri, {**unchanged(latest, base, reason="no new rows in the new files"), **batch.stats()})
-        return finish(run_uri, commit(spec, batch, new, latest, latest_etag, parent, golden, base))
+        result = commit(spec, batch, new, latest, latest_etag, latest_manifest, parent, golden, base)
+        return finish(run_uri, result)
 
 
 def main(argv: list[str]) -> int:

@@ -71,12 +71,14 @@ def parquet_bytes(frame: "pd.DataFrame") -> bytes:
     return buf.getvalue()
 
 
-def read_snapshot(snapshot_uri: str) -> "pd.DataFrame":
-    """All rows of a snapshot, in part order. Part paths in the manifest are URIs relative to the pipeline's
-    snapshots folder (``parts/<batch_id>.parquet``) so that a snapshot can reuse its parent's parts."""
+def read_snapshot(snapshot_uri: str, manifest: dict[str, Any] | None = None) -> "pd.DataFrame":
+    """All rows of a snapshot, in part order (``manifest``: its manifest, when the caller has read it already).
+    Part paths in the manifest are URIs relative to the pipeline's snapshots folder (``parts/<batch_id>.parquet``)
+    so that a snapshot can reuse its parent's parts."""
     import pandas as pd
 
-    manifest = read_manifest(snapshot_uri)
+    if manifest is None:
+        manifest = read_manifest(snapshot_uri)
     base = storage.parent(snapshot_uri)
     frames = [read_parquet(storage.join(base, part)) for part in manifest["parts"]]
     if not frames:
@@ -148,6 +150,16 @@ def read_latest(snapshots_uri: str) -> tuple[dict[str, Any] | None, str | None]:
     if info is None:
         return None, None
     return storage.read_json(uri), info.etag
+
+
+def read_latest_manifest(snapshots_uri: str) -> tuple[dict[str, Any] | None, str | None, dict[str, Any] | None]:
+    """(latest.json pointer, its ETag, the manifest of the snapshot it points at) or (None, None, None) before the
+    first snapshot. Read once per run and passed down: a manifest is create-only, so one read is as good as many;
+    the ETag is the version a later move_latest must start from."""
+    latest, etag = read_latest(snapshots_uri)
+    if latest is None:
+        return None, None, None
+    return latest, etag, read_manifest(latest["snapshot_uri"])
 
 
 def move_latest(snapshots_uri: str, pointer: dict[str, Any], etag: str | None) -> None:
@@ -374,14 +386,14 @@ def part_rows(part_uri: str, tmp_dir: str) -> Iterable[tuple[Any, Any, Any]]:
         yield th, batch.column(1).to_numpy(zero_copy_only=False).astype(np.int64), batch.column(2)
 
 
-def hash_index(snapshot_uri: str, tmp_dir: str, names: list[str]) -> StoredKeys:
-    """The StoredKeys of a snapshot, read part by part and a row group at a time (``part_rows``)."""
+def hash_index(snapshot_uri: str, manifest: dict[str, Any], tmp_dir: str, names: list[str]) -> StoredKeys:
+    """The StoredKeys of a snapshot (``manifest`` is its manifest, already read), read part by part and a row
+    group at a time (``part_rows``)."""
     import os
 
     import numpy as np
     import pyarrow.compute as pc
 
-    manifest = read_manifest(snapshot_uri)
     base = storage.parent(snapshot_uri)
     stored_sum = manifest.get("content_sum")
     total = ContentSum()

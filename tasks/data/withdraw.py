@@ -113,10 +113,9 @@ def _move(spec, edit, change: dict[str, Any]) -> dict[str, Any] | None:
     when the edit changes nothing. Redone from the new pointer when a concurrent ingest moved it."""
     where = spec.layout.snapshots
     for _ in range(MOVE_ATTEMPTS):
-        latest, etag = snapshots.read_latest(where)
+        latest, etag, manifest = snapshots.read_latest_manifest(where)
         if latest is None:
             raise SpecInvalid(f"pipeline {spec.name} has no snapshot yet ({snapshots.latest_uri(where)} missing)")
-        manifest = snapshots.read_manifest(latest["snapshot_uri"])
         parts = edit(list(manifest["parts"]))
         if parts == manifest["parts"]:
             return None

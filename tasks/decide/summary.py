@@ -18,11 +18,13 @@ class MalformedResult(ValueError):
     """A stage result (XCom) that does not match its contract in tasks.contracts: a bug to fix, not to hide."""
 
 
-def validated(task_id: str, result: dict | None) -> Result | None:
-    """A stage's XCom through its contract model; None for a stage that did not run (skipped, or failed early)."""
-    if result is None:
-        return None
+def validated(task_id: str, result: Result | dict | None) -> Result | None:
+    """A stage's result as its contract model: raw JSON validated here, a model (already validated where it was
+    read, e.g. stage_factory.pull_result) taken as it is; None for a stage that did not run (skipped, or failed
+    early)."""
     model = RESULT_OF_TASK[task_id]
+    if result is None or isinstance(result, model):
+        return result
     try:
         return model.model_validate(result)
     except ValidationError as exc:
@@ -59,10 +61,10 @@ def _evaluation_lines(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_summary(run: dict, results: dict[str, dict | None]) -> dict[str, Any]:
-    """``run`` is prepare_run's RunContext, ``results`` each stage's XCom by task id (None when it did not run).
-    Raises MalformedResult when a result does not match its contract."""
-    context = RunContext.model_validate(run) if isinstance(run, RunContext) else validated(TaskIds.PREPARE_RUN, run)
+def build_summary(run: RunContext | dict, results: dict[str, Result | dict | None]) -> dict[str, Any]:
+    """``run`` is prepare_run's RunContext, ``results`` each stage's result by task id (None when it did not run),
+    as models or as raw JSON. Raises MalformedResult when raw JSON does not match its contract."""
+    context = validated(TaskIds.PREPARE_RUN, run)
     r = {task: validated(task, results.get(task)) for task in (
         TaskIds.INGEST, TaskIds.DRIFT, TaskIds.DECIDE, TaskIds.FINETUNE, TaskIds.DISTILL, TaskIds.EVALUATE,
         TaskIds.PUBLISH)}

@@ -33,21 +33,32 @@ def step_of(checkpoint_dir: str | Path) -> int:
     return int(CHECKPOINT.match(Path(checkpoint_dir).name).group(1))
 
 
-def remote_checkpoints(prefix_uri: str, complete_only: bool = True) -> dict[int, str]:
-    """{step: uri} of the checkpoints under a prefix; by default only those whose upload completed."""
-    found: dict[int, set[str]] = {}
+def checkpoint_objects(prefix_uri: str) -> dict[int, list["storage.ObjectInfo"]]:
+    """{step: its objects} of the checkpoints under a prefix, in step order, from one listing."""
+    found: dict[int, list[storage.ObjectInfo]] = {}
     prefix = prefix_uri.rstrip("/") + "/"
     for obj in storage.list_objects(prefix_uri):
         parts = obj.uri[len(prefix):].split("/")
         match = CHECKPOINT.match(parts[0])
         if match and len(parts) > 1:
-            found.setdefault(int(match.group(1)), set()).add(parts[-1])
-    return {step: storage.join(prefix_uri, f"checkpoint-{step}") for step, files in sorted(found.items())
-            if not complete_only or COMPLETE_MARKER in files}
+            found.setdefault(int(match.group(1)), []).append(obj)
+    return dict(sorted(found.items()))
 
 
-def delete_remote(uri: str) -> None:
-    for obj in storage.list_objects(uri):
+def is_complete(objects: list["storage.ObjectInfo"]) -> bool:
+    """Whether a checkpoint's upload completed: ``COMPLETE`` is among its objects."""
+    return any(obj.uri.rsplit("/", 1)[-1] == COMPLETE_MARKER for obj in objects)
+
+
+def remote_checkpoints(prefix_uri: str, complete_only: bool = True) -> dict[int, str]:
+    """{step: uri} of the checkpoints under a prefix; by default only those whose upload completed."""
+    return {step: storage.join(prefix_uri, f"checkpoint-{step}")
+            for step, objects in checkpoint_objects(prefix_uri).items() if not complete_only or is_complete(objects)}
+
+
+def delete_remote(objects: list["storage.ObjectInfo"]) -> None:
+    """Delete a checkpoint in storage: its objects, as ``checkpoint_objects`` listed them."""
+    for obj in objects:
         storage.delete(obj.uri)
 
 
@@ -56,16 +67,20 @@ def restore(paths: "StagePaths") -> str | None:
 
     Local leftovers are discarded (a killed process may have left a half-written checkpoint), and so are
     incomplete uploads in storage: they can never be resumed from, and a re-save of the same step must not
-    find stale files there that ``sync_dir`` would take for its own."""
+    find stale files there that ``sync_dir`` would take for its own. One listing of the checkpoint prefix
+    serves all of it (what to delete, what to download)."""
     if paths.scratch.exists():
         shutil.rmtree(paths.scratch)
     paths.scratch.mkdir(parents=True, exist_ok=True)
-    every = remote_checkpoints(paths.checkpoint_uri, complete_only=False)
-    complete = remote_checkpoints(paths.checkpoint_uri)
-    for step in every.keys() - complete.keys():
-        delete_remote(every[step])
-    for step, uri in complete.items():
-        storage.download_dir(uri, paths.scratch / f"checkpoint-{step}")
+    prefix = paths.checkpoint_uri.rstrip("/") + "/"
+    complete: dict[int, str] = {}
+    for step, objects in checkpoint_objects(paths.checkpoint_uri).items():
+        if not is_complete(objects):
+            delete_remote(objects)
+            continue
+        for obj in objects:
+            storage.download_file(obj.uri, paths.scratch / obj.uri[len(prefix):])
+        complete[step] = storage.join(paths.checkpoint_uri, f"checkpoint-{step}")
     if not complete:
         return None
     newest = max(complete)
@@ -205,9 +220,9 @@ class CheckpointSync(TrainerCallback):
         storage.write_json(storage.join(remote, COMPLETE_MARKER), {"step": step, "at": storage.utcnow()})
         # The Trainer keeps the newest and the best checkpoint locally; storage mirrors that.
         keep = {p.name for p in output_dir.iterdir() if CHECKPOINT.match(p.name)}
-        for old, uri in remote_checkpoints(self.paths.checkpoint_uri, complete_only=False).items():
+        for old, objects in checkpoint_objects(self.paths.checkpoint_uri).items():
             if f"checkpoint-{old}" not in keep:
-                delete_remote(uri)
+                delete_remote(objects)
         took = time.monotonic() - t0
         self.upload_seconds += took
         print(f"[{self.paths.stage}] checkpoint {name} -> {remote} ({len(sent)} files, {took:.1f}s"

@@ -16,6 +16,7 @@ rank 0 alone syncs checkpoints and writes the outputs and the result. docs/train
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -63,6 +64,13 @@ class Prepared:
 
 def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe]) -> int:
     """Run a training stage; ``args`` has ``run`` and ``snapshot``, ``recipe_of(spec, args)`` the rest."""
+    with contextlib.ExitStack() as held:  # what the stage holds until it returns: a token cache hit's local copy
+        return run_holding(stage, args, recipe_of, held)
+
+
+def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe],
+                held: contextlib.ExitStack) -> int:
+    """``run``'s body; what must outlive the training (the tokenized splits' files) goes on ``held``."""
     from transformers import Trainer, set_seed
 
     from tasks.train import checkpoints, defaults, export, modeling, token_cache, training
@@ -78,13 +86,14 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
     set_seed(hp.seed)  # a fresh classification head is initialized in recipe_of
     recipe = recipe_of(spec, args)
     tokenizer = modeling.load_tokenizer(recipe.tokenizer_dir)
-    splits = token_cache.tokenized_splits(spec.layout.token_cache, args.snapshot, tokenizer, spec.model.max_length,
-                                          hp.max_train_rows, stage=stage, snapshot=snapshot)
+    splits = held.enter_context(token_cache.tokenized_splits(
+        spec.layout.token_cache, args.snapshot, tokenizer, spec.model.max_length, hp.max_train_rows, stage=stage,
+        snapshot=snapshot))
     train_set, holdout_set = splits.train, splits.holdout
     # The rows evaluations during training score (train.selection): the holdout split, a stratified sample of it
     # (train.selection_rows), or holdout rows drawn like the golden set.
     selection_set, selection = model_selection_rows(hp, holdout_set, args.snapshot, tokenizer, spec.model.max_length,
-                                                    stage)
+                                                    stage, manifest=snapshot.manifest)
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # processes under torchrun
     # learning_rate: auto with no recorded rate (a first run): a short, bounded search picks it (defaults.py), at
@@ -174,8 +183,8 @@ def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe])
 # ---------------------------------------------------------------- the rows model selection scores
 
 
-def model_selection_rows(hp, holdout_set, snapshot_uri: str, tokenizer, max_length: int,
-                         stage: str) -> tuple[Any, dict[str, Any]]:
+def model_selection_rows(hp, holdout_set, snapshot_uri: str, tokenizer, max_length: int, stage: str,
+                         manifest: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """(the rows the evaluations during training score, a summary for the result).
 
     ``train.selection: like_golden``: holdout rows sampled to the golden set's token-length x label mix
@@ -183,12 +192,13 @@ def model_selection_rows(hp, holdout_set, snapshot_uri: str, tokenizer, max_leng
     labels only: no golden row is ever scored during training, so the golden metrics of evaluate and the gates stay
     an unbiased estimate). A snapshot without a golden set falls back to ``holdout``, and says so; so does a
     sample that falls short of the golden mix and has under half the split's rows. ``holdout``:
-    the whole split, or a label-stratified sample of ``train.selection_rows``."""
+    the whole split, or a label-stratified sample of ``train.selection_rows``. ``manifest``: the snapshot's,
+    when already read."""
     from tasks.data import snapshots
     from tasks.train import training
 
     if hp.selection == "like_golden":
-        golden_uri = snapshots.read_manifest(snapshot_uri).get("golden_uri")
+        golden_uri = (manifest if manifest is not None else snapshots.read_manifest(snapshot_uri)).get("golden_uri")
         if not golden_uri:
             print(f"[{stage}] train.selection like_golden: snapshot {snapshot_uri} records no golden_uri; model "
                   "selection on the holdout split instead", flush=True)

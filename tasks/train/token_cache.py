@@ -59,15 +59,33 @@ class TokenizedSplits:
     _keep: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)  # the mapped files
 
     def close(self) -> None:
+        """Remove a cache hit's local copy (the files the datasets map); use the datasets no more after it."""
         self._keep.close()
+
+    def __enter__(self) -> "TokenizedSplits":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # ---------------------------------------------------------------- the key
 
 
-def snapshot_identity(snapshot_uri: str) -> dict[str, str]:
-    """The snapshot's URI, id and manifest hash (snapshots are immutable: the manifest names their parts). A
-    missing snapshot is ``SpecInvalid``, before any model is loaded."""
+@dataclass(frozen=True)
+class SnapshotIdentity:
+    """A snapshot as a training stage knows it: URI, id, the hash of its manifest (the cache key's part) and the
+    manifest itself, read once per stage (snapshots are immutable: the manifest names their parts)."""
+
+    uri: str
+    id: str
+    manifest_sha256: str
+    manifest: dict[str, Any] = field(repr=False)
+
+
+def snapshot_identity(snapshot_uri: str) -> SnapshotIdentity:
+    """The snapshot's identity, its manifest read. A missing snapshot is ``SpecInvalid``, before any model is
+    loaded."""
     from tasks.data.snapshots import manifest_uri
 
     uri = storage.normalize(snapshot_uri).rstrip("/")
@@ -76,8 +94,8 @@ def snapshot_identity(snapshot_uri: str) -> dict[str, str]:
     except storage.NotFound as exc:
         raise SpecInvalid(f"--snapshot {snapshot_uri}: no snapshot there ({exc})") from None
     manifest = json.loads(raw)
-    return {"uri": uri, "id": str(manifest.get("snapshot_id") or uri.rsplit("/", 1)[-1]),
-            "manifest_sha256": storage.sha256_bytes(raw)}
+    return SnapshotIdentity(uri, str(manifest.get("snapshot_id") or uri.rsplit("/", 1)[-1]),
+                            storage.sha256_bytes(raw), manifest)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -99,10 +117,10 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return digest.hexdigest()
 
 
-def key_fields(snapshot: dict[str, str], fingerprint: str, max_length: int,
+def key_fields(snapshot: SnapshotIdentity, fingerprint: str, max_length: int,
                max_train_rows: int | None) -> dict[str, Any]:
-    return {"format": FORMAT, "snapshot_uri": snapshot["uri"], "snapshot_id": snapshot["id"],
-            "snapshot_manifest_sha256": snapshot["manifest_sha256"], "tokenizer_sha256": fingerprint,
+    return {"format": FORMAT, "snapshot_uri": snapshot.uri, "snapshot_id": snapshot.id,
+            "snapshot_manifest_sha256": snapshot.manifest_sha256, "tokenizer_sha256": fingerprint,
             "max_length": max_length, "max_train_rows": max_train_rows}
 
 
@@ -114,11 +132,10 @@ def cache_key(fields: dict[str, Any]) -> str:
 
 
 def tokenized_splits(cache_uri: str, snapshot_uri: str, tokenizer, max_length: int, max_train_rows: int | None,
-                     *, stage: str = "train", snapshot: dict[str, str] | None = None,
-                     write: bool | None = None) -> TokenizedSplits:
+                     *, stage: str = "train", snapshot: SnapshotIdentity | None = None) -> TokenizedSplits:
     """The snapshot's train and holdout splits tokenized (``training.tokenize``): from the cache under
-    ``cache_uri`` when a good copy is there, else tokenized now and written there (by one process: DDP rank 0,
-    or ``write``). Logs ``[stage] token cache hit|miss``."""
+    ``cache_uri`` when a good copy is there, else tokenized now and written there (by one process: DDP rank 0).
+    Logs ``[stage] token cache hit|miss``. A context manager: a hit's local copy is removed on leaving it."""
     from tasks.train import training
 
     snapshot = snapshot or snapshot_identity(snapshot_uri)
@@ -130,13 +147,11 @@ def tokenized_splits(cache_uri: str, snapshot_uri: str, tokenizer, max_length: i
         print(f"[{stage}] token cache hit: {found.uri} ({len(found.train)} train, {len(found.holdout)} holdout rows)",
               flush=True)
         return found
-    train_rows, holdout_rows = training.load_splits(snapshot_uri, max_train_rows)
+    train_rows, holdout_rows = training.load_splits(snapshot_uri, max_train_rows, snapshot.manifest)
     train = training.tokenize(tokenizer, train_rows["text"], train_rows["label"], max_length)
     holdout = training.tokenize(tokenizer, holdout_rows["text"], holdout_rows["label"], max_length)
-    if write is None:
-        write = int(os.environ.get("RANK", "0")) == 0  # under DDP every rank tokenizes alike; one writes
     uri = None
-    if write:
+    if int(os.environ.get("RANK", "0")) == 0:  # under DDP every rank tokenizes alike; one writes
         try:
             uri = publish(key_uri, fields, train, holdout)
         except storage.StorageError as exc:  # the cache saves time; a failed write must not fail the stage

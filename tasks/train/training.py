@@ -70,13 +70,14 @@ def stage_paths(spec, run_uri: str, stage: str) -> StagePaths:
 # ---------------------------------------------------------------- data
 
 
-def load_splits(snapshot_uri: str, max_train_rows: int | None) -> tuple["pd.DataFrame", "pd.DataFrame"]:
-    """(train, holdout) rows of a snapshot. With a cap, the newest rows win: parts are stored oldest batch first,
-    so the cap keeps the tail of the train split."""
+def load_splits(snapshot_uri: str, max_train_rows: int | None,
+                manifest: dict[str, Any] | None = None) -> tuple["pd.DataFrame", "pd.DataFrame"]:
+    """(train, holdout) rows of a snapshot (``manifest``: its manifest, when already read). With a cap, the newest
+    rows win: parts are stored oldest batch first, so the cap keeps the tail of the train split."""
     from tasks.data.snapshots import read_snapshot
 
     try:
-        frame = read_snapshot(snapshot_uri)
+        frame = read_snapshot(snapshot_uri, manifest)
     except storage.NotFound as exc:
         raise SpecInvalid(f"--snapshot {snapshot_uri}: no snapshot there ({exc})") from None
     train = frame[frame["split"] == "train"]
