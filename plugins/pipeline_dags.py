@@ -426,7 +426,7 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
                                  "counts it as not run")
             if results[TaskIds.PUBLISH] is None and states[TaskIds.PUBLISH] == "failed":
                 results[TaskIds.PUBLISH] = refused_publish(run_ctx.run_uri)
-            summary = build_summary(run_ctx.dump(), {k: v.dump() if v else None for k, v in results.items()})
+            summary = build_summary(run_ctx, results)
             summary["task_states"] = states
             if notes:
                 summary["notes"] = notes

@@ -131,10 +131,10 @@ def _resolve_champion(spec: PipelineSpec, champion: str | None) -> str | None:
     return spec.layout.version(champion)  # a bare version id
 
 
-def resolve_golden(snapshot_uri: str, golden: str | None) -> str:
+def resolve_golden(snapshot_uri: str, golden: str | None, manifest: dict) -> str:
     if golden:
         return storage.normalize(golden)
-    uri = snapshots.read_manifest(snapshot_uri).get("golden_uri")
+    uri = manifest.get("golden_uri")
     if not uri:
         raise SpecInvalid(f"snapshot {snapshot_uri} records no golden_uri; pass --golden")
     return uri
@@ -205,9 +205,10 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, cha
     spec = load_spec(storage.join(run_uri, "spec.json"))
     labels = spec.data.labels
     out_uri = storage.join(run_uri, "evaluate")
-    golden_uri = resolve_golden(snapshot_uri, golden)
+    manifest = snapshots.read_manifest(snapshot_uri)
+    golden_uri = resolve_golden(snapshot_uri, golden, manifest)
     golden_df = snapshots.read_golden(golden_uri)
-    snap = snapshots.read_snapshot(snapshot_uri)
+    snap = snapshots.read_snapshot(snapshot_uri, manifest)
     sets = {"golden": golden_df, "holdout": snap[snap["split"] == "holdout"]}
     champion_uri = _resolve_champion(spec, champion)
 
