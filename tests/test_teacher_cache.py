@@ -145,15 +145,14 @@ def test_a_bf16_teacher_feeds_the_fp32_students_loss_live_and_cached(teacher, to
 
 def test_when_the_cache_is_used():
     fits = dict(need_bytes=10 * 2**20, budget_bytes=100 * 2**20)
-    assert teacher_cache.decide("auto", cuda=False, epochs=3, world_size=1, **fits) == (False, "auto: off on CPU")
-    assert teacher_cache.decide("auto", cuda=True, epochs=2, world_size=1, **fits)[0]
-    assert not teacher_cache.decide("auto", cuda=True, epochs=1, world_size=1, **fits)[0]
-    assert not teacher_cache.decide("auto", cuda=True, epochs=2, world_size=2, **fits)[0]  # a pass per process
-    assert teacher_cache.decide("on", cuda=False, epochs=1, world_size=1, **fits)[0]
-    assert not teacher_cache.decide("off", cuda=True, epochs=5, world_size=1, **fits)[0]
+    assert teacher_cache.decide("auto", cuda=False, epochs=3, **fits) == (False, "auto: off on CPU")
+    assert teacher_cache.decide("auto", cuda=True, epochs=2, **fits)[0]
+    assert not teacher_cache.decide("auto", cuda=True, epochs=1, **fits)[0]  # the pass costs about one epoch
+    assert teacher_cache.decide("on", cuda=False, epochs=1, **fits)[0]
+    assert not teacher_cache.decide("off", cuda=True, epochs=5, **fits)[0]
     too_big = dict(need_bytes=200 * 2**20, budget_bytes=100 * 2**20)
     for setting in ("auto", "on"):
-        use, why = teacher_cache.decide(setting, cuda=True, epochs=3, world_size=1, **too_big)
+        use, why = teacher_cache.decide(setting, cuda=True, epochs=3, **too_big)
         assert not use and why.startswith("does not fit: 200.0 MiB of a 100 MiB budget")
     # tokens x layers x hidden x 2 bytes (bf16), plus the logits: full SST-2 with MiniLM's 3 mapped layers.
     assert teacher_cache.estimate_bytes(67_349 * 13, 67_349, 3, 384, 2, 2) == pytest.approx(2.02e9, rel=0.01)
@@ -204,8 +203,9 @@ def test_the_distill_stage_trains_on_cached_teacher_outputs(tmp_path, tiny_model
 def test_a_crashed_distill_with_the_cache_resumes_to_the_uninterrupted_student(tmp_path, tiny_model_dir,
                                                                                 monkeypatch):
     """Distill with teacher_cache: on dies on its 12th training batch; the retry (a fresh scratch folder, as a new
-    pod) makes the teacher pass again, resumes from the step-10 checkpoint in storage, and ends with the weights
-    of a run that was never interrupted, bit for bit (CPU, same seed)."""
+    pod) reads the teacher outputs the crashed attempt stored instead of making the pass again, resumes from the
+    step-10 checkpoint in storage, and ends with the weights of a run that was never interrupted and made its own
+    pass (in another store), bit for bit (CPU, same seed)."""
     from safetensors.torch import load_file
 
     from tasks.train import distill, finetune
@@ -226,8 +226,11 @@ def test_a_crashed_distill_with_the_cache_resumes_to_the_uninterrupted_student(t
         assert distill.main(["--run", run, "--snapshot", snapshot, "--teacher", teacher_uri]) == 0
         return storage.read_json(storage.join(run, "distill", "result.json"))
 
-    reference = distill_in(make_run(root, "uninterrupted", settings), "scratch-ref")
+    # The uninterrupted run in a store of its own: its teacher cache is its own pass, not the crashed run's.
+    reference = distill_in(make_run(storage.normalize(str(tmp_path / "store-ref")), "uninterrupted", settings),
+                           "scratch-ref")
     assert reference["resumed_from_step"] == 0 and reference["global_step"] > 12
+    assert reference["teacher_cache_reused"] is False and reference["teacher_pass_seconds"] > 0
 
     real_call = teacher_cache.CachedTeacherCollator.__call__
     train_batches = []
@@ -244,8 +247,17 @@ def test_a_crashed_distill_with_the_cache_resumes_to_the_uninterrupted_student(t
     with pytest.raises(RuntimeError, match="simulated crash"):
         distill_in(crashed, "scratch-crash")
     assert not storage.exists(storage.join(crashed, "distill", "result.json"))
+    stored = storage.list_objects(storage.join(root, "cache", "sst2", "teacher"))
+    assert [o.uri.rsplit("/", 1)[-1] for o in stored] == ["manifest.json", "outputs.safetensors"]
     monkeypatch.setattr(teacher_cache.CachedTeacherCollator, "__call__", real_call)
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the retry ran the teacher pass again")
+
+    monkeypatch.setattr(teacher_cache, "compute", no_pass)
     retry = distill_in(crashed, "scratch-retry")
+    assert retry["teacher_cache_reused"] is True and retry["teacher_pass_seconds"] is None
+    assert retry["teacher_cache_uri"] == stored[0].uri.rsplit("/", 1)[0]
     assert retry["resumed_from_step"] == 10 and retry["global_step"] == reference["global_step"]
     assert retry["metrics"] == reference["metrics"]
     got = load_file(str(storage.local_path(retry["model_uri"]) / "model.safetensors"))
