@@ -263,3 +263,73 @@ def test_a_crashed_distill_with_the_cache_resumes_to_the_uninterrupted_student(t
     got = load_file(str(storage.local_path(retry["model_uri"]) / "model.safetensors"))
     want = load_file(str(storage.local_path(reference["model_uri"]) / "model.safetensors"))
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_the_train_rows_are_read_once_as_they_are_in_the_split(train_set):
+    """read_rows: one Arrow read per input column gives every row's token ids, lengths and fingerprints, also for
+    a ``select``-ed split (an index mapping over the Arrow table)."""
+    for split in (train_set, train_set.select([7, 3, 30, 0])):
+        rows = teacher_cache.read_rows(split)
+        want = [list(ids) for ids in split["input_ids"]]
+        assert len(rows) == len(split) and rows.tokens == sum(len(ids) for ids in want)
+        assert [f["input_ids"] for f in rows.features(range(len(rows)))] == want
+        assert set(rows.columns) == {"input_ids", "token_type_ids", "attention_mask"}
+        assert rows.crc.tolist() == [teacher_cache.row_crc(ids) for ids in want]
+    assert teacher_cache.read_rows(train_set.select([1, 2])).sha256 != teacher_cache.read_rows(
+        train_set.select([2, 1])).sha256
+
+
+def _fields(teacher_dir, rows, layers):
+    return teacher_cache.key_fields(teacher=teacher_cache.model_identity(str(teacher_dir), teacher_dir),
+                                    snapshot_id="snap-1", rows=rows, layers=layers, dtype="float32", max_length=48,
+                                    classes=2)
+
+
+def test_the_stored_cache_is_reused_verified_and_rebuilt_never_replaced(teacher, tokenizer, train_set, tmp_path,
+                                                                       tiny_model_dir, monkeypatch, capsys):
+    rows, layers = teacher_cache.read_rows(train_set), [2, 4]
+    store = storage.normalize(str(tmp_path / "store"))
+
+    def get(rows=rows, layers=layers):
+        return teacher_cache.stored_or_computed(teacher, rows, tokenizer, cache_uri=store,
+                                                fields=_fields(tiny_model_dir, rows, layers), layers=layers,
+                                                batch_size=8, device=torch.device("cpu"))
+
+    first = get()
+    assert not first.reused and first.uri and first.seconds > 0
+    second = get()  # a retry: the stored copy, bit for bit, and no pass
+    assert second.reused and second.uri == first.uri and second.seconds == 0
+    assert torch.equal(second.logits, first.logits) and torch.equal(second.hidden, first.hidden)
+    assert second.hidden.dtype == first.hidden.dtype and np.array_equal(second.offsets, first.offsets)
+
+    # A partial upload (outputs without a manifest) is ignored; a corrupt copy (same size, one byte changed) is
+    # skipped, the pass runs again and its outputs go to a new attempt; the corrupt file stays as it was.
+    outputs_uri = storage.join(first.uri, "outputs.safetensors")
+    corrupt = bytearray(storage.read_bytes(outputs_uri))
+    corrupt[-5] ^= 0xFF
+    stored_path = storage.local_path(outputs_uri)
+    stored_path.chmod(0o644)
+    stored_path.write_bytes(bytes(corrupt))
+    partial = storage.join(storage.parent(first.uri), "00000000T000000Z-partial")
+    storage.write_bytes(storage.join(partial, "outputs.safetensors"), b"cut short")
+    capsys.readouterr()
+    rebuilt = get()
+    assert f"teacher cache: skipping {first.uri}: CacheCorrupt" in capsys.readouterr().out
+    assert not rebuilt.reused and rebuilt.uri not in (first.uri, partial)
+    assert torch.equal(rebuilt.logits, first.logits)
+    assert storage.read_bytes(outputs_uri) == bytes(corrupt)
+    assert get().uri == rebuilt.uri  # the good copy is read from now on
+
+    # The key follows the rows and the mapped layers: other rows or layers make their own pass.
+    fewer = teacher_cache.read_rows(train_set.select(range(20)))
+    assert not get(rows=fewer).reused and not get(layers=[4]).reused
+    assert get(layers=[4]).hidden.shape[0] == 1
+    logits_only = get(layers=[])
+    assert logits_only.hidden is None and not logits_only.reused and get(layers=[]).reused
+
+    # Over STORE_MAX_BYTES the outputs stay in memory: nothing stored, a retry makes the pass again.
+    monkeypatch.setattr(teacher_cache, "STORE_MAX_BYTES", 1024)
+    big = teacher_cache.read_rows(train_set.select(range(30)))
+    capsys.readouterr()
+    assert get(rows=big).uri is None and not get(rows=big).reused
+    assert "teacher cache not stored:" in capsys.readouterr().out

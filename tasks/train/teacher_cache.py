@@ -246,7 +246,7 @@ def process_group() -> tuple[int, int, Any]:
 def shares(rows: TrainRows, world_size: int) -> list[np.ndarray]:
     """Each process's rows: every world_size-th row of the longest-first order."""
     order = np.argsort(-rows.lengths, kind="stable")
-    return [order[r::world_size] for r in range(world_size)]
+    return [np.ascontiguousarray(order[r::world_size]) for r in range(world_size)]
 
 
 def token_index(rows: TrainRows, share: np.ndarray) -> np.ndarray:
