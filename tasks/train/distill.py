@@ -250,8 +250,8 @@ def with_teacher_cache(spec, teacher, teacher_uri: str, teacher_dir, mapping: li
                     result={"teacher_cache": summary, "teacher_cache_reused": outputs.reused,
                             "teacher_cache_uri": outputs.uri,
                             "teacher_pass_seconds": None if outputs.reused else round(outputs.seconds, 2),
-                            "teacher_cache_read_seconds": round(outputs.io_seconds, 2) if outputs.reused else None,
-                            "teacher_cache_store_seconds": (round(outputs.io_seconds, 2)
+                            "teacher_cache_read_seconds": round(outputs.io_seconds, 3) if outputs.reused else None,
+                            "teacher_cache_store_seconds": (round(outputs.io_seconds, 3)
                                                             if outputs.uri and not outputs.reused else None)})
 
 
