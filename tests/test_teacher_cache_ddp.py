@@ -126,3 +126,51 @@ def test_two_processes_share_the_pass_and_end_with_the_single_process_cache(tmp_
     # The Trainer's arguments ran DDP on the group the pass set up.
     assert [i["world_size"] for i in info] == [2, 2] and [i["process_index"] for i in info] == [0, 1]
     assert info[0]["sum"] == info[1]["sum"] == 3
+
+
+def test_the_distill_stage_under_torchrun_shares_the_pass_and_stores_it_once(tmp_path, spread_teacher_dir):
+    """The very command the stage factory gives a 2-GPU distill pod, on CPU: each rank makes half the pass, both
+    train on the full cache (DDP set up by the pass, then used by the Trainer), rank 0 stores it and writes the
+    result; a single-process rerun reads the stored copy."""
+    from bench.common import make_run, run_stage, stage_result, write_snapshot
+    from stage_factory import stage_command
+    from tasks.spec import load_spec, with_overrides
+
+    root = storage.normalize(str(tmp_path / "store"))
+    snapshot = write_snapshot(root, "sst2", read_tsv("train", limit=72, offset=5200))
+    settings = {"model.max_length": 32, "train.eval_steps": 5, "train.checkpoint_steps": 5, "student.layers": 2,
+                "student.epochs": 2, "student.batch_size": 8, "student.learning_rate": 1e-3,
+                "student.hidden_mse_weight": 0.5, "student.export": [], "student.teacher_cache": "on"}
+    run = make_run(root, "ddp", settings)
+    args = ["--run", run, "--snapshot", snapshot, "--teacher", str(spread_teacher_dir)]
+    cmds, stage_args = stage_command(with_overrides(load_spec(storage.join(run, "spec.json")),
+                                                    {"stages.distill.gpus": 2}), "distill", args)
+    logs = tmp_path / "logs"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+           "RETRAIN_SCRATCH_DIR": str(tmp_path / "scratch")}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", *cmds[1:-3], "--log-dir", str(logs),
+                "--redirects", "3", *cmds[-3:], *stage_args]
+    proc = subprocess.run(torchrun, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    stdout = {rank: next(logs.rglob(f"attempt_0/{rank}/stdout.log")).read_text() for rank in (0, 1)}
+    assert proc.returncode == 0, proc.stderr[-2000:] + stdout[0][-3000:]
+
+    result = stage_result(stdout[0])
+    train_rows = result["train_rows"]
+    assert result["world_size"] == 2 and result["global_step"] > 0
+    assert result["teacher_cache"].startswith(f"on: {train_rows} rows") and not result["teacher_cache_reused"]
+    assert result["teacher_cache_uri"] and result["teacher_pass_seconds"] > 0
+    for rank in (0, 1):
+        share = (train_rows + 1 - rank) // 2  # every 2nd row of the longest-first order, from row `rank`
+        assert f"({share} rows on this process of 2)" in stdout[rank]
+    assert "stored to" in stdout[0] and "stored to" not in stdout[1] and "RESULT" not in stdout[1]
+    manifests = [o for o in storage.list_objects(storage.join(root, "cache", "sst2", "teacher"))
+                 if o.uri.endswith("/manifest.json")]
+    assert len(manifests) == 1
+
+    rerun = make_run(root, "rerun", settings)
+    single = run_stage(["distill", "--run", rerun, "--snapshot", snapshot, "--teacher", str(spread_teacher_dir)],
+                       env={"OMP_NUM_THREADS": "1", "RETRAIN_SCRATCH_DIR": str(tmp_path / "scratch-1")}, timeout=240)
+    assert single.returncode == 0, single.stdout[-2000:] + single.stderr[-2000:]
+    again = stage_result(single.stdout)
+    assert again["teacher_cache_reused"] and again["teacher_cache_uri"] == result["teacher_cache_uri"]
+    assert again["teacher_pass_seconds"] is None and again["train_rows"] == train_rows

@@ -26,7 +26,7 @@ takes the oldest attempt whose manifest matches the key and whose file matches t
 and whose offsets and row fingerprints equal the rows being trained on; anything else (a partial upload, a
 corrupt copy) is logged and skipped, and the pass runs again and is written as a new attempt. Nothing stored is
 replaced. Under DDP every process reads, and the stored copy is used only when every process found it; rank 0
-alone writes. Only caches up to ``STORE_MAX_BYTES`` are stored: every logits-only cache (full SST-2: 1.6 MiB),
+alone writes. Only caches up to ``STORE_MAX_BYTES`` are stored: every logits-only cache (full SST-2: 1.5 MiB),
 hidden states of small snapshots; full SST-2 with MiniLM's 3 mapped layers (about 2 GB in bf16) is not, since a
 GPU remakes the pass faster than it would download that much (docs/training.md).
 
