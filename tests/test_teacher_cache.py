@@ -333,3 +333,41 @@ def test_the_stored_cache_is_reused_verified_and_rebuilt_never_replaced(teacher,
     capsys.readouterr()
     assert get(rows=big).uri is None and not get(rows=big).reused
     assert "teacher cache not stored:" in capsys.readouterr().out
+
+
+def test_the_stored_cache_on_s3_is_read_back_in_bf16(s3_env, teacher, tokenizer, train_set, tiny_model_dir):
+    """On S3 (moto over HTTP), with a bf16 teacher as a GPU runs it: the copy is written create-only, its manifest
+    last, and read back with the same bf16 hidden states."""
+    import copy
+
+    rows, layers = teacher_cache.read_rows(train_set), [2]
+    bf16 = copy.deepcopy(teacher).to(torch.bfloat16)
+    fields = {**_fields(tiny_model_dir, rows, layers), "dtype": "bfloat16"}
+    cache = storage.join(s3_env, "cache", "sst2", "teacher")
+
+    def get():
+        return teacher_cache.stored_or_computed(bf16, rows, tokenizer, cache_uri=cache, fields=fields, layers=layers,
+                                                batch_size=16, device=torch.device("cpu"))
+
+    first, second = get(), get()
+    assert first.uri.startswith(cache + "/") and not first.reused
+    assert second.reused and second.uri == first.uri and second.hidden.dtype == torch.bfloat16
+    assert torch.equal(second.hidden, first.hidden) and torch.equal(second.logits, first.logits)
+    names = sorted(o.uri.rsplit("/", 1)[-1] for o in storage.list_objects(cache))
+    assert names == ["manifest.json", "outputs.safetensors"]
+
+
+def test_the_teachers_identity_follows_its_weights_not_its_tokenizer_files(tiny_model_dir, tmp_path):
+    import shutil
+
+    from tasks.train.modeling import load_classifier, load_tokenizer, save_model
+
+    same = shutil.copytree(tiny_model_dir, tmp_path / "same")
+    (same / "tokenizer_config.json").write_text((same / "tokenizer_config.json").read_text() + "\n")  # not a weight
+    model = load_classifier(tiny_model_dir)
+    with torch.no_grad():
+        model.classifier.bias.add_(1.0)
+    other = save_model(model, load_tokenizer(tiny_model_dir), tmp_path / "other")
+    base = teacher_cache.model_identity("s3://b/teacher", tiny_model_dir)["sha256"]
+    assert teacher_cache.model_identity("s3://b/teacher", same)["sha256"] == base
+    assert teacher_cache.model_identity("s3://b/teacher", other)["sha256"] != base
