@@ -23,15 +23,20 @@ student's training FLOPs only, not the teacher's forward pass):
 - ``distill_over_finetune``: the distill stage's training rows/s over the fine-tune stage's (issue 12, item 4: at
   least 1), both per sample, the distill side counting the teacher cache's one pass when it ran
   (``distill.samples_per_second_with_teacher_pass``; ``distill.teacher_cache`` says whether it did and why);
-- with ``--compare-teacher-cache``: ``teacher_cache_compare``, the distill stage once more with
-  ``student.teacher_cache`` off and once on (same teacher, rows and settings), their figures and
-  ``on_over_off``, the ratio of their rows/s with the pass counted.
+- with ``--compare-teacher-cache``: ``teacher_cache_compare``, the distill stage three times more (same teacher,
+  rows and settings): ``off``; ``on`` with the stored teacher cache deleted first, so it makes the pass and
+  stores it; ``on_reused``, a rerun that reads what ``on`` stored, as a retried pod does. Their figures
+  (``teacher_pass_seconds``, ``teacher_cache_reused``, ``teacher_cache_store_seconds``,
+  ``teacher_cache_read_seconds``), ``on_over_off`` (rows/s with the pass counted) and ``reuse_over_pass`` (what
+  reading the stored copy cost over what the pass and its store cost). ``--teacher-cache-store-max-mib`` sets
+  ``teacher_cache.STORE_MAX_BYTES`` for the run (gpu_measure.sh raises it so that the GPU measurement stores and
+  reads a cache with hidden states, the figures that size the limit).
 
     python bench/gpu_efficiency.py --rows 4000 --min-words 10                 # packaged MiniLM, spec settings
     python bench/gpu_efficiency.py --rows 4000 --set train.batch_size=256     # a GPU-sized batch
     python bench/gpu_efficiency.py --smoke                                    # tiny model on CPU, seconds
     python bench/gpu_efficiency.py --bert-base --rows 67349 --min-words 0     # BERT-base size, seq 128
-    python bench/gpu_efficiency.py --rows 4000 --compare-teacher-cache        # distill: teacher cache off vs on
+    python bench/gpu_efficiency.py --rows 4000 --compare-teacher-cache        # distill: teacher cache off, on, reused
 
 ``--bert-base``: a random-init BERT-base-size classifier (12 layers, 768 wide, 12 heads, the packaged MiniLM
 tokenizer) as ``model.base``, ``model.max_length`` 128, and train rows made of consecutive SST-2 sentences of one
@@ -177,11 +182,14 @@ def figures(result: dict, wall: float, mean_tokens: float, model, peak: float | 
     tokens = samples * mean_tokens
     flops = train_flops_per_token(model, mean_tokens)
     overhead = (result["eval_seconds"] or 0) + (result["checkpoint_seconds"] or 0)
-    # The teacher cache's pass runs before training, outside the stage's own rows/s: count it here.
+    # The teacher cache runs before training, outside the stage's own rows/s: count it here (the pass and the
+    # stored copy's write, or the stored copy's read on a rerun).
     busy = max(1e-9, (result["train_seconds"] or 0) - (result["eval_seconds"] or 0))
-    teacher_pass = result.get("teacher_pass_seconds") or 0.0
-    extra = ({"teacher_cache": result.get("teacher_cache"), "teacher_pass_seconds": result.get("teacher_pass_seconds"),
-              "samples_per_second_with_teacher_pass": round(samples * busy / (busy + teacher_pass), 2)}
+    cache_keys = ("teacher_pass_seconds", "teacher_cache_store_seconds", "teacher_cache_read_seconds")
+    before_training = sum(result.get(k) or 0.0 for k in cache_keys)
+    extra = ({"teacher_cache": result.get("teacher_cache"), "teacher_cache_reused": result.get("teacher_cache_reused"),
+              **{k: result.get(k) for k in cache_keys},
+              "samples_per_second_with_teacher_pass": round(samples * busy / (busy + before_training), 2)}
              if "teacher_cache" in result and result.get("teacher_cache") is not None else {})
     return {**extra, "samples_per_second": samples, "tokens_per_second": round(tokens, 1),
             "mfu": significant(tokens * flops / (peak * 1e12)) if peak else None,
@@ -203,7 +211,10 @@ def main() -> None:
     parser.add_argument("--ceiling-steps", type=int, default=40)
     parser.add_argument("--peak-tflops", type=float, help="the device's dense peak, for MFU where it is not known")
     parser.add_argument("--compare-teacher-cache", action="store_true",
-                        help="run the distill stage twice more, student.teacher_cache off and on, and compare")
+                        help="run the distill stage three times more, student.teacher_cache off, on (a fresh pass, "
+                             "stored) and on again (the stored copy reused), and compare")
+    parser.add_argument("--teacher-cache-store-max-mib", type=float, default=None,
+                        help="teacher_cache.STORE_MAX_BYTES for this run, in MiB (default: the module's)")
     args = parser.parse_args()
 
     import torch
@@ -212,6 +223,10 @@ def main() -> None:
     from tasks.train import modeling, training
 
     training.setup_logging()
+    if args.teacher_cache_store_max_mib is not None:
+        from tasks.train import teacher_cache
+
+        teacher_cache.STORE_MAX_BYTES = int(args.teacher_cache_store_max_mib * 2**20)
     work = Path(tempfile.mkdtemp(prefix="gpu-efficiency-"))
     overrides: dict = {}
     if args.smoke:
@@ -281,14 +296,26 @@ def main() -> None:
     distill_rate = out["distill"].get("samples_per_second_with_teacher_pass", out["distill"]["samples_per_second"])
     out["distill_over_finetune"] = round(distill_rate / out["samples_per_second"], 3)
     if args.compare_teacher_cache:
+        import shutil
+
+        from tasks import storage
+
         compare = {}
-        for setting in ("off", "on"):
-            cache_run = make_run(root, f"bench-teacher-cache-{setting}", {**overrides, "student.teacher_cache": setting})
+        for name, setting in (("off", "off"), ("on", "on"), ("on_reused", "on")):
+            if name == "on":  # a fresh pass: the stored copy the first distill run may have written goes (derived data)
+                shutil.rmtree(storage.local_path(storage.join(spec.layout.root, "cache", spec.layout.pipeline,
+                                                              "teacher")), ignore_errors=True)
+            cache_run = make_run(root, f"bench-teacher-cache-{name}", {**overrides, "student.teacher_cache": setting})
             result, wall = run_stage_here("distill", ["--run", cache_run, "--snapshot", snapshot, "--teacher",
                                                       teacher["model_uri"]], work / "scratch")
-            compare[setting] = figures(result, wall, mean_tokens, student_model, peak)
+            compare[name] = figures(result, wall, mean_tokens, student_model, peak)
         compare["on_over_off"] = round(compare["on"]["samples_per_second_with_teacher_pass"]
                                        / compare["off"]["samples_per_second_with_teacher_pass"], 3)
+        fresh, reused = compare["on"], compare["on_reused"]
+        compare["reuse_over_pass"] = (
+            round(reused["teacher_cache_read_seconds"]
+                  / max(1e-9, fresh["teacher_pass_seconds"] + (fresh["teacher_cache_store_seconds"] or 0)), 3)
+            if reused["teacher_cache_reused"] else None)  # None: nothing was stored (over STORE_MAX_BYTES)
         out["teacher_cache_compare"] = compare
     out.update(selection)
     out["student_dev_accuracy"] = dev_accuracy(student["model_uri"], args.dev_rows, spec.model.max_length)

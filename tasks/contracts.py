@@ -175,7 +175,11 @@ class TrainResult(Result):
     epochs: float | None = None  # epochs trained (train.epochs: auto derives them from the train rows)
     token_cache: str | None = None  # "hit": the tokenized splits came from the cache; "miss": tokenized here
     teacher_cache: str | None = None  # distill: "on: <rows, tokens, MiB>" or "off: <why>" (student.teacher_cache)
-    teacher_pass_seconds: float | None = None  # distill, teacher cache on: the teacher's one pass before training
+    teacher_pass_seconds: float | None = None  # distill, teacher cache on: the teacher's one pass before training (None when reused)
+    teacher_cache_reused: bool | None = None  # distill, teacher cache on: read from the stored cache (a retry)
+    teacher_cache_uri: str | None = None  # distill: the stored copy read or written (None: not stored)
+    teacher_cache_read_seconds: float | None = None  # distill, reused: listing, download, sha256 check, load
+    teacher_cache_store_seconds: float | None = None  # distill, stored here: save and upload
     stopped_at_epoch: float | None = None  # the epoch training ended at (early stopping, or all of epochs)
     selection: dict[str, Any] | None = None  # the rows evaluations during training scored (train.selection)
 

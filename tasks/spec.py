@@ -230,9 +230,10 @@ class StudentSpec(_Section):
         default_factory=list, description="CPU-serving exports of the student (published with it)")
     teacher_cache: Literal["auto", "on", "off"] = Field(
         "auto", description="Teacher outputs (logits, and the mapped hidden states when hidden_mse_weight > 0) from "
-                            "one pass over the train rows before training, in host memory, instead of a teacher "
-                            "forward pass per step: auto = on a CUDA GPU when epochs > GPUs and it fits the memory "
-                            "budget (docs/training.md), off on CPU; on = whenever it fits; off = the live teacher")
+                            "one pass over the train rows before training (sharded over the GPUs under torchrun), "
+                            "in host memory and stored for a retry, instead of a teacher forward pass per step: "
+                            "auto = on a CUDA GPU when epochs > 1 and it fits the memory budget (docs/training.md), "
+                            "off on CPU; on = whenever it fits; off = the live teacher")
 
 
 class DriftSpec(_Section):

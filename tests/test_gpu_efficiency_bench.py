@@ -1,6 +1,6 @@
 """bench/gpu_efficiency.py --smoke: the real stages and the bare-loop ceiling on a tiny model on CPU, one JSON line
 with every figure the GPU run reports (and, with --compare-teacher-cache, the distill stage with the teacher
-cache off and on)."""
+cache off, on and reused from storage)."""
 
 from __future__ import annotations
 
@@ -61,6 +61,14 @@ def test_smoke_run_reports_stage_and_ceiling_figures():
     assert on["samples_per_second_with_teacher_pass"] < on["samples_per_second"]
     assert out["teacher_cache_compare"]["on_over_off"] == pytest.approx(
         on["samples_per_second_with_teacher_pass"] / off["samples_per_second_with_teacher_pass"], abs=2e-3)
+    # The rerun reads the copy the "on" run stored (a retried pod would), and makes no pass.
+    reused = out["teacher_cache_compare"]["on_reused"]
+    assert on["teacher_cache_reused"] is False and on["teacher_cache_store_seconds"] is not None
+    assert reused["teacher_cache_reused"] is True and reused["teacher_pass_seconds"] is None
+    assert reused["teacher_cache_read_seconds"] > 0 and reused["global_step"] == on["global_step"]
+    assert out["teacher_cache_compare"]["reuse_over_pass"] == pytest.approx(
+        reused["teacher_cache_read_seconds"] / (on["teacher_pass_seconds"] + on["teacher_cache_store_seconds"]),
+        abs=2e-3)
 
 
 def test_bert_base_mode_runs_stage_and_ceiling_at_the_full_length():

@@ -145,15 +145,14 @@ def test_a_bf16_teacher_feeds_the_fp32_students_loss_live_and_cached(teacher, to
 
 def test_when_the_cache_is_used():
     fits = dict(need_bytes=10 * 2**20, budget_bytes=100 * 2**20)
-    assert teacher_cache.decide("auto", cuda=False, epochs=3, world_size=1, **fits) == (False, "auto: off on CPU")
-    assert teacher_cache.decide("auto", cuda=True, epochs=2, world_size=1, **fits)[0]
-    assert not teacher_cache.decide("auto", cuda=True, epochs=1, world_size=1, **fits)[0]
-    assert not teacher_cache.decide("auto", cuda=True, epochs=2, world_size=2, **fits)[0]  # a pass per process
-    assert teacher_cache.decide("on", cuda=False, epochs=1, world_size=1, **fits)[0]
-    assert not teacher_cache.decide("off", cuda=True, epochs=5, world_size=1, **fits)[0]
+    assert teacher_cache.decide("auto", cuda=False, epochs=3, **fits) == (False, "auto: off on CPU")
+    assert teacher_cache.decide("auto", cuda=True, epochs=2, **fits)[0]
+    assert not teacher_cache.decide("auto", cuda=True, epochs=1, **fits)[0]  # the pass costs about one epoch
+    assert teacher_cache.decide("on", cuda=False, epochs=1, **fits)[0]
+    assert not teacher_cache.decide("off", cuda=True, epochs=5, **fits)[0]
     too_big = dict(need_bytes=200 * 2**20, budget_bytes=100 * 2**20)
     for setting in ("auto", "on"):
-        use, why = teacher_cache.decide(setting, cuda=True, epochs=3, world_size=1, **too_big)
+        use, why = teacher_cache.decide(setting, cuda=True, epochs=3, **too_big)
         assert not use and why.startswith("does not fit: 200.0 MiB of a 100 MiB budget")
     # tokens x layers x hidden x 2 bytes (bf16), plus the logits: full SST-2 with MiniLM's 3 mapped layers.
     assert teacher_cache.estimate_bytes(67_349 * 13, 67_349, 3, 384, 2, 2) == pytest.approx(2.02e9, rel=0.01)
@@ -204,8 +203,9 @@ def test_the_distill_stage_trains_on_cached_teacher_outputs(tmp_path, tiny_model
 def test_a_crashed_distill_with_the_cache_resumes_to_the_uninterrupted_student(tmp_path, tiny_model_dir,
                                                                                 monkeypatch):
     """Distill with teacher_cache: on dies on its 12th training batch; the retry (a fresh scratch folder, as a new
-    pod) makes the teacher pass again, resumes from the step-10 checkpoint in storage, and ends with the weights
-    of a run that was never interrupted, bit for bit (CPU, same seed)."""
+    pod) reads the teacher outputs the crashed attempt stored instead of making the pass again, resumes from the
+    step-10 checkpoint in storage, and ends with the weights of a run that was never interrupted and made its own
+    pass (in another store), bit for bit (CPU, same seed)."""
     from safetensors.torch import load_file
 
     from tasks.train import distill, finetune
@@ -226,8 +226,11 @@ def test_a_crashed_distill_with_the_cache_resumes_to_the_uninterrupted_student(t
         assert distill.main(["--run", run, "--snapshot", snapshot, "--teacher", teacher_uri]) == 0
         return storage.read_json(storage.join(run, "distill", "result.json"))
 
-    reference = distill_in(make_run(root, "uninterrupted", settings), "scratch-ref")
+    # The uninterrupted run in a store of its own: its teacher cache is its own pass, not the crashed run's.
+    reference = distill_in(make_run(storage.normalize(str(tmp_path / "store-ref")), "uninterrupted", settings),
+                           "scratch-ref")
     assert reference["resumed_from_step"] == 0 and reference["global_step"] > 12
+    assert reference["teacher_cache_reused"] is False and reference["teacher_pass_seconds"] > 0
 
     real_call = teacher_cache.CachedTeacherCollator.__call__
     train_batches = []
@@ -244,10 +247,127 @@ def test_a_crashed_distill_with_the_cache_resumes_to_the_uninterrupted_student(t
     with pytest.raises(RuntimeError, match="simulated crash"):
         distill_in(crashed, "scratch-crash")
     assert not storage.exists(storage.join(crashed, "distill", "result.json"))
+    stored = storage.list_objects(storage.join(root, "cache", "sst2", "teacher"))
+    assert [o.uri.rsplit("/", 1)[-1] for o in stored] == ["manifest.json", "outputs.safetensors"]
     monkeypatch.setattr(teacher_cache.CachedTeacherCollator, "__call__", real_call)
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the retry ran the teacher pass again")
+
+    monkeypatch.setattr(teacher_cache, "compute", no_pass)
     retry = distill_in(crashed, "scratch-retry")
+    assert retry["teacher_cache_reused"] is True and retry["teacher_pass_seconds"] is None
+    assert retry["teacher_cache_uri"] == stored[0].uri.rsplit("/", 1)[0]
     assert retry["resumed_from_step"] == 10 and retry["global_step"] == reference["global_step"]
     assert retry["metrics"] == reference["metrics"]
     got = load_file(str(storage.local_path(retry["model_uri"]) / "model.safetensors"))
     want = load_file(str(storage.local_path(reference["model_uri"]) / "model.safetensors"))
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_the_train_rows_are_read_once_as_they_are_in_the_split(train_set):
+    """read_rows: one Arrow read per input column gives every row's token ids, lengths and fingerprints, also for
+    a ``select``-ed split (an index mapping over the Arrow table)."""
+    for split in (train_set, train_set.select([7, 3, 30, 0])):
+        rows = teacher_cache.read_rows(split)
+        want = [list(ids) for ids in split["input_ids"]]
+        assert len(rows) == len(split) and rows.tokens == sum(len(ids) for ids in want)
+        assert [f["input_ids"] for f in rows.features(range(len(rows)))] == want
+        assert set(rows.columns) == {"input_ids", "token_type_ids", "attention_mask"}
+        assert rows.crc.tolist() == [teacher_cache.row_crc(ids) for ids in want]
+    assert teacher_cache.read_rows(train_set.select([1, 2])).sha256 != teacher_cache.read_rows(
+        train_set.select([2, 1])).sha256
+
+
+def _fields(teacher_dir, rows, layers):
+    return teacher_cache.key_fields(teacher=teacher_cache.model_identity(str(teacher_dir), teacher_dir),
+                                    snapshot_id="snap-1", rows=rows, layers=layers, dtype="float32", max_length=48,
+                                    classes=2)
+
+
+def test_the_stored_cache_is_reused_verified_and_rebuilt_never_replaced(teacher, tokenizer, train_set, tmp_path,
+                                                                       tiny_model_dir, monkeypatch, capsys):
+    rows, layers = teacher_cache.read_rows(train_set), [2, 4]
+    store = storage.normalize(str(tmp_path / "store"))
+
+    def get(rows=rows, layers=layers):
+        return teacher_cache.stored_or_computed(teacher, rows, tokenizer, cache_uri=store,
+                                                fields=_fields(tiny_model_dir, rows, layers), layers=layers,
+                                                batch_size=8, device=torch.device("cpu"))
+
+    first = get()
+    assert not first.reused and first.uri and first.seconds > 0
+    second = get()  # a retry: the stored copy, bit for bit, and no pass
+    assert second.reused and second.uri == first.uri and second.seconds == 0
+    assert torch.equal(second.logits, first.logits) and torch.equal(second.hidden, first.hidden)
+    assert second.hidden.dtype == first.hidden.dtype and np.array_equal(second.offsets, first.offsets)
+
+    # A partial upload (outputs without a manifest) is ignored; a corrupt copy (same size, one byte changed) is
+    # skipped, the pass runs again and its outputs go to a new attempt; the corrupt file stays as it was.
+    outputs_uri = storage.join(first.uri, "outputs.safetensors")
+    corrupt = bytearray(storage.read_bytes(outputs_uri))
+    corrupt[-5] ^= 0xFF
+    stored_path = storage.local_path(outputs_uri)
+    stored_path.chmod(0o644)
+    stored_path.write_bytes(bytes(corrupt))
+    partial = storage.join(storage.parent(first.uri), "00000000T000000Z-partial")
+    storage.write_bytes(storage.join(partial, "outputs.safetensors"), b"cut short")
+    capsys.readouterr()
+    rebuilt = get()
+    assert f"teacher cache: skipping {first.uri}: CacheCorrupt" in capsys.readouterr().out
+    assert not rebuilt.reused and rebuilt.uri not in (first.uri, partial)
+    assert torch.equal(rebuilt.logits, first.logits)
+    assert storage.read_bytes(outputs_uri) == bytes(corrupt)
+    assert get().uri == rebuilt.uri  # the good copy is read from now on
+
+    # The key follows the rows and the mapped layers: other rows or layers make their own pass.
+    fewer = teacher_cache.read_rows(train_set.select(range(20)))
+    assert not get(rows=fewer).reused and not get(layers=[4]).reused
+    assert get(layers=[4]).hidden.shape[0] == 1
+    logits_only = get(layers=[])
+    assert logits_only.hidden is None and not logits_only.reused and get(layers=[]).reused
+
+    # Over STORE_MAX_BYTES the outputs stay in memory: nothing stored, a retry makes the pass again.
+    monkeypatch.setattr(teacher_cache, "STORE_MAX_BYTES", 1024)
+    big = teacher_cache.read_rows(train_set.select(range(30)))
+    capsys.readouterr()
+    assert get(rows=big).uri is None and not get(rows=big).reused
+    assert "teacher cache not stored:" in capsys.readouterr().out
+
+
+def test_the_stored_cache_on_s3_is_read_back_in_bf16(s3_env, teacher, tokenizer, train_set, tiny_model_dir):
+    """On S3 (moto over HTTP), with a bf16 teacher as a GPU runs it: the copy is written create-only, its manifest
+    last, and read back with the same bf16 hidden states."""
+    import copy
+
+    rows, layers = teacher_cache.read_rows(train_set), [2]
+    bf16 = copy.deepcopy(teacher).to(torch.bfloat16)
+    fields = {**_fields(tiny_model_dir, rows, layers), "dtype": "bfloat16"}
+    cache = storage.join(s3_env, "cache", "sst2", "teacher")
+
+    def get():
+        return teacher_cache.stored_or_computed(bf16, rows, tokenizer, cache_uri=cache, fields=fields, layers=layers,
+                                                batch_size=16, device=torch.device("cpu"))
+
+    first, second = get(), get()
+    assert first.uri.startswith(cache + "/") and not first.reused
+    assert second.reused and second.uri == first.uri and second.hidden.dtype == torch.bfloat16
+    assert torch.equal(second.hidden, first.hidden) and torch.equal(second.logits, first.logits)
+    names = sorted(o.uri.rsplit("/", 1)[-1] for o in storage.list_objects(cache))
+    assert names == ["manifest.json", "outputs.safetensors"]
+
+
+def test_the_teachers_identity_follows_its_weights_not_its_tokenizer_files(tiny_model_dir, tmp_path):
+    import shutil
+
+    from tasks.train.modeling import load_classifier, load_tokenizer, save_model
+
+    same = shutil.copytree(tiny_model_dir, tmp_path / "same")
+    (same / "tokenizer_config.json").write_text((same / "tokenizer_config.json").read_text() + "\n")  # not a weight
+    model = load_classifier(tiny_model_dir)
+    with torch.no_grad():
+        model.classifier.bias.add_(1.0)
+    other = save_model(model, load_tokenizer(tiny_model_dir), tmp_path / "other")
+    base = teacher_cache.model_identity("s3://b/teacher", tiny_model_dir)["sha256"]
+    assert teacher_cache.model_identity("s3://b/teacher", same)["sha256"] == base
+    assert teacher_cache.model_identity("s3://b/teacher", other)["sha256"] != base

@@ -202,42 +202,57 @@ def recipe(spec, args: DistillArgs) -> Recipe:
         trainer_kwargs=dict(teacher=teacher, alpha=st.alpha, temperature=st.temperature,
                             hidden_weight=st.hidden_mse_weight, mapping=mapping),
         exports=st.export,
-        prepare=lambda train_set, **plan: with_teacher_cache(spec, teacher, mapping, train_set, **plan),
+        prepare=lambda train_set, **plan: with_teacher_cache(spec, teacher, teacher_uri, teacher_dir, mapping,
+                                                             args.snapshot, train_set, **plan),
         result=dict(teacher_uri=teacher_uri, student_layers=st.layers, layer_map=mapping),
         note=f"student: {st.layers} of {teacher.config.num_hidden_layers} teacher layers {mapping}",
     )
 
 
-def with_teacher_cache(spec, teacher, mapping: list[int], train_set, *, epochs: float, batch_size: int,
-                       world_size: int, tokenizer) -> Prepared:
-    """``student.teacher_cache``: the teacher's outputs over the train rows from one pass, when ``decide`` says
-    so; the train split then carries ``row_index`` for the collator to find them."""
+def with_teacher_cache(spec, teacher, teacher_uri: str, teacher_dir, mapping: list[int], snapshot_uri: str,
+                       train_set, *, epochs: float, batch_size: int, world_size: int, tokenizer) -> Prepared:
+    """``student.teacher_cache``: the teacher's outputs over the train rows, from the stored cache or one (sharded)
+    pass, when ``decide`` says so; the train split then carries ``row_index`` for the collator to find them."""
     import os
 
-    from tasks.train import teacher_cache
+    from tasks.train import teacher_cache, token_cache
 
     st = spec.student
     cuda = torch.cuda.is_available()
     layers = [t for _, t in hidden_pairs(mapping)] if st.hidden_mse_weight > 0 else []
-    tokens = sum(len(ids) for ids in train_set["input_ids"])
+    rows = teacher_cache.read_rows(train_set)  # the one read of the train rows' token ids
     bf16 = cuda and torch.cuda.is_bf16_supported()
-    need = teacher_cache.estimate_bytes(tokens, len(train_set), len(layers), teacher.config.hidden_size,
+    need = teacher_cache.estimate_bytes(rows.tokens, len(rows), len(layers), teacher.config.hidden_size,
                                         teacher.config.num_labels, value_bytes=2 if bf16 else 4)
     budget = teacher_cache.memory_budget_bytes(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    use, why = teacher_cache.decide(st.teacher_cache, cuda=cuda, epochs=epochs, world_size=world_size,
-                                    need_bytes=need, budget_bytes=budget)
+    use, why = teacher_cache.decide(st.teacher_cache, cuda=cuda, epochs=epochs, need_bytes=need, budget_bytes=budget)
     if not use:
         print(f"[{STAGE}] teacher cache off ({why}): the live teacher runs on every batch", flush=True)
         return Prepared(train_set, result={"teacher_cache": f"off: {why}"})
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
-    outputs = teacher_cache.compute(teacher_cache.for_device(teacher, device), train_set, tokenizer, layers=layers,
-                                    batch_size=max(64, 2 * batch_size), device=device)
-    summary = (f"on: {len(train_set)} rows, {tokens} tokens, {len(layers)} hidden layers, "
+    on_device = teacher_cache.for_device(teacher, device)
+    fields = teacher_cache.key_fields(
+        teacher=teacher_cache.model_identity(teacher_uri, teacher_dir),
+        snapshot_id=token_cache.snapshot_identity(snapshot_uri)["id"], rows=rows, layers=layers,
+        dtype=str(next(on_device.parameters()).dtype).removeprefix("torch."), max_length=spec.model.max_length,
+        classes=teacher.config.num_labels)
+    outputs = teacher_cache.stored_or_computed(
+        on_device, rows, tokenizer, cache_uri=storage.join(spec.layout.root, "cache", spec.layout.pipeline, "teacher"),
+        fields=fields, layers=layers, batch_size=max(64, 2 * batch_size), device=device, stage=STAGE)
+    where = (f"read from {outputs.uri} in {outputs.io_seconds:.1f}s" if outputs.reused else
+             f"one pass in {outputs.seconds:.1f}s ({len(outputs.rows_computed)} rows on this process of {world_size})"
+             + (f", stored to {outputs.uri} in {outputs.io_seconds:.1f}s" if outputs.uri else ""))
+    summary = (f"on: {len(rows)} rows, {rows.tokens} tokens, {len(layers)} hidden layers, "
                f"{outputs.nbytes / 2**20:.1f} MiB in host memory ({why})")
-    print(f"[{STAGE}] teacher cache {summary}; one pass in {outputs.seconds:.1f}s", flush=True)
-    return Prepared(train_set.add_column("row_index", list(range(len(train_set)))),
+    print(f"[{STAGE}] teacher cache {summary}; {where}", flush=True)
+    return Prepared(train_set.add_column("row_index", list(range(len(rows)))),
                     trainer_kwargs={"teacher_outputs": outputs},
-                    result={"teacher_cache": summary, "teacher_pass_seconds": round(outputs.seconds, 2)})
+                    result={"teacher_cache": summary, "teacher_cache_reused": outputs.reused,
+                            "teacher_cache_uri": outputs.uri,
+                            "teacher_pass_seconds": None if outputs.reused else round(outputs.seconds, 2),
+                            "teacher_cache_read_seconds": round(outputs.io_seconds, 3) if outputs.reused else None,
+                            "teacher_cache_store_seconds": (round(outputs.io_seconds, 3)
+                                                            if outputs.uri and not outputs.reused else None)})
 
 
 def main(argv: list[str]) -> int:
