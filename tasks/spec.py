@@ -480,6 +480,8 @@ class Layout:
     checkpoints = property(lambda self: self._at("checkpoints", self.pipeline), doc="Training scratch (deletable)")
     token_cache = property(lambda self: self._at("cache", self.pipeline, "tokens"),
                            doc="Tokenized snapshot splits, one folder per key (derived data, deletable)")
+    teacher_cache = property(lambda self: self._at("cache", self.pipeline, "teacher"),
+                             doc="The distill teacher's outputs, one folder per key (derived data, deletable)")
 
     def run(self, run_key: str) -> str:
         return self._at("runs", self.pipeline, run_key)

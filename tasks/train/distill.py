@@ -203,19 +203,19 @@ def recipe(spec, args: DistillArgs) -> Recipe:
                             hidden_weight=st.hidden_mse_weight, mapping=mapping),
         exports=st.export,
         prepare=lambda train_set, **plan: with_teacher_cache(spec, teacher, teacher_uri, teacher_dir, mapping,
-                                                             args.snapshot, train_set, **plan),
+                                                             train_set, **plan),
         result=dict(teacher_uri=teacher_uri, student_layers=st.layers, layer_map=mapping),
         note=f"student: {st.layers} of {teacher.config.num_hidden_layers} teacher layers {mapping}",
     )
 
 
-def with_teacher_cache(spec, teacher, teacher_uri: str, teacher_dir, mapping: list[int], snapshot_uri: str,
-                       train_set, *, epochs: float, batch_size: int, world_size: int, tokenizer) -> Prepared:
+def with_teacher_cache(spec, teacher, teacher_uri: str, teacher_dir, mapping: list[int], train_set, *,
+                       epochs: float, batch_size: int, world_size: int, tokenizer, snapshot) -> Prepared:
     """``student.teacher_cache``: the teacher's outputs over the train rows, from the stored cache or one (sharded)
     pass, when ``decide`` says so; the train split then carries ``row_index`` for the collator to find them."""
     import os
 
-    from tasks.train import teacher_cache, token_cache
+    from tasks.train import teacher_cache
 
     st = spec.student
     cuda = torch.cuda.is_available()
@@ -233,11 +233,11 @@ def with_teacher_cache(spec, teacher, teacher_uri: str, teacher_dir, mapping: li
     on_device = teacher_cache.for_device(teacher, device)
     fields = teacher_cache.key_fields(
         teacher=teacher_cache.model_identity(teacher_uri, teacher_dir),
-        snapshot_id=token_cache.snapshot_identity(snapshot_uri)["id"], rows=rows, layers=layers,
+        snapshot_id=snapshot.id, rows=rows, layers=layers,
         dtype=str(next(on_device.parameters()).dtype).removeprefix("torch."), max_length=spec.model.max_length,
         classes=teacher.config.num_labels)
     outputs = teacher_cache.stored_or_computed(
-        on_device, rows, tokenizer, cache_uri=storage.join(spec.layout.root, "cache", spec.layout.pipeline, "teacher"),
+        on_device, rows, tokenizer, cache_uri=spec.layout.teacher_cache,
         fields=fields, layers=layers, batch_size=max(64, 2 * batch_size), device=device, stage=STAGE)
     where = (f"read from {outputs.uri} in {outputs.io_seconds:.1f}s" if outputs.reused else
              f"one pass in {outputs.seconds:.1f}s ({len(outputs.rows_computed)} rows on this process of {world_size})"

@@ -48,7 +48,8 @@ class Recipe:
     note: str = ""  # one line for the log
     learning_rate_source: str = "spec"  # "spec", "champion <version>" (its recorded rate); "search" is the runner's
     # Called with the tokenized train split once the batch is planned (distill: the teacher cache), as
-    # prepare(train_set, epochs=, batch_size=, world_size=, tokenizer=) -> Prepared.
+    # prepare(train_set, epochs=, batch_size=, world_size=, tokenizer=, snapshot=) -> Prepared (snapshot: the
+    # token_cache.SnapshotIdentity the runner read).
     prepare: Callable[..., "Prepared"] | None = None
 
 
@@ -118,7 +119,7 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
         checkpoint_steps=hp.checkpoint_steps, gpu_batch_size=recipe.gpu_batch_size, lr_scaling=hp.gpu_lr_scaling,
         max_length=spec.model.max_length, train_rows=len(train_set), total_memory_bytes=training.cuda_memory_bytes())
     prepared = (recipe.prepare(train_set, epochs=epochs, batch_size=plan.batch_size, world_size=world_size,
-                               tokenizer=tokenizer) if recipe.prepare else Prepared(train_set))
+                               tokenizer=tokenizer, snapshot=snapshot) if recipe.prepare else Prepared(train_set))
     targs = training.training_arguments(
         paths.scratch, epochs=epochs, batch_size=plan.batch_size, learning_rate=plan.learning_rate,
         weight_decay=hp.weight_decay, warmup_ratio=hp.warmup_ratio,
