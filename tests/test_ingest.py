@@ -327,7 +327,7 @@ def test_concurrent_ingests_cannot_both_move_latest(tmp_path, monkeypatch):
     seen = snapshots.read_latest(spec.layout.snapshots)
     other = run_ingest(spec)  # the other run commits first
     a = next(o for o in storage.list_objects(spec.layout.landing) if o.uri.endswith("/a.tsv"))
-    monkeypatch.setattr(snapshots, "processed_files", lambda s: {("a.tsv", a.etag, a.size)})
+    monkeypatch.setattr(snapshots, "processed_files", lambda s: [{"key": "a.tsv", "etag": a.etag, "size": a.size}])
     monkeypatch.setattr(snapshots, "read_latest", StaleFirstRead(seen))
     same = run_ingest(spec)  # same files on the same parent: the same snapshot, so this run ends unchanged
     assert same["changed"] is False and same["snapshot_id"] == other["snapshot_id"] != base["snapshot_id"]

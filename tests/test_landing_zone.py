@@ -265,3 +265,28 @@ def test_counts_add_up_in_a_mixed_batch(tmp_path):
     second = run_ingest(spec)
     assert (second["rows_read"], second["new_rows"], second["duplicates_removed"]) == (25, 20, 5)
     assert_counts_add_up(second)
+
+
+def test_recorded_local_files_are_not_read_again_unless_name_size_or_mtime_changed(tmp_path, monkeypatch):
+    """A local landing folder's file is read (MD5) once: later ingests take the batch record's ETag for a file
+    whose key, size and mtime are unchanged (rsync's quick check). A touched file is read again and, with the same
+    content, is still processed; a grown file is new."""
+    spec, folder = local_spec(tmp_path)
+    write(folder, b"a.tsv", tsv_bytes(read_sst2("train", limit=20)))
+    write(folder, b"b.tsv", tsv_bytes(read_sst2("train", limit=20, offset=20)))
+    first = run_ingest(spec)
+    assert sorted(first["files_ingested"]) == ["a.tsv", "b.tsv"]
+
+    hashed = []
+    real_digest = landing.hashlib.file_digest
+    monkeypatch.setattr(landing.hashlib, "file_digest", lambda fh, algo: hashed.append(fh.name) or real_digest(fh, algo))
+    assert run_ingest(spec)["changed"] is False and hashed == []  # nothing read to tell that nothing is new
+
+    path_b = os.path.join(folder, b"b.tsv")
+    os.utime(path_b, ns=(os.stat(path_b).st_atime_ns, os.stat(path_b).st_mtime_ns + 5_000_000_000))  # touched
+    assert run_ingest(spec)["changed"] is False and len(hashed) == 1  # b read once: same content, processed
+
+    with open(os.path.join(folder, b"a.tsv"), "ab") as fh:
+        fh.write(tsv_bytes(read_sst2("train", limit=5, offset=40)).split(b"\n", 1)[1])
+    grown = run_ingest(spec)
+    assert grown["files_ingested"] == ["a.tsv"] and grown["new_rows"] == 5

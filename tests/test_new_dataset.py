@@ -157,8 +157,8 @@ def test_a_file_still_being_written_is_not_ingested_until_it_is_complete(tmp_pat
     path = storage.local_path(storage.join(spec.layout.landing, "growing.tsv"))
     real_listing = landing.list_landing
 
-    def listing_then_the_writer_goes_on(uri):
-        listed = real_listing(uri)
+    def listing_then_the_writer_goes_on(uri, known=None):
+        listed = real_listing(uri, known)
         with open(path, "ab") as fh:  # the producer writes on after the ingest listed the file
             fh.write(b" Positive\n")
         return listed

@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import stat as stat_mod
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
@@ -120,11 +121,12 @@ def skipped(name: str, is_file: bool = True) -> bool:
 # ---------------------------------------------------------------- listing
 
 
-def list_landing(landing_uri: str) -> list[LandingFile]:
+def list_landing(landing_uri: str, known: dict[tuple[str, int, float], str] | None = None) -> list[LandingFile]:
     """Every entry under the landing URI that ingest should look at (regular files and the entries it reports),
-    sorted by key."""
+    sorted by key. ``known`` (local folders): ETags by (key, size, mtime) of files already recorded, which are
+    not read again (``quick_check``)."""
     skips: list[str] = []
-    found = _list_s3(landing_uri, skips) if storage.is_s3(landing_uri) else _list_local(landing_uri, skips)
+    found = _list_s3(landing_uri, skips) if storage.is_s3(landing_uri) else _list_local(landing_uri, skips, known or {})
     if skips:
         log.info("skipped %d landing entr%s that are not data (hidden, markers, uploads in progress): %s%s",
                  len(skips), "y" if len(skips) == 1 else "ies", ", ".join(skips[:10]), " ..." if len(skips) > 10 else "")
@@ -146,16 +148,17 @@ def _list_s3(landing_uri: str, skips: list[str]) -> list[LandingFile]:
     return sorted(out, key=lambda f: f.key)
 
 
-def _list_local(landing_uri: str, skips: list[str]) -> list[LandingFile]:
+def _list_local(landing_uri: str, skips: list[str], known: dict[tuple[str, int, float], str]) -> list[LandingFile]:
     root = os.fsencode(str(storage.local_path(landing_uri)))
     if not os.path.isdir(root):
         return []
     out: list[LandingFile] = []
-    _walk(root, b"", out, depth=0, skips=skips)
+    _walk(root, b"", out, depth=0, skips=skips, known=known)
     return sorted(out, key=lambda f: f.key)
 
 
-def _walk(root: bytes, rel: bytes, out: list[LandingFile], depth: int, skips: list[str]) -> None:
+def _walk(root: bytes, rel: bytes, out: list[LandingFile], depth: int, skips: list[str],
+          known: dict[tuple[str, int, float], str]) -> None:
     folder = os.path.join(root, rel) if rel else root
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
@@ -179,7 +182,7 @@ def _walk(root: bytes, rel: bytes, out: list[LandingFile], depth: int, skips: li
             if depth >= MAX_DEPTH:
                 log.warning("landing folder %s is nested deeper than %d levels; not walked", key, MAX_DEPTH)
                 continue
-            _walk(root, rel_path, out, depth + 1, skips)
+            _walk(root, rel_path, out, depth + 1, skips, known)
             continue
         if skipped(name, True):
             skips.append(key)
@@ -190,6 +193,8 @@ def _walk(root: bytes, rel: bytes, out: list[LandingFile], depth: int, skips: li
             kind = _kind(st.st_mode)
             out.append(LandingFile(key, f"{kind}-{st.st_ino}", 0, st.st_mtime, entry.path, NOT_REGULAR,
                                    f"a {kind}, not a regular file; not opened"))
+        elif (etag := known.get((key, st.st_size, st.st_mtime))) is not None:
+            out.append(LandingFile(key, etag, st.st_size, st.st_mtime, entry.path))  # recorded: not read again
         else:
             out.append(_regular(root, entry.path, key, st))
 
@@ -308,6 +313,26 @@ def open_file(landing_uri: str, f: LandingFile, tmp_dir: str) -> Iterator[Binary
         os.unlink(path)
 
 
-def new_files(landing_uri: str, processed: set[tuple[str, str, int]]) -> list[LandingFile]:
-    """The landing entries whose identity (key + ETag + size) no committed batch holds."""
-    return [f for f in list_landing(landing_uri) if f.identity not in processed]
+_MD5 = re.compile(r"[0-9a-f]{32}")
+
+
+def quick_check(processed: list[dict]) -> dict[tuple[str, int, float], str]:
+    """The recorded ETag of each processed file by (key, size, mtime), so that a local landing folder is not read
+    whole on every ingest (S3 lists ETags for free; a local file's MD5 means reading it). This is rsync's quick
+    check: a file whose name, size and mtime are all unchanged is taken as unchanged. Content rewritten in place
+    at the same size with its mtime set back would not be seen (docs/data.md). Only MD5 ETags of regular files
+    count, and a (key, size, mtime) recorded with two ETags is read again."""
+    seen: dict[tuple[str, int, float], str | None] = {}
+    for f in processed:
+        if f.get("mtime") is None or not _MD5.fullmatch(str(f["etag"])):
+            continue
+        key = (f["key"], int(f["size"]), float(f["mtime"]))
+        seen[key] = f["etag"] if seen.get(key, f["etag"]) == f["etag"] else None
+    return {key: etag for key, etag in seen.items() if etag is not None}
+
+
+def new_files(landing_uri: str, processed: list[dict]) -> list[LandingFile]:
+    """The landing entries whose identity (key + ETag + size) no committed batch holds; ``processed``: the batch
+    records' file entries (``snapshots.processed_files``)."""
+    done = {(f["key"], f["etag"], int(f["size"])) for f in processed}
+    return [f for f in list_landing(landing_uri, quick_check(processed)) if f.identity not in done]

@@ -174,14 +174,13 @@ def batch_records_uri(snapshots_uri: str) -> str:
     return storage.join(snapshots_uri, "batches")
 
 
-def processed_files(snapshots_uri: str) -> set[tuple[str, str, int]]:
-    """Identities (key, ETag, size) of every landing file a committed batch holds, from the batch records."""
-    done: set[tuple[str, str, int]] = set()
+def processed_files(snapshots_uri: str) -> list[dict[str, Any]]:
+    """What the batch records keep of every landing file a committed batch holds: key, ETag, size, mtime."""
+    files: list[dict[str, Any]] = []
     for obj in storage.list_objects(batch_records_uri(snapshots_uri)):
         if obj.uri.endswith(".json"):
-            for f in storage.read_json(obj.uri).get("files", []):
-                done.add((f["key"], f["etag"], int(f["size"])))
-    return done
+            files.extend(storage.read_json(obj.uri).get("files", []))
+    return files
 
 
 def record_batch(snapshots_uri: str, batch_id: str, files: list[dict[str, Any]], snapshot_id: str,
