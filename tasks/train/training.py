@@ -478,7 +478,7 @@ def stage_trainer_class(trainer_cls):
             # Buckets of the rows of one optimizer step (per-device batch x processes x accumulation steps):
             # accelerate hands rank r every r-th per-device slice, and accumulation takes consecutive ones, so the
             # batches are the same for any split of the same effective batch.
-            lengths = [len(ids) for ids in dataset["input_ids"]]
+            lengths = token_counts(dataset)
             rows_per_step = self.args.train_batch_size * self.args.world_size * self.args.gradient_accumulation_steps
             return LengthBucketSampler(lengths, rows_per_step,
                                        seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
@@ -495,6 +495,16 @@ def stage_trainer_class(trainer_cls):
 
     StageTrainer.__name__ = StageTrainer.__qualname__ = trainer_cls.__name__
     return StageTrainer
+
+
+
+def token_counts(dataset) -> list[int]:
+    """Each row's number of tokens, from the Arrow column (a Python list of every row's ids would cost a read of
+    the whole split into objects); a ``select``-ed split gives its selected rows."""
+    import pyarrow.compute as pc
+
+    column = dataset.select_columns(["input_ids"]).with_format("arrow")["input_ids"]
+    return pc.list_value_length(column).to_numpy(zero_copy_only=False).tolist()
 
 
 # ---------------------------------------------------------------- callbacks
