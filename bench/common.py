@@ -117,6 +117,22 @@ def run_stage(args: list[str], env: dict[str, str] | None = None, timeout: float
     return subprocess.CompletedProcess(proc.args, proc.returncode, Path(log).read_text(), "")
 
 
+def run_stage_torchrun(spec, stage: str, args: list[str], gpus: int, logs: Path, env: dict[str, str],
+                       timeout: float) -> tuple[subprocess.CompletedProcess, dict[int, str]]:
+    """The stage as the pod runs it with ``stages.<stage>.gpus: gpus`` (the stage factory's torchrun command,
+    through this interpreter), each rank's output kept under ``logs``: (the process, {rank: its stdout})."""
+    from stage_factory import stage_command
+    from tasks.spec import with_overrides
+
+    cmds, stage_args = stage_command(with_overrides(spec, {f"stages.{stage}.gpus": gpus}), stage, args)
+    assert cmds[0] == "torchrun" and f"--nproc_per_node={gpus}" in cmds, cmds
+    torchrun = [sys.executable, "-m", "torch.distributed.run", *cmds[1:-3], "--log-dir", str(logs),
+                "--redirects", "3", *cmds[-3:], *stage_args]
+    proc = subprocess.run(torchrun, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    stdout = {rank: next(logs.rglob(f"attempt_0/{rank}/stdout.log")).read_text() for rank in range(gpus)}
+    return proc, stdout
+
+
 def stage_result(stdout: str) -> dict[str, Any]:
     """The result JSON a stage printed (``RESULT {...}``)."""
     return json.loads(stdout.split("RESULT ", 1)[1].splitlines()[0])

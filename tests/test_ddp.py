@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import ROOT, holdout_of, make_run, read_tsv, run_stage, stage_result, write_snapshot
+from bench.common import (
+    ROOT, holdout_of, make_run, read_tsv, run_stage, run_stage_torchrun, stage_result, write_snapshot,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -82,17 +84,8 @@ def test_two_processes_share_the_batches_and_rank0_alone_writes(tmp_path, tiny_w
            "RETRAIN_SCRATCH_DIR": str(tmp_path / "scratch-2"), training.ROWS_SEEN_ENV: str(seen)}
     # The very command the stage factory gives a 2-GPU pod, with torchrun run from this interpreter and its
     # per-rank logs kept for the assertions below.
-    from stage_factory import stage_command
-    from tasks.spec import with_overrides
-
-    cmds, args = stage_command(with_overrides(load_spec(storage.join(ddp_run, "spec.json")),
-                                              {"stages.finetune.gpus": 2}),
-                               "finetune", ["--run", ddp_run, "--snapshot", snapshot])
-    assert cmds[0] == "torchrun" and "--nproc_per_node=2" in cmds
-    torchrun = [sys.executable, "-m", "torch.distributed.run", *cmds[1:-3], "--log-dir", str(logs),
-                "--redirects", "3", *cmds[-3:], *args]
-    proc = subprocess.run(torchrun, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    stdout = {rank: next(logs.rglob(f"attempt_0/{rank}/stdout.log")).read_text() for rank in (0, 1)}
+    proc, stdout = run_stage_torchrun(load_spec(storage.join(ddp_run, "spec.json")), "finetune",
+                                      ["--run", ddp_run, "--snapshot", snapshot], 2, logs, env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:] + stdout[0][-2000:]
 
     # Rank 0 alone uploaded checkpoints and wrote the result; rank 1 trained in silence.

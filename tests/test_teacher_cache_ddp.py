@@ -132,9 +132,8 @@ def test_the_distill_stage_under_torchrun_shares_the_pass_and_stores_it_once(tmp
     """The very command the stage factory gives a 2-GPU distill pod, on CPU: each rank makes half the pass, both
     train on the full cache (DDP set up by the pass, then used by the Trainer), rank 0 stores it and writes the
     result; a single-process rerun reads the stored copy."""
-    from bench.common import make_run, run_stage, stage_result, write_snapshot
-    from stage_factory import stage_command
-    from tasks.spec import load_spec, with_overrides
+    from bench.common import make_run, run_stage, run_stage_torchrun, stage_result, write_snapshot
+    from tasks.spec import load_spec
 
     root = storage.normalize(str(tmp_path / "store"))
     snapshot = write_snapshot(root, "sst2", read_tsv("train", limit=72, offset=5200))
@@ -143,15 +142,11 @@ def test_the_distill_stage_under_torchrun_shares_the_pass_and_stores_it_once(tmp
                 "student.hidden_mse_weight": 0.5, "student.export": [], "student.teacher_cache": "on"}
     run = make_run(root, "ddp", settings)
     args = ["--run", run, "--snapshot", snapshot, "--teacher", str(spread_teacher_dir)]
-    cmds, stage_args = stage_command(with_overrides(load_spec(storage.join(run, "spec.json")),
-                                                    {"stages.distill.gpus": 2}), "distill", args)
     logs = tmp_path / "logs"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
            "RETRAIN_SCRATCH_DIR": str(tmp_path / "scratch")}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", *cmds[1:-3], "--log-dir", str(logs),
-                "--redirects", "3", *cmds[-3:], *stage_args]
-    proc = subprocess.run(torchrun, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    stdout = {rank: next(logs.rglob(f"attempt_0/{rank}/stdout.log")).read_text() for rank in (0, 1)}
+    proc, stdout = run_stage_torchrun(load_spec(storage.join(run, "spec.json")), "distill", args, 2, logs, env,
+                                      timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:] + stdout[0][-3000:]
 
     result = stage_result(stdout[0])
