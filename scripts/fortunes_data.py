@@ -1,6 +1,6 @@
 """A real many-class dataset for a pipeline nobody tuned: Debian's ``fortunes`` package, category = label.
 
-    .venv/bin/python scripts/fortunes_data.py --out .run/fortunes-data [--deb PATH] [--max-rows N]
+    .venv/bin/python scripts/fortunes_data.py --out .run/fortunes-data [--deb PATH] [--night1-rows N] [--night2-rows N]
 
 writes, from the .deb (``apt-get download fortunes`` into ``--cache``, or ``--deb PATH``):
 
@@ -11,7 +11,8 @@ writes, from the .deb (``apt-get download fortunes`` into ``--cache``, or ``--de
 
 One JSON object a line, ``{"text": ..., "label": ...}``: a fortune is several lines, often with tabs, so JSONL
 keeps it exactly as written (the ingest normalizes whitespace itself). Both nights are stratified by category
-too, so night 2 brings the same label mix and its retrain simply has more rows.
+too, so night 2 brings the same label mix and its retrain simply has more rows. The night sizes bound the cost
+of a CPU run; the golden set is the same whatever they are.
 
 The package holds ``/usr/share/games/fortunes/<category>`` files, entries separated by a line holding only
 ``%``; ``<category>.dat`` is the binary index ``strfile`` builds for ``fortune`` and ``<category>.u8`` a symlink
@@ -51,12 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache", type=Path, default=Path(".run/fortunes-deb"),
                         help="where apt-get download puts the .deb when --deb is not given")
     parser.add_argument("--min-entries", type=int, default=50, help="drop categories with fewer entries")
-    parser.add_argument("--golden-fraction", type=float, default=0.15, help="share of the rows held out as golden")
-    parser.add_argument("--night2-fraction", type=float, default=0.5,
-                        help="share of the non-golden rows that land on night 2 (the rest on night 1)")
-    parser.add_argument("--max-rows", type=int, default=None,
-                        help="use a stratified sample of this many rows in all (golden + both nights); "
-                             "default: every entry")
+    parser.add_argument("--golden-fraction", type=float, default=0.15,
+                        help="share of every kept entry held out as golden (whatever the night sizes)")
+    parser.add_argument("--night1-rows", type=int, default=None,
+                        help="rows landed on night 1 (stratified sample; default: half of the non-golden rows)")
+    parser.add_argument("--night2-rows", type=int, default=None,
+                        help="rows landed on night 2, none of night 1's (default: all the other non-golden rows)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -103,22 +104,27 @@ def read_categories(folder: Path) -> dict[str, list[str]]:
 # --- the split --------------------------------------------------------------------------------------------------
 
 def build_splits(categories: dict[str, list[str]], *, min_entries: int, golden_fraction: float,
-                 night2_fraction: float, max_rows: int | None, seed: int) -> dict:
-    """golden / night1 / night2 rows (lists of (text, label)), each stratified by label, and what was dropped."""
+                 night1_rows: int | None, night2_rows: int | None, seed: int) -> dict:
+    """golden / night1 / night2 rows (lists of (text, label)), each stratified by label, and what was dropped.
+
+    The golden set depends on the corpus and the seed only, so runs with other night sizes share it."""
     kept = {name: entries for name, entries in categories.items() if len(entries) >= min_entries}
     dropped = {name: len(entries) for name, entries in categories.items() if len(entries) < min_entries}
     texts = [t for name in sorted(kept) for t in kept[name]]
     labels = [name for name in sorted(kept) for _ in kept[name]]
-    if max_rows is not None and max_rows < len(texts):
-        texts, _, labels, _ = train_test_split(texts, labels, train_size=max_rows, stratify=labels,
-                                               random_state=seed)
     rest_t, golden_t, rest_l, golden_l = train_test_split(texts, labels, test_size=golden_fraction,
                                                           stratify=labels, random_state=seed)
-    night1_t, night2_t, night1_l, night2_l = train_test_split(rest_t, rest_l, test_size=night2_fraction,
-                                                              stratify=rest_l, random_state=seed + 1)
+    night1_rows = len(rest_t) // 2 if night1_rows is None else night1_rows
+    night1_t, rest_t, night1_l, rest_l = train_test_split(rest_t, rest_l, train_size=night1_rows,
+                                                          stratify=rest_l, random_state=seed + 1)
+    if night2_rows is not None and night2_rows < len(rest_t):
+        rest_t, _, rest_l, _ = train_test_split(rest_t, rest_l, train_size=night2_rows, stratify=rest_l,
+                                                random_state=seed + 2)
+    elif night2_rows is not None and night2_rows > len(rest_t):
+        raise SystemExit(f"--night2-rows {night2_rows}: only {len(rest_t)} rows are left after golden and night 1")
     return {"labels": sorted(kept), "dropped": dropped,
             "golden": list(zip(golden_t, golden_l)), "night1": list(zip(night1_t, night1_l)),
-            "night2": list(zip(night2_t, night2_l))}
+            "night2": list(zip(rest_t, rest_l))}
 
 
 def write_jsonl(path: Path, rows: list[tuple[str, str]]) -> str:
@@ -162,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fortunes-") as tmp:
         folder = extract_deb(deb, Path(tmp))
         manifest = convert(folder, args.out, deb_name=os.path.basename(deb), min_entries=args.min_entries,
-                           golden_fraction=args.golden_fraction, night2_fraction=args.night2_fraction,
-                           max_rows=args.max_rows, seed=args.seed)
+                           golden_fraction=args.golden_fraction, night1_rows=args.night1_rows,
+                           night2_rows=args.night2_rows, seed=args.seed)
     if manifest["dropped_categories"]:
         print(f"dropped (fewer than {args.min_entries} entries): "
               + ", ".join(f"{k} ({v})" for k, v in sorted(manifest["dropped_categories"].items())), file=sys.stderr)

@@ -41,7 +41,7 @@ SIZES = {"big": 200, "medium": 100, "small": 60, "tiny": 7}
 
 
 def convert(tmp_path: Path, out: str = "out", **overrides) -> tuple[dict, Path]:
-    args = {"min_entries": 50, "golden_fraction": 0.2, "night2_fraction": 0.5, "max_rows": None, "seed": 0,
+    args = {"min_entries": 50, "golden_fraction": 0.2, "night1_rows": None, "night2_rows": None, "seed": 0,
             **overrides}
     folder = tmp_path / "tree" if (tmp_path / "tree").exists() else fake_tree(tmp_path / "tree", SIZES)
     return fortunes_data.convert(folder, tmp_path / out, **args), tmp_path / out
@@ -77,11 +77,17 @@ def test_golden_and_nights_are_stratified(tmp_path):
     assert manifest["golden_majority_baseline"]["accuracy"] == pytest.approx(40 / 72, abs=1e-4)
 
 
-def test_max_rows_keeps_the_label_mix(tmp_path):
-    manifest, out = convert(tmp_path, max_rows=180)
-    assert sum(f["rows"] for f in manifest["files"].values()) == 180
-    golden = Counter(label for _, label in read_jsonl(out / "golden.jsonl"))
-    assert golden == {"big": 20, "medium": 10, "small": 6}
+def test_night_sizes_keep_the_label_mix_and_the_golden_set(tmp_path):
+    full, out = convert(tmp_path, "full")
+    manifest, out = convert(tmp_path, "sized", night1_rows=72, night2_rows=144)
+    assert [manifest["files"][p]["rows"] for p in ("golden", "night1", "night2")] == [72, 72, 144]
+    assert manifest["files"]["golden"]["sha256"] == full["files"]["golden"]["sha256"]
+    assert Counter(label for _, label in read_jsonl(out / "night1/batch-1.jsonl")) == {"big": 40, "medium": 20,
+                                                                                       "small": 12}
+    assert Counter(label for _, label in read_jsonl(out / "night2/batch-2.jsonl")) == {"big": 80, "medium": 40,
+                                                                                       "small": 24}
+    with pytest.raises(SystemExit, match="only 144 rows are left"):
+        convert(tmp_path, "too_many", night1_rows=144, night2_rows=145)
 
 
 def test_the_same_input_gives_byte_identical_files(tmp_path):
