@@ -316,7 +316,10 @@ class GatesSpec(_Section):
     class_recall_correction: Literal["holm", "bh", "none"] = Field(
         "holm", description="Multiple-testing correction across classes: holm (family-wise error), bh "
                             "(Benjamini-Hochberg, false-discovery rate), none (not advised beyond a few classes)")
-    min_retention: float = Field(0.97, ge=0, le=1.5, description="Student accuracy / teacher accuracy must reach this")
+    min_retention: float = Field(
+        0.97, ge=0, le=1.5, description="Student accuracy / teacher accuracy must reach this, or on a retrain whose "
+                                        "champion's student retained less (a first run does not gate it), the "
+                                        "champion's retention")
     max_student_latency_ms_p95: float | None = Field(None, gt=0, description="Budget on batch-1 CPU p95; None = report only")
     max_student_size_mb: float | None = Field(None, gt=0, description="Budget on student weights; None = report only")
     seed: int = 0
