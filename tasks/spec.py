@@ -139,6 +139,20 @@ class ModelSpec(_Section):
     max_length: int = Field(128, ge=8, le=512, description="Tokens per text; longer texts are truncated")
 
 
+def positive_or_auto(value: Any) -> Any:
+    """A number > 0 or 'auto', with one clear message instead of pydantic's one per member of the union."""
+    if value == "auto":
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise PydanticCustomError(
+            "float_parsing", "Input should be a valid number or 'auto'", {}) from None
+    if isinstance(value, bool) or not number > 0:
+        raise PydanticCustomError("greater_than", "Input should be greater than 0, or 'auto'", {})
+    return number
+
+
 class TrainSpec(_Section):
     epochs: float | Literal["auto"] = Field(
         "auto", description="Passes over the training rows (fractions allowed); auto = 50,000 rows' worth, within "
@@ -194,17 +208,7 @@ class TrainSpec(_Section):
     @field_validator("epochs", "learning_rate", mode="before")
     @classmethod
     def _positive_or_auto(cls, value: Any) -> Any:
-        # One clear message instead of pydantic's one per member of the union.
-        if value == "auto":
-            return value
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise PydanticCustomError(
-                "float_parsing", "Input should be a valid number or 'auto'", {}) from None
-        if isinstance(value, bool) or not number > 0:
-            raise PydanticCustomError("greater_than", "Input should be greater than 0, or 'auto'", {})
-        return number
+        return positive_or_auto(value)
 
     @field_validator("lr_search_candidates")
     @classmethod
@@ -221,7 +225,9 @@ class StudentSpec(_Section):
     hidden_mse_weight: float = Field(1.0, ge=0, description="Weight of an MSE on mapped hidden states; 0 = off")
     init_from: Literal["teacher", "champion"] = Field(
         "teacher", description="Every k-th teacher layer, or the champion's student if its layers, labels, width fit")
-    epochs: float = Field(1.0, gt=0)
+    epochs: float | Literal["auto"] = Field(
+        "auto", description="As train.epochs: auto = 50,000 rows' worth, within [1, 3] (a fixed 1 left a small "
+                            "many-class student far behind its teacher; docs/benchmarks.md, fortunes)")
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
     gpu_batch_size: PositiveInt | Literal["auto"] | None = Field(
@@ -234,6 +240,11 @@ class StudentSpec(_Section):
                             "in host memory and stored for a retry, instead of a teacher forward pass per step: "
                             "auto = on a CUDA GPU when epochs > 1 and it fits the memory budget (docs/training.md), "
                             "off on CPU; on = whenever it fits; off = the live teacher")
+
+    @field_validator("epochs", mode="before")
+    @classmethod
+    def _positive_or_auto(cls, value: Any) -> Any:
+        return positive_or_auto(value)
 
 
 class DriftSpec(_Section):
@@ -306,7 +317,10 @@ class GatesSpec(_Section):
     class_recall_correction: Literal["holm", "bh", "none"] = Field(
         "holm", description="Multiple-testing correction across classes: holm (family-wise error), bh "
                             "(Benjamini-Hochberg, false-discovery rate), none (not advised beyond a few classes)")
-    min_retention: float = Field(0.97, ge=0, le=1.5, description="Student accuracy / teacher accuracy must reach this")
+    min_retention: float = Field(
+        0.97, ge=0, le=1.5, description="Student accuracy / teacher accuracy must reach this, or on a retrain whose "
+                                        "champion's student retained less (a first run does not gate it), the "
+                                        "champion's retention")
     max_student_latency_ms_p95: float | None = Field(None, gt=0, description="Budget on batch-1 CPU p95; None = report only")
     max_student_size_mb: float | None = Field(None, gt=0, description="Budget on student weights; None = report only")
     seed: int = 0

@@ -353,3 +353,37 @@ def test_a_label_appended_to_the_spec_gates_against_a_champion_that_never_predic
     failed = {g.name: g for g in gate_list if not g.passed}
     assert not passed and "class_recall_teacher" in failed
     assert failed["class_recall_teacher"].details["failing"] == ["positive"]
+
+
+def _scores(y: np.ndarray, accuracy: float) -> gates.ModelScores:
+    """Right on the first ``accuracy`` share of the rows, one class off on the rest."""
+    n_classes = int(y.max()) + 1
+    pred = np.where(np.arange(len(y)) < round(accuracy * len(y)), y, (y + 1) % n_classes)
+    return gates.ModelScores(pred, metrics.accuracy(y, pred), metrics.macro_f1(y, pred, n_classes=n_classes))
+
+
+def test_retention_on_a_hard_many_class_pipeline_is_held_to_the_champions_when_that_was_lower():
+    """20 classes, a first champion accepted with its student at 0.86 of its teacher (not gated on a first run):
+    a retrain that is better everywhere and keeps 0.95 is promoted; one that keeps less than 0.86 is not; a
+    champion that met min_retention keeps the absolute ratio."""
+    spec = make_spec("file:///unused", min_retention=0.97)
+    rng = np.random.default_rng(0)
+    y = rng.permutation(np.arange(2000) % 20)
+    labels = [f"c{i}" for i in range(20)]
+    champion_teacher, champion_student = _scores(y, 0.43), _scores(y, 0.37)  # retention 0.86
+
+    def retrain(teacher_acc, student_acc, champ_teacher=champion_teacher, champ_student=champion_student):
+        _, _, out = gates.evaluate_gates(spec.gates, labels, y, teacher=_scores(y, teacher_acc),
+                                         student=_scores(y, student_acc), champion_teacher=champ_teacher,
+                                         champion_student=champ_student)
+        return {g.name: g for g in out}
+
+    better = retrain(0.58, 0.55)
+    assert all(g.passed for g in better.values()), [g.reason for g in better.values() if not g.passed]
+    assert better["student_retention"].threshold == pytest.approx(0.37 / 0.43, abs=1e-4)
+    assert "champion's retention" in better["student_retention"].reason
+    worse = retrain(0.58, 0.45)  # 0.776 of its teacher: below the champion's 0.86
+    assert not worse["student_retention"].passed and worse["non_inferiority_student"].passed
+    strong_champion = retrain(0.58, 0.55, champ_teacher=_scores(y, 0.43), champ_student=_scores(y, 0.42))
+    assert not strong_champion["student_retention"].passed
+    assert strong_champion["student_retention"].threshold == 0.97

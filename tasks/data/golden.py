@@ -14,7 +14,7 @@ from typing import Any
 
 from tasks import storage
 from tasks.data import readers, snapshots
-from tasks.data.validation import UNKNOWN_LABEL, Bad, Good, LabelMap, unknown_label_hint, validate
+from tasks.data.validation import CONFLICTING, UNKNOWN_LABEL, Bad, Good, LabelMap, unknown_label_hint, validate
 from tasks.errors import DataRejected, SpecInvalid
 from tasks.spec import PipelineSpec
 
@@ -67,6 +67,22 @@ def check_bad_share(spec: PipelineSpec, good: list[Good], bad: list[Bad]) -> Non
         f"{dict(Counter(b.reason for b in bad))}. First: {examples}.{hint} Fix the file and rerun.")
 
 
+def without_conflicts(good: list[Good]) -> tuple[list[Good], list[Bad]]:
+    """Rows whose text the source gives more than one label: left out of the golden set, every one of them, as
+    the ingest quarantines such rows (``conflicting_labels``); keeping the first label would score every model
+    against an arbitrary answer (a topic corpus files some texts under two categories)."""
+    labels_of: dict[str, set[int]] = {}
+    for row in good:
+        labels_of.setdefault(row.text, set()).add(row.label)
+    conflicted = {text for text, labels in labels_of.items() if len(labels) > 1}
+    if not conflicted:
+        return good, []
+    bad = [Bad(row.source, row.line, CONFLICTING, f"the same text has {len(labels_of[row.text])} labels in the "
+                                                  f"golden source", raw=row.text)
+           for row in good if row.text in conflicted]
+    return [row for row in good if row.text not in conflicted], bad
+
+
 def ensure_golden(spec: PipelineSpec) -> dict[str, Any]:
     """The frozen golden set's pointer ({golden_id, golden_uri, rows}); freezes it on first use."""
     import pandas as pd
@@ -81,9 +97,11 @@ def ensure_golden(spec: PipelineSpec) -> dict[str, Any]:
         snapshots.check_labels(spec.data.labels, manifest, f"frozen golden set {pointer['golden_id']}")
         return pointer
     good, bad = read_source(spec)
+    good, conflicting = without_conflicts(good)
+    bad += conflicting
     first: dict[str, int] = {}
     for row in good:
-        first.setdefault(row.text, row.label)  # keep the first label of a repeated text
+        first.setdefault(row.text, row.label)  # a text repeated with the same label is kept once
     check_bad_share(spec, good, bad)
     frame = pd.DataFrame({"text": list(first), "label": pd.Series(list(first.values()), dtype="int64")})
     digest = snapshots.content_hash(frame)

@@ -359,12 +359,28 @@ def class_recall_gate(name: str, y_true, candidate_pred, champion_pred, labels: 
     return make_gate(name, True, _r(per_class[worst]["drop"]), max_drop, reason, details=details)
 
 
-def retention_gate(student_accuracy: float, teacher_accuracy: float, *, min_ratio: float) -> Gate:
-    ratio = student_accuracy / teacher_accuracy if teacher_accuracy > 0 else (1.0 if student_accuracy == 0 else math.inf)
-    ok = ratio >= min_ratio
-    return make_gate("student_retention", ok, _r(ratio), min_ratio,
-                     f"student/teacher accuracy {student_accuracy:.4f}/{teacher_accuracy:.4f} = {ratio:.4f} "
-                     f"({'>=' if ok else '<'} {min_ratio:.4f})")
+def retention_gate(student_accuracy: float, teacher_accuracy: float, *, min_ratio: float,
+                   champion_ratio: float | None = None) -> Gate:
+    """Student accuracy / teacher accuracy >= ``min_ratio``, or, on a retrain whose champion's student retained
+    less (``champion_ratio``: a first champion's retention is reported, not gated), >= the champion's: a
+    student that keeps more of its teacher than the one serving now is not blocked for keeping too little. On a
+    hard many-class pipeline a student may never reach the ratio; gating it absolutely would keep the first,
+    weakest champion forever (docs/registry.md: Gates)."""
+    ratio = _ratio(student_accuracy, teacher_accuracy)
+    floor = min_ratio if champion_ratio is None else min(min_ratio, champion_ratio)
+    ok = ratio >= floor
+    reason = (f"student/teacher accuracy {student_accuracy:.4f}/{teacher_accuracy:.4f} = {ratio:.4f} "
+              f"({'>=' if ok else '<'} {floor:.4f}")
+    if floor < min_ratio:
+        reason += f": the champion's retention {champion_ratio:.4f}, under gates.min_retention {min_ratio:.4f}"
+    details = {"min_retention": min_ratio, "champion_retention": _r(champion_ratio)}
+    return make_gate("student_retention", ok, _r(ratio), _r(floor), reason + ")", details=details)
+
+
+def _ratio(student_accuracy: float, teacher_accuracy: float) -> float:
+    if teacher_accuracy > 0:
+        return student_accuracy / teacher_accuracy
+    return 1.0 if student_accuracy == 0 else math.inf
 
 
 def budget_gate(name: str, value: float | None, budget: float | None, unit: str) -> Gate:
@@ -448,7 +464,9 @@ def evaluate_gates(gates_spec: Any, labels: Sequence[str], y_true: Sequence[int]
                                      alpha=g.class_recall_alpha, correction=g.class_recall_correction,
                                      confidence=confidence))
     student_checks = [
-        retention_gate(student.accuracy, teacher.accuracy, min_ratio=g.min_retention),
+        retention_gate(student.accuracy, teacher.accuracy, min_ratio=g.min_retention,
+                       champion_ratio=None if champion_teacher is None or champion_student is None
+                       else _ratio(champion_student.accuracy, champion_teacher.accuracy)),
         budget_gate("student_latency_p95", student_latency_ms_p95, g.max_student_latency_ms_p95, "ms"),
         budget_gate("student_size", student_size_mb, g.max_student_size_mb, "MB"),
     ]

@@ -196,7 +196,8 @@ def recipe(spec, args: DistillArgs) -> Recipe:
     student, mapping, init_from = starting_student(spec, teacher, args.champion)
     return Recipe(
         model=student, tokenizer_dir=teacher_dir, init_from=init_from,
-        epochs=st.epochs, batch_size=st.batch_size, learning_rate=st.learning_rate,
+        epochs=None if st.epochs == "auto" else st.epochs,  # None: the runner's epochs_for(train rows)
+        batch_size=st.batch_size, learning_rate=st.learning_rate,
         gpu_batch_size=st.gpu_batch_size,
         trainer_cls=DistillTrainer,
         trainer_kwargs=dict(teacher=teacher, alpha=st.alpha, temperature=st.temperature,
