@@ -62,7 +62,7 @@ GATE_OVERRIDES = {
                                "Largest accuracy loss vs the champion tolerated at the CI's lower bound (0-0.2)."),
     "max_class_recall_drop": ("gates.max_class_recall_drop", 0.0, 1.0,
                               "Largest recall drop allowed for any class, in recall points (0-1)."),
-    "min_retention": ("gates.min_retention", 0.0, 1.5, "Student accuracy / teacher accuracy must reach this."),
+    "min_retention": ("gates.min_retention", 0.0, 1.5, "Student accuracy / teacher accuracy must reach this (or the champion's, when lower)."),
 }
 
 
@@ -157,7 +157,8 @@ def dag_doc(spec: PipelineSpec, kind: str) -> str:
             f" ({g.confidence:.0%} paired bootstrap, {g.bootstrap_resamples} resamples)",
             f"- no class's recall drops by more than {g.max_class_recall_drop} (one-sided paired test per class with "
             f">= {g.class_recall_min_support} rows, {g.class_recall_correction} correction); "
-            f"student retention >= {g.min_retention}",
+            f"student retention >= {g.min_retention} (or, when the champion's student retained less, >= the "
+            "champion's)",
         ]
         budgets = [f"student p95 latency <= {g.max_student_latency_ms_p95} ms" if g.max_student_latency_ms_p95 else "",
                    f"student size <= {g.max_student_size_mb} MB" if g.max_student_size_mb else ""]
