@@ -4,6 +4,7 @@ tokenizer, and real SST-2 rows from ../shared/data."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import socket
 import sys
@@ -35,6 +36,18 @@ os.environ.update({
 
 # Measurements that tests report (not assert) at the end of the session: {label: value}.
 REPORTED: dict[str, str] = {}
+
+
+def pytest_sessionfinish(session):
+    """Under pytest-xdist (make test) the tests run in workers: each sends its measurements to the controller."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["reported"] = json.dumps(REPORTED)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """xdist's controller: a worker is done; keep what it measured for the summary."""
+    REPORTED.update(json.loads(getattr(node, "workeroutput", {}).get("reported", "{}")))
 
 
 def pytest_terminal_summary(terminalreporter):
