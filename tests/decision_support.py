@@ -175,6 +175,17 @@ class WebhookReceiver:
         return json.dumps({"conn_type": "slackwebhook", "password": f"http://127.0.0.1:{self.port}/services/T0/B0/X"})
 
 
+def local_pipeline_env(moto_server, pipelines_dir: Path, smtp: SmtpReceiver, hook: WebhookReceiver) -> dict[str, str]:
+    """The environment of the DAGs under ``dag.test()`` with local stages: storage on moto's S3, specs from
+    ``pipelines_dir``, the alert connections pointed at the test SMTP server and Slack webhook receiver."""
+    return {"AWS_ENDPOINT_URL": moto_server.endpoint, "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+            "STORAGE_MAX_ATTEMPTS": "2", "RETRAIN_STAGE_MODE": "local",
+            "RETRAIN_PIPELINES_DIR": str(pipelines_dir),
+            "AIRFLOW_CONN_SMTP_TEST": smtp.conn_json(),
+            "AIRFLOW_CONN_SLACK_TEST": hook.conn_json()}
+
+
 class FakeTI:
     """The part of a RuntimeTaskInstance the alerts use: ids, tries and xcom_pull over a dict of XComs."""
 

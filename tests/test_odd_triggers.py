@@ -46,17 +46,12 @@ def stored(bucket: str) -> dict[str, tuple[int, str]]:
 def pipeline(tmp_path_factory, moto_server, tiny_model_dir):
     from airflow.dag_processing.dagbag import DagBag
 
-    from decision_support import SmtpReceiver, WebhookReceiver
+    from decision_support import SmtpReceiver, WebhookReceiver, local_pipeline_env
     from tasks import storage
 
     tmp = tmp_path_factory.mktemp("odd")
     with pytest.MonkeyPatch.context() as mp, SmtpReceiver() as smtp, WebhookReceiver() as hook:
-        for key, value in {"AWS_ENDPOINT_URL": moto_server.endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                           "STORAGE_MAX_ATTEMPTS": "2", "RETRAIN_STAGE_MODE": "local",
-                           "RETRAIN_PIPELINES_DIR": str(tmp / "pipelines"),
-                           "AIRFLOW_CONN_SMTP_TEST": smtp.conn_json(),
-                           "AIRFLOW_CONN_SLACK_TEST": hook.conn_json()}.items():
+        for key, value in local_pipeline_env(moto_server, tmp / "pipelines", smtp, hook).items():
             mp.setenv(key, value)
         storage.reset_clients()
         bucket = moto_server.create_bucket("odd-triggers")
