@@ -145,6 +145,7 @@ class DistillTrainer(Trainer):
         from tasks.train import teacher_cache
 
         super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False  # transformers < 5.23's loss_is_scaled_for_ga (StageTrainer)
         self.teacher = teacher_cache.for_device(teacher, self.args.device)
         self.alpha, self.temperature, self.hidden_weight = alpha, temperature, hidden_weight
         self.hidden_pairs = hidden_pairs(mapping)

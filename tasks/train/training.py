@@ -466,8 +466,13 @@ def stage_trainer_class(trainer_cls):
     class StageTrainer(trainer_cls):
         # Our classifiers return a per-batch mean loss (BertForSequenceClassification ignores num_items_in_batch),
         # so it must be divided by the accumulation steps. transformers would skip that for any model whose
-        # forward takes **kwargs.
+        # forward takes **kwargs. transformers >= 5.23 reads loss_is_scaled_for_ga; older ones (the GPU image's
+        # 5.17) only model_accepts_loss_kwargs, which __init__ sets from the model.
         loss_is_scaled_for_ga = False
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.model_accepts_loss_kwargs = False
 
         def _get_train_sampler(self, train_dataset=None):
             # The Trainer's private hook, the one transformers offers for a custom sampler.
