@@ -51,6 +51,7 @@ GPU the profile's, ``train.gpu_batch_size``), and the bare loop uses it too.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import tempfile
@@ -122,6 +123,9 @@ def run_stage_here(stage: str, argv: list[str], scratch: Path) -> tuple[dict, fl
     t0 = time.monotonic()
     code = {"finetune": finetune, "distill": distill}[stage].main(argv)
     wall = time.monotonic() - t0
+    # The stage's Trainer sits in reference cycles: collected now, its persistent DataLoader workers (on a GPU) and
+    # its copy of the teacher cache go before the next stage of this process starts.
+    gc.collect()
     if code:
         raise SystemExit(f"{stage} exited {code}")
     run = argv[argv.index("--run") + 1]

@@ -5,13 +5,14 @@
 #   then:      the device tool's run, carry [".gpu"], command "bash bench/gpu_measure.sh", timeout 590 s
 #   after:     copy the JSON lines from $OUT/*.json into docs/benchmarks.md, with this command
 #
-#   dry run:   bash bench/gpu_measure.sh --dry-run         # or GPU_MEASURE_DRY_RUN=1; CPU, no .gpu/, ~1 min
+#   dry run:   bash bench/gpu_measure.sh --dry-run         # or GPU_MEASURE_DRY_RUN=1; CPU, no .gpu/, ~1 min on 2 cores
 #
 # The dry run checks the plumbing on CPU (tests/test_gpu_efficiency_bench.py, in `make test`): no .gpu/setup.sh,
-# no nvidia-smi, .venv/bin/python (or $PYTHON) instead of python3, and every bench step with exactly its flags
-# plus --smoke (tiny random model, 96 rows) and --peak-tflops 0.5 (for MFU; a GPU's peak comes from its name). The
-# ceiling step, whose .gpu/ceiling.py needs CUDA, only has its flags checked against ../shared/gpu/ceiling.py (the
-# file pack.sh copies; GPU_CEILING_PY to point elsewhere), or is skipped, saying so, where that is absent.
+# no nvidia-smi, .venv/bin/python (or $GPU_MEASURE_PYTHON) instead of python3, and every bench step with exactly
+# its flags plus --smoke (tiny random model, 96 rows) and --peak-tflops 0.5 (for MFU; a GPU's peak comes from its
+# name). The ceiling step, whose .gpu/ceiling.py needs CUDA, only has its flags checked against
+# ../shared/gpu/ceiling.py (the file pack.sh copies; GPU_CEILING_PY to point elsewhere), or is skipped, saying so,
+# where that is absent.
 #
 # Each step is bounded so that a slow one cannot eat the session's device time, and no step runs past
 # GPU_MEASURE_BUDGET_S (570 s from the script's start, setup included: the device's 590 s timeout would otherwise
@@ -19,7 +20,7 @@
 # $OUT; $OUT/steps.tsv has each step's exit status, seconds and limit (124: it ran out of time), and the script
 # exits 1 if any step failed. GPU_MEASURE_STEPS="NAME ..." runs only those steps (a rerun of one that failed).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 dry=${GPU_MEASURE_DRY_RUN:-0}
 [ "${1:-}" = --dry-run ] && dry=1
 out="${OUT:-/tmp/gpu-measure}"
@@ -27,12 +28,12 @@ budget=${GPU_MEASURE_BUDGET_S:-570}
 mkdir -p "$out"
 printf 'step\texit\tseconds\tlimit\n' > "$out/steps.tsv"
 if [ "$dry" = 1 ]; then
-  py=${PYTHON:-.venv/bin/python}
+  py=${GPU_MEASURE_PYTHON:-.venv/bin/python}
   [ -x "$py" ] || py=python3
   # --peak-tflops stands in for the dense peak the GPU run finds from the device's name: the MFU figures get computed.
   smoke=(--smoke --peak-tflops 0.5)
   export PYTHONPATH=$PWD HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-  echo "dry run on CPU ($py): no .gpu/setup.sh, no nvidia-smi; bench steps with --smoke --peak-tflops 0.5" | tee "$out/device.txt"
+  echo "dry run on CPU ($py): no .gpu/setup.sh, no nvidia-smi; bench steps with ${smoke[*]}" | tee "$out/device.txt"
 else
   py=python3
   smoke=()

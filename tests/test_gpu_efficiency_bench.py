@@ -36,7 +36,7 @@ TEACHER_CACHE_KEYS = ["teacher_cache", "teacher_cache_reused", "teacher_pass_sec
 
 
 def dry_run(out, **env) -> tuple[subprocess.CompletedProcess, dict[str, dict[str, str]]]:
-    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", **env}
+    env = {**os.environ, "OUT": str(out), "GPU_MEASURE_PYTHON": sys.executable, "OMP_NUM_THREADS": "1", **env}
     proc = subprocess.run(["bash", str(SCRIPT), "--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=400)
     with open(out / "steps.tsv", newline="") as fh:
@@ -118,8 +118,9 @@ def test_smoke_run_reports_stage_and_ceiling_figures(measured):
 
 
 def test_bert_base_mode_runs_stage_and_ceiling_at_the_full_length(measured):
-    """--bert-base (the stage_bert_base_seq128 step, here with --smoke: the tiny model, length 64): train rows filled to model.max_length, so the
-    stage and the bare loop both run at that sequence length, on the batch the stage trained with."""
+    """--bert-base (the stage_bert_base_seq128 step, here with --smoke: the tiny model, length 64): train rows
+    filled to model.max_length, so the stage and the bare loop both run at that sequence length, on the batch the
+    stage trained with."""
     out_dir, _, steps = measured
     assert steps["stage_bert_base_seq128"]["exit"] == "0"
     out = read_json(out_dir / "stage_bert_base_seq128.json")
@@ -189,12 +190,14 @@ def test_each_step_json_has_the_figures_the_docs_copy(measured):
     compare = read_json(out / "distill_teacher_cache.json")["teacher_cache_compare"]
     assert compare["off"]["teacher_pass_seconds"] is None and compare["on"]["teacher_pass_seconds"] > 0
     assert compare["on"]["teacher_cache_store_seconds"] is not None  # stored: under the step's 4 GiB limit
-    assert compare["on_reused"]["teacher_cache_reused"] is True and compare["on_reused"]["teacher_cache_read_seconds"] > 0
+    reused = compare["on_reused"]
+    assert reused["teacher_cache_reused"] is True and reused["teacher_cache_read_seconds"] > 0
     assert compare["on_over_off"] > 0 and compare["reuse_over_pass"] > 0
     # A line after each of the three runs, so a step that runs out of time keeps the runs done.
     partials = [json.loads(line) for line in (out / "distill_teacher_cache.log").read_text().splitlines()
                 if line.startswith("{") and '"partial": "teacher_cache_compare"' in line]
-    assert [sorted(p["teacher_cache_compare"]) for p in partials] == [["off"], ["off", "on"], ["off", "on", "on_reused"]]
+    assert [sorted(p["teacher_cache_compare"]) for p in partials] == [
+        ["off"], ["off", "on"], ["off", "on", "on_reused"]]
 
 
 def test_finetune_partial_line_comes_apart(measured):
