@@ -24,6 +24,7 @@ cd "$(dirname "$0")/.." || exit 1
 dry=${GPU_MEASURE_DRY_RUN:-0}
 [ "${1:-}" = --dry-run ] && dry=1
 out="${OUT:-/tmp/gpu-measure}"
+gpu=${GPU_MEASURE_GPU_DIR:-.gpu}  # what pack.sh filled (the test points it at a stand-in)
 budget=${GPU_MEASURE_BUDGET_S:-570}
 mkdir -p "$out"
 printf 'step\texit\tseconds\tlimit\n' > "$out/steps.tsv"
@@ -39,7 +40,7 @@ else
   smoke=()
   # Not in a pipe: setup.sh exports what the steps need.
   # shellcheck disable=SC1091
-  source .gpu/setup.sh > "$out/setup.log" 2>&1
+  source "$gpu/setup.sh" > "$out/setup.log" 2>&1
   cat "$out/setup.log"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/device.txt"
 fi
@@ -129,7 +130,7 @@ if [ "$dry" = 1 ]; then
     printf '%s\tskipped\t0\t0\n' ceiling_minilm_bs256 >> "$out/steps.tsv"
   fi
 else
-  step ceiling_minilm_bs256 50 "$py" .gpu/ceiling.py "${ceiling_args[@]}"
+  step ceiling_minilm_bs256 50 "$py" "$gpu/ceiling.py" "${ceiling_args[@]}"
 fi
 bench stage_full_sst2 220 --rows 67349 --min-words 0 --set 'student.export=[]'
 grep '"partial": "finetune"' "$out/stage_full_sst2.log" 2>/dev/null | tail -n 1 > "$out/stage_full_sst2_finetune.json" \

@@ -241,3 +241,33 @@ def test_set_null_sets_the_field_and_checks_its_key():
     assert changed.student.gpu_batch_size == "auto"
     with pytest.raises(SpecError, match="gpu_batch_sise"):
         with_set_overrides(spec, parse_overrides(["train.gpu_batch_sise=null"]))
+
+
+def test_the_gpu_branch_sources_setup_and_passes_the_flags_alone(tmp_path):
+    """The script as it runs on the GPU machine (no --dry-run), with stand-ins: a setup.sh that puts a fake
+    nvidia-smi and a python3 that prints its argv as JSON first on PATH. Each step's command is then its JSON:
+    .gpu/ceiling.py and bench/gpu_efficiency.py with the script's flags and nothing added (an empty --smoke array
+    under set -u, a path or quoting slip would show here, not on the GPU)."""
+    bin_dir, gpu_dir, out = tmp_path / "bin", tmp_path / "gpu", tmp_path / "out"
+    bin_dir.mkdir()
+    gpu_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text('#!/usr/bin/env bash\necho "NVIDIA H200, 143771 MiB, 570.00"\n')
+    (bin_dir / "python3").write_text(
+        f'#!/usr/bin/env bash\nexec {sys.executable} -c '
+        '\'import json, sys; print(json.dumps({"argv": sys.argv[1:]}))\' "$@"\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    (gpu_dir / "setup.sh").write_text(f'export PATH={bin_dir}:$PATH\necho "stand-in setup.sh"\n')
+    env = {**os.environ, "OUT": str(out), "GPU_MEASURE_GPU_DIR": str(gpu_dir)}
+    env.pop("GPU_MEASURE_DRY_RUN", None)
+    proc = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "stand-in setup.sh" in (out / "setup.log").read_text()
+    assert "NVIDIA H200" in (out / "device.txt").read_text()
+    with open(out / "steps.tsv", newline="") as fh:
+        steps = {row["step"]: row["exit"] for row in csv.DictReader(fh, delimiter="\t")}
+    assert steps == {name: "0" for name in ["ceiling_minilm_bs256", *BENCH_STEPS]}
+    assert read_json(out / "ceiling_minilm_bs256.json")["argv"] == [
+        str(gpu_dir / "ceiling.py"), "--model", "minilm", "--bs", "256", "--seq", "32"]
+    for name, flags in script_bench_flags().items():
+        assert read_json(out / f"{name}.json")["argv"] == ["bench/gpu_efficiency.py", *flags], name
