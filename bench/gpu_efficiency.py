@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -313,8 +314,6 @@ def main() -> None:
     distill_rate = out["distill"].get("samples_per_second_with_teacher_pass", out["distill"]["samples_per_second"])
     out["distill_over_finetune"] = round(distill_rate / out["samples_per_second"], 3)
     if args.compare_teacher_cache:
-        import shutil
-
         from tasks import storage
 
         compare = {}
@@ -340,6 +339,9 @@ def main() -> None:
     out.update(selection)
     out["student_dev_accuracy"] = dev_accuracy(student["model_uri"], args.dev_rows, spec.model.max_length)
     print_json(out)
+    # Models, checkpoints and their stored copies (GBs for --bert-base): gpu_measure.sh runs several of these on one
+    # disk.
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ fi
 # DataLoader workers (4 on a GPU) hand batches over in /dev/shm; the distill stage's teacher-cache batches carry
 # hidden states, tens of MB each: a container's default 64 MB /dev/shm would fail them ("Bus error").
 df -h /dev/shm 2>/dev/null | tail -n 1 | sed 's/^/shm: /' | tee -a "$out/device.txt"
+df -h "${TMPDIR:-/tmp}" 2>/dev/null | tail -n 1 | sed 's/^/tmp: /' | tee -a "$out/device.txt"  # the benches' models
 
 failed=0
 step() {  # step NAME SECONDS COMMAND...: run it, keep its last JSON line in $OUT/NAME.json, its exit in steps.tsv
