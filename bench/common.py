@@ -85,15 +85,40 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
+def with_set_overrides(spec, overrides: dict[str, Any]):
+    """``tasks.spec.with_overrides``, except that a None value sets the field to null. with_overrides skips None
+    (a trigger form's field left empty), so ``--set train.gpu_batch_size=null`` would otherwise be dropped
+    without a word, and a typo in its key would go unnoticed."""
+    from tasks.spec import SpecError, dump, parse_spec, with_overrides
+
+    spec = with_overrides(spec, {k: v for k, v in overrides.items() if v is not None})
+    nulls = [k for k, v in overrides.items() if v is None]
+    if not nulls:
+        return spec
+    raw = dump(spec)
+    for dotted in nulls:
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                raise SpecError(f"override {dotted!r}: no such section {key!r}")
+            node = node[key]
+        if leaf not in node:
+            raise SpecError(f"override {dotted!r}: no such field {leaf!r}")
+        node[leaf] = None
+    return parse_spec(raw, "<overrides>")
+
+
 def make_run(root_uri: str, run_key: str, overrides: dict[str, Any] | None = None) -> str:
-    """RUN_URI with a frozen spec.json: the sst2 spec, stored at root_uri, with dotted-path overrides."""
+    """RUN_URI with a frozen spec.json: the sst2 spec, stored at root_uri, with dotted-path overrides (a None
+    value sets the field to null: ``with_set_overrides``)."""
     from tasks import storage
-    from tasks.spec import dump, load_spec, with_overrides
+    from tasks.spec import dump, load_spec
 
     before = os.environ.get("RETRAIN_STORAGE_URI")
     os.environ["RETRAIN_STORAGE_URI"] = root_uri
     try:
-        spec = with_overrides(load_spec(SPEC_YAML), overrides or {})
+        spec = with_set_overrides(load_spec(SPEC_YAML), overrides or {})
     finally:
         if before is None:
             del os.environ["RETRAIN_STORAGE_URI"]

@@ -36,8 +36,9 @@ def dev_accuracy(model, tokenizer, max_length: int) -> float:
     return float(np.mean(probs.argmax(1) == np.array([y for _, y in dev])))
 
 
-# Dense bf16 tensor-core peaks from the vendors' datasheets (no sparsity), matched against the device name.
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L4": 121.0}
+# Dense bf16 tensor-core peaks from the vendors' datasheets (no sparsity), matched against the device name, first
+# match first (the PCIe/NVL variants before their SXM names: an "NVIDIA H200 NVL" is 1,671 sparse, 835 dense).
+PEAK_BF16_TFLOPS = {"H200 NVL": 835.0, "H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L4": 121.0}
 
 
 def peak_tflops(override: float | None) -> float | None:

@@ -19,7 +19,8 @@ student's training FLOPs only, not the teacher's forward pass):
   the snapshot's golden set (``train.selection: like_golden`` reads its lengths and labels);
   ``teacher_stopped_at_epoch`` (of ``teacher_epochs``), ``teacher_holdout_accuracy`` and ``teacher_selection``
   (the rows model selection scored): issue 12's item 3. These teacher figures are also printed as a first JSON
-  line (``"partial": "finetune"``) as soon as the fine-tune stage ends;
+  line (``"partial": "finetune"``, with the fine-tune stage's ``samples_per_second`` and seconds) as soon as the
+  fine-tune stage ends;
 - ``distill_over_finetune``: the distill stage's training rows/s over the fine-tune stage's (issue 12, item 4: at
   least 1), both per sample, the distill side counting the teacher cache's one pass when it ran
   (``distill.samples_per_second_with_teacher_pass``; ``distill.teacher_cache`` says whether it did and why);
@@ -28,7 +29,8 @@ student's training FLOPs only, not the teacher's forward pass):
   stores it; ``on_reused``, a rerun that reads what ``on`` stored, as a retried pod does. Their figures
   (``teacher_pass_seconds``, ``teacher_cache_reused``, ``teacher_cache_store_seconds``,
   ``teacher_cache_read_seconds``), ``on_over_off`` (rows/s with the pass counted) and ``reuse_over_pass`` (what
-  reading the stored copy cost over what the pass and its store cost). ``--teacher-cache-store-max-mib`` sets
+  reading the stored copy cost over what the pass and its store cost); a JSON line
+  (``"partial": "teacher_cache_compare"``) after each of the three runs. ``--teacher-cache-store-max-mib`` sets
   ``teacher_cache.STORE_MAX_BYTES`` for the run (gpu_measure.sh raises it so that the GPU measurement stores and
   reads a cache with hidden states, the figures that size the limit).
 
@@ -49,7 +51,9 @@ GPU the profile's, ``train.gpu_batch_size``), and the bare loop uses it too.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -120,6 +124,9 @@ def run_stage_here(stage: str, argv: list[str], scratch: Path) -> tuple[dict, fl
     t0 = time.monotonic()
     code = {"finetune": finetune, "distill": distill}[stage].main(argv)
     wall = time.monotonic() - t0
+    # The stage's Trainer sits in reference cycles: collected now, its persistent DataLoader workers (on a GPU) and
+    # its copy of the teacher cache go before the next stage of this process starts.
+    gc.collect()
     if code:
         raise SystemExit(f"{stage} exited {code}")
     run = argv[argv.index("--run") + 1]
@@ -163,13 +170,18 @@ def ceiling(model_dir: Path, labels: int, batch_size: int, seq: int, steps: int)
 
 
 def dev_accuracy(model_uri: str, rows: int, max_length: int) -> float:
+    """Accuracy on the first ``rows`` of dev.tsv, on the GPU when there is one (predict_proba alone would score on
+    the CPU: tens of seconds of a bounded GPU step for the BERT-base-size model)."""
     import numpy as np
+    import torch
 
     from tasks import storage
-    from tasks.train.modeling import predict_proba
+    from tasks.train.modeling import load_classifier, predict_proba
 
     dev = read_tsv("dev", limit=rows)
-    probs = predict_proba(storage.local_path(model_uri), [t for t, _ in dev], max_length=max_length)
+    folder = storage.local_path(model_uri)
+    model = load_classifier(folder).to("cuda" if torch.cuda.is_available() else "cpu")
+    probs = predict_proba(folder, [t for t, _ in dev], max_length=max_length, model=model)
     return round(float(np.mean(probs.argmax(1) == np.array([y for _, y in dev]))), 4)
 
 
@@ -258,9 +270,13 @@ def main() -> None:
                  "teacher_holdout_accuracy": round(teacher["metrics"]["accuracy"], 4),
                  "teacher_selection": {k: v for k, v in (teacher.get("selection") or {}).items() if k != "golden_uri"},
                  "train_min_epochs": spec.train.min_epochs}
+    # With the stage's own rate and overheads: what a step that runs out of time in distill still reports.
     print_json({"bench": "gpu_efficiency", "partial": "finetune", "rows": len(rows), "train_rows": teacher["train_rows"],
                 "batch_size": teacher.get("batch_size"), "learning_rate": teacher.get("learning_rate"),
-                "finetune_wall_s": round(teacher_wall, 2), "global_step": teacher["global_step"], **selection})
+                "gpu_batch_size": spec.train.gpu_batch_size, "student_gpu_batch_size": spec.student.gpu_batch_size,
+                "finetune_wall_s": round(teacher_wall, 2), "global_step": teacher["global_step"],
+                **{k: teacher.get(k) for k in ("samples_per_second", "train_seconds", "eval_seconds",
+                                                "checkpoint_seconds", "checkpoint_upload_seconds")}, **selection})
     student, student_wall = run_stage_here(
         "distill", ["--run", run, "--snapshot", snapshot, "--teacher", teacher["model_uri"]], work / "scratch")
 
@@ -281,6 +297,8 @@ def main() -> None:
            "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
            "torch_threads": torch.get_num_threads(), "model_base": spec.model.base, "bert_base": args.bert_base,
            "rows": len(rows), "train_rows": teacher["train_rows"], "batch_size": batch_size,
+           # The spec's GPU profile (a CPU run trains at batch_size whatever these say).
+           "gpu_batch_size": spec.train.gpu_batch_size, "student_gpu_batch_size": spec.student.gpu_batch_size,
            "learning_rate": teacher.get("learning_rate"),
            "mean_tokens_per_row": round(mean_tokens, 2), "ceiling_seq": seq, "peak_tflops": peak,
            **figures(teacher, teacher_wall, mean_tokens, model, peak)}
@@ -296,8 +314,6 @@ def main() -> None:
     distill_rate = out["distill"].get("samples_per_second_with_teacher_pass", out["distill"]["samples_per_second"])
     out["distill_over_finetune"] = round(distill_rate / out["samples_per_second"], 3)
     if args.compare_teacher_cache:
-        import shutil
-
         from tasks import storage
 
         compare = {}
@@ -309,6 +325,9 @@ def main() -> None:
             result, wall = run_stage_here("distill", ["--run", cache_run, "--snapshot", snapshot, "--teacher",
                                                       teacher["model_uri"]], work / "scratch")
             compare[name] = figures(result, wall, mean_tokens, student_model, peak)
+            # The runs so far: a step that runs out of time keeps them (gpu_measure.sh keeps the last JSON line).
+            print_json({"bench": "gpu_efficiency", "partial": "teacher_cache_compare", "rows": len(rows),
+                        "teacher_cache_compare": compare})
         compare["on_over_off"] = round(compare["on"]["samples_per_second_with_teacher_pass"]
                                        / compare["off"]["samples_per_second_with_teacher_pass"], 3)
         fresh, reused = compare["on"], compare["on_reused"]
@@ -320,6 +339,9 @@ def main() -> None:
     out.update(selection)
     out["student_dev_accuracy"] = dev_accuracy(student["model_uri"], args.dev_rows, spec.model.max_length)
     print_json(out)
+    # Models, checkpoints and their stored copies (GBs for --bert-base): gpu_measure.sh runs several of these on one
+    # disk.
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -254,6 +254,31 @@ def test_cpu_training_arguments_are_as_before_the_gpu_profile(monkeypatch):
         assert now.keys() == before.keys()
 
 
+def test_gpu_features_use_fp16_where_bf16_is_only_emulated(monkeypatch):
+    """A V100 or T4 (compute capability 7.x): torch.cuda.is_bf16_supported() with its default
+    including_emulation=True says yes there; the stages train in fp16 instead, with no TF32. An H100 (9.0): bf16
+    and TF32. The CUDA queries are faked (no GPU here); the rule is what is checked."""
+    import torch
+
+    from tasks.train import training
+
+    def machine(major: int) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (major, 0))
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                            lambda including_emulation=True: major >= 8 or including_emulation)
+
+    machine(7)
+    features = training.device_features()
+    assert not training.cuda_bf16()
+    assert (features["bf16"], features["fp16"], features["tf32"]) == (False, True, False)
+    machine(9)
+    features = training.device_features()
+    assert training.cuda_bf16()
+    assert (features["bf16"], features["fp16"], features["tf32"]) == (True, False, True)
+    assert features["optim"] == "adamw_torch_fused" and features["dataloader_pin_memory"]
+
+
 def test_a_background_upload_that_dies_leaves_no_complete_checkpoint(tiny_model_dir, tmp_path, monkeypatch,
                                                                       one_torch_thread):
     """The upload of checkpoint-6 fails half-way in its thread: training stops with that error at the next

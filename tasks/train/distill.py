@@ -217,13 +217,13 @@ def with_teacher_cache(spec, teacher, teacher_uri: str, teacher_dir, mapping: li
     pass, when ``decide`` says so; the train split then carries ``row_index`` for the collator to find them."""
     import os
 
-    from tasks.train import teacher_cache
+    from tasks.train import teacher_cache, training
 
     st = spec.student
     cuda = torch.cuda.is_available()
     layers = [t for _, t in hidden_pairs(mapping)] if st.hidden_mse_weight > 0 else []
     rows = teacher_cache.read_rows(train_set)  # the one read of the train rows' token ids
-    bf16 = cuda and torch.cuda.is_bf16_supported()
+    bf16 = cuda and training.cuda_bf16()
     need = teacher_cache.estimate_bytes(rows.tokens, len(rows), len(layers), teacher.config.hidden_size,
                                         teacher.config.num_labels, value_bytes=2 if bf16 else 4)
     budget = teacher_cache.memory_budget_bytes(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))

@@ -221,8 +221,10 @@ def for_device(teacher, device: torch.device):
     """The frozen teacher on ``device``: bf16 weights on a CUDA GPU that has bf16 (cast once, so no step casts
     weights under autocast), fp32 elsewhere. The teacher is not under accelerate's autocast (only the student
     is prepared), so without the cast it would run in fp32 on the GPU."""
+    from tasks.train.training import cuda_bf16
+
     teacher = teacher.eval().requires_grad_(False)
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and cuda_bf16():
         return teacher.to(device=device, dtype=torch.bfloat16)
     return teacher.to(device)
 

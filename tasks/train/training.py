@@ -254,13 +254,22 @@ def metrics_for(n_classes: int):
 # ---------------------------------------------------------------- TrainingArguments
 
 
+def cuda_bf16() -> bool:
+    """Whether the CUDA GPU computes in bf16 natively (compute capability 8.0 and up). torch's
+    ``is_bf16_supported()`` with its default ``including_emulation=True`` also says yes on a V100 or T4, where bf16
+    is emulated (slow, no bf16 cuBLAS kernels): fp16 autocast is the fast path there."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def device_features() -> dict[str, Any]:
     """Speed settings by hardware: bf16 autocast, TF32 matmuls and fused AdamW on a CUDA GPU; fp32 and fused
     AdamW on CPU (CPU bf16 autocast is slower than fp32 on CPUs without AMX, and TF32 does not exist there)."""
     import torch
 
     if torch.cuda.is_available():
-        bf16 = torch.cuda.is_bf16_supported()
+        bf16 = cuda_bf16()
         major, _ = torch.cuda.get_device_capability()
         # logging_nan_inf_filter off: it checks every step's loss on the host (a sync per step).
         return {"bf16": bf16, "fp16": not bf16, "tf32": major >= 8, "optim": "adamw_torch_fused",
