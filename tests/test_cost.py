@@ -36,3 +36,54 @@ def test_costs_add_up_per_stage_and_in_total():
     assert summary["total"] == {"wall_seconds": 92.0, "gpu_seconds": 150.0, "energy_kwh": 0.014}
     assert cost.add_up({"ingest": {"wall_seconds": 1.0, "gpu_seconds": 0, "energy_kwh": None}})["total"][
         "energy_kwh"] is None
+
+
+class StandInNVML:
+    """A stand-in for the ``pynvml`` module (no GPU here): ``count`` GPUs whose energy counters (mJ) advance by
+    ``step_mj[i]`` at every read; ``energy`` False is a pre-Volta GPU, which has no counter."""
+
+    def __init__(self, count: int, step_mj: list[float], energy: bool = True):
+        self.count, self.step_mj, self.energy, self.reads = count, step_mj, energy, [0] * count
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlDeviceGetCount(self):
+        return self.count
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        if index >= self.count:
+            raise RuntimeError("NVML_ERROR_INVALID_ARGUMENT")
+        return index
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        if not self.energy:
+            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
+        self.reads[handle] += 1
+        return 1e9 + self.reads[handle] * self.step_mj[handle]
+
+
+def test_gpu_seconds_and_energy_count_the_visible_gpus(monkeypatch):
+    """The arithmetic of a reading, on a stand-in for NVML: the GPUs CUDA_VISIBLE_DEVICES names, their energy
+    since the meter started (mJ to kWh), and under torchrun rank 0's one GPU counted for each local process."""
+    nvml = StandInNVML(count=4, step_mj=[1e6, 3.6e9, 7.2e9, 1e6])
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,2")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    reading = cost.StageMeter().reading()
+    # GPUs 1 and 2, one counter step each since the start: 3.6e9 mJ = 1 kWh, 7.2e9 mJ = 2 kWh.
+    assert reading["gpus"] == 2 and reading["energy_kwh"] == 3.0
+    assert reading["gpu_seconds"] == round(reading["wall_seconds"] * 2, 2)
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")  # one GPU per rank, 4 ranks on the machine
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    reading = cost.StageMeter().reading()
+    assert reading["gpus"] == 4 and reading["energy_kwh"] == 8.0
+
+
+def test_a_gpu_without_an_energy_counter_reports_none(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", StandInNVML(count=1, step_mj=[0.0], energy=False))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    reading = cost.StageMeter().reading()
+    assert reading["gpus"] == 1 and reading["energy_kwh"] is None

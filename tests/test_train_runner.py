@@ -356,3 +356,31 @@ def test_model_selection_on_a_stratified_holdout_sample(tiny_model_dir, tmp_path
     evals = [e["eval_accuracy"] for e in history if "eval_accuracy" in e]
     assert all(abs(a * 10 - round(a * 10)) < 1e-9 for a in evals[:-1])
     assert evals[-1] == pytest.approx(result["metrics"]["accuracy"])
+
+
+def test_tf32_set_by_transformers_stays_readable_for_torch_compile():
+    """What TrainingArguments does on an Ampere GPU (TF32 through torch's new fp32_precision API), then
+    training.mirror_tf32_to_legacy_flags: the legacy readers torch.compile's inductor uses no longer raise, and both
+    APIs say TF32. In a subprocess: TF32 state is process-wide."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = """
+import torch
+from tasks.train import training
+torch.backends.fp32_precision = "tf32"  # transformers.utils.import_utils.enable_tf32(True) on torch >= 2.9
+try:
+    torch.get_float32_matmul_precision()
+except RuntimeError as exc:
+    assert "mix of the legacy and new APIs" in str(exc), exc
+else:
+    raise SystemExit("this torch reads the legacy flag after a new-API write: the mirror is not needed")
+training.mirror_tf32_to_legacy_flags()
+print(torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+      torch.backends.cuda.matmul.fp32_precision)
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["high", "True", "True", "tf32"]

@@ -415,7 +415,22 @@ def training_arguments(output_dir: Path, *, epochs: float, batch_size: int, lear
         del kwargs["save_steps"]
     kwargs.update(device_features())
     kwargs.update(overrides)
-    return TrainingArguments(**kwargs)
+    args = TrainingArguments(**kwargs)
+    if args.tf32 is not None or args.torch_compile:
+        mirror_tf32_to_legacy_flags()
+    return args
+
+
+def mirror_tf32_to_legacy_flags() -> None:
+    """Write TF32's state again through torch's legacy flags. TrainingArguments sets TF32 (``tf32``, and always
+    under ``torch_compile`` on an Ampere or newer GPU) through the new ``fp32_precision`` API; after that, reading
+    a legacy flag raises ("mix of the legacy and new APIs"), and torch.compile's inductor still reads them
+    (pytorch#166387 in torch 2.11; the autotune cache's ``get_float32_matmul_precision()`` in 2.13). A legacy
+    write last makes both readable, with the same state."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.fp32_precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.conv.fp32_precision == "tf32"
 
 
 # ---------------------------------------------------------------- length-grouped batches in random order
