@@ -297,9 +297,9 @@ class DecideSpec(_Section):
     retrain_every_fraction: float | None = Field(
         0.5, gt=0, description="Routine retrain also when the new rows reach this share of the rows in the "
                                "champion's snapshot; null = off. 0.5: a pipeline retrains once its data grew by "
-                               "half, so a small one is not stuck below retrain_every_rows, and the rows trained "
-                               "on over its life stay within about (1 + 0.5) / 0.5 = 3 times its final size (0.1 "
-                               "would be 11 times)")
+                               "half, so a small one is not stuck below retrain_every_rows, and the rows its "
+                               "routine retrains train on add up to about (1 + 0.5) / 0.5 = 3 times its final size "
+                               "(0.1: 11 times)")
 
 
 class GatesSpec(_Section):
