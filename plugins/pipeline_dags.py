@@ -145,7 +145,10 @@ def dag_doc(spec: PipelineSpec, kind: str) -> str:
             "",
             "## Decision",
             f"Retrain on a first run, when forced, on drift with at least {dec.min_new_rows} new rows, or at "
-            f"{dec.retrain_every_rows} new rows since the champion's snapshot. A snapshot a finished run already "
+            f"{dec.retrain_every_rows} new rows since the champion's snapshot"
+            + (f" or at {dec.retrain_every_fraction:g} of the rows in that snapshot (whichever comes first)"
+               if dec.retrain_every_fraction is not None else "")
+            + ". A snapshot a finished run already "
             "trained on (promoted, or blocked by its gates) is skipped unless forced (docs/triggers.md).",
             "",
             "## Gates (golden set)",

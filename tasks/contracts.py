@@ -142,6 +142,10 @@ class Decision(Result):
     new_rows: int | None = None
     drift_detected: bool = False
     snapshot_id: str | None = None
+    # What asked for the retrain: forced, first_run, drift, retrain_every_rows, retrain_every_fraction; [] on a skip.
+    triggers: list[str] = []
+    champion_snapshot_rows: int | None = None  # drift's reference_rows; None = unknown (absolute trigger only)
+    retrain_fraction_rows: int | None = None  # decide.retrain_every_fraction of them, as new rows; None = off/unknown
 
 
 class TrainResult(Result):

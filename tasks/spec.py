@@ -289,8 +289,17 @@ class DriftSpec(_Section):
 
 
 class DecideSpec(_Section):
-    min_new_rows: int = Field(100, ge=0)
-    retrain_every_rows: int = Field(5000, ge=1)
+    # New rows are counted since the champion's snapshot (drift compares against it). Either routine trigger
+    # suffices; min_new_rows is a floor under both and under drift. docs/triggers.md: Routine retrain.
+    min_new_rows: int = Field(100, ge=0, description="Fewer new rows than this never train (drift or not), unless "
+                                                     "forced or a first run")
+    retrain_every_rows: int = Field(5000, ge=1, description="Routine retrain at this many new rows, drift or not")
+    retrain_every_fraction: float | None = Field(
+        0.5, gt=0, description="Routine retrain also when the new rows reach this share of the rows in the "
+                               "champion's snapshot; null = off. 0.5: a pipeline retrains once its data grew by "
+                               "half, so a small one is not stuck below retrain_every_rows, and the rows its "
+                               "routine retrains train on add up to about (1 + 0.5) / 0.5 = 3 times its final size "
+                               "(0.1: 11 times)")
 
 
 class GatesSpec(_Section):

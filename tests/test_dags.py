@@ -92,6 +92,8 @@ def test_each_dag_documents_its_own_spec(dagbag):
     assert f"macro-F1 by {spec.gates.min_macro_f1_over_baseline}" in retrain
     assert f"retention >= {spec.gates.min_retention} (or, when the champion's student retained less" in retrain
     assert ", ".join(spec.data.labels) in retrain
+    assert (f"{spec.decide.retrain_every_rows} new rows since the champion's snapshot or at "
+            f"{spec.decide.retrain_every_fraction:g} of the rows in that snapshot") in retrain
     assert f"Every {spec.schedule.ingest_every_minutes} minutes" in ingest
 
 

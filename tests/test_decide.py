@@ -5,6 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pydantic
+import pytest
+
 from conftest import ROOT
 from data_helpers import make_spec
 from tasks.decide.decision import decide
@@ -17,11 +20,16 @@ def ingest(snapshot_id: str = "bbbb", new_rows: int = 0) -> dict:
     return {"snapshot_id": snapshot_id, "changed": new_rows > 0, "new_rows": new_rows}
 
 
-def drift(new_rows: int, drifted: tuple[str, ...] = ()) -> dict:
+def drift(new_rows: int, drifted: tuple[str, ...] = (), reference_rows: int | None = 100_000) -> dict:
+    """A drift result; ``reference_rows`` (the champion's snapshot) defaults to a large pipeline's, where 50% of it
+    is far above any new-row count below, so only the absolute trigger can fire; None leaves the key out."""
     checks = {name: {"drifted": name in drifted, "statistic": 1.0, "threshold": 0.5, "verdict": "x"}
               for name in ("label_psi", "vocab_js", "embedding_mmd")}
-    return {"new_rows": new_rows, "drift_detected": bool(drifted), "checks": checks,
-            "summary": "Drift detected." if drifted else "No drift detected."}
+    out = {"new_rows": new_rows, "drift_detected": bool(drifted), "checks": checks,
+           "summary": "Drift detected." if drifted else "No drift detected."}
+    if reference_rows is not None:
+        out["reference_rows"] = reference_rows
+    return out
 
 
 def test_first_run_always_trains():
@@ -49,13 +57,14 @@ def test_drift_with_enough_rows_retrains_and_names_checks():
 
 def test_enough_new_rows_retrain_without_drift():
     out = decide(SPEC, ingest(), drift(1000), CHAMPION)
-    assert out["retrain"] is True and "retrain_every_rows (1000)" in out["reasons"][0]
+    assert out["retrain"] is True and out["triggers"] == ["retrain_every_rows"]
+    assert out["reasons"] == ["1,000 new rows since the champion's snapshot reach decide.retrain_every_rows (1,000)."]
 
 
 def test_no_drift_and_below_routine_size_skips():
     out = decide(SPEC, ingest(), drift(500), CHAMPION)
     assert out["retrain"] is False and "no drift detected" in out["reasons"][0]
-    assert out["new_rows"] == 500
+    assert out["new_rows"] == 500 and out["triggers"] == []
 
 
 def test_force_overrides_a_skip():
@@ -119,3 +128,117 @@ def test_a_batch_whose_labels_fail_the_quality_check_stops_before_training():
     assert forced["retrain"] is True  # the operator may still insist
     clean = decide(SPEC, {"snapshot_id": "s2"}, {**drift, "label_quality": {"flagged": False}}, CHAMPION)
     assert clean["retrain"] is True and clean["stopped"] is False
+
+
+# ---------------------------------------------------------------- the relative routine trigger
+
+# The shipped default (tasks/spec.py: decide.retrain_every_fraction 0.5) with the shipped absolute trigger.
+DEFAULTS = make_spec("file:///tmp/unused", decide={"min_new_rows": 100, "retrain_every_rows": 5000})
+
+
+def test_the_shipped_default_fraction_is_one_half():
+    assert DEFAULTS.decide.retrain_every_fraction == 0.5
+
+
+def test_a_small_pipeline_retrains_on_the_relative_trigger():
+    """2,000 rows in the champion's snapshot, 1,500 new a night: far below 5,000, yet the data grew by 75%."""
+    out = decide(DEFAULTS, ingest(), drift(1500, reference_rows=2000), CHAMPION)
+    assert out["retrain"] is True and out["triggers"] == ["retrain_every_fraction"]
+    assert out["reasons"] == ["1,500 new rows are 75% of the 2,000 rows in the champion's snapshot, at least "
+                              "decide.retrain_every_fraction (50%)."]
+    assert (out["champion_snapshot_rows"], out["retrain_fraction_rows"], out["new_rows_share"]) == (2000, 1000, 0.75)
+    assert out["retrain_every_rows"] == 5000 and out["retrain_every_fraction"] == 0.5  # the keys there were, kept
+
+
+def test_the_relative_trigger_fires_at_its_threshold_not_below():
+    at = decide(DEFAULTS, ingest(), drift(1000, reference_rows=2000), CHAMPION)
+    below = decide(DEFAULTS, ingest(), drift(999, reference_rows=2000), CHAMPION)
+    assert at["retrain"] is True and below["retrain"] is False
+    # A skip names both thresholds, with the numbers; 49.95% must not print as the 50% it missed.
+    assert below["reasons"] == [
+        "Skipped: 999 new rows and no drift detected, below both routine triggers: decide.retrain_every_rows "
+        "(5,000 new rows) and decide.retrain_every_fraction (50% of the 2,000 rows in the champion's snapshot, "
+        "1,000 new rows; these are 49.9%)."]
+
+
+def test_a_large_pipeline_still_needs_the_absolute_trigger():
+    """1,000,000 rows: 3,000 new ones are 0.3%; 5,000 reach retrain_every_rows long before half the snapshot."""
+    skip = decide(DEFAULTS, ingest(), drift(3000, reference_rows=1_000_000), CHAMPION)
+    assert skip["retrain"] is False and skip["retrain_fraction_rows"] == 500_000
+    assert "decide.retrain_every_rows (5,000 new rows)" in skip["reasons"][0]
+    assert "decide.retrain_every_fraction (50% of the 1,000,000 rows" in skip["reasons"][0]
+    train = decide(DEFAULTS, ingest(), drift(5000, reference_rows=1_000_000), CHAMPION)
+    assert train["retrain"] is True and train["triggers"] == ["retrain_every_rows"]
+    # Or the fraction, if the large pipeline lands half its size at once: both triggers say so.
+    both = decide(DEFAULTS, ingest(), drift(600_000, reference_rows=1_000_000), CHAMPION)
+    assert both["triggers"] == ["retrain_every_rows", "retrain_every_fraction"] and len(both["reasons"]) == 2
+    assert both["reasons"][1].startswith("600,000 new rows are 60% of the 1,000,000 rows")
+
+
+def test_drift_and_the_relative_trigger_are_both_reported():
+    out = decide(DEFAULTS, ingest(), drift(1500, ("vocab_js",), reference_rows=2000), CHAMPION)
+    assert out["retrain"] is True and out["triggers"] == ["drift", "retrain_every_fraction"]
+    assert out["reasons"][0].startswith("Drift detected on 1,500 new rows (vocab_js).")
+
+
+def test_null_switches_the_relative_trigger_off():
+    spec = make_spec("file:///tmp/unused", decide={"min_new_rows": 100, "retrain_every_rows": 5000,
+                                                   "retrain_every_fraction": None})
+    out = decide(spec, ingest(), drift(1500, reference_rows=2000), CHAMPION)
+    assert out["retrain"] is False and out["retrain_fraction_rows"] is None and out["retrain_every_fraction"] is None
+    assert out["reasons"] == ["Skipped: 1,500 new rows and no drift detected, fewer than decide.retrain_every_rows "
+                              "(5,000 new rows); decide.retrain_every_fraction is off (null)."]
+    assert decide(spec, ingest(), drift(5000, reference_rows=2000), CHAMPION)["triggers"] == ["retrain_every_rows"]
+
+
+def test_a_drift_result_without_the_champions_size_falls_back_to_the_absolute_trigger():
+    """An older drift result (or one with reference_rows 0) cannot size the relative trigger: absolute only."""
+    for result in (drift(1500, reference_rows=None), drift(1500, reference_rows=0)):
+        out = decide(DEFAULTS, ingest(), result, CHAMPION)
+        assert out["retrain"] is False and out["champion_snapshot_rows"] is None and out["new_rows_share"] is None
+        assert out["reasons"] == [
+            "Skipped: 1,500 new rows and no drift detected, fewer than decide.retrain_every_rows (5,000 new rows); "
+            "decide.retrain_every_fraction (50%) was not applied: the drift result does not say how many rows the "
+            "champion's snapshot holds, so only decide.retrain_every_rows counts."]
+    trained = decide(DEFAULTS, ingest(), drift(6000, reference_rows=None), CHAMPION)
+    assert trained["retrain"] is True and trained["triggers"] == ["retrain_every_rows"]
+    assert trained["reasons"][1].startswith("The relative trigger decide.retrain_every_fraction (50%) was not applied")
+
+
+def test_min_new_rows_wins_below_the_relative_trigger():
+    """A tiny champion (100 rows): 60 new rows are 60% of it, but fewer than min_new_rows (100) never train."""
+    out = decide(DEFAULTS, ingest(), drift(60, reference_rows=100), CHAMPION)
+    assert out["retrain"] is False and out["triggers"] == [] and out["retrain_fraction_rows"] == 50
+    assert out["reasons"] == ["Skipped: only 60 new rows since the champion's snapshot, fewer than the 100 needed "
+                              "(decide.min_new_rows)."]
+
+
+def test_the_relative_threshold_is_a_whole_row_count():
+    """0.1 * 30 is 3.0000000000000004 in floating point; 3 new rows must still reach it."""
+    spec = {"decide": {"min_new_rows": 0, "retrain_every_rows": 5000, "retrain_every_fraction": 0.1}}
+    out = decide(spec, ingest(), drift(3, reference_rows=30), CHAMPION)
+    assert out["retrain"] is True and out["retrain_fraction_rows"] == 3
+    assert out["reasons"] == ["3 new rows are 10% of the 30 rows in the champion's snapshot, at least "
+                              "decide.retrain_every_fraction (10%)."]
+
+
+def test_a_plain_dict_spec_gets_the_default_fraction_and_its_checks():
+    out = decide({"decide": {"min_new_rows": 1, "retrain_every_rows": 5000}}, ingest(), drift(60, reference_rows=100),
+                 CHAMPION)
+    assert out["retrain_every_fraction"] == 0.5 and out["triggers"] == ["retrain_every_fraction"]
+    with pytest.raises(pydantic.ValidationError):
+        decide({"decide": {"min_new_rows": 1, "retrain_every_rows": 5000, "retrain_every_fraction": 0}},
+               ingest(), drift(60, reference_rows=100), CHAMPION)
+
+
+def test_the_decision_contract_and_the_summary_carry_the_new_numbers():
+    from tasks.contracts import Decision
+    from tasks.decide.summary import build_summary
+
+    out = Decision.model_validate(decide(DEFAULTS, ingest(), drift(1500, reference_rows=2000), CHAMPION)).dump()
+    assert out["retrain_every_rows"] == 5000 and out["retrain_fraction_rows"] == 1000
+    run = {"pipeline": "p", "run_uri": "file:///tmp/unused/runs/p/r1", "run_key": "r1", "run_type": "manual",
+           "champion_version": "v3"}
+    summary = build_summary(run, {"decide": out})
+    assert summary["decision"]["triggers"] == ["retrain_every_fraction"]
+    assert summary["decision"]["champion_snapshot_rows"] == 2000
