@@ -265,8 +265,16 @@ def test_evaluate_then_scores_candidates_and_the_champion_on_the_new_golden_set(
         storage.upload_dir(tiny_model_dir, storage.join(champion, role))
     storage.write_json(storage.join(champion, "manifest.json"), {"version": "v1", **{
         k: before[k] for k in ("snapshot_id", "snapshot_uri")}})
+    storage.write_json(spec.layout.champion, {"version": "v1", "version_uri": champion,
+                                              **{k: before[k] for k in ("snapshot_id", "snapshot_uri")}})
     put(spec.golden.source_uri, tsv_bytes(first[:25] + rows[:6]))
-    golden.refreeze(spec)
+    # The re-freeze says how many of the new set's texts the champion trained on (its snapshot's train rows).
+    trained = snapshots.read_snapshot(before["snapshot_uri"])
+    trained = set(trained.loc[trained["split"] == "train", "text"])
+    expected = len(texts(rows[:6]) & trained)
+    assert 0 < expected < 6  # some of the six are holdout rows, which the champion never trained on
+    assert golden.refreeze(spec)["champion_trained_on"] == {"version": "v1", "snapshot_id": before["snapshot_id"],
+                                                          "rows": expected}
     run_uri = run_folder(spec, "after")
     now = run_ingest(spec, run_uri)
     assert now["golden_changed"]["removed_rows"] == 6

@@ -1,9 +1,15 @@
-"""The frozen golden set: read once from ``golden.source_uri`` on the first ingest, then never again.
+"""The golden set: frozen from ``golden.source_uri`` on the first ingest, replaced only by ``--refreeze``.
+
+    python -m tasks golden --spec SPEC                            # the current set and the replaced ones
+    python -m tasks golden --spec SPEC --refreeze [--source URI]  # replace it (docs/data.md)
 
 ``golden/<pipeline>/<golden_id>/`` holds ``data.parquet`` (``text``, ``label``) and ``manifest.json``; the id is
-a hash of the content. ``golden/<pipeline>/current.json`` points at it and is written create-only, so later
-changes to the source file are not picked up, and two first ingests agree on one golden set (the first wins).
-Readers use :func:`tasks.data.snapshots.read_golden`.
+a hash of the content. ``golden/<pipeline>/current.json`` points at it. The first ingest writes it create-only,
+so later changes to the source file are not picked up by an ingest, and two first ingests agree on one golden set
+(the first wins). A re-freeze checks the new source with the same function (:func:`candidate`), stores it next to
+the old set, moves the pointer with If-Match on the version it read and records the replaced pointer under
+``golden/<pipeline>/replaced/``; the next ingest then removes stored rows whose text is in the new set
+(tasks.data.ingest.remove_golden_rows). Readers use :func:`tasks.data.snapshots.read_golden`.
 """
 
 from __future__ import annotations
@@ -53,7 +59,8 @@ def read_source(spec: PipelineSpec, source: str | None = None, first: bool = Tru
 
 def check_bad_share(spec: PipelineSpec, good: list[Good], bad: list[Bad], source: str | None = None) -> None:
     """Refuse to freeze a golden set when more of its source than data.max_bad_fraction is bad (or all of it):
-    it is frozen for good, so a file with the wrong label names or columns must fail loudly, not shrink quietly."""
+    it stays until someone replaces it, so a file with the wrong label names or columns must fail loudly, not shrink
+    quietly."""
     source = source or spec.golden.source_uri
     total = len(good) + len(bad)
     if not total:
@@ -239,13 +246,31 @@ def refreeze(spec: PipelineSpec, source: str | None = None) -> dict[str, Any]:
             f"{current['golden_id']} as read); nothing was replaced. Check it with python -m tasks golden --spec "
             f"... and rerun if {source} should still replace it") from None
     record = _record_replaced(spec, pointer)
+    overlap = champion_overlap(spec, set(new.frame["text"]))
     log.info("re-froze golden set %s -> %s (%d rows) from %s", current["golden_id"], stored["golden_id"],
              stored["rows"], source)
     return {"action": "refrozen", **stored, "generation": pointer["generation"], "replaced": current["golden_id"],
-            "replaced_record": record,
+            "replaced_record": record, "champion_trained_on": overlap,
             "message": f"golden set {current['golden_id']} ({current.get('rows')} rows) replaced by "
                        f"{stored['golden_id']} ({stored['rows']} rows) from {source}; the next ingest removes "
-                       f"stored rows whose text is in it and names it in a new snapshot"}
+                       f"stored rows whose text is in it and names it in a new snapshot"
+                       + (f". The champion {overlap['version']} trained on {overlap['rows']} of its texts: its "
+                          f"score on the new set is optimistic by those" if overlap and overlap["rows"] else "")}
+
+
+def champion_overlap(spec: PipelineSpec, texts: set[str]) -> dict[str, Any] | None:
+    """How many of ``texts`` the champion trained on (train rows of its snapshot), or None without a champion:
+    the gates score the champion on the golden set, and a golden text it trained on flatters it."""
+    try:
+        champion = storage.read_json(spec.layout.champion)
+    except storage.NotFound:
+        return None
+    if not champion.get("snapshot_uri"):
+        return None
+    frame = snapshots.read_snapshot(champion["snapshot_uri"])
+    train = frame[frame["split"] == "train"]
+    return {"version": champion.get("version"), "snapshot_id": champion.get("snapshot_id"),
+            "rows": int(train["text"].isin(texts).sum())}
 
 
 def golden_texts(pointer: dict[str, Any]) -> set[str]:
