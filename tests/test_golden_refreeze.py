@@ -216,6 +216,23 @@ def test_a_concurrent_move_of_the_pointer_is_refused(root, monkeypatch):
     assert done["action"] == "refrozen" and done["replaced"] == other["golden_id"] and done["generation"] == 2
     assert [r["golden_id"] for r in golden.history(spec)] == [ingested["golden_id"], other["golden_id"]]
 
+    # Both operators put the first set back at once: the loser finds its rows current already; no error.
+    original = storage.join(spec.storage.uri, "reference", "sst2", "original.tsv")
+    put(original, tsv_bytes(first))
+    other.clear()
+
+    def same_refreeze_first(spec_, candidate):
+        if not other:
+            monkeypatch.setattr(golden, "store", real_store)
+            other.update(golden.refreeze(spec_, original))
+        return real_store(spec_, candidate)
+
+    monkeypatch.setattr(golden, "store", same_refreeze_first)
+    lost = golden.refreeze(spec, original)
+    assert other["action"] == "refrozen" and other["golden_id"] == ingested["golden_id"] == lost["golden_id"]
+    assert lost["action"] == "unchanged" and "already made" in lost["message"]
+    assert storage.read_json(golden.pointer_uri(spec))["generation"] == 3 and len(golden.history(spec)) == 3
+
 
 def test_refreeze_with_a_landed_file_then_withdraw_and_readmit_a_rewritten_batch(tmp_path):
     spec = make_spec("file://" + str(tmp_path / "store"))

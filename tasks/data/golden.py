@@ -234,13 +234,17 @@ def refreeze(spec: PipelineSpec, source: str | None = None) -> dict[str, Any]:
                            f"nothing changed"}
     stored = store(spec, new)
     now = storage.utcnow()
+    generation = int(current.get("generation", 0))
     old = {k: v for k, v in current.items() if k not in ("replaced", "replaced_at")}
-    pointer = {**stored, "generation": int(current.get("generation", 0)) + 1, "source_uri": source,
-               "frozen_at": now, "replaced_at": now, "replaced": {**old, "generation": int(current.get("generation", 0))}}
+    pointer = {**stored, "generation": generation + 1, "source_uri": source, "frozen_at": now, "replaced_at": now,
+               "replaced": {**old, "generation": generation}}
     try:
         storage.write_json(uri, pointer, if_match=info.etag)
     except storage.PreconditionFailed:
         moved = storage.read_json(uri)
+        if moved["golden_id"] == stored["golden_id"]:  # another re-freeze of the same rows got there first
+            return {"action": "unchanged", **stored,
+                    "message": f"a concurrent re-freeze already made {stored['golden_id']} the golden set"}
         raise InfrastructureError(
             f"{uri} moved while this re-freeze ran (it now names golden set {moved['golden_id']}, not "
             f"{current['golden_id']} as read); nothing was replaced. Check it with python -m tasks golden --spec "

@@ -19,6 +19,10 @@ champion's snapshot gives back that snapshot's very id (same rows, same content 
 Readmission (a person judged the labels right, e.g. a real concept shift) adds the part back in a new snapshot
 and records ``snapshots/<pipeline>/accepted/<batch_id>.json``: the label-quality check then leaves that batch's
 rows out, so the next run trains on it instead of stopping again.
+
+Batches are found by their part's batch id: after a golden-set re-freeze a batch's part in the latest snapshot may
+be a rewrite without the new golden rows (``parts/filtered/<id>/<batch_id>.parquet``), and a batch readmitted
+after one is filtered against the snapshot's golden set the same way (tasks.data.ingest.remove_golden_rows).
 """
 
 from __future__ import annotations
@@ -110,8 +114,9 @@ def _new_manifest(spec, latest_manifest: dict[str, Any], parts: list[str], chang
 
 
 def _move(spec, edit, change: dict[str, Any]) -> dict[str, Any] | None:
-    """Apply ``edit(parts, manifest, tmp_dir) -> parts`` to the latest snapshot as a new snapshot and move latest.json to it; None
-    when the edit changes nothing. Redone from the new pointer when a concurrent ingest moved it."""
+    """Apply ``edit(parts, manifest, tmp_dir) -> parts`` to the latest snapshot as a new snapshot and move
+    latest.json to it; None when the edit changes nothing. Redone from the new pointer when a concurrent ingest
+    moved it."""
     where = spec.layout.snapshots
     for _ in range(MOVE_ATTEMPTS):
         latest, etag, manifest = snapshots.read_latest_manifest(where)
