@@ -14,6 +14,7 @@ from tasks.errors import PipelineError
 STAGES = {
     "ingest": "tasks.data.ingest",
     "withdraw": "tasks.data.withdraw",
+    "golden": "tasks.data.golden",
     "drift": "tasks.drift.stage",
     "finetune": "tasks.train.finetune",
     "distill": "tasks.train.distill",

@@ -92,6 +92,9 @@ class IngestResult(Result):
     duplicates_removed: int = 0
     contaminated_removed: int = 0
     reason: str | None = None
+    # After a re-freeze of the golden set (python -m tasks golden --refreeze), the first ingest's snapshot drops the
+    # stored rows now in it: {from, from_uri, to, to_uri, removed_rows, removed_by_batch, rewritten_parts}.
+    golden_changed: dict[str, Any] | None = None
     # The batch, when there was one (docs/data.md): rows_read = new_rows + quarantined_rows + duplicates_removed
     # + contaminated_removed, and files_count = files_read + quarantined_files + empty_files.
     landing_uri: str | None = None

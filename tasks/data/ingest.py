@@ -501,11 +501,15 @@ def _staged_batches(path: str):
             yield reader.get_batch(i)
 
 
-def golden_keys(golden: dict[str, Any]) -> tuple[Any, Any]:
+def golden_array(golden: dict[str, Any]) -> Any:
+    """The golden set's texts as a sorted arrow string array."""
     import pyarrow as pa
 
-    texts = pa.array(sorted(golden_texts(golden)), pa.string())
-    return snapshots.hash_keys(snapshots.text_digests(texts)[:, :snapshots.TEXT_HASH_BYTES])
+    return pa.array(sorted(golden_texts(golden)), pa.string())
+
+
+def golden_keys(golden: dict[str, Any]) -> tuple[Any, Any]:
+    return snapshots.hash_keys(snapshots.text_digests(golden_array(golden))[:, :snapshots.TEXT_HASH_BYTES])
 
 
 # ------------------------------------------------------------------ committing
@@ -526,7 +530,8 @@ def commit(spec: PipelineSpec, batch: Batch, new: NewPart, latest: dict[str, Any
     part = snapshots.write_part(where, batch.batch_id, new.path)
     total = parent.total.merged(new.content) if parent is not None else new.content
     digest = total.hexdigest()
-    snapshot_id = digest[:16]
+    golden_fields = snapshots.golden_fields(golden)
+    snapshot_id = snapshots.snapshot_id_of(digest, golden["golden_id"], golden_fields.get("golden_generation", 0))
     rows = total.rows
     label_counts = {name: parent.label_counts.get(name, 0) + new.label_counts[name] for name in spec.data.labels} \
         if parent is not None else new.label_counts
@@ -546,8 +551,7 @@ def commit(spec: PipelineSpec, batch: Batch, new: NewPart, latest: dict[str, Any
                   "label_counts": new.label_counts,
                   **{k: stats[k] for k in BATCH_STATS}},
         "sources": sorted({*parent_manifest.get("sources", []), *batch.read}),
-        "golden_id": golden["golden_id"],
-        "golden_uri": golden["golden_uri"],
+        **golden_fields,
         "created_at": storage.utcnow(),
     }
     snapshot_uri = snapshots.write_manifest(where, manifest)
@@ -567,6 +571,78 @@ def commit(spec: PipelineSpec, batch: Batch, new: NewPart, latest: dict[str, Any
     extra = {"snapshot_id": snapshot_id, "snapshot_uri": snapshot_uri, "total_rows": rows, "new_rows": new.rows}
     return {**base, **stats, **extra, "changed": True, "parent_snapshot_id": manifest["parent"],
             "label_counts": manifest["label_counts"], "asset_extra": extra}
+
+
+def golden_changed(manifest: dict[str, Any] | None, golden: dict[str, Any]) -> bool:
+    """The latest snapshot was checked against another golden set than the current one (a re-freeze since). A
+    manifest that names none (written by hand) is taken as it is."""
+    return bool(manifest and manifest.get("golden_id") and manifest["golden_id"] != golden["golden_id"])
+
+
+def remove_golden_rows(spec: PipelineSpec, latest: dict[str, Any], latest_etag: str | None,
+                       manifest: dict[str, Any], golden: dict[str, Any], base: dict[str, Any],
+                       work: str) -> dict[str, Any] | None:
+    """After a re-freeze: a new snapshot of the latest one's rows minus those whose text is in the current golden
+    set, naming that set. Only the parts that hold such rows are rewritten (new objects, snapshots.filter_part);
+    sums and counts are the latest's minus the removed rows'. ``golden_changed`` in the manifest and the result
+    says from which set to which, and what was removed. Returns the stage result for that snapshot, or None when
+    a concurrent ingest made one first."""
+    where, names = spec.layout.snapshots, list(spec.data.labels)
+    if manifest.get("content_sum") is None or manifest.get("split_counts") is None:  # an old manifest: sum it
+        stored = snapshots.hash_index(latest["snapshot_uri"], manifest, work, names)
+        total, labels, splits = stored.total, stored.label_counts, stored.split_counts
+    else:
+        total = snapshots.ContentSum.decode(manifest["content_sum"])
+        labels, splits = dict(manifest["label_counts"]), dict(manifest["split_counts"])
+    texts = golden_array(golden)
+    hi, _ = snapshots.hash_keys(snapshots.text_digests(texts)[:, :snapshots.TEXT_HASH_BYTES])
+    parts: list[str] = []
+    rewritten: dict[str, str | None] = {}
+    by_batch: dict[str, int] = {}
+    for part in manifest["parts"]:
+        out = snapshots.filter_part(where, part, texts, hi, names, work)
+        if out is None:
+            parts.append(part)
+            continue
+        if out.part:
+            parts.append(out.part)
+        rewritten[part] = out.part
+        by_batch[snapshots.batch_of_part(part)] = out.removed.rows
+        total = total.minus(out.removed)
+        labels = {k: labels.get(k, 0) - out.label_counts.get(k, 0) for k in labels}
+        splits = {k: splits.get(k, 0) - out.split_counts.get(k, 0) for k in splits}
+    removed = sum(by_batch.values())
+    fields = snapshots.golden_fields(golden)
+    digest = total.hexdigest()
+    change = {"from": manifest["golden_id"], "from_uri": manifest.get("golden_uri"), "to": golden["golden_id"],
+              "to_uri": golden["golden_uri"], "removed_rows": removed, "removed_by_batch": by_batch,
+              "rewritten_parts": rewritten}
+    new = {
+        "snapshot_id": snapshots.snapshot_id_of(digest, golden["golden_id"], fields.get("golden_generation", 0)),
+        "pipeline": spec.name, "content_hash": digest, "content_sum": total.encode(),
+        "parent": manifest["snapshot_id"], "parts": parts, "rows": total.rows, "new_rows": 0,
+        "label_counts": labels, "split_counts": splits, "labels": manifest.get("labels", names),
+        "sources": manifest.get("sources", []), **fields, "golden_changed": change, "created_at": storage.utcnow(),
+    }
+    snapshot_uri = snapshots.write_manifest(where, new)
+    pointer = {"snapshot_id": new["snapshot_id"], "snapshot_uri": snapshot_uri, "rows": new["rows"],
+               "updated_at": storage.utcnow()}
+    try:
+        snapshots.move_latest(where, pointer, latest_etag)
+    except storage.PreconditionFailed:
+        _, _, now = snapshots.read_latest_manifest(where)
+        if now and not golden_changed(now, golden):  # a concurrent ingest did it; build on theirs
+            return None
+        raise InfrastructureError(f"another ingest moved {snapshots.latest_uri(where)} while this one removed the "
+                                  f"new golden set's rows; rerun to pick up its snapshot") from None
+    log.info("golden set %s -> %s: snapshot %s without %d stored row(s) now in the golden set (%d part(s) "
+             "rewritten)", change["from"], change["to"], new["snapshot_id"], removed, len(rewritten))
+    extra = {"snapshot_id": new["snapshot_id"], "snapshot_uri": snapshot_uri, "total_rows": new["rows"],
+             "new_rows": 0}
+    return {**base, **extra, "changed": True, "parent_snapshot_id": new["parent"], "label_counts": labels,
+            "golden_changed": change, "asset_extra": extra,
+            "reason": f"the golden set changed ({change['from']} -> {change['to']}): {removed} stored row(s) whose "
+                      f"text is in the new set removed"}
 
 
 def recover_unrecorded_batch(spec: PipelineSpec, latest: dict[str, Any], manifest: dict[str, Any],
@@ -614,15 +690,25 @@ def run_ingest(spec: PipelineSpec, run_uri: str | None = None) -> dict[str, Any]
         snapshots.check_labels(spec.data.labels, latest_manifest, f"latest snapshot {latest['snapshot_id']}")
     files = landing.new_files(layout.landing, snapshots.processed_files(layout.snapshots))
     base = {"golden_uri": golden["golden_uri"], "golden_id": golden["golden_id"], "landing_uri": layout.landing}
-    if not files:
-        if latest is None:
-            raise DataRejected(f"no data yet: no files in {layout.landing} and no snapshot in {layout.snapshots}")
-        return finish(run_uri, unchanged(latest, base, reason="no new landing files"))
-    recovered = recover_unrecorded_batch(spec, latest, latest_manifest, files, base) if latest else None
-    if recovered:
+    if not files and latest is None:
+        raise DataRejected(f"no data yet: no files in {layout.landing} and no snapshot in {layout.snapshots}")
+    recovered = recover_unrecorded_batch(spec, latest, latest_manifest, files, base) if files and latest else None
+    if recovered and not golden_changed(latest_manifest, golden):
         return finish(run_uri, recovered)
 
     with tempfile.TemporaryDirectory(prefix="ingest-") as work:
+        # A re-freeze since the latest snapshot: first a snapshot without the new golden set's rows, then the batch
+        # on top of it. Without one, nothing here runs and the ingest is what it always was.
+        refreshed = None
+        if latest and golden_changed(latest_manifest, golden):
+            refreshed = remove_golden_rows(spec, latest, latest_etag, latest_manifest, golden, base, work)
+            latest, latest_etag, latest_manifest = snapshots.read_latest_manifest(layout.snapshots)
+            if recovered:  # its batch is recorded now; its files are not new
+                refreshed = {**recovered, **(refreshed or {})}
+                files = []
+        if not files:
+            return finish(run_uri, refreshed or unchanged(latest, base, reason="no new landing files"))
+
         parent = snapshots.hash_index(latest["snapshot_uri"], latest_manifest, work, spec.data.labels) \
             if latest else None
         batch = read_batch(spec, files, parent, latest["snapshot_id"] if latest else None, golden_keys(golden), work)
@@ -639,8 +725,11 @@ def run_ingest(spec: PipelineSpec, run_uri: str | None = None) -> dict[str, Any]
                     f"{batch.duplicates} duplicates, {batch.contaminated} golden rows, {len(batch.empty)} empty files)")
             snapshots.record_batch(layout.snapshots, batch.batch_id, batch.records(), latest["snapshot_id"],
                                    batch.stats())
-            return finish(run_uri, {**unchanged(latest, base, reason="no new rows in the new files"), **batch.stats()})
+            return finish(run_uri, {**(refreshed or unchanged(latest, base, reason="no new rows in the new files")),
+                                    **batch.stats()})
         result = commit(spec, batch, new, latest, latest_etag, latest_manifest, parent, golden, base)
+        if refreshed:
+            result["golden_changed"] = refreshed["golden_changed"]
         return finish(run_uri, result)
 
 

@@ -211,6 +211,26 @@ def write_part(snapshots_uri: str, batch_id: str, frame: "pd.DataFrame | str") -
     return part
 
 
+def snapshot_id_of(digest: str, golden_id: str | None = None, golden_generation: int = 0) -> str:
+    """A snapshot's id from its rows' digest (``ContentSum.hexdigest``): the digest itself while the pipeline keeps
+    its first golden set (generation 0: the ids every snapshot has had), else salted with the golden set's id, so
+    the same rows checked against another golden set are another snapshot (its manifest names the other set)."""
+    if not golden_generation:
+        return digest[:16]
+    return hashlib.sha256(f"snapshot-golden:{digest}:{golden_id}".encode()).hexdigest()[:16]
+
+
+def golden_fields(golden: dict[str, Any]) -> dict[str, Any]:
+    """The golden set a snapshot's manifest names, from a golden pointer or another manifest;
+    ``golden_generation`` only once the golden set was replaced (manifests of a never-replaced set are as they
+    were)."""
+    out = {"golden_id": golden.get("golden_id"), "golden_uri": golden.get("golden_uri")}
+    generation = int(golden.get("golden_generation", golden.get("generation", 0)) or 0)
+    if generation:
+        out["golden_generation"] = generation
+    return out
+
+
 def write_manifest(snapshots_uri: str, manifest: dict[str, Any]) -> str:
     """The snapshot folder's manifest.json (create-only); returns the snapshot URI."""
     snapshot_uri = storage.join(snapshots_uri, manifest["snapshot_id"])
@@ -427,3 +447,82 @@ def hash_index(snapshot_uri: str, manifest: dict[str, Any], tmp_dir: str, names:
     keys.label_counts = {name: int(counts[i]) for i, name in enumerate(names)}
     keys.split_counts = {s: int(splits.get(s, 0)) for s in ("train", "holdout")}
     return keys
+
+
+# ---------------------------------------------------------------- a part without some texts (a new golden set)
+
+
+def filtered_part_path(batch_id: str, kept: ContentSum) -> str:
+    """Where a part rewritten without some rows goes: addressed by the rows it keeps (so a retry, or the same
+    rewrite from another run, writes the very same object), and still ending in ``<batch_id>.parquet`` so that
+    batch_of_part names its batch."""
+    return f"parts/filtered/{kept.hexdigest()[:16]}/{batch_id}.parquet"
+
+
+class PartFilter:
+    """What filter_part did to one part: the part that replaces it (None when no row is left) and the removed
+    rows' content sum, label and split counts."""
+
+    def __init__(self, part: str | None, removed: ContentSum, label_counts: dict[str, int],
+                 split_counts: dict[str, int]) -> None:
+        self.part, self.removed = part, removed
+        self.label_counts, self.split_counts = label_counts, split_counts
+
+
+def filter_part(snapshots_uri: str, part: str, texts: Any, hi_keys: Any, names: list[str],
+                tmp_dir: str) -> PartFilter | None:
+    """``part`` (a manifest's part path) without its rows whose text is in ``texts`` (an arrow string array),
+    written create-only as a new part (filtered_part_path); None when the part holds none of them (it is kept as
+    it is). ``hi_keys`` are the first 64 bits of those texts' hash keys (hash_keys): a scan of the part's
+    text_hash column finds the parts that may hold one without reading their texts; the rows are then matched
+    by their text, exactly. The stored part is never changed."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    import os
+
+    local = local_parquet(storage.join(snapshots_uri, part), tmp_dir)  # downloaded once, scanned twice at most
+    rows = part_rows(local, tmp_dir)
+    try:
+        maybe = any(np.isin(hash_keys(th)[0], hi_keys).any() for th, _, _ in rows)
+    finally:
+        rows.close()
+    if not maybe:
+        return None
+    pf = pq.ParquetFile(local, pre_buffer=False)
+    has_hash = "text_hash" in pf.schema_arrow.names
+    kept_sum, removed_sum = ContentSum(), ContentSum()
+    counts = np.zeros(len(names), dtype=np.int64)
+    splits: Counter = Counter()
+    out_path = os.path.join(tmp_dir, "filtered.parquet")
+    writer = None
+    try:
+        for batch in pf.iter_batches(batch_size=262144):
+            drop = pc.fill_null(pc.is_in(batch.column("text"), value_set=texts), False)
+            th = fixed_binary(batch.column("text_hash"), TEXT_HASH_BYTES) if has_hash \
+                else text_digests(batch.column("text"))[:, :TEXT_HASH_BYTES]
+            labels = batch.column("label").to_numpy(zero_copy_only=False).astype(np.int64)
+            mask = drop.to_numpy(zero_copy_only=False).astype(bool)
+            removed_sum.add(th[mask], labels[mask])
+            kept_sum.add(th[~mask], labels[~mask])
+            counts += np.bincount(labels[mask], minlength=len(names))[: len(names)]
+            for item in pc.value_counts(batch.column("split").filter(drop)).to_pylist():
+                splits[item["values"]] += item["counts"]
+            kept = batch.filter(pc.invert(drop))
+            if kept.num_rows:
+                if writer is None:
+                    writer = pq.ParquetWriter(out_path, pf.schema_arrow, use_dictionary=["split", "batch"])
+                writer.write_table(pa.Table.from_batches([kept], schema=pf.schema_arrow))
+    finally:
+        if writer is not None:
+            writer.close()
+    if not removed_sum.rows:
+        return None  # 64 bits of a hash shared, the text not
+    new_part = None
+    if writer is not None:
+        new_part = filtered_part_path(batch_of_part(part), kept_sum)
+        create_file(storage.join(snapshots_uri, new_part), out_path)
+    return PartFilter(new_part, removed_sum, {name: int(counts[i]) for i, name in enumerate(names)},
+                      {s: int(splits.get(s, 0)) for s in ("train", "holdout")})

@@ -19,6 +19,10 @@ champion's snapshot gives back that snapshot's very id (same rows, same content 
 Readmission (a person judged the labels right, e.g. a real concept shift) adds the part back in a new snapshot
 and records ``snapshots/<pipeline>/accepted/<batch_id>.json``: the label-quality check then leaves that batch's
 rows out, so the next run trains on it instead of stopping again.
+
+Batches are found by their part's batch id: after a golden-set re-freeze a batch's part in the latest snapshot may
+be a rewrite without the new golden rows (``parts/filtered/<id>/<batch_id>.parquet``), and a batch readmitted
+after one is filtered against the snapshot's golden set the same way (tasks.data.ingest.remove_golden_rows).
 """
 
 from __future__ import annotations
@@ -61,13 +65,13 @@ def accepted_batches(snapshots_uri: str) -> list[str]:
                   if o.uri.endswith(".json"))
 
 
-def _part_totals(snapshots_uri: str, batch_id: str, names: Sequence[str], tmp_dir: str):
-    """(ContentSum, label counts, split counts) of one batch's part, read a row group at a time."""
+def _part_totals(snapshots_uri: str, part: str, names: Sequence[str], tmp_dir: str):
+    """(ContentSum, label counts, split counts) of one part (a manifest's part path), read a row group at a time."""
     import numpy as np
     import pyarrow.compute as pc
 
     total, counts, splits = snapshots.ContentSum(), np.zeros(len(names), dtype=np.int64), {"train": 0, "holdout": 0}
-    for th, labels, split in snapshots.part_rows(storage.join(snapshots_uri, snapshots.part_path(batch_id)), tmp_dir):
+    for th, labels, split in snapshots.part_rows(storage.join(snapshots_uri, part), tmp_dir):
         total.add(th, labels)
         counts += np.bincount(labels, minlength=len(names))[: len(names)]
         for item in pc.value_counts(split).to_pylist():
@@ -92,36 +96,38 @@ def _new_manifest(spec, latest_manifest: dict[str, Any], parts: list[str], chang
     splits = dict(latest_manifest["split_counts"])
     old, new = set(latest_manifest["parts"]), set(parts)
     for part, sign in [*((p, -1) for p in old - new), *((p, 1) for p in new - old)]:
-        part_sum, part_labels, part_splits = _part_totals(where, snapshots.batch_of_part(part), names, tmp_dir)
+        part_sum, part_labels, part_splits = _part_totals(where, part, names, tmp_dir)
         total = total.merged(part_sum) if sign > 0 else total.minus(part_sum)
         labels = {k: labels.get(k, 0) + sign * part_labels.get(k, 0) for k in {**labels, **part_labels}}
         splits = {k: splits.get(k, 0) + sign * part_splits.get(k, 0) for k in {**splits, **part_splits}}
     sources = sorted({f["key"] for p in parts for f in _batch_files(where, snapshots.batch_of_part(p))})
     digest = total.hexdigest()
+    golden = snapshots.golden_fields(latest_manifest)  # the same golden set as the latest snapshot
     return {
-        "snapshot_id": digest[:16], "pipeline": spec.name, "content_hash": digest, "content_sum": total.encode(),
+        "snapshot_id": snapshots.snapshot_id_of(digest, golden["golden_id"], golden.get("golden_generation", 0)),
+        "pipeline": spec.name, "content_hash": digest, "content_sum": total.encode(),
         "parent": latest_manifest["snapshot_id"], "parts": parts, "rows": total.rows, "new_rows": 0,
         "label_counts": labels, "split_counts": splits, **change, "sources": sources,
-        "labels": latest_manifest.get("labels", list(spec.data.labels)),
-        "golden_id": latest_manifest.get("golden_id"), "golden_uri": latest_manifest.get("golden_uri"),
+        "labels": latest_manifest.get("labels", list(spec.data.labels)), **golden,
         "created_at": storage.utcnow(),
     }
 
 
 def _move(spec, edit, change: dict[str, Any]) -> dict[str, Any] | None:
-    """Apply ``edit(parts) -> parts`` to the latest snapshot as a new snapshot and move latest.json to it; None
-    when the edit changes nothing. Redone from the new pointer when a concurrent ingest moved it."""
+    """Apply ``edit(parts, manifest, tmp_dir) -> parts`` to the latest snapshot as a new snapshot and move
+    latest.json to it; None when the edit changes nothing. Redone from the new pointer when a concurrent ingest
+    moved it."""
     where = spec.layout.snapshots
     for _ in range(MOVE_ATTEMPTS):
         latest, etag, manifest = snapshots.read_latest_manifest(where)
         if latest is None:
             raise SpecInvalid(f"pipeline {spec.name} has no snapshot yet ({snapshots.latest_uri(where)} missing)")
-        parts = edit(list(manifest["parts"]))
-        if parts == manifest["parts"]:
-            return None
-        if not parts:
-            raise SpecInvalid(f"withdrawing would leave pipeline {spec.name}'s snapshot empty; land data first")
         with tempfile.TemporaryDirectory(prefix="withdraw-") as tmp:
+            parts = edit(list(manifest["parts"]), manifest, tmp)
+            if parts == manifest["parts"]:
+                return None
+            if not parts:
+                raise SpecInvalid(f"withdrawing would leave pipeline {spec.name}'s snapshot empty; land data first")
             new = _new_manifest(spec, manifest, parts, change, tmp)
         snapshot_uri = snapshots.write_manifest(where, new)
         pointer = {"snapshot_id": new["snapshot_id"], "snapshot_uri": snapshot_uri, "rows": new["rows"],
@@ -140,12 +146,13 @@ def withdraw(spec, batch_ids: Sequence[str], reason: str, run_key: str | None = 
     """Take ``batch_ids`` out of the latest snapshot (see the module doc); returns what was done, for the
     decision and the log: ``withdrawn`` (batches that were in it), ``files``, ``snapshot_id`` (now latest)."""
     where = spec.layout.snapshots
-    wanted = {snapshots.part_path(b) for b in batch_ids}
+    wanted = set(batch_ids)
     present: list[str] = []
 
-    def edit(parts: list[str]) -> list[str]:
-        present[:] = [p for p in parts if p in wanted]
-        return [p for p in parts if p not in wanted]
+    def edit(parts: list[str], manifest: dict[str, Any], tmp: str) -> list[str]:
+        # By batch: after a re-freeze a batch's part may be a rewrite (parts/filtered/<id>/<batch_id>.parquet).
+        present[:] = [p for p in parts if snapshots.batch_of_part(p) in wanted]
+        return [p for p in parts if snapshots.batch_of_part(p) not in wanted]
 
     moved = _move(spec, edit, {"withdrawn": {"batches": sorted(batch_ids), "reason": reason, "run_key": run_key}})
     now = {snapshots.batch_of_part(p) for p in present}
@@ -176,10 +183,35 @@ def readmit(spec, batch_ids: Sequence[str], reason: str) -> dict[str, Any]:
             raise SpecInvalid(f"batch {b} of pipeline {spec.name} was never withdrawn ({withdrawn_uri(where, b)})")
         snapshots.create(accepted_uri(where, b),
                          snapshots.json_bytes({"batch_id": b, "reason": reason, "accepted_at": storage.utcnow()}))
-    wanted = [snapshots.part_path(b) for b in batch_ids]
-    moved = _move(spec, lambda parts: parts + [p for p in wanted if p not in parts],
-                  {"readmitted": {"batches": sorted(batch_ids), "reason": reason}})
+    change = {"readmitted": {"batches": sorted(batch_ids), "reason": reason}}
+
+    def edit(parts: list[str], manifest: dict[str, Any], tmp: str) -> list[str]:
+        present = {snapshots.batch_of_part(p) for p in parts}
+        back = [b for b in batch_ids if b not in present]
+        return parts + [_without_golden_rows(spec, snapshots.part_path(b), manifest, tmp, change["readmitted"])
+                        for b in back]
+
+    moved = _move(spec, edit, change)
     return {"readmitted": sorted(batch_ids), **_now_latest(where, moved), "reason": reason}
+
+
+def _without_golden_rows(spec, part: str, manifest: dict[str, Any], tmp: str, record: dict[str, Any]) -> str:
+    """The part to readmit: as ingested, unless the golden set was re-frozen since and holds some of its texts;
+    then its rewrite without them (the rows of every part in a snapshot stay out of the golden set it names)."""
+    if not manifest.get("golden_generation"):  # never re-frozen: the part was checked against this very set
+        return part
+    from tasks.data.ingest import golden_array
+
+    texts = golden_array(manifest)
+    hi, _ = snapshots.hash_keys(snapshots.text_digests(texts)[:, :snapshots.TEXT_HASH_BYTES])
+    out = snapshots.filter_part(spec.layout.snapshots, part, texts, hi, list(spec.data.labels), tmp)
+    if out is None:
+        return part
+    record.setdefault("golden_removed_rows", {})[snapshots.batch_of_part(part)] = out.removed.rows
+    if out.part is None:
+        raise SpecInvalid(f"every row of batch {snapshots.batch_of_part(part)} is now in the golden set "
+                          f"{manifest.get('golden_id')}; there is nothing to readmit")
+    return out.part
 
 
 def main(argv: list[str]) -> int:
