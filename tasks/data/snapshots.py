@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -408,7 +409,6 @@ def part_rows(part_uri: str, tmp_dir: str) -> Iterable[tuple[Any, Any, Any]]:
 def hash_index(snapshot_uri: str, manifest: dict[str, Any], tmp_dir: str, names: list[str]) -> StoredKeys:
     """The StoredKeys of a snapshot (``manifest`` is its manifest, already read), read part by part and a row
     group at a time (``part_rows``)."""
-    import os
 
     import numpy as np
     import pyarrow.compute as pc
@@ -480,8 +480,6 @@ def filter_part(snapshots_uri: str, part: str, texts: Any, hi_keys: Any, names: 
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
-
-    import os
 
     local = local_parquet(storage.join(snapshots_uri, part), tmp_dir)  # downloaded once, scanned twice at most
     rows = part_rows(local, tmp_dir)
