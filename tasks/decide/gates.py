@@ -609,11 +609,11 @@ def comparison_lines(comparison: dict[str, Any] | None) -> list[str]:
         line = (f"- **champion not compared:** once the {left_out} are left out, only {kept} of {n} remain, fewer "
                 f"than gates.class_recall_min_support ({comparison['min_compared_rows']}); non-inferiority, "
                 f"per-class recall and the champion's retention are skipped. The floors, the baselines and the "
-                f"student's own checks use all {n} rows.")
+                f"candidates' own checks use all {n} rows.")
     else:
         line = (f"- **champion compared on {kept} of {n} golden rows:** the {left_out} are left out of "
                 f"non-inferiority, per-class recall and the champion's retention (its score on them is "
-                f"optimistic). The floors, the baselines and the student's own checks use all {n} rows.")
+                f"optimistic). The floors, the baselines and the candidates' own checks use all {n} rows.")
     accuracy = comparison.get("compared_accuracy") or {}
     if accuracy:
         line += f" Accuracy on the {kept} compared rows: " + ", ".join(
