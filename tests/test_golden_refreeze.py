@@ -433,3 +433,23 @@ def test_evaluate_with_too_few_golden_rows_the_champion_did_not_train_on(tmp_pat
         assert by[f"baseline_accuracy_{role}"]["details"]["n"] == 35  # the floors still judge on every row
     assert "the champion's retention is not used" in by["student_retention"]["reason"]
     assert "**champion not compared:**" in storage.read_text(result.report_md_uri)
+
+
+def test_a_part_written_before_text_hash_is_matched_by_its_texts_train_rows_only(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+
+    from data_helpers import parquet_bytes
+    from tasks.decide import evaluate
+
+    part = "file://" + str(tmp_path / "parts" / "old.parquet")
+    put(part, parquet_bytes({"text": ["a golden text", "held out golden", "plain row", "another golden"],
+                             "label": [0, 1, 0, 1], "split": ["train", "holdout", "train", "train"],
+                             "batch": ["b0"] * 4}))
+    values = pa.array(sorted(["a golden text", "another golden", "held out golden", "never stored"]), pa.string())
+    hi = snapshots.hash_keys(snapshots.text_digests(values)[:, :snapshots.TEXT_HASH_BYTES])[0]
+    found = evaluate.train_texts_in_part(part, values, hi, str(tmp_path))
+    assert dict(zip(values.to_pylist(), found.tolist())) == {
+        "a golden text": True, "another golden": True, "held out golden": False, "never stored": False}
+    assert not evaluate.train_texts_in_part(part, pa.array(["never stored"], pa.string()),
+                                            np.zeros(1, dtype=np.uint64), str(tmp_path)).any()
