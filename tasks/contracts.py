@@ -208,6 +208,9 @@ class EvaluateResult(Result):
     failed_gates: list[str] = []
     metrics: dict[str, Any] = {}
     golden_uri: str | None = None
+    # With a champion: how many golden rows the comparisons with it use (golden_rows, compared_rows,
+    # excluded_rows: those whose text it trained on, why, too_few) and what was read to know (evaluate.py).
+    champion_comparison: dict[str, Any] | None = None
     report_uri: str | None = None
     report_md_uri: str | None = None
 

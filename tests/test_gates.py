@@ -387,3 +387,124 @@ def test_retention_on_a_hard_many_class_pipeline_is_held_to_the_champions_when_t
     strong_champion = retrain(0.58, 0.55, champ_teacher=_scores(y, 0.43), champ_student=_scores(y, 0.42))
     assert not strong_champion["student_retention"].passed
     assert strong_champion["student_retention"].threshold == 0.97
+
+
+# ---------------------------------------------------------------- golden rows the champion trained on
+
+
+def _memorizing_champion(n=1000, trained=400, seed=3):
+    """A champion right on every golden row it trained on (the first ``trained``) and 80% right elsewhere, and a
+    candidate 86% right everywhere: on all rows the champion looks better than it is (0.88)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    champ = np.where(rng.random(n) < 0.80, y, 1 - y)
+    champ[:trained] = y[:trained]
+    cand = np.where(rng.random(n) < 0.86, y, 1 - y)
+    keep = np.arange(n) >= trained
+    score = lambda p: gates.ModelScores(p, metrics.accuracy(y, p), metrics.macro_f1(y, p, 2))  # noqa: E731
+    return y, score(cand), score(champ), keep
+
+
+WHY = "whose text the champion v1 trained on, as a train row of its snapshot s1"
+
+
+def _gates(y, cand, champ, **kwargs):
+    spec = make_spec("file:///unused", min_accuracy_over_baseline=0.0, min_macro_f1_over_baseline=0.05,
+                     min_retention=0.97)
+    passed, first_run, out = gates.evaluate_gates(spec.gates, ["n", "p"], y, teacher=cand,
+                                                  student=cand, champion_teacher=champ, champion_student=champ,
+                                                  **kwargs)
+    return passed, first_run, {g.name: g for g in out}
+
+
+def test_with_every_row_kept_the_gates_are_the_ones_without_champion_rows():
+    y, cand, champ, keep = _memorizing_champion()
+    before = _gates(y, cand, champ)
+    for rows in (None, gates.ChampionRows(np.ones_like(keep), WHY)):
+        now = _gates(y, cand, champ, champion_rows=rows)
+        assert now[:2] == before[:2]
+        assert {k: g.dump() for k, g in now[2].items()} == {k: g.dump() for k, g in before[2].items()}
+    assert gates.champion_comparison(make_spec("file:///unused").gates, len(y), None) == {
+        "golden_rows": 1000, "compared_rows": 1000, "excluded_rows": 0, "min_compared_rows": 20, "too_few": False}
+
+
+def test_rows_the_champion_trained_on_are_left_out_of_the_comparisons_only():
+    y, cand, champ, keep = _memorizing_champion()
+    passed, _, flattered = _gates(y, cand, champ)
+    assert not passed and not flattered["non_inferiority_teacher"].passed  # the champion's 400 memorized rows
+    passed, first_run, fair = _gates(y, cand, champ, champion_rows=gates.ChampionRows(keep, WHY))
+    assert passed and not first_run, [g.reason for g in fair.values() if not g.passed]
+    ni = fair["non_inferiority_teacher"]
+    assert ni.details["n"] == 600 and ni.details["excluded_rows"] == 400 and ni.details["why"] == WHY
+    assert ni.details["diff"] == pytest.approx(np.mean(cand.y_pred[keep] == y[keep])
+                                               - np.mean(champ.y_pred[keep] == y[keep]), abs=1e-6)
+    assert ni.reason.startswith(f"on 600 of 1000 golden rows (left out: 400 {WHY}): accuracy diff")
+    recall = fair["class_recall_student"]
+    assert sum(t["n"] for t in recall.details["classes"].values()) == 600 and "on 600 of 1000" in recall.reason
+    # The floors, the baselines and the candidate's retention keep every row.
+    for name in ("baseline_accuracy_teacher", "baseline_macro_f1_student"):
+        assert fair[name].details["n"] == 1000 and fair[name].dump() == flattered[name].dump()
+    assert fair["floor_accuracy_teacher"].dump() == flattered["floor_accuracy_teacher"].dump()
+    assert fair["student_retention"].value == flattered["student_retention"].value == 1.0
+    md = gates.render_markdown("sst2", "s3://b/runs/x", True, False, list(fair.values()), {},
+                               gates.champion_comparison(make_spec("file:///unused").gates, 1000,
+                                                         gates.ChampionRows(keep, WHY)))
+    assert f"**champion compared on 600 of 1000 golden rows:** the 400 golden rows {WHY} are left out" in md
+
+
+def test_too_few_rows_left_skips_the_champion_comparisons_and_keeps_the_floors():
+    y, cand, champ, _ = _memorizing_champion()
+    keep = np.arange(len(y)) >= len(y) - 19  # one row fewer than class_recall_min_support (20)
+    rows = gates.ChampionRows(keep, WHY)
+    spec = make_spec("file:///unused", min_accuracy=0.9)
+    passed, first_run, out = gates.evaluate_gates(spec.gates, ["n", "p"], y, teacher=cand, student=cand,
+                                                  champion_teacher=champ, champion_student=champ, champion_rows=rows)
+    by = {g.name: g for g in out}
+    assert not first_run
+    for name in ("non_inferiority_teacher", "class_recall_teacher", "non_inferiority_student", "class_recall_student"):
+        assert by[name].skipped and by[name].passed
+        assert by[name].reason.startswith("not compared with the champion: only 19 of 1000 golden rows left "
+                                          f"(left out: 981 {WHY}), fewer than gates.class_recall_min_support (20)")
+    assert not passed and {g.name for g in out if not g.passed} == {"floor_accuracy_teacher", "floor_accuracy_student"}
+    assert by["floor_accuracy_teacher"].value == pytest.approx(cand.accuracy, abs=1e-4)  # on all 1000 rows
+    assert "the champion's retention is not used: only 19 of 1000" in by["student_retention"].reason
+    comparison = gates.champion_comparison(spec.gates, 1000, rows)
+    assert comparison["too_few"] and comparison["compared_rows"] == 19
+    md = gates.render_markdown("sst2", "s3://b/runs/x", passed, False, out, {}, comparison)
+    assert "**champion not compared:** once the 981 golden rows" in md and "only 19 of 1000 remain" in md
+    # 20 rows left: compared (the minimum is the fewest rows a class needs to gate on).
+    keep20 = np.arange(len(y)) >= len(y) - 20
+    _, _, out = gates.evaluate_gates(spec.gates, ["n", "p"], y, teacher=cand, student=cand, champion_teacher=champ,
+                                     champion_student=champ, champion_rows=gates.ChampionRows(keep20, WHY))
+    assert not {g.name: g for g in out}["non_inferiority_teacher"].skipped
+
+
+def test_the_champions_retention_is_compared_on_the_rows_it_did_not_train_on():
+    """A hard pipeline whose champion's student kept 0.86 of its teacher: held to the champion's retention, both
+    measured on the rows the champion did not train on; the absolute ratio on every row."""
+    spec = make_spec("file:///unused", min_retention=0.97)
+    rng = np.random.default_rng(0)
+    y = rng.permutation(np.arange(2000) % 20)
+    labels = [f"c{i}" for i in range(20)]
+    keep = np.arange(2000) >= 400
+    teacher, student = _scores(y, 0.58), _scores(y, 0.55)  # 0.948 on every row
+    champ_teacher, champ_student = _scores(y, 0.43), _scores(y, 0.37)  # right on the first rows: the left-out ones
+
+    def retention(rows, student=student):
+        _, _, out = gates.evaluate_gates(spec.gates, labels, y, teacher=teacher, student=student,
+                                         champion_teacher=champ_teacher, champion_student=champ_student,
+                                         champion_rows=rows)
+        return {g.name: g for g in out}["student_retention"]
+
+    kept = lambda p: float(np.mean(p[keep] == y[keep]))  # noqa: E731
+    champion_ratio = kept(champ_student.y_pred) / kept(champ_teacher.y_pred)  # (0.37 - 0.2) / (0.43 - 0.2)
+    candidate_ratio = kept(student.y_pred) / kept(teacher.y_pred)
+    fair = retention(gates.ChampionRows(keep, WHY))
+    assert fair.passed and fair.value == pytest.approx(candidate_ratio, abs=1e-4)
+    assert fair.threshold == pytest.approx(champion_ratio, abs=1e-4) and champion_ratio < 0.86
+    assert "on 1600 of 2000 golden rows" in fair.reason and fair.details["retention"] == pytest.approx(0.55 / 0.58,
+                                                                                                          abs=1e-4)
+    weak = _scores(y, 0.33)  # 0.57 on every row, under the champion's on the kept rows too
+    assert not retention(gates.ChampionRows(keep, WHY), student=weak).passed
+    strong = retention(gates.ChampionRows(keep, WHY), student=_scores(y, 0.57))  # 0.983: the absolute ratio is met
+    assert strong.passed and strong.threshold == 0.97 and "on 1600" not in strong.reason

@@ -268,30 +268,59 @@ def test_refreeze_with_a_landed_file_then_withdraw_and_readmit_a_rewritten_batch
     assert readmitted["golden_id"] == now["golden_id"] and readmitted["golden_generation"] == 1
 
 
-def test_evaluate_then_scores_candidates_and_the_champion_on_the_new_golden_set(tmp_path, tiny_model_dir,
-                                                                                one_torch_thread):
+def make_champion(spec, ingested, model_dir, version="v1") -> str:
+    """A promoted version by hand: teacher/ and student/ = ``model_dir``, the version manifest naming the snapshot
+    it trained on, and the champion pointer."""
+    champion = spec.layout.version(version)
+    for role in ("teacher", "student"):
+        storage.upload_dir(model_dir, storage.join(champion, role))
+    named = {k: ingested[k] for k in ("snapshot_id", "snapshot_uri")}
+    storage.write_json(storage.join(champion, "manifest.json"), {"version": version, **named})
+    storage.write_json(spec.layout.champion, {"version": version, "version_uri": champion, **named})
+    return champion
+
+
+@pytest.fixture
+def part_scans(monkeypatch):
+    """The champion snapshot parts evaluate opens to look for golden texts, in order."""
     from tasks.decide import evaluate
 
-    spec = make_spec("file://" + str(tmp_path / "store"), gates={"latency_samples": 5})
+    opened: list[str] = []
+    real = evaluate.train_texts_in_part
+
+    def counted(part_uri, *args):
+        opened.append(part_uri)
+        return real(part_uri, *args)
+
+    monkeypatch.setattr(evaluate, "train_texts_in_part", counted)
+    return opened
+
+
+def train_texts(snapshot_uri: str) -> set[str]:
+    frame = snapshots.read_snapshot(snapshot_uri)
+    return set(frame.loc[frame["split"] == "train", "text"])
+
+
+def gate_report(result) -> dict:
+    return {g["name"]: g for g in storage.read_json(result.report_uri)["gates"]}
+
+
+def test_evaluate_leaves_the_golden_rows_the_champion_trained_on_out_of_the_champion_comparison(
+        root, tiny_model_dir, one_torch_thread, part_scans):
+    from tasks.decide import evaluate
+
+    spec = make_spec(root, gates={"latency_samples": 5})
     first = put_golden(spec)
     rows = read_sst2("train", limit=80)
     land(spec, "a.tsv", tsv_bytes(rows))
     before = run_ingest(spec)
-    champion = spec.layout.version("v1")
-    for role in ("teacher", "student"):
-        storage.upload_dir(tiny_model_dir, storage.join(champion, role))
-    storage.write_json(storage.join(champion, "manifest.json"), {"version": "v1", **{
-        k: before[k] for k in ("snapshot_id", "snapshot_uri")}})
-    storage.write_json(spec.layout.champion, {"version": "v1", "version_uri": champion,
-                                              **{k: before[k] for k in ("snapshot_id", "snapshot_uri")}})
+    champion = make_champion(spec, before, tiny_model_dir)
     put(spec.golden.source_uri, tsv_bytes(first[:25] + rows[:6]))
     # The re-freeze says how many of the new set's texts the champion trained on (its snapshot's train rows).
-    trained = snapshots.read_snapshot(before["snapshot_uri"])
-    trained = set(trained.loc[trained["split"] == "train", "text"])
-    expected = len(texts(rows[:6]) & trained)
-    assert 0 < expected < 6  # some of the six are holdout rows, which the champion never trained on
+    trained = texts(rows[:6]) & train_texts(before["snapshot_uri"])
+    assert 0 < len(trained) < 6  # some of the six are holdout rows, which the champion never trained on
     assert golden.refreeze(spec)["champion_trained_on"] == {"version": "v1", "snapshot_id": before["snapshot_id"],
-                                                          "rows": expected}
+                                                          "rows": len(trained)}
     run_uri = run_folder(spec, "after")
     now = run_ingest(spec, run_uri)
     assert now["golden_changed"]["removed_rows"] == 6
@@ -302,3 +331,125 @@ def test_evaluate_then_scores_candidates_and_the_champion_on_the_new_golden_set(
     for scored in (result.metrics["teacher"], result.metrics["champion"]["teacher"],
                    result.metrics["champion"]["student"]):
         assert scored["golden_n"] == 31  # the new set's rows, for the candidates and the champion alike
+    # Exactly the golden rows whose text the champion trained on are left out of the comparison with it.
+    comparison = result.champion_comparison
+    k = len(trained)
+    assert {key: comparison[key] for key in ("golden_rows", "compared_rows", "excluded_rows", "too_few")} == {
+        "golden_rows": 31, "compared_rows": 31 - k, "excluded_rows": k, "too_few": False}
+    assert comparison["looked"] and comparison["champion_snapshot_id"] == before["snapshot_id"]
+    assert comparison["champion_golden_id"] == before["golden_id"] != comparison["golden_id"] == now["golden_id"]
+    assert "the champion v1 trained on" in comparison["why"]
+    metrics = storage.read_json(storage.join(run_uri, "evaluate", "metrics.json"))
+    new_golden = snapshots.read_golden(now["golden_uri"])
+    assert set(new_golden["text"].iloc[metrics["champion_left_out_rows"]]) == trained
+    # Only the champion's part the re-freeze's ingest rewrote was read: this run's snapshot lists none of the old.
+    assert comparison["parts_read"] == 1 and comparison["parts_shared"] == 0
+    assert part_scans == [storage.join(spec.layout.snapshots, snapshots.part_path(before["batch_id"]))]
+    by = gate_report(result)
+    kept = new_golden[~new_golden["text"].isin(trained)]
+    for role in ("teacher", "student"):
+        ni, recall = by[f"non_inferiority_{role}"], by[f"class_recall_{role}"]
+        assert ni["details"]["n"] == 31 - k and ni["details"]["excluded_rows"] == k
+        assert ni["reason"].startswith(f"on {31 - k} of 31 golden rows (left out: {k} whose text")
+        assert {label: t["n"] for label, t in recall["details"]["classes"].items()} == {
+            label: int((kept["label"] == i).sum()) for i, label in enumerate(spec.data.labels)
+            if (kept["label"] == i).any()}
+        # The floors use every row.
+        assert by[f"baseline_accuracy_{role}"]["details"]["n"] == 31
+        assert "left out" not in by[f"baseline_macro_f1_{role}"]["reason"]
+    md = storage.read_text(result.report_md_uri)
+    assert f"**champion compared on {31 - k} of 31 golden rows:** the {k} golden rows whose text" in md
+    stored = storage.read_json(storage.join(run_uri, "evaluate", "result.json"))
+    assert stored["champion_comparison"]["excluded_rows"] == k
+    # The model card and the run summary say so too.
+    from tasks.decide import model_card, summary
+
+    card = model_card.render(model_card.CardInputs(
+        spec=spec, version="v2", published_at="now", snapshot_uri=now["snapshot_uri"],
+        snapshot=snapshots.read_manifest(now["snapshot_uri"]), evaluation=result.dump(), parent_champion="v1",
+        run_uri=run_uri, code_version="test"), "student")
+    gates_section = card.split("## Gates", 1)[1].split("## Lineage", 1)[0]
+    assert f"**champion compared on {31 - k} of 31 golden rows:** the {k} golden rows whose text" in gates_section
+    text = summary.format_summary(summary.build_summary(
+        {"pipeline": "sst2", "run_key": "after", "run_uri": run_uri, "run_type": "manual",
+         "champion_version": "v1"},
+        {"decide": {"retrain": True, "reasons": ["forced"]}, "evaluate": stored}))
+    assert f"champion compared on {31 - k} of 31 golden rows, {k} whose text the champion v1 trained on" in text
+
+
+def test_evaluate_without_a_refreeze_compares_on_every_row_and_reads_no_part(root, tiny_model_dir,
+                                                                              one_torch_thread, part_scans):
+    from tasks.decide import evaluate
+
+    spec = make_spec(root, gates={"latency_samples": 5})
+    put_golden(spec)
+    land(spec, "a.tsv", tsv_bytes(read_sst2("train", limit=80)))
+    champion = make_champion(spec, run_ingest(spec), tiny_model_dir)
+    land(spec, "b.tsv", tsv_bytes(read_sst2("train", limit=40, offset=80)))
+    run_uri = run_folder(spec, "next")
+    now = run_ingest(spec, run_uri)
+    model = "file://" + str(tiny_model_dir)
+    result = evaluate.run(run_uri, now["snapshot_uri"], model, model, champion)
+    comparison = result.champion_comparison
+    assert comparison["excluded_rows"] == 0 and comparison["compared_rows"] == comparison["golden_rows"] == 40
+    assert comparison["looked"] is False and "parts_read" not in comparison and part_scans == []
+    by = gate_report(result)
+    for role in ("teacher", "student"):
+        assert by[f"non_inferiority_{role}"]["details"]["n"] == 40
+        assert "excluded_rows" not in by[f"non_inferiority_{role}"]["details"]
+        assert "left out" not in by[f"non_inferiority_{role}"]["reason"]
+    assert "champion compared on" not in storage.read_text(result.report_md_uri)
+    metrics = storage.read_json(storage.join(run_uri, "evaluate", "metrics.json"))
+    assert metrics["champion_left_out_rows"] == []
+
+
+def test_evaluate_with_too_few_golden_rows_the_champion_did_not_train_on(tmp_path, tiny_model_dir,
+                                                                         one_torch_thread):
+    from tasks.decide import evaluate
+
+    spec = make_spec("file://" + str(tmp_path / "store"), gates={"latency_samples": 5})
+    first = put_golden(spec)
+    rows = read_sst2("train", limit=80)
+    land(spec, "a.tsv", tsv_bytes(rows))
+    before = run_ingest(spec)
+    champion = make_champion(spec, before, tiny_model_dir)
+    trained = train_texts(before["snapshot_uri"])
+    memorized = [(t, y) for t, y in rows if normalize_text(t) in trained][:30]
+    put(spec.golden.source_uri, tsv_bytes(first[:5] + memorized))  # 30 of 35 rows trained on: 5 left
+    assert golden.refreeze(spec)["champion_trained_on"]["rows"] == 30
+    run_uri = run_folder(spec, "after")
+    now = run_ingest(spec, run_uri)
+    model = "file://" + str(tiny_model_dir)
+    result = evaluate.run(run_uri, now["snapshot_uri"], model, model, champion)
+    comparison = result.champion_comparison
+    assert (comparison["golden_rows"], comparison["compared_rows"], comparison["excluded_rows"]) == (35, 5, 30)
+    assert comparison["too_few"] and comparison["min_compared_rows"] == spec.gates.class_recall_min_support
+    by = gate_report(result)
+    assert not result.first_run
+    for role in ("teacher", "student"):
+        for name in (f"non_inferiority_{role}", f"class_recall_{role}"):
+            assert by[name]["skipped"] and by[name]["reason"].startswith(
+                "not compared with the champion: only 5 of 35 golden rows left (left out: 30 whose text")
+        assert by[f"baseline_accuracy_{role}"]["details"]["n"] == 35  # the floors still judge on every row
+    assert "the champion's retention is not used" in by["student_retention"]["reason"]
+    assert "**champion not compared:**" in storage.read_text(result.report_md_uri)
+
+
+def test_a_part_written_before_text_hash_is_matched_by_its_texts_train_rows_only(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+
+    from data_helpers import parquet_bytes
+    from tasks.decide import evaluate
+
+    part = "file://" + str(tmp_path / "parts" / "old.parquet")
+    put(part, parquet_bytes({"text": ["a golden text", "held out golden", "plain row", "another golden"],
+                             "label": [0, 1, 0, 1], "split": ["train", "holdout", "train", "train"],
+                             "batch": ["b0"] * 4}))
+    values = pa.array(sorted(["a golden text", "another golden", "held out golden", "never stored"]), pa.string())
+    hi = snapshots.hash_keys(snapshots.text_digests(values)[:, :snapshots.TEXT_HASH_BYTES])[0]
+    found = evaluate.train_texts_in_part(part, values, hi, str(tmp_path))
+    assert dict(zip(values.to_pylist(), found.tolist())) == {
+        "a golden text": True, "another golden": True, "held out golden": False, "never stored": False}
+    assert not evaluate.train_texts_in_part(part, pa.array(["never stored"], pa.string()),
+                                            np.zeros(1, dtype=np.uint64), str(tmp_path)).any()

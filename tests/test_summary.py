@@ -83,3 +83,19 @@ def test_the_summary_adds_up_what_each_stage_cost():
     assert set(summary["cost"]["stages"]) == {"ingest", "finetune", "distill"}
     assert summary["cost"]["total"] == {"wall_seconds": 22.0, "gpu_seconds": 20.0, "energy_kwh": 0.004}
     assert "cost: 22 s in stages, 20 GPU-seconds, 0.0040 kWh" in format_summary(summary)
+
+
+def test_golden_rows_left_out_of_the_champion_comparison_are_in_the_summary_only_when_some_were():
+    evaluate = {"passed": True, "first_run": False, "champion_comparison": {
+        "golden_rows": 872, "compared_rows": 860, "excluded_rows": 0, "too_few": False, "looked": False}}
+    results = {"decide": {"retrain": True, "reasons": ["forced"]}, "evaluate": evaluate}
+    summary = build_summary(RUN, results)
+    assert "champion_comparison" not in summary["gates"] and "champion compared" not in format_summary(summary)
+    why = "whose text the champion v1 trained on, as a train row of its snapshot s1"
+    evaluate["champion_comparison"].update(excluded_rows=12, why=why)
+    summary = build_summary(RUN, results)
+    assert summary["gates"]["champion_comparison"] == {"golden_rows": 872, "compared_rows": 860,
+                                                       "excluded_rows": 12, "too_few": False, "why": why}
+    assert f"champion compared on 860 of 872 golden rows, 12 {why} left out" in format_summary(summary)
+    evaluate["champion_comparison"].update(compared_rows=10, excluded_rows=862, too_few=True)
+    assert ("champion not compared: only 10 of 872 golden rows, 862 " in format_summary(build_summary(RUN, results)))

@@ -10,12 +10,17 @@ report_uri, report_md_uri). Exit code 0 whether or not the gates pass; the DAG's
 Metrics are ``tasks.metrics`` (the one definition: scikit-learn, macro-F1 over every declared class), with
 percentile bootstrap intervals on the golden set; the gates, the run summary and the model cards all use the
 numbers computed here.
+
+After a re-freeze the golden set may hold texts the champion trained on (:func:`champion_trained_rows`): those
+rows are left out of the comparisons with the champion, not of the floors; ``champion_comparison`` in the result,
+the gate report and the model card says how many and why.
 """
 
 from __future__ import annotations
 
 import io
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +31,7 @@ import numpy as np
 from tasks import cli, metrics as metrics_mod, results, storage
 from tasks.contracts import EvaluateResult, GateResult
 from tasks.data import snapshots
-from tasks.decide import CandidateArgs, gates as gates_mod
+from tasks.decide import CandidateArgs, gates as gates_mod, registry
 from tasks.errors import SpecInvalid
 from tasks.spec import PipelineSpec, load_spec
 from tasks.train import modeling
@@ -140,6 +145,107 @@ def resolve_golden(snapshot_uri: str, golden: str | None, manifest: dict) -> str
     return uri
 
 
+# ---------------------------------------------------------------- golden rows the champion trained on
+
+SCAN_BATCH_ROWS = 65536  # rows of a champion snapshot part held at once while looking for golden texts
+
+
+def same_golden_set(snapshot_manifest: dict[str, Any], golden_id: str | None, golden_uri: str) -> bool:
+    """Whether a snapshot's manifest names this golden set (by id where both are known, else by its folder)."""
+    if snapshot_manifest.get("golden_id") and golden_id:
+        return snapshot_manifest["golden_id"] == golden_id
+    named = snapshot_manifest.get("golden_uri")
+    return bool(named) and storage.normalize(named) == storage.normalize(golden_uri)
+
+
+def train_texts_in_part(part_uri: str, texts: Any, hi_keys: np.ndarray, tmp_dir: str) -> np.ndarray:
+    """Which of ``texts`` (a unique arrow string array) are train rows of one snapshot part: a bool per text.
+    Read a batch of rows at a time and only the columns needed: a part with ``text_hash`` is first scanned by
+    hash (``hi_keys``: the texts' first 64 bits, snapshots.hash_keys), and its texts are read only when a train
+    row may match, then matched exactly."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    def train(split: Any) -> Any:
+        if pa.types.is_dictionary(split.type):
+            split = split.cast(pa.string())
+        return pc.fill_null(pc.equal(split, "train"), False)
+
+    found = np.zeros(len(texts), dtype=bool)
+    pf = pq.ParquetFile(snapshots.local_parquet(part_uri, tmp_dir), pre_buffer=False)
+    if "text_hash" in pf.schema_arrow.names:
+        maybe = False
+        for batch in pf.iter_batches(batch_size=SCAN_BATCH_ROWS, columns=["text_hash", "split"]):
+            hi = snapshots.hash_keys(snapshots.fixed_binary(batch.column(0), snapshots.TEXT_HASH_BYTES))[0]
+            if (np.isin(hi, hi_keys) & train(batch.column(1)).to_numpy(zero_copy_only=False)).any():
+                maybe = True
+                break
+        if not maybe:
+            return found
+    for batch in pf.iter_batches(batch_size=SCAN_BATCH_ROWS, columns=["text", "split"]):
+        index = pc.index_in(batch.column(0).filter(train(batch.column(1))), value_set=texts).drop_null()
+        found[index.to_numpy(zero_copy_only=False)] = True
+    return found
+
+
+def champion_trained_rows(champion_uri: str, golden_df: Any, golden_uri: str, snapshot_uri: str,
+                          manifest: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    """The golden rows whose text the champion trained on (a bool per row: a train row of the snapshot its
+    version's manifest names), and what was looked at.
+
+    Only a champion whose snapshot named another golden set than this run's can have trained on this set's texts
+    (an ingest keeps the current golden set's texts out of every snapshot it makes; a re-freeze changes the set,
+    docs/data.md): otherwise nothing is read beyond the two manifests. When it did, its snapshot's parts are
+    scanned part by part, except the parts this run's snapshot lists too when that snapshot names this golden set
+    (they hold none of its texts)."""
+    import pyarrow as pa
+
+    none = np.zeros(len(golden_df), dtype=bool)
+    info: dict[str, Any] = {"champion_uri": champion_uri, "looked": False}
+    try:
+        version = storage.read_json(storage.join(champion_uri, registry.MANIFEST))
+    except storage.NotFound:
+        version = {}
+    info["champion_version"] = version.get("version")
+    if not version.get("snapshot_uri"):
+        info["note"] = (f"the champion {champion_uri} names no snapshot (no version manifest with snapshot_uri): "
+                        f"what it trained on is unknown, so every golden row is compared")
+        return none, info
+    champion_snapshot = storage.normalize(version["snapshot_uri"])
+    try:
+        champion_manifest = manifest if champion_snapshot == snapshot_uri else snapshots.read_manifest(
+            champion_snapshot)
+    except storage.NotFound:
+        info["note"] = (f"the champion's snapshot {champion_snapshot} has no manifest: what it trained on is "
+                        f"unknown, so every golden row is compared")
+        return none, info
+    run_names_golden = storage.normalize(manifest.get("golden_uri") or "") == storage.normalize(golden_uri)
+    golden_id = manifest.get("golden_id") if run_names_golden else None
+    info.update(champion_snapshot_id=champion_manifest.get("snapshot_id"), champion_snapshot_uri=champion_snapshot,
+                champion_golden_id=champion_manifest.get("golden_id"),
+                golden_id=golden_id or golden_uri.rstrip("/").rsplit("/", 1)[-1])
+    if same_golden_set(champion_manifest, golden_id, golden_uri):
+        return none, info  # the common case: the champion's snapshot was made without this set's texts
+    base = storage.parent(champion_snapshot)
+    shared = set(manifest["parts"]) if run_names_golden and storage.parent(snapshot_uri) == base else set()
+    parts = [p for p in champion_manifest["parts"] if p not in shared]
+    texts = pa.array(sorted(set(golden_df["text"].astype(str))), pa.string())
+    hi_keys = snapshots.hash_keys(snapshots.text_digests(texts)[:, :snapshots.TEXT_HASH_BYTES])[0]
+    found = np.zeros(len(texts), dtype=bool)
+    read = 0
+    with tempfile.TemporaryDirectory(prefix="evaluate-champion-") as tmp:
+        for part in parts:
+            if found.all():
+                break
+            found |= train_texts_in_part(storage.join(base, part), texts, hi_keys, tmp)
+            read += 1
+    info.update(looked=True, parts=len(champion_manifest["parts"]), parts_shared=len(champion_manifest["parts"])
+                - len(parts), parts_read=read)
+    trained = set(texts.filter(pa.array(found)).to_pylist())
+    return golden_df["text"].astype(str).isin(trained).to_numpy(), info
+
+
 def _summary(m: dict[str, Any]) -> dict[str, Any]:
     """The per-model numbers that travel in the XCom result, the gate report and the registry manifest."""
     golden = m["golden"]
@@ -216,6 +322,9 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, cha
     if champion_uri:
         models["champion_teacher"] = storage.join(champion_uri, "teacher")
         models["champion_student"] = storage.join(champion_uri, "student")
+        # Golden rows whose text the champion trained on (the golden set was replaced since) stay out of the
+        # comparisons with it: its score there is optimistic. The floors use every row.
+        trained, looked = champion_trained_rows(champion_uri, golden_df, golden_uri, snapshot_uri, manifest)
     scored, preds, pngs = score_models(spec, models, sets, out_uri)
 
     def scores(name: str) -> gates_mod.ModelScores | None:
@@ -224,12 +333,31 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, cha
         m = scored[name]["golden"]
         return gates_mod.ModelScores(preds[name], m["accuracy"], m["macro_f1"])
 
+    comparison = None
+    champion_rows = None
+    y_true = golden_df["label"].astype(int).to_numpy()
+    if champion_uri:
+        if trained.any():
+            champion_rows = gates_mod.ChampionRows(
+                ~trained, f"whose text the champion {looked.get('champion_version') or champion_uri} trained on, "
+                          f"as a train row of its snapshot {looked.get('champion_snapshot_id')}")
+        comparison = {**gates_mod.champion_comparison(spec.gates, len(golden_df), champion_rows), **looked}
+        if champion_rows is not None:
+            keep = champion_rows.keep
+            comparison["compared_accuracy"] = {name: round(float(np.mean(pred[keep] == y_true[keep])), 4)
+                                               for name, pred in preds.items()} if keep.any() else {}
+        print(f"[evaluate] champion comparison on {comparison['compared_rows']} of {comparison['golden_rows']} "
+              f"golden rows" + (f" ({comparison['excluded_rows']} {champion_rows.why} left out"
+                                f"{'; too few left: not compared' if comparison['too_few'] else ''})"
+                                if champion_rows is not None else "")
+              + (f"; {comparison['note']}" if comparison.get("note") else ""), flush=True)
+
     cost = scored["student"]["cost"]
     passed, first_run, gate_list = gates_mod.evaluate_gates(
-        spec.gates, labels, golden_df["label"].astype(int).to_numpy(), teacher=scores("teacher"),
+        spec.gates, labels, y_true, teacher=scores("teacher"),
         student=scores("student"), champion_teacher=scores("champion_teacher"),
         champion_student=scores("champion_student"), student_latency_ms_p95=cost["latency_ms_p95"],
-        student_size_mb=cost["size_weights_mb"])
+        student_size_mb=cost["size_weights_mb"], champion_rows=champion_rows)
 
     summary = {name: _summary(m) for name, m in scored.items()}
     champion_summary = ({"uri": champion_uri, "teacher": summary.get("champion_teacher"),
@@ -237,16 +365,19 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, cha
     failed = [g.name for g in gate_list if not g.passed]
     report_uri = storage.join(out_uri, "gate_report.json")
     report_md_uri = storage.join(out_uri, "gate_report.md")
+    left_out = [] if champion_rows is None else np.flatnonzero(~champion_rows.keep).tolist()
     storage.write_json(storage.join(out_uri, "metrics.json"),
                        {"labels": labels, "golden_uri": golden_uri, "snapshot_uri": snapshot_uri,
-                        "champion_uri": champion_uri, "models": scored})
+                        "champion_uri": champion_uri, "champion_comparison": comparison,
+                        "champion_left_out_rows": left_out,  # positions in the golden set's data.parquet
+                        "models": scored})
     storage.write_json(report_uri, {
         "pipeline": spec.name, "run_uri": run_uri, "passed": passed, "first_run": first_run, "failed_gates": failed,
         "gates": [g.to_dict() for g in gate_list], "thresholds": spec.gates.model_dump(mode="json"),
         "golden_uri": golden_uri, "snapshot_uri": snapshot_uri, "champion_uri": champion_uri, "metrics": summary,
-        "confusion_matrices": pngs})
+        "champion_comparison": comparison, "confusion_matrices": pngs})
     storage.write_text(report_md_uri, gates_mod.render_markdown(spec.name, run_uri, passed, first_run, gate_list,
-                                                               summary))
+                                                               summary, comparison))
     result = EvaluateResult(
         passed=passed,
         first_run=first_run,
@@ -254,6 +385,7 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, cha
         failed_gates=failed,
         metrics={"teacher": summary["teacher"], "student": summary["student"], "champion": champion_summary},
         golden_uri=golden_uri,
+        champion_comparison=comparison,
         report_uri=report_uri,
         report_md_uri=report_md_uri,
     )

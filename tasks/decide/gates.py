@@ -6,6 +6,9 @@ applies the whole set from ``spec.gates`` and says which apply on a first run (n
 (above the majority-class baseline, and any absolute floor). The champion comparisons are skipped, and the
 student's retention and budgets are measured and reported but do not gate, stated as such.
 
+The comparisons with the champion can be given fewer golden rows than the floors (``ChampionRows``: evaluate
+leaves out the rows whose text the champion trained on); with too few left they are skipped, saying why.
+
 Each gate that compares is a test, not a threshold on a point estimate: the floors and non-inferiority use
 paired bootstrap intervals on the golden set; the per-class recall gate a one-sided paired test per class,
 corrected for the number of classes (docs/registry.md: Gates).
@@ -360,20 +363,34 @@ def class_recall_gate(name: str, y_true, candidate_pred, champion_pred, labels: 
 
 
 def retention_gate(student_accuracy: float, teacher_accuracy: float, *, min_ratio: float,
-                   champion_ratio: float | None = None) -> Gate:
+                   champion_ratio: float | None = None, compared_ratio: float | None = None,
+                   compared_on: str = "") -> Gate:
     """Student accuracy / teacher accuracy >= ``min_ratio``, or, on a retrain whose champion's student retained
     less (``champion_ratio``: a first champion's retention is reported, not gated), >= the champion's: a
     student that keeps more of its teacher than the one serving now is not blocked for keeping too little. On a
     hard many-class pipeline a student may never reach the ratio; gating it absolutely would keep the first,
-    weakest champion forever (docs/registry.md: Gates)."""
+    weakest champion forever (docs/registry.md: Gates).
+
+    ``compared_ratio``: the candidate's retention on the golden rows the champion's was measured on, when those
+    are fewer than all (rows the champion trained on left out; ``compared_on`` says which): then the absolute
+    ratio is checked on every row and the comparison with the champion on those rows only."""
     ratio = _ratio(student_accuracy, teacher_accuracy)
+    details = {"min_retention": min_ratio, "champion_retention": _r(champion_ratio)}
+    if compared_ratio is not None and champion_ratio is not None and champion_ratio < min_ratio <= ratio:
+        champion_ratio = None  # the absolute ratio is met on every row; the champion's is not needed
+    if compared_ratio is not None and champion_ratio is not None and champion_ratio < min_ratio:
+        ok = compared_ratio >= champion_ratio
+        reason = (f"student/teacher accuracy {student_accuracy:.4f}/{teacher_accuracy:.4f} = {ratio:.4f}, under "
+                  f"gates.min_retention {min_ratio:.4f}, but the champion's retention is lower: {compared_on}, the "
+                  f"candidate's {compared_ratio:.4f} {'>=' if ok else '<'} the champion's {champion_ratio:.4f}")
+        details.update(retention=_r(ratio), compared_retention=_r(compared_ratio))
+        return make_gate("student_retention", ok, _r(compared_ratio), _r(champion_ratio), reason, details=details)
     floor = min_ratio if champion_ratio is None else min(min_ratio, champion_ratio)
     ok = ratio >= floor
     reason = (f"student/teacher accuracy {student_accuracy:.4f}/{teacher_accuracy:.4f} = {ratio:.4f} "
               f"({'>=' if ok else '<'} {floor:.4f}")
     if floor < min_ratio:
         reason += f": the champion's retention {champion_ratio:.4f}, under gates.min_retention {min_ratio:.4f}"
-    details = {"min_retention": min_ratio, "champion_retention": _r(champion_ratio)}
     return make_gate("student_retention", ok, _r(ratio), _r(floor), reason + ")", details=details)
 
 
@@ -417,17 +434,77 @@ class ModelScores:
     macro_f1: float
 
 
+@dataclass
+class ChampionRows:
+    """The golden rows the comparisons with the champion use: ``keep``, one bool per golden row (evaluate leaves
+    out the rows whose text the champion trained on: its score there is optimistic), and ``why`` the others are
+    left out, a phrase after "N golden rows ..." ("whose text the champion v1 trained on ...")."""
+
+    keep: np.ndarray
+    why: str
+
+
+def champion_comparison(gates_spec: Any, golden_rows: int, champion_rows: ChampionRows | None) -> dict[str, Any]:
+    """How many golden rows the comparisons with the champion use, how many are left out and why, and whether too
+    few remain to compare at all: fewer than ``gates.class_recall_min_support``, the fewest golden rows on which
+    the gates let a paired comparison (one class's recall) decide anything; a golden set never had rows left out
+    is compared as it is, whatever its size (as before)."""
+    kept = golden_rows if champion_rows is None else int(np.count_nonzero(champion_rows.keep))
+    excluded = golden_rows - kept
+    minimum = int(gates_spec.class_recall_min_support)
+    out = {"golden_rows": golden_rows, "compared_rows": kept, "excluded_rows": excluded,
+           "min_compared_rows": minimum, "too_few": bool(excluded and kept < minimum)}
+    if excluded:
+        out["why"] = champion_rows.why
+    return out
+
+
+def compared_on(comparison: dict[str, Any]) -> str:
+    """The phrase a champion comparison's reason starts with, when rows were left out of it ("" otherwise)."""
+    if not comparison["excluded_rows"]:
+        return ""
+    return (f"on {comparison['compared_rows']} of {comparison['golden_rows']} golden rows (left out: "
+            f"{comparison['excluded_rows']} {comparison['why']})")
+
+
+def _on_kept_rows(gate: Gate, comparison: dict[str, Any]) -> Gate:
+    """A champion comparison made on fewer than all golden rows: its reason and details say so."""
+    if not comparison["excluded_rows"]:
+        return gate
+    keys = ("golden_rows", "compared_rows", "excluded_rows", "why")
+    return gate.model_copy(update={"reason": f"{compared_on(comparison)}: {gate.reason}",
+                                   "details": {**gate.details, **{k: comparison[k] for k in keys}}})
+
+
+def _accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(np.mean(y_pred == y_true)) if y_true.size else 0.0
+
+
 def evaluate_gates(gates_spec: Any, labels: Sequence[str], y_true: Sequence[int], *, teacher: ModelScores,
                    student: ModelScores, champion_teacher: ModelScores | None = None,
                    champion_student: ModelScores | None = None, student_latency_ms_p95: float | None = None,
-                   student_size_mb: float | None = None) -> tuple[bool, bool, list[Gate]]:
-    """Apply every gate. Returns (passed, first_run, gates). ``gates_spec`` is ``spec.gates``."""
+                   student_size_mb: float | None = None,
+                   champion_rows: ChampionRows | None = None) -> tuple[bool, bool, list[Gate]]:
+    """Apply every gate. Returns (passed, first_run, gates). ``gates_spec`` is ``spec.gates``.
+
+    ``champion_rows``: the golden rows the comparisons with the champion use (non-inferiority, per-class recall,
+    the champion's retention), None = all; the floors, the baselines and the candidates' own retention always use
+    every row. Too few rows left (champion_comparison): those comparisons are skipped, saying why."""
     g = gates_spec
     y_true = np.asarray(y_true)
     first_run = champion_teacher is None and champion_student is None
     out: list[Gate] = []
     confidence = getattr(g, "confidence", 0.95)
     n_classes = len(labels)
+    comparison = champion_comparison(g, len(y_true), None if first_run else champion_rows)
+    keep = champion_rows.keep if comparison["excluded_rows"] else None
+
+    def kept(values: np.ndarray) -> np.ndarray:
+        return values if keep is None else np.asarray(values)[keep]
+
+    too_few = (f"only {comparison['compared_rows']} of {comparison['golden_rows']} golden rows left (left out: "
+               f"{comparison['excluded_rows']} {comparison.get('why')}), fewer than gates.class_recall_min_support "
+               f"({comparison['min_compared_rows']})" if comparison["too_few"] else "")
     for role, scores in (("teacher", teacher), ("student", student)):
         for metric, value, minimum in (("accuracy", scores.accuracy, g.min_accuracy),
                                        ("macro_f1", scores.macro_f1, g.min_macro_f1)):
@@ -451,22 +528,37 @@ def evaluate_gates(gates_spec: Any, labels: Sequence[str], y_true: Sequence[int]
                                      resamples=g.bootstrap_resamples, confidence=confidence, seed=g.seed,
                                      bootstrap=bootstrap))
     for role, cand, champ in (("teacher", teacher, champion_teacher), ("student", student, champion_student)):
-        if champ is None:
-            why = "first run: no champion, so only the floors apply"
+        if champ is None or too_few:
+            why = (f"not compared with the champion: {too_few}; the floors apply" if too_few
+                   else "first run: no champion, so only the floors apply")
             out.append(skipped(f"non_inferiority_{role}", why))
             out.append(skipped(f"class_recall_{role}", why))
             continue
-        out.append(non_inferiority_gate(f"non_inferiority_{role}", cand.y_pred == y_true, champ.y_pred == y_true,
-                                        margin=g.non_inferiority_margin, resamples=g.bootstrap_resamples,
-                                        confidence=confidence, seed=g.seed))
-        out.append(class_recall_gate(f"class_recall_{role}", y_true, cand.y_pred, champ.y_pred, labels,
-                                     max_drop=g.max_class_recall_drop, min_support=g.class_recall_min_support,
-                                     alpha=g.class_recall_alpha, correction=g.class_recall_correction,
-                                     confidence=confidence))
+        y, cand_pred, champ_pred = kept(y_true), kept(cand.y_pred), kept(champ.y_pred)
+        out.append(_on_kept_rows(non_inferiority_gate(
+            f"non_inferiority_{role}", cand_pred == y, champ_pred == y, margin=g.non_inferiority_margin,
+            resamples=g.bootstrap_resamples, confidence=confidence, seed=g.seed), comparison))
+        out.append(_on_kept_rows(class_recall_gate(
+            f"class_recall_{role}", y, cand_pred, champ_pred, labels, max_drop=g.max_class_recall_drop,
+            min_support=g.class_recall_min_support, alpha=g.class_recall_alpha,
+            correction=g.class_recall_correction, confidence=confidence), comparison))
+    champion_ratio = compared_ratio = None
+    if champion_teacher is not None and champion_student is not None and not too_few:
+        if keep is None:
+            champion_ratio = _ratio(champion_student.accuracy, champion_teacher.accuracy)
+        else:  # both retentions on the rows the champion did not train on
+            y = kept(y_true)
+            champion_ratio = _ratio(_accuracy(y, kept(champion_student.y_pred)),
+                                    _accuracy(y, kept(champion_teacher.y_pred)))
+            compared_ratio = _ratio(_accuracy(y, kept(student.y_pred)), _accuracy(y, kept(teacher.y_pred)))
+    retention = retention_gate(student.accuracy, teacher.accuracy, min_ratio=g.min_retention,
+                               champion_ratio=champion_ratio, compared_ratio=compared_ratio,
+                               compared_on=compared_on(comparison))
+    if too_few and not first_run:
+        retention = retention.model_copy(update={
+            "reason": f"{retention.reason}; the champion's retention is not used: {too_few}"})
     student_checks = [
-        retention_gate(student.accuracy, teacher.accuracy, min_ratio=g.min_retention,
-                       champion_ratio=None if champion_teacher is None or champion_student is None
-                       else _ratio(champion_student.accuracy, champion_teacher.accuracy)),
+        retention,
         budget_gate("student_latency_p95", student_latency_ms_p95, g.max_student_latency_ms_p95, "ms"),
         budget_gate("student_size", student_size_mb, g.max_student_size_mb, "MB"),
     ]
@@ -478,13 +570,14 @@ def evaluate_gates(gates_spec: Any, labels: Sequence[str], y_true: Sequence[int]
 
 
 def render_markdown(pipeline: str, run_uri: str, passed: bool, first_run: bool, gates: Sequence[Gate],
-                    metrics_summary: dict[str, Any]) -> str:
+                    metrics_summary: dict[str, Any], champion_comparison: dict[str, Any] | None = None) -> str:
     lines = [f"# Gate report: {pipeline}", "", f"- run: `{run_uri}`",
              f"- verdict: **{'PASSED' if passed else 'FAILED'}**"]
     if first_run:
         lines.append("- **first run: no champion.** Only the floors apply (above the majority-class baseline, and any "
                      "absolute floor); non-inferiority and per-class recall are skipped, and the student's "
                      "retention, latency and size are reported, not gated.")
+    lines += comparison_lines(champion_comparison)
     failed = [gt.name for gt in gates if not gt.passed]
     if failed:
         lines.append(f"- failed gates: {', '.join(failed)}")
@@ -504,6 +597,28 @@ def render_markdown(pipeline: str, run_uri: str, passed: bool, first_run: bool, 
                  with_interval(m, "holdout_accuracy"), with_interval(m, "holdout_macro_f1")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def comparison_lines(comparison: dict[str, Any] | None) -> list[str]:
+    """The gate report's line on golden rows left out of the champion comparison (none when none were)."""
+    if not comparison or not comparison.get("excluded_rows"):
+        return []
+    n, kept, excluded = comparison["golden_rows"], comparison["compared_rows"], comparison["excluded_rows"]
+    left_out = f"{excluded} golden rows {comparison['why']}"
+    if comparison.get("too_few"):
+        line = (f"- **champion not compared:** once the {left_out} are left out, only {kept} of {n} remain, fewer "
+                f"than gates.class_recall_min_support ({comparison['min_compared_rows']}); non-inferiority, "
+                f"per-class recall and the champion's retention are skipped. The floors, the baselines and the "
+                f"candidates' own checks use all {n} rows.")
+    else:
+        line = (f"- **champion compared on {kept} of {n} golden rows:** the {left_out} are left out of "
+                f"non-inferiority, per-class recall and the champion's retention (its score on them is "
+                f"optimistic). The floors, the baselines and the candidates' own checks use all {n} rows.")
+    accuracy = comparison.get("compared_accuracy") or {}
+    if accuracy:
+        line += f" Accuracy on the {kept} compared rows: " + ", ".join(
+            f"{name} {value:.4f}" for name, value in accuracy.items()) + "."
+    return [line]
 
 
 def class_recall_tables(gates: Sequence[Gate]) -> list[str]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tasks import storage
+from tasks.decide import gates
 from tasks.spec import PipelineSpec
 
 CARD = "README.md"
@@ -157,8 +158,10 @@ def render(inputs: CardInputs, role: str) -> str:
 
     lines += ["## Gates", "", f"Verdict: **{'passed' if ev.get('passed') else 'failed'}**"
               + (f" (failed: {', '.join(ev.get('failed_gates') or [])})" if ev.get("failed_gates") else "")
-              + ". Skipped gates are reported, not gated.", "",
-              "| gate | passed | value | threshold | note |", "|---|---|---|---|---|"]
+              + ". Skipped gates are reported, not gated.", ""]
+    left_out = gates.comparison_lines(ev.get("champion_comparison"))  # golden rows the champion trained on
+    lines += left_out + ([""] if left_out else [])
+    lines += ["| gate | passed | value | threshold | note |", "|---|---|---|---|---|"]
     for gate in ev.get("gates") or []:
         passed = "skipped" if gate.get("skipped") else _fmt(bool(gate.get("passed")))
         note = str(gate.get("reason") or "").replace("|", "/")

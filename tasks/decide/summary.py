@@ -61,6 +61,16 @@ def _evaluation_lines(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _left_out(evaluation: Result | None) -> dict[str, Any]:
+    """Golden rows left out of the comparison with the champion (it trained on their texts), only when some
+    were."""
+    comparison = getattr(evaluation, "champion_comparison", None) or {}
+    if not comparison.get("excluded_rows"):
+        return {}
+    return {"champion_comparison": {k: comparison.get(k) for k in (
+        "golden_rows", "compared_rows", "excluded_rows", "too_few", "why")}}
+
+
 def build_summary(run: RunContext | dict, results: dict[str, Result | dict | None]) -> dict[str, Any]:
     """``run`` is prepare_run's RunContext, ``results`` each stage's result by task id (None when it did not run),
     as models or as raw JSON. Raises MalformedResult when raw JSON does not match its contract."""
@@ -100,7 +110,8 @@ def build_summary(run: RunContext | dict, results: dict[str, Result | dict | Non
                     **_pick(finetune, "model_uri", "train_rows", "train_seconds")},
         "student": {**_headline_metrics(distill.metrics if distill else None),
                     **_pick(distill, "model_uri", "train_seconds")},
-        "gates": _pick(evaluation, "passed", "first_run", "failed_gates", "report_md_uri"),
+        "gates": {**_pick(evaluation, "passed", "first_run", "failed_gates", "report_md_uri"),
+                  **_left_out(evaluation)},
         "evaluation": _evaluation_lines(evaluation.metrics if evaluation else {}),
         "publish": _pick(publish, "version", "version_uri", "promoted", "champion_before", "champion_after",
                          "reason", "model_cards"),
@@ -136,6 +147,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         verdict = "passed" if gates.get("passed") else f"FAILED ({', '.join(gates.get('failed_gates', []))})"
         lines.append(f"gates: {verdict}{' (first run: floors only)' if gates.get('first_run') else ''}; "
                      f"report {gates.get('report_md_uri')}")
+        left_out = gates.get("champion_comparison")
+        if left_out:
+            rows = (f"{left_out['compared_rows']} of {left_out['golden_rows']} golden rows, "
+                    f"{left_out['excluded_rows']} {left_out['why']} left out")
+            lines.append(f"champion not compared: only {rows}, too few (the floors applied)" if left_out["too_few"]
+                         else f"champion compared on {rows}")
     publish = summary.get("publish") or {}
     if publish:
         lines.append(f"publish: version {publish.get('version')} at {publish.get('version_uri')}; "
