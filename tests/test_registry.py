@@ -38,6 +38,8 @@ def _evaluated_run(spec, key: str, passed: bool = True) -> str:
     storage.write_json(storage.join(out, "result.json"), {
         "passed": passed, "first_run": True, "gates": [], "failed_gates": [] if passed else ["non_inferiority_teacher"],
         "metrics": {"teacher": {"golden_accuracy": 0.9}, "student": {"golden_accuracy": 0.88}, "champion": None},
+        "champion_comparison": {"golden_rows": 10, "compared_rows": 8, "excluded_rows": 2, "too_few": False,
+                                "why": "whose text the champion v1 trained on"},
         "report_uri": storage.join(out, "gate_report.json"), "report_md_uri": storage.join(out, "gate_report.md")})
     return run
 
@@ -66,6 +68,7 @@ def test_good_batch_promotes_pointer_moves_audit_grows_verify_passes(env, capsys
     for key in ("version", "snapshot_id", "parent_champion", "code_version", "image", "parameters", "evaluation", "files"):
         assert key in manifest
     assert manifest["parent_champion"] == first["version"]
+    assert manifest["evaluation"]["champion_comparison"]["excluded_rows"] == 2  # what the gates compared on
     assert {"teacher/model.safetensors", "student/config.json", "reports/gate_report.md", "reports/spec.json",
             "teacher/README.md", "student/README.md"} <= set(manifest["files"])
     registry.main(["--spec", storage.join(spec.layout.run("r2"), "spec.json"), "list"])

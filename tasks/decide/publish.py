@@ -189,7 +189,8 @@ def assemble(spec: PipelineSpec, state: dict[str, str], run_uri: str, snapshot_u
         "exports": {name: f"exports/{name}/" for name in exports},
         "model_cards": {role: f"{role}/{model_card.CARD}" for role in cards},
         "evaluation": evaluation.model_dump(mode="json", include={
-            "passed", "first_run", "failed_gates", "gates", "metrics", "report_uri", "report_md_uri"}),
+            "passed", "first_run", "failed_gates", "gates", "metrics", "report_uri", "report_md_uri",
+            "champion_comparison"}),
         "files": dict(sorted(out.files.items())),
     }
     try:
