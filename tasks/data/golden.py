@@ -259,22 +259,33 @@ def refreeze(spec: PipelineSpec, source: str | None = None) -> dict[str, Any]:
                        f"{stored['golden_id']} ({stored['rows']} rows) from {source}; the next ingest removes "
                        f"stored rows whose text is in it and names it in a new snapshot"
                        + (f". The champion {overlap['version']} trained on {overlap['rows']} of its texts: its "
-                          f"score on the new set is optimistic by those" if overlap and overlap["rows"] else "")}
+                          f"evaluate leaves those out of the comparisons with it" if overlap and overlap["rows"] else "")}
 
 
 def champion_overlap(spec: PipelineSpec, texts: set[str]) -> dict[str, Any] | None:
-    """How many of ``texts`` the champion trained on (train rows of its snapshot), or None without a champion:
-    the gates score the champion on the golden set, and a golden text it trained on flatters it."""
+    """How many of ``texts`` the champion trained on (train rows of its snapshot), or None without a champion.
+    The snapshot is scanned a part and a batch of rows at a time (snapshots.train_texts_in_part)."""
+    import tempfile
+
+    import numpy as np
+    import pyarrow as pa
+
     try:
         champion = storage.read_json(spec.layout.champion)
     except storage.NotFound:
         return None
     if not champion.get("snapshot_uri"):
         return None
-    frame = snapshots.read_snapshot(champion["snapshot_uri"])
-    train = frame[frame["split"] == "train"]
+    snapshot_uri = storage.normalize(champion["snapshot_uri"])
+    values = pa.array(sorted(texts), pa.string())
+    hi_keys = snapshots.hash_keys(snapshots.text_digests(values)[:, :snapshots.TEXT_HASH_BYTES])[0]
+    found = np.zeros(len(values), dtype=bool)
+    with tempfile.TemporaryDirectory(prefix="golden-champion-") as tmp:
+        base = storage.parent(snapshot_uri)  # parts are named from the snapshots folder (a parent's are reused)
+        for part in snapshots.read_manifest(snapshot_uri)["parts"]:
+            found |= snapshots.train_texts_in_part(storage.join(base, part), values, hi_keys, tmp)
     return {"version": champion.get("version"), "snapshot_id": champion.get("snapshot_id"),
-            "rows": int(train["text"].isin(texts).sum())}
+            "rows": int(found.sum())}
 
 
 def golden_texts(pointer: dict[str, Any]) -> set[str]:

@@ -524,3 +524,40 @@ def filter_part(snapshots_uri: str, part: str, texts: Any, hi_keys: Any, names: 
         create_file(storage.join(snapshots_uri, new_part), out_path)
     return PartFilter(new_part, removed_sum, {name: int(counts[i]) for i, name in enumerate(names)},
                       {s: int(splits.get(s, 0)) for s in ("train", "holdout")})
+
+
+# ---------------------------------------------------------------- which texts a snapshot trained on
+
+SCAN_BATCH_ROWS = 65536  # rows of a part held at once while looking for some texts
+
+
+def train_texts_in_part(part_uri: str, texts: Any, hi_keys: Any, tmp_dir: str) -> Any:
+    """Which of ``texts`` (a unique arrow string array) are train rows of one snapshot part: a bool per text.
+    Read a batch of rows at a time and only the columns needed: a part with ``text_hash`` is first scanned by
+    hash (``hi_keys``: the texts' first 64 bits, hash_keys), and its texts are read only when a train
+    row may match, then matched exactly."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    def train(split: Any) -> Any:
+        if pa.types.is_dictionary(split.type):
+            split = split.cast(pa.string())
+        return pc.fill_null(pc.equal(split, "train"), False)
+
+    found = np.zeros(len(texts), dtype=bool)
+    pf = pq.ParquetFile(local_parquet(part_uri, tmp_dir), pre_buffer=False)
+    if "text_hash" in pf.schema_arrow.names:
+        maybe = False
+        for batch in pf.iter_batches(batch_size=SCAN_BATCH_ROWS, columns=["text_hash", "split"]):
+            hi = hash_keys(fixed_binary(batch.column(0), TEXT_HASH_BYTES))[0]
+            if (np.isin(hi, hi_keys) & train(batch.column(1)).to_numpy(zero_copy_only=False)).any():
+                maybe = True
+                break
+        if not maybe:
+            return found
+    for batch in pf.iter_batches(batch_size=SCAN_BATCH_ROWS, columns=["text", "split"]):
+        index = pc.index_in(batch.column(0).filter(train(batch.column(1))), value_set=texts).drop_null()
+        found[index.to_numpy(zero_copy_only=False)] = True
+    return found

@@ -147,7 +147,6 @@ def resolve_golden(snapshot_uri: str, golden: str | None, manifest: dict) -> str
 
 # ---------------------------------------------------------------- golden rows the champion trained on
 
-SCAN_BATCH_ROWS = 65536  # rows of a champion snapshot part held at once while looking for golden texts
 
 
 def same_golden_set(snapshot_manifest: dict[str, Any], golden_id: str | None, golden_uri: str) -> bool:
@@ -156,37 +155,6 @@ def same_golden_set(snapshot_manifest: dict[str, Any], golden_id: str | None, go
         return snapshot_manifest["golden_id"] == golden_id
     named = snapshot_manifest.get("golden_uri")
     return bool(named) and storage.normalize(named) == storage.normalize(golden_uri)
-
-
-def train_texts_in_part(part_uri: str, texts: Any, hi_keys: np.ndarray, tmp_dir: str) -> np.ndarray:
-    """Which of ``texts`` (a unique arrow string array) are train rows of one snapshot part: a bool per text.
-    Read a batch of rows at a time and only the columns needed: a part with ``text_hash`` is first scanned by
-    hash (``hi_keys``: the texts' first 64 bits, snapshots.hash_keys), and its texts are read only when a train
-    row may match, then matched exactly."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    def train(split: Any) -> Any:
-        if pa.types.is_dictionary(split.type):
-            split = split.cast(pa.string())
-        return pc.fill_null(pc.equal(split, "train"), False)
-
-    found = np.zeros(len(texts), dtype=bool)
-    pf = pq.ParquetFile(snapshots.local_parquet(part_uri, tmp_dir), pre_buffer=False)
-    if "text_hash" in pf.schema_arrow.names:
-        maybe = False
-        for batch in pf.iter_batches(batch_size=SCAN_BATCH_ROWS, columns=["text_hash", "split"]):
-            hi = snapshots.hash_keys(snapshots.fixed_binary(batch.column(0), snapshots.TEXT_HASH_BYTES))[0]
-            if (np.isin(hi, hi_keys) & train(batch.column(1)).to_numpy(zero_copy_only=False)).any():
-                maybe = True
-                break
-        if not maybe:
-            return found
-    for batch in pf.iter_batches(batch_size=SCAN_BATCH_ROWS, columns=["text", "split"]):
-        index = pc.index_in(batch.column(0).filter(train(batch.column(1))), value_set=texts).drop_null()
-        found[index.to_numpy(zero_copy_only=False)] = True
-    return found
 
 
 def champion_trained_rows(champion_uri: str, golden_df: Any, golden_uri: str, snapshot_uri: str,
@@ -238,7 +206,7 @@ def champion_trained_rows(champion_uri: str, golden_df: Any, golden_uri: str, sn
         for part in parts:
             if found.all():
                 break
-            found |= train_texts_in_part(storage.join(base, part), texts, hi_keys, tmp)
+            found |= snapshots.train_texts_in_part(storage.join(base, part), texts, hi_keys, tmp)
             read += 1
     info.update(looked=True, parts=len(champion_manifest["parts"]), parts_shared=len(champion_manifest["parts"])
                 - len(parts), parts_read=read)
