@@ -213,6 +213,26 @@ def test_too_many_bad_rows_fails_and_commits_nothing(root):
     assert storage.list_objects(spec.layout.quarantine) == []
 
 
+def test_long_texts_name_the_setting_that_admits_them(tmp_path):
+    """Long documents (man pages, licenses) over data.max_text_chars: the rejection names the setting, not only
+    "fix the file", for the golden set and for landed rows, on the clean pyarrow path and the Python one."""
+    spec = make_spec("file://" + str(tmp_path / "s"), data={"max_text_chars": 300})
+    long_rows = [(f"document {i} " + "word " * 100, i % 2) for i in range(5)]
+    put_golden(spec, long_rows)
+    with pytest.raises(DataRejected, match=r"text_too_long \(5\d\d characters > data\.max_text_chars 300\)"):
+        run_ingest(spec)
+
+    spec = make_spec("file://" + str(tmp_path / "t"), data={"max_text_chars": 300, "max_bad_fraction": 0.5})
+    put_golden(spec)
+    land(spec, "clean.tsv", tsv_bytes(read_sst2("train", limit=20) + long_rows[:1]))
+    # a latin-1 byte sends this file's piece through the Python reader
+    land(spec, "mixed.tsv", tsv_bytes(read_sst2("train", limit=20, offset=20) + long_rows[1:2]) + b"caf\xe9\t0\n")
+    details = {row["source"]: row["detail"] for row in quarantined(run_ingest(spec))
+               if row["reason"] == validation.TEXT_TOO_LONG}
+    assert details == {"clean.tsv": "510 characters > data.max_text_chars 300",
+                       "mixed.tsv": "510 characters > data.max_text_chars 300"}
+
+
 def test_golden_source_missing_is_a_clear_error(root):
     spec = make_spec(root)
     land(spec, "a.tsv", tsv_bytes(read_sst2("train", limit=10)))

@@ -148,6 +148,11 @@ class Good:
     label: int
 
 
+def too_long_detail(length: int, max_chars: int) -> str:
+    """Names the setting: long documents are often meant to go in, and raising it is the fix, not the file."""
+    return f"{length} characters > data.max_text_chars {max_chars}"
+
+
 def validate(source: str, rows: Iterable["RawRow"], labels: LabelMap, max_chars: int) -> tuple[list[Good], list[Bad]]:
     good: list[Good] = []
     bad: list[Bad] = []
@@ -163,7 +168,7 @@ def validate(source: str, rows: Iterable["RawRow"], labels: LabelMap, max_chars:
             bad.append(Bad(source, row.line, EMPTY_TEXT, "empty or whitespace-only text", row.raw))
             continue
         if len(text) > max_chars:
-            bad.append(Bad(source, row.line, TEXT_TOO_LONG, f"{len(text)} characters > {max_chars}", clip(row.raw)))
+            bad.append(Bad(source, row.line, TEXT_TOO_LONG, too_long_detail(len(text), max_chars), clip(row.raw)))
             continue
         index, reason = labels.lookup(row.label)
         if reason:
@@ -303,7 +308,7 @@ def validate_chunk(source: str, chunk: Any, label_map: LabelMap, max_chars: int)
         if empty[i]:
             bad.append(Bad(source, line, EMPTY_TEXT, "empty or whitespace-only text", chunk.raw(i)))
         elif too_long[i]:
-            bad.append(Bad(source, line, TEXT_TOO_LONG, f"{length[i]} characters > {max_chars}", clip(chunk.raw(i))))
+            bad.append(Bad(source, line, TEXT_TOO_LONG, too_long_detail(length[i], max_chars), clip(chunk.raw(i))))
         else:
             value = chunk.labels[i] if isinstance(chunk.labels, list) else chunk.labels[i].as_py()
             detail = "no label" if reasons[i] == MISSING_LABEL else \
