@@ -201,7 +201,7 @@ class TrainSpec(_Section):
         description="Rates tried, for an effective batch of 32 (scaled by sqrt(batch/32))")
     lr_search_rows: int = Field(2000, ge=16, description="Train rows each candidate trains on (seeded subsample)")
     lr_search_holdout_rows: int = Field(1000, ge=16, description="Holdout rows each candidate is scored on")
-    lr_search_steps: int = Field(100, ge=1, description="Optimizer steps each candidate trains")
+    lr_search_steps: int = Field(100, ge=1, description="Optimizer steps each candidate trains (at most the run's own)")
     lr_search_max_seconds: float = Field(
         1800, gt=0, description="No further candidate starts after this long (the first always runs)")
 

@@ -147,6 +147,18 @@ def test_auto_searches_on_a_first_run_and_a_retrain_reuses_the_champions_rate(st
     assert "[lr-search]" not in capsys.readouterr().out
 
 
+def test_a_candidate_trains_no_longer_than_the_run_itself(store, tiny_model_dir, capsys):
+    """On a tiny pipeline the run is a few steps; 100 steps a candidate made the search cost many times the
+    training whose rate it picks (a 150-row trial: 458 s for the first candidate of four)."""
+    assert defaults.run_steps(30, 8, 1.0) == 4 and defaults.run_steps(30, 8, 2.5) == 10
+    assert defaults.run_steps(4500, 32, 2.0) == 282  # make demo's first run: the search would keep its 100 steps
+    root, snapshot = store
+    _, result = finetune(root, snapshot, "short", {"train.learning_rate": "auto", "train.lr_search_steps": 100},
+                         tiny_model_dir=tiny_model_dir)
+    assert result["learning_rate_source"] == "search" and result["global_step"] == 4  # 30 rows, batch 8, 1 epoch
+    assert "2 candidates [5e-05, 0.0005] (effective batch 8), 4 steps each" in capsys.readouterr().out
+
+
 def test_an_explicit_rate_is_used_as_is_without_a_search(store, tiny_model_dir, capsys):
     root, snapshot = store
     _, result = finetune(root, snapshot, "fixed", {"train.learning_rate": 2e-3}, tiny_model_dir=tiny_model_dir)

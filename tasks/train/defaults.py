@@ -63,6 +63,11 @@ def epochs_for(rows: int) -> float:
     return round(min(high, max(low, EPOCH_ROWS / max(1, rows))), 1)
 
 
+def run_steps(train_rows: int, effective_batch: int, epochs: float) -> int:
+    """The optimizer steps a run of ``epochs`` over ``train_rows`` takes at that effective batch."""
+    return max(1, math.ceil(math.ceil(train_rows / max(1, effective_batch)) * epochs))
+
+
 def scaled_candidates(candidates: Sequence[float], effective_batch: int) -> list[float]:
     """The candidates for an effective batch: square-root scaling from ``REFERENCE_BATCH`` (Adam's rule of thumb),
     so a spec with batch 128 searches twice the rates."""
@@ -156,11 +161,11 @@ def record(model_uri: str, learning_rate: float, source: str, search: dict[str, 
 
 def search_for_run(hp: Any, *, model: Any, trainer_cls: Any, trainer_kwargs: dict[str, Any], tokenizer: Any,
                    train_set: Any, holdout_set: Any, n_classes: int, batch_size: int, world_size: int = 1,
-                   log: Callable[[str], None] = print) -> SearchResult:
+                   run_steps: int | None = None, log: Callable[[str], None] = print) -> SearchResult:
     """The search a first run with ``learning_rate: auto`` makes, bounded by the spec's ``lr_search_*`` fields
     (``hp`` is ``spec.train``): candidates scaled for the effective batch, each trained ``lr_search_steps``
-    steps on at most ``lr_search_rows`` train rows and scored on at most ``lr_search_holdout_rows`` holdout
-    rows, both seeded by ``hp.seed``."""
+    steps (at most ``run_steps``, the optimizer steps of the run itself) on at most ``lr_search_rows`` train
+    rows and scored on at most ``lr_search_holdout_rows`` holdout rows, both seeded by ``hp.seed``."""
     import tempfile
     from pathlib import Path
 
@@ -168,10 +173,13 @@ def search_for_run(hp: Any, *, model: Any, trainer_cls: Any, trainer_kwargs: dic
 
     effective = batch_size * hp.gradient_accumulation_steps * world_size
     candidates = scaled_candidates(hp.lr_search_candidates, effective)
+    # A candidate trains no longer than the run will: on 150 rows the run is ~15 steps, and 100 steps a candidate
+    # made the search (4 candidates) take 25 times the training it chose a rate for.
+    steps = hp.lr_search_steps if run_steps is None else max(1, min(hp.lr_search_steps, run_steps))
     train_sub = train_set.select(subsample(len(train_set), hp.lr_search_rows, hp.seed))
     holdout_sub = holdout_set.select(subsample(len(holdout_set), hp.lr_search_holdout_rows, hp.seed + 1))
     log(f"[lr-search] learning_rate auto, first run: {len(candidates)} candidates {candidates} (effective batch "
-        f"{effective}), {hp.lr_search_steps} steps each on {len(train_sub)} train rows, scored on "
+        f"{effective}), {steps} steps each on {len(train_sub)} train rows, scored on "
         f"{len(holdout_sub)} holdout rows; budget {hp.lr_search_max_seconds:.0f}s")
     with tempfile.TemporaryDirectory(prefix="lr-search-") as tmp:
         def args_of(lr: float, steps: int):
@@ -181,10 +189,10 @@ def search_for_run(hp: Any, *, model: Any, trainer_cls: Any, trainer_kwargs: dic
                 eval_steps=steps, checkpoint_steps=steps, seed=hp.seed, max_steps=steps, eval_strategy="no",
                 save_strategy="no", load_best_model_at_end=False, logging_strategy="no")
 
-        args_of(candidates[0], hp.lr_search_steps)  # under torchrun: sets up the process group shared_clock uses
+        args_of(candidates[0], steps)  # under torchrun: sets up the process group shared_clock uses
         score = trainer_scorer(model=model, trainer_cls=trainer_cls, trainer_kwargs=trainer_kwargs,
                                tokenizer=tokenizer, train_set=train_sub, holdout_set=holdout_sub,
-                               n_classes=n_classes, steps=hp.lr_search_steps,
+                               n_classes=n_classes, steps=steps,
                                args_of=args_of)
         return search_learning_rate(candidates, score, max_seconds=hp.lr_search_max_seconds, log=log,
                                     clock=shared_clock)

@@ -99,15 +99,17 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # processes under torchrun
     # learning_rate: auto with no recorded rate (a first run): a short, bounded search picks it (defaults.py), at
     # the spec's batch; on a CUDA GPU plan_batches then scales it with the GPU batch, like a rate from the spec.
+    epochs = recipe.epochs if recipe.epochs is not None else defaults.epochs_for(len(train_set))
     learning_rate, lr_source, lr_search = defaults.resolve(
         recipe.learning_rate, recipe.learning_rate_source, stored_uri=storage.join(paths.out_uri, "lr_search.json"),
         search=lambda: defaults.search_for_run(
             hp, model=recipe.model, trainer_cls=recipe.trainer_cls or Trainer, trainer_kwargs=recipe.trainer_kwargs,
             tokenizer=tokenizer, train_set=train_set, holdout_set=holdout_set, n_classes=len(spec.data.labels),
             batch_size=recipe.batch_size, world_size=world_size,
+            run_steps=defaults.run_steps(len(train_set), recipe.batch_size * hp.gradient_accumulation_steps
+                                         * world_size, epochs),
             log=lambda line: print(line, flush=True)))
 
-    epochs = recipe.epochs if recipe.epochs is not None else defaults.epochs_for(len(train_set))
     min_epochs = min(hp.min_epochs, epochs)  # early stopping waits this long (a warm start's 1 epoch clips it)
 
     # The Trainer, set up one way for both stages. On a CUDA GPU: checkpoints by time, uploaded in the background.
