@@ -208,6 +208,19 @@ def test_classes_below_min_support_are_reported_not_gated():
     assert not strict.passed and strict.details["failing"] == ["rare"]
     nothing = gates.class_recall_gate("cr", y, cand, champ, labels, max_drop=0.05, min_support=500)
     assert nothing.skipped and nothing.passed
+    # The report says nothing was tested, not "correction over 0 classes" above an empty table.
+    named = nothing.model_copy(update={"name": "class_recall_teacher"})
+    md = gates.render_markdown("p", "s3://b/runs/x", True, False, [named], {})
+    assert "## class_recall_teacher: not gated" in md and "no class has 500 golden rows" in md and "over 0 classes" not in md
+
+
+def test_a_tiny_p_value_is_kept_not_rounded_to_zero():
+    y = np.array([0] * 200 + [1] * 200)
+    champ, cand = y.copy(), y.copy()
+    cand[200:300] = 0  # recall of class 1: 1.0 -> 0.5 on 200 rows
+    gate = gates.class_recall_gate("cr", y, cand, champ, ["a", "b"], max_drop=0.05)
+    p = gate.details["classes"]["b"]["p_value"]
+    assert 0 < p < 1e-6 and f"p {p:.2g}" in gate.reason  # the table and the reason show the same p
 
 
 def test_majority_class_predictor_fails_the_relative_floor():

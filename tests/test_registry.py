@@ -360,6 +360,7 @@ def test_each_version_carries_a_model_card_that_loads_and_is_verified(env, tmp_p
         body = text.split("---", 2)[2]
         for section in ("## Data snapshot", "## Metrics", "## Gates", "## Lineage", "## Intended use and limits"):
             assert section in body
+        assert "over 2 classes (`negative`, `positive`)" in body  # quoted: a label may hold a comma
         assert "snap-0001" in body and "negative: " in body  # snapshot id and label counts
         lo, hi = golden["golden_accuracy_ci"]
         assert f"| golden | accuracy | {golden['golden_accuracy']:.4f} | [{lo:.4f}, {hi:.4f}] | 0.8400 |" in body

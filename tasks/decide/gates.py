@@ -332,7 +332,9 @@ def class_recall_gate(name: str, y_true, candidate_pred, champion_pred, labels: 
                 "min_support": min_support, "confidence": confidence}
     details: dict[str, Any] = {
         **settings, "classes_gated": len(gated), "below_min_support": not_gated,
-        "classes": {label: {k: (_r(v, 6) if isinstance(v, float) else v) for k, v in t.items()}
+        # p-values to 6 significant figures, not 6 decimals: a p of 2.4e-09 would be stored, and shown, as 0.
+        "classes": {label: {k: (float(f"{v:.6g}") if k in ("p_value", "p_adjusted") else _r(v, 6))
+                            if isinstance(v, float) else v for k, v in t.items()}
                     for label, t in per_class.items()}}
     if not gated:
         return make_gate(name, True, None, max_drop, f"no class has {min_support} golden rows (min_support); "
@@ -627,6 +629,9 @@ def class_recall_tables(gates: Sequence[Gate]) -> list[str]:
     for gt in gates:
         classes = gt.details.get("classes") if gt.name.startswith("class_recall") else None
         if not classes:
+            continue
+        if not gt.details.get("classes_gated"):  # no class has min_support rows: nothing was tested
+            lines += ["", f"## {gt.name}: not gated", "", f"{gt.reason}."]
             continue
         failing = gt.details.get("failing") or []
         if failing:

@@ -117,7 +117,7 @@ def render(inputs: CardInputs, role: str) -> str:
     labels = spec.data.labels
     lines = ["---", card_data(inputs, role).to_yaml(), "---", "",
              f"# {spec.name} {role}, version {inputs.version}", "",
-             f"A text classifier over {len(labels)} classes ({', '.join(labels)}), "
+             f"A text classifier over {len(labels)} classes ({', '.join(f'`{label}`' for label in labels)}), "
              + ("fine-tuned (the teacher)" if role == "teacher" else "distilled from this version's teacher "
                 "(the student, served on CPU)")
              + f" by the `{spec.name}` retraining pipeline on {inputs.published_at}. "
