@@ -283,8 +283,6 @@ def make_champion(spec, ingested, model_dir, version="v1") -> str:
 @pytest.fixture
 def part_scans(monkeypatch):
     """The champion snapshot parts evaluate opens to look for golden texts, in order."""
-    from tasks.decide import evaluate
-
     opened: list[str] = []
     real = snapshots.train_texts_in_part
 
@@ -441,7 +439,6 @@ def test_a_part_written_before_text_hash_is_matched_by_its_texts_train_rows_only
     import pyarrow as pa
 
     from data_helpers import parquet_bytes
-    from tasks.decide import evaluate
 
     part = "file://" + str(tmp_path / "parts" / "old.parquet")
     put(part, parquet_bytes({"text": ["a golden text", "held out golden", "plain row", "another golden"],
