@@ -189,6 +189,8 @@ class TrainResult(Result):
     teacher_cache_store_seconds: float | None = None  # distill, stored here: save and upload
     stopped_at_epoch: float | None = None  # the epoch training ended at (early stopping, or all of epochs)
     selection: dict[str, Any] | None = None  # the rows evaluations during training scored (train.selection)
+    # The train rows cut at model.max_length and the declared classes with none (training.train_data_report).
+    train_data: dict[str, Any] | None = None
 
 
 class GateResult(Result):

@@ -99,3 +99,15 @@ def test_golden_rows_left_out_of_the_champion_comparison_are_in_the_summary_only
     assert f"champion compared on 860 of 872 golden rows, 12 {why} left out" in format_summary(summary)
     evaluate["champion_comparison"].update(compared_rows=10, excluded_rows=862, too_few=True)
     assert ("champion not compared: only 10 of 872 golden rows, 862 " in format_summary(build_summary(RUN, results)))
+
+
+def test_the_teachers_train_data_warnings_reach_the_summary_only_when_there_are_some():
+    from tasks.decide.summary import format_summary
+
+    finetune = {"model_uri": "s3://b/m", "train_data": {"rows": 40, "warnings": [
+        "no train rows of 1 declared class(es) ['fear']: the model cannot predict them until rows of them land"]}}
+    summary = build_summary(RUN, {"finetune": finetune, "decide": {"retrain": True, "reasons": ["first run"]}})
+    assert summary["warnings"] == finetune["train_data"]["warnings"]
+    assert "warning: no train rows of 1 declared class(es) ['fear']" in format_summary(summary)
+    clean = build_summary(RUN, {"finetune": {"model_uri": "s3://b/m", "train_data": {"rows": 40, "warnings": []}}})
+    assert "warnings" not in clean

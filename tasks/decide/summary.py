@@ -119,6 +119,9 @@ def build_summary(run: RunContext | dict, results: dict[str, Result | dict | Non
         # What the night cost, stage by stage (tasks.cost): wall, GPU-seconds, GPU energy where NVML answers.
         "cost": cost.add_up({task: result.cost if result is not None else None for task, result in r.items()
                              if task != TaskIds.DECIDE}),
+        # What the teacher's train rows were short of (training.train_data_warnings): only when there is some.
+        **({"warnings": warnings} if (warnings := ((finetune.train_data or {}).get("warnings") if finetune
+                                                    else None)) else {}),
     }
 
 
@@ -136,6 +139,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                      "in this ingest)")
     if summary.get("drift"):
         lines.append(f"drift: {summary['drift'].get('summary')}")
+    lines += [f"warning: {warning}" for warning in summary.get("warnings") or []]
     for role in ("teacher", "student"):
         if summary.get(role):
             lines.append(f"{role}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in summary[role].items()))

@@ -96,6 +96,10 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
     selection_set, selection = model_selection_rows(hp, holdout_set, args.snapshot, tokenizer, spec.model.max_length,
                                                     stage, manifest=snapshot.manifest)
 
+    train_data = training.train_data_report(train_set, spec.data.labels, spec.model.max_length)
+    for warning in training.train_data_warnings(train_data):
+        print(f"[{stage}] WARNING: {warning}", flush=True)
+
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # processes under torchrun
     # learning_rate: auto with no recorded rate (a first run): a short, bounded search picks it (defaults.py), at
     # the spec's batch; on a CUDA GPU plan_batches then scales it with the GPU batch, like a rate from the spec.
@@ -177,6 +181,7 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
         base_model=spec.model.base, init_from=recipe.init_from,
         parameters=sum(p.numel() for p in trainer.model.parameters()), exports=exports,
         token_cache="hit" if splits.hit else "miss", stopped_at_epoch=stopped_at_epoch, selection=selection,
+        train_data={**train_data, "warnings": training.train_data_warnings(train_data)},
         **recipe.result, **prepared.result,
     )
     results.emit(result, paths.out_uri)
