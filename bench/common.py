@@ -86,27 +86,12 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def with_set_overrides(spec, overrides: dict[str, Any]):
-    """``tasks.spec.with_overrides``, except that a None value sets the field to null. with_overrides skips None
-    (a trigger form's field left empty), so ``--set train.gpu_batch_size=null`` would otherwise be dropped
-    without a word, and a typo in its key would go unnoticed."""
-    from tasks.spec import SpecError, dump, parse_spec, with_overrides
+    """``tasks.spec.with_overrides`` with a None value setting the field to null: with_overrides skips None (a
+    trigger form's field left empty), so ``--set train.gpu_batch_size=null`` would otherwise be dropped without a
+    word, and a typo in its key would go unnoticed."""
+    from tasks.spec import with_overrides
 
-    spec = with_overrides(spec, {k: v for k, v in overrides.items() if v is not None})
-    nulls = [k for k, v in overrides.items() if v is None]
-    if not nulls:
-        return spec
-    raw = dump(spec)
-    for dotted in nulls:
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            if not isinstance(node.get(key), dict):
-                raise SpecError(f"override {dotted!r}: no such section {key!r}")
-            node = node[key]
-        if leaf not in node:
-            raise SpecError(f"override {dotted!r}: no such field {leaf!r}")
-        node[leaf] = None
-    return parse_spec(raw, "<overrides>")
+    return with_overrides(spec, overrides, keep_none=True)
 
 
 def make_run(root_uri: str, run_key: str, overrides: dict[str, Any] | None = None) -> str:

@@ -641,11 +641,13 @@ def load_folder(directory: str | Path) -> tuple[list[tuple[Path, PipelineSpec]],
     return [(path, spec) for path, spec in good if path not in errors], errors
 
 
-def with_overrides(spec: PipelineSpec, overrides: dict[str, Any]) -> PipelineSpec:
-    """A copy of the spec with dotted-path overrides applied (``{"gates.min_accuracy": 0.9}``), re-validated."""
+def with_overrides(spec: PipelineSpec, overrides: dict[str, Any], keep_none: bool = False) -> PipelineSpec:
+    """A copy of the spec with dotted-path overrides applied (``{"gates.min_accuracy": 0.9}``), re-validated.
+    A None value is skipped (a trigger form's field left empty) unless ``keep_none``: then it sets the field to
+    null (a bench's ``--set key=null``)."""
     raw = spec.model_dump(mode="json")
     for dotted, value in overrides.items():
-        if value is None:
+        if value is None and not keep_none:
             continue
         node = raw
         *parents, leaf = dotted.split(".")
