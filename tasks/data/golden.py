@@ -278,7 +278,7 @@ def champion_overlap(spec: PipelineSpec, texts: set[str]) -> dict[str, Any] | No
         return None
     snapshot_uri = storage.normalize(champion["snapshot_uri"])
     values = pa.array(sorted(texts), pa.string())
-    hi_keys = snapshots.hash_keys(snapshots.text_digests(values)[:, :snapshots.TEXT_HASH_BYTES])[0]
+    hi_keys = snapshots.text_keys(values)[0]
     found = np.zeros(len(values), dtype=bool)
     with tempfile.TemporaryDirectory(prefix="golden-champion-") as tmp:
         base = storage.parent(snapshot_uri)  # parts are named from the snapshots folder (a parent's are reused)

@@ -509,7 +509,7 @@ def golden_array(golden: dict[str, Any]) -> Any:
 
 
 def golden_keys(golden: dict[str, Any]) -> tuple[Any, Any]:
-    return snapshots.hash_keys(snapshots.text_digests(golden_array(golden))[:, :snapshots.TEXT_HASH_BYTES])
+    return snapshots.text_keys(golden_array(golden))
 
 
 # ------------------------------------------------------------------ committing
@@ -595,7 +595,7 @@ def remove_golden_rows(spec: PipelineSpec, latest: dict[str, Any], latest_etag: 
         total = snapshots.ContentSum.decode(manifest["content_sum"])
         labels, splits = dict(manifest["label_counts"]), dict(manifest["split_counts"])
     texts = golden_array(golden)
-    hi, _ = snapshots.hash_keys(snapshots.text_digests(texts)[:, :snapshots.TEXT_HASH_BYTES])
+    hi, _ = snapshots.text_keys(texts)
     parts: list[str] = []
     rewritten: dict[str, str | None] = {}
     by_batch: dict[str, int] = {}

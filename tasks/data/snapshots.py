@@ -278,6 +278,11 @@ def hash_keys(text_hash: Any) -> tuple[Any, Any]:
     return hi, lo
 
 
+def text_keys(texts: Any) -> tuple[Any, Any]:
+    """hash_keys of an arrow string array's texts, as the parts' ``text_hash`` column gives them for stored rows."""
+    return hash_keys(text_digests(texts)[:, :TEXT_HASH_BYTES])
+
+
 def _mix(x: Any) -> Any:
     """splitmix64's finalizer, on uint64 arrays (wrapping arithmetic)."""
     import numpy as np

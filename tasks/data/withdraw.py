@@ -203,7 +203,7 @@ def _without_golden_rows(spec, part: str, manifest: dict[str, Any], tmp: str, re
     from tasks.data.ingest import golden_array
 
     texts = golden_array(manifest)
-    hi, _ = snapshots.hash_keys(snapshots.text_digests(texts)[:, :snapshots.TEXT_HASH_BYTES])
+    hi, _ = snapshots.text_keys(texts)
     out = snapshots.filter_part(spec.layout.snapshots, part, texts, hi, list(spec.data.labels), tmp)
     if out is None:
         return part

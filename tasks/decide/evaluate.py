@@ -199,7 +199,7 @@ def champion_trained_rows(champion_uri: str, golden_df: Any, golden_uri: str, sn
     shared = set(manifest["parts"]) if run_names_golden and storage.parent(snapshot_uri) == base else set()
     parts = [p for p in champion_manifest["parts"] if p not in shared]
     texts = pa.array(sorted(set(golden_df["text"].astype(str))), pa.string())
-    hi_keys = snapshots.hash_keys(snapshots.text_digests(texts)[:, :snapshots.TEXT_HASH_BYTES])[0]
+    hi_keys = snapshots.text_keys(texts)[0]
     found = np.zeros(len(texts), dtype=bool)
     read = 0
     with tempfile.TemporaryDirectory(prefix="evaluate-champion-") as tmp:
