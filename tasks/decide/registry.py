@@ -2,7 +2,7 @@
 append-only audit log. Library (used by publish and the DAG) and CLI:
 
 ``python -m tasks registry --spec SPEC list | champion | show V | verify V | promote V --expected-champion E |
-rollback [--to V] | audit | rerun V [--execute] | copy-spec V --run R``
+rollback [--to V] | audit | rerun V [--execute] | copy-spec V --run R | sync-serving``
 
 Layout (``spec.layout``)::
 
@@ -40,6 +40,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from tasks import cli, storage
+from tasks.decide import serving
 from tasks.errors import GateFailed, InfrastructureError, SpecInvalid
 from tasks.spec import PipelineSpec, load_spec
 
@@ -203,6 +204,7 @@ def promote(spec: PipelineSpec, version: str, *, expected_champion: str | None, 
     }
     new_etag = _move_pointer(spec, pointer, etag)
     _audit(spec, event, {**pointer, "champion_etag": new_etag, **(extra or {})})
+    serving.after_move(spec, pointer)  # the Triton repository follows; never raises (the move stands)
     return pointer
 
 
@@ -243,6 +245,7 @@ def rollback(spec: PipelineSpec, to: str | None = None, *, actor: str | None = N
     }
     new_etag = _move_pointer(spec, pointer, etag)
     _audit(spec, "rollback", {**pointer, "champion_etag": new_etag}, actor=actor)
+    serving.after_move(spec, pointer)  # the Triton repository follows; never raises (the move stands)
     return pointer
 
 
@@ -401,6 +404,7 @@ COMMANDS: dict[str, Command] = {
         (("--run-key",), {"default": None, "help": "run folder name (default: rerun-<version>)"}),
         (("--execute",), {"action": "store_true", "help": "run the commands, in order"}),
         (("--timeout",), {"type": int, "default": 6 * 3600, "help": "seconds per stage with --execute"}))),
+    "sync-serving": Command(serving.cmd_sync, "make the Triton repository serve the champion (after a failed sync)"),
     "copy-spec": Command(cmd_copy_spec, "copy a version's frozen spec into a run folder (first rerun step)", (
         VERSION, (("--run",), {"required": True, "help": "the run folder URI"}))),
 }
