@@ -9,6 +9,7 @@ Layout (``spec.layout``)::
     models/<pipeline>/<version>/teacher/...     the fine-tuned teacher, with its model card (README.md)
     models/<pipeline>/<version>/student/...     the distilled student, with its model card (README.md)
     models/<pipeline>/<version>/exports/...     the student's CPU-serving exports
+    models/<pipeline>/<version>/serving/...     the student's Triton config.pbtxt and labels.txt (serving.py)
     models/<pipeline>/<version>/reports/...     gate report, metrics, confusion matrices, the run's spec.json
     models/<pipeline>/<version>/manifest.json   written once (If-None-Match), after every file; sha256 of each
     models/<pipeline>/champion.json             {version, version_uri, snapshot_id, snapshot_uri, promoted_at, previous}
