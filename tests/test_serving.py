@@ -269,7 +269,11 @@ def test_triton_repository_serves_the_champion_and_follows_promotion_and_rollbac
 
 def test_a_failed_sync_never_undoes_a_promotion_and_sync_serving_repairs_it(env, tmp_path):
     spec, snap, model, onnx = env
-    first = _publish(spec, snap, model, onnx, "r1")
+    # Without an ONNX export and a repository that never served the pipeline, there is nothing to keep in step.
+    plain = _publish(spec, snap, model, None, "r0")
+    assert plain["promoted"] and serving.sync(spec)["ok"]
+    assert not storage.list_objects(serving.triton_model_uri(spec))
+    first = _publish(spec, snap, model, onnx, "r1", expected=plain["version"])
     cand = _publish(spec, snap, model, onnx, "r2", expected=first["version"], promote=False)
     assert cand["promoted"] is False and cand["verified"]
     # A repository in a bucket that does not exist: the promotion happens and says the sync failed.
@@ -290,6 +294,7 @@ def test_a_failed_sync_never_undoes_a_promotion_and_sync_serving_repairs_it(env,
     # A champion without an ONNX export: promoted, reported as not in step, the repository left serving the last.
     plain = _publish(spec, snap, model, None, "r3", expected=cand["version"])
     assert plain["promoted"] and registry.read_manifest(spec, plain["version"])["serving"]["triton"] is None
+    assert serving.sync(spec)["ok"] is False
     assert _served(spec) == (serving.triton_number(cand["version"]), cand["version"])
     proc = subprocess.run([sys.executable, "-m", "tasks", "registry", "--spec", spec_file, "sync-serving"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)

@@ -246,6 +246,9 @@ def sync(spec: PipelineSpec, attempts: int = 3) -> dict[str, Any]:
         entry = (manifest.get("serving") or {}).get("triton")
         report |= {"champion": version}
         if not entry:
+            if not storage.exists(storage.join(model_uri, STATE)):  # never served here: nothing to keep in step
+                return report | {"reason": f"champion {version} has no ONNX export (student.export): nothing for "
+                                            "Triton"}
             return report | {"ok": False, "reason": (
                 f"champion {version} has no Triton layout (no ONNX export; student.export): the repository "
                 "still serves what it served before")}
