@@ -185,8 +185,8 @@ def publish_triton(spec: PipelineSpec, out: Any, version: str, exports: dict[str
     they are in the manifest) from the chosen ONNX export; the manifest entry, or None without one."""
     export = triton_export(spec, exports)
     if export is None:
-        print(f"[publish] no ONNX export among {sorted(exports) or 'none'} (student.export): no Triton layout",
-              flush=True)
+        print(f"[publish] no Triton layout: serving.triton_export is {spec.serving.triton_export}, the student's "
+              f"exports are {sorted(exports) or 'none'} (student.export)", flush=True)
         return None
     source = storage.join(exports[export], ONNX_FILE)
     with tempfile.TemporaryDirectory(prefix="triton-") as tmp:
