@@ -104,7 +104,8 @@ def main() -> None:
     print(json.dumps({
         "repeats": args.repeats, "export_bytes": sizes, "publish_s_without_layouts": round(without_s, 2),
         "publish_s_with_layouts": round(with_s, 2), "added_s": round(with_s - without_s, 2),
-        "added_fraction": round(with_s / without_s - 1, 3), "triton_steps_s": round(statistics.median(triton_seconds), 2),
+        "added_fraction": round(with_s / without_s - 1, 3),
+        "triton_steps_s": round(statistics.median(triton_seconds), 2),
         "all_s": {k: [round(x, 2) for x in v] for k, v in times.items()}, "cpus": os.cpu_count()}))
 
 

@@ -330,7 +330,8 @@ def test_publish_names_generic_labels_and_refuses_a_model_serving_systems_could_
     assert serving.triton_number("v20261123-101500123-3fa2c1") == 20261123101500123
     spec = make_spec("file://" + str(tmp_path / "store"))
     both = {"onnx": "a", "onnx_int8": "b", "int8": "c"}
-    assert serving.triton_export(spec, both) == "onnx" and serving.triton_export(spec, {"onnx_int8": "b"}) == "onnx_int8"
+    assert serving.triton_export(spec, both) == "onnx"
+    assert serving.triton_export(spec, {"onnx_int8": "b"}) == "onnx_int8"
     assert serving.triton_export(spec, {"int8": "c"}) is None
     int8 = with_overrides(spec, {"serving.triton_export": "onnx_int8"})
     assert serving.triton_export(int8, both) == "onnx_int8" and serving.triton_export(int8, {"onnx": "a"}) is None
