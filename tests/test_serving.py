@@ -301,6 +301,21 @@ def test_a_failed_sync_never_undoes_a_promotion_and_sync_serving_repairs_it(env,
     assert proc.returncode == errors.GATE_FAILED.exit_code and "no Triton layout" in proc.stdout
 
 
+def test_publish_refuses_a_model_with_another_number_of_classes(env):
+    spec, snap, model, onnx = env
+    wrong = storage.join(spec.storage.uri, "scratch", "three-classes")
+    for obj in storage.list_objects(model):
+        storage.copy(obj.uri, storage.join(wrong, obj.uri[len(model) + 1:]))
+    config = json.loads(storage.read_text(storage.join(model, "config.json")))
+    storage.write_json(storage.join(wrong, "config.json"), {**config, "num_labels": 3, "id2label": {
+        "0": "LABEL_0", "1": "LABEL_1", "2": "LABEL_2"}})
+    with pytest.raises(serving.ServingLayoutError, match="3 classes"):
+        _publish(spec, snap, wrong, onnx, "r1")
+    result = storage.read_json(storage.join(spec.layout.run("r1"), "publish", "result.json"))
+    assert not result["promoted"] and "not published" in result["reason"] and "3 classes" in result["reason"]
+    assert registry.list_versions(spec) == [] and registry.read_champion(spec) is None
+
+
 # ---------------------------------------------------------------- the publish-time checks
 
 

@@ -230,8 +230,13 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, eva
 
     cards = {role: storage.join(vuri, role, model_card.CARD) for role in ("teacher", "student")}
     if not storage.exists(storage.join(vuri, registry.MANIFEST)):
-        cards = assemble(spec, state, run_uri, snapshot_uri, teacher_uri, student_uri, evaluation_uri, evaluation,
-                         expected_champion)
+        try:
+            cards = assemble(spec, state, run_uri, snapshot_uri, teacher_uri, student_uri, evaluation_uri,
+                             evaluation, expected_champion)
+        except serving.ServingLayoutError as exc:  # no manifest: the version is incomplete, never promotable
+            results.emit(PublishResult(version=version, version_uri=vuri, champion_before=before,
+                                       champion_after=before, reason=f"not published: {exc}"), out_uri)
+            raise
 
     check = registry.verify(spec, version)
     result = PublishResult(version=version, version_uri=vuri, champion_before=before, champion_after=before,
