@@ -79,3 +79,13 @@ def test_the_project_is_installed_editable_from_this_checkout():
                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert Path(out.stdout.strip()) == ROOT / "tasks" / "__init__.py"
+
+
+def test_the_test_tiers_name_existing_files():
+    """tests/conftest.py sorts files into tiers by name: a renamed file must not fall silently out of its tier."""
+    from conftest import E2E_FILES, SLOW_FILES, UNIT_FILES
+
+    files = {p.name for p in (ROOT / "tests").glob("test_*.py")}
+    listed = UNIT_FILES | SLOW_FILES | E2E_FILES
+    assert listed <= files, f"conftest.py lists test files that do not exist: {sorted(listed - files)}"
+    assert len(listed) == len(UNIT_FILES) + len(SLOW_FILES) + len(E2E_FILES), "a file is in two tiers"
