@@ -4,12 +4,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test test-compat run ingest lint-specs bench clean
+.PHONY: demo test test-fast test-compat run ingest lint-specs bench clean
 
-$(INSTALLED): requirements.txt requirements-test.txt constraints.txt
+# The pinned requirements, then the project itself, editable (pyproject.toml): `tasks` imports from anywhere.
+$(INSTALLED): requirements.txt requirements-test.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt -c constraints.txt
+	$(PY) -m pip install -q -e . --no-deps
 	touch $(INSTALLED)
 
 demo: $(INSTALLED)
@@ -25,6 +27,10 @@ TEST_WORKERS ?= 2
 test: $(INSTALLED)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests
 
+# The fast tier: the unit tests, none marked integration, e2e or slow (tests/conftest.py); <= 60 s on 2 cores.
+test-fast: $(INSTALLED)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not integration and not e2e and not slow" tests
+
 # The training tests on the GPU image's transformers (5.17; requirements.txt pins 5.23), in .venv-compat: a
 # behaviour that moved between the two releases (gradient accumulation's loss scaling did) fails here.
 COMPAT_TRANSFORMERS ?= 5.17.0
@@ -36,6 +42,7 @@ test-compat:
 	grep -viE '^(transformers|tokenizers|huggingface[-_]hub)==' constraints.txt > .venv-compat/constraints.txt
 	.venv-compat/bin/python -m pip install -q -r .venv-compat/requirements.txt -r requirements-test.txt \
 	  -c .venv-compat/constraints.txt
+	.venv-compat/bin/python -m pip install -q -e . --no-deps
 	.venv-compat/bin/python -c 'import transformers; print("transformers", transformers.__version__)'
 	.venv-compat/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(COMPAT_TESTS)
 

@@ -4,13 +4,6 @@ error and every other pipeline keeps running. For another pipeline, copy this fi
 (docs/operations.md). The DAGs are built in plugins/pipeline_dags.py.
 """
 
-import sys
-from pathlib import Path
-
-_plugins = str(Path(__file__).resolve().parents[1] / "plugins")  # ours, whichever plugins folder Airflow has
-if _plugins not in sys.path:
-    sys.path.append(_plugins)
-
-from pipeline_dags import declare  # noqa: E402
+from pipeline_dags import declare  # plugins/pipeline_dags.py: Airflow's plugins folder is on sys.path
 
 globals().update(declare(__file__))

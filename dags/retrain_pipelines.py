@@ -6,13 +6,6 @@ keep running; give a pipeline its own file to see a broken spec as that file's i
 are built in plugins/pipeline_dags.py.
 """
 
-import sys
-from pathlib import Path
-
-_plugins = str(Path(__file__).resolve().parents[1] / "plugins")  # ours, whichever plugins folder Airflow has
-if _plugins not in sys.path:
-    sys.path.append(_plugins)
-
-from pipeline_dags import declare  # noqa: E402
+from pipeline_dags import declare  # plugins/pipeline_dags.py: Airflow's plugins folder is on sys.path
 
 globals().update(declare(__file__))

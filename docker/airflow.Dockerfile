@@ -34,4 +34,8 @@ ENV HF_HUB_OFFLINE=1 \
     PYTHONPATH=/opt/airflow
 
 # dags/, plugins/, include/ and tasks/ are mounted at /opt/airflow/<dir> by docker-compose.yaml, the same
-# layout as the repository, so dags/retrain_pipelines.py finds tasks/ and plugins/ next to itself.
+# layout as the repository. The tasks package is installed editable at /opt/airflow/tasks, the mount point, so the
+# installed package is the mounted code (pyproject.toml); Airflow puts /opt/airflow/{dags,plugins} on sys.path.
+COPY --chown=airflow:0 pyproject.toml /opt/airflow/
+COPY --chown=airflow:0 tasks/ /opt/airflow/tasks/
+RUN pip install --no-cache-dir --no-deps -e /opt/airflow

@@ -27,12 +27,14 @@ import re
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import project_path  # puts the checkout's root, which holds tasks/, on sys.path
+ROOT = Path(__file__).resolve().parents[1]  # the checkout (or /opt/airflow): include/ is next to plugins/
 
+# `tasks` is the installed package (pyproject.toml); the other two are siblings in Airflow's plugins folder.
 _missing = [name for name in ("tasks", "stage_factory", "retrain_alerts") if importlib.util.find_spec(name) is None]
 if _missing:
-    raise ImportError(f"{Path(__file__).name}: cannot find {', '.join(_missing)} (looked in {project_path.ROOT} "
-                      "and on sys.path); run Airflow from a checkout of airflow-retrain, or put its root on PYTHONPATH")
+    raise ImportError(f"{Path(__file__).name}: cannot find {', '.join(_missing)}: install the project into "
+                      "Airflow's Python (`pip install -e .` in the checkout; `make` does it for .venv) and make "
+                      f"{Path(__file__).parent} Airflow's plugins folder (AIRFLOW__CORE__PLUGINS_FOLDER)")
 
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule, task  # noqa: E402
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException  # noqa: E402
@@ -51,7 +53,7 @@ OWN_FILE_PREFIX = "pipeline_"  # dags/pipeline_<stem>.py declares <stem>.yaml al
 
 def pipelines_dir() -> Path:
     """Read at each parse (not at import: this module is imported once per process, the env can change)."""
-    return Path(os.environ.get("RETRAIN_PIPELINES_DIR", project_path.ROOT / "include" / "pipelines"))
+    return Path(os.environ.get("RETRAIN_PIPELINES_DIR", ROOT / "include" / "pipelines"))
 START_DATE = datetime(2026, 1, 1)
 
 # Manual-trigger form: field -> (spec path it overrides, JSON-schema bounds, description).

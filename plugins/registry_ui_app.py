@@ -32,7 +32,6 @@ from typing import Any, Optional
 
 from pydantic import BaseModel
 
-import project_path  # noqa: F401,E402  (the tasks package, when plugins load before any DAG file)
 from tasks import storage
 from tasks.decide import registry
 from tasks.spec import PipelineSpec, SpecError, load_folder

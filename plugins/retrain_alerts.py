@@ -53,7 +53,6 @@ from airflow.sdk.bases.notifier import BaseNotifier
 
 import registry_ui
 from stage_factory import ANSI_ESCAPE, DECISION_XCOM_KEY
-import project_path  # noqa: F401,E402  (the tasks package, when plugins load before any DAG file)
 from tasks.contracts import Decision, DriftResult, EvaluateResult, GateResult, Result, RunContext, TaskIds
 from tasks.spec import alerts_enabled
 

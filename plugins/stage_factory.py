@@ -290,9 +290,8 @@ class LocalStageOperator(BaseOperator):
         env.update(stage_env())
         env.update(storage_env(self.storage_conn_id, self.storage_uri))
         env.update(self.env_vars)
-        # "python" and "torchrun" resolve to this interpreter's environment, and `-m tasks` to this checkout.
+        # "python" and "torchrun" resolve to this interpreter's environment, where `-m tasks` is the installed package.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
         env["RETRAIN_XCOM_PATH"] = str(xcom_path)
         return env
 

@@ -24,9 +24,9 @@ import sys
 import time
 from pathlib import Path
 
+import local_run  # scripts/local_run.py, next to this file: the generic runner of make run / make ingest
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-import local_run  # noqa: E402  (the generic local runner: make run / make ingest)
 
 DEMO = ROOT / ".demo"
 DATA = Path(os.environ.get("RETRAIN_DATA_DIR", ROOT.parent / "shared" / "data"))

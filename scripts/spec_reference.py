@@ -16,14 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from tasks.spec import PipelineSpec
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from pydantic import BaseModel  # noqa: E402
-from pydantic_core import PydanticUndefined  # noqa: E402
-
-from tasks.spec import PipelineSpec  # noqa: E402
-
 PAGE = ROOT / "docs" / "configuration.md"
 
 INTRO = """\

@@ -21,6 +21,7 @@ from pydantic_core import PydanticCustomError
 
 from tasks import storage
 from tasks.errors import SpecInvalid
+from tasks.matching import FORMATS, file_format, label_key  # landed labels match names by label_key
 
 
 class SpecError(SpecInvalid):
@@ -100,8 +101,6 @@ class DataSpec(_Section):
 
     @model_validator(mode="after")
     def _labels(self) -> "DataSpec":
-        from tasks.data.validation import label_key  # landed labels match names by this key
-
         blank = [name for name in self.labels if not name.strip()]
         if blank:
             raise ValueError(f"labels must not be empty or blank (got {blank})")
@@ -476,8 +475,6 @@ class PipelineSpec(_Section):
 
     @model_validator(mode="after")
     def _formats(self) -> "PipelineSpec":
-        from tasks.data.readers import FORMATS, file_format
-
         if self.data.format != "auto" and self.data.format not in self.landing.formats:
             raise ValueError(f"data.format {self.data.format} is not in landing.formats {self.landing.formats}: "
                              f"every landed file would be refused")

@@ -16,8 +16,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("RETRAIN_DATA_DIR", ROOT.parent / "shared" / "data"))
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "plugins"))
 
 from tasks.cli import set_offline_env  # noqa: E402
 
@@ -55,6 +53,31 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("measured (reported, not asserted)")
         for label, value in REPORTED.items():
             terminalreporter.write_line(f"{label}: {value}")
+
+
+# Test tiers, by file (pytest.ini registers the markers). `make test-fast` runs the unit files less the tests
+# marked slow; `make test` runs everything. A file in neither list below is integration until someone lists it.
+UNIT_FILES = {
+    "test_cli_exit.py", "test_code_rules.py", "test_cost.py", "test_decide.py", "test_demo_lock.py", "test_docs.py",
+    "test_formats.py", "test_fortunes_data.py", "test_gates.py", "test_golden_conflicts.py", "test_ingest_chunks.py",
+    "test_new_dataset.py", "test_spec.py", "test_summary.py",
+}
+SLOW_FILES = {"test_drift_nulls.py", "test_length_buckets.py"}  # unit tests, but many draws or a Trainer each
+E2E_FILES = {
+    "test_e2e_dag.py", "test_label_stop.py", "test_live_airflow.py", "test_local_run.py", "test_odd_triggers.py",
+    "test_registry_ui.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.path.name
+        if name in E2E_FILES:
+            item.add_marker(pytest.mark.e2e)
+        elif name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
+        elif name not in UNIT_FILES:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

@@ -253,7 +253,7 @@ class LiveAirflow:
             except subprocess.TimeoutExpired:
                 _killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
-                raise AirflowError(f"airflow {' '.join(args)} ran past {timeout}s; log:\n{self.tail(log)}")
+                raise AirflowError(f"airflow {' '.join(args)} ran past {timeout}s; log:\n{self.tail(log)}") from None
         if rc != 0:
             raise AirflowError(f"airflow {' '.join(args)} exited {rc}; log:\n{self.tail(log)}")
 

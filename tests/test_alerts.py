@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("airflow")
 pytest.importorskip("aiosmtpd")
 
-import retrain_alerts  # noqa: E402  (plugins/ is on sys.path via conftest)
+import retrain_alerts  # noqa: E402  (plugins/ is on sys.path: pytest.ini pythonpath)
 from decision_support import FakeTI, failure_context, make_spec  # noqa: E402
 from tasks.contracts import TaskIds  # noqa: E402
 from tasks.decide import gates  # noqa: E402

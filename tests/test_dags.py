@@ -182,7 +182,8 @@ def test_plugins_loaded_first_still_leave_the_dags_importable(tmp_path):
     plugin that failed there used to leave a half-initialised module behind and a misleading ImportError."""
     probe = textwrap.dedent("""
         import importlib.util, json, sys
-        assert importlib.util.find_spec("tasks") is None, "tasks must not be importable before the DAG file runs"
+        tasks = importlib.util.find_spec("tasks")  # the installed package (pip install -e .), from any folder
+        assert tasks is not None and tasks.origin == sys.argv[2], tasks
         from airflow import plugins_manager
         plugins_manager.ensure_plugins_loaded()
         plugin_errors = plugins_manager.get_import_errors()
@@ -190,7 +191,8 @@ def test_plugins_loaded_first_still_leave_the_dags_importable(tmp_path):
         bag = DagBag(dag_folder=sys.argv[1])
         print(json.dumps({"plugins": plugin_errors, "dags": bag.import_errors, "ids": sorted(bag.dag_ids)}))
     """)
-    out = subprocess.run([sys.executable, "-c", probe, str(ROOT / "dags")], cwd=tmp_path, env=bare_env(),
+    out = subprocess.run([sys.executable, "-c", probe, str(ROOT / "dags"), str(ROOT / "tasks" / "__init__.py")],
+                         cwd=tmp_path, env=bare_env(),
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -258,7 +260,7 @@ def test_unpausing_never_starts_a_run_for_a_past_slot(dagbag, monkeypatch):
     # 10:00, and 02:30: within 10% of the period after the slot, where run_immediately=False would still run it.
     for unpaused_at in (datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc),
                         datetime(2026, 11, 23, 2, 30, tzinfo=timezone.utc)):
-        monkeypatch.setattr(trigger, "utcnow", lambda: unpaused_at)
+        monkeypatch.setattr(trigger, "utcnow", lambda at=unpaused_at: at)
         first = scheduler_dag.next_dagrun_info(last_automated_run_info=None)
         assert first.run_after == datetime(2026, 11, 24, 2, 0, tzinfo=timezone.utc), unpaused_at
     monkeypatch.setattr(trigger, "utcnow", lambda: datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc))

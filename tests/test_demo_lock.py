@@ -4,6 +4,7 @@ under the first one's SQLite DB), and a killed demo never leaves the lock stale.
 from __future__ import annotations
 
 import importlib.util
+import os
 import signal
 import subprocess
 import sys
@@ -27,7 +28,8 @@ def hold_lock(lock_path) -> subprocess.Popen:
             "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
             f"with m.demo_lock(__import__('pathlib').Path({str(lock_path)!r})):\n"
             "    print('locked', flush=True); time.sleep(60)")
-    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT / "scripts")})  # demo.py imports local_run
     assert holder.stdout.readline().strip() == "locked"
     return holder
 

@@ -8,10 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import spec_reference  # scripts/ (pytest.ini pythonpath)
 from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "scripts"))
-import spec_reference  # noqa: E402
 
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))

@@ -134,6 +134,7 @@ def test_77_classes_noise_in_a_40_row_class_does_not_block_a_6_point_gain():
     assert "intent_07" in old_rule
 
 
+@pytest.mark.slow  # 77 classes x many seeds of bootstrap: ~15 s
 def test_77_classes_over_many_seeds_noise_never_blocks_and_a_collapse_always_does():
     """50 simulated retrains: a candidate as good as the champion (independent errors) is never blocked, where the
     old rule (any observed drop above the margin) blocks every one; the same candidate with one random class

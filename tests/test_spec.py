@@ -99,6 +99,7 @@ def test_overrides_are_validated():
         with_overrides(spec, {"gates.nope": 1})
 
 
+@pytest.mark.slow  # parses the DAG folder twice under Airflow: ~15 s
 def test_second_yaml_gives_second_pipeline(tmp_path, monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
 

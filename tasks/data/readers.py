@@ -12,16 +12,14 @@ import csv
 import gzip
 import io
 import json
-import posixpath
 import re
 import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.data.validation import MALFORMED, UNDECODABLE, printable
+from tasks.data.validation import MALFORMED, UNDECODABLE, RawRow, printable
+from tasks.matching import FORMATS, GZIP_SUFFIX, file_format  # noqa: F401  (FORMATS, file_format: readers.*)
 
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
-GZIP_SUFFIX = ".gz"
 # A landed .gz is decompressed as a stream; past this size it is quarantined instead (a gzip bomb). The small-file
 # helpers (gunzip, read_rows: the golden set) hold the content in memory and keep the 1 GiB bound.
 MAX_DECOMPRESSED_BYTES = 1 << 30
@@ -53,27 +51,6 @@ def csv_error(line: int, exc: Exception) -> str:
     if "field larger than field limit" in str(exc):
         detail += " (a field of more than 16 MiB: a quote that never closes, or the wrong delimiter or format?)"
     return detail
-
-
-@dataclass
-class RawRow:
-    line: int  # 1-based physical line (CSV/TSV: header is line 1; JSONL: line; Parquet: row number)
-    text: Any
-    label: Any
-    problem: str | None = None  # MALFORMED / UNDECODABLE, found while parsing
-    detail: str = ""
-    raw: Any = None
-
-
-def file_format(key: str, setting: str = "auto") -> str | None:
-    """The format of a landing key: the pipeline's ``data.format`` when it names one, else from the extension
-    (``.gz`` is looked through); None if unsupported."""
-    if setting != "auto":
-        return setting
-    name = key.lower()
-    if name.endswith(GZIP_SUFFIX):
-        name = name[: -len(GZIP_SUFFIX)]
-    return FORMATS.get(posixpath.splitext(name)[1])
 
 
 def is_gzip(key: str) -> bool:

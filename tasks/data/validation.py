@@ -9,10 +9,9 @@ from __future__ import annotations
 import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
-if TYPE_CHECKING:
-    from tasks.data.readers import RawRow
+from tasks.matching import label_key, normalize_text
 
 # Row reasons.
 EMPTY_TEXT = "empty_text"
@@ -39,9 +38,15 @@ DATA_FILE_REASONS = (UNPARSEABLE_FILE, UNSUPPORTED_FORMAT)
 EMPTY_FILE = "empty_file"
 
 
-def normalize_text(text: str) -> str:
-    """Unicode NFC, trimmed, every run of whitespace collapsed to one space."""
-    return " ".join(unicodedata.normalize("NFC", text).split())
+@dataclass
+class RawRow:
+    """One parsed row as a reader returns it (readers.py), before validation decides whether it is good."""
+    line: int  # 1-based physical line (CSV/TSV: header is line 1; JSONL: line; Parquet: row number)
+    text: Any
+    label: Any
+    problem: str | None = None  # MALFORMED / UNDECODABLE, found while parsing
+    detail: str = ""
+    raw: Any = None
 
 
 def invisible(text: str) -> bool:
@@ -68,13 +73,6 @@ def clip(raw: Any, limit: int = 500) -> Any:
     if isinstance(raw, dict):
         return {k: clip(v, limit) for k, v in raw.items()}
     return raw
-
-
-def label_key(value: str) -> str:
-    """How a landed label matches a name (or alias) that it does not equal exactly: Unicode NFC, whitespace runs
-    collapsed, trimmed, casefolded ("VERY  Positive" matches "very positive"; "Zu\u0308rich" matches "Zürich").
-    The spec refuses labels that share a key (tasks/spec.py), so the match is never ambiguous."""
-    return normalize_text(value).casefold()
 
 
 def unknown_detail(value: Any, labels: list[str]) -> str:

@@ -24,6 +24,14 @@ def _short(name: str) -> str:
     return name if len(name) <= _NAME_CHARS else name[:_NAME_CHARS - 1] + "\u2026"
 
 
+def shares(labels: "np.ndarray", k: int) -> "np.ndarray":
+    """Each of the ``k`` classes' share of ``labels`` (class ids), for the verdicts' moves and the label plot."""
+    import numpy as np
+
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=k).astype(np.float64)
+    return counts / max(counts.sum(), 1.0)
+
+
 def top_moves(ref_shares: "np.ndarray", cur_shares: "np.ndarray", names: Sequence[str],
               top: int = TOP_CONTRIBUTORS) -> list[dict[str, Any]]:
     """The classes whose share moved most, largest first: [{class, reference_share, current_share}]."""
@@ -64,8 +72,6 @@ def write_plots(out_dir: Path, label_names: Sequence[str], data: dict[str, Any])
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-
-    from tasks.drift.stats import shares
 
     def save(fig, name: str) -> None:
         paths.append(out_dir / name)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from tasks.drift import report
+from tasks.drift.report import shares
 from tasks.spec import DriftSpec
 
 if TYPE_CHECKING:
@@ -92,13 +93,6 @@ def check(statistic: float, threshold: float, drifted: bool, verdict: str, **ext
     """The shape every check has in the result and the report."""
     return {"statistic": float(statistic), "threshold": float(threshold), "drifted": bool(drifted),
             "verdict": verdict, **extra}
-
-
-def shares(labels: "np.ndarray", k: int) -> "np.ndarray":
-    import numpy as np
-
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=k).astype(np.float64)
-    return counts / max(counts.sum(), 1.0)
 
 
 def permutation_p(observed: float, null: "np.ndarray") -> float:

@@ -1,0 +1,91 @@
+"""The rules the code keeps, checked by the tools that define them: ruff's lint rules and import-linter's
+contracts (the layers and no import cycles), both configured in pyproject.toml; and the package, installed
+into this interpreter's environment, with no sys.path edits in the product code (docs/architecture.md)."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from conftest import ROOT
+
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+PRODUCT = ("dags", "plugins", "tasks")
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_ruff_check_passes():
+    out = run(sys.executable, "-m", "ruff", "check", "--no-cache", ".")
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+
+
+def test_import_contracts_hold():
+    """dags -> plugins -> tasks; inside tasks: entrypoint -> stages -> data -> spec, storage, contracts;
+    tasks imports neither Airflow nor the plugins; no import cycles."""
+    out = run(str(Path(sys.executable).with_name("lint-imports")), "--no-cache")
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert "0 broken" in out.stdout, out.stdout[-2000:]
+
+
+def contract(type_name: str, name_start: str) -> dict:
+    return next(c for c in PYPROJECT["tool"]["importlinter"]["contracts"]
+                if c["type"] == type_name and c["name"].startswith(name_start))
+
+
+def test_every_module_of_tasks_has_a_layer():
+    """A module missing from the layers would be checked by nothing: a new one must be given its layer."""
+    layered = {name.strip() for layer in contract("layers", "tasks:")["layers"] for name in layer.split(":")}
+    modules = {f"tasks.{p.stem}" for p in (ROOT / "tasks").glob("*.py") if p.stem != "__init__"}
+    packages = {f"tasks.{p.parent.name}" for p in (ROOT / "tasks").glob("*/__init__.py")}
+    assert modules | packages == layered
+
+
+def test_tasks_may_import_no_plugin_module():
+    """Plugin modules are imported by their top-level names; the forbidden contract must name all of them."""
+    forbidden = set(contract("forbidden", "tasks imports neither")["forbidden_modules"])
+    assert forbidden == {"airflow"} | {p.stem for p in (ROOT / "plugins").glob("*.py")}
+
+
+def sys_path_edits(path: Path) -> list[str]:
+    """Every use of ``sys.path`` in a file (an append, an insert, an assignment), as file:line."""
+    source = path.read_text()
+    if "sys" not in source or "path" not in source:
+        return []
+    tree = ast.parse(source, str(path))
+    return [f"{path.relative_to(ROOT)}:{node.lineno}" for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and node.attr == "path"
+            and isinstance(node.value, ast.Name) and node.value.id == "sys"]
+
+
+def test_no_sys_path_edits_in_dags_plugins_or_tasks():
+    """The package is installed (pyproject.toml) and Airflow puts its dags and plugins folders on sys.path."""
+    edits = [hit for folder in PRODUCT for path in sorted((ROOT / folder).rglob("*.py")) for hit in sys_path_edits(path)]
+    assert edits == []
+
+
+def test_the_project_is_installed_editable_from_this_checkout():
+    """`make` installs it (pip install -e .): `tasks` imports from any folder, with nothing on PYTHONPATH."""
+    import tasks
+
+    assert importlib.metadata.version(PYPROJECT["project"]["name"]) == tasks.__version__
+    out = subprocess.run([sys.executable, "-c", "import tasks; print(tasks.__file__)"], cwd="/",
+                         capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert Path(out.stdout.strip()) == ROOT / "tasks" / "__init__.py"
+
+
+def test_the_test_tiers_name_existing_files():
+    """tests/conftest.py sorts files into tiers by name: a renamed file must not fall silently out of its tier."""
+    from conftest import E2E_FILES, SLOW_FILES, UNIT_FILES
+
+    files = {p.name for p in (ROOT / "tests").glob("test_*.py")}
+    listed = UNIT_FILES | SLOW_FILES | E2E_FILES
+    assert listed <= files, f"conftest.py lists test files that do not exist: {sorted(listed - files)}"
+    assert len(listed) == len(UNIT_FILES) + len(SLOW_FILES) + len(E2E_FILES), "a file is in two tiers"
