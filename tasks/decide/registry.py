@@ -348,6 +348,13 @@ def cmd_audit(spec: PipelineSpec, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync_serving(spec: PipelineSpec, args: argparse.Namespace) -> int:
+    champion = read_champion(spec)
+    if champion is not None:
+        require_verified(spec, champion["version"])
+    return serving.report_sync(spec)
+
+
 def cmd_copy_spec(spec: PipelineSpec, args: argparse.Namespace) -> int:
     source = storage.join(version_uri(spec, args.version), "reports", "spec.json")
     target = storage.join(args.run, "spec.json")
@@ -405,7 +412,7 @@ COMMANDS: dict[str, Command] = {
         (("--run-key",), {"default": None, "help": "run folder name (default: rerun-<version>)"}),
         (("--execute",), {"action": "store_true", "help": "run the commands, in order"}),
         (("--timeout",), {"type": int, "default": 6 * 3600, "help": "seconds per stage with --execute"}))),
-    "sync-serving": Command(serving.cmd_sync, "make the Triton repository serve the champion (after a failed sync)"),
+    "sync-serving": Command(cmd_sync_serving, "make the Triton repository serve the champion (after a failed sync)"),
     "copy-spec": Command(cmd_copy_spec, "copy a version's frozen spec into a run folder (first rerun step)", (
         VERSION, (("--run",), {"required": True, "help": "the run folder URI"}))),
 }

@@ -290,13 +290,9 @@ def after_move(spec: PipelineSpec, pointer: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
-def cmd_sync(spec: PipelineSpec, args: Any) -> int:
-    """``registry sync-serving``: verify the champion, then sync; exit 5 (gate_failed) when not in step."""
-    from tasks.decide import registry
-
-    champion = registry.read_champion(spec)
-    if champion is not None:
-        registry.require_verified(spec, champion["version"])
+def report_sync(spec: PipelineSpec) -> int:
+    """``registry sync-serving`` after the registry verified the champion: sync, print the report; exit 5
+    (ServingLayoutError, gate_failed) when the repository cannot be put in step."""
     report = sync(spec)
     print(json.dumps(report, indent=2, sort_keys=True))
     if not report["ok"]:
