@@ -246,6 +246,19 @@ class StudentSpec(_Section):
         return positive_or_auto(value)
 
 
+class ServingSpec(_Section):
+    """Layouts that serving systems load as they are (docs/registry.md#serving-the-champion)."""
+
+    triton_repository: str | None = Field(
+        "{storage}/serving/triton", description="Triton model repository kept in step with the champion (the "
+                                                "student's ONNX export, in <repository>/<triton_model>/); null = off")
+    triton_model: str = Field("{name}", pattern=r"^[A-Za-z0-9_.{}-]+$", description="The model's folder (and name) "
+                                                                                 "in the Triton repository")
+    triton_export: Literal["auto", "onnx", "onnx_int8"] = Field(
+        "auto", description="Which student export Triton serves: auto = onnx if exported, else onnx_int8")
+    triton_max_batch_size: int = Field(32, ge=1, description="config.pbtxt's max_batch_size")
+
+
 class DriftSpec(_Section):
     psi_threshold: float = Field(
         0.2, gt=0, description="label_psi drifts when PSI minus its permutation-null mean reaches this (and p < "
@@ -437,6 +450,7 @@ class PipelineSpec(_Section):
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     student: StudentSpec = Field(default_factory=StudentSpec)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
     drift: DriftSpec = Field(default_factory=DriftSpec)
     decide: DecideSpec = Field(default_factory=DecideSpec)
     gates: GatesSpec = Field(default_factory=GatesSpec)
@@ -447,9 +461,12 @@ class PipelineSpec(_Section):
     @model_validator(mode="after")
     def _placeholders(self) -> "PipelineSpec":
         fill = {"{storage}": self.storage.uri, "{name}": self.name}
-        for section, attr in (("landing", "uri"), ("golden", "source_uri")):
+        for section, attr in (("landing", "uri"), ("golden", "source_uri"), ("serving", "triton_repository"),
+                              ("serving", "triton_model")):
             obj = getattr(self, section)
             value = getattr(obj, attr)
+            if value is None:
+                continue
             for token, replacement in fill.items():
                 value = value.replace(token, replacement)
             if value != getattr(obj, attr):

@@ -130,8 +130,11 @@ def registry_spec(tmp_path_factory):
     spec = parse_spec(_spec_dict(root))
     model = tmp / "model"   # what publish copies: the files of a model folder
     model.mkdir()
-    (model / "config.json").write_text(json.dumps({"model_type": "bert", "num_labels": 2}))
+    (model / "config.json").write_text(json.dumps({"model_type": "bert", "num_labels": 2,
+                                                   "architectures": ["BertForSequenceClassification"]}))
     (model / "model.safetensors").write_bytes(np.random.default_rng(0).bytes(4096))
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # publish refuses a folder without a tokenizer
+        (model / name).write_text("{}")
     snapshot = storage.join(spec.layout.snapshots, "snap-0001")
     storage.write_json(storage.join(snapshot, "manifest.json"), {"snapshot_id": "snap-0001"})
     versions = []

@@ -9,7 +9,10 @@
    distill stage's result in the run) and the reports is copied to ``models/<pipeline>/<version>/`` with
    ``storage.copy`` (streamed, create-only: a retry keeps what an earlier attempt copied); its sha256 is taken
    from the source, streamed too, so the manifest says what the run produced.
-3. A model card (``README.md``, Hugging Face format) is written into ``teacher/`` and ``student/``.
+   Each model folder is one a serving system loads as it is (``serving.py``): a sequence classifier whose
+   config names the spec's labels (generic ``LABEL_i`` names get them), with weights and tokenizer files.
+3. A model card (``README.md``, Hugging Face format) is written into ``teacher/`` and ``student/``, and the Triton
+   configuration of the student's ONNX export into ``serving/triton/`` (config.pbtxt, labels.txt).
 4. ``manifest.json`` is written after every file, create-only: a version folder without a manifest is
    incomplete and invisible to ``registry list``, and can never be promoted.
 5. Every file is re-hashed against the manifest (``registry.verify``). A mismatch fails the stage
@@ -34,7 +37,7 @@ from typing import Any
 from tasks import __version__, cli, results, storage
 from tasks.contracts import EvaluateResult, PublishResult
 from tasks.data import snapshots
-from tasks.decide import CandidateArgs, model_card, registry
+from tasks.decide import CandidateArgs, model_card, registry, serving
 from tasks.spec import PipelineSpec, dump, load_spec
 
 
@@ -108,10 +111,12 @@ class VersionFiles:
                 self.copy(obj, f"{rel_prefix}/{rel}")
 
     def write_text(self, rel: str, text: str) -> None:
+        self.write_bytes(rel, text.encode("utf-8"))
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
         uri = storage.join(self.version_uri, rel)
         try:
-            storage.write_text(uri, text, if_none_match=True)
-            data = text.encode("utf-8")
+            storage.write_bytes(uri, data, if_none_match=True)
             self.files[rel] = {"sha256": storage.sha256_bytes(data), "size": len(data)}
         except storage.PreconditionFailed:  # written by an earlier attempt of this run: that one is the card
             info = storage.stat(uri)
@@ -148,8 +153,12 @@ def assemble(spec: PipelineSpec, state: dict[str, str], run_uri: str, snapshot_u
     version = state["version"]
     vuri = registry.version_uri(spec, version)
     out = VersionFiles(vuri)
-    out.copy_tree(teacher_uri, "teacher", skip=(model_card.CARD,))
-    out.copy_tree(student_uri, "student", skip=(model_card.CARD,))
+    for role, source in (("teacher", teacher_uri), ("student", student_uri)):
+        config = serving.hf_config(source, spec.data.labels, role)  # None: the source's serves as it is
+        out.copy_tree(source, role, skip=(model_card.CARD,) + (("config.json",) if config else ()))
+        if config:
+            out.write_bytes(f"{role}/config.json", config)
+        serving.check_files([rel[len(role) + 1:] for rel in out.files if rel.startswith(f"{role}/")], role)
     exports = student_exports(run_uri, student_uri)
     for name, export_uri in exports.items():
         out.copy_tree(export_uri, f"exports/{name}")
@@ -169,6 +178,7 @@ def assemble(spec: PipelineSpec, state: dict[str, str], run_uri: str, snapshot_u
     for role in ("teacher", "student"):
         out.write_text(f"{role}/{model_card.CARD}", model_card.render(inputs, role))
         cards[role] = storage.join(vuri, role, model_card.CARD)
+    triton = serving.publish_triton(spec, out, version, exports, spec.data.labels)
 
     frozen = dump(spec)
     manifest = {
@@ -188,6 +198,7 @@ def assemble(spec: PipelineSpec, state: dict[str, str], run_uri: str, snapshot_u
                     "exports": exports},
         "exports": {name: f"exports/{name}/" for name in exports},
         "model_cards": {role: f"{role}/{model_card.CARD}" for role in cards},
+        "serving": {"huggingface": {role: f"{role}/" for role in cards}, "triton": triton},
         "evaluation": evaluation.model_dump(mode="json", include={
             "passed", "first_run", "failed_gates", "gates", "metrics", "report_uri", "report_md_uri",
             "champion_comparison"}),
@@ -219,8 +230,13 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, eva
 
     cards = {role: storage.join(vuri, role, model_card.CARD) for role in ("teacher", "student")}
     if not storage.exists(storage.join(vuri, registry.MANIFEST)):
-        cards = assemble(spec, state, run_uri, snapshot_uri, teacher_uri, student_uri, evaluation_uri, evaluation,
-                         expected_champion)
+        try:
+            cards = assemble(spec, state, run_uri, snapshot_uri, teacher_uri, student_uri, evaluation_uri,
+                             evaluation, expected_champion)
+        except serving.ServingLayoutError as exc:  # no manifest: the version is incomplete, never promotable
+            results.emit(PublishResult(version=version, version_uri=vuri, champion_before=before,
+                                       champion_after=before, reason=f"not published: {exc}"), out_uri)
+            raise
 
     check = registry.verify(spec, version)
     result = PublishResult(version=version, version_uri=vuri, champion_before=before, champion_after=before,

@@ -2,13 +2,14 @@
 append-only audit log. Library (used by publish and the DAG) and CLI:
 
 ``python -m tasks registry --spec SPEC list | champion | show V | verify V | promote V --expected-champion E |
-rollback [--to V] | audit | rerun V [--execute] | copy-spec V --run R``
+rollback [--to V] | audit | rerun V [--execute] | copy-spec V --run R | sync-serving``
 
 Layout (``spec.layout``)::
 
     models/<pipeline>/<version>/teacher/...     the fine-tuned teacher, with its model card (README.md)
     models/<pipeline>/<version>/student/...     the distilled student, with its model card (README.md)
     models/<pipeline>/<version>/exports/...     the student's CPU-serving exports
+    models/<pipeline>/<version>/serving/...     the student's Triton config.pbtxt and labels.txt (serving.py)
     models/<pipeline>/<version>/reports/...     gate report, metrics, confusion matrices, the run's spec.json
     models/<pipeline>/<version>/manifest.json   written once (If-None-Match), after every file; sha256 of each
     models/<pipeline>/champion.json             {version, version_uri, snapshot_id, snapshot_uri, promoted_at, previous}
@@ -40,6 +41,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from tasks import cli, storage
+from tasks.decide import serving
 from tasks.errors import GateFailed, InfrastructureError, SpecInvalid
 from tasks.spec import PipelineSpec, load_spec
 
@@ -203,6 +205,7 @@ def promote(spec: PipelineSpec, version: str, *, expected_champion: str | None, 
     }
     new_etag = _move_pointer(spec, pointer, etag)
     _audit(spec, event, {**pointer, "champion_etag": new_etag, **(extra or {})})
+    serving.after_move(spec, pointer)  # the Triton repository follows; never raises (the move stands)
     return pointer
 
 
@@ -243,6 +246,7 @@ def rollback(spec: PipelineSpec, to: str | None = None, *, actor: str | None = N
     }
     new_etag = _move_pointer(spec, pointer, etag)
     _audit(spec, "rollback", {**pointer, "champion_etag": new_etag}, actor=actor)
+    serving.after_move(spec, pointer)  # the Triton repository follows; never raises (the move stands)
     return pointer
 
 
@@ -344,6 +348,13 @@ def cmd_audit(spec: PipelineSpec, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync_serving(spec: PipelineSpec, args: argparse.Namespace) -> int:
+    champion = read_champion(spec)
+    if champion is not None:
+        require_verified(spec, champion["version"])
+    return serving.report_sync(spec)
+
+
 def cmd_copy_spec(spec: PipelineSpec, args: argparse.Namespace) -> int:
     source = storage.join(version_uri(spec, args.version), "reports", "spec.json")
     target = storage.join(args.run, "spec.json")
@@ -401,6 +412,7 @@ COMMANDS: dict[str, Command] = {
         (("--run-key",), {"default": None, "help": "run folder name (default: rerun-<version>)"}),
         (("--execute",), {"action": "store_true", "help": "run the commands, in order"}),
         (("--timeout",), {"type": int, "default": 6 * 3600, "help": "seconds per stage with --execute"}))),
+    "sync-serving": Command(cmd_sync_serving, "make the Triton repository serve the champion (after a failed sync)"),
     "copy-spec": Command(cmd_copy_spec, "copy a version's frozen spec into a run folder (first rerun step)", (
         VERSION, (("--run",), {"required": True, "help": "the run folder URI"}))),
 }
