@@ -6,7 +6,7 @@ DAG processor does (DagBag, its own per-file stats), with the provider
 - ``on``: installed and configured (the file transport),
 
 alternating the three, ``--repeats`` times each. Prints per-file medians and the whole DagBag (plugins included),
-as JSON. docs/lineage.md quotes it.
+as one JSON line. docs/benchmarks.md quotes it.
 
     .venv/bin/python bench/lineage_parse.py --repeats 5
 """
@@ -102,7 +102,7 @@ def main() -> None:
     for case in ("off", "on"):
         report[case]["total_vs_absent"] = round(report[case]["dagbag_total_s"] / report["absent"]["dagbag_total_s"], 2)
     report["repeats"] = args.repeats
-    print(json.dumps(report, indent=1))
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":
