@@ -11,8 +11,9 @@ inputs and outputs, so a lineage backend (Marquez, DataHub, ...) can walk from a
   gives the running task instance the same provider hook (``@task`` operators have none of their own).
 
 Off and silent when OpenLineage is not configured: the provider then registers no listener, so nothing calls the
-stage hooks, and ``report`` returns after one cached check. Nothing here runs at DAG parse time, and nothing is imported from the provider
-or from ``tasks`` at module level: the plugin manager may import this module before any DAG file has run.
+stage hooks, and ``report`` returns after one cached check. Nothing here runs at DAG parse time, and nothing is
+imported from the provider or from ``tasks`` at module level: the plugin manager may import this module before any
+DAG file has run.
 
 Dataset names follow OpenLineage's naming spec (https://openlineage.io/docs/spec/naming), the same names the
 Amazon and common-io providers give an Asset with that URI, so our datasets join with Assets and other tools':
@@ -24,7 +25,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ def dataset_name(uri: str) -> tuple[str, str]:
     Written here rather than through the providers' Asset converters, which need the providers manager loaded
     (seconds); tests/test_lineage.py checks both give the same names."""
     uri = uri.rstrip("/") if uri not in ("/", "file:///") else uri
-    if uri.startswith(("s3://", "s3a://")):
+    if uri.startswith("s3://"):
         bucket, _, key = uri.split("://", 1)[1].partition("/")
         return f"s3://{bucket}", key or "/"
     if uri.startswith("file://"):
