@@ -99,7 +99,7 @@ def test_the_next_call_on_the_same_storage_is_the_next_night(first_night):
     code, result, log = local_run("ingest", first_night["spec"], first_night["landing"], first_night["storage"])
     assert code == 0, log[-4000:]
     # This call has no OpenLineage setting: nothing emitted, nothing said about it (docs/lineage.md).
-    assert events.stat().st_size == emitted and "lineage" not in log.lower(), log[-4000:]
+    assert events.stat().st_size == emitted and "openlineage" not in log.lower(), log[-4000:]
     # Nothing new landed: the ingest DAG sees the first night's batch record and keeps its snapshot.
     assert result["changed"] is False
     assert result["snapshot_id"] == first_night["summary"]["ingest"]["snapshot_id"]
