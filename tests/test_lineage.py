@@ -157,7 +157,7 @@ def test_without_openlineage_configured_nothing_is_emitted_or_logged():
     assert not [name for name in result["listeners"] if "lineage" in name.lower()], result["listeners"]
     assert result["enabled"] is False and result["collector_created"] == 0
     assert result["warnings"] == []
-    assert "lineage" not in out.stderr.lower(), out.stderr[-3000:]
+    assert "openlineage" not in out.stderr.lower(), out.stderr[-3000:]
 
 
 def test_with_openlineage_configured_the_listener_is_registered(tmp_path):
