@@ -40,6 +40,7 @@ from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, P
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException  # noqa: E402
 
 import retrain_alerts  # noqa: E402
+import retrain_lineage  # noqa: E402
 from stage_factory import (  # noqa: E402
     DECISION_XCOM_KEY, MissingResult, apply_storage_env, build_stage, pull_result, skip_if_run_finished, task_states,
 )
@@ -209,6 +210,8 @@ def make_prepare_run(spec_path: Path, kind: str, valid_conf: list[str]):
                       "since: trigger a new run to use it", flush=True)
             effective = frozen
         champion = storage.read_json(effective.layout.champion) if storage.exists(effective.layout.champion) else None
+        retrain_lineage.report(inputs=[str(spec_path), effective.layout.champion if champion else None],
+                               outputs=[spec_uri])
         dry_run = bool(params.get("dry_run"))
         return RunContext(
             pipeline=spec.name,
@@ -365,6 +368,8 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
             if decision["stopped"] and decision["withdraw_batches"]:
                 decision["withdrawn"] = withdraw_bad_batches(run_spec, run_ctx, decision)
             storage.write_json(storage.join(run_ctx.run_uri, TaskIds.DECIDE, "result.json"), decision)
+            retrain_lineage.report(inputs=[snapshot.snapshot_uri, drift_checks.report_uri],
+                                   outputs=[storage.join(run_ctx.run_uri, TaskIds.DECIDE, "result.json")])
             ti.xcom_push(key=DECISION_XCOM_KEY, value=decision)
             verdict = "RETRAIN" if decision["retrain"] else "STOP" if decision["stopped"] else "SKIP"
             print(f"{verdict}: " + "; ".join(decision["reasons"]))
@@ -388,6 +393,7 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
             apply_storage_env(pipeline_spec)
             skip_if_run_finished(RunContext.model_validate(run).run_uri, TaskIds.GATE)  # no second gate alert
             result = EvaluateResult.model_validate(evaluation)
+            retrain_lineage.report(inputs=[RunContext.model_validate(run).evaluation_uri])
             if not result.passed:
                 failed = [g for g in result.gates if not g.passed and not g.skipped]
                 fmt = lambda x: f"{x:.4f}" if isinstance(x, float) else str(x)  # noqa: E731
@@ -438,6 +444,9 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
                 summary["notes"] = notes
             record_trained(run_ctx, summary)  # before summary.json: a summary with a verdict means it is recorded
             write_summary(run_ctx.run_uri, summary)
+            published = results[TaskIds.PUBLISH]
+            retrain_lineage.report(inputs=[published.version_uri if published else None],
+                                   outputs=[retrain_lineage.join(run_ctx.run_uri, "summary.json")])
             print(format_summary(summary) + "".join(f"\nnote: {n}" for n in notes))
             return summary
 

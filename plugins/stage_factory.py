@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
+from retrain_lineage import StageLineage  # OpenLineage inputs/outputs of a stage; imports nothing heavy
+
 if TYPE_CHECKING:
     from tasks.contracts import Result
     from tasks.spec import PipelineSpec, StageSpec
@@ -262,7 +264,7 @@ def apply_storage_env(spec: PipelineSpec) -> None:
     set_storage_env(spec.storage.conn_id, spec.storage.uri)
 
 
-class LocalStageOperator(BaseOperator):
+class LocalStageOperator(StageLineage, BaseOperator):
     """Runs a stage command as a subprocess of the worker: the embedded default, same command as the pod.
 
     The stage writes its result JSON to $RETRAIN_XCOM_PATH (in a pod: /airflow/xcom/return.json); this
@@ -318,7 +320,7 @@ class LocalStageOperator(BaseOperator):
                 raise stage_failure(self.stage, returncode, tail)
             if not xcom_path.exists():
                 raise RuntimeError("stage finished without writing its result JSON")
-            return json.loads(xcom_path.read_text())
+            return self.keep_result(json.loads(xcom_path.read_text()))
 
     def on_kill(self) -> None:
         if self._proc and self._proc.poll() is None:
@@ -359,7 +361,7 @@ def pod_settings(spec: PipelineSpec, stage: str, resources: StageSpec) -> dict[s
     }
 
 
-class KubernetesStageOperator(BaseOperator):
+class KubernetesStageOperator(StageLineage, BaseOperator):
     """kubernetes mode: runs the stage command in a pod through the cncf provider's KubernetesPodOperator.
 
     At parse time this holds the pod settings as plain data; ``pod_operator()`` builds the provider's operator
@@ -426,7 +428,7 @@ class KubernetesStageOperator(BaseOperator):
     def execute(self, context: Any) -> Any:
         before_stage(self.task_id, self.arguments, self.storage_conn_id, self.storage_uri)
         self._running = self.pod_operator()
-        return self._running.execute(context)
+        return self.keep_result(self._running.execute(context))
 
     def on_kill(self) -> None:
         if self._running is not None:

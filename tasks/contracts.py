@@ -224,6 +224,7 @@ class PublishResult(Result):
     verified: bool = False
     champion_before: str | None = None
     champion_after: str | None = None
+    champion_uri: str | None = None  # the champion pointer (champion.json) this publish read, and moved if promoted
     files: int = 0
     reason: str = ""
     model_cards: dict[str, str] = {}  # {teacher|student: URI of the version's README.md model card}

@@ -14,6 +14,7 @@ import yaml
 
 from conftest import DATA, ROOT
 from data_helpers import local_run
+from lineage_helpers import lineage_graph, openlineage_file_env, path_between, read_events
 
 EMOTION = ROOT / "include" / "pipelines" / "emotion.yaml"
 
@@ -54,13 +55,18 @@ def first_ingest(tmp_path_factory, tiny_model_dir):
     (landing / "batch-1.txt").write_text("text;label_name\n" + "\n".join(emotion_rows("train", 300)) + "\n",
                                          encoding="utf-8")
     storage = tmp / "storage"
-    code, result, log = local_run("ingest", spec, landing, storage)
-    return {"spec": spec, "landing": landing, "storage": storage, "code": code, "result": result, "log": log}
+    # Both calls report to OpenLineage's file transport (docs/lineage.md): test_lineage_* read the events.
+    lineage = {"events": tmp / "openlineage.jsonl"}
+    lineage["env"] = openlineage_file_env(lineage["events"])
+    code, result, log = local_run("ingest", spec, landing, storage, env=lineage["env"])
+    return {"spec": spec, "landing": landing, "storage": storage, "code": code, "result": result, "log": log,
+            "lineage": lineage}
 
 
 @pytest.fixture(scope="module")
 def first_night(first_ingest):
-    code, summary, log = local_run("run", first_ingest["spec"], first_ingest["landing"], first_ingest["storage"])
+    code, summary, log = local_run("run", first_ingest["spec"], first_ingest["landing"], first_ingest["storage"],
+                                   env=first_ingest["lineage"]["env"])
     return {**first_ingest, "code": code, "summary": summary, "log": log}
 
 
@@ -88,8 +94,12 @@ def test_make_run_promotes_a_first_emotion_champion(first_night):
 
 def test_the_next_call_on_the_same_storage_is_the_next_night(first_night):
     assert first_night["code"] == 0, "the first night failed; see the other test"
+    events = first_night["lineage"]["events"]
+    emitted = events.stat().st_size
     code, result, log = local_run("ingest", first_night["spec"], first_night["landing"], first_night["storage"])
     assert code == 0, log[-4000:]
+    # This call has no OpenLineage setting: nothing emitted, nothing said about it (docs/lineage.md).
+    assert events.stat().st_size == emitted and "openlineage" not in log.lower(), log[-4000:]
     # Nothing new landed: the ingest DAG sees the first night's batch record and keeps its snapshot.
     assert result["changed"] is False
     assert result["snapshot_id"] == first_night["summary"]["ingest"]["snapshot_id"]
@@ -128,3 +138,52 @@ def test_hostile_landing_files_through_make_ingest(tmp_path, tiny_model_dir):
     for path in (tmp_path / "storage").rglob("*"):
         if path.is_file():
             assert b"secret row from outside" not in path.read_bytes(), path
+
+
+# ---------------------------------------------------------------- OpenLineage (docs/lineage.md)
+
+
+def file_dataset(path: Path) -> str:
+    """A local file's dataset as lineage_helpers.dataset_key spells it: namespace "file", name the absolute path."""
+    return f"file:{path.resolve()}"
+
+
+def test_lineage_events_lead_from_a_landed_file_to_the_champion(first_night):
+    """`make ingest` then `make run` with the file transport: the events' inputs and outputs form one graph in which
+    a directed path leads from the landed file through the snapshot, the teacher and the student to the version and
+    the champion pointer."""
+    assert first_night["code"] == 0, first_night["log"][-4000:]
+    events = read_events(first_night["lineage"]["events"])
+    graph = lineage_graph(events)
+    storage, summary = first_night["storage"], first_night["summary"]
+    models = storage / "models" / "emotion"
+    version = json.loads((models / "champion.json").read_text())["version"]
+    landed = file_dataset(first_night["landing"] / "batch-1.txt")
+    run = summary["run_uri"][len("file://"):]
+    chain = [(landed, "ingest_emotion.ingest"),  # make ingest: the landed file into the snapshot
+             ("file:" + summary["ingest"]["snapshot_uri"][len("file://"):], "retrain_emotion.finetune"),
+             (f"file:{run}/finetune/model", "retrain_emotion.distill"),  # the teacher
+             (f"file:{run}/distill/model", "retrain_emotion.publish"),  # the student
+             (file_dataset(models / version), None)]
+    for (source, job), (target, _) in zip(chain, chain[1:]):
+        step = path_between(graph, source, target)
+        assert step == [source, f"job:retrain-test/{job}", target], (
+            f"{job} does not lead from {source} to {target} (path: {step}); edges: {json.dumps(sorted(graph))}")
+    # One connected graph: the landed file leads to the champion version and the pointer that names it.
+    path = path_between(graph, landed, file_dataset(models / version))
+    assert path and path[0] == landed, path
+    pointer = file_dataset(models / "champion.json")
+    assert pointer in graph["job:retrain-test/retrain_emotion.publish"], graph["job:retrain-test/retrain_emotion.publish"]
+    # Each task reports its own datasets: gate read the evaluation and wrote nothing; the ingest DAG's
+    # announce_snapshot has its outlet, the snapshots Asset (not what a task before it reported).
+    completed = {e["job"]["name"]: e for e in events if e.get("eventType") == "COMPLETE"}
+    gate = completed["retrain_emotion.gate"]
+    assert [d["name"] for d in gate["inputs"]] == [f"{run}/evaluate/result.json"] and gate["outputs"] == [], gate
+    announce = completed["ingest_emotion.announce_snapshot"]
+    assert announce["inputs"] == [] and [d["name"] for d in announce["outputs"]] == [
+        str((storage / "snapshots" / "emotion").resolve())], announce
+    # Every task of the retrain run that reads or writes storage reported what it did.
+    reported = {e["job"]["name"].split(".", 1)[1] for e in events if e.get("eventType") == "COMPLETE"
+                and e["job"]["name"].startswith("retrain_emotion.") and (e.get("inputs") or e.get("outputs"))}
+    assert {"prepare_run", "ingest", "drift", "decide", "finetune", "distill", "evaluate", "gate", "publish",
+            "notify"} <= reported, reported

@@ -240,6 +240,7 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, eva
 
     check = registry.verify(spec, version)
     result = PublishResult(version=version, version_uri=vuri, champion_before=before, champion_after=before,
+                           champion_uri=spec.layout.champion,
                            verified=check["ok"], files=check["files"], model_cards=cards)
     if not check["ok"]:
         result.reason = (f"verification failed (missing={check['missing'][:5]}, extra={check['extra'][:5]}, "
