@@ -170,6 +170,8 @@ def assemble(spec: PipelineSpec, state: dict[str, str], run_uri: str, snapshot_u
         out.write_text(f"{role}/{model_card.CARD}", model_card.render(inputs, role))
         cards[role] = storage.join(vuri, role, model_card.CARD)
 
+    from tasks.decide.retrain_policy import run_training
+
     frozen = dump(spec)
     manifest = {
         "version": version,
@@ -184,6 +186,7 @@ def assemble(spec: PipelineSpec, state: dict[str, str], run_uri: str, snapshot_u
         "parameters": {k: frozen[k] for k in ("model", "train", "student", "gates")} | {
             "labels": frozen["data"]["labels"]},
         "run_uri": run_uri,
+        "training": run_training(run_uri),  # full or incremental, and why
         "sources": {"teacher": teacher_uri, "student": student_uri, "evaluation": evaluation_uri,
                     "exports": exports},
         "exports": {name: f"exports/{name}/" for name in exports},
