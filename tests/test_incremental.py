@@ -118,3 +118,121 @@ def test_select_takes_every_new_row_and_a_multiple_of_them_from_the_history():
     assert chosen.report["new_rows"] == 100 and chosen.report["replay_rows"] == 200
     assert set(range(900, 1000)) <= set(chosen.indices) and len(chosen.indices) == 300
     assert chosen.report["label_mix"]["replay"] == {"a": 0.5, "b": 0.5}
+
+
+# ---------------------------------------------------------------- the training stages on real ingested snapshots
+
+
+@pytest.fixture(scope="module")
+def champion_models(tiny_model_dir, tmp_path_factory):
+    """A tiny teacher with the spec's labels and its 3-layer student: what a champion warm-starts from."""
+    from tasks.train import distill, modeling
+
+    out = tmp_path_factory.mktemp("champion-models")
+    teacher = modeling.load_classifier(tiny_model_dir, labels=["negative", "positive"])
+    tokenizer = modeling.load_tokenizer(tiny_model_dir)
+    modeling.save_model(teacher, tokenizer, out / "teacher")
+    student, _ = distill.init_student(teacher, 3)
+    modeling.save_model(student, tokenizer, out / "student")
+    return out
+
+
+def promote_by_hand(spec, ingested: dict, models, version: str = "v1") -> str:
+    """A champion trained on ``ingested``'s snapshot: the version folder and the champion pointer."""
+    uri = spec.layout.version(version)
+    for role in ("teacher", "student"):
+        storage.upload_dir(models / role, storage.join(uri, role))
+    named = {k: ingested[k] for k in ("snapshot_id", "snapshot_uri")}
+    storage.write_json(storage.join(uri, "manifest.json"), {"version": version, **named})
+    pointer = {"version": version, "version_uri": uri, **named}
+    storage.write_json(spec.layout.champion, pointer)
+    return uri
+
+
+def token_rows(tokenizer, texts, max_length: int = 128) -> set[tuple[int, ...]]:
+    return {tuple(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]}
+
+
+def seen_rows(folder) -> list[tuple[int, ...]]:
+    return [tuple(row) for path in sorted(folder.glob("rank-*.jsonl")) for line in path.read_text().splitlines()
+            for row in json.loads(line)["rows"]]
+
+
+def test_an_incremental_night_trains_on_new_rows_and_replay_never_on_withdrawn_or_golden_rows(
+        tmp_path, monkeypatch, champion_models, one_torch_thread):
+    """History: batch 1 (300 rows) and batch 2 (60 rows); the champion trained on both. Then batch 2 is withdrawn
+    (its labels were bad), the golden set is re-frozen with 5 stored texts of batch 1 in it, and batch 3 lands:
+    80 new rows, 5 golden texts, 3 history texts relabelled. Both stages train on batch 3's train rows plus as many
+    replayed rows of batch 1: none withdrawn, none golden, the relabelled texts with their stored labels."""
+    from tasks.data import golden, snapshots, withdraw
+    from tasks.data.ingest import run_ingest
+    from tasks.data.validation import normalize_text
+    from tasks.train import distill, finetune, modeling, training
+
+    root = "file://" + str(tmp_path / "store")
+    spec = make_spec(root, model={"base": str(champion_models / "teacher")}, decide={"min_new_rows": 10, "retrain_every_rows": 50},
+                     train={"epochs": 1, "warm_start_epochs": 1, "min_epochs": 0, "batch_size": 16,
+                            "learning_rate": 1e-4, "selection": "holdout", "eval_steps": 1000,
+                            "checkpoint_steps": 1000, "replay_multiple": 1.0},
+                     student={"epochs": 1, "batch_size": 16, "export": []})
+    first_golden = put_golden(spec)
+    history, bad, new = (read_sst2("train", limit=300, offset=1000), read_sst2("train", limit=60, offset=1300),
+                         read_sst2("train", limit=80, offset=1400))
+    land(spec, "b1.tsv", tsv_bytes(history))
+    run_ingest(spec, run_folder(spec, "r1"))
+    land(spec, "b2.tsv", tsv_bytes(bad))
+    before_bad = run_ingest(spec, run_folder(spec, "r2"))
+    champion_uri = promote_by_hand(spec, before_bad, champion_models)
+    withdrawn = withdraw.withdraw(spec, [before_bad["batch_id"]], reason="labels flipped")
+    assert withdrawn["withdrawn"] == [before_bad["batch_id"]]
+    refrozen = first_golden[:30] + history[:5]
+    source = storage.join(root, "reference", "sst2", "golden-v2.tsv")
+    storage.write_bytes(source, tsv_bytes(refrozen))
+    golden.refreeze(spec, source)
+    relabelled = [(text, 1 - label) for text, label in history[100:103]]
+    land(spec, "b3.tsv", tsv_bytes(new + first_golden[:5] + relabelled))
+    night = run_ingest(spec, run_folder(spec, "r3"))
+    assert night["new_rows"] == 80 and night["contaminated_removed"] == 5
+    assert night["quarantine_reasons"] == {"conflicting_labels": 3}
+
+    current, champion_rows = (snapshots.read_snapshot(night["snapshot_uri"]),
+                              snapshots.read_snapshot(before_bad["snapshot_uri"]))
+    new_rows = current[~current["text"].isin(champion_rows["text"])]
+    drift_result = {"new_rows": len(new_rows), "reference_rows": len(champion_rows), "checks": {},
+                    "reference_label_counts": snapshots.label_counts(champion_rows["label"], spec.data.labels)}
+    run = run_folder(spec, "r4")
+    decision = decide(spec, night, drift_result, storage.read_json(spec.layout.champion))
+    assert decision["training"]["mode"] == "incremental", decision
+    storage.write_json(storage.join(run, "decide", "result.json"), decision)
+
+    seen = tmp_path / "seen"
+    monkeypatch.setenv("RETRAIN_SCRATCH_DIR", str(tmp_path / "scratch"))
+    monkeypatch.setenv(training.ROWS_SEEN_ENV, str(seen / "finetune"))
+    assert finetune.main(["--run", run, "--snapshot", night["snapshot_uri"], "--champion", champion_uri]) == 0
+    teacher = storage.read_json(storage.join(run, "finetune", "result.json"))
+    monkeypatch.setenv(training.ROWS_SEEN_ENV, str(seen / "distill"))
+    assert distill.main(["--run", run, "--snapshot", night["snapshot_uri"], "--teacher", teacher["model_uri"],
+                         "--champion", champion_uri]) == 0
+    student = storage.read_json(storage.join(run, "distill", "result.json"))
+
+    new_train = new_rows[new_rows["split"] == "train"]
+    tokenizer = modeling.load_tokenizer(champion_models / "teacher")
+    withdrawn_rows = snapshots.read_snapshot(before_bad["snapshot_uri"])
+    withdrawn_rows = withdrawn_rows[withdrawn_rows["batch"] == before_bad["batch_id"]]
+    golden_now = snapshots.read_golden(golden.ensure_golden(spec)["golden_uri"])
+    for result, stage in ((teacher, "finetune"), (student, "distill")):
+        training_kind = result["training"]
+        assert training_kind["mode"] == "incremental" and training_kind["new_rows"] == len(new_train)
+        assert training_kind["replay_rows"] == len(new_train)
+        assert training_kind["history_rows"] == int((current["split"] == "train").sum()) - len(new_train)
+        assert result["train_rows"] == 2 * len(new_train) == training_kind["train_rows"]
+        rows = seen_rows(seen / stage)
+        assert len(rows) == result["samples"]["train"] == result["train_rows"]  # one epoch
+        assert token_rows(tokenizer, new_train["text"]) <= set(rows)
+        assert not set(rows) & token_rows(tokenizer, withdrawn_rows["text"]), "a withdrawn row was trained on"
+        assert not set(rows) & token_rows(tokenizer, golden_now["text"]), "a golden row was trained on"
+        assert result["samples_processed"] == sum(result["samples"].values())
+    assert student["samples"]["teacher"] == student["samples"]["train"] + student["samples"]["inference"]
+    # The relabelled texts kept their stored labels: the labels any replay of them trains on.
+    stored = current.set_index("text")["label"]
+    assert [int(stored[normalize_text(t)]) for t, _ in relabelled] == [label for _, label in history[100:103]]
