@@ -236,3 +236,29 @@ def test_an_incremental_night_trains_on_new_rows_and_replay_never_on_withdrawn_o
     # The relabelled texts kept their stored labels: the labels any replay of them trains on.
     stored = current.set_index("text")["label"]
     assert [int(stored[normalize_text(t)]) for t, _ in relabelled] == [label for _, label in history[100:103]]
+
+
+def test_the_model_card_and_the_version_manifest_say_what_the_model_trained_on(tmp_path):
+    from tasks.decide import model_card
+    from tasks.decide.retrain_policy import run_training, stage_training
+
+    run = "file://" + str(tmp_path / "run")
+    why = "Incremental retrain: the 1,000 rows new since the champion's snapshot plus 1x as many older rows replayed."
+    storage.write_json(storage.join(run, "decide", "result.json"), {"retrain": True, "training": {
+        "mode": "incremental", "reasons": [why], "incremental_streak": 3}})
+    kind = {"mode": "incremental", "new_rows": 900, "replay_rows": 900, "history_rows": 9000, "train_rows": 1800,
+            "snapshot_train_rows": 9900, "reasons": [why]}
+    storage.write_json(storage.join(run, "finetune", "result.json"), {
+        "model_uri": "x", "training": kind, "samples": {"train": 1800, "inference": 100}, "samples_processed": 1900})
+    recorded = run_training(run)
+    assert recorded == {"mode": "incremental", "reasons": [why], "incremental_streak": 3,
+                        "rows": {"train_rows": 1800, "new_rows": 900, "replay_rows": 900,
+                                 "snapshot_train_rows": 9900}}
+    lines = model_card.training_lines(stage_training(run)["teacher"])
+    assert lines == [f"| training | incremental: 900 new rows + 900 replayed of 9000 older train rows (1800 of the "
+                     f"snapshot's 9900). {why} |", "| samples processed | 1900 (inference 100, train 1800) |"]
+    # A full retrain counts no streak; a run from before the setting records nothing.
+    storage.write_json(storage.join(run, "finetune", "result.json"), {"model_uri": "x", "training": {
+        "mode": "full", "train_rows": 9900, "reasons": ["Full retrain on the whole snapshot: drift was detected."]}})
+    assert run_training(run)["mode"] == "full" and run_training(run)["incremental_streak"] == 0
+    assert run_training("file://" + str(tmp_path / "old-run")) is None

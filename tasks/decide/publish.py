@@ -160,17 +160,18 @@ def assemble(spec: PipelineSpec, state: dict[str, str], run_uri: str, snapshot_u
         raise storage.NotFound(spec_uri)
     out.copy(spec_info, "reports/spec.json")
 
+    from tasks.decide.retrain_policy import run_training, stage_training
+
     snapshot = snapshot_manifest(snapshot_uri)
     inputs = model_card.CardInputs(
         spec=spec, version=version, published_at=state["created_at"], snapshot_uri=snapshot_uri, snapshot=snapshot,
         evaluation=evaluation.dump(), parent_champion=expected_champion, run_uri=run_uri,
-        code_version=code_version(), image=image_ref(), base_card=model_card.base_card_metadata(spec.model.base))
+        code_version=code_version(), image=image_ref(), base_card=model_card.base_card_metadata(spec.model.base),
+        training=stage_training(run_uri))
     cards = {}
     for role in ("teacher", "student"):
         out.write_text(f"{role}/{model_card.CARD}", model_card.render(inputs, role))
         cards[role] = storage.join(vuri, role, model_card.CARD)
-
-    from tasks.decide.retrain_policy import run_training
 
     frozen = dump(spec)
     manifest = {

@@ -154,3 +154,17 @@ def run_training(run_uri: str) -> dict[str, Any] | None:
             "incremental_streak": int(decided.get("incremental_streak") or 0) if mode == INCREMENTAL else 0,
             "rows": {k: trained[k] for k in ("train_rows", "new_rows", "replay_rows", "snapshot_train_rows")
                      if k in trained}}
+
+
+def stage_training(run_uri: str) -> dict[str, Any]:
+    """{teacher|student: {training, samples, samples_processed}} from the run's fine-tune and distill results,
+    for the model cards."""
+    from tasks import storage
+
+    out = {}
+    for role, stage in (("teacher", "finetune"), ("student", "distill")):
+        uri = storage.join(run_uri, stage, "result.json")
+        if storage.exists(uri):
+            result = storage.read_json(uri)
+            out[role] = {k: result.get(k) for k in ("training", "samples", "samples_processed")}
+    return out
