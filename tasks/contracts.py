@@ -197,8 +197,8 @@ class TrainResult(Result):
     # What the stage trained on (train.retrain_mode): {mode: full|incremental, new_rows, replay_rows, train_rows,
     # snapshot_train_rows, label_mix, reasons} (tasks/train/replay.py).
     training: dict[str, Any] | None = None
-    # Samples processed, all processes: {train: forward+backward, inference: evaluation, teacher: distillation
-    # teacher passes}; samples_processed is their sum (also in cost, next to the seconds).
+    # Samples processed, all processes: {train: forward+backward, teacher: distillation teacher passes, inference:
+    # evaluations}; samples_processed = train + teacher, what training cost (also in cost, next to the seconds).
     samples: dict[str, int] = {}
     samples_processed: int = 0
 

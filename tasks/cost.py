@@ -95,14 +95,20 @@ def count_samples(kind: str, rows: int) -> None:
     _samples[kind] = _samples.get(kind, 0) + int(rows)
 
 
+TRAINING_KINDS = ("train", "teacher")  # what samples_processed adds up: the passes training costs
+
+
 def samples() -> dict[str, Any]:
-    """{samples: {kind: rows}, samples_processed: their sum}: this process's counts so far."""
-    return {"samples": dict(sorted(_samples.items())), "samples_processed": sum(_samples.values())}
+    """{samples: {kind: rows}, samples_processed: train + teacher}: this process's counts so far. Evaluation passes
+    (``inference``) are listed, not added: they follow the holdout and golden sets, not the rows trained on."""
+    return {"samples": dict(sorted(_samples.items())),
+            "samples_processed": sum(n for kind, n in _samples.items() if kind in TRAINING_KINDS)}
 
 
 def start() -> StageMeter:
     global _meter
     _meter = StageMeter()
+    _samples.clear()
     return _meter
 
 

@@ -231,8 +231,11 @@ def test_an_incremental_night_trains_on_new_rows_and_replay_never_on_withdrawn_o
         assert token_rows(tokenizer, new_train["text"]) <= set(rows)
         assert not set(rows) & token_rows(tokenizer, withdrawn_rows["text"]), "a withdrawn row was trained on"
         assert not set(rows) & token_rows(tokenizer, golden_now["text"]), "a golden row was trained on"
-        assert result["samples_processed"] == sum(result["samples"].values())
-    assert student["samples"]["teacher"] == student["samples"]["train"] + student["samples"]["inference"]
+        assert result["samples_processed"] == result["samples"]["train"] + result["samples"].get("teacher", 0)
+        assert result["samples"]["inference"] > 0
+    # The live teacher (no cache on CPU) ran on every training row; its passes in evaluations count with them.
+    assert student["samples"]["teacher"] == student["samples"]["train"]
+    assert student["samples"]["inference"] == 2 * teacher["samples"]["inference"]
     # The relabelled texts kept their stored labels: the labels any replay of them trains on.
     stored = current.set_index("text")["label"]
     assert [int(stored[normalize_text(t)]) for t, _ in relabelled] == [label for _, label in history[100:103]]
@@ -262,3 +265,33 @@ def test_the_model_card_and_the_version_manifest_say_what_the_model_trained_on(t
         "mode": "full", "train_rows": 9900, "reasons": ["Full retrain on the whole snapshot: drift was detected."]}})
     assert run_training(run)["mode"] == "full" and run_training(run)["incremental_streak"] == 0
     assert run_training("file://" + str(tmp_path / "old-run")) is None
+
+
+def test_the_benchmark_runs_both_nights_and_prints_one_json_line(tiny_model_dir, tmp_path):
+    """bench/incremental.py --quick at one history size on the tiny model: the stages' own sample counts, a full
+    night on every train row of the snapshot and an incremental one on twice the night's new train rows."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    proc = subprocess.run(
+        [sys.executable, "bench/incremental.py", "--quick", "--history", "300", "--set",
+         f"model.base={tiny_model_dir}", "--storage", "file://" + str(tmp_path / "store")],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout[-2000:]
+    out = json.loads(lines[0])
+    size = out["history"]["300"]
+    full, incremental = size["full"]["nights"][0], size["incremental"]["nights"][0]
+    assert full["training"]["finetune"]["mode"] == "full"
+    kind = incremental["training"]["finetune"]
+    assert kind["mode"] == "incremental" and kind["replay_rows"] == kind["new_rows"] > 0
+    assert incremental["samples_detail"]["finetune"]["train"] == 2 * kind["new_rows"]  # one warm-start epoch
+    assert full["samples_detail"]["finetune"]["train"] == full["train_rows"] > incremental["train_rows"]
+    assert size["samples_ratio"] == pytest.approx(incremental["samples"] / full["samples"], abs=1e-4)
+    for night in (full, incremental):
+        lower, upper = night["golden"]["teacher"]["ci"]
+        assert lower <= night["golden"]["teacher"]["accuracy"] <= upper
+    assert out["bars"]["incremental_samples_growth_on_doubling"] == 0.0  # one size: compared with itself

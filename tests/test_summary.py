@@ -94,27 +94,29 @@ def test_the_summary_says_full_or_incremental_and_the_samples_each_stage_process
             "snapshot_train_rows": 18_900, "reasons": [why]}
 
     def stage(kind_of, samples):
+        processed = samples["train"] + samples.get("teacher", 0)
         return {"model_uri": "file:///tmp/m", "training": kind_of, "samples": samples,
-                "samples_processed": sum(samples.values()),
+                "samples_processed": processed,
                 "cost": {"wall_seconds": 5.0, "gpus": 0, "gpu_seconds": 0.0, "energy_kwh": None,
-                         "samples": samples, "samples_processed": sum(samples.values())}}
+                         "samples": samples, "samples_processed": processed}}
 
     results = {"decide": {"retrain": True, "reasons": ["1,000 new rows"], "training": {"mode": "incremental",
                                                                                          "reasons": [why]}},
                "finetune": stage(kind, {"train": 1800, "inference": 200}),
                "distill": stage(kind, {"train": 3600, "inference": 200, "teacher": 3800}),
                "evaluate": {"passed": True, "cost": {"wall_seconds": 3.0, "gpus": 0, "gpu_seconds": 0.0,
-                                                     "energy_kwh": None, "samples_processed": 3000}}}
+                                                     "energy_kwh": None, "samples": {"inference": 3000},
+                                                     "samples_processed": 0}}}
     summary = build_summary(RUN, results)
     assert summary["training"] == {"mode": "incremental", "reasons": [why], "stages": {
         s: {"mode": "incremental", "train_rows": 1800, "new_rows": 900, "replay_rows": 900,
             "snapshot_train_rows": 18_900} for s in ("finetune", "distill")}}
-    assert summary["teacher"]["samples_processed"] == 2000 and summary["student"]["samples_processed"] == 7600
-    assert summary["cost"]["total"]["samples_processed"] == 2000 + 7600 + 3000
+    assert summary["teacher"]["samples_processed"] == 1800 and summary["student"]["samples_processed"] == 7400
+    assert summary["cost"]["total"]["samples_processed"] == 1800 + 7400
     text = format_summary(summary)
     assert ("training: incremental - finetune incremental on 1800 rows (900 new + 900 replayed); distill "
             f"incremental on 1800 rows (900 new + 900 replayed) - {why}") in text
-    assert "12,600 samples processed" in text
+    assert "9,200 samples processed" in text
     assert build_summary(RUN, {"decide": {"retrain": False, "reasons": ["skip"]}})["training"] == {}
 
 

@@ -164,7 +164,10 @@ class DistillTrainer(Trainer):
             teacher_logits = cached_logits
             teacher_hidden = list(cached_hidden) if want_hidden else None
         else:
-            self.teacher_samples = getattr(self, "teacher_samples", 0) + len(labels)  # live teacher passes
+            # Live teacher passes: those of training steps are the distillation's cost (teacher samples), those
+            # of evaluations go with the evaluation's (inference).
+            kind = "teacher_samples" if model.training else "teacher_eval_samples"
+            setattr(self, kind, getattr(self, kind, 0) + len(labels))
             if self.teacher.device != labels.device:
                 self.teacher.to(labels.device)
             with torch.inference_mode():

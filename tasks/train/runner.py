@@ -187,7 +187,7 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
         parameters=sum(p.numel() for p in trainer.model.parameters()), exports=exports,
         token_cache="hit" if splits.hit else "miss", stopped_at_epoch=stopped_at_epoch, selection=selection,
         train_data={**train_data, "warnings": training.train_data_warnings(train_data)},
-        training=training_kind, samples=samples, samples_processed=sum(samples.values()),
+        training=training_kind, samples=samples, samples_processed=samples["train"] + samples.get("teacher", 0),
         **recipe.result, **prepared.result,
     )
     results.emit(result, paths.out_uri)
@@ -196,11 +196,12 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
 
 def samples_processed(trainer, prepared: Prepared, world_size: int) -> dict[str, int]:
     """The stage's samples by kind, all processes together (each counted its own share; DDP shares are equal):
-    ``train`` forward and backward, ``inference`` evaluations, ``teacher`` distillation teacher passes (the
-    cache's one pass, or the live teacher's on every batch). Added to the stage's cost (tasks.cost) too."""
+    ``train`` forward and backward, ``inference`` evaluations (a distillation's teacher passes in them included),
+    ``teacher`` distillation teacher passes (the cache's one pass, or the live teacher's on every training batch). Added to the stage's cost (tasks.cost) too."""
     from tasks import cost
 
-    out = {"train": trainer.samples_trained * world_size, "inference": trainer.samples_inferred * world_size}
+    out = {"train": trainer.samples_trained * world_size,
+           "inference": (trainer.samples_inferred + getattr(trainer, "teacher_eval_samples", 0)) * world_size}
     teacher = int(prepared.result.get("teacher_pass_rows") or 0) + getattr(trainer, "teacher_samples", 0) * world_size
     if teacher or hasattr(trainer, "teacher"):
         out["teacher"] = teacher
