@@ -169,7 +169,6 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
         return 0
     samples = samples_processed(trainer, prepared, targs.world_size)
 
-
     # Outputs (rank 0): model and exports, metrics.json, curve.png; the result last.
     with tempfile.TemporaryDirectory(prefix=f"{stage}-export-") as tmp:
         folders = export.export_all(trainer.model, tokenizer, Path(tmp), recipe.exports, spec.model.max_length)
@@ -197,7 +196,8 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
 def samples_processed(trainer, prepared: Prepared, world_size: int) -> dict[str, int]:
     """The stage's samples by kind, all processes together (each counted its own share; DDP shares are equal):
     ``train`` forward and backward, ``inference`` evaluations (a distillation's teacher passes in them included),
-    ``teacher`` distillation teacher passes (the cache's one pass, or the live teacher's on every training batch). Added to the stage's cost (tasks.cost) too."""
+    ``teacher`` distillation teacher passes (the cache's one pass, or the live teacher's on every training
+    batch). Added to the stage's cost (tasks.cost) too."""
     from tasks import cost
 
     out = {"train": trainer.samples_trained * world_size,
