@@ -88,9 +88,11 @@ def test_mmd_permutation_p_values():
 
 
 @pytest.mark.parametrize("backend", ["local", "s3"])
-def test_drift_stage_end_to_end(backend, tmp_path, tiny_model_dir, request):
+def test_drift_stage_end_to_end(backend, tmp_path, tiny_model_dir, request, monkeypatch):
     from tasks import cost
 
+    monkeypatch.setattr(cost, "_meter", None)  # the process's meter as it was, after the test
+    monkeypatch.setattr(cost, "_samples", {})
     root = "file://" + str(tmp_path / "store") if backend == "local" else request.getfixturevalue("s3_env") + "/r"
     spec = make_spec(root, drift={"embedding_subsample": 60, "embedding_permutations": 50})
     put_golden(spec)

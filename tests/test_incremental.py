@@ -297,12 +297,14 @@ def test_the_benchmark_runs_both_nights_and_prints_one_json_line(tiny_model_dir,
     assert out["bars"]["incremental_samples_growth_on_doubling"] == 0.0  # one size: compared with itself
 
 
-def test_inference_passes_count_as_the_stage_samples(tiny_model_dir):
+def test_inference_passes_count_as_the_stage_samples(tiny_model_dir, monkeypatch):
     """The evaluate stage scores models with modeling.predict_proba: its rows are the stage's inference samples,
     listed in its cost, and not added to samples_processed (what training costs)."""
     from tasks import cost
     from tasks.train import modeling
 
+    monkeypatch.setattr(cost, "_meter", None)  # the process's meter as it was, after the test
+    monkeypatch.setattr(cost, "_samples", {})
     cost.start()
     texts = [text for text, _ in read_sst2("dev", limit=12)]
     modeling.predict_proba(tiny_model_dir, texts)
