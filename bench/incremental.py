@@ -7,7 +7,7 @@ rows), each from the champion. Reported per mode: samples processed (forward+bac
 passes for distillation; the stages' own counts), stage wall seconds, teacher and student golden accuracy (SST-2
 dev, 872 rows) with 95% bootstrap intervals; and the bars: incremental samples / full samples, the teacher's
 golden-accuracy gap (mean over seeds), the student's per seed, and how the incremental night's samples change
-from the first history size to the last.
+from the first history size to the last; and the champion's own golden accuracy, where both nights start.
 
     .venv/bin/python bench/incremental.py                           # N = 10,000 and 20,000, M = 1,000, 3 seeds
     .venv/bin/python bench/incremental.py --quick --set model.base=DIR   # a smoke test: 300/600 rows, 1 seed
@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             run = make_run(root, f"champion-{n}", overrides)
             champion_results = run_stages(run, history, None)
             champion_uri = promote(root, f"v{n}", champion_results, history)
+            champion_golden = golden_scores(champion_results, golden, 128, 0)  # where both nights start from
             champion = {"version": f"v{n}", "version_uri": champion_uri,
                         "snapshot_id": history.rsplit("/", 1)[-1], "snapshot_uri": history}
             snapshot = write_parts(root, [(f"history{n}", pool[:n]), ("night", night_rows)], golden_uri)
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[bench] N={n} {mode} seed {seed}: {figures['samples']} samples, "
                           f"{figures['wall_seconds']} s, teacher {figures['golden']['teacher']['accuracy']}, "
                           f"student {figures['golden']['student']['accuracy']}", file=sys.stderr, flush=True)
-            sizes[str(n)] = summarize(modes)
+            sizes[str(n)] = {"champion_golden": champion_golden, **summarize(modes)}
     out = {"bench": "incremental", "new_rows": args.new, "seeds": args.seeds, "history": sizes,
            "wall_seconds": round(time.monotonic() - started, 1), "overrides": overrides}
     out["bars"] = bars(sizes, args.history)
