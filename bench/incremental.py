@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             run = make_run(root, f"champion-{n}", overrides)
             champion_results = run_stages(run, history, None)
             champion_uri = promote(root, f"v{n}", champion_results, history)
-            champion_golden = golden_scores(champion_results, golden, 128, 0)  # where both nights start from
+            champion_golden = golden_scores(champion_results, golden,  # where both nights start from
+                                            load_spec(storage_join(run, "spec.json")).model.max_length, 0)
             champion = {"version": f"v{n}", "version_uri": champion_uri,
                         "snapshot_id": history.rsplit("/", 1)[-1], "snapshot_uri": history}
             snapshot = write_parts(root, [(f"history{n}", pool[:n]), ("night", night_rows)], golden_uri)
