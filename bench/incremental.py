@@ -36,9 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import holdout_of, make_run, parse_overrides, print_json, read_tsv, write_golden  # noqa: E402
 
 PIPELINE = "sst2"
-# Bench defaults on top of the shipped spec: a champion's first run of 1 epoch, a 1-epoch student (2 in the spec)
-# and no CPU exports, so that both history sizes and three seeds fit on two CPU cores.
-DEFAULTS = {"train.epochs": 1, "student.epochs": 1, "student.export": [], "train.max_train_rows": None}
+# Bench defaults on top of the shipped spec: a 1-epoch student (2 in the spec) and no CPU exports, to save time; the
+# champion's first run keeps the spec's 2 epochs (a 1-epoch champion leaves the full warm start's second pass over
+# the history to make up for it, which is not what a night costs: docs/benchmarks.md).
+DEFAULTS = {"student.epochs": 1, "student.export": [], "train.max_train_rows": None}
 
 
 def write_parts(root: str, batches: list[tuple[str, list[tuple[str, int]]]], golden_uri: str) -> str:
