@@ -291,6 +291,7 @@ def record_trained(run_ctx: RunContext, summary: dict) -> None:
             "snapshot_id": snapshot_id, "run_key": run_ctx.run_key, "run_uri": run_ctx.run_uri,
             "run_type": run_ctx.run_type, "outcome": summary["outcome"],
             "version": (summary.get("publish") or {}).get("version"),
+            "training_mode": (summary.get("training") or {}).get("mode"),  # a blocked incremental: next is full
             "overrides": run_ctx.overrides, "recorded_at": datetime.now().astimezone().isoformat(),
         })
 

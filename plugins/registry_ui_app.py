@@ -178,9 +178,31 @@ def version_view(spec: PipelineSpec, version: str, champion: str | None) -> dict
         "metrics": metrics,
         "gates": gates,
         "run_key": run_key,
+        "training": (manifest.get("training") or {}).get("mode"),  # full or incremental (train.retrain_mode)
+        "samples": night_samples(spec, run_key),
         "confusion_plots": plots,
         "uri": vuri,
     }
+
+
+def night_samples(spec: PipelineSpec, run_key: str | None) -> dict[str, Any] | None:
+    """The samples the version's run processed: {total, stages: {stage: samples}} from its summary (every stage),
+    else from its training stages' results; None when neither is there."""
+    if not run_key:
+        return None
+    run = spec.layout.run(run_key)
+    summary = _read_json(storage.join(run, "summary.json"))
+    if summary is not None:
+        stages = {name: c.get("samples_processed") for name, c in ((summary.get("cost") or {}).get("stages")
+                                                                    or {}).items() if c.get("samples_processed")}
+        if stages:
+            return {"total": sum(stages.values()), "stages": stages}
+    stages = {}
+    for stage in ("finetune", "distill"):
+        result = _read_json(storage.join(run, stage, "result.json")) or {}
+        if result.get("samples_processed"):
+            stages[stage] = result["samples_processed"]
+    return {"total": sum(stages.values()), "stages": stages} if stages else None
 
 
 def drift_view(spec: PipelineSpec, run_key: str | None) -> dict[str, Any] | None:

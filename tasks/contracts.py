@@ -128,6 +128,7 @@ class DriftResult(Result):
     model_reference: str | None = None  # "holdout" | "all": which reference rows the model checks used
     timings: dict[str, float] = {}
     current_label_counts: dict[str, int] = {}
+    reference_label_counts: dict[str, int] = {}  # the champion's snapshot (a class with none there is first-time)
     # Not a drift check (never asks for a retrain): {flagged, statistic, threshold, p_value, verdict,
     # reference_agreement, current_agreement, ...} or {flagged: False, skipped: True, verdict}. None when the
     # checks did not run. The decide step should stop the run (no fine-tuning) when flagged, with the verdict.
@@ -149,6 +150,8 @@ class Decision(Result):
     triggers: list[str] = []
     champion_snapshot_rows: int | None = None  # drift's reference_rows; None = unknown (absolute trigger only)
     retrain_fraction_rows: int | None = None  # decide.retrain_every_fraction of them, as new rows; None = off/unknown
+    # On a retrain: {mode: full|incremental, reasons, incremental_streak, new_rows, ...} (tasks/decide/retrain_policy.py)
+    training: dict[str, Any] | None = None
 
 
 class TrainResult(Result):
@@ -191,6 +194,13 @@ class TrainResult(Result):
     selection: dict[str, Any] | None = None  # the rows evaluations during training scored (train.selection)
     # The train rows cut at model.max_length and the declared classes with none (training.train_data_report).
     train_data: dict[str, Any] | None = None
+    # What the stage trained on (train.retrain_mode): {mode: full|incremental, new_rows, replay_rows, train_rows,
+    # snapshot_train_rows, label_mix, reasons} (tasks/train/replay.py).
+    training: dict[str, Any] | None = None
+    # Samples processed, all processes: {train: forward+backward, teacher: distillation teacher passes, inference:
+    # evaluations}; samples_processed = train + teacher, what training cost (also in cost, next to the seconds).
+    samples: dict[str, int] = {}
+    samples_processed: int = 0
 
 
 class GateResult(Result):

@@ -2,7 +2,9 @@
 
 ``python -m tasks`` starts one :class:`StageMeter` when the process starts; ``results.emit`` adds
 ``meter.reading()`` to the stage's result as ``cost``, so every stage reports its cost the same way and the run
-summary adds them up (what a night cost, and what a point of accuracy cost).
+summary adds them up (what a night cost, and what a point of accuracy cost). Next to the seconds, the samples the
+stage's models processed (``count_samples``: training rows forward and backward, teacher and inference passes),
+which compare across devices.
 
 Energy comes from ``nvmlDeviceGetTotalEnergyConsumption`` (millijoules since the driver loaded, Volta and newer),
 read at start and at the reading: the GPU's own counter, not an estimate from power samples. Without a GPU, or
@@ -83,17 +85,36 @@ class StageMeter:
 
 
 _meter: StageMeter | None = None
+_samples: dict[str, int] = {}
+
+
+def count_samples(kind: str, rows: int) -> None:
+    """Add ``rows`` model passes of one ``kind`` to the running stage's cost: ``train`` (forward and backward),
+    ``teacher`` (a distillation teacher's forward passes), ``inference`` (forward only: evaluation, drift's model
+    checks). Samples, unlike seconds, compare across devices: what a stage did, not how fast the hardware was."""
+    _samples[kind] = _samples.get(kind, 0) + int(rows)
+
+
+TRAINING_KINDS = ("train", "teacher")  # what samples_processed adds up: the passes training costs
+
+
+def samples() -> dict[str, Any]:
+    """{samples: {kind: rows}, samples_processed: train + teacher}: this process's counts so far. Evaluation passes
+    (``inference``) are listed, not added: they follow the holdout and golden sets, not the rows trained on."""
+    return {"samples": dict(sorted(_samples.items())),
+            "samples_processed": sum(n for kind, n in _samples.items() if kind in TRAINING_KINDS)}
 
 
 def start() -> StageMeter:
     global _meter
     _meter = StageMeter()
+    _samples.clear()
     return _meter
 
 
 def reading() -> dict[str, Any] | None:
     """The running stage's cost so far, or None outside ``python -m tasks`` (a library call, a test)."""
-    return _meter.reading() if _meter is not None else None
+    return {**_meter.reading(), **samples()} if _meter is not None else None
 
 
 def add_up(costs: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
@@ -105,5 +126,6 @@ def add_up(costs: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
         "gpu_seconds": round(sum(float(c.get("gpu_seconds") or 0) for c in stages.values()), 2),
         "energy_kwh": round(sum(e for e in energies if e is not None), 6) if any(e is not None for e in energies)
         else None,
+        "samples_processed": sum(int(c.get("samples_processed") or 0) for c in stages.values()),
     }
     return {"stages": stages, "total": total}

@@ -193,6 +193,20 @@ class TrainSpec(_Section):
     init_from: Literal["base", "champion"] = Field(
         "base", description="Start from model.base, or warm-start from the champion's teacher when there is one")
     warm_start_epochs: float | None = Field(None, gt=0, description="Epochs when warm-starting; None = epochs")
+    retrain_mode: Literal["full", "incremental"] = Field(
+        "incremental", description="What a warm start trains on: full = the whole snapshot (up to max_train_rows); "
+                                   "incremental = the rows new since the champion's snapshot plus a replay sample "
+                                   "of older rows (replay_multiple x the new rows, same label and length mix), "
+                                   "unless a full retrain is due (full_retrain_every, drift, a first-time class, a "
+                                   "blocked incremental candidate, or no fewer rows than full; docs/training.md)")
+    replay_multiple: float = Field(
+        1.0, ge=0, description="Incremental retrains: older rows replayed per new row (seeded, stratified by label "
+                               "and token length)")
+    full_retrain_every: int | None = Field(
+        7, ge=1, description="Incremental retrains: every N-th retrain in a row of warm starts is a full one (N-1 "
+                             "incremental retrains between full ones); None = only on the other conditions")
+    full_retrain_on_drift: bool = Field(
+        True, description="Incremental retrains: a retrain with drift detected is a full one")
     seed: int = 42
     # learning_rate: auto on a first run (tasks/train/defaults.py)
     lr_search_candidates: list[float] = Field(

@@ -23,17 +23,21 @@ def test_a_stage_result_carries_its_cost(tmp_path):
     assert 0.3 <= result["cost"]["wall_seconds"] < 30
     assert result["cost"]["gpus"] == 0 and result["cost"]["gpu_seconds"] == 0  # this machine has no GPU
     assert result["cost"]["energy_kwh"] is None
+    assert result["cost"]["samples_processed"] == 0 and result["cost"]["samples"] == {}  # no model ran
 
 
 def test_costs_add_up_per_stage_and_in_total():
     summary = cost.add_up({
         "ingest": {"wall_seconds": 2.0, "gpus": 0, "gpu_seconds": 0.0, "energy_kwh": None},
-        "finetune": {"wall_seconds": 60.0, "gpus": 2, "gpu_seconds": 120.0, "energy_kwh": 0.01},
-        "distill": {"wall_seconds": 30.0, "gpus": 1, "gpu_seconds": 30.0, "energy_kwh": 0.004},
+        "finetune": {"wall_seconds": 60.0, "gpus": 2, "gpu_seconds": 120.0, "energy_kwh": 0.01,
+                     "samples_processed": 3000},
+        "distill": {"wall_seconds": 30.0, "gpus": 1, "gpu_seconds": 30.0, "energy_kwh": 0.004,
+                    "samples_processed": 4500},
         "publish": None,  # a stage that did not run
     })
     assert set(summary["stages"]) == {"ingest", "finetune", "distill"}
-    assert summary["total"] == {"wall_seconds": 92.0, "gpu_seconds": 150.0, "energy_kwh": 0.014}
+    assert summary["total"] == {"wall_seconds": 92.0, "gpu_seconds": 150.0, "energy_kwh": 0.014,
+                                "samples_processed": 7500}
     assert cost.add_up({"ingest": {"wall_seconds": 1.0, "gpu_seconds": 0, "energy_kwh": None}})["total"][
         "energy_kwh"] is None
 

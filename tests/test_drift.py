@@ -88,7 +88,11 @@ def test_mmd_permutation_p_values():
 
 
 @pytest.mark.parametrize("backend", ["local", "s3"])
-def test_drift_stage_end_to_end(backend, tmp_path, tiny_model_dir, request):
+def test_drift_stage_end_to_end(backend, tmp_path, tiny_model_dir, request, monkeypatch):
+    from tasks import cost
+
+    monkeypatch.setattr(cost, "_meter", None)  # the process's meter as it was, after the test
+    monkeypatch.setattr(cost, "_samples", {})
     root = "file://" + str(tmp_path / "store") if backend == "local" else request.getfixturevalue("s3_env") + "/r"
     spec = make_spec(root, drift={"embedding_subsample": 60, "embedding_permutations": 50})
     put_golden(spec)
@@ -102,10 +106,16 @@ def test_drift_stage_end_to_end(backend, tmp_path, tiny_model_dir, request):
 
     unchanged = run_drift(spec, run_uri, first["snapshot_uri"], champion)
     assert unchanged["new_rows"] == 0 and unchanged["drift_detected"] is False and unchanged["checks"] == {}
+    # What the champion's snapshot holds per class: a class with none there arrives for the first time
+    # (the decision then trains on the whole snapshot: tasks/decide/retrain_policy.py).
+    assert unchanged["reference_label_counts"] == first["label_counts"] and sum(first["label_counts"].values()) == 200
 
     land(spec, "emotion.tsv", tsv_bytes(read_emotion(150)))
     second = run_ingest(spec)
+    cost.start()
     result = run_drift(spec, run_uri, second["snapshot_uri"], champion)
+    # The champion's passes over the model checks' texts (60 new, all 200 reference rows) are the stage's samples.
+    assert cost.samples() == {"samples": {"inference": 60 + 200}, "samples_processed": 0}
     assert result["new_rows"] == 150 and result["drift_detected"] is True
     assert set(result["checks"]) == {"label_psi", "label_chi2", "length_ks", "vocab_js", "unknown_tokens",
                                      "embedding_mmd", "prediction"}

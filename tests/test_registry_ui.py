@@ -111,6 +111,17 @@ def _evaluated_run(spec, key: str, cand_acc: float, champ_acc: float | None, see
         "checks": {"label_psi": {"statistic": 0.01 * seed, "threshold": 0.2, "drifted": False},
                    "length_ks": {"statistic": 0.12 if seed == 2 else 0.03, "threshold": 0.1, "drifted": seed == 2}},
         "plots": {p.stem: storage.join(run, "drift", p.name) for p in paths}})
+
+    # what the decision chose and the training stages trained on (v2: an incremental night) and their samples
+    mode = "incremental" if seed == 2 else "full"
+    storage.write_json(storage.join(run, "decide", "result.json"), {
+        "retrain": True, "reasons": ["test"], "training": {"mode": mode, "reasons": [f"{mode}: test"],
+                                                           "incremental_streak": int(seed == 2)}})
+    for stage, samples in (("finetune", {"train": 1000 * seed, "inference": 50}),
+                           ("distill", {"train": 2000 * seed, "inference": 50, "teacher": 2000 * seed + 50})):
+        storage.write_json(storage.join(run, stage, "result.json"), {
+            "model_uri": storage.join(run, stage, "model"), "training": {"mode": mode, "reasons": []},
+            "samples": samples, "samples_processed": samples["train"] + samples.get("teacher", 0)})
     return run
 
 
@@ -237,6 +248,9 @@ def test_viewer_reads_but_may_not_roll_back(airflow, registry_spec):
         ni = next(g for g in view["selected"]["gates"] if g["name"] == "non_inferiority_teacher")
         assert ni["ci"][0] < ni["ci"][1] and ni["value"] == pytest.approx(ni["ci"][0], abs=1e-4)
         assert view["drift"]["run_key"] == "retrain-r2" and "length_hist" in view["drift"]["plots"]
+        # per night: full or incremental, and the samples its stages processed (no summary here: the stages')
+        assert [v["training"] for v in view["versions"]] == ["full", "incremental", "full"]
+        assert v2["samples"] == {"total": 2000 + 8050, "stages": {"finetune": 2000, "distill": 8050}}
         plot = http.get(f"{PREFIX}/pipelines/{PIPELINE}/runs/retrain-r2/drift/length_hist.png")
         assert plot.status_code == 200 and plot.content.startswith(b"\x89PNG")
         assert http.get(f"{PREFIX}/pipelines/{PIPELINE}/runs/..%2F..%2Fx/drift/length_hist.png").status_code in (400, 404)
@@ -263,6 +277,8 @@ def test_admin_sees_the_champion_and_rolls_back_in_chromium(airflow, registry_sp
     champion.wait_for()
     assert champion.inner_text() == versions[1]
     assert frame.locator("#versions tr").count() == 1 + len(versions)
+    assert frame.locator("#versions tr.champion td.training").inner_text() == "incremental"
+    assert frame.locator("#versions tr.champion td.samples").inner_text() == "10,050"
     assert "non_inferiority_teacher" in frame.locator("#gates").inner_text()
     frame.locator("#drift-checks").wait_for()
     page.wait_for_timeout(500)  # the plots' <img> loads

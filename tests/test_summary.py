@@ -81,8 +81,43 @@ def test_the_summary_adds_up_what_each_stage_cost():
     }
     summary = build_summary(run, results)
     assert set(summary["cost"]["stages"]) == {"ingest", "finetune", "distill"}
-    assert summary["cost"]["total"] == {"wall_seconds": 22.0, "gpu_seconds": 20.0, "energy_kwh": 0.004}
+    assert summary["cost"]["total"] == {"wall_seconds": 22.0, "gpu_seconds": 20.0, "energy_kwh": 0.004,
+                                        "samples_processed": 0}
     assert "cost: 22 s in stages, 20 GPU-seconds, 0.0040 kWh" in format_summary(summary)
+
+
+def test_the_summary_says_full_or_incremental_and_the_samples_each_stage_processed():
+    from tasks.decide.summary import build_summary, format_summary
+
+    why = "Incremental retrain: the 1,000 rows new since the champion's snapshot plus 1x as many older rows replayed."
+    kind = {"mode": "incremental", "train_rows": 1800, "new_rows": 900, "replay_rows": 900,
+            "snapshot_train_rows": 18_900, "reasons": [why]}
+
+    def stage(kind_of, samples):
+        processed = samples["train"] + samples.get("teacher", 0)
+        return {"model_uri": "file:///tmp/m", "training": kind_of, "samples": samples,
+                "samples_processed": processed,
+                "cost": {"wall_seconds": 5.0, "gpus": 0, "gpu_seconds": 0.0, "energy_kwh": None,
+                         "samples": samples, "samples_processed": processed}}
+
+    results = {"decide": {"retrain": True, "reasons": ["1,000 new rows"], "training": {"mode": "incremental",
+                                                                                         "reasons": [why]}},
+               "finetune": stage(kind, {"train": 1800, "inference": 200}),
+               "distill": stage(kind, {"train": 3600, "inference": 200, "teacher": 3800}),
+               "evaluate": {"passed": True, "cost": {"wall_seconds": 3.0, "gpus": 0, "gpu_seconds": 0.0,
+                                                     "energy_kwh": None, "samples": {"inference": 3000},
+                                                     "samples_processed": 0}}}
+    summary = build_summary(RUN, results)
+    assert summary["training"] == {"mode": "incremental", "reasons": [why], "stages": {
+        s: {"mode": "incremental", "train_rows": 1800, "new_rows": 900, "replay_rows": 900,
+            "snapshot_train_rows": 18_900} for s in ("finetune", "distill")}}
+    assert summary["teacher"]["samples_processed"] == 1800 and summary["student"]["samples_processed"] == 7400
+    assert summary["cost"]["total"]["samples_processed"] == 1800 + 7400
+    text = format_summary(summary)
+    assert ("training: incremental - finetune incremental on 1800 rows (900 new + 900 replayed); distill "
+            f"incremental on 1800 rows (900 new + 900 replayed) - {why}") in text
+    assert "9,200 samples processed" in text
+    assert build_summary(RUN, {"decide": {"retrain": False, "reasons": ["skip"]}})["training"] == {}
 
 
 def test_golden_rows_left_out_of_the_champion_comparison_are_in_the_summary_only_when_some_were():

@@ -15,12 +15,17 @@ Imported by the DAG code, so it imports nothing heavy. Rule (docs/triggers.md):
   relative trigger keeps a small pipeline from waiting forever below the absolute one); else skip, naming both
   thresholds. A drift result without ``reference_rows`` (0 or missing) leaves the absolute trigger only, and the
   reasons say so.
+
+A retrain's decision also says which kind of training it does (``training``: full or incremental, and why;
+``tasks/decide/retrain_policy.py``).
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+from tasks.decide import retrain_policy
 
 
 def _decide_settings(spec: Any) -> tuple[int, int, float | None]:
@@ -57,6 +62,7 @@ def _trained_reason(snapshot_id: str, trained: dict[str, Any]) -> str:
             "land new data, or trigger with force_retrain to train on it again.")
 
 
+@retrain_policy.annotate  # a retrain's decision says which kind of training: full or incremental, and why
 def decide(spec: Any, ingest_result: dict[str, Any] | None, drift_result: dict[str, Any] | None,
            champion: dict[str, Any] | None, force: bool = False,
            trained: dict[str, Any] | None = None) -> dict[str, Any]:

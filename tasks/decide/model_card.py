@@ -36,6 +36,8 @@ class CardInputs:
     code_version: str
     image: str | None = None
     base_card: dict[str, Any] | None = None  # front matter of the base model's card, when it has one
+    # {teacher|student: the training stage's result: training (full or incremental, and why), samples}
+    training: dict[str, Any] | None = None
 
 
 def base_card_metadata(base: str) -> dict[str, Any] | None:
@@ -109,6 +111,28 @@ def card_data(inputs: CardInputs, role: str):
     )
 
 
+def training_lines(stage: dict[str, Any] | None) -> list[str]:
+    """Lineage rows: what the model trained on (train.retrain_mode: full or incremental, and why) and the samples
+    its training processed."""
+    if not stage:
+        return []
+    kind, out = stage.get("training") or {}, []
+    if kind:
+        if kind.get("mode") == "incremental":
+            what = (f"incremental: {_fmt(kind.get('new_rows'))} new rows + {_fmt(kind.get('replay_rows'))} replayed "
+                    f"of {_fmt(kind.get('history_rows'))} older train rows ({_fmt(kind.get('train_rows'))} of the "
+                    f"snapshot's {_fmt(kind.get('snapshot_train_rows'))})")
+        else:
+            what = f"full: the snapshot's {_fmt(kind.get('train_rows'))} train rows"
+        why = " ".join(kind.get("reasons") or []).replace("|", "/")
+        out.append(f"| training | {what}{'. ' + why if why else ''} |")
+    samples = stage.get("samples") or {}
+    if samples:
+        out.append(f"| samples processed | {_fmt(stage.get('samples_processed'))} ("
+                   + ", ".join(f"{k} {_fmt(v)}" for k, v in samples.items()) + ") |")
+    return out
+
+
 def render(inputs: CardInputs, role: str) -> str:
     """The README.md of ``<version>/<role>/`` (role: teacher or student)."""
     spec, snap, ev = inputs.spec, inputs.snapshot, inputs.evaluation
@@ -177,6 +201,7 @@ def render(inputs: CardInputs, role: str) -> str:
               f"| base model | `{spec.model.base}` |",
               f"| started from | {start} |",
               f"| license | {base.get('license') or 'not stated'} (the base model's) |"]
+    lines += training_lines((inputs.training or {}).get(role))
     if role == "student":
         lines.append(f"| distillation | {spec.student.layers} layers of the teacher, alpha {spec.student.alpha}, "
                      f"temperature {spec.student.temperature} |")

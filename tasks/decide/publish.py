@@ -169,11 +169,14 @@ def assemble(spec: PipelineSpec, state: dict[str, str], run_uri: str, snapshot_u
         raise storage.NotFound(spec_uri)
     out.copy(spec_info, "reports/spec.json")
 
+    from tasks.decide.retrain_policy import run_training, stage_training
+
     snapshot = snapshot_manifest(snapshot_uri)
     inputs = model_card.CardInputs(
         spec=spec, version=version, published_at=state["created_at"], snapshot_uri=snapshot_uri, snapshot=snapshot,
         evaluation=evaluation.dump(), parent_champion=expected_champion, run_uri=run_uri,
-        code_version=code_version(), image=image_ref(), base_card=model_card.base_card_metadata(spec.model.base))
+        code_version=code_version(), image=image_ref(), base_card=model_card.base_card_metadata(spec.model.base),
+        training=stage_training(run_uri))
     cards = {}
     for role in ("teacher", "student"):
         out.write_text(f"{role}/{model_card.CARD}", model_card.render(inputs, role))
@@ -194,6 +197,7 @@ def assemble(spec: PipelineSpec, state: dict[str, str], run_uri: str, snapshot_u
         "parameters": {k: frozen[k] for k in ("model", "train", "student", "gates")} | {
             "labels": frozen["data"]["labels"]},
         "run_uri": run_uri,
+        "training": run_training(run_uri),  # full or incremental, and why
         "sources": {"teacher": teacher_uri, "student": student_uri, "evaluation": evaluation_uri,
                     "exports": exports},
         "exports": {name: f"exports/{name}/" for name in exports},

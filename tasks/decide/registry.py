@@ -202,6 +202,7 @@ def promote(spec: PipelineSpec, version: str, *, expected_champion: str | None, 
         "snapshot_uri": manifest.get("snapshot_uri"),
         "promoted_at": storage.utcnow(),
         "previous": current_version,
+        "training": manifest.get("training"),  # full or incremental: the next decision counts the streak
     }
     new_etag = _move_pointer(spec, pointer, etag)
     _audit(spec, event, {**pointer, "champion_etag": new_etag, **(extra or {})})

@@ -107,9 +107,11 @@ def build_summary(run: RunContext | dict, results: dict[str, Result | dict | Non
                         "quarantined_rows", "duplicates_removed", "contaminated_removed"),
         "drift": _pick(r[TaskIds.DRIFT], "drift_detected", "summary", "report_uri"),
         "teacher": {**_headline_metrics(finetune.metrics if finetune else None),
-                    **_pick(finetune, "model_uri", "train_rows", "train_seconds")},
+                    **_pick(finetune, "model_uri", "train_rows", "train_seconds", "samples_processed")},
         "student": {**_headline_metrics(distill.metrics if distill else None),
-                    **_pick(distill, "model_uri", "train_seconds")},
+                    **_pick(distill, "model_uri", "train_seconds", "samples_processed")},
+        # Full or incremental (train.retrain_mode): what the decision chose and why, what each stage trained on.
+        "training": training_summary(decision, finetune, distill),
         "gates": {**_pick(evaluation, "passed", "first_run", "failed_gates", "report_md_uri"),
                   **_left_out(evaluation)},
         "evaluation": _evaluation_lines(evaluation.metrics if evaluation else {}),
@@ -123,6 +125,21 @@ def build_summary(run: RunContext | dict, results: dict[str, Result | dict | Non
         **({"warnings": warnings} if (warnings := ((finetune.train_data or {}).get("warnings") if finetune
                                                     else None)) else {}),
     }
+
+
+def training_summary(decision: Result | None, finetune: Result | None, distill: Result | None) -> dict[str, Any]:
+    """{mode, reasons, stages: {finetune|distill: {mode, train_rows, new_rows, replay_rows}}}; {} on a skip."""
+    decided = getattr(decision, "training", None) or {}
+    stages = {}
+    for name, result in (("finetune", finetune), ("distill", distill)):
+        kind = getattr(result, "training", None) or {}
+        if kind:
+            stages[name] = {k: kind[k] for k in ("mode", "train_rows", "new_rows", "replay_rows",
+                                                 "snapshot_train_rows") if k in kind}
+    if not decided and not stages:
+        return {}
+    mode = (stages.get("finetune") or {}).get("mode") or decided.get("mode")
+    return {"mode": mode, "reasons": decided.get("reasons") or [], "stages": stages}
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -139,6 +156,13 @@ def format_summary(summary: dict[str, Any]) -> str:
                      "in this ingest)")
     if summary.get("drift"):
         lines.append(f"drift: {summary['drift'].get('summary')}")
+    training = summary.get("training") or {}
+    if training:
+        rows = "; ".join(f"{stage} {k['mode']} on {k.get('train_rows')} rows"
+                         + (f" ({k['new_rows']} new + {k['replay_rows']} replayed)" if k.get("mode") == "incremental"
+                            else "") for stage, k in (training.get("stages") or {}).items())
+        lines.append(f"training: {training.get('mode')}" + (f" - {rows}" if rows else "") + " - "
+                     + " ".join(training.get("reasons") or []))
     lines += [f"warning: {warning}" for warning in summary.get("warnings") or []]
     for role in ("teacher", "student"):
         if summary.get(role):
@@ -165,7 +189,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     total = (summary.get("cost") or {}).get("total")
     if total and total.get("wall_seconds"):
         energy = f", {total['energy_kwh']:.4f} kWh" if total.get("energy_kwh") is not None else ""
-        lines.append(f"cost: {total['wall_seconds']:.0f} s in stages, {total['gpu_seconds']:.0f} GPU-seconds{energy}")
+        samples = f", {total['samples_processed']:,} samples processed" if total.get("samples_processed") else ""
+        lines.append(f"cost: {total['wall_seconds']:.0f} s in stages, {total['gpu_seconds']:.0f} GPU-seconds{energy}"
+                     f"{samples}")
     return "\n".join(lines)
 
 

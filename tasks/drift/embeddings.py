@@ -38,7 +38,10 @@ def model_outputs(model_dir: str | Path, texts: Sequence[str], *, max_length: in
     import numpy as np
     import torch
 
+    from tasks import cost
+
     model, tokenizer = _load_champion(str(model_dir))
+    cost.count_samples("inference", len(texts))  # the stage's samples processed (tasks.cost)
     emb = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
     probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths pad together

@@ -71,7 +71,7 @@ def run_drift(spec: PipelineSpec, run_uri: str, snapshot_uri: str, champion_uri:
     new = current[~current["text"].isin(set(reference["text"]))].reset_index(drop=True)
     result.update(champion_uri=champion_uri, reference_snapshot_uri=champion["snapshot_uri"],
                   reference_snapshot_id=champion.get("snapshot_id"), reference_rows=len(reference),
-                  new_rows=len(new))
+                  new_rows=len(new), reference_label_counts=snapshots.label_counts(reference["label"], names))
     if len(new) < cfg.min_rows:
         return _finish(out_uri, result, summary=f"Only {len(new)} new rows since the champion's snapshot (fewer "
                                                 f"than drift.min_rows = {cfg.min_rows}); drift checks skipped.")

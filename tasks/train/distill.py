@@ -164,6 +164,10 @@ class DistillTrainer(Trainer):
             teacher_logits = cached_logits
             teacher_hidden = list(cached_hidden) if want_hidden else None
         else:
+            # Live teacher passes: those of training steps are the distillation's cost (teacher samples), those
+            # of evaluations go with the evaluation's (inference).
+            kind = "teacher_samples" if model.training else "teacher_eval_samples"
+            setattr(self, kind, getattr(self, kind, 0) + len(labels))
             if self.teacher.device != labels.device:
                 self.teacher.to(labels.device)
             with torch.inference_mode():
@@ -250,6 +254,7 @@ def with_teacher_cache(spec, teacher, teacher_uri: str, teacher_dir, mapping: li
     return Prepared(train_set.add_column("row_index", list(range(len(rows)))),
                     trainer_kwargs={"teacher_outputs": outputs},
                     result={"teacher_cache": summary, "teacher_cache_reused": outputs.reused,
+                            "teacher_pass_rows": 0 if outputs.reused else len(rows),
                             "teacher_cache_uri": outputs.uri,
                             "teacher_pass_seconds": None if outputs.reused else round(outputs.seconds, 2),
                             "teacher_cache_read_seconds": round(outputs.io_seconds, 3) if outputs.reused else None,

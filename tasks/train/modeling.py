@@ -109,8 +109,11 @@ def predict_proba(model_dir: str | Path, texts: Sequence[str], *, batch_size: in
     import numpy as np
     import torch
 
+    from tasks import cost
+
     model = model if model is not None else load_classifier(model_dir)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_dir)
+    cost.count_samples("inference", len(texts))  # the stage's samples processed (tasks.cost)
     model.eval()
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     with torch.inference_mode():
@@ -128,8 +131,11 @@ def embed(model_dir: str | Path, texts: Sequence[str], *, batch_size: int = 64, 
     import torch
     from transformers import AutoModel
 
+    from tasks import cost
+
     encoder = AutoModel.from_pretrained(str(model_dir))
     tokenizer = load_tokenizer(model_dir)
+    cost.count_samples("inference", len(texts))
     encoder.eval()
     out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
     with torch.inference_mode():

@@ -74,7 +74,7 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
     """``run``'s body; what must outlive the training (the tokenized splits' files) goes on ``held``."""
     from transformers import Trainer, set_seed
 
-    from tasks.train import checkpoints, defaults, export, modeling, token_cache, training
+    from tasks.train import checkpoints, defaults, export, modeling, replay, token_cache, training
 
     training.setup_logging()
     spec = load_spec(storage.join(storage.normalize(args.run), "spec.json"))
@@ -91,6 +91,9 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
         spec.layout.token_cache, args.snapshot, tokenizer, spec.model.max_length, hp.max_train_rows, stage=stage,
         snapshot=snapshot))
     train_set, holdout_set = splits.train, splits.holdout
+    # train.retrain_mode: incremental: the new rows plus a replay sample of older ones, when the decision says so.
+    train_set, training_kind = replay.training_rows(spec, paths.run_uri, snapshot, getattr(args, "champion", None),
+                                                    train_set, init_from=recipe.init_from, stage=stage)
     # The rows evaluations during training score (train.selection): the holdout split, a stratified sample of it
     # (train.selection_rows), or holdout rows drawn like the golden set.
     selection_set, selection = model_selection_rows(hp, holdout_set, args.snapshot, tokenizer, spec.model.max_length,
@@ -164,6 +167,7 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
                                   sync.seconds, sync.upload_seconds, holdout_rows=len(holdout_set))
     if not trainer.is_world_process_zero():
         return 0
+    samples = samples_processed(trainer, prepared, targs.world_size)
 
     # Outputs (rank 0): model and exports, metrics.json, curve.png; the result last.
     with tempfile.TemporaryDirectory(prefix=f"{stage}-export-") as tmp:
@@ -182,10 +186,28 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
         parameters=sum(p.numel() for p in trainer.model.parameters()), exports=exports,
         token_cache="hit" if splits.hit else "miss", stopped_at_epoch=stopped_at_epoch, selection=selection,
         train_data={**train_data, "warnings": training.train_data_warnings(train_data)},
+        training=training_kind, samples=samples, samples_processed=samples["train"] + samples.get("teacher", 0),
         **recipe.result, **prepared.result,
     )
     results.emit(result, paths.out_uri)
     return 0
+
+
+def samples_processed(trainer, prepared: Prepared, world_size: int) -> dict[str, int]:
+    """The stage's samples by kind, all processes together (each counted its own share; DDP shares are equal):
+    ``train`` forward and backward, ``inference`` evaluations (a distillation's teacher passes in them included),
+    ``teacher`` distillation teacher passes (the cache's one pass, or the live teacher's on every training
+    batch). Added to the stage's cost (tasks.cost) too."""
+    from tasks import cost
+
+    out = {"train": trainer.samples_trained * world_size,
+           "inference": (trainer.samples_inferred + getattr(trainer, "teacher_eval_samples", 0)) * world_size}
+    teacher = int(prepared.result.get("teacher_pass_rows") or 0) + getattr(trainer, "teacher_samples", 0) * world_size
+    if teacher or hasattr(trainer, "teacher"):
+        out["teacher"] = teacher
+    for kind, rows in out.items():
+        cost.count_samples(kind, rows)
+    return out
 
 
 # ---------------------------------------------------------------- the rows model selection scores

@@ -512,7 +512,15 @@ def stage_trainer_class(trainer_cls):
             return LengthBucketSampler(lengths, rows_per_step,
                                        seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
 
+        samples_trained = 0  # rows this process passed forward and backward (tasks.cost samples)
+        samples_inferred = 0  # rows this process evaluated (forward only)
+
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            self.samples_inferred += len(inputs["input_ids"])
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
         def training_step(self, model, inputs, num_items_in_batch=None):
+            self.samples_trained += len(inputs["input_ids"])
             folder = os.environ.get(ROWS_SEEN_ENV)
             if folder:
                 ids, mask = inputs["input_ids"].tolist(), inputs["attention_mask"].tolist()
