@@ -316,6 +316,17 @@ class GatesSpec(_Section):
     non_inferiority_margin: float = Field(
         0.01, ge=0, le=1, description="Pass if the CI lower bound of accuracy(candidate - champion) >= -margin")
     bootstrap_resamples: int = Field(1000, ge=1000, description="Paired bootstrap resamples (seeded)")
+    expected_difference: float | None = Field(
+        0.05, gt=0, le=1, description="The accuracy gain over the champion the golden set must be able to detect "
+                                      "(power 0.8 at gates.confidence); a smaller golden set is underpowered and "
+                                      "gates.underpowered decides; null = the interval test whatever the size")
+    underpowered: Literal["bayes", "floors", "require_rows"] = Field(
+        "bayes", description="Non-inferiority on an underpowered golden set: bayes = pass if P(acc diff > -margin) "
+                             ">= small_set_probability (uniform prior on the paired outcomes); floors = skip it, "
+                             "the floors decide; require_rows = fail, saying how many golden rows are needed")
+    small_set_probability: float = Field(
+        0.85, gt=0.5, lt=1, description="gates.underpowered: bayes passes a candidate when the posterior probability "
+                                       "that it is at most non_inferiority_margin worse reaches this")
     max_class_recall_drop: float = Field(
         0.05, ge=0, le=1, description="Per class: block only if the recall drop vs the champion is significantly "
                                       "larger than this (recall points, 0.05 = 5 points)")
