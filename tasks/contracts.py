@@ -191,6 +191,9 @@ class TrainResult(Result):
     selection: dict[str, Any] | None = None  # the rows evaluations during training scored (train.selection)
     # The train rows cut at model.max_length and the declared classes with none (training.train_data_report).
     train_data: dict[str, Any] | None = None
+    # Why a retrain with train.init_from: champion started from model.base: a class the champion never saw, or a
+    # warm start that collapsed and was retrained once (tasks/train/fresh_start.py); None = as the spec says.
+    fresh_start: str | None = None
 
 
 class GateResult(Result):

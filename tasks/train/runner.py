@@ -65,20 +65,35 @@ class Prepared:
 
 def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe]) -> int:
     """Run a training stage; ``args`` has ``run`` and ``snapshot``, ``recipe_of(spec, args)`` the rest."""
-    with contextlib.ExitStack() as held:  # what the stage holds until it returns: a token cache hit's local copy
-        return run_holding(stage, args, recipe_of, held)
+    from tasks.train import fresh_start
+
+    try:
+        with contextlib.ExitStack() as held:  # what the stage holds until it returns: a token cache hit's local copy
+            return run_holding(stage, args, recipe_of, held)
+    except fresh_start.Collapsed as collapsed:  # a warm start that collapsed: once more, from the base model
+        print(f"[{stage}] {collapsed.reason}: training again from the base model", flush=True)
+        with contextlib.ExitStack() as held:
+            return run_holding(stage, args, recipe_of, held, fresh=fresh_start.retry_reason(collapsed.reason))
 
 
 def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe],
-                held: contextlib.ExitStack) -> int:
-    """``run``'s body; what must outlive the training (the tokenized splits' files) goes on ``held``."""
+                held: contextlib.ExitStack, fresh: str | None = None) -> int:
+    """``run``'s body; what must outlive the training (the tokenized splits' files) goes on ``held``. ``fresh``:
+    why this is the fresh retry of a warm start that collapsed (it starts from the base model, with its own
+    checkpoints)."""
+    import dataclasses
+
     from transformers import Trainer, set_seed
 
-    from tasks.train import checkpoints, defaults, export, modeling, token_cache, training
+    from tasks.train import checkpoints, defaults, export, fresh_start, modeling, token_cache, training
 
     training.setup_logging()
     spec = load_spec(storage.join(storage.normalize(args.run), "spec.json"))
     paths = training.stage_paths(spec, args.run, stage)
+    if fresh:
+        spec.train.init_from, spec.student.init_from = "base", "teacher"
+        paths = dataclasses.replace(paths, checkpoint_uri=f"{paths.checkpoint_uri}-fresh",
+                                    scratch=paths.scratch.with_name(f"{paths.scratch.name}-fresh"))
     hp = spec.train
 
     # The weights and loss, and the data they train on: the snapshot's splits tokenized once per snapshot,
@@ -159,7 +174,19 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
     print(f"[{stage}] training ended at epoch {stopped_at_epoch:g} of {epochs:g} (step {trainer.state.global_step}"
           f"/{trainer.state.max_steps}); best checkpoint {trainer.state.best_model_checkpoint}", flush=True)
     sync.wait()  # the last checkpoint's upload (on_train_end waits too; this re-raises an upload error)
-    holdout = trainer.evaluate() if selection_set is holdout_set else trainer.evaluate(holdout_set)
+    if stage == "finetune" and recipe.init_from.startswith("champion"):
+        # A warm start: the holdout predictions too, to catch a collapse (one class for nearly every row).
+        predicted = trainer.predict(holdout_set, metric_key_prefix="eval")
+        holdout = predicted.metrics
+        trainer.log(dict(holdout))
+        logits = predicted.predictions[0] if isinstance(predicted.predictions, tuple) else predicted.predictions
+        top, share = fresh_start.predicted_top(logits.argmax(-1), len(spec.data.labels))
+        why = fresh_start.collapse(top, share, fresh_start.holdout_label_counts(holdout_set, len(spec.data.labels)),
+                                   spec.data.labels)
+        if why:
+            raise fresh_start.Collapsed(why)
+    else:
+        holdout = trainer.evaluate() if selection_set is holdout_set else trainer.evaluate(holdout_set)
     outcome = training.outcome_of(trainer, holdout, checkpoints.step_of(resume) if resume else 0, progress,
                                   sync.seconds, sync.upload_seconds, holdout_rows=len(holdout_set))
     if not trainer.is_world_process_zero():
@@ -170,6 +197,8 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
         folders = export.export_all(trainer.model, tokenizer, Path(tmp), recipe.exports, spec.model.max_length)
         exports = training.publish_outputs(trainer.model, tokenizer, paths, outcome, extra_dirs=folders)
     defaults.record(paths.model_uri, learning_rate, lr_source, lr_search)  # a retrain from this model reuses it
+    # Why the stage did not warm-start (a new class, a collapse): a warning of the run summary too.
+    notes = [note for note in (fresh or recipe.result.get("fresh_start"),) if note]
     result = TrainResult(
         model_uri=paths.model_uri, metrics=outcome.metrics, metrics_uri=paths.metrics_uri, curve_uri=paths.curve_uri,
         train_rows=len(train_set), global_step=outcome.global_step, samples_per_second=outcome.samples_per_second,
@@ -181,8 +210,8 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
         base_model=spec.model.base, init_from=recipe.init_from,
         parameters=sum(p.numel() for p in trainer.model.parameters()), exports=exports,
         token_cache="hit" if splits.hit else "miss", stopped_at_epoch=stopped_at_epoch, selection=selection,
-        train_data={**train_data, "warnings": training.train_data_warnings(train_data)},
-        **recipe.result, **prepared.result,
+        train_data={**train_data, "warnings": training.train_data_warnings(train_data) + notes},
+        **{**recipe.result, **({"fresh_start": fresh} if fresh else {})}, **prepared.result,
     )
     results.emit(result, paths.out_uri)
     return 0
