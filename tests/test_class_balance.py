@@ -66,7 +66,10 @@ def test_a_skewed_golden_set_reports_the_accuracy_floor_and_gates_macro_f1():
     majority = np.zeros_like(y)  # always the majority class: the macro-F1 floor still fails it
     passed, _, out = gates.evaluate_gates(GatesSpec(), LABELS, y, teacher=_scores(y, majority),
                                           student=_scores(y, majority))
-    assert not passed and not {g.name: g for g in out}["baseline_macro_f1_teacher"].passed
+    macro = {g.name: g for g in out}["baseline_macro_f1_teacher"]
+    assert not passed and not macro.passed
+    assert macro.reason.endswith("on a skewed label mix set train.class_weights: balanced (auto weights from a "
+                                 "train.class_weights_auto_ratio class ratio)")  # what would change the outcome
     strict = GatesSpec(skewed_golden_share=None)
     _, _, out = gates.evaluate_gates(strict, LABELS, y, teacher=_scores(y, pred), student=_scores(y, pred))
     assert not {g.name: g for g in out}["baseline_accuracy_teacher"].passed  # gated as before
@@ -89,3 +92,4 @@ def test_finetune_weights_a_skewed_mix_and_says_so(tmp_path, monkeypatch, tiny_m
     weights = result["class_weights"]
     assert weights["setting"] == "auto" and weights["on"] and weights["weights"]["positive"] > 5
     assert "auto turned class weights on" in weights["reason"]
+    assert weights["reason"] in result["train_data"]["warnings"]  # the run summary says so

@@ -527,6 +527,11 @@ def _on_kept_rows(gate: Gate, comparison: dict[str, Any]) -> Gate:
                                    "details": {**gate.details, **{k: comparison[k] for k in keys}}})
 
 
+# What would change a failed floor over the majority baseline (the gate's reason ends with it).
+BASELINE_FIX = ("To clear it: land more train rows of the classes the model misses, or on a skewed label mix set "
+                "train.class_weights: balanced (auto weights from a train.class_weights_auto_ratio class ratio)")
+
+
 def skewed_golden(g: Any, y_true: np.ndarray, labels: Sequence[str]) -> str | None:
     """Why the accuracy floor over the majority baseline does not gate on this golden set (its majority class holds
     at least ``gates.skewed_golden_share`` of the rows: answering it alone scores that share, so a model that learns
@@ -596,7 +601,8 @@ def evaluate_gates(gates_spec: Any, labels: Sequence[str], y_true: Sequence[int]
                                  resamples=g.bootstrap_resamples, confidence=confidence, seed=g.seed,
                                  bootstrap=bootstrap)
             skewed = skewed_golden(g, y_true, labels) if metric == "accuracy" else None
-            out.append(report_only(gate, skewed) if skewed else gate)
+            out.append(report_only(gate, skewed) if skewed else gate if gate.passed else gate.model_copy(
+                update={"reason": f"{gate.reason}. {BASELINE_FIX}"}))
     for role, cand, champ in (("teacher", teacher, champion_teacher), ("student", student, champion_student)):
         if champ is None or too_few:
             why = (f"not compared with the champion: {too_few}; the floors apply" if too_few

@@ -159,6 +159,8 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
         gradient_accumulation_steps=hp.gradient_accumulation_steps, eval_steps=plan.eval_steps,
         checkpoint_steps=plan.checkpoint_steps, seed=hp.seed, checkpoint_minutes=minutes,
         **({"torch_compile": True} if hp.torch_compile else {}),
+        # Weighted for a skewed mix: the best checkpoint by macro-F1, not by an accuracy the majority class wins.
+        **({"metric_for_best_model": "macro_f1"} if class_weights and class_weights["on"] else {}),
     )
     if plan.batch_size != recipe.batch_size:
         print(f"[{stage}] GPU batch {plan.batch_size} (spec {recipe.batch_size}), lr {plan.learning_rate:.2e} "
@@ -209,8 +211,11 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
         folders = export.export_all(trainer.model, tokenizer, Path(tmp), recipe.exports, spec.model.max_length)
         exports = training.publish_outputs(trainer.model, tokenizer, paths, outcome, extra_dirs=folders)
     defaults.record(paths.model_uri, learning_rate, lr_source, lr_search)  # a retrain from this model reuses it
-    # Why the stage did not warm-start (a new class, a collapse): a warning of the run summary too.
-    notes = [note for note in (fresh or recipe.result.get("fresh_start"),) if note]
+    # Why the stage did not warm-start (a new class, a collapse), and class weights auto turned on: warnings of the
+    # run summary too.
+    auto_weights = class_weights["reason"] if class_weights and class_weights["on"] and \
+        class_weights["setting"] == "auto" else None
+    notes = [note for note in (fresh or recipe.result.get("fresh_start"), auto_weights) if note]
     result = TrainResult(
         model_uri=paths.model_uri, metrics=outcome.metrics, metrics_uri=paths.metrics_uri, curve_uri=paths.curve_uri,
         train_rows=len(train_set), global_step=outcome.global_step, samples_per_second=outcome.samples_per_second,
