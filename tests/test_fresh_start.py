@@ -93,22 +93,34 @@ def test_a_class_the_champion_never_saw_starts_from_the_base_model(root, tiny_mo
 
 def test_a_warm_start_that_collapses_is_retrained_once_from_the_base_model(root, tiny_model_dir, labelled_dir,
                                                                           tmp_path, one_torch_thread):
+    import numpy as np
     import torch
 
+    from bench.common import holdout_of
     from tasks import storage
     from tasks.train import finetune, modeling
 
-    # A champion that answers "negative" for everything: its head's bias far on one side.
-    collapsed_dir = tmp_path / "collapsed"
+    # Train rows all "negative", holdout rows of both classes: the warm start learns to answer "negative" alone.
+    rows = read_tsv("train", limit=600, offset=1000)
+    holdout = [r for r in rows if holdout_of(r[0])][:30]
+    train = [r for r in rows if not holdout_of(r[0]) and r[1] == 0][:80]
+    assert {y for _, y in holdout} == {0, 1}
+    snapshot = _with_label_counts(write_snapshot(root, "sst2", train + holdout),
+                                  {"negative": sum(1 for _, y in train + holdout if y == 0),
+                                   "positive": sum(1 for _, y in holdout if y == 1)})
+    # A champion that answers both classes on the holdout rows: the tiny model's head shifted to split them evenly.
     model = modeling.load_classifier(labelled_dir)
+    probs = modeling.predict_proba(labelled_dir, [t for t, _ in holdout])
+    shift = float(np.median(np.log(probs[:, 1]) - np.log(probs[:, 0])))
     with torch.no_grad():
-        model.classifier.bias.copy_(torch.tensor([50.0, -50.0]))
-    modeling.save_model(model, modeling.load_tokenizer(tiny_model_dir), collapsed_dir)
-    rows = read_tsv("train", limit=120, offset=1000)
-    snapshot = _with_label_counts(write_snapshot(root, "sst2", rows), {"negative": 60, "positive": 60})
-    champion = _champion(root, collapsed_dir, snapshot)
-    # So small a rate that the warm start cannot move off the champion's answer in one epoch.
-    run = make_run(root, "warm", {**SETTINGS, "model.base": str(tiny_model_dir), "train.learning_rate": 1e-7})
+        model.classifier.bias[1] -= shift
+    champion_dir = tmp_path / "champion"
+    modeling.save_model(model, modeling.load_tokenizer(labelled_dir), champion_dir)
+    before = modeling.predict_proba(champion_dir, [t for t, _ in holdout]).argmax(axis=1)
+    assert 0.3 <= before.mean() <= 0.7
+    champion = _champion(root, champion_dir, snapshot)
+
+    run = make_run(root, "warm", {**SETTINGS, "model.base": str(tiny_model_dir), "train.warm_start_epochs": 3})
     assert finetune.main(["--run", run, "--snapshot", snapshot, "--champion", champion]) == 0
     result = storage.read_json(storage.join(run, "finetune", "result.json"))
     assert result["init_from"] == "base"
@@ -118,3 +130,26 @@ def test_a_warm_start_that_collapses_is_retrained_once_from_the_base_model(root,
     assert result["fresh_start"] in result["train_data"]["warnings"]
     # The retry kept its own checkpoints: the warm start's are not resumed.
     assert result["resumed_from_step"] == 0
+
+
+def test_a_champion_that_already_answers_one_class_is_not_blamed_on_the_warm_start(root, labelled_dir, tmp_path,
+                                                                                   tiny_model_dir, capsys,
+                                                                                   one_torch_thread):
+    import torch
+
+    from tasks import storage
+    from tasks.train import finetune, modeling
+
+    collapsed_dir = tmp_path / "collapsed"
+    model = modeling.load_classifier(labelled_dir)
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([50.0, -50.0]))  # "negative" for everything
+    modeling.save_model(model, modeling.load_tokenizer(labelled_dir), collapsed_dir)
+    rows = read_tsv("train", limit=120, offset=1000)
+    snapshot = _with_label_counts(write_snapshot(root, "sst2", rows), {"negative": 60, "positive": 60})
+    champion = _champion(root, collapsed_dir, snapshot)
+    run = make_run(root, "weak", {**SETTINGS, "model.base": str(tiny_model_dir), "train.learning_rate": 1e-7})
+    assert finetune.main(["--run", run, "--snapshot", snapshot, "--champion", champion]) == 0
+    result = storage.read_json(storage.join(run, "finetune", "result.json"))
+    assert result["init_from"] == "champion v1" and result["fresh_start"] is None
+    assert "but so does the champion it started from" in capsys.readouterr().out

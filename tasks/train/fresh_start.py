@@ -6,16 +6,16 @@
   collapsed. The fine-tune starts from model.base instead, with train.epochs (a champion trained on other labels
   already does: finetune.recipe).
 * **A warm start that collapsed** (:func:`collapse`): after training, the holdout predictions put nearly every row
-  (``COLLAPSE_SHARE``) in one class, far more than that class's share of the labels. The stage then trains once
-  more from the base model in the same run (runner.run), and says so in the result (``fresh_start``) and the run
-  summary's warnings.
+  (``COLLAPSE_SHARE``) in one class, far more than that class's share of the labels, and the champion it started
+  from did not (:func:`raise_if_collapsed`). The stage then trains once more from the base model in the same run
+  (runner.run), and says so in the result (``fresh_start``) and the run summary's warnings.
 
 Light: storage and the snapshot manifests only.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from tasks import storage
 
@@ -89,6 +89,28 @@ def collapse(top_class: int, top_share: float, label_counts: Sequence[int], labe
         return None
     return (f"the warm start from the champion collapsed: it predicts {labels[top_class]!r} for {top_share:.0%} of "
             f"the holdout rows, which are {label_share:.0%} {labels[top_class]!r}")
+
+
+def _argmax(predictions: Any) -> Any:
+    logits = predictions[0] if isinstance(predictions, tuple) else predictions
+    return logits.argmax(-1)
+
+
+def raise_if_collapsed(predictions: Any, holdout_set: Any, labels: Sequence[str],
+                       champion_predictions: Callable[[], Any]) -> None:
+    """Raise :class:`Collapsed` when a warm start's holdout ``predictions`` (logits) collapsed and the champion's
+    own (``champion_predictions()``, computed only then) did not: a champion that already answered one class for
+    nearly everything (a weak or tiny one) was not broken by the warm start, and a fresh start would not help it."""
+    counts = holdout_label_counts(holdout_set, len(labels))
+    why = collapse(*predicted_top(_argmax(predictions), len(labels)), counts, labels)
+    if not why:
+        return
+    before = collapse(*predicted_top(_argmax(champion_predictions()), len(labels)), counts, labels)
+    if before:
+        print(f"[finetune] {why}, but so does the champion it started from ({before.split(': ', 1)[1]}): not the "
+              f"warm start's doing, so no fresh retry", flush=True)
+        return
+    raise Collapsed(why)
 
 
 def retry_reason(why: str) -> str:

@@ -193,12 +193,12 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
         predicted = trainer.predict(holdout_set, metric_key_prefix="eval")
         holdout = predicted.metrics
         trainer.log(dict(holdout))
-        logits = predicted.predictions[0] if isinstance(predicted.predictions, tuple) else predicted.predictions
-        top, share = fresh_start.predicted_top(logits.argmax(-1), len(spec.data.labels))
-        why = fresh_start.collapse(top, share, fresh_start.holdout_label_counts(holdout_set, len(spec.data.labels)),
-                                   spec.data.labels)
-        if why:
-            raise fresh_start.Collapsed(why)
+        fresh_start.raise_if_collapsed(
+            predicted.predictions, holdout_set, spec.data.labels,
+            champion_predictions=lambda: training.make_trainer(
+                Trainer, args=targs, tokenizer=tokenizer, n_classes=len(spec.data.labels), patience=1,
+                model=modeling.load_classifier(recipe.tokenizer_dir),  # the champion's teacher, as it was
+                eval_dataset=holdout_set).predict(holdout_set).predictions)
     else:
         holdout = trainer.evaluate() if selection_set is holdout_set else trainer.evaluate(holdout_set)
     outcome = training.outcome_of(trainer, holdout, checkpoints.step_of(resume) if resume else 0, progress,
