@@ -201,6 +201,12 @@ class TrainResult(Result):
     # evaluations}; samples_processed = train + teacher, what training cost (also in cost, next to the seconds).
     samples: dict[str, int] = {}
     samples_processed: int = 0
+    # Why a retrain with train.init_from: champion started from model.base: a class the champion never saw, or a
+    # warm start that collapsed and was retrained once (tasks/train/fresh_start.py); None = as the spec says.
+    fresh_start: str | None = None
+    # finetune: train.class_weights resolved on the train rows (tasks/train/class_balance.py): setting, on, ratio,
+    # reason, weights.
+    class_weights: dict[str, Any] | None = None
 
 
 class GateResult(Result):

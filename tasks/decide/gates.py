@@ -276,6 +276,55 @@ def non_inferiority_gate(name: str, candidate_correct, champion_correct, *, marg
     return make_gate(name, ok, _r(ci["lower"]), -margin, reason, details=details)
 
 
+def sized_non_inferiority_gate(name: str, candidate_correct, champion_correct, g: Any) -> Gate:
+    """Non-inferiority sized to the evidence (tasks/decide/power.py): the bootstrap rule when the golden rows can
+    detect ``g.expected_difference``, or when its whole interval lies below ``-margin`` (the candidate is shown
+    worse whatever the size); otherwise what ``g.underpowered`` says (a small-set rule, the floors alone, or a
+    failure asking for more golden rows). Every reason on an underpowered set ends with what would change it."""
+    from tasks.decide import power
+
+    confidence = getattr(g, "confidence", 0.95)
+    margin = g.non_inferiority_margin
+    expected = getattr(g, "expected_difference", None)
+    if expected is None:  # off: the bootstrap rule whatever the size
+        return non_inferiority_gate(name, candidate_correct, champion_correct, margin=margin,
+                                    resamples=g.bootstrap_resamples, confidence=confidence, seed=g.seed)
+    sized = power.assess(candidate_correct, champion_correct, confidence=confidence, margin=margin,
+                         expected_difference=expected)
+    interval = non_inferiority_gate(name, candidate_correct, champion_correct, margin=margin,
+                                    resamples=g.bootstrap_resamples, confidence=confidence, seed=g.seed)
+    if not sized["underpowered"] or interval.details["upper"] < -margin:  # powered, or shown worse all the same
+        return interval.model_copy(update={"details": {**interval.details, "power": sized}})
+    n, action = sized["n"], g.underpowered
+    ci = interval.details
+    measured = (f"accuracy diff {ci['diff']:+.4f}, {int(confidence * 100)}% CI [{ci['lower']:+.4f}, "
+                f"{ci['upper']:+.4f}] (n={n}); ")
+    size = (f"{n} golden rows can detect a gain of {sized['detectable_difference']:.3f} at best "
+            f"({int(confidence * 100)}% confidence, power {power.POWER:g}, discordance {sized['discordance']:.3f}), "
+            f"more than gates.expected_difference {expected:g}")
+    fix = (f"To compare with the interval test, add {sized['more_rows_needed']:,} golden rows "
+           f"({sized['rows_needed']:,} in all), or raise gates.expected_difference")
+    details: dict[str, Any] = {**ci, "power": sized, "underpowered": action}
+    if action == "floors":
+        return make_gate(name, True, None, None, f"not compared with the champion: {measured}but {size}; the "
+                         f"floors decide (gates.underpowered: floors). {fix}.", skipped=True, details=details)
+    if action == "require_rows":
+        return make_gate(name, False, _r(sized["detectable_difference"]), expected,
+                         f"{measured}but {size}; promotion needs a larger golden set (gates.underpowered: "
+                         f"require_rows). {fix}, or set gates.underpowered: bayes to decide on these rows.",
+                         details=details)
+    probability = power.posterior_not_worse(sized["gains"], sized["losses"], n, margin=margin, seed=g.seed)
+    needed = g.small_set_probability
+    ok = probability >= needed
+    details.update(posterior_not_worse=round(probability, 4), small_set_probability=needed,
+                   rule="posterior P(acc diff > -margin), uniform Dirichlet prior on the paired outcomes")
+    reason = (f"{measured}but {size}, so decided by the small-set rule (gates.underpowered: bayes): "
+              f"{sized['gains']} rows only the candidate gets right, {sized['losses']} only the champion; "
+              f"P(diff > -margin {-margin:+.4f}) = {probability:.3f} {'>=' if ok else '<'} "
+              f"gates.small_set_probability {needed:g}. {fix}.")
+    return make_gate(name, ok, _r(probability), needed, reason, details=details)
+
+
 def baseline_gate(name: str, metric: str, y_true, y_pred, n_classes: int, labels: Sequence[str], *, margin: float,
                   resamples: int, confidence: float = 0.95, seed: int = 0,
                   bootstrap: dict[str, Any] | None = None) -> Gate:
@@ -478,6 +527,28 @@ def _on_kept_rows(gate: Gate, comparison: dict[str, Any]) -> Gate:
                                    "details": {**gate.details, **{k: comparison[k] for k in keys}}})
 
 
+# What would change a failed floor over the majority baseline (the gate's reason ends with it).
+BASELINE_FIX = ("To clear it: land more train rows of the classes the model misses, or on a skewed label mix set "
+                "train.class_weights: balanced (auto weights from a train.class_weights_auto_ratio class ratio)")
+
+
+def skewed_golden(g: Any, y_true: np.ndarray, labels: Sequence[str]) -> str | None:
+    """Why the accuracy floor over the majority baseline does not gate on this golden set (its majority class holds
+    at least ``gates.skewed_golden_share`` of the rows: answering it alone scores that share, so a model that learns
+    the minority classes can lose accuracy to it), or None."""
+    share = getattr(g, "skewed_golden_share", None)
+    if share is None or not len(y_true):
+        return None
+    counts = np.bincount(np.asarray(y_true, dtype=np.int64), minlength=len(labels))
+    top = int(np.argmax(counts))
+    majority = counts[top] / counts.sum()
+    if majority < share:
+        return None
+    return (f"the golden set is {majority:.0%} {labels[top]!r}, at least gates.skewed_golden_share {share:g}: "
+            f"accuracy over the majority baseline is reported, not gated (macro-F1 over the baseline and per-class "
+            f"recall gate; set gates.skewed_golden_share: null to gate it)")
+
+
 def _accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean(y_pred == y_true)) if y_true.size else 0.0
 
@@ -526,9 +597,12 @@ def evaluate_gates(gates_spec: Any, labels: Sequence[str], y_true: Sequence[int]
                 bootstrap = paired_bootstrap_vs_baseline(y_true, scores.y_pred, n_classes,
                                                          resamples=g.bootstrap_resamples, confidence=confidence,
                                                          seed=g.seed)
-            out.append(baseline_gate(name, metric, y_true, scores.y_pred, n_classes, labels, margin=margin,
-                                     resamples=g.bootstrap_resamples, confidence=confidence, seed=g.seed,
-                                     bootstrap=bootstrap))
+            gate = baseline_gate(name, metric, y_true, scores.y_pred, n_classes, labels, margin=margin,
+                                 resamples=g.bootstrap_resamples, confidence=confidence, seed=g.seed,
+                                 bootstrap=bootstrap)
+            skewed = skewed_golden(g, y_true, labels) if metric == "accuracy" else None
+            out.append(report_only(gate, skewed) if skewed else gate if gate.passed else gate.model_copy(
+                update={"reason": f"{gate.reason}. {BASELINE_FIX}"}))
     for role, cand, champ in (("teacher", teacher, champion_teacher), ("student", student, champion_student)):
         if champ is None or too_few:
             why = (f"not compared with the champion: {too_few}; the floors apply" if too_few
@@ -537,9 +611,8 @@ def evaluate_gates(gates_spec: Any, labels: Sequence[str], y_true: Sequence[int]
             out.append(skipped(f"class_recall_{role}", why))
             continue
         y, cand_pred, champ_pred = kept(y_true), kept(cand.y_pred), kept(champ.y_pred)
-        out.append(_on_kept_rows(non_inferiority_gate(
-            f"non_inferiority_{role}", cand_pred == y, champ_pred == y, margin=g.non_inferiority_margin,
-            resamples=g.bootstrap_resamples, confidence=confidence, seed=g.seed), comparison))
+        out.append(_on_kept_rows(sized_non_inferiority_gate(
+            f"non_inferiority_{role}", cand_pred == y, champ_pred == y, g), comparison))
         out.append(_on_kept_rows(class_recall_gate(
             f"class_recall_{role}", y, cand_pred, champ_pred, labels, max_drop=g.max_class_recall_drop,
             min_support=g.class_recall_min_support, alpha=g.class_recall_alpha,

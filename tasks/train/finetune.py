@@ -1,8 +1,9 @@
 """``python -m tasks finetune --run RUN_URI --snapshot SNAPSHOT_URI [--champion V]``: fine-tune the teacher.
 
 Starts from the base model (``spec.model.base``) with a fresh head of ``len(spec.data.labels)`` classes, or, with
-``train.init_from: champion`` and a champion whose labels match, from the champion's teacher (a warm start), and
-trains it with the model's own cross-entropy. Everything else (Trainer, checkpoints and resume, DDP, outputs) is
+``train.init_from: champion`` and a champion whose labels match, from the champion's teacher (a warm start), unless
+the snapshot holds a class the champion's snapshot had no rows of (``tasks/train/fresh_start.py``), and trains it
+with the model's own cross-entropy. Everything else (Trainer, checkpoints and resume, DDP, outputs) is
 the shared runner's (``tasks/train/runner.py``).
 """
 
@@ -28,23 +29,29 @@ class FinetuneArgs:
 def recipe(spec, args: FinetuneArgs) -> Recipe:
     """The base model with a fresh head, or the champion's teacher when the spec asks for a warm start and the
     champion was trained on the same labels."""
-    from tasks.train import modeling
+    from tasks.train import fresh_start, modeling
 
     hp = spec.train
+    fresh = None  # why a warm start the spec asks for is not made (a class the champion never saw)
     teacher_uri, version = champion_teacher(args.champion)
     if hp.init_from == "champion" and args.champion:
         if not storage.exists(storage.join(teacher_uri, "config.json")):
             raise SpecInvalid(f"--champion {args.champion}: no teacher model at {teacher_uri}")
         teacher = modeling.materialize(teacher_uri)
         saved = modeling.load_config_labels(teacher)
-        if saved == list(spec.data.labels):
+        unseen = fresh_start.unseen_classes(args.champion, args.snapshot, spec.data.labels)
+        if saved == list(spec.data.labels) and not unseen:
             lr, lr_source = learning_rate(hp, teacher_uri, version)
             return Recipe(model=modeling.load_classifier(teacher), tokenizer_dir=teacher,
                           init_from=f"champion {version}", epochs=epochs(hp.warm_start_epochs or hp.epochs),
                           batch_size=hp.batch_size, learning_rate=lr, learning_rate_source=lr_source,
                           gpu_batch_size=hp.gpu_batch_size)
-        print(f"[{STAGE}] champion labels {saved} differ from the spec's {spec.data.labels}: starting from the base "
-              "model instead", flush=True)
+        if saved != list(spec.data.labels):
+            print(f"[{STAGE}] champion labels {saved} differ from the spec's {spec.data.labels}: starting from the "
+                  "base model instead", flush=True)
+        else:  # a class the champion never saw: a fresh start, said in the result
+            fresh = fresh_start.unseen_reason(unseen, version)
+            print(f"[{STAGE}] {fresh}", flush=True)
     try:
         base = modeling.resolve_base_model(spec.model.base)
     except FileNotFoundError as exc:
@@ -52,7 +59,8 @@ def recipe(spec, args: FinetuneArgs) -> Recipe:
     lr, lr_source = learning_rate(hp, teacher_uri, version)
     return Recipe(model=modeling.load_classifier(base, labels=list(spec.data.labels)), tokenizer_dir=base,
                   init_from="base", epochs=epochs(hp.epochs), batch_size=hp.batch_size, learning_rate=lr,
-                  learning_rate_source=lr_source, gpu_batch_size=hp.gpu_batch_size, note=f"base {base}")
+                  learning_rate_source=lr_source, gpu_batch_size=hp.gpu_batch_size, note=f"base {base}",
+                  result={"fresh_start": fresh} if fresh else {})
 
 
 # ---------------------------------------------------------------- train.learning_rate and train.epochs: auto

@@ -65,20 +65,35 @@ class Prepared:
 
 def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe]) -> int:
     """Run a training stage; ``args`` has ``run`` and ``snapshot``, ``recipe_of(spec, args)`` the rest."""
-    with contextlib.ExitStack() as held:  # what the stage holds until it returns: a token cache hit's local copy
-        return run_holding(stage, args, recipe_of, held)
+    from tasks.train import fresh_start
+
+    try:
+        with contextlib.ExitStack() as held:  # what the stage holds until it returns: a token cache hit's local copy
+            return run_holding(stage, args, recipe_of, held)
+    except fresh_start.Collapsed as collapsed:  # a warm start that collapsed: once more, from the base model
+        print(f"[{stage}] {collapsed.reason}: training again from the base model", flush=True)
+        with contextlib.ExitStack() as held:
+            return run_holding(stage, args, recipe_of, held, fresh=fresh_start.retry_reason(collapsed.reason))
 
 
 def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe],
-                held: contextlib.ExitStack) -> int:
-    """``run``'s body; what must outlive the training (the tokenized splits' files) goes on ``held``."""
+                held: contextlib.ExitStack, fresh: str | None = None) -> int:
+    """``run``'s body; what must outlive the training (the tokenized splits' files) goes on ``held``. ``fresh``:
+    why this is the fresh retry of a warm start that collapsed (it starts from the base model, with its own
+    checkpoints)."""
+    import dataclasses
+
     from transformers import Trainer, set_seed
 
-    from tasks.train import checkpoints, defaults, export, modeling, replay, token_cache, training
+    from tasks.train import checkpoints, defaults, export, fresh_start, modeling, replay, token_cache, training
 
     training.setup_logging()
     spec = load_spec(storage.join(storage.normalize(args.run), "spec.json"))
     paths = training.stage_paths(spec, args.run, stage)
+    if fresh:
+        spec.train.init_from, spec.student.init_from = "base", "teacher"
+        paths = dataclasses.replace(paths, checkpoint_uri=f"{paths.checkpoint_uri}-fresh",
+                                    scratch=paths.scratch.with_name(f"{paths.scratch.name}-fresh"))
     hp = spec.train
 
     # The weights and loss, and the data they train on: the snapshot's splits tokenized once per snapshot,
@@ -102,6 +117,18 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
     train_data = training.train_data_report(train_set, spec.data.labels, spec.model.max_length)
     for warning in training.train_data_warnings(train_data):
         print(f"[{stage}] WARNING: {warning}", flush=True)
+    # train.class_weights: a class-weighted cross-entropy for a skewed label mix (the fine-tune's loss only).
+    class_weights = None
+    if stage == "finetune" and recipe.trainer_cls is None:
+        from tasks.train import class_balance
+
+        class_weights = class_balance.plan(hp.class_weights, hp.class_weights_auto_ratio,
+                                           class_balance.label_counts(train_set, len(spec.data.labels)),
+                                           spec.data.labels)
+        print(f"[{stage}] {class_weights['reason']}", flush=True)
+        if class_weights["on"]:
+            recipe.trainer_kwargs["compute_loss_func"] = class_balance.weighted_loss(
+                list(class_weights["weights"].values()))
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # processes under torchrun
     # learning_rate: auto with no recorded rate (a first run): a short, bounded search picks it (defaults.py), at
@@ -135,6 +162,8 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
         gradient_accumulation_steps=hp.gradient_accumulation_steps, eval_steps=plan.eval_steps,
         checkpoint_steps=plan.checkpoint_steps, seed=hp.seed, checkpoint_minutes=minutes,
         **({"torch_compile": True} if hp.torch_compile else {}),
+        # Weighted for a skewed mix: the best checkpoint by macro-F1, not by an accuracy the majority class wins.
+        **({"metric_for_best_model": "macro_f1"} if class_weights and class_weights["on"] else {}),
     )
     if plan.batch_size != recipe.batch_size:
         print(f"[{stage}] GPU batch {plan.batch_size} (spec {recipe.batch_size}), lr {plan.learning_rate:.2e} "
@@ -162,7 +191,19 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
     print(f"[{stage}] training ended at epoch {stopped_at_epoch:g} of {epochs:g} (step {trainer.state.global_step}"
           f"/{trainer.state.max_steps}); best checkpoint {trainer.state.best_model_checkpoint}", flush=True)
     sync.wait()  # the last checkpoint's upload (on_train_end waits too; this re-raises an upload error)
-    holdout = trainer.evaluate() if selection_set is holdout_set else trainer.evaluate(holdout_set)
+    if stage == "finetune" and recipe.init_from.startswith("champion"):
+        # A warm start: the holdout predictions too, to catch a collapse (one class for nearly every row).
+        predicted = trainer.predict(holdout_set, metric_key_prefix="eval")
+        holdout = predicted.metrics
+        trainer.log(dict(holdout))
+        fresh_start.raise_if_collapsed(
+            predicted.predictions, holdout_set, spec.data.labels,
+            champion_predictions=lambda: training.make_trainer(
+                Trainer, args=targs, tokenizer=tokenizer, n_classes=len(spec.data.labels), patience=1,
+                model=modeling.load_classifier(recipe.tokenizer_dir),  # the champion's teacher, as it was
+                eval_dataset=holdout_set).predict(holdout_set).predictions)
+    else:
+        holdout = trainer.evaluate() if selection_set is holdout_set else trainer.evaluate(holdout_set)
     outcome = training.outcome_of(trainer, holdout, checkpoints.step_of(resume) if resume else 0, progress,
                                   sync.seconds, sync.upload_seconds, holdout_rows=len(holdout_set))
     if not trainer.is_world_process_zero():
@@ -174,6 +215,11 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
         folders = export.export_all(trainer.model, tokenizer, Path(tmp), recipe.exports, spec.model.max_length)
         exports = training.publish_outputs(trainer.model, tokenizer, paths, outcome, extra_dirs=folders)
     defaults.record(paths.model_uri, learning_rate, lr_source, lr_search)  # a retrain from this model reuses it
+    # Why the stage did not warm-start (a new class, a collapse), and class weights auto turned on: warnings of the
+    # run summary too.
+    auto_weights = class_weights["reason"] if class_weights and class_weights["on"] and \
+        class_weights["setting"] == "auto" else None
+    notes = [note for note in (fresh or recipe.result.get("fresh_start"), auto_weights) if note]
     result = TrainResult(
         model_uri=paths.model_uri, metrics=outcome.metrics, metrics_uri=paths.metrics_uri, curve_uri=paths.curve_uri,
         train_rows=len(train_set), global_step=outcome.global_step, samples_per_second=outcome.samples_per_second,
@@ -185,9 +231,10 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
         base_model=spec.model.base, init_from=recipe.init_from,
         parameters=sum(p.numel() for p in trainer.model.parameters()), exports=exports,
         token_cache="hit" if splits.hit else "miss", stopped_at_epoch=stopped_at_epoch, selection=selection,
-        train_data={**train_data, "warnings": training.train_data_warnings(train_data)},
+        train_data={**train_data, "warnings": training.train_data_warnings(train_data) + notes},
         training=training_kind, samples=samples, samples_processed=samples["train"] + samples.get("teacher", 0),
-        **recipe.result, **prepared.result,
+        **{**recipe.result, **({"fresh_start": fresh} if fresh else {})}, **prepared.result,
+        **({"class_weights": class_weights} if class_weights else {}),
     )
     results.emit(result, paths.out_uri)
     return 0

@@ -1,0 +1,102 @@
+"""Non-inferiority sized to the evidence: how often the gate promotes a candidate of known quality, per golden size.
+
+    python bench/small_golden.py [--sizes 40 200 1000] [--trials 4000] [--trials-large 400] \
+        [--churn 0.005 0.01 0.02 0.03 0.05]
+
+Simulated golden sets, no model: in each trial a champion (accuracy ``--champion-accuracy``) and a candidate
+``d`` points better or worse are scored on ``n`` golden rows. The two agree on most rows; ``churn`` is the share
+of rows each loses that the other gets right beyond the true difference: P(only the candidate right) =
+churn + max(d, 0), P(only the champion right) = churn + max(-d, 0). Two retrains of one model on mostly the same
+data disagree on few rows (low churn); unrelated models on many. The gate is the pipeline's own
+(``tasks.decide.gates.sized_non_inferiority_gate`` with the shipped ``gates`` defaults); it depends only on the
+counts of gain, loss and tie rows, so each distinct count is computed once.
+
+For each size, churn and true difference it reports the share of trials the gate passes under:
+``today`` (the bootstrap interval whatever the size: ``gates.expected_difference: null``), and each
+``gates.underpowered`` action (``bayes``, the default; ``floors``: the comparison skipped, so the floors alone
+decide, and the simulation has no floors: every candidate passes; ``require_rows``: no candidate passes on an
+underpowered set). Also how often the set was underpowered and the median ``rows_needed``.
+
+Prints one JSON line per (size, churn), then a summary line with the bars of issue 25 (n = 40: +8 points passed in
+>= 80% of trials, -3 points in <= 5%; n = 1,000: the same as today).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import print_json  # noqa: E402
+
+DIFFS = (0.08, 0.03, 0.0, -0.03)
+
+
+def gate_for(n: int, gains: int, losses: int, settings: dict, cache: dict) -> tuple[bool, bool, int]:
+    """(passed, underpowered, rows_needed) of the real gate on rows with these counts."""
+    from tasks.decide import gates
+    from tasks.spec import GatesSpec
+
+    key = (n, gains, losses, tuple(sorted(settings.items())))
+    if key not in cache:
+        cand = np.zeros(n, dtype=bool)
+        champ = np.zeros(n, dtype=bool)
+        cand[:gains] = True  # gains: only the candidate right
+        champ[gains:gains + losses] = True  # losses: only the champion right
+        ties_right = (n - gains - losses) * 85 // 100  # most ties both right; their split does not matter
+        cand[gains + losses:gains + losses + ties_right] = True
+        champ[gains + losses:gains + losses + ties_right] = True
+        gate = gates.sized_non_inferiority_gate("ni", cand, champ, GatesSpec(**settings))
+        sized = gate.details.get("power") or {}
+        cache[key] = (bool(gate.passed), bool(sized.get("underpowered")), int(sized.get("rows_needed") or 0))
+    return cache[key]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[40, 200, 1000])
+    ap.add_argument("--churn", type=float, nargs="+", default=[0.005, 0.01, 0.02, 0.03, 0.05])
+    ap.add_argument("--trials", type=int, default=4000)
+    ap.add_argument("--trials-large", type=int, default=400,
+                    help="trials at sizes >= 500 (each distinct count there runs the 1,000-resample bootstrap)")
+    ap.add_argument("--champion-accuracy", type=float, default=0.85)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    modes = {"today": {"expected_difference": None}, "bayes": {"underpowered": "bayes"},
+             "floors": {"underpowered": "floors"}, "require_rows": {"underpowered": "require_rows"}}
+    cache: dict = {}
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    for n in args.sizes:
+        for churn in args.churn:
+            trials = args.trials if n < 500 else args.trials_large
+            line = {"n": n, "churn": churn, "trials": trials, "champion_accuracy": args.champion_accuracy}
+            for d in DIFFS:
+                p_gain, p_loss = churn + max(d, 0.0), churn + max(-d, 0.0)
+                counts = rng.multinomial(n, [p_gain, p_loss, 1 - p_gain - p_loss], size=trials)
+                label = f"{d * 100:+.0f}pts"
+                for mode, settings in modes.items():
+                    results = [gate_for(n, int(g), int(l), settings, cache) for g, l, _ in counts]
+                    line[f"{mode}_passed_{label}"] = round(float(np.mean([r[0] for r in results])), 4)
+                    if mode == "bayes":
+                        line[f"underpowered_{label}"] = round(float(np.mean([r[1] for r in results])), 4)
+                        line[f"rows_needed_median_{label}"] = int(np.median([r[2] for r in results]))
+            print_json(line)
+            rows.append(line)
+    small = [r for r in rows if r["n"] == 40]
+    large = [r for r in rows if r["n"] == 1000]
+    print_json({"summary": True,
+                "n40_bar_met_at_churn": [r["churn"] for r in small
+                                         if r["bayes_passed_+8pts"] >= 0.8 and r["bayes_passed_-3pts"] <= 0.05],
+                "n1000_same_as_today": all(r[f"bayes_passed_{k}"] == r[f"today_passed_{k}"]
+                                           for r in large for k in ("+8pts", "+3pts", "+0pts", "-3pts"))})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

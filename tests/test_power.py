@@ -1,0 +1,110 @@
+"""Non-inferiority sized to the evidence (tasks/decide/power.py and gates.sized_non_inferiority_gate)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tasks import metrics
+from tasks.decide import gates, power
+from tasks.spec import GatesSpec
+
+
+def _paired(n: int, gains: int, losses: int, both_right: float = 0.85) -> tuple[np.ndarray, np.ndarray]:
+    """Correct-or-not vectors of a candidate and a champion with these discordant counts."""
+    cand = np.zeros(n, dtype=bool)
+    champ = np.zeros(n, dtype=bool)
+    cand[:gains] = True
+    champ[gains:gains + losses] = True
+    ties = int((n - gains - losses) * both_right)
+    cand[gains + losses:gains + losses + ties] = True
+    champ[gains + losses:gains + losses + ties] = True
+    return cand, champ
+
+
+def test_detectable_difference_and_rows_needed_agree():
+    # 40 rows, 10% discordance, 95% two-sided, power 0.8: 2.80 * sqrt(0.1 / 40) - 0.01
+    assert power.detectable_difference(40, 0.1, confidence=0.95, margin=0.01) == pytest.approx(0.130, abs=0.001)
+    needed = power.rows_needed(0.05, 0.1, confidence=0.95, margin=0.01)
+    assert power.detectable_difference(needed, 0.1, confidence=0.95, margin=0.01) <= 0.05
+    assert power.detectable_difference(needed - 1, 0.1, confidence=0.95, margin=0.01) > 0.05
+    assert needed == 219  # 0.1 * (2.8016 / 0.06) ** 2 = 218.03, rounded up
+    # discordance is smoothed and never below the expected gain: no disagreement on 40 rows is not proof of none
+    assert power.discordance(0, 0, 40, 0.05) == 0.05
+
+
+def test_assess_flags_forty_rows_not_a_thousand():
+    small = power.assess(*_paired(40, 4, 0), confidence=0.95, margin=0.01, expected_difference=0.05)
+    assert small["underpowered"] and small["gains"] == 4 and small["losses"] == 0
+    assert small["more_rows_needed"] == small["rows_needed"] - 40 > 0
+    large = power.assess(*_paired(1000, 100, 20), confidence=0.95, margin=0.01, expected_difference=0.05)
+    assert not large["underpowered"] and large["detectable_difference"] < 0.05
+
+
+def test_posterior_is_seeded_and_orders_the_evidence():
+    assert power.posterior_not_worse(3, 0, 40, margin=0.01) == power.posterior_not_worse(3, 0, 40, margin=0.01)
+    assert (power.posterior_not_worse(4, 0, 40, margin=0.01) > power.posterior_not_worse(2, 1, 40, margin=0.01)
+            > power.posterior_not_worse(0, 2, 40, margin=0.01))
+
+
+def test_a_thousand_rows_keep_the_interval_test_unchanged():
+    g = GatesSpec()
+    cand, champ = _paired(1000, 60, 50)
+    sized = gates.sized_non_inferiority_gate("ni", cand, champ, g)
+    plain = gates.non_inferiority_gate("ni", cand, champ, margin=g.non_inferiority_margin,
+                                       resamples=g.bootstrap_resamples, confidence=g.confidence, seed=g.seed)
+    assert (sized.passed, sized.value, sized.reason) == (plain.passed, plain.value, plain.reason)
+    assert sized.details["power"]["underpowered"] is False
+
+
+def test_forty_rows_the_small_set_rule_promotes_a_clear_gain_and_blocks_a_loss():
+    g = GatesSpec()
+    better = gates.sized_non_inferiority_gate("ni", *_paired(40, 5, 2), g)
+    old = gates.non_inferiority_gate("ni", *_paired(40, 5, 2), margin=0.01, resamples=1000)
+    assert not old.passed  # 7.5 points better on 40 rows: the interval test cannot pass it (the issue's case)
+    assert better.passed and not better.skipped and better.threshold == g.small_set_probability
+    assert "small-set rule (gates.underpowered: bayes)" in better.reason
+    assert better.reason.endswith("or raise gates.expected_difference.") and "add " in better.reason
+    worse = gates.sized_non_inferiority_gate("ni", *_paired(40, 0, 2), g)
+    assert not worse.passed and worse.value < g.small_set_probability
+
+
+def test_underpowered_actions_floors_and_require_rows_say_how_many_rows():
+    cand, champ = _paired(40, 5, 2)
+    floors = gates.sized_non_inferiority_gate("ni", cand, champ, GatesSpec(underpowered="floors"))
+    needed = floors.details["power"]["more_rows_needed"]
+    assert floors.passed and floors.skipped and "the floors decide" in floors.reason
+    assert f"add {needed:,} golden rows" in floors.reason
+    blocked = gates.sized_non_inferiority_gate("ni", cand, champ, GatesSpec(underpowered="require_rows"))
+    assert not blocked.passed and f"add {needed:,} golden rows" in blocked.reason
+    assert "gates.underpowered: bayes" in blocked.reason
+    off = gates.sized_non_inferiority_gate("ni", cand, champ, GatesSpec(expected_difference=None))
+    assert not off.passed and "power" not in off.details  # the interval test whatever the size
+
+
+def test_evaluate_gates_on_a_forty_row_golden_set_uses_the_rule():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 40)
+    champ = y.copy()
+    champ[:6] = 1 - y[:6]  # the champion wrong on 6 rows, the candidate on 2 of those only
+    cand = y.copy()
+    cand[:2] = 1 - y[:2]
+    cand[10] = 1 - y[10]  # and wrong on one row the champion gets right: 4 gains, 1 loss
+
+    def scores(pred):
+        return gates.ModelScores(pred, metrics.accuracy(y, pred), metrics.macro_f1(y, pred, 2))
+
+    passed, first_run, out = gates.evaluate_gates(GatesSpec(), ["n", "p"], y, teacher=scores(cand),
+                                                  student=scores(cand), champion_teacher=scores(champ),
+                                                  champion_student=scores(champ))
+    by = {g.name: g for g in out}
+    assert passed and not first_run, [g.reason for g in out if not g.passed]
+    assert "small-set rule" in by["non_inferiority_teacher"].reason
+    assert by["non_inferiority_teacher"].details["power"]["n"] == 40
+
+
+def test_a_candidate_shown_worse_fails_the_interval_test_whatever_the_size():
+    cand, champ = _paired(40, 0, 12)  # 30 points worse: the whole interval below -margin
+    gate = gates.sized_non_inferiority_gate("ni", cand, champ, GatesSpec())
+    assert not gate.passed and gate.threshold == -0.01 and gate.details["upper"] < -0.01
+    assert gate.details["power"]["underpowered"] and "small-set" not in gate.reason
