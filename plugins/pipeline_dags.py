@@ -380,12 +380,19 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
             "--run", run_uri, "--snapshot", snapshot_uri, "--teacher", teacher_uri, "--student", student_uri,
             "--champion", champion_uri, "--golden", ingest.output["golden_uri"]])
 
+        approval_on = spec.approval.policy != "never"  # approval: a person's word between gate and publish
+
         @task(task_id=TaskIds.GATE, retries=0, on_failure_callback=retrain_alerts.gate_failure_notifiers(spec))
         def gate(evaluation: dict, run: dict) -> dict:
-            """A failed gate fails the run once (no retries) and alerts on-call with the numbers."""
+            """A failed gate fails the run once (no retries) and alerts on-call with the numbers; with
+            approval.policy override_failed_gate (or always_and_override) it waits for a person instead."""
             apply_storage_env(pipeline_spec)
-            skip_if_run_finished(RunContext.model_validate(run).run_uri, TaskIds.GATE)  # no second gate alert
+            run_ctx = RunContext.model_validate(run)
+            skip_if_run_finished(run_ctx.run_uri, TaskIds.GATE)  # no second gate alert
             result = EvaluateResult.model_validate(evaluation)
+            if not result.passed and approval_on and pipeline_spec.approval.on_fail and not run_ctx.dry_run:
+                print(f"gates failed ({', '.join(result.failed_gates)}): the approve task asks for an override")
+                return {"passed": False, "report_uri": result.report_uri, "override_requested": True}
             if not result.passed:
                 failed = [g for g in result.gates if not g.passed and not g.skipped]
                 fmt = lambda x: f"{x:.4f}" if isinstance(x, float) else str(x)  # noqa: E731
@@ -398,7 +405,7 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
         publish = build_stage(spec, TaskIds.PUBLISH, [
             "--run", run_uri, "--snapshot", snapshot_uri, "--teacher", teacher_uri, "--student", student_uri,
             "--evaluation", prepare["evaluation_uri"], "--expected-champion", prepare["champion_version"],
-            prepare["promote_flag"],
+            prepare["promote_flag"], *(["--approval"] if approval_on else []),
         ])
 
         @task(task_id=TaskIds.NOTIFY, trigger_rule=TriggerRule.ALL_DONE, retries=1)
@@ -431,6 +438,10 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
             if results[TaskIds.PUBLISH] is None and states[TaskIds.PUBLISH] == "failed":
                 results[TaskIds.PUBLISH] = refused_publish(run_ctx.run_uri)
             summary = build_summary(run_ctx, results)
+            if approval_on:  # a declined override or an unanswered request ends the run before publish
+                from tasks.decide.approval import read, summarize
+
+                summarize(summary, read(run_ctx.run_uri))
             summary["task_states"] = states
             if notes:
                 summary["notes"] = notes
@@ -448,10 +459,18 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
         decision = decide(prepare, ingest.output, drift.output)
         decision >> finetune
         gate_task = gate(evaluate.output, prepare)
-        gate_task >> publish
+        approve = []
+        if approval_on:
+            from approval_gate import approval_task  # the HITL operator's import, only for pipelines that ask
+
+            approve = [approval_task(pipeline_spec)]
+            gate_task >> approve[0] >> publish
+        else:
+            gate_task >> publish
         summary = notify()
         [prepare, publish] >> summary
-        [prepare, ingest, drift, decision, finetune, distill, evaluate, gate_task, publish, summary] >> fail_if_any_failed()
+        [prepare, ingest, drift, decision, finetune, distill, evaluate, gate_task, *approve, publish,
+         summary] >> fail_if_any_failed()
     return dag
 
 

@@ -27,6 +27,7 @@ class Outcome:
     PUBLISHED_NOT_PROMOTED = "published, not promoted"
     BLOCKED = "blocked by gates"
     FAILED_IN_TRAINING = "failed during training or evaluation"
+    NOT_APPROVED = "not approved: no answer in time"  # approval.timeout_minutes passed; nothing published
 
     TRAINED = (PROMOTED, BLOCKED)  # the snapshot counts as trained on: one training per data change
     REDOABLE = (FAILED_BEFORE_DECISION, FAILED_IN_TRAINING)  # no verdict yet: a cleared run may run again
@@ -227,6 +228,7 @@ class PublishResult(Result):
     files: int = 0
     reason: str = ""
     model_cards: dict[str, str] = {}  # {teacher|student: URI of the version's README.md model card}
+    approval: dict[str, Any] | None = None  # a person's answer when the spec asked (tasks/decide/approval.py)
 
 
 RESULT_OF_TASK: dict[str, type[Result]] = {

@@ -156,6 +156,11 @@ def _audit(spec: PipelineSpec, event: str, record: dict[str, Any], actor: str | 
     return uri
 
 
+def append_audit(spec: PipelineSpec, event: str, record: dict[str, Any], actor: str | None = None) -> str:
+    """An audit record of a decision that moves no pointer (a version rejected at approval); create-only."""
+    return _audit(spec, event, record, actor)
+
+
 def _actor() -> str:
     return os.environ.get("RETRAIN_ACTOR") or os.environ.get("AIRFLOW_CTX_DAG_RUN_ID") or os.environ.get("USER", "unknown")
 
