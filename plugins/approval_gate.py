@@ -51,6 +51,7 @@ class CandidateApprovalOperator(HITLOperator):
     def __init__(self, *, pipeline_spec: PipelineSpec, **kwargs: Any) -> None:
         self.pipeline_spec = pipeline_spec
         approval = pipeline_spec.approval
+        kwargs.pop("params", None)  # the DAG's trigger form: not fields of this question (HITL drops them too)
         super().__init__(
             subject=f"Promote the {pipeline_spec.name} candidate?",
             options=list(approvals.OPTIONS),

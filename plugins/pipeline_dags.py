@@ -70,6 +70,12 @@ def snapshot_asset(spec: PipelineSpec) -> Asset:
     return Asset(name=f"{spec.name}_snapshots", uri=spec.layout.snapshots, group="retrain")
 
 
+def champion_asset(spec: PipelineSpec) -> Asset:
+    """Every move of the champion pointer emits an event on it (tasks/decide/champion_events.py); deploy DAGs
+    schedule on it (dags/deploy_champion.py)."""
+    return Asset(name=f"{spec.name}_champion", uri=spec.layout.champion, group="retrain")
+
+
 def run_key(kind: str, run_id: str) -> str:
     """A storage-safe, per-DAG key for a run: ``retrain``, ``manual__2026-11-23T10:00:00+00:00`` →
     ``retrain-manual__2026-11-23T10-00-00-00-00`` (ingest and retrain runs can share a run id)."""
@@ -408,6 +414,30 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
             prepare["promote_flag"], *(["--approval"] if approval_on else []),
         ])
 
+        champion = champion_asset(spec)
+
+        @task(task_id=TaskIds.ANNOUNCE_CHAMPION, outlets=[champion], retries=0)
+        def announce_champion(result: dict, outlet_events=None) -> dict:
+            """The champion moved: an Asset event with the new version (deploy DAGs schedule on it). Nothing
+            promoted: skipped, and no event."""
+            from tasks.contracts import PublishResult
+            from tasks.decide import champion_events
+
+            published = PublishResult.model_validate(result)
+            if not published.promoted:
+                raise AirflowSkipException(f"not promoted: {published.reason}")
+            apply_storage_env(pipeline_spec)
+            from tasks.decide import registry
+
+            pointer = registry.read_champion(pipeline_spec) or {}
+            if pointer.get("version") != published.version:  # moved again since (a rollback): say what publish did
+                pointer = {"version": published.version, "version_uri": published.version_uri,
+                           "previous": published.champion_before, "promoted_at": None}
+            event = f"promote-{published.approval['decision']}" if published.approval and \
+                published.approval.get("decision") in ("approved", "overridden") else "promote"
+            outlet_events[champion].extra = champion_events.extra_for(pipeline_spec, pointer, event)
+            return outlet_events[champion].extra
+
         @task(task_id=TaskIds.NOTIFY, trigger_rule=TriggerRule.ALL_DONE, retries=1)
         def notify(ti=None) -> dict:
             """The run summary: decisions, metrics, where the artifacts are; stored with the run and logged.
@@ -468,6 +498,7 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
         else:
             gate_task >> publish
         summary = notify()
+        announce_champion(publish.output)
         [prepare, publish] >> summary
         [prepare, ingest, drift, decision, finetune, distill, evaluate, gate_task, *approve, publish,
          summary] >> fail_if_any_failed()

@@ -47,6 +47,7 @@ class TaskIds:
     GATE = "gate"
     PUBLISH = "publish"
     NOTIFY = "notify"
+    ANNOUNCE_CHAMPION = "announce_champion"  # the champion moved: an Asset event (tasks/decide/champion_events.py)
     FAIL_IF_ANY_FAILED = "fail_if_any_failed"
 
     STAGES = (INGEST, DRIFT, FINETUNE, DISTILL, EVALUATE, PUBLISH)  # the tasks that run `python -m tasks ...`

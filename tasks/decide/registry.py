@@ -40,6 +40,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from tasks import cli, storage
+from tasks.decide import champion_events
 from tasks.errors import GateFailed, InfrastructureError, SpecInvalid
 from tasks.spec import PipelineSpec, load_spec
 
@@ -335,12 +336,16 @@ def cmd_verify(spec: PipelineSpec, args: argparse.Namespace) -> int:
 
 
 def cmd_promote(spec: PipelineSpec, args: argparse.Namespace) -> int:
-    _print_json(promote(spec, args.version, expected_champion=args.expected_champion, event="promote-manual"))
+    pointer = promote(spec, args.version, expected_champion=args.expected_champion, event="promote-manual")
+    _print_json(pointer)
+    champion_events.announce_from_cli(spec, pointer, "promote-manual", _actor())  # an Asset event, when configured
     return 0
 
 
 def cmd_rollback(spec: PipelineSpec, args: argparse.Namespace) -> int:
-    _print_json(rollback(spec, args.to))
+    pointer = rollback(spec, args.to)
+    _print_json(pointer)
+    champion_events.announce_from_cli(spec, pointer, "rollback", _actor())  # an Asset event, when configured
     return 0
 
 
