@@ -11,6 +11,9 @@ Three kinds, told apart by the subject so on-call knows at a glance whether the 
   the reason from the exception (a deterministic failure fails on its first try). A stage that failed with a
   deterministic error kind says which instead of "pipeline broken": ``data rejected`` (exit 3), ``spec invalid``
   (exit 4), ``not promoted`` (exit 5: publish refused the candidate); see KIND_HEADLINES.
+* ``[retrain:<pipeline>] approval needed: ...`` / ``override requested: ...``  the approve task waits for a
+  person (spec ``approval``); the first link is the Required actions page. ``approval timed out: nothing
+  promoted`` when no one answered in time (plugins/approval_gate.py).
 * ``[retrain:<pipeline>] deadline missed: ...``       the run is still going ``schedule.nightly_deadline_minutes``
   after it was queued (Airflow 3.3 ``DeadlineAlert``; the callback runs in the triggerer).
 

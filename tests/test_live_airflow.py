@@ -66,6 +66,7 @@ def tiny_spec(storage_uri: str, model_dir: Path) -> dict:
 GATED = "gated"
 GATED_DAG = f"retrain_{GATED}"
 APPROVAL_TIMEOUT_MINUTES = 0.75
+GATED_TIMEOUT = 480  # a run up to the question, or on to its end (tiny, but on shared cores)
 
 
 def gated_spec(storage_uri: str, model_dir: Path) -> dict:
@@ -306,7 +307,7 @@ def _hitl_path(run_id: str) -> str:
 
 def _wait_for_question(airflow, api, run_id: str) -> dict:
     """Until the approve task is parked in awaiting_input (after the gates), then its HITL request."""
-    deadline = time.monotonic() + RETRAIN_TIMEOUT
+    deadline = time.monotonic() + GATED_TIMEOUT
     while True:
         tasks = {t["task_id"]: t["state"] for t in api.task_instances(GATED_DAG, run_id)}
         if tasks.get("approve") == "awaiting_input":
@@ -359,7 +360,7 @@ def test_approval_waits_in_required_actions_and_approving_through_the_api_promot
     answer = api.request("PATCH", _hitl_path(run_id), json={"chosen_options": ["Approve"],
                                                             "params_input": {"reason": "numbers checked"}})
     assert answer.status == 200, answer.text
-    run = api.wait_for_run(GATED_DAG, run_id, timeout=RETRAIN_TIMEOUT)
+    run = api.wait_for_run(GATED_DAG, run_id, timeout=GATED_TIMEOUT)
     assert run["state"] == "success", explain(airflow, GATED_DAG, run_id)
     champion = _champion(bucket)
     assert champion is not None
@@ -415,7 +416,7 @@ def test_rejecting_publishes_the_version_as_rejected_and_does_not_promote(airflo
     answer = api.request("PATCH", _hitl_path(run_id), json={"chosen_options": ["Reject"],
                                                             "params_input": {"reason": "wait for more data"}})
     assert answer.status == 200, answer.text
-    run = api.wait_for_run(GATED_DAG, run_id, timeout=RETRAIN_TIMEOUT)
+    run = api.wait_for_run(GATED_DAG, run_id, timeout=GATED_TIMEOUT)
     assert run["state"] == "success", explain(airflow, GATED_DAG, run_id)
     publish = api.ok("GET", f"/api/v2/dags/{GATED_DAG}/dagRuns/{quote(run_id, safe='')}/taskInstances/publish/"
                             "xcomEntries/return_value", params={"deserialize": True})["value"]
