@@ -557,8 +557,13 @@ def build_spec_error_dag(spec_path: Path, error: str) -> DAG:
 
 
 def pipeline_dags(spec_path: Path, spec: PipelineSpec) -> dict[str, DAG]:
-    return {f"ingest_{spec.name}": build_ingest_dag(spec_path, spec),
+    dags = {f"ingest_{spec.name}": build_ingest_dag(spec_path, spec),
             f"retrain_{spec.name}": build_retrain_dag(spec_path, spec)}
+    if spec.events.webhook_conn_id:  # the signed webhook of the champion's moves, only when configured
+        from champion_webhook import build_webhook_dag
+
+        dags[f"champion_webhook_{spec.name}"] = build_webhook_dag(spec, champion_asset(spec))
+    return dags
 
 
 def declare(dag_file: str | Path) -> dict[str, DAG]:

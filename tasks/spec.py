@@ -388,6 +388,16 @@ class ApprovalSpec(_Section):
         return self.policy in ("override_failed_gate", "always_and_override")
 
 
+class EventsSpec(_Section):
+    """The champion's moves as events: Airflow Asset events always; a signed webhook when configured
+    (docs/registry.md, "Champion events")."""
+
+    webhook_conn_id: str | None = Field(
+        None, description="Airflow connection of a URL that gets each champion move as a POST signed with "
+        "HMAC-SHA256 (host: the URL, password: the secret); None = no webhook")
+    webhook_retries: int = Field(5, ge=0, description="Retries of a failed POST, exponential backoff from 10 s")
+
+
 class ScheduleSpec(_Section):
     cron: str = Field("0 2 * * *", description="Nightly retrain (CronTriggerTimetable); new snapshots also trigger")
     timezone: str = "UTC"
@@ -464,6 +474,7 @@ class PipelineSpec(_Section):
     gates: GatesSpec = Field(default_factory=GatesSpec)
     alerts: AlertsSpec = Field(default_factory=AlertsSpec)
     approval: ApprovalSpec = Field(default_factory=ApprovalSpec)
+    events: EventsSpec = Field(default_factory=EventsSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     stages: StagesSpec = Field(default_factory=StagesSpec)
 

@@ -311,3 +311,17 @@ def test_waiting_and_timed_out_alerts_carry_the_link_to_act_on():
     assert f"Answer in Required actions: {url}" in waiting.body and "min_accuracy" in waiting.body
     timed_out = retrain_alerts.approval_failure_message(retrain_alerts.collect_alert_info(context, "sst2", "http://af:8080"))
     assert "approval timed out: nothing promoted" in timed_out.subject and "no answer within 30 min" in timed_out.body
+
+
+def test_the_webhook_is_signed_so_a_receiver_can_check_it_and_drop_duplicates():
+    from tasks.decide import champion_events
+
+    extra = {"version": "v2", "idempotency_key": "sst2:v2:2026-12-06T08:00:00Z"}
+    body, headers = champion_events.webhook_request("s3cret", extra, now=1_765_000_000)
+    assert headers[champion_events.IDEMPOTENCY_HEADER] == extra["idempotency_key"]
+    timestamp, signature = headers[champion_events.TIMESTAMP_HEADER], headers[champion_events.SIGNATURE_HEADER]
+    assert timestamp == "1765000000" and signature.startswith("sha256=")
+    assert champion_events.verify_signature("s3cret", timestamp, body, signature)
+    assert not champion_events.verify_signature("other", timestamp, body, signature)
+    assert not champion_events.verify_signature("s3cret", timestamp, body.replace(b"v2", b"v3"), signature)
+    assert not champion_events.verify_signature("s3cret", "1765000001", body, signature)  # a replayed body

@@ -14,6 +14,7 @@ and the teardown fails the module if any of its processes is still alive.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -66,6 +67,7 @@ def tiny_spec(storage_uri: str, model_dir: Path) -> dict:
 GATED = "gated"
 GATED_DAG = f"retrain_{GATED}"
 APPROVAL_TIMEOUT_MINUTES = 0.75
+WEBHOOK_SECRET = "webhook-test-secret"
 GATED_TIMEOUT = 480  # a run up to the question, or on to its end (tiny, but on shared cores)
 
 
@@ -76,6 +78,7 @@ def gated_spec(storage_uri: str, model_dir: Path) -> dict:
     raw["golden"]["source_uri"] = f"{storage_uri}/reference/{GATED}/golden.tsv"
     raw["train"].update(max_train_rows=80)
     raw["approval"] = {"policy": "always", "timeout_minutes": APPROVAL_TIMEOUT_MINUTES}
+    raw["events"] = {"webhook_conn_id": "retrain_webhook", "webhook_retries": 3}
     raw["alerts"].update(email=["oncall@example.com"], smtp_conn_id="smtp_test", slack_conn_id=None,
                          from_email="airflow@example.com")
     return raw
@@ -117,7 +120,16 @@ def smtp():
 
 
 @pytest.fixture(scope="module")
-def airflow(tmp_path_factory, bucket, moto_server, tiny_model_dir, smtp):
+def hook():
+    """The approval pipeline's champion webhook receiver; down (503) for the first POST, so the webhook retries."""
+    from decision_support import WebhookReceiver
+
+    with WebhookReceiver(fail_first=1) as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory, bucket, moto_server, tiny_model_dir, smtp, hook):
     from tasks import storage
 
     tmp = tmp_path_factory.mktemp("live-airflow")
@@ -143,6 +155,8 @@ def airflow(tmp_path_factory, bucket, moto_server, tiny_model_dir, smtp):
             "AIRFLOW_CONN_AWS_DEFAULT": f"aws://testing:testing@/?endpoint_url={endpoint}&region_name=us-east-1",
             **OFFLINE_ENV, "OMP_NUM_THREADS": "2",
             "AIRFLOW_CONN_SMTP_TEST": smtp.conn_json(),
+            "AIRFLOW_CONN_RETRAIN_WEBHOOK": json.dumps({"conn_type": "http", "password": WEBHOOK_SECRET,
+                                                        "host": f"http://127.0.0.1:{hook.port}/hooks/retrain"}),
         },
     )
     try:
@@ -387,7 +401,7 @@ def _screenshot_required_actions(airflow, run_id: str, tmp_path: Path) -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1300})
+            page = browser.new_page(viewport={"width": 1400, "height": 2000})
             page.set_default_timeout(60_000)
             page.goto(f"{airflow.base_url}/auth/login")
             page.locator("input[name=username]").fill(airflow.username)
@@ -502,12 +516,13 @@ def test_champion_moves_emit_asset_events_that_start_the_deploy_dag(airflow, api
     assert out.returncode == 0 and "Asset event" in out.stderr and "sent" in out.stderr, out.stdout + out.stderr
     run = _deploy_runs_after(api, seen, timeout=120)
     assert run["state"] == "success", explain(airflow, DEPLOY_DAG, run["dag_run_id"])
-    (event,) = api.upstream_asset_events(DEPLOY_DAG, run["dag_run_id"])
+    # The promotion's event, emitted while the deploy DAG was paused, may be queued into this first run too.
+    event = _last_event(api.upstream_asset_events(DEPLOY_DAG, run["dag_run_id"]))
     assert event["extra"]["event"] == "rollback" and event["extra"]["version"] == target
     assert event["extra"]["previous"] == champion["version"] and event["extra"]["actor"] == "cli-test"
     moves = api.ok("GET", f"/api/v2/dags/{DEPLOY_DAG}/dagRuns/{quote(run['dag_run_id'], safe='')}/taskInstances/"
                           "deploy/xcomEntries/return_value", params={"deserialize": True})["value"]
-    assert [m["version"] for m in moves] == [target]
+    assert target in [m["version"] for m in moves] and all(m["pipeline"] == GATED for m in moves)
     seen.add(run["dag_run_id"])
 
     # 2. the registry page's rollback (its JSON API, as the page's button posts it), back to the approved version
@@ -518,7 +533,29 @@ def test_champion_moves_emit_asset_events_that_start_the_deploy_dag(airflow, api
     assert resp.status_code == 200 and isinstance(resp.json()["asset_event_id"], int), resp.text
     run = _deploy_runs_after(api, seen, timeout=120)
     assert run["state"] == "success", explain(airflow, DEPLOY_DAG, run["dag_run_id"])
-    (event,) = api.upstream_asset_events(DEPLOY_DAG, run["dag_run_id"])
+    event = _last_event(api.upstream_asset_events(DEPLOY_DAG, run["dag_run_id"]))
     assert event["extra"]["version"] == champion["version"] and event["extra"]["previous"] == target
     assert event["extra"]["actor"] == f"{airflow.username} (Airflow UI)"
     api.ok("PATCH", f"/api/v2/dags/{DEPLOY_DAG}", json={"is_paused": True})
+
+    # 3. the signed webhook (events.webhook_conn_id) got all three moves, the first after a retry (503 once)
+    from tasks.decide import champion_events as ce
+
+    keys = {promoted[0]["extra"]["idempotency_key"], event["extra"]["idempotency_key"]}
+    deadline = time.monotonic() + 180
+    while not keys <= {p["json"].get("idempotency_key") for p in hook.posts} or len(hook.posts) < 3:
+        assert time.monotonic() < deadline, (hook.refused, [p["json"] for p in hook.posts])
+        time.sleep(2)
+    assert hook.refused == 1  # the receiver was down once; Airflow's retry delivered the promotion
+    for post in hook.posts:
+        headers = {k.lower(): v for k, v in post["headers"].items()}
+        assert post["path"] == "/hooks/retrain"
+        assert ce.verify_signature(WEBHOOK_SECRET, headers[ce.TIMESTAMP_HEADER.lower()], post["body"],
+                                   headers[ce.SIGNATURE_HEADER.lower()])
+        assert headers[ce.IDEMPOTENCY_HEADER.lower()] == post["json"]["idempotency_key"]
+    assert [p["json"]["event"] for p in hook.posts][:1] == ["promote-approved"]
+
+
+def _last_event(events: list[dict]) -> dict:
+    assert events
+    return max(events, key=lambda e: e["timestamp"])

@@ -143,3 +143,51 @@ def announce_from_cli(spec: Any, pointer: dict[str, Any], event: str, actor: str
     print(f"champion Asset event {created.get('id')} sent for {pointer['version']} ({asset_name(spec.name)})",
           file=sys.stderr)
     return True
+
+
+# ---------------------------------------------------------------- the optional signed webhook
+
+
+SIGNATURE_HEADER = "X-Retrain-Signature"          # sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">
+TIMESTAMP_HEADER = "X-Retrain-Timestamp"          # unix seconds; a receiver rejects old ones (replays)
+IDEMPOTENCY_HEADER = "X-Retrain-Idempotency-Key"  # pipeline:version:promoted_at; drop a key seen before
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """``sha256=<hex>``: HMAC-SHA256 over ``<timestamp>.<body>`` with the shared secret (the scheme Stripe and
+    GitHub use; the timestamp in the signed text makes a replayed request detectable)."""
+    import hashlib
+    import hmac
+
+    return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def verify_signature(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
+    """What a receiver does (constant-time compare)."""
+    import hmac
+
+    return hmac.compare_digest(sign(secret, timestamp, body), signature)
+
+
+def webhook_request(secret: str, extra: dict[str, Any], now: float | None = None) -> tuple[bytes, dict[str, str]]:
+    import time
+
+    body = json.dumps(extra, sort_keys=True, separators=(",", ":")).encode()
+    timestamp = str(int(now if now is not None else time.time()))
+    return body, {"Content-Type": "application/json", TIMESTAMP_HEADER: timestamp,
+                  SIGNATURE_HEADER: sign(secret, timestamp, body),
+                  IDEMPOTENCY_HEADER: str(extra.get("idempotency_key", ""))}
+
+
+def post_webhook(url: str, secret: str, extra: dict[str, Any], timeout: float = 10) -> int:
+    """One signed POST; raises EventNotSent on a non-2xx answer or no answer (the caller retries)."""
+    body, headers = webhook_request(secret, extra)
+    req = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(req, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        raise EventNotSent(f"POST {url} -> {exc.code}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise EventNotSent(f"POST {url}: {exc}") from None
