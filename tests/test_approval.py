@@ -178,6 +178,11 @@ def test_overridden_failed_gate_is_promoted_and_marked_overridden_everywhere(env
     assert record["event"] == "promote-overridden" and record["approved_by"] == "alice"
     card = storage.read_text(result["model_cards"]["teacher"])
     assert "OVERRIDDEN" in card and "gate set stale" in card
+    import registry_ui_app  # the registry page's data: the version carries the override and who made it
+
+    view = registry_ui_app.version_view(spec, result["version"], result["version"])
+    assert view["approval"]["decision"] == "overridden" and view["approval"]["by"] == "alice"
+    assert "OVERRIDDEN by alice" in view["approval"]["headline"]
 
 
 def test_publish_with_approval_but_no_answer_on_record_promotes_nothing(env):
