@@ -169,6 +169,13 @@ def dag_doc(spec: PipelineSpec, kind: str) -> str:
             f"student retention >= {g.min_retention} (or, when the champion's student retained less, >= the "
             "champion's)",
         ]
+        if spec.approval.policy != "never":
+            lines.append(f"- approval ({spec.approval.policy}): "
+                         + "; ".join(x for x in ("a candidate that passed waits for a person's Approve/Reject"
+                                                 if spec.approval.on_pass else "",
+                                                 "a failed gate waits for an override with a reason"
+                                                 if spec.approval.on_fail else "") if x)
+                         + f" in Required actions, for {spec.approval.timeout_minutes:g} min (docs/registry.md)")
         budgets = [f"student p95 latency <= {g.max_student_latency_ms_p95} ms" if g.max_student_latency_ms_p95 else "",
                    f"student size <= {g.max_student_size_mb} MB" if g.max_student_size_mb else ""]
         if any(budgets):
@@ -558,7 +565,7 @@ def build_spec_error_dag(spec_path: Path, error: str) -> DAG:
 
 def pipeline_dags(spec_path: Path, spec: PipelineSpec) -> dict[str, DAG]:
     dags = {f"ingest_{spec.name}": build_ingest_dag(spec_path, spec),
-            f"retrain_{spec.name}": build_retrain_dag(spec_path, spec)}
+             f"retrain_{spec.name}": build_retrain_dag(spec_path, spec)}
     if spec.events.webhook_conn_id:  # the signed webhook of the champion's moves, only when configured
         from champion_webhook import build_webhook_dag
 
