@@ -482,7 +482,7 @@ def _deploy_runs_after(api, seen: set[str], timeout: float) -> dict:
 DEPLOY_DAG = f"deploy_{GATED}"
 
 
-def test_champion_moves_emit_asset_events_that_start_the_deploy_dag(airflow, api, bucket):
+def test_champion_moves_emit_asset_events_that_start_the_deploy_dag(airflow, api, bucket, hook):
     """The approved promotion above emitted an event from the DAG (announce_champion); a rollback from the CLI
     (REST API POST /api/v2/assets/events) and one from the registry page (Airflow's asset manager in the
     api-server) each start a run of the example deploy DAG, which gets version, previous and the metrics."""
