@@ -12,10 +12,12 @@ drops a key it has seen (a retried POST, or a rollback and re-promotion of the s
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from airflow.sdk import DAG, Asset, task
 
-from tasks.spec import PipelineSpec
+if TYPE_CHECKING:  # Airflow's plugins manager imports this file too, maybe before the tasks package is on sys.path
+    from tasks.spec import PipelineSpec
 
 
 def webhook_url(conn) -> str:
