@@ -133,7 +133,7 @@ class SmtpReceiver:
 
 class WebhookReceiver:
     """A local HTTP server standing in for Slack's incoming webhook (or any webhook): records each POSTed JSON
-    body, with its headers and raw bytes; answers 503 to the first ``fail_first`` POSTs (a receiver that is down)."""
+    body, with its headers and raw text; answers 503 to the first ``fail_first`` POSTs (a receiver that is down)."""
 
     def __init__(self, fail_first: int = 0) -> None:
         import threading
@@ -155,7 +155,7 @@ class WebhookReceiver:
                     self.end_headers()
                     return
                 receiver.posts.append({"path": self.path, "json": json.loads(body or b"{}"),
-                                       "headers": dict(self.headers), "body": body})
+                                       "headers": dict(self.headers), "body": body.decode("utf-8")})
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain")
                 self.end_headers()

@@ -555,7 +555,7 @@ def test_champion_moves_emit_asset_events_that_start_the_deploy_dag(airflow, api
     for post in hook.posts:
         headers = {k.lower(): v for k, v in post["headers"].items()}
         assert post["path"] == "/hooks/retrain"
-        assert ce.verify_signature(WEBHOOK_SECRET, headers[ce.TIMESTAMP_HEADER.lower()], post["body"],
+        assert ce.verify_signature(WEBHOOK_SECRET, headers[ce.TIMESTAMP_HEADER.lower()], post["body"].encode(),
                                    headers[ce.SIGNATURE_HEADER.lower()])
         assert headers[ce.IDEMPOTENCY_HEADER.lower()] == post["json"]["idempotency_key"]
     assert [p["json"]["event"] for p in hook.posts][:1] == ["promote-approved"]
