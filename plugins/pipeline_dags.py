@@ -73,6 +73,12 @@ def snapshot_asset(spec: PipelineSpec) -> Asset:
     return Asset(name=f"{spec.name}_snapshots", uri=spec.layout.snapshots, group="retrain")
 
 
+def champion_asset(spec: PipelineSpec) -> Asset:
+    """Every move of the champion pointer emits an event on it (tasks/decide/champion_events.py); deploy DAGs
+    schedule on it (dags/deploy_champion.py)."""
+    return Asset(name=f"{spec.name}_champion", uri=spec.layout.champion, group="retrain")
+
+
 def run_key(kind: str, run_id: str) -> str:
     """A storage-safe, per-DAG key for a run: ``retrain``, ``manual__2026-11-23T10:00:00+00:00`` →
     ``retrain-manual__2026-11-23T10-00-00-00-00`` (ingest and retrain runs can share a run id)."""
@@ -166,6 +172,13 @@ def dag_doc(spec: PipelineSpec, kind: str) -> str:
             f"student retention >= {g.min_retention} (or, when the champion's student retained less, >= the "
             "champion's)",
         ]
+        if spec.approval.policy != "never":
+            lines.append(f"- approval ({spec.approval.policy}): "
+                         + "; ".join(x for x in ("a candidate that passed waits for a person's Approve/Reject"
+                                                 if spec.approval.on_pass else "",
+                                                 "a failed gate waits for an override with a reason"
+                                                 if spec.approval.on_fail else "") if x)
+                         + f" in Required actions, for {spec.approval.timeout_minutes:g} min (docs/registry.md)")
         budgets = [f"student p95 latency <= {g.max_student_latency_ms_p95} ms" if g.max_student_latency_ms_p95 else "",
                    f"student size <= {g.max_student_size_mb} MB" if g.max_student_size_mb else ""]
         if any(budgets):
@@ -388,13 +401,20 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
             "--run", run_uri, "--snapshot", snapshot_uri, "--teacher", teacher_uri, "--student", student_uri,
             "--champion", champion_uri, "--golden", ingest.output["golden_uri"]])
 
+        approval_on = spec.approval.policy != "never"  # approval: a person's word between gate and publish
+
         @task(task_id=TaskIds.GATE, retries=0, on_failure_callback=retrain_alerts.gate_failure_notifiers(spec))
         def gate(evaluation: dict, run: dict) -> dict:
-            """A failed gate fails the run once (no retries) and alerts on-call with the numbers."""
+            """A failed gate fails the run once (no retries) and alerts on-call with the numbers; with
+            approval.policy override_failed_gate (or always_and_override) it waits for a person instead."""
             apply_storage_env(pipeline_spec)
-            skip_if_run_finished(RunContext.model_validate(run).run_uri, TaskIds.GATE)  # no second gate alert
+            run_ctx = RunContext.model_validate(run)
+            skip_if_run_finished(run_ctx.run_uri, TaskIds.GATE)  # no second gate alert
             result = EvaluateResult.model_validate(evaluation)
-            retrain_lineage.report(inputs=[RunContext.model_validate(run).evaluation_uri])
+            retrain_lineage.report(inputs=[run_ctx.evaluation_uri])
+            if not result.passed and approval_on and pipeline_spec.approval.on_fail and not run_ctx.dry_run:
+                print(f"gates failed ({', '.join(result.failed_gates)}): the approve task asks for an override")
+                return {"passed": False, "report_uri": result.report_uri, "override_requested": True}
             if not result.passed:
                 failed = [g for g in result.gates if not g.passed and not g.skipped]
                 fmt = lambda x: f"{x:.4f}" if isinstance(x, float) else str(x)  # noqa: E731
@@ -407,8 +427,32 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
         publish = build_stage(spec, TaskIds.PUBLISH, [
             "--run", run_uri, "--snapshot", snapshot_uri, "--teacher", teacher_uri, "--student", student_uri,
             "--evaluation", prepare["evaluation_uri"], "--expected-champion", prepare["champion_version"],
-            prepare["promote_flag"],
+            prepare["promote_flag"], *(["--approval"] if approval_on else []),
         ])
+
+        champion = champion_asset(spec)
+
+        @task(task_id=TaskIds.ANNOUNCE_CHAMPION, outlets=[champion], retries=0)
+        def announce_champion(result: dict, outlet_events=None) -> dict:
+            """The champion moved: an Asset event with the new version (deploy DAGs schedule on it). Nothing
+            promoted: skipped, and no event."""
+            from tasks.contracts import PublishResult
+            from tasks.decide import champion_events
+
+            published = PublishResult.model_validate(result)
+            if not published.promoted:
+                raise AirflowSkipException(f"not promoted: {published.reason}")
+            apply_storage_env(pipeline_spec)
+            from tasks.decide import registry
+
+            pointer = registry.read_champion(pipeline_spec) or {}
+            if pointer.get("version") != published.version:  # moved again since (a rollback): say what publish did
+                pointer = {"version": published.version, "version_uri": published.version_uri,
+                           "previous": published.champion_before, "promoted_at": None}
+            event = f"promote-{published.approval['decision']}" if published.approval and \
+                published.approval.get("decision") in ("approved", "overridden") else "promote"
+            outlet_events[champion].extra = champion_events.extra_for(pipeline_spec, pointer, event)
+            return outlet_events[champion].extra
 
         @task(task_id=TaskIds.NOTIFY, trigger_rule=TriggerRule.ALL_DONE, retries=1)
         def notify(ti=None) -> dict:
@@ -440,6 +484,10 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
             if results[TaskIds.PUBLISH] is None and states[TaskIds.PUBLISH] == "failed":
                 results[TaskIds.PUBLISH] = refused_publish(run_ctx.run_uri)
             summary = build_summary(run_ctx, results)
+            if approval_on:  # a declined override or an unanswered request ends the run before publish
+                from tasks.decide.approval import read, summarize
+
+                summarize(summary, read(run_ctx.run_uri))
             summary["task_states"] = states
             if notes:
                 summary["notes"] = notes
@@ -460,10 +508,19 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
         decision = decide(prepare, ingest.output, drift.output)
         decision >> finetune
         gate_task = gate(evaluate.output, prepare)
-        gate_task >> publish
+        approve = []
+        if approval_on:
+            from approval_gate import approval_task  # the HITL operator's import, only for pipelines that ask
+
+            approve = [approval_task(pipeline_spec)]
+            gate_task >> approve[0] >> publish
+        else:
+            gate_task >> publish
         summary = notify()
+        announce_champion(publish.output)
         [prepare, publish] >> summary
-        [prepare, ingest, drift, decision, finetune, distill, evaluate, gate_task, publish, summary] >> fail_if_any_failed()
+        [prepare, ingest, drift, decision, finetune, distill, evaluate, gate_task, *approve, publish,
+         summary] >> fail_if_any_failed()
     return dag
 
 
@@ -519,8 +576,13 @@ def build_spec_error_dag(spec_path: Path, error: str) -> DAG:
 
 
 def pipeline_dags(spec_path: Path, spec: PipelineSpec) -> dict[str, DAG]:
-    return {f"ingest_{spec.name}": build_ingest_dag(spec_path, spec),
-            f"retrain_{spec.name}": build_retrain_dag(spec_path, spec)}
+    dags = {f"ingest_{spec.name}": build_ingest_dag(spec_path, spec),
+             f"retrain_{spec.name}": build_retrain_dag(spec_path, spec)}
+    if spec.events.webhook_conn_id:  # the signed webhook of the champion's moves, only when configured
+        from champion_webhook import build_webhook_dag
+
+        dags[f"champion_webhook_{spec.name}"] = build_webhook_dag(spec, champion_asset(spec))
+    return dags
 
 
 def declare(dag_file: str | Path) -> dict[str, DAG]:

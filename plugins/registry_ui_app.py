@@ -175,6 +175,7 @@ def version_view(spec: PipelineSpec, version: str, champion: str | None) -> dict
         "passed": evaluation.get("passed"),
         "first_run": evaluation.get("first_run"),
         "failed_gates": evaluation.get("failed_gates") or [],
+        "approval": _approval(manifest.get("approval")),
         "metrics": metrics,
         "gates": gates,
         "run_key": run_key,
@@ -203,6 +204,16 @@ def night_samples(spec: PipelineSpec, run_key: str | None) -> dict[str, Any] | N
         if result.get("samples_processed"):
             stages[stage] = result["samples_processed"]
     return {"total": sum(stages.values()), "stages": stages} if stages else None
+
+
+def _approval(answer: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A person's answer on the version (approved, rejected, overridden), with a one-line headline."""
+    from tasks.decide import approval
+
+    if not answer or answer.get("decision") == approval.NOT_REQUIRED:
+        return None
+    return {"decision": answer.get("decision"), "by": approval.responder(answer), "reason": answer.get("reason"),
+            "headline": approval.headline(answer)}
 
 
 def drift_view(spec: PipelineSpec, run_key: str | None) -> dict[str, Any] | None:
@@ -287,6 +298,34 @@ def rollback(spec: PipelineSpec, body: RollbackBody, actor: str) -> dict[str, An
         return registry.rollback(spec, body.to, actor=actor)
     except registry.RegistryError as exc:
         raise UIError(409, str(exc)) from None
+
+
+def announce_champion(spec: PipelineSpec, pointer: dict[str, Any], actor: str) -> int | None:
+    """The champion Asset event of a rollback made here (deploy DAGs schedule on it): Airflow's own asset manager,
+    in the api-server's process and database session, as ``POST /api/v2/assets/events`` does it (no token, no
+    HTTP round trip). The rollback is done and audited before; a failure here is logged, never undoes it."""
+    from sqlalchemy import select
+
+    from airflow.assets.manager import asset_manager
+    from airflow.models.asset import AssetModel
+    from airflow.utils.session import create_session
+    from tasks.decide import champion_events
+
+    name = champion_events.asset_name(spec.name)
+    try:
+        with create_session() as session:
+            model = session.scalar(select(AssetModel).where(AssetModel.name == name).order_by(AssetModel.id.desc())
+                                   .limit(1))
+            if model is None:
+                log.warning("registry ui: no Asset %s in Airflow (retrain DAG not parsed?); no event sent", name)
+                return None
+            event = asset_manager.register_asset_change(
+                asset=model, extra=champion_events.extra_for(spec, pointer, "rollback", actor), source_is_api=True,
+                session=session)
+            return event.id if event is not None else None
+    except Exception:  # the pointer moved and is audited; the event is best effort, and said so in the log
+        log.exception("registry ui: the champion Asset event of %s's rollback was not sent", spec.name)
+        return None
 
 
 # ---------------------------------------------------------------- the app
@@ -396,7 +435,8 @@ def create_app():
             raise UIError(403, f"rolling back {pipeline} needs the permission to trigger {dag_id(pipeline)}")
         pointer = rollback(spec, body, actor=f"{user.get_name()} (Airflow UI)")
         log.warning("registry ui: %s rolled %s back to %s", user.get_name(), pipeline, pointer["version"])
-        return {"champion": pointer}
+        event_id = announce_champion(spec, pointer, actor=f"{user.get_name()} (Airflow UI)")
+        return {"champion": pointer, "asset_event_id": event_id}
 
     return app
 

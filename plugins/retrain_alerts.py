@@ -11,6 +11,9 @@ Three kinds, told apart by the subject so on-call knows at a glance whether the 
   the reason from the exception (a deterministic failure fails on its first try). A stage that failed with a
   deterministic error kind says which instead of "pipeline broken": ``data rejected`` (exit 3), ``spec invalid``
   (exit 4), ``not promoted`` (exit 5: publish refused the candidate); see KIND_HEADLINES.
+* ``[retrain:<pipeline>] approval needed: ...`` / ``override requested: ...``  the approve task waits for a
+  person (spec ``approval``); the first link is the Required actions page. ``approval timed out: nothing
+  promoted`` when no one answered in time (plugins/approval_gate.py).
 * ``[retrain:<pipeline>] deadline missed: ...``       the run is still going ``schedule.nightly_deadline_minutes``
   after it was queued (Airflow 3.3 ``DeadlineAlert``; the callback runs in the triggerer).
 
@@ -294,6 +297,54 @@ def gate_failure_message(info: AlertInfo) -> Message:
     return Message(subject, "\n".join(lines), _links(info))
 
 
+def required_actions_url(context: dict[str, Any]) -> str | None:
+    """The "Required actions" page of the waiting approve task (plugins/approval_gate.py sets it)."""
+    task = context.get("task")
+    url = getattr(task, "required_actions_url", None)
+    if url:
+        return url
+    ti = context.get("ti") or context.get("task_instance")
+    return ti.xcom_pull(task_ids=ti.task_id, key="required_actions_url") if ti is not None else None
+
+
+def approval_waiting_message(info: AlertInfo, url: str | None, timeout_minutes: float) -> Message:
+    """The approve task is waiting for a person: what for, and the link to answer it."""
+    evaluation = info.evaluation
+    passed = bool(evaluation and evaluation.passed)
+    if passed:
+        subject = f"[retrain:{info.pipeline}] approval needed: the candidate passed its gates (run {info.run_id})"
+        verdict = "Verdict: the gates PASSED; the candidate waits for a person to Approve (promote) or Reject."
+    else:
+        names = ", ".join(evaluation.failed_gates) if evaluation else "see report"
+        subject = f"[retrain:{info.pipeline}] override requested: gate failed: {names} (run {info.run_id})"
+        verdict = ("Verdict: the gates FAILED; a person may override them (Approve, with a reason) or Reject "
+                   "(the failure stands).")
+    lines = [f"Pipeline: {info.pipeline}", f"Run: {info.dag_id} / {info.run_id}", verdict,
+             f"No answer within {timeout_minutes:g} min: nothing is promoted and you get another alert.", ""]
+    if evaluation and evaluation.gates:
+        lines += ["Gates:", *gate_table(evaluation.gates), ""]
+    lines += [*drift_lines(info.drift), "", _champion_line(info)]
+    links = ([("Answer in Required actions", url)] if url else []) + _links(info)
+    return Message(subject, "\n".join(lines), links)
+
+
+def approval_failure_message(info: AlertInfo) -> Message:
+    """The approve task failed: no answer in time, a failed gate that stands, or a broken task."""
+    exception = info.exception or ""
+    if exception.startswith("ApprovalTimedOut"):
+        subject = f"[retrain:{info.pipeline}] approval timed out: nothing promoted (run {info.run_id})"
+        lines = [f"Pipeline: {info.pipeline}", f"Run: {info.dag_id} / {info.run_id}",
+                 "Verdict: no one answered the approval request in time; the candidate is neither published nor "
+                 "promoted. Trigger the run again (force retrain) to ask again.", "", exception, "",
+                 _champion_line(info)]
+        return Message(subject, "\n".join(lines), _links(info))
+    if exception.startswith("GateFailureStands"):
+        message = gate_failure_message(info)
+        message.text += "\n\n" + exception
+        return message
+    return infra_failure_message(info)
+
+
 def labels_stopped_message(info: AlertInfo) -> Message:
     """decide stopped the run on the label-quality check: a data verdict, not a broken pipeline."""
     decision = info.decision
@@ -411,6 +462,10 @@ class _RetrainNotifier(BaseNotifier):
         info = collect_alert_info(context, self.pipeline, self.base_url)
         if self.kind == "gate":
             return gate_failure_message(info)
+        if self.kind == "approval_waiting":
+            return approval_waiting_message(info, required_actions_url(context), self.deadline_minutes)
+        if self.kind == "approval":
+            return approval_failure_message(info)
         if info.decision is not None and info.decision.stopped and info.task_id == TaskIds.DECIDE:
             return labels_stopped_message(info)
         return infra_failure_message(info)
@@ -493,6 +548,24 @@ def _notifiers(spec: Any, kind: str) -> list:
 def gate_failure_notifiers(spec: Any) -> list:
     """For the gate task's on_failure_callback: subject ``[retrain:<pipeline>] gate failed: ...``."""
     return _notifiers(spec, "gate")
+
+
+def approval_waiting_notifiers(spec: Any) -> list:
+    """For the approve task's HITL ``notifiers`` (sent when it starts waiting): subject ``approval needed`` or
+    ``override requested``, with the Required actions link."""
+    alerts = spec.alerts
+    if not alerts.active:
+        return []
+    return _channels(pipeline=spec.name, email=list(alerts.email), smtp_conn_id=alerts.smtp_conn_id,
+                     from_email=alerts.from_email, slack_conn_id=alerts.slack_conn_id,
+                     base_url=alerts.airflow_base_url, kind="approval_waiting",
+                     deadline_minutes=spec.approval.timeout_minutes, enabled=alerts.enabled)
+
+
+def approval_failure_notifiers(spec: Any) -> list:
+    """For the approve task's on_failure_callback: ``approval timed out``, a gate failure that stands, or
+    ``pipeline broken``."""
+    return _notifiers(spec, "approval")
 
 
 def infra_failure_notifiers(spec: Any) -> list:

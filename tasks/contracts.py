@@ -15,6 +15,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+# A registry version's manifest, at <version_uri>/manifest.json (tasks/decide/registry.py writes it; the
+# training and serving code reads it without importing the registry, which sits above them).
+VERSION_MANIFEST = "manifest.json"
+
 
 class Outcome:
     """A retrain run's verdict, as its summary says it (tasks.decide.summary); the DAG and the stage operators
@@ -27,6 +31,7 @@ class Outcome:
     PUBLISHED_NOT_PROMOTED = "published, not promoted"
     BLOCKED = "blocked by gates"
     FAILED_IN_TRAINING = "failed during training or evaluation"
+    NOT_APPROVED = "not approved: no answer in time"  # approval.timeout_minutes passed; nothing published
 
     TRAINED = (PROMOTED, BLOCKED)  # the snapshot counts as trained on: one training per data change
     REDOABLE = (FAILED_BEFORE_DECISION, FAILED_IN_TRAINING)  # no verdict yet: a cleared run may run again
@@ -46,6 +51,7 @@ class TaskIds:
     GATE = "gate"
     PUBLISH = "publish"
     NOTIFY = "notify"
+    ANNOUNCE_CHAMPION = "announce_champion"  # the champion moved: an Asset event (tasks/decide/champion_events.py)
     FAIL_IF_ANY_FAILED = "fail_if_any_failed"
 
     STAGES = (INGEST, DRIFT, FINETUNE, DISTILL, EVALUATE, PUBLISH)  # the tasks that run `python -m tasks ...`
@@ -244,6 +250,7 @@ class PublishResult(Result):
     files: int = 0
     reason: str = ""
     model_cards: dict[str, str] = {}  # {teacher|student: URI of the version's README.md model card}
+    approval: dict[str, Any] | None = None  # a person's answer when the spec asked (tasks/decide/approval.py)
 
 
 RESULT_OF_TASK: dict[str, type[Result]] = {

@@ -416,6 +416,37 @@ def alerts_enabled(configured: bool) -> bool:
     raise SpecError(f"{ALERTS_ENABLED_ENV} must be one of {'/'.join(_TRUE + _FALSE)}, got {raw!r}")
 
 
+class ApprovalSpec(_Section):
+    """A person's word before the champion moves (Airflow's human-in-the-loop operators; docs/registry.md)."""
+
+    policy: Literal["never", "always", "override_failed_gate", "always_and_override"] = Field(
+        "never", description="never: promote when the gates pass (no one is asked); always: a candidate that passed "
+        "waits in Airflow's Required actions for Approve/Reject; override_failed_gate: a failed gate waits for a "
+        "person to Override (with a reason) or Reject; always_and_override: both")
+    timeout_minutes: float = Field(
+        1440, gt=0, description="No answer within this long: nothing is promoted and on-call is alerted")
+    approvers: list[str] = Field(
+        default_factory=list, description="Airflow user ids who may answer; empty = anyone who may edit the DAG's runs")
+
+    @property
+    def on_pass(self) -> bool:
+        return self.policy in ("always", "always_and_override")
+
+    @property
+    def on_fail(self) -> bool:
+        return self.policy in ("override_failed_gate", "always_and_override")
+
+
+class EventsSpec(_Section):
+    """The champion's moves as events: Airflow Asset events always; a signed webhook when configured
+    (docs/registry.md, "Champion events")."""
+
+    webhook_conn_id: str | None = Field(
+        None, description="Airflow connection of a URL that gets each champion move as a POST signed with "
+        "HMAC-SHA256 (host: the URL, password: the secret); None = no webhook")
+    webhook_retries: int = Field(5, ge=0, description="Retries of a failed POST, exponential backoff from 10 s")
+
+
 class ScheduleSpec(_Section):
     cron: str = Field("0 2 * * *", description="Nightly retrain (CronTriggerTimetable); new snapshots also trigger")
     timezone: str = "UTC"
@@ -492,6 +523,8 @@ class PipelineSpec(_Section):
     decide: DecideSpec = Field(default_factory=DecideSpec)
     gates: GatesSpec = Field(default_factory=GatesSpec)
     alerts: AlertsSpec = Field(default_factory=AlertsSpec)
+    approval: ApprovalSpec = Field(default_factory=ApprovalSpec)
+    events: EventsSpec = Field(default_factory=EventsSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     stages: StagesSpec = Field(default_factory=StagesSpec)
 

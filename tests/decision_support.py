@@ -132,13 +132,15 @@ class SmtpReceiver:
 
 
 class WebhookReceiver:
-    """A local HTTP server standing in for Slack's incoming webhook: records each POSTed JSON body."""
+    """A local HTTP server standing in for Slack's incoming webhook (or any webhook): records each POSTed JSON
+    body, with its headers and raw text; answers 503 to the first ``fail_first`` POSTs (a receiver that is down)."""
 
-    def __init__(self) -> None:
+    def __init__(self, fail_first: int = 0) -> None:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.posts: list[dict[str, Any]] = []
+        self.refused = 0
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -147,7 +149,13 @@ class WebhookReceiver:
 
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
-                receiver.posts.append({"path": self.path, "json": json.loads(body or b"{}")})
+                if receiver.refused < fail_first:
+                    receiver.refused += 1
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                receiver.posts.append({"path": self.path, "json": json.loads(body or b"{}"),
+                                       "headers": dict(self.headers), "body": body.decode("utf-8")})
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain")
                 self.end_headers()

@@ -17,6 +17,8 @@ NO_RETRY = {
     "gate": "a failed gate is a verdict, not a flake",
     "fail_if_any_failed": "only marks the run failed",
     "announce_snapshot": "emitting the Asset event twice would trigger two retrains",
+    "announce_champion": "emitting the Asset event twice would trigger two deploys",
+    "approve": "a retry would ask the person again",
 }
 
 

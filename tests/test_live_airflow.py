@@ -14,6 +14,7 @@ and the teardown fails the module if any of its processes is still alive.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -63,6 +64,27 @@ def tiny_spec(storage_uri: str, model_dir: Path) -> dict:
     return raw
 
 
+GATED = "gated"
+GATED_DAG = f"retrain_{GATED}"
+APPROVAL_TIMEOUT_MINUTES = 0.75
+ANSWER_AFTER_S = 12
+WEBHOOK_SECRET = "webhook-test-secret"
+GATED_TIMEOUT = 480  # a run up to the question, or on to its end (tiny, but on shared cores)
+
+
+def gated_spec(storage_uri: str, model_dir: Path) -> dict:
+    """The tiny pipeline with ``approval.policy: always``, alerts by e-mail to the test's SMTP server."""
+    raw = tiny_spec(storage_uri, model_dir)
+    raw["name"] = GATED
+    raw["golden"]["source_uri"] = f"{storage_uri}/reference/{GATED}/golden.tsv"
+    raw["train"].update(max_train_rows=80)
+    raw["approval"] = {"policy": "always", "timeout_minutes": APPROVAL_TIMEOUT_MINUTES}
+    raw["events"] = {"webhook_conn_id": "retrain_webhook", "webhook_retries": 3}
+    raw["alerts"].update(email=["oncall@example.com"], smtp_conn_id="smtp_test", slack_conn_id=None,
+                         from_email="airflow@example.com")
+    return raw
+
+
 def past_daily_slot(hours_ago: int = 1) -> str:
     from datetime import datetime, timedelta, timezone
 
@@ -90,7 +112,25 @@ def bucket(moto_server):
 
 
 @pytest.fixture(scope="module")
-def airflow(tmp_path_factory, bucket, moto_server, tiny_model_dir):
+def smtp():
+    """A real SMTP server on 127.0.0.1 for the approval pipeline's alerts (the tiny pipeline sends none)."""
+    from decision_support import SmtpReceiver
+
+    with SmtpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def hook():
+    """The approval pipeline's champion webhook receiver; down (503) for the first POST, so the webhook retries."""
+    from decision_support import WebhookReceiver
+
+    with WebhookReceiver(fail_first=1) as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory, bucket, moto_server, tiny_model_dir, smtp, hook):
     from tasks import storage
 
     tmp = tmp_path_factory.mktemp("live-airflow")
@@ -101,6 +141,9 @@ def airflow(tmp_path_factory, bucket, moto_server, tiny_model_dir):
     # file's import error, and nothing else's.
     (pipelines / "sst2.yaml").write_text(BROKEN_SPEC)
     storage.write_text(f"{bucket}/reference/{PIPELINE}/golden.tsv", tsv(read_sst2("dev", limit=80)))
+    # The approval pipeline (tests at the end of the module): the same tiny model, a person's word before promotion.
+    (pipelines / f"{GATED}.yaml").write_text(yaml.safe_dump(gated_spec(bucket, tiny_model_dir)))
+    storage.write_text(f"{bucket}/reference/{GATED}/golden.tsv", tsv(read_sst2("dev", limit=40)))
 
     endpoint = quote(moto_server.endpoint, safe="")
     af = LiveAirflow(
@@ -112,6 +155,9 @@ def airflow(tmp_path_factory, bucket, moto_server, tiny_model_dir):
             # The one way the stages get S3 credentials and endpoint: the Airflow connection (compose does same).
             "AIRFLOW_CONN_AWS_DEFAULT": f"aws://testing:testing@/?endpoint_url={endpoint}&region_name=us-east-1",
             **OFFLINE_ENV, "OMP_NUM_THREADS": "2",
+            "AIRFLOW_CONN_SMTP_TEST": smtp.conn_json(),
+            "AIRFLOW_CONN_RETRAIN_WEBHOOK": json.dumps({"conn_type": "http", "password": WEBHOOK_SECRET,
+                                                        "host": f"http://127.0.0.1:{hook.port}/hooks/retrain"}),
         },
     )
     try:
@@ -265,3 +311,256 @@ def test_a_typo_in_the_conf_fails_the_run_before_any_work(airflow, api):
     assert tasks["ingest"]["state"] == "upstream_failed"
     log = airflow.task_logs(RETRAIN_DAG, run["dag_run_id"], chars=20000)
     assert "unknown trigger conf key: 'min_acuracy' (did you mean 'min_accuracy'?)" in log, log[-3000:]
+
+
+# ---------------------------------------------------------------- approval: a person's word in Required actions
+
+
+def _hitl_path(run_id: str) -> str:
+    return f"/api/v2/dags/{GATED_DAG}/dagRuns/{quote(run_id, safe='')}/taskInstances/approve/-1/hitlDetails"
+
+
+def _wait_for_question(airflow, api, run_id: str) -> dict:
+    """Until the approve task is parked in awaiting_input (after the gates), then its HITL request."""
+    deadline = time.monotonic() + GATED_TIMEOUT
+    while True:
+        tasks = {t["task_id"]: t["state"] for t in api.task_instances(GATED_DAG, run_id)}
+        if tasks.get("approve") == "awaiting_input":
+            # Answer as a person would, not within the scheduler's next beat: Airflow 3.3 fails a HITL task whose
+            # answer resumes it before the scheduler has processed the worker's exit from parking it
+            # (docs/known-issues.md, "An approval answered within seconds").
+            time.sleep(ANSWER_AFTER_S)
+            return api.ok("GET", _hitl_path(run_id))
+        run = api.dag_run(GATED_DAG, run_id)
+        assert run["state"] not in ("success", "failed") and time.monotonic() < deadline, (
+            f"no approval request: run {run['state']}, tasks {tasks}" + explain(airflow, GATED_DAG, run_id))
+        time.sleep(2)
+
+
+def _start_gated_run(api, bucket, conf: dict | None = None) -> str:
+    from tasks import storage
+
+    if not storage.exists(f"{bucket}/landing/{GATED}/batch-1.tsv"):
+        storage.write_text(f"{bucket}/landing/{GATED}/batch-1.tsv", tsv(read_sst2("train", limit=120)))
+        api.wait_for_dag(GATED_DAG, timeout=PARSE_TIMEOUT, expected_errors=("pipeline_sst2.py",))
+        api.unpause(GATED_DAG)
+    resp = api.trigger(GATED_DAG, conf or {"force_retrain": True})
+    assert resp.status == 200, resp.text
+    return resp.body["dag_run_id"]
+
+
+def _champion(bucket) -> dict | None:
+    from tasks import storage
+
+    uri = f"{bucket}/models/{GATED}/champion.json"
+    return storage.read_json(uri) if storage.exists(uri) else None
+
+
+def test_approval_waits_in_required_actions_and_approving_through_the_api_promotes(airflow, api, bucket, smtp,
+                                                                                  tmp_path):
+    """policy always: the run stops after the gates with our gate report in the request; a person's Approve
+    (PATCH .../hitlDetails, as the Required actions page sends it) publishes and promotes, and the audit trail
+    names them. On-call got the request's link by e-mail while it waited."""
+    from tasks import storage
+
+    run_id = _start_gated_run(api, bucket)
+    detail = _wait_for_question(airflow, api, run_id)
+    assert detail["options"] == ["Approve", "Reject"] and detail["response_received"] is False
+    body = detail["body"]
+    assert "passed its gates" in body and "| gate | verdict | value | threshold |" in body, body
+    assert "golden accuracy [95% CI]" in body and "**Drift:**" in body
+    assert f"/retrain-registry/pipelines/{GATED}" in body
+    assert _champion(bucket) is None  # nothing moved while waiting
+    waiting = [m for m in smtp.messages if "approval needed" in m["subject"] and run_id in m["subject"]]
+    assert waiting and "required_actions" in waiting[0]["body"], [m["subject"] for m in smtp.messages]
+
+    _screenshot_required_actions(airflow, run_id, tmp_path)
+
+    answer = api.request("PATCH", _hitl_path(run_id), json={"chosen_options": ["Approve"],
+                                                            "params_input": {"reason": "numbers checked"}})
+    assert answer.status == 200, answer.text
+    run = api.wait_for_run(GATED_DAG, run_id, timeout=GATED_TIMEOUT)
+    assert run["state"] == "success", explain(airflow, GATED_DAG, run_id)
+    champion = _champion(bucket)
+    assert champion is not None
+    manifest = storage.read_json(champion["version_uri"] + "/manifest.json")
+    assert manifest["approval"]["decision"] == "approved" and manifest["approval"]["reason"] == "numbers checked"
+    audit = [storage.read_json(o.uri) for o in storage.list_objects(f"{bucket}/models/{GATED}/audit/")]
+    (record,) = [a for a in audit if a["version"] == champion["version"]]
+    assert record["event"] == "promote-approved" and record["approved_by"] == airflow.username, record
+    assert record["approval"]["responded_by"]["name"] == airflow.username
+
+
+def _screenshot_required_actions(airflow, run_id: str, tmp_path: Path) -> None:
+    """The Required actions page of the waiting run in Chromium, with our body in it (docs/img/ when
+    UPDATE_DOCS_SCREENSHOT=1). Skipped where Debian's chromium is missing (CI installs it)."""
+    import os
+    import shutil
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        assert not os.environ.get("CI"), "CI installs chromium (scripts/ci_system_deps.sh)"
+        return
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2000})
+            page.set_default_timeout(60_000)
+            page.goto(f"{airflow.base_url}/auth/login")
+            page.locator("input[name=username]").fill(airflow.username)
+            page.locator("input[name=password]").fill(airflow.password)
+            page.locator("button[type=submit]").click()
+            page.wait_for_url(lambda url: "/auth/login" not in url)
+            page.goto(f"{airflow.base_url}/dags/{GATED_DAG}/runs/{quote(run_id, safe='')}/tasks/approve/"
+                      "required_actions")
+            page.get_by_text("passed its gates", exact=False).first.wait_for()
+            page.get_by_text("non_inferiority_teacher", exact=False).first.wait_for()
+            shot = tmp_path / "approval-required-actions.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 20_000
+            if os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1":
+                shutil.copy(shot, ROOT / "docs" / "img" / "approval-required-actions.png")
+        finally:
+            browser.close()
+
+
+def test_rejecting_publishes_the_version_as_rejected_and_does_not_promote(airflow, api, bucket):
+    from tasks import storage
+
+    before = _champion(bucket)
+    run_id = _start_gated_run(api, bucket)
+    _wait_for_question(airflow, api, run_id)
+    answer = api.request("PATCH", _hitl_path(run_id), json={"chosen_options": ["Reject"],
+                                                            "params_input": {"reason": "wait for more data"}})
+    assert answer.status == 200, answer.text
+    run = api.wait_for_run(GATED_DAG, run_id, timeout=GATED_TIMEOUT)
+    assert run["state"] == "success", explain(airflow, GATED_DAG, run_id)
+    publish = api.ok("GET", f"/api/v2/dags/{GATED_DAG}/dagRuns/{quote(run_id, safe='')}/taskInstances/publish/"
+                            "xcomEntries/return_value", params={"deserialize": True})["value"]
+    assert publish["promoted"] is False and "rejected by" in publish["reason"], publish
+    assert _champion(bucket) == before
+    manifest = storage.read_json(publish["version_uri"] + "/manifest.json")
+    assert manifest["approval"]["decision"] == "rejected"
+
+
+def test_an_unanswered_request_times_out_promotes_nothing_and_alerts(airflow, api, bucket, smtp):
+    from tasks import storage
+
+    before = _champion(bucket)
+    versions_before = {o.uri for o in storage.list_objects(f"{bucket}/models/{GATED}/") if o.uri.endswith("manifest.json")}
+    run_id = _start_gated_run(api, bucket)
+    _wait_for_question(airflow, api, run_id)
+    run = api.wait_for_run(GATED_DAG, run_id, timeout=APPROVAL_TIMEOUT_MINUTES * 60 + 120)
+    assert run["state"] == "failed", explain(airflow, GATED_DAG, run_id)
+    tasks = {t["task_id"]: t["state"] for t in api.task_instances(GATED_DAG, run_id)}
+    assert tasks["approve"] == "failed" and tasks["publish"] == "upstream_failed", tasks
+    assert _champion(bucket) == before
+    versions_after = {o.uri for o in storage.list_objects(f"{bucket}/models/{GATED}/") if o.uri.endswith("manifest.json")}
+    assert versions_after == versions_before
+    deadline = time.monotonic() + 60
+    while not (timed_out := [m for m in smtp.messages if "approval timed out" in m["subject"]]):
+        assert time.monotonic() < deadline, [m["subject"] for m in smtp.messages]
+        time.sleep(1)
+    assert run_id in timed_out[0]["subject"] and "nothing is published or promoted" in timed_out[0]["body"]
+    summary = storage.read_json(api.ok("GET", f"/api/v2/dags/{GATED_DAG}/dagRuns/{quote(run_id, safe='')}/"
+                                              "taskInstances/prepare_run/xcomEntries/return_value",
+                                       params={"deserialize": True})["value"]["run_uri"] + "/summary.json")
+    assert summary["outcome"] == "not approved: no answer in time" and summary["approval"]["decision"] == "timed_out"
+
+
+# ---------------------------------------------------------------- champion moves as Asset events
+
+
+def _deploy_runs_after(api, seen: set[str], timeout: float) -> dict:
+    run = api.wait_for_new_run(DEPLOY_DAG, timeout=timeout, exclude=seen)
+    assert run["run_type"] == "asset_triggered", run
+    return api.wait_for_run(DEPLOY_DAG, run["dag_run_id"], timeout=timeout)
+
+
+DEPLOY_DAG = f"deploy_{GATED}"
+
+
+def test_champion_moves_emit_asset_events_that_start_the_deploy_dag(airflow, api, bucket, hook):
+    """The approved promotion above emitted an event from the DAG (announce_champion); a rollback from the CLI
+    (REST API POST /api/v2/assets/events) and one from the registry page (Airflow's asset manager in the
+    api-server) each start a run of the example deploy DAG, which gets version, previous and the metrics."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tasks import storage
+
+    champion = _champion(bucket)
+    assets = api.ok("GET", "/api/v2/assets", params={"name_pattern": f"{GATED}_champion"})["assets"]
+    (asset,) = [a for a in assets if a["name"] == f"{GATED}_champion"]
+    events = api.ok("GET", "/api/v2/assets/events", params={"asset_id": asset["id"]})["asset_events"]
+    promoted = [e for e in events if e["source_dag_id"] == GATED_DAG]
+    assert [e["extra"]["version"] for e in promoted] == [champion["version"]], events
+    assert promoted[0]["extra"]["event"] == "promote-approved" and promoted[0]["extra"]["previous"] is None
+    assert promoted[0]["extra"]["metrics"]["student"]["golden_accuracy"] is not None
+    assert promoted[0]["extra"]["approval"]["decision"] == "approved"
+
+    api.wait_for_dag(DEPLOY_DAG, timeout=PARSE_TIMEOUT, expected_errors=("pipeline_sst2.py",))
+    assert api.get_dag(DEPLOY_DAG).body["is_paused"] is True  # off until someone opts in
+    api.unpause(DEPLOY_DAG)
+    seen = {r["dag_run_id"] for r in api.dag_runs(DEPLOY_DAG)}
+
+    # 1. the CLI: roll back to the version published as rejected (any verified version may be pointed to)
+    versions = sorted(o.uri.rsplit("/", 2)[-2] for o in storage.list_objects(f"{bucket}/models/{GATED}/")
+                      if o.uri.endswith("/manifest.json"))
+    target = next(v for v in versions if v != champion["version"])
+    spec_uri = champion["version_uri"] + "/reports/spec.json"
+    env = {**os.environ, "RETRAIN_AIRFLOW_API_URL": airflow.base_url, "RETRAIN_AIRFLOW_USERNAME": airflow.username,
+           "RETRAIN_AIRFLOW_PASSWORD": airflow.password, "RETRAIN_ACTOR": "cli-test"}
+    out = subprocess.run([sys.executable, "-m", "tasks", "registry", "--spec", spec_uri, "rollback", "--to", target],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "Asset event" in out.stderr and "sent" in out.stderr, out.stdout + out.stderr
+    run = _deploy_runs_after(api, seen, timeout=120)
+    assert run["state"] == "success", explain(airflow, DEPLOY_DAG, run["dag_run_id"])
+    # The promotion's event, emitted while the deploy DAG was paused, may be queued into this first run too.
+    event = _last_event(api.upstream_asset_events(DEPLOY_DAG, run["dag_run_id"]))
+    assert event["extra"]["event"] == "rollback" and event["extra"]["version"] == target
+    assert event["extra"]["previous"] == champion["version"] and event["extra"]["actor"] == "cli-test"
+    moves = api.ok("GET", f"/api/v2/dags/{DEPLOY_DAG}/dagRuns/{quote(run['dag_run_id'], safe='')}/taskInstances/"
+                          "deploy/xcomEntries/return_value", params={"deserialize": True})["value"]
+    assert target in [m["version"] for m in moves] and all(m["pipeline"] == GATED for m in moves)
+    seen.add(run["dag_run_id"])
+
+    # 2. the registry page's rollback (its JSON API, as the page's button posts it), back to the approved version
+    with httpx.Client(base_url=airflow.base_url, timeout=60, trust_env=False,
+                      headers={"Authorization": f"Bearer {airflow.token()}"}) as http:
+        resp = http.post(f"/retrain-registry/api/pipelines/{GATED}/rollback",
+                         json={"to": champion["version"], "expected_champion": target})
+    assert resp.status_code == 200 and isinstance(resp.json()["asset_event_id"], int), resp.text
+    run = _deploy_runs_after(api, seen, timeout=120)
+    assert run["state"] == "success", explain(airflow, DEPLOY_DAG, run["dag_run_id"])
+    event = _last_event(api.upstream_asset_events(DEPLOY_DAG, run["dag_run_id"]))
+    assert event["extra"]["version"] == champion["version"] and event["extra"]["previous"] == target
+    assert event["extra"]["actor"] == f"{airflow.username} (Airflow UI)"
+    api.ok("PATCH", f"/api/v2/dags/{DEPLOY_DAG}", json={"is_paused": True})
+
+    # 3. the signed webhook (events.webhook_conn_id) got all three moves, the first after a retry (503 once)
+    from tasks.decide import champion_events as ce
+
+    keys = {promoted[0]["extra"]["idempotency_key"], event["extra"]["idempotency_key"]}
+    deadline = time.monotonic() + 180
+    while not keys <= {p["json"].get("idempotency_key") for p in hook.posts} or len(hook.posts) < 3:
+        assert time.monotonic() < deadline, (hook.refused, [p["json"] for p in hook.posts])
+        time.sleep(2)
+    assert hook.refused == 1  # the receiver was down once; Airflow's retry delivered the promotion
+    for post in hook.posts:
+        headers = {k.lower(): v for k, v in post["headers"].items()}
+        assert post["path"] == "/hooks/retrain"
+        assert ce.verify_signature(WEBHOOK_SECRET, headers[ce.TIMESTAMP_HEADER.lower()], post["body"].encode(),
+                                   headers[ce.SIGNATURE_HEADER.lower()])
+        assert headers[ce.IDEMPOTENCY_HEADER.lower()] == post["json"]["idempotency_key"]
+    assert [p["json"]["event"] for p in hook.posts][:1] == ["promote-approved"]
+
+
+def _last_event(events: list[dict]) -> dict:
+    assert events
+    return max(events, key=lambda e: e["timestamp"])

@@ -38,6 +38,7 @@ class CardInputs:
     base_card: dict[str, Any] | None = None  # front matter of the base model's card, when it has one
     # {teacher|student: the training stage's result: training (full or incremental, and why), samples}
     training: dict[str, Any] | None = None
+    approval: dict[str, Any] | None = None  # a person's answer, when the spec asked for one (tasks/decide/approval.py)
 
 
 def base_card_metadata(base: str) -> dict[str, Any] | None:
@@ -133,6 +134,25 @@ def training_lines(stage: dict[str, Any] | None) -> list[str]:
     return out
 
 
+def approval_lines(approval: dict[str, Any] | None) -> list[str]:
+    """The "Approval" section: who answered, what, why, when; an override is said in bold."""
+    from tasks.decide import approval as approvals
+
+    if not approval or approval.get("decision") == approvals.NOT_REQUIRED:
+        return []
+    decision = approval.get("decision")
+    lines = ["## Approval", ""]
+    if decision == approvals.OVERRIDDEN:
+        lines += ["**Failed gates OVERRIDDEN by a person**: this version did not pass its gates and was promoted on "
+                  "a person's decision.", ""]
+    lines += ["| | |", "|---|---|", f"| decision | {decision} |",
+              f"| policy | {approval.get('policy', '-')} |",
+              f"| answered by | {approvals.responder(approval) or '-'} |",
+              f"| reason | {str(approval.get('reason') or '-').replace('|', '/')} |",
+              f"| answered at | {approval.get('responded_at') or '-'} |", ""]
+    return lines
+
+
 def render(inputs: CardInputs, role: str) -> str:
     """The README.md of ``<version>/<role>/`` (role: teacher or student)."""
     spec, snap, ev = inputs.spec, inputs.snapshot, inputs.evaluation
@@ -192,6 +212,7 @@ def render(inputs: CardInputs, role: str) -> str:
         lines.append(f"| {gate.get('name')} | {passed} | {_fmt(gate.get('value'))} | {_fmt(gate.get('threshold'))} "
                      f"| {note} |")
     lines.append("")
+    lines += approval_lines(inputs.approval)
 
     start = spec.train.init_from if role == "teacher" else spec.student.init_from
     base = inputs.base_card or {}

@@ -37,7 +37,7 @@ from typing import Any
 from tasks import __version__, cli, results, storage
 from tasks.contracts import EvaluateResult, PublishResult
 from tasks.data import snapshots
-from tasks.decide import CandidateArgs, model_card, registry, serving
+from tasks.decide import CandidateArgs, approval as approvals, model_card, registry, serving
 from tasks.spec import PipelineSpec, dump, load_spec
 
 
@@ -48,6 +48,8 @@ class PublishArgs(CandidateArgs):
                                                             "gated against, or none"})
     promote: bool = field(default=True, metadata={"help": "promote when the gates passed (--no-promote: publish "
                                                           "and verify only, a dry run)"})
+    approval: bool = field(default=False, metadata={"help": "a person's answer decides (spec approval): read "
+                                                            "RUN/approve/result.json; no answer there, no promotion"})
 
 
 def code_version() -> str:
@@ -148,7 +150,7 @@ def snapshot_manifest(snapshot_uri: str) -> dict[str, Any]:
 
 def assemble(spec: PipelineSpec, state: dict[str, str], run_uri: str, snapshot_uri: str, teacher_uri: str,
              student_uri: str, evaluation_uri: str, evaluation: EvaluateResult,
-             expected_champion: str | None) -> dict[str, str]:
+             expected_champion: str | None, approval: dict[str, Any] | None = None) -> dict[str, str]:
     """Copy everything, write the model cards, then the manifest (create-only). Returns {role: card uri}."""
     version = state["version"]
     vuri = registry.version_uri(spec, version)
@@ -176,7 +178,7 @@ def assemble(spec: PipelineSpec, state: dict[str, str], run_uri: str, snapshot_u
         spec=spec, version=version, published_at=state["created_at"], snapshot_uri=snapshot_uri, snapshot=snapshot,
         evaluation=evaluation.dump(), parent_champion=expected_champion, run_uri=run_uri,
         code_version=code_version(), image=image_ref(), base_card=model_card.base_card_metadata(spec.model.base),
-        training=stage_training(run_uri))
+        training=stage_training(run_uri), approval=approval)
     cards = {}
     for role in ("teacher", "student"):
         out.write_text(f"{role}/{model_card.CARD}", model_card.render(inputs, role))
@@ -208,6 +210,8 @@ def assemble(spec: PipelineSpec, state: dict[str, str], run_uri: str, snapshot_u
             "champion_comparison"}),
         "files": dict(sorted(out.files.items())),
     }
+    if approval is not None:  # the person's answer, when the spec asked for one (tasks/decide/approval.py)
+        manifest["approval"] = approval
     try:
         storage.write_json(storage.join(vuri, registry.MANIFEST), manifest, if_none_match=True)
     except storage.PreconditionFailed:
@@ -219,7 +223,7 @@ def assemble(spec: PipelineSpec, state: dict[str, str], run_uri: str, snapshot_u
 
 
 def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, evaluation_uri: str,
-        expected_champion: str | None, promote: bool = True) -> PublishResult:
+        expected_champion: str | None, promote: bool = True, approval: bool = False) -> PublishResult:
     """Publish, verify and (maybe) promote; raises VerificationFailed / PromotionRefused after writing the result."""
     run_uri = storage.normalize(run_uri)
     snapshot_uri = storage.normalize(snapshot_uri)
@@ -231,12 +235,16 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, eva
     champion_before = registry.read_champion(spec)
     before = champion_before["version"] if champion_before else None
     out_uri = storage.join(run_uri, "publish")
+    answer = None
+    if approval:  # no answer on record (never written): a decision that promotes nothing
+        answer = approvals.read(run_uri) or {"decision": "missing", "promote": False,
+                                             "reason": f"no answer at {approvals.result_uri(run_uri)}"}
 
     cards = {role: storage.join(vuri, role, model_card.CARD) for role in ("teacher", "student")}
     if not storage.exists(storage.join(vuri, registry.MANIFEST)):
         try:
             cards = assemble(spec, state, run_uri, snapshot_uri, teacher_uri, student_uri, evaluation_uri,
-                             evaluation, expected_champion)
+                             evaluation, expected_champion, answer)
         except serving.ServingLayoutError as exc:  # no manifest: the version is incomplete, never promotable
             results.emit(PublishResult(version=version, version_uri=vuri, champion_before=before,
                                        champion_after=before, reason=f"not published: {exc}"), out_uri)
@@ -246,6 +254,9 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, eva
     result = PublishResult(version=version, version_uri=vuri, champion_before=before, champion_after=before,
                            champion_uri=spec.layout.champion,
                            verified=check["ok"], files=check["files"], model_cards=cards)
+    if answer is not None:
+        result.approval = answer
+    promote_approved, approval_note = approvals.publish_verdict(answer, evaluation.passed)
     if not check["ok"]:
         result.reason = (f"verification failed (missing={check['missing'][:5]}, extra={check['extra'][:5]}, "
                          f"mismatched={check['mismatched'][:5]}); the champion pointer was not touched")
@@ -254,13 +265,22 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, eva
 
     if not promote:
         result.reason = f"dry run (--no-promote): {version} published and verified, not promoted"
-    elif not evaluation.passed:
+    elif approval_note is not None and not promote_approved:
+        result.reason = f"{version} published, not promoted ({approval_note}); {before or 'no champion'} stays"
+        registry.append_audit(spec, answer.get("decision") or "not-approved", {
+            "version": version, "version_uri": vuri, "champion": before, "run_uri": run_uri, "approval": answer},
+            actor=approvals.responder(answer) or "nobody")
+    elif not promote_approved:
         result.reason = (f"evaluation did not pass (failed gates: {', '.join(evaluation.failed_gates)}); "
                          f"{before or 'no champion'} stays")
     else:
+        extra: dict[str, Any] = {"run_uri": run_uri}
+        asked = approval_note is not None  # approved, or failed gates overridden: who and why, on the record
+        if asked:
+            extra.update(approval=answer, approved_by=approvals.responder(answer))
         try:
             pointer = registry.promote(spec, version, expected_champion=expected_champion,
-                                       extra={"run_uri": run_uri})
+                                       event=f"promote-{answer['decision']}" if asked else "promote", extra=extra)
         except registry.PromotionRefused as exc:
             current = registry.read_champion(spec)
             result.champion_after = current["version"] if current else None
@@ -268,7 +288,8 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, eva
             results.emit(result, out_uri)
             raise
         result.promoted, result.champion_after = True, pointer["version"]
-        result.reason = f"promoted {version} (previous champion: {pointer['previous'] or 'none'})"
+        result.reason = f"promoted {version} (previous champion: {pointer['previous'] or 'none'})" + (
+            f"; {approval_note}" if approval_note else "")
     results.emit(result, out_uri)
     return result
 
@@ -276,5 +297,6 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, eva
 def main(argv: list[str] | None = None) -> int:
     args = cli.parse(PublishArgs, argv, prog="python -m tasks publish", description=__doc__.split("\n")[0])
     expected = args.expected_champion.rstrip("/").rsplit("/", 1)[-1] if args.expected_champion else None
-    run(args.run, args.snapshot, args.teacher, args.student, args.evaluation, expected, promote=args.promote)
+    run(args.run, args.snapshot, args.teacher, args.student, args.evaluation, expected, promote=args.promote,
+        approval=args.approval)
     return 0

@@ -41,11 +41,12 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from tasks import cli, storage
-from tasks.decide import serving
+from tasks.contracts import VERSION_MANIFEST
+from tasks.decide import champion_events, serving
 from tasks.errors import GateFailed, InfrastructureError, SpecInvalid
 from tasks.spec import PipelineSpec, load_spec
 
-MANIFEST = "manifest.json"
+MANIFEST = VERSION_MANIFEST
 
 
 class RegistryError(SpecInvalid):
@@ -156,6 +157,11 @@ def _audit(spec: PipelineSpec, event: str, record: dict[str, Any], actor: str | 
     storage.write_json(uri, {"event": event, "at": storage.utcnow(), "actor": actor or _actor(), **record},
                        if_none_match=True)
     return uri
+
+
+def append_audit(spec: PipelineSpec, event: str, record: dict[str, Any], actor: str | None = None) -> str:
+    """An audit record of a decision that moves no pointer (a version rejected at approval); create-only."""
+    return _audit(spec, event, record, actor)
 
 
 def _actor() -> str:
@@ -335,12 +341,16 @@ def cmd_verify(spec: PipelineSpec, args: argparse.Namespace) -> int:
 
 
 def cmd_promote(spec: PipelineSpec, args: argparse.Namespace) -> int:
-    _print_json(promote(spec, args.version, expected_champion=args.expected_champion, event="promote-manual"))
+    pointer = promote(spec, args.version, expected_champion=args.expected_champion, event="promote-manual")
+    _print_json(pointer)
+    champion_events.announce_from_cli(spec, pointer, "promote-manual", _actor())  # an Asset event, when configured
     return 0
 
 
 def cmd_rollback(spec: PipelineSpec, args: argparse.Namespace) -> int:
-    _print_json(rollback(spec, args.to))
+    pointer = rollback(spec, args.to)
+    _print_json(pointer)
+    champion_events.announce_from_cli(spec, pointer, "rollback", _actor())  # an Asset event, when configured
     return 0
 
 

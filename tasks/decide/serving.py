@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tasks import storage
+from tasks.contracts import VERSION_MANIFEST
 from tasks.errors import GateFailed
 from tasks.spec import PipelineSpec
 
@@ -46,7 +47,7 @@ LABELS_TXT = "labels.txt"
 STATE = "registry.json"  # in the Triton model folder: which registry version is served (Triton ignores files)
 ONNX_FILE = "model.onnx"
 ONNX_EXPORTS = ("onnx", "onnx_int8")
-MANIFEST = "manifest.json"  # registry.MANIFEST; not imported: registry imports this module
+MANIFEST = VERSION_MANIFEST
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 TOKENIZER = ("tokenizer.json", "vocab.txt")  # either is enough with tokenizer_config.json

@@ -71,6 +71,12 @@ def _left_out(evaluation: Result | None) -> dict[str, Any]:
         "golden_rows", "compared_rows", "excluded_rows", "too_few", "why")}}
 
 
+def _approval(publish: Result | None) -> dict[str, Any]:
+    """The person's answer (approved, rejected, overridden), only when the spec asked for one."""
+    answer = getattr(publish, "approval", None)
+    return {"approval": answer} if answer else {}
+
+
 def build_summary(run: RunContext | dict, results: dict[str, Result | dict | None]) -> dict[str, Any]:
     """``run`` is prepare_run's RunContext, ``results`` each stage's result by task id (None when it did not run),
     as models or as raw JSON. Raises MalformedResult when raw JSON does not match its contract."""
@@ -116,7 +122,7 @@ def build_summary(run: RunContext | dict, results: dict[str, Result | dict | Non
                   **_left_out(evaluation)},
         "evaluation": _evaluation_lines(evaluation.metrics if evaluation else {}),
         "publish": _pick(publish, "version", "version_uri", "promoted", "champion_before", "champion_after",
-                         "reason", "model_cards"),
+                         "reason", "model_cards") | _approval(publish),
         "champion_before": cli.optional(context.champion_version),
         # What the night cost, stage by stage (tasks.cost): wall, GPU-seconds, GPU energy where NVML answers.
         "cost": cost.add_up({task: result.cost if result is not None else None for task, result in r.items()

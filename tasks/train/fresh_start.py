@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from tasks import storage
+from tasks.contracts import VERSION_MANIFEST
 
 COLLAPSE_SHARE = 0.9  # one class predicted for this share of the holdout rows or more ...
 COLLAPSE_EXCESS = 0.1  # ... and for this much more than its share of the labels
@@ -44,10 +45,8 @@ def _label_counts(snapshot_uri: str) -> dict[str, int] | None:
 
 def champion_snapshot(champion_uri: str) -> str | None:
     """The snapshot the champion version was trained on (its version manifest's snapshot_uri), or None."""
-    from tasks.decide import registry
-
     try:
-        version = storage.read_json(storage.join(storage.normalize(champion_uri), registry.MANIFEST))
+        version = storage.read_json(storage.join(storage.normalize(champion_uri), VERSION_MANIFEST))
     except storage.NotFound:
         return None
     return version.get("snapshot_uri")
