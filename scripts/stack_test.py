@@ -548,9 +548,26 @@ def malformed_file_case(stack: Stack, result: dict[str, Any], checks: dict[str, 
                                 "quarantine_reasons": reasons,
                                 "latest_snapshot_unchanged": read(f"snapshots/{PIPELINE}/latest.json") == latest_before,
                                 "champion_unchanged": read(f"models/{PIPELINE}/champion.json") == champion_before}
-    checks["malformed_file_quarantined"] = bool(reasons)
+    # Landed alone, the file is the whole batch, so its bad share is 100%: by design the batch is rejected with
+    # nothing committed (no quarantine folder either: tasks/data/ingest.py check_bad_share), and the reason
+    # reaches people as the failed ingest and its "data rejected" alert. Beside good rows it would be
+    # quarantined whole instead (quarantine/<pipeline>/<batch>/summary.json, whole_files).
+    import httpx
+
+    mails = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        mails = [m["Subject"] for m in httpx.get(f"http://{HOST}:8025/api/v1/messages", timeout=30,
+                                                 trust_env=False).json()["messages"] if "data rejected" in m["Subject"]]
+        if mails or reasons:
+            break
+        time.sleep(3)
+    result["malformed_file"]["rejection_mails"] = mails
+    checks["malformed_file_rejected_with_reason"] = bool(reasons) or (run_["state"] == "failed" and bool(mails))
     checks["malformed_file_changed_nothing"] = (result["malformed_file"]["latest_snapshot_unchanged"]
                                                 and result["malformed_file"]["champion_unchanged"])
+    # Take it back out of the landing folder, or every later ingest (and retrain) rejects the same batch again.
+    s3.delete_object(Bucket=BUCKET, Key=f"landing/{PIPELINE}/{name}")
     api.close()
 
 
@@ -706,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         result["checks"] = checks
         expected = {"task_image_runs", "all_services_healthy", "no_import_errors", "registry_page_answers",
                     "ingest_success", "retrain_asset_triggered_success", "champion_in_bucket",
-                    "alert_mail_caught", "gate_failure_kept_the_champion", "malformed_file_quarantined",
+                    "alert_mail_caught", "gate_failure_kept_the_champion", "malformed_file_rejected_with_reason",
                     "malformed_file_changed_nothing", "down_leaves_nothing"}
         if args.faults:
             expected.add("postgres_restart_run_finished")
