@@ -51,3 +51,10 @@ lint-specs: $(INSTALLED)
 
 clean:
 	rm -rf .demo
+
+# The docker-compose stack built from nothing but Debian and PyPI, started and driven end to end through its REST
+# API and S3 endpoint, then torn down (scripts/stack_test.py; docs/operations.md, "The stack test"). Needs root
+# (or a running Docker engine), ~15 GB of disk; not part of `make test`. STACK_TEST_ARGS=--cold for a cold run.
+.PHONY: stack-test
+stack-test: $(INSTALLED)
+	$(PY) scripts/stack_test.py $(STACK_TEST_ARGS)

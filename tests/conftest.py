@@ -48,6 +48,13 @@ def pytest_testnodedown(node, error):
     REPORTED.update(json.loads(getattr(node, "workeroutput", {}).get("reported", "{}")))
 
 
+def pytest_report_header(config):
+    """Which metadata database the running-Airflow tests use: PostgreSQL, or SQLite and why (tests/pg_server.py)."""
+    import pg_server
+
+    return f"live-airflow metadata database: {pg_server.describe()}"
+
+
 def pytest_terminal_summary(terminalreporter):
     if REPORTED:
         terminalreporter.section("measured (reported, not asserted)")

@@ -1,6 +1,8 @@
 """A real Airflow for tests: api-server, scheduler, dag-processor and triggerer as separate processes on
-127.0.0.1, with a temporary AIRFLOW_HOME, SQLite and the LocalExecutor (Airflow 3 runs LocalExecutor on SQLite;
-SequentialExecutor is gone).
+127.0.0.1, with a temporary AIRFLOW_HOME and the LocalExecutor. The metadata database is PostgreSQL, as in
+production: a database of its own on a private server that tests/pg_server.py starts on first use; where no
+PostgreSQL is installed it falls back to SQLite (Airflow 3 runs the LocalExecutor on it) and says so
+(``LIVE_AIRFLOW_DB`` chooses, see tests/pg_server.py).
 
 Used by tests/test_live_airflow.py; usable by hand too::
 
@@ -29,11 +31,14 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import httpx
+
+import pg_server
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 TAG_VAR = "LIVE_AIRFLOW_TAG"
@@ -188,6 +193,9 @@ class LiveAirflow:
         self._logs: dict[str, Any] = {}
         self._seen_pids: set[int] = set()
         self._clients: list[ApiClient] = []
+        self.database = pg_server.metadata_database(f"airflow_{self.tag}", self.home / "airflow.db")
+        if self.database.kind == "sqlite" and "FALLBACK" in self.database.note:
+            warnings.warn(f"LiveAirflow metadata database: {self.database.note}", stacklevel=2)
 
         # The passwords file exists before the api-server starts, so SimpleAuthManager uses our password
         # instead of generating one (the same file the docker-compose init service writes).
@@ -204,7 +212,7 @@ class LiveAirflow:
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins_folder or self.home / "plugins"),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.database.url,
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "4",
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",

@@ -1,6 +1,7 @@
 """The real DAGs in a real running Airflow (not dag.test()): api-server, scheduler, dag-processor and triggerer
-on 127.0.0.1 with SQLite and the LocalExecutor (tests/live_airflow.py), driven only through the REST API with a
-token from POST /auth/token, the way the UI and any client drive it.
+on 127.0.0.1 with Postgres as the metadata database (SQLite where none is installed) and the LocalExecutor
+(tests/live_airflow.py), driven only through the REST API with a token from POST /auth/token, the way the UI and
+any client drive it.
 
 The pipeline is a tiny copy of include/pipelines/sst2.yaml: a 4-layer random-init BERT, a few hundred SST-2 rows,
 storage on S3 (moto on 127.0.0.1) reached through the ``aws_default`` connection given as AIRFLOW_CONN_AWS_DEFAULT
@@ -180,6 +181,29 @@ def api(airflow):
 
 def explain(airflow: LiveAirflow, dag_id: str, run_id: str) -> str:
     return f"\n{airflow.task_logs(dag_id, run_id, chars=2500)}\n{airflow.logs_tail(1500)}"
+
+
+def test_the_metadata_database_is_postgres_where_installed(airflow, api):
+    """Production runs Postgres: so do these tests wherever Postgres is installed (CI installs it); the Airflow
+    that parsed the DAGs wrote them into that database, not into a SQLite file."""
+    import pg_server
+
+    if pg_server.choice() == "sqlite" or (pg_server.choice() == "auto" and pg_server.unavailable_reason()):
+        pytest.skip(f"metadata database: {pg_server.describe()}")
+    assert airflow.database.kind == "postgresql", airflow.database
+    assert airflow.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
+    assert not (airflow.home / "airflow.db").exists()
+    import psycopg2
+
+    conn = psycopg2.connect(airflow.database.url.replace("postgresql+psycopg2://", "postgresql://"))
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT dag_id FROM dag WHERE dag_id IN (%s, %s)", (INGEST_DAG, RETRAIN_DAG))
+            assert sorted(r[0] for r in cur.fetchall()) == sorted([INGEST_DAG, RETRAIN_DAG])
+            cur.execute("SELECT count(*) FROM job WHERE job_type = 'SchedulerJob' AND state = 'running'")
+            assert cur.fetchone()[0] >= 1
+    finally:
+        conn.close()
 
 
 def test_token_is_required_and_issued_like_for_any_client(airflow):
