@@ -62,5 +62,5 @@ ENV HF_HUB_OFFLINE=1 \
     PYTHONPATH=/opt/airflow
 
 # dags/, plugins/, include/ and tasks/ are mounted at /opt/airflow/<dir> by docker-compose.yaml, the same
-# layout as the repository: the tasks package is importable through PYTHONPATH=/opt/airflow (no `pip install -e`,
+# layout as the repository: the tasks package is importable through PYTHONPATH=/opt/airflow (not installed as a package,
 # whose build backend an offline build would have to fetch); Airflow puts /opt/airflow/{dags,plugins} on sys.path.

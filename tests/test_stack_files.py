@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -15,8 +14,7 @@ import yaml
 
 from test_compose import COMPOSE, ENV_EXAMPLE, ROOT, clean_env, compose_command
 
-sys.path.insert(0, str(ROOT / "scripts"))
-import check_python  # noqa: E402
+import check_python  # scripts/ (pytest.ini pythonpath)
 
 PIP_ARGS = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "PIP_FIND_LINKS", "PIP_NO_INDEX")
 DOCKERFILES = [ROOT / "docker" / "airflow.Dockerfile", ROOT / "tasks" / "Dockerfile",
