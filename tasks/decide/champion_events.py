@@ -71,8 +71,8 @@ def event_extra(pipeline: str, pointer: dict[str, Any], event: str, manifest: di
 
 
 def extra_for(spec: Any, pointer: dict[str, Any], event: str, actor: str | None = None) -> dict[str, Any]:
-    try:  # the manifest read directly: the registry imports this module
-        manifest = storage.read_json(storage.join(pointer["version_uri"], VERSION_MANIFEST))
+    try:  # the manifest read directly (registry.read_manifest's path): the registry imports this module
+        manifest = storage.read_json(storage.join(spec.layout.version(pointer["version"]), VERSION_MANIFEST))
     except storage.NotFound:
         manifest = {}
     return event_extra(spec.name, pointer, event, manifest, actor)
