@@ -23,6 +23,11 @@ import yaml
 from conftest import ROOT, read_sst2
 from test_e2e_dag import land, tiny_spec
 
+# The pipeline's name: its Assets (<name>_snapshots, <name>_champion) live in the Airflow DB that the test modules of a
+# pytest worker share, and Airflow holds an Asset inactive when one name has two URIs (test_e2e_dag's "tiny" is in
+# another bucket), which fails the task that has it as an outlet.
+NAME = "odd"
+
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
 FIRST = datetime(2026, 11, 23, 2, 0, tzinfo=timezone.utc)  # the finished run's logical date (its run id)
@@ -32,7 +37,7 @@ STAGES = ("ingest", "drift", "finetune", "distill", "evaluate", "publish")
 
 def run_uri_of(bucket: str, run_id: str) -> str:
     """The run's folder: its key is the run id made storage-safe (retrain_pipelines.run_key)."""
-    return f"{bucket}/runs/tiny/retrain-" + re.sub(r"[^A-Za-z0-9._-]+", "-", run_id).strip("-")
+    return f"{bucket}/runs/{NAME}/retrain-" + re.sub(r"[^A-Za-z0-9._-]+", "-", run_id).strip("-")
 
 
 def stored(bucket: str) -> dict[str, tuple[int, str]]:
@@ -57,15 +62,17 @@ def pipeline(tmp_path_factory, moto_server, tiny_model_dir):
         bucket = moto_server.create_bucket("odd-triggers")
         (tmp / "pipelines").mkdir()
         raw = tiny_spec(bucket, tiny_model_dir)
+        raw["name"] = NAME  # not "tiny": test modules share a worker's Airflow DB (see NAME)
+        raw.setdefault("landing", {})["uri"] = bucket + "/landing/tiny"  # where test_e2e_dag.land() puts files
         for stage in ("finetune", "distill"):  # a failure in this test is the point: no retry delays
             raw["stages"][stage]["retries"] = 0
-        (tmp / "pipelines" / "tiny.yaml").write_text(yaml.safe_dump(raw))
+        (tmp / "pipelines" / f"{NAME}.yaml").write_text(yaml.safe_dump(raw))
         storage.write_text(bucket + "/reference/tiny/golden.tsv", "sentence\tlabel\n" + "".join(
             f"{t}\t{y}\n" for t, y in read_sst2("dev", limit=80)))
         bag = DagBag(dag_folder=str(ROOT / "dags"))
         assert bag.import_errors == {}
-        yield {"bucket": bucket, "dag": bag.dags["retrain_tiny"], "smtp": smtp, "hook": hook,
-               "spec_file": tmp / "pipelines" / "tiny.yaml"}
+        yield {"bucket": bucket, "dag": bag.dags[f"retrain_{NAME}"], "smtp": smtp, "hook": hook,
+               "spec_file": tmp / "pipelines" / f"{NAME}.yaml"}
         storage.reset_clients()
 
 
@@ -175,7 +182,7 @@ def finished(pipeline):
     summary = storage.read_json(run_uri_of(pipeline["bucket"], run.run_id) + "/summary.json")
     assert summary["outcome"] == "promoted", summary
     return {**pipeline, "summary": summary, "run_id": run.run_id, "seconds": time.monotonic() - started,
-            "champion": storage.read_json(pipeline["bucket"] + "/models/tiny/champion.json")}
+            "champion": storage.read_json(pipeline["bucket"] + f"/models/{NAME}/champion.json")}
 
 
 # From the end of the chain back: a cleared task that is skipped loses its XCom, which a task cleared later
@@ -196,7 +203,7 @@ def test_clearing_a_finished_run_redoes_nothing_and_overwrites_nothing(finished,
     ran = {t for t in cleared_ids if t != "fail_if_any_failed" and tasks[t] != "skipped"}
     assert ran == set(), tasks  # every cleared task skipped itself (or was skipped); nothing ran again
     assert stored(finished["bucket"]) == before  # not one object added or rewritten
-    assert storage.read_json(finished["bucket"] + "/models/tiny/champion.json") == finished["champion"]
+    assert storage.read_json(finished["bucket"] + f"/models/{NAME}/champion.json") == finished["champion"]
     assert storage.read_json(finished["summary"]["run_uri"] + "/summary.json") == finished["summary"]
     assert finished["smtp"].messages[mails:] == [] and finished["hook"].posts[posts:] == []
 
@@ -216,15 +223,15 @@ def test_publish_retried_after_the_champion_moved_is_refused_and_the_summary_say
     state, tasks, _ = states_of(run)
     assert tasks["gate"] == "success" and tasks["publish"] == "success" and tasks["notify"] == "success", tasks
     moved = {**finished["champion"], "version": "v-moved-meanwhile"}
-    storage.write_json(bucket + "/models/tiny/champion.json", moved)
+    storage.write_json(bucket + f"/models/{NAME}/champion.json", moved)
     mails = len(finished["smtp"].messages)
 
     state, tasks, tries = clear_and_rerun(dag, run.run_id, "publish")
     assert tasks["publish"] == "failed" and tries["publish"] == 2 and state == "failed", (tasks, tries)  # no retry
-    assert storage.read_json(bucket + "/models/tiny/champion.json") == moved
+    assert storage.read_json(bucket + f"/models/{NAME}/champion.json") == moved
     summary = storage.read_json(run_uri_of(bucket, run.run_id) + "/summary.json")
     assert summary["outcome"] == "published, not promoted", summary
     assert summary["publish"]["reason"].startswith("not promoted: champion is v-moved-meanwhile, but ")
     (mail,) = finished["smtp"].messages[mails:]
-    assert mail["subject"].startswith("[retrain:tiny] not promoted: publish failed after 2 tries")  # 1: the mark
+    assert mail["subject"].startswith(f"[retrain:{NAME}] not promoted: publish failed after 2 tries")  # 1: the mark
     assert "Nothing was promoted" in mail["body"]
