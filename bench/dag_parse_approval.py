@@ -32,7 +32,8 @@ print(json.dumps({s.file.rsplit("/", 1)[-1]: s.duration.total_seconds() for s in
 
 def parse_once(pipelines: Path) -> dict[str, float]:
     out = subprocess.run([sys.executable, "-c", PROBE, str(ROOT / "dags")], capture_output=True, text=True,
-                         timeout=300, check=True, env={**os.environ, "RETRAIN_PIPELINES_DIR": str(pipelines)})
+                         timeout=300, check=True, env={**os.environ, "RETRAIN_PIPELINES_DIR": str(pipelines),
+                                                  "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins")})  # pipeline_dags
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
