@@ -47,6 +47,12 @@ def test_every_module_of_tasks_has_a_layer():
     assert modules | packages == layered
 
 
+def test_every_module_of_tasks_train_has_a_layer():
+    """The training stage's modules are layered too (stages -> runner -> helpers): a new one must be given its."""
+    layered = {name.strip() for layer in contract("layers", "tasks.train:")["layers"] for name in layer.split(":")}
+    assert {p.stem for p in (ROOT / "tasks" / "train").glob("*.py") if p.stem != "__init__"} == layered
+
+
 def test_tasks_may_import_no_plugin_module():
     """Plugin modules are imported by their top-level names; the forbidden contract must name all of them."""
     forbidden = set(contract("forbidden", "tasks imports neither")["forbidden_modules"])

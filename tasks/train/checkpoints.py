@@ -11,6 +11,7 @@ would (tests/test_finetune_resume.py).
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import threading
@@ -23,8 +24,9 @@ from transformers import TrainerCallback
 from tasks import storage
 
 if TYPE_CHECKING:
-    from tasks.train.training import StagePaths
+    from tasks.train.paths import StagePaths
 
+log = logging.getLogger(__name__)
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARKER = "COMPLETE"
 
@@ -84,7 +86,7 @@ def restore(paths: "StagePaths") -> str | None:
     if not complete:
         return None
     newest = max(complete)
-    print(f"[{paths.stage}] resuming from {complete[newest]} (step {newest})", flush=True)
+    log.info(f"[{paths.stage}] resuming from {complete[newest]} (step {newest})")
     return str(paths.scratch / f"checkpoint-{newest}")
 
 
@@ -105,7 +107,7 @@ def prepare_resume(args, paths: "StagePaths") -> str | None:
 class TimedCheckpoints(TrainerCallback):
     """Checkpoints by wall time: asks the Trainer to save once ``minutes`` have passed since the last save.
 
-    Used with ``save_strategy="best"`` (``training.training_arguments(checkpoint_minutes=...)``): the Trainer
+    Used with ``save_strategy="best"`` (``arguments.training_arguments(checkpoint_minutes=...)``): the Trainer
     then saves on every new best evaluation, which ``load_best_model_at_end`` needs, and never by step count;
     this callback adds the saves a retry resumes from. On an evaluation step the Trainer's "best" rule decides
     alone, so a save that fell due there happens on the next step.
@@ -225,5 +227,5 @@ class CheckpointSync(TrainerCallback):
                 delete_remote(objects)
         took = time.monotonic() - t0
         self.upload_seconds += took
-        print(f"[{self.paths.stage}] checkpoint {name} -> {remote} ({len(sent)} files, {took:.1f}s"
-              f"{', in the background' if self.background else ''})", flush=True)
+        log.info(f"[{self.paths.stage}] checkpoint {name} -> {remote} ({len(sent)} files, {took:.1f}s"
+                 f"{', in the background' if self.background else ''})")

@@ -15,11 +15,13 @@ Light: storage and the snapshot manifests only.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Sequence
 
 from tasks import storage
 from tasks.contracts import VERSION_MANIFEST
 
+log = logging.getLogger(__name__)
 COLLAPSE_SHARE = 0.9  # one class predicted for this share of the holdout rows or more ...
 COLLAPSE_EXCESS = 0.1  # ... and for this much more than its share of the labels
 
@@ -106,8 +108,8 @@ def raise_if_collapsed(predictions: Any, holdout_set: Any, labels: Sequence[str]
         return
     before = collapse(*predicted_top(_argmax(champion_predictions()), len(labels)), counts, labels)
     if before:
-        print(f"[finetune] {why}, but so does the champion it started from ({before.split(': ', 1)[1]}): not the "
-              f"warm start's doing, so no fresh retry", flush=True)
+        log.info(f"[finetune] {why}, but so does the champion it started from ({before.split(': ', 1)[1]}): not the "
+                 f"warm start's doing, so no fresh retry")
         return
     raise Collapsed(why)
 

@@ -16,11 +16,13 @@ keeps its label. A class with no rows in the champion's snapshot makes the decis
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from tasks import storage
 
+log = logging.getLogger(__name__)
 LENGTH_BINS = 4  # token-length bins of the history, at its quantiles: the replay keeps its length mix
 
 
@@ -38,7 +40,7 @@ def replay_sample(labels: Sequence[int], lengths: Sequence[int], size: int, seed
     remainders), a seeded permutation within each cell. All rows when ``size`` covers them."""
     import numpy as np
 
-    from tasks.train.training import apportion, cell_counts, length_edges
+    from tasks.train.selection import apportion, cell_counts, length_edges
 
     labels, lengths = np.asarray(labels), np.asarray(lengths)
     if size >= len(labels):
@@ -109,7 +111,7 @@ def training_rows(spec, run_uri: str, snapshot, champion_uri: str | None, train_
     stage's weights start (an incremental retrain needs a warm start from the champion)."""
     from tasks import cli
     from tasks.data import snapshots
-    from tasks.train import training
+    from tasks.train import train_data
 
     decided = decided_training(run_uri)
     rows = len(train_set)
@@ -125,12 +127,12 @@ def training_rows(spec, run_uri: str, snapshot, champion_uri: str | None, train_
     if not manifest.get("snapshot_uri"):
         return train_set, _full(rows, ["Full retrain on the whole snapshot: the champion names no snapshot, so "
                                        "no row is known to be old."]).report
-    frame, _ = training.load_splits(snapshot.uri, spec.train.max_train_rows, snapshot.manifest)
+    frame, _ = train_data.load_splits(snapshot.uri, spec.train.max_train_rows, snapshot.manifest)
     if len(frame) != rows:  # the token cache's split is this one, row for row; anything else is a bug to see
         raise RuntimeError(f"snapshot {snapshot.uri}: {len(frame)} train rows read, {rows} tokenized")
     champion_texts = snapshots.read_snapshot(manifest["snapshot_uri"])["text"]
     chosen = select(frame["text"].isin(champion_texts).to_numpy(), frame["label"].astype(int).to_numpy(),
-                    training.token_counts(train_set), multiple=spec.train.replay_multiple, seed=spec.train.seed,
+                    train_data.token_counts(train_set), multiple=spec.train.replay_multiple, seed=spec.train.seed,
                     names=spec.data.labels)
     if not chosen.report["new_rows"]:
         return train_set, _full(rows, ["Full retrain on the whole snapshot: none of the new rows is in the train "
@@ -138,6 +140,6 @@ def training_rows(spec, run_uri: str, snapshot, champion_uri: str | None, train_
     chosen.report["reasons"] = list(decided.get("reasons") or [])
     chosen.report["champion_snapshot_id"] = manifest.get("snapshot_id")
     r = chosen.report
-    print(f"[{stage}] incremental retrain: {r['new_rows']} new + {r['replay_rows']} replayed of {r['history_rows']} "
-          f"older train rows = {r['train_rows']} of the snapshot's {rows}", flush=True)
+    log.info(f"[{stage}] incremental retrain: {r['new_rows']} new + {r['replay_rows']} replayed of {r['history_rows']} "
+             f"older train rows = {r['train_rows']} of the snapshot's {rows}")
     return train_set.select(chosen.indices), r
