@@ -76,7 +76,7 @@ def train_once(name: str, rows, args, out_dir: Path) -> dict:
     if name == "ours":
         data = train_data.tokenize(tokenizer, texts, labels, args.max_length)
         targs = arguments.training_arguments(out_dir, **common, save_strategy="no", eval_strategy="no",
-                                            load_best_model_at_end=False)
+                                             load_best_model_at_end=False)
         collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if targs.bf16 else None)
     else:  # the seeds' recipe
         enc = tokenizer(texts, padding="max_length", truncation=True, max_length=128)

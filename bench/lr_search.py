@@ -103,8 +103,8 @@ def main() -> None:
                 checkpoint_steps=10**6, seed=args.seed, eval_strategy="no", save_strategy="no",
                 load_best_model_at_end=False, logging_strategy="no")
             trainer = stage_trainer.quiet_trainer(Trainer, model=fresh_model(), args=targs, processing_class=tokenizer,
-                                             data_collator=DataCollatorWithPadding(tokenizer),
-                                             train_dataset=train_set)
+                                                  data_collator=DataCollatorWithPadding(tokenizer),
+                                                  train_dataset=train_set)
             trainer.train()
             row = {}
             for name, part in (("dev", dev_set), ("golden", golden_set)):

@@ -127,8 +127,8 @@ def trace(args, rows: list[tuple[str, int]], dev: list[tuple[str, int]], overrid
     holdout = train_data.tokenize(tokenizer, holdout_rows["text"], holdout_rows["label"], spec.model.max_length)
     golden = train_data.tokenize(tokenizer, [t for t, _ in dev], [y for _, y in dev], spec.model.max_length)
     sample = selection.like_golden_sample([len(i) for i in holdout["input_ids"]], holdout["labels"],
-                                         [len(i) for i in golden["input_ids"]], golden["labels"], seed=hp.seed,
-                                         max_rows=hp.selection_rows)
+                                          [len(i) for i in golden["input_ids"]], golden["labels"], seed=hp.seed,
+                                          max_rows=hp.selection_rows)
     epochs = float(hp.epochs)
     targs = arguments.training_arguments(
         work / "scratch", epochs=epochs, batch_size=hp.batch_size, learning_rate=float(hp.learning_rate),

@@ -1,5 +1,5 @@
-"""Length grouping (tasks.train.length_buckets.LengthBucketSampler): batches of similar length, in random order, seeded, and
-used by the stages' Trainer for every epoch."""
+"""Length grouping (tasks.train.length_buckets.LengthBucketSampler): batches of similar length, in random order,
+seeded, and used by the stages' Trainer for every epoch."""
 
 from __future__ import annotations
 
@@ -68,9 +68,9 @@ def test_the_stages_trainer_uses_it_for_every_epoch(tiny_model_dir, tmp_path, mo
 
     def train(**kwargs):
         args = arguments.training_arguments(tmp_path / "out", **common, save_strategy="no", eval_strategy="no",
-                                           load_best_model_at_end=False, **kwargs)
+                                            load_best_model_at_end=False, **kwargs)
         trainer = stage_trainer.quiet_trainer(Trainer, model=modeling.load_classifier(tiny_model_dir), args=args,
-                                         train_dataset=data, processing_class=tokenizer)
+                                              train_dataset=data, processing_class=tokenizer)
         trainer.train()
         return trainer
 

@@ -104,8 +104,8 @@ def _frozen_trainer(tiny_model_dir, tmp_path, *, patience: int, min_epochs: floa
         gradient_accumulation_steps=1, eval_steps=2, checkpoint_steps=2, seed=5, **arg_overrides)
     set_seed(5)
     return stage_trainer.make_trainer(Trainer, args=args, tokenizer=tokenizer, n_classes=2, patience=patience,
-                                 min_epochs=min_epochs, model=modeling.load_classifier(tiny_model_dir),
-                                 train_dataset=data, eval_dataset=data.select(range(8)))
+                                      min_epochs=min_epochs, model=modeling.load_classifier(tiny_model_dir),
+                                      train_dataset=data, eval_dataset=data.select(range(8)))
 
 
 def test_early_stopping_waits_for_min_epochs_then_counts_patience(tiny_model_dir, tmp_path, one_torch_thread):

@@ -37,14 +37,14 @@ def _trainer(teacher, tokenizer, data, tmp_path, outputs=None):
     from transformers import DataCollatorWithPadding
 
     args = arguments.training_arguments(tmp_path, epochs=1, batch_size=8, learning_rate=1e-3, weight_decay=0.0,
-                                       warmup_ratio=0.0, gradient_accumulation_steps=1, eval_steps=100,
-                                       checkpoint_steps=100, seed=3, save_strategy="no", eval_strategy="no",
-                                       load_best_model_at_end=False)
+                                        warmup_ratio=0.0, gradient_accumulation_steps=1, eval_steps=100,
+                                        checkpoint_steps=100, seed=3, save_strategy="no", eval_strategy="no",
+                                        load_best_model_at_end=False)
     student, mapping = init_student(teacher, 2)
     # The stages' Trainer: batches from the seeded LengthBucketSampler, so both trainers see the same ones.
     return stage_trainer.quiet_trainer(DistillTrainer, model=student, args=args, train_dataset=data,
-                                  data_collator=DataCollatorWithPadding(tokenizer), teacher=teacher, alpha=0.3,
-                                  temperature=2.0, hidden_weight=1.0, mapping=mapping, teacher_outputs=outputs)
+                                       data_collator=DataCollatorWithPadding(tokenizer), teacher=teacher, alpha=0.3,
+                                       temperature=2.0, hidden_weight=1.0, mapping=mapping, teacher_outputs=outputs)
 
 
 def test_the_cached_teachers_loss_equals_the_live_teachers_batch_by_batch(teacher, tokenizer, train_set, tmp_path):

@@ -76,8 +76,8 @@ def test_gradient_accumulation_trains_as_one_bigger_batch(tiny_model_dir, tmp_pa
         model = AutoModelForSequenceClassification.from_pretrained(  # no dropout: its masks would differ
             str(tiny_model_dir), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         trainer = stage_trainer.quiet_trainer(Trainer, model=model, args=args, train_dataset=data,
-                                         processing_class=tokenizer,
-                                         data_collator=DataCollatorWithPadding(tokenizer))
+                                              processing_class=tokenizer,
+                                              data_collator=DataCollatorWithPadding(tokenizer))
         trainer.train()
         assert trainer.state.global_step == 4
         return trainer.model.state_dict()
@@ -103,8 +103,8 @@ def _tiny_trainer(tiny_model_dir, tmp_path, callbacks, **arg_overrides):
         gradient_accumulation_steps=1, seed=5, **arg_overrides)
     set_seed(5)
     return stage_trainer.make_trainer(Trainer, args=args, tokenizer=tokenizer, n_classes=2, patience=100,
-                                 callbacks=callbacks, model=modeling.load_classifier(tiny_model_dir),
-                                 train_dataset=data, eval_dataset=data.select(range(8)))
+                                      callbacks=callbacks, model=modeling.load_classifier(tiny_model_dir),
+                                      train_dataset=data, eval_dataset=data.select(range(8)))
 
 
 class _SaveLog:
@@ -215,10 +215,10 @@ def test_batch_plan_scales_the_learning_rate_and_steps_on_a_gpu_only():
     assert gpu.learning_rate == pytest.approx(5e-5 * 8**0.5)  # sqrt(256 / 32)
     assert (gpu.eval_steps, gpu.checkpoint_steps) == (200, 400)  # the spec's optimizer steps
     pinned = batch_plan.plan_batches(**{**spec, "lr_scaling": "linear"}, gpu_batch_size=128,
-                                   total_memory_bytes=80 * 2**30)
+                                     total_memory_bytes=80 * 2**30)
     assert (pinned.batch_size, pinned.learning_rate) == (128, pytest.approx(2e-4))
     assert batch_plan.plan_batches(**{**spec, "lr_scaling": "none"}, gpu_batch_size=128,
-                                 total_memory_bytes=80 * 2**30).learning_rate == 5e-5
+                                   total_memory_bytes=80 * 2**30).learning_rate == 5e-5
 
 
 def test_cpu_training_arguments_are_as_before_the_gpu_profile(monkeypatch):

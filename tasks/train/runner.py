@@ -104,10 +104,7 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
     epochs = loaded.recipe.epochs if loaded.recipe.epochs is not None else defaults.epochs_for(len(loaded.train_set))
     rate = search(loaded, epochs=epochs, world_size=world_size)
     trained = train(loaded, selection_set, rate, epochs=epochs, class_weights=class_weights, world_size=world_size)
-    holdout = evaluate(loaded, trained, selection_set)
-    outcome = outputs.outcome_of(trained.trainer, holdout, checkpoints.step_of(trained.resume) if trained.resume else 0,
-                                 trained.progress, trained.sync.seconds, trained.sync.upload_seconds,
-                                 holdout_rows=len(loaded.holdout_set))
+    outcome = evaluate(loaded, trained, selection_set)
     if not trained.trainer.is_world_process_zero():
         return 0
     write(loaded, trained, outcome, rate, selection=selection, train_data=train_data, class_weights=class_weights)
@@ -124,6 +121,7 @@ class Loaded:
     stage: str
     spec: PipelineSpec
     paths: StagePaths
+    snapshot_uri: str  # as the stage was given it (--snapshot)
     snapshot: token_cache.SnapshotIdentity
     recipe: Recipe
     tokenizer: Any
@@ -169,13 +167,14 @@ def load(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe]
     # train.retrain_mode: incremental: the new rows plus a replay sample of older ones, when the decision says so.
     train_set, training_kind = replay.training_rows(spec, paths.run_uri, snapshot, getattr(args, "champion", None),
                                                     splits.train, init_from=recipe.init_from, stage=stage)
-    return Loaded(stage, spec, paths, snapshot, recipe, tokenizer, splits, train_set, training_kind, fresh)
+    return Loaded(stage, spec, paths, args.snapshot, snapshot, recipe, tokenizer, splits, train_set, training_kind,
+                  fresh)
 
 
 def select(loaded: Loaded) -> tuple[Any, dict[str, Any]]:
     """The rows evaluations during training score (train.selection): the holdout split, a stratified sample of
     it (train.selection_rows), or holdout rows drawn like the golden set; and a summary for the result."""
-    return model_selection_rows(loaded.hp, loaded.holdout_set, loaded.snapshot.uri, loaded.tokenizer,
+    return model_selection_rows(loaded.hp, loaded.holdout_set, loaded.snapshot_uri, loaded.tokenizer,
                                 loaded.spec.model.max_length, loaded.stage, manifest=loaded.snapshot.manifest)
 
 
@@ -326,7 +325,15 @@ def set_up_trainer(loaded: Loaded, selection_set: Any, rate: LearningRate, *, ep
 # ---------------------------------------------------------------- evaluate
 
 
-def evaluate(loaded: Loaded, trained: Trained, selection_set: Any) -> dict[str, float]:
+def evaluate(loaded: Loaded, trained: Trained, selection_set: Any) -> outputs.TrainOutcome:
+    """The best model's metrics on the holdout split (``holdout_metrics``), with the run's figures."""
+    holdout = holdout_metrics(loaded, trained, selection_set)
+    return outputs.outcome_of(trained.trainer, holdout, checkpoints.step_of(trained.resume) if trained.resume else 0,
+                              trained.progress, trained.sync.seconds, trained.sync.upload_seconds,
+                              holdout_rows=len(loaded.holdout_set))
+
+
+def holdout_metrics(loaded: Loaded, trained: Trained, selection_set: Any) -> dict[str, float]:
     """The best model's metrics on the holdout split. A warm start scores the holdout predictions too, to catch
     a collapse (one class for nearly every row; ``fresh_start.raise_if_collapsed`` raises for a retry from the
     base model)."""

@@ -188,8 +188,8 @@ def model_selection_rows(hp, holdout_set, snapshot_uri: str, tokenizer, max_leng
                                          "like_golden_fallback": sample.summary()}
                 log.info(f"[{stage}] model selection: the holdout split has fewer rows than the golden mix asks for "
                          f"({gaps}); the rest taken from the nearest lengths of the same label")
-            log.info(f"[{stage}] model selection on {len(sample.indices)} of {len(holdout_set)} holdout rows drawn like "
-                     f"the golden set ({len(golden)} rows; {len(sample.edges) + 1} token-length bins x labels, "
+            log.info(f"[{stage}] model selection on {len(sample.indices)} of {len(holdout_set)} holdout rows drawn "
+                     f"like the golden set ({len(golden)} rows; {len(sample.edges) + 1} token-length bins x labels, "
                      f"distance {sample.histogram_distance:.3f})")
             return holdout_set.select(sample.indices), {**sample.summary(), "golden_uri": golden_uri}
     if hp.selection_rows is not None and hp.selection_rows < len(holdout_set):

@@ -144,7 +144,8 @@ def tokenized_splits(cache_uri: str, snapshot_uri: str, tokenizer, max_length: i
     key_uri = storage.join(cache_uri, key)
     found = read(key_uri, fields, stage=stage)
     if found is not None:
-        log.info(f"[{stage}] token cache hit: {found.uri} ({len(found.train)} train, {len(found.holdout)} holdout rows)")
+        log.info(f"[{stage}] token cache hit: {found.uri} ({len(found.train)} train, {len(found.holdout)} "
+                 "holdout rows)")
         return found
     train_rows, holdout_rows = train_data.load_splits(snapshot_uri, max_train_rows, snapshot.manifest)
     train = train_data.tokenize(tokenizer, train_rows["text"], train_rows["label"], max_length)
@@ -172,7 +173,8 @@ def read(key_uri: str, fields: dict[str, Any], *, stage: str = "train") -> Token
         except storage.StorageUnavailable:
             raise
         except Exception as exc:  # a corrupt or partial copy, whatever the library says about it
-            log.warning(f"[{stage}] token cache: skipping {storage.join(key_uri, attempt)}: {type(exc).__name__}: {exc}")
+            log.warning(f"[{stage}] token cache: skipping {storage.join(key_uri, attempt)}: "
+                        f"{type(exc).__name__}: {exc}")
     return None
 
 
