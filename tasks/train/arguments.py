@@ -9,6 +9,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import TrainingArguments
+
 log = logging.getLogger(__name__)
 
 
@@ -16,16 +19,12 @@ def cuda_bf16() -> bool:
     """Whether the CUDA GPU computes in bf16 natively (compute capability 8.0 and up). torch's
     ``is_bf16_supported()`` with its default ``including_emulation=True`` also says yes on a V100 or T4, where bf16
     is emulated (slow, no bf16 cuBLAS kernels): fp16 autocast is the fast path there."""
-    import torch
-
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def device_features() -> dict[str, Any]:
     """Speed settings by hardware: bf16 autocast, TF32 matmuls and fused AdamW on a CUDA GPU; fp32 and fused
     AdamW on CPU (CPU bf16 autocast is slower than fp32 on CPUs without AMX, and TF32 does not exist there)."""
-    import torch
-
     if torch.cuda.is_available():
         bf16 = cuda_bf16()
         major, _ = torch.cuda.get_device_capability()
@@ -48,8 +47,6 @@ GPU_CHECKPOINT_MINUTES = 10.0
 
 def checkpoint_minutes(spec_minutes: float | None) -> float | None:
     """``train.checkpoint_minutes``, or its device default: None (by steps) on CPU, 10 minutes on a CUDA GPU."""
-    import torch
-
     if spec_minutes is not None:
         return spec_minutes
     return GPU_CHECKPOINT_MINUTES if torch.cuda.is_available() else None
@@ -62,8 +59,6 @@ def training_arguments(output_dir: Path, *, epochs: float, batch_size: int, lear
     """The stages' TrainingArguments. With ``checkpoint_minutes`` the Trainer saves on each new best evaluation
     (``save_strategy="best"``, what ``load_best_model_at_end`` needs) and ``checkpoints.TimedCheckpoints``
     adds a save every that many minutes; otherwise it saves every ``checkpoint_steps``."""
-    from transformers import TrainingArguments
-
     # load_best_model_at_end needs checkpoints on evaluation steps.
     save_steps = eval_steps * max(1, math.ceil(checkpoint_steps / eval_steps))
     if save_steps != checkpoint_steps and checkpoint_minutes is None:
@@ -118,7 +113,5 @@ def mirror_tf32_to_legacy_flags() -> None:
     a legacy flag raises ("mix of the legacy and new APIs"), and torch.compile's inductor still reads them
     (pytorch#166387 in torch 2.11; the autotune cache's ``get_float32_matmul_precision()`` in 2.13). A legacy
     write last makes both readable, with the same state."""
-    import torch
-
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.fp32_precision == "tf32"
     torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.conv.fp32_precision == "tf32"

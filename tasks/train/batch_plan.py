@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 
 # The auto batch rule's reference point: batch 256 at max_length 128 on an 80 GiB GPU, where the bare loop on an
 # H100 reaches its ceiling for MiniLM (docs/training.md, "The GPU profile"; bench/gpu_efficiency.py measures it)
@@ -67,8 +69,6 @@ def plan_batches(*, batch_size: int, learning_rate: float, eval_steps: int, chec
 
 def cuda_memory_bytes() -> int | None:
     """Total memory of the current CUDA device; None without one."""
-    import torch
-
     if not torch.cuda.is_available():
         return None
     return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory

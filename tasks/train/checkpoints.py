@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+import torch.distributed as dist
 from transformers import TrainerCallback
 
 from tasks import storage
@@ -125,15 +127,12 @@ class TimedCheckpoints(TrainerCallback):
         self.last_save = time.monotonic()
 
     def on_step_end(self, args, state, control, **kwargs):
-        import torch.distributed as dist
-
         if not (dist.is_available() and dist.is_initialized()):
             if time.monotonic() - self.last_save >= self.seconds:
                 control.should_save = True
             return
         if state.global_step % self.ddp_check_every:
             return
-        import torch
 
         due = torch.tensor([float(time.monotonic() - self.last_save >= self.seconds)], device=args.device)
         dist.broadcast(due, src=0)
@@ -190,8 +189,6 @@ class CheckpointSync(TrainerCallback):
         self.wait()
 
     def on_save(self, args, state, control, **kwargs):
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized():
             dist.barrier()  # every rank has written its RNG state into the checkpoint
         if not state.is_world_process_zero:

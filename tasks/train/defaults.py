@@ -21,9 +21,15 @@ import copy
 import logging
 import math
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch.distributed as dist
+from transformers import DataCollatorWithPadding
 
 from tasks import storage
 
@@ -112,8 +118,6 @@ def search_learning_rate(candidates: Sequence[float], train_and_score: Callable[
 
 def subsample(n: int, cap: int, seed: int) -> list[int]:
     """At most ``cap`` of ``range(n)``, seeded, in their original order."""
-    import numpy as np
-
     if n <= cap:
         return list(range(n))
     return sorted(np.random.default_rng(seed).choice(n, size=cap, replace=False).tolist())
@@ -125,14 +129,10 @@ def trainer_scorer(*, model: Any, trainer_cls: Any, trainer_kwargs: dict[str, An
     """``train_and_score(lr)``: a fresh copy of ``model`` trained ``steps`` optimizer steps at ``lr`` on
     ``train_set`` (no evaluation, no checkpoints), then its macro-F1 on ``holdout_set`` (``tasks.metrics``).
     ``args_of(lr, steps)`` gives the TrainingArguments."""
-    from transformers import DataCollatorWithPadding
-
     from tasks import metrics
     from tasks.train.stage_trainer import quiet_trainer
 
     def train_and_score(lr: float) -> float:
-        import numpy as np
-
         trainer = quiet_trainer(
             trainer_cls, model=copy.deepcopy(model), args=args_of(lr, steps), processing_class=tokenizer,
             data_collator=DataCollatorWithPadding(tokenizer), train_dataset=train_set, **trainer_kwargs)
@@ -169,9 +169,6 @@ def search_for_run(hp: Any, *, model: Any, trainer_cls: Any, trainer_kwargs: dic
     (``hp`` is ``spec.train``): candidates scaled for the effective batch, each trained ``lr_search_steps``
     steps (at most ``run_steps``, the optimizer steps of the run itself) on at most ``lr_search_rows`` train
     rows and scored on at most ``lr_search_holdout_rows`` holdout rows, both seeded by ``hp.seed``."""
-    import tempfile
-    from pathlib import Path
-
     from tasks.train import arguments
 
     effective = batch_size * hp.gradient_accumulation_steps * world_size
@@ -204,8 +201,6 @@ def search_for_run(hp: Any, *, model: Any, trainer_cls: Any, trainer_kwargs: dic
 def shared_clock() -> float:
     """Rank 0's clock on every DDP rank: the ranks train each candidate together, so they must agree on when the
     time budget runs out (a rank starting one more candidate than the others would wait forever)."""
-    import torch.distributed as dist
-
     now = [time.monotonic()]
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.broadcast_object_list(now, src=0)

@@ -14,13 +14,16 @@ ONNX, ONNX int8) go to ``RUN_URI/distill/<format>/``.
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import Trainer
+import torch.nn.functional as F
+from transformers import AutoModelForSequenceClassification, Trainer
 
 from tasks import cli, storage
 from tasks.errors import SpecInvalid
@@ -54,10 +57,6 @@ def layer_map(teacher_layers: int, student_layers: int) -> list[int]:
 
 def init_student(teacher, student_layers: int):
     """A copy of the teacher with ``student_layers`` encoder layers, each from ``layer_map``."""
-    import copy
-
-    from transformers import AutoModelForSequenceClassification
-
     mapping = layer_map(teacher.config.num_hidden_layers, student_layers)
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = student_layers
@@ -107,8 +106,6 @@ def distillation_loss(student_logits, teacher_logits, labels, *, alpha: float, t
     """{loss, ce, kl, hidden}: alpha*CE + (1-alpha)*T^2*KL(teacher_T || student_T) + hidden_weight*MSE.
 
     ``student_hidden``/``teacher_hidden`` are aligned lists of hidden states; the MSE is over real tokens."""
-    import torch.nn.functional as F
-
     ce = F.cross_entropy(student_logits, labels)
     t = temperature
     teacher_logits = teacher_logits.detach().to(student_logits.dtype)  # a bf16 teacher's (a no-op in fp32)
@@ -221,8 +218,6 @@ def with_teacher_cache(spec, teacher, teacher_uri: str, teacher_dir, mapping: li
                        epochs: float, batch_size: int, world_size: int, tokenizer, snapshot) -> Prepared:
     """``student.teacher_cache``: the teacher's outputs over the train rows, from the stored cache or one (sharded)
     pass, when ``decide`` says so; the train split then carries ``row_index`` for the collator to find them."""
-    import os
-
     from tasks.train import arguments, teacher_cache
 
     st = spec.student

@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from tasks import storage
 from tasks.contracts import VERSION_MANIFEST
 
@@ -72,8 +74,6 @@ def unseen_reason(unseen: Sequence[str], version: str | None) -> str:
 
 def predicted_top(predictions: Sequence[int], n_classes: int) -> tuple[int, float]:
     """(the most predicted class, its share of the predictions)."""
-    import numpy as np
-
     counts = np.bincount(np.asarray(predictions, dtype=np.int64), minlength=n_classes)
     top = int(np.argmax(counts))
     return top, float(counts[top] / max(1, counts.sum()))
@@ -120,6 +120,4 @@ def retry_reason(why: str) -> str:
 
 
 def holdout_label_counts(holdout_set: Any, n_classes: int) -> list[int]:
-    import numpy as np
-
     return np.bincount(np.asarray(holdout_set["labels"], dtype=np.int64), minlength=n_classes).tolist()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
+
 
 class LengthBucketSampler:
     """Indices for batches of similar length, with the batches in random order.
@@ -30,8 +32,6 @@ class LengthBucketSampler:
         return len(self.lengths)
 
     def batches(self) -> list[list[int]]:
-        import torch
-
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.lengths), generator=generator).tolist()
         size = self.mega_batches * self.batch_size

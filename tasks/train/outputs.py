@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from matplotlib.figure import Figure
+
 from tasks import storage
 from tasks.train.paths import StagePaths
 
@@ -53,14 +55,10 @@ def outcome_of(trainer, holdout: dict[str, float], resumed_from_step: int, progr
 
 def plot_curve(log_history: list[dict[str, Any]], path: Path, title: str) -> Path:
     """Training loss, holdout loss and holdout accuracy against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     train = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
     evals = [(e["step"], e["eval_loss"], e.get("eval_accuracy")) for e in log_history if "eval_loss" in e]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))  # no pyplot: no global figure state, no GUI backend
+    ax = fig.subplots()
     if train:
         ax.plot(*zip(*train), label="train loss", color="tab:blue")
     if evals:
@@ -77,7 +75,6 @@ def plot_curve(log_history: list[dict[str, Any]], path: Path, title: str) -> Pat
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

@@ -6,16 +6,13 @@ from __future__ import annotations
 import logging
 import time
 
+import transformers
+from transformers import TrainerCallback
+
 log = logging.getLogger(__name__)
 
 
-def _transformers_callback_base():
-    from transformers import TrainerCallback
-
-    return TrainerCallback
-
-
-class ProgressLogger(_transformers_callback_base()):
+class ProgressLogger(TrainerCallback):
     """One log line per logging step: step/total, loss, samples/s, ETA; and the figures for the result."""
 
     def __init__(self, stage: str, samples_per_step: int) -> None:
@@ -61,7 +58,6 @@ class ProgressLogger(_transformers_callback_base()):
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import transformers
 
     transformers.logging.set_verbosity_warning()
     transformers.logging.disable_progress_bar()

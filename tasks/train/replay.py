@@ -20,6 +20,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
+
 from tasks import storage
 
 log = logging.getLogger(__name__)
@@ -38,8 +40,6 @@ def replay_sample(labels: Sequence[int], lengths: Sequence[int], size: int, seed
     """Indices (sorted) of ``size`` rows of the history (``labels``, token ``lengths``) whose (length bin, label)
     mix is the history's: bins at the history's length quantiles, each cell ``size`` x its share (largest
     remainders), a seeded permutation within each cell. All rows when ``size`` covers them."""
-    import numpy as np
-
     from tasks.train.selection import apportion, cell_counts, length_edges
 
     labels, lengths = np.asarray(labels), np.asarray(lengths)
@@ -69,8 +69,6 @@ class Selection:
 
 
 def mix(labels: Sequence[int], names: Sequence[str]) -> dict[str, float]:
-    import numpy as np
-
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(names))
     total = max(1, int(counts.sum()))
     return {name: round(int(n) / total, 4) for name, n in zip(names, counts)}
@@ -81,8 +79,6 @@ def select(is_old: Sequence[bool], train_labels: Sequence[int], lengths: Sequenc
     """The incremental rows of a train split (per row, in the split's order: whether the champion's snapshot
     holds its text, its label, its token length): every new row plus ``replay_sample`` of the others,
     ``floor(multiple x new rows)`` of them (at most all)."""
-    import numpy as np
-
     old = np.asarray(is_old, dtype=bool)
     labels, lengths = np.asarray(train_labels), np.asarray(lengths)
     new_idx, old_idx = np.flatnonzero(~old), np.flatnonzero(old)

@@ -30,17 +30,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
+import torch
+from transformers import set_seed, Trainer
+
 from tasks import results, storage
 from tasks.contracts import TrainResult
 from tasks.spec import PipelineSpec, load_spec
-from tasks.train import arguments, batch_plan, checkpoints, defaults, export, fresh_start, modeling, outputs, replay
-from tasks.train import token_cache
+from tasks.train import arguments, batch_plan, checkpoints, defaults, export, fresh_start, modeling, outputs, replay, token_cache
 from tasks.train.batch_plan import BatchPlan
 from tasks.train.paths import StagePaths, stage_paths
 from tasks.train.progress import ProgressLogger, setup_logging
 from tasks.train.selection import model_selection_rows
-from tasks.train.train_data import train_data_report, train_data_warnings
 from tasks.train.stage_trainer import make_trainer
+from tasks.train.train_data import train_data_report, train_data_warnings
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +150,6 @@ def load(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe]
     """The spec, the weights and loss (``recipe_of``), and the data they train on: the snapshot's splits
     tokenized once per snapshot, tokenizer and length, and cached in storage (the next stage and every retry read
     them; token_cache.py)."""
-    from transformers import set_seed
-
     spec = load_spec(storage.join(storage.normalize(args.run), "spec.json"))
     paths = stage_paths(spec, args.run, stage)
     if fresh:
@@ -227,8 +227,6 @@ def search(loaded: Loaded, *, epochs: float, world_size: int) -> LearningRate:
 def search_run(loaded: Loaded, *, epochs: float, world_size: int) -> defaults.SearchResult:
     """The learning-rate search's training runs (``defaults.search_for_run``): copies of the recipe's model
     trained with its loss on subsamples of the rows, no longer than the run itself will train."""
-    from transformers import Trainer
-
     hp, recipe = loaded.hp, loaded.recipe
     return defaults.search_for_run(
         hp, model=recipe.model, trainer_cls=recipe.trainer_cls or Trainer, trainer_kwargs=recipe.trainer_kwargs,
@@ -279,9 +277,6 @@ def set_up_trainer(loaded: Loaded, selection_set: Any, rate: LearningRate, *, ep
     """The Trainer, set up one way for both stages: the batch plan, the recipe's ``prepare``, TrainingArguments,
     progress lines, checkpoint sync (on a CUDA GPU: checkpoints by time, uploaded in the background) and early
     stopping."""
-    import torch
-    from transformers import Trainer
-
     stage, hp, recipe = loaded.stage, loaded.hp, loaded.recipe
     min_epochs = min(hp.min_epochs, epochs)  # early stopping waits this long (a warm start's 1 epoch clips it)
     minutes = arguments.checkpoint_minutes(hp.checkpoint_minutes)
@@ -337,8 +332,6 @@ def holdout_metrics(loaded: Loaded, trained: Trained, selection_set: Any) -> dic
     """The best model's metrics on the holdout split. A warm start scores the holdout predictions too, to catch
     a collapse (one class for nearly every row; ``fresh_start.raise_if_collapsed`` raises for a retry from the
     base model)."""
-    from transformers import Trainer
-
     trainer, holdout_set = trained.trainer, loaded.holdout_set
     if not (loaded.stage == "finetune" and loaded.recipe.init_from.startswith("champion")):
         return trainer.evaluate() if selection_set is holdout_set else trainer.evaluate(holdout_set)

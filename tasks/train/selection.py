@@ -7,6 +7,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
+
 from tasks import storage
 from tasks.errors import SpecInvalid
 
@@ -18,8 +20,6 @@ def stratified_sample(labels: Sequence[int], size: int, seed: int) -> list[int]:
     round(size x share) rows, the rounding left over going to the largest remainders, at least one row of every
     label present. All indices when ``size`` covers them. Written here rather than sklearn's
     ``train_test_split(stratify=...)``, which refuses a label with a single row."""
-    import numpy as np
-
     labels = np.asarray(labels)
     if size >= len(labels):
         return list(range(len(labels)))
@@ -56,16 +56,12 @@ class LikeGoldenSample:
 def length_edges(lengths: Sequence[int], bins: int = LENGTH_BINS) -> list[int]:
     """Inner bin edges at the quantiles of ``lengths`` (integers, distinct): ``bins`` bins of about equal golden
     counts, the first and last open-ended so every holdout row falls in one."""
-    import numpy as np
-
     inner = np.quantile(np.asarray(lengths), np.linspace(0, 1, bins + 1)[1:-1])
     return sorted({int(np.ceil(x)) for x in inner} - {int(min(lengths))})
 
 
 def cell_counts(lengths: Sequence[int], labels: Sequence[int], edges: Sequence[int]) -> dict[tuple[int, int], int]:
     """Rows per (length bin, label)."""
-    import numpy as np
-
     bins = np.searchsorted(np.asarray(edges), np.asarray(lengths), side="right")
     cells, counts = np.unique(np.stack([bins, np.asarray(labels)], axis=1), axis=0, return_counts=True)
     return {(int(b), int(y)): int(n) for (b, y), n in zip(cells, counts)}
@@ -93,8 +89,6 @@ def like_golden_sample(holdout_lengths: Sequence[int], holdout_labels: Sequence[
     fill takes what it has, the rest from the nearest length bins of the same label (shorter first on a tie), so
     the label mix stays the golden set's as long as the label has rows; those cells are in ``shortfalls``. The
     golden rows themselves are never sampled: only their lengths and labels are read."""
-    import numpy as np
-
     h_len, h_lab = np.asarray(holdout_lengths), np.asarray(holdout_labels)
     edges = length_edges(golden_lengths, bins)
     golden = cell_counts(golden_lengths, golden_labels, edges)

@@ -9,6 +9,10 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+from transformers import DataCollatorWithPadding, EarlyStoppingCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
 from tasks.train.length_buckets import LengthBucketSampler
 from tasks.train.train_data import token_counts
 
@@ -18,8 +22,6 @@ def metrics_for(n_classes: int):
     definitions evaluation and the gates use (``tasks.metrics``)."""
 
     def compute_metrics(eval_pred) -> dict[str, float]:
-        import numpy as np
-
         from tasks import metrics
 
         logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
@@ -85,13 +87,7 @@ def stage_trainer_class(trainer_cls):
     return StageTrainer
 
 
-def _early_stopping_base():
-    from transformers import EarlyStoppingCallback
-
-    return EarlyStoppingCallback
-
-
-class EarlyStoppingAfterMinEpochs(_early_stopping_base()):
+class EarlyStoppingAfterMinEpochs(EarlyStoppingCallback):
     """transformers' EarlyStoppingCallback that cannot end training before ``min_epochs``: evaluations before
     then still update the best checkpoint but do not count towards the patience, so patience evaluations after
     ``min_epochs`` are what stops a run. Its counter and arguments are part of every checkpoint (``state()``,
@@ -119,8 +115,6 @@ class EarlyStoppingAfterMinEpochs(_early_stopping_base()):
 def quiet_trainer(trainer_cls, **kwargs):
     """A ``stage_trainer_class(trainer_cls)`` whose log lines come from ProgressLogger only (the default printer
     dumps raw dicts)."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
     trainer = stage_trainer_class(trainer_cls)(**kwargs)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
@@ -132,8 +126,6 @@ def make_trainer(trainer_cls, *, args, tokenizer, n_classes: int, patience: int,
     """The stages' Trainer, set up one way for both: dynamic padding, holdout accuracy and macro-F1, early
     stopping (not before ``min_epochs``), length-grouped batches, quiet logs; ``callbacks`` (progress, checkpoint
     sync) come first."""
-    from transformers import DataCollatorWithPadding
-
     return quiet_trainer(
         trainer_cls,
         args=args,

@@ -65,7 +65,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
+import torch.distributed as dist
+from accelerate import PartialState
+from safetensors.torch import load_file, save_file
+from transformers import DataCollatorWithPadding
 
 from tasks import storage
 
@@ -129,8 +134,6 @@ class TrainRows:
 def read_rows(dataset) -> TrainRows:
     """One read of a tokenized, unpadded split's input columns: Arrow, flattened to numpy (zero-copy where the
     split is memory-mapped, as the token cache's is); a ``select``-ed split reads its selected rows."""
-    import pyarrow.compute as pc
-
     names = [c for c in INPUTS if c in dataset.column_names]
     table = dataset.select_columns(names).with_format("arrow")[:]
     columns, lengths = {}, None
@@ -244,11 +247,8 @@ def process_group() -> tuple[int, int, Any]:
     yet: the Trainer then finds it and uses it."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1, None
-    import torch.distributed as dist
 
     if not dist.is_initialized():
-        from accelerate import PartialState
-
         PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=DDP_TIMEOUT_S))
     group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
     return dist.get_rank(), dist.get_world_size(), group
@@ -271,8 +271,6 @@ def run_teacher(teacher, rows: TrainRows, share: np.ndarray, tokenizer, *, layer
                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The teacher's outputs for ``share``'s rows, in that order: logits [rows, classes] and hidden states
     [layers, their tokens, hidden] (their tokens one row after the other)."""
-    from transformers import DataCollatorWithPadding
-
     collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if device.type == "cuda" else None)
     dtype = next(teacher.parameters()).dtype
     lengths = rows.lengths[share]
@@ -298,8 +296,6 @@ def run_teacher(teacher, rows: TrainRows, share: np.ndarray, tokenizer, *, layer
 def exchange(tensor: torch.Tensor, sizes: Sequence[int], dim: int, group) -> list[torch.Tensor]:
     """Every process's ``tensor`` (its size along ``dim`` is ``sizes[rank]``), by all_gather on ``group``: padded to
     the largest, sent as bytes (exact, whatever the dtype: gloo has no bf16 on every build)."""
-    import torch.distributed as dist
-
     rank = dist.get_rank()
     shape = list(tensor.shape)
     shape[dim] = max(sizes)
@@ -383,8 +379,6 @@ def read_stored(key_uri: str, fields: dict[str, Any], rows: TrainRows, *, stage:
 
 
 def load_attempt(attempt_uri: str, fields: dict[str, Any], rows: TrainRows, sizes: dict[str, int]) -> TeacherOutputs:
-    from safetensors.torch import load_file
-
     manifest = storage.read_json(storage.join(attempt_uri, MANIFEST))
     if manifest.get("fields") != fields:
         raise CacheCorrupt(f"manifest is for {manifest.get('fields')}, not this key")
@@ -412,8 +406,6 @@ def load_attempt(attempt_uri: str, fields: dict[str, Any], rows: TrainRows, size
 
 def store(key_uri: str, fields: dict[str, Any], outputs: TeacherOutputs) -> str:
     """Write ``outputs`` as a new attempt folder under ``key_uri``, create-only, its manifest last."""
-    from safetensors.torch import save_file
-
     attempt = f"{storage.utcnow().replace('-', '').replace(':', '')}-{uuid.uuid4().hex[:8]}"
     attempt_uri = storage.join(key_uri, attempt)
     tensors = {"logits": outputs.logits.contiguous(), "offsets": torch.from_numpy(outputs.offsets),
@@ -441,7 +433,6 @@ def stored_or_computed(teacher, rows: TrainRows, tokenizer, *, cache_uri: str, f
     t0 = time.monotonic()
     found = read_stored(key_uri, fields, rows, stage=stage)
     if world_size > 1:  # all read the stored copy or all make the pass: the pass is collective
-        import torch.distributed as dist
 
         everyone = torch.tensor([int(found is not None)])
         dist.all_reduce(everyone, op=dist.ReduceOp.MIN, group=group)

@@ -35,6 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
+from datasets import load_from_disk
+
 from tasks import storage
 from tasks.errors import SpecInvalid
 
@@ -179,8 +182,6 @@ def read(key_uri: str, fields: dict[str, Any], *, stage: str = "train") -> Token
 
 
 def _load(attempt_uri: str, fields: dict[str, Any], sizes: dict[str, int]) -> TokenizedSplits:
-    from datasets import load_from_disk
-
     manifest = storage.read_json(storage.join(attempt_uri, MANIFEST))
     if manifest.get("fields") != fields:
         raise CacheCorrupt(f"manifest is for {manifest.get('fields')}, not this key")
@@ -209,8 +210,6 @@ def _load(attempt_uri: str, fields: dict[str, Any], sizes: dict[str, int]) -> To
 
 def publish(key_uri: str, fields: dict[str, Any], train, holdout) -> str:
     """Write both splits as a new attempt folder under ``key_uri``, create-only, its manifest last."""
-    import datasets
-
     attempt = f"{storage.utcnow().replace('-', '').replace(':', '')}-{uuid.uuid4().hex[:8]}"
     attempt_uri = storage.join(key_uri, attempt)
     with tempfile.TemporaryDirectory(prefix="token-cache-") as tmp:

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
+import pyarrow.compute as pc
+from datasets import Dataset
+
 from tasks import storage
 from tasks.errors import DataRejected, SpecInvalid
 
@@ -35,8 +39,6 @@ def load_splits(snapshot_uri: str, max_train_rows: int | None,
 
 def tokenize(tokenizer, texts: Sequence[str], labels: Sequence[int], max_length: int):
     """A datasets.Dataset of unpadded token ids; padding happens per batch (DataCollatorWithPadding)."""
-    from datasets import Dataset
-
     enc = tokenizer(list(texts), truncation=True, max_length=max_length)
     columns = {key: enc[key] for key in enc.keys()}
     columns["labels"] = [int(label) for label in labels]
@@ -47,9 +49,6 @@ def train_data_report(dataset, labels: Sequence[str], max_length: int) -> dict[s
     """What a user should know about the rows a stage trains on, and is told nowhere else: how many reach
     ``model.max_length`` (cut there: long documents), and which declared classes have no train row at all (the
     model cannot learn them; a class may arrive with a later batch)."""
-    import numpy as np
-    import pyarrow.compute as pc
-
     lengths = np.asarray(token_counts(dataset))
     ids = dataset.select_columns(["labels"]).with_format("arrow")["labels"]
     counts = np.bincount(pc.cast(ids, "int64").to_numpy(zero_copy_only=False), minlength=len(labels))
@@ -76,7 +75,5 @@ def train_data_warnings(report: dict[str, Any]) -> list[str]:
 def token_counts(dataset) -> list[int]:
     """Each row's number of tokens, from the Arrow column (a Python list of every row's ids would cost a read of
     the whole split into objects); a ``select``-ed split gives its selected rows."""
-    import pyarrow.compute as pc
-
     column = dataset.select_columns(["input_ids"]).with_format("arrow")["input_ids"]
     return pc.list_value_length(column).to_numpy(zero_copy_only=False).tolist()
