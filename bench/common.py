@@ -130,7 +130,7 @@ def run_stage(args: list[str], env: dict[str, str] | None = None, timeout: float
 def run_stage_torchrun(spec, stage: str, args: list[str], gpus: int, logs: Path, env: dict[str, str],
                        timeout: float) -> tuple[subprocess.CompletedProcess, dict[int, str]]:
     """The stage as the pod runs it with ``stages.<stage>.gpus: gpus`` (the stage factory's torchrun command,
-    through this interpreter), each rank's output kept under ``logs``: (the process, {rank: its stdout})."""
+    through this interpreter), each rank's output kept under ``logs``: (the process, {rank: its stdout and stderr})."""
     from stage_factory import stage_command
     from tasks.spec import with_overrides
 
@@ -139,7 +139,9 @@ def run_stage_torchrun(spec, stage: str, args: list[str], gpus: int, logs: Path,
     torchrun = [sys.executable, "-m", "torch.distributed.run", *cmds[1:-3], "--log-dir", str(logs),
                 "--redirects", "3", *cmds[-3:], *stage_args]
     proc = subprocess.run(torchrun, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    stdout = {rank: next(logs.rglob(f"attempt_0/{rank}/stdout.log")).read_text() for rank in range(gpus)}
+    # A rank's output: its stdout (the result), then its stderr (the log lines, tasks.train's progress included).
+    stdout = {rank: "".join(next(logs.rglob(f"attempt_0/{rank}/{name}.log")).read_text()
+                            for name in ("stdout", "stderr")) for rank in range(gpus)}
     return proc, stdout
 
 

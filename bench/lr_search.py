@@ -54,7 +54,7 @@ def main() -> None:
 
     from tasks import metrics
     from tasks.spec import TrainSpec, load_spec
-    from tasks.train import defaults, modeling, training
+    from tasks.train import arguments, defaults, modeling, stage_trainer, train_data
 
     torch.set_num_threads(args.threads)  # 1 on a shared machine: spin-waiting OpenMP threads are far slower
     spec = load_spec(ROOT / "include" / "pipelines" / "emotion.yaml")
@@ -72,7 +72,7 @@ def main() -> None:
     tokenizer = modeling.load_tokenizer(base)
 
     def encode(part):
-        return training.tokenize(tokenizer, [t for t, _ in part], [y for _, y in part], spec.model.max_length)
+        return train_data.tokenize(tokenizer, [t for t, _ in part], [y for _, y in part], spec.model.max_length)
 
     train_set, holdout_set, dev_set, golden_set = map(encode, (train_rows, holdout_rows, dev, golden))
 
@@ -96,15 +96,15 @@ def main() -> None:
     for lr in grid:
         t0 = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="lr-bench-") as tmp:
-            targs = training.training_arguments(
+            targs = arguments.training_arguments(
                 Path(tmp), epochs=args.epochs, batch_size=hp.batch_size, learning_rate=lr,
                 weight_decay=hp.weight_decay, warmup_ratio=hp.warmup_ratio,
                 gradient_accumulation_steps=hp.gradient_accumulation_steps, eval_steps=10**6,
                 checkpoint_steps=10**6, seed=args.seed, eval_strategy="no", save_strategy="no",
                 load_best_model_at_end=False, logging_strategy="no")
-            trainer = training.quiet_trainer(Trainer, model=fresh_model(), args=targs, processing_class=tokenizer,
-                                             data_collator=DataCollatorWithPadding(tokenizer),
-                                             train_dataset=train_set)
+            trainer = stage_trainer.quiet_trainer(Trainer, model=fresh_model(), args=targs, processing_class=tokenizer,
+                                                  data_collator=DataCollatorWithPadding(tokenizer),
+                                                  train_dataset=train_set)
             trainer.train()
             row = {}
             for name, part in (("dev", dev_set), ("golden", golden_set)):

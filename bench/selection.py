@@ -16,9 +16,9 @@ A setting is ``SELECTION:MIN_EPOCHS``; ``spec`` is the shipped spec as it is. ``
 setting.
 
 ``--trace``: one training run instead, with the spec's settings and no early stopping, that scores the holdout
-split, the like-golden sample and dev.tsv at every evaluation (the stages' Trainer, ``training.make_trainer``, with
+split, the like-golden sample and dev.tsv at every evaluation (the stages' Trainer, ``stage_trainer.make_trainer``, with
 a dict of eval sets; no checkpoints). Early stopping is then replayed on that one trajectory for each signal,
-patience and ``--min-epochs`` (the rule of ``training.EarlyStoppingAfterMinEpochs``): where it would have stopped,
+patience and ``--min-epochs`` (the rule of ``stage_trainer.EarlyStoppingAfterMinEpochs``): where it would have stopped,
 the evaluation it would have kept, and that evaluation's dev accuracy. Same weights for every setting, so the
 differences are the selection rule's alone, not another run's noise.
 
@@ -113,7 +113,7 @@ def trace(args, rows: list[tuple[str, int]], dev: list[tuple[str, int]], overrid
     from transformers import Trainer, set_seed
 
     from tasks.spec import load_spec
-    from tasks.train import modeling, training
+    from tasks.train import arguments, modeling, selection, stage_trainer, train_data
 
     work = Path(tempfile.mkdtemp(prefix="selection-trace-"))
     root = "file://" + str(work / "store")
@@ -122,15 +122,15 @@ def trace(args, rows: list[tuple[str, int]], dev: list[tuple[str, int]], overrid
     hp = spec.train
     base = modeling.resolve_base_model(spec.model.base)
     tokenizer = modeling.load_tokenizer(base)
-    train_rows, holdout_rows = training.load_splits(snapshot, hp.max_train_rows)
-    train = training.tokenize(tokenizer, train_rows["text"], train_rows["label"], spec.model.max_length)
-    holdout = training.tokenize(tokenizer, holdout_rows["text"], holdout_rows["label"], spec.model.max_length)
-    golden = training.tokenize(tokenizer, [t for t, _ in dev], [y for _, y in dev], spec.model.max_length)
-    sample = training.like_golden_sample([len(i) for i in holdout["input_ids"]], holdout["labels"],
-                                         [len(i) for i in golden["input_ids"]], golden["labels"], seed=hp.seed,
-                                         max_rows=hp.selection_rows)
+    train_rows, holdout_rows = train_data.load_splits(snapshot, hp.max_train_rows)
+    train = train_data.tokenize(tokenizer, train_rows["text"], train_rows["label"], spec.model.max_length)
+    holdout = train_data.tokenize(tokenizer, holdout_rows["text"], holdout_rows["label"], spec.model.max_length)
+    golden = train_data.tokenize(tokenizer, [t for t, _ in dev], [y for _, y in dev], spec.model.max_length)
+    sample = selection.like_golden_sample([len(i) for i in holdout["input_ids"]], holdout["labels"],
+                                          [len(i) for i in golden["input_ids"]], golden["labels"], seed=hp.seed,
+                                          max_rows=hp.selection_rows)
     epochs = float(hp.epochs)
-    targs = training.training_arguments(
+    targs = arguments.training_arguments(
         work / "scratch", epochs=epochs, batch_size=hp.batch_size, learning_rate=float(hp.learning_rate),
         weight_decay=hp.weight_decay, warmup_ratio=hp.warmup_ratio,
         gradient_accumulation_steps=hp.gradient_accumulation_steps, eval_steps=hp.eval_steps,
@@ -138,11 +138,11 @@ def trace(args, rows: list[tuple[str, int]], dev: list[tuple[str, int]], overrid
         metric_for_best_model="holdout_accuracy")
     set_seed(hp.seed)
     model = modeling.load_classifier(base, labels=list(spec.data.labels))
-    trainer = training.make_trainer(
+    trainer = stage_trainer.make_trainer(
         Trainer, args=targs, tokenizer=tokenizer, n_classes=len(spec.data.labels), patience=10**6, model=model,
         train_dataset=train, eval_dataset={"holdout": holdout, "like_golden": holdout.select(sample.indices),
                                            "dev": golden})
-    trainer.remove_callback(training.EarlyStoppingAfterMinEpochs)  # replayed below, for every signal
+    trainer.remove_callback(stage_trainer.EarlyStoppingAfterMinEpochs)  # replayed below, for every signal
     t0 = time.monotonic()
     trainer.train()
     by_step: dict[int, dict] = {}
@@ -182,9 +182,9 @@ def main() -> None:
 
     import torch
 
-    from tasks.train import training
+    from tasks.train import progress
 
-    training.setup_logging()
+    progress.setup_logging()
     rows = read_tsv("train", min_words=args.min_words, limit=args.rows)
     dev = read_tsv("dev")
     if args.trace:

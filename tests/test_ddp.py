@@ -60,7 +60,7 @@ def test_two_processes_share_the_batches_and_rank0_alone_writes(tmp_path, tiny_w
 
     from tasks import storage
     from tasks.spec import load_spec
-    from tasks.train import training
+    from tasks.train import stage_trainer
     from tasks.train.checkpoints import remote_checkpoints
     from tasks.train.modeling import load_tokenizer
 
@@ -81,7 +81,7 @@ def test_two_processes_share_the_batches_and_rank0_alone_writes(tmp_path, tiny_w
     ddp_run = make_run(root, "ddp", {**settings, "train.batch_size": BATCH // 2})
     seen, logs = tmp_path / "seen", tmp_path / "logs"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", **ONE_THREAD,
-           "RETRAIN_SCRATCH_DIR": str(tmp_path / "scratch-2"), training.ROWS_SEEN_ENV: str(seen)}
+           "RETRAIN_SCRATCH_DIR": str(tmp_path / "scratch-2"), stage_trainer.ROWS_SEEN_ENV: str(seen)}
     # The very command the stage factory gives a 2-GPU pod, with torchrun run from this interpreter and its
     # per-rank logs kept for the assertions below.
     proc, stdout = run_stage_torchrun(load_spec(storage.join(ddp_run, "spec.json")), "finetune",

@@ -125,14 +125,14 @@ def test_loss_is_alpha_ce_plus_t2_kl():
 def _train_student(teacher, tokenizer, tmp_path, steps: int = 4, seed: int = 7):
     from transformers import DataCollatorWithPadding, set_seed
 
-    from tasks.train import training
+    from tasks.train import arguments, train_data
 
     rows = read_tsv("train", limit=48, offset=3000)
-    data = training.tokenize(tokenizer, [t for t, _ in rows], [y for _, y in rows], 64)
-    args = training.training_arguments(tmp_path, epochs=1, batch_size=8, learning_rate=5e-3, weight_decay=0.0,
-                                       warmup_ratio=0.0, gradient_accumulation_steps=1, eval_steps=100,
-                                       checkpoint_steps=100, seed=seed, max_steps=steps, load_best_model_at_end=False,
-                                       save_strategy="no", eval_strategy="no")
+    data = train_data.tokenize(tokenizer, [t for t, _ in rows], [y for _, y in rows], 64)
+    args = arguments.training_arguments(tmp_path, epochs=1, batch_size=8, learning_rate=5e-3, weight_decay=0.0,
+                                        warmup_ratio=0.0, gradient_accumulation_steps=1, eval_steps=100,
+                                        checkpoint_steps=100, seed=seed, max_steps=steps, load_best_model_at_end=False,
+                                        save_strategy="no", eval_strategy="no")
     set_seed(seed)
     student, mapping = init_student(teacher, 2)
     trainer = DistillTrainer(model=student, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer),

@@ -94,10 +94,10 @@ def test_finetune_resumes_after_sigkill(s3_env, tmp_path, tiny_model_dir, rows, 
     result = stage_result(retry.stdout)
     resumed = result["resumed_from_step"]
     assert resumed == max(complete)  # the newest complete checkpoint
-    assert f"resuming from {checkpoints}/checkpoint-{resumed}" in retry.stdout
+    assert f"resuming from {checkpoints}/checkpoint-{resumed}" in retry.stderr  # the stage's log lines
     # The step counter continued from the checkpoint instead of starting over...
-    steps_logged = [int(line.split("step ", 1)[1].split("/", 1)[0]) for line in retry.stdout.splitlines()
-                    if line.startswith("[finetune] step ")]
+    steps_logged = [int(line.split("[finetune] step ", 1)[1].split("/", 1)[0]) for line in retry.stderr.splitlines()
+                    if "[finetune] step " in line]
     assert steps_logged and min(steps_logged) > resumed
     assert result["global_step"] == total_steps
     # ...and the end state is the uninterrupted run's, bit for bit (weights and holdout metrics).

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import pytest
 
 from bench.common import make_run, read_tsv, write_snapshot
@@ -133,8 +134,9 @@ def test_a_warm_start_that_collapses_is_retrained_once_from_the_base_model(root,
 
 
 def test_a_champion_that_already_answers_one_class_is_not_blamed_on_the_warm_start(root, labelled_dir, tmp_path,
-                                                                                   tiny_model_dir, capsys,
+                                                                                   tiny_model_dir, caplog,
                                                                                    one_torch_thread):
+    caplog.set_level(logging.INFO, logger="tasks.train")  # the stages' progress lines
     import torch
 
     from tasks import storage
@@ -152,4 +154,4 @@ def test_a_champion_that_already_answers_one_class_is_not_blamed_on_the_warm_sta
     assert finetune.main(["--run", run, "--snapshot", snapshot, "--champion", champion]) == 0
     result = storage.read_json(storage.join(run, "finetune", "result.json"))
     assert result["init_from"] == "champion v1" and result["fresh_start"] is None
-    assert "but so does the champion it started from" in capsys.readouterr().out
+    assert "but so does the champion it started from" in caplog.text

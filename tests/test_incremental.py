@@ -169,7 +169,7 @@ def test_an_incremental_night_trains_on_new_rows_and_replay_never_on_withdrawn_o
     from tasks.data import golden, snapshots, withdraw
     from tasks.data.ingest import run_ingest
     from tasks.data.validation import normalize_text
-    from tasks.train import distill, finetune, modeling, training
+    from tasks.train import distill, finetune, modeling, stage_trainer
 
     root = "file://" + str(tmp_path / "store")
     spec = make_spec(root, model={"base": str(champion_models / "teacher")}, decide={"min_new_rows": 10, "retrain_every_rows": 50},
@@ -209,10 +209,10 @@ def test_an_incremental_night_trains_on_new_rows_and_replay_never_on_withdrawn_o
 
     seen = tmp_path / "seen"
     monkeypatch.setenv("RETRAIN_SCRATCH_DIR", str(tmp_path / "scratch"))
-    monkeypatch.setenv(training.ROWS_SEEN_ENV, str(seen / "finetune"))
+    monkeypatch.setenv(stage_trainer.ROWS_SEEN_ENV, str(seen / "finetune"))
     assert finetune.main(["--run", run, "--snapshot", night["snapshot_uri"], "--champion", champion_uri]) == 0
     teacher = storage.read_json(storage.join(run, "finetune", "result.json"))
-    monkeypatch.setenv(training.ROWS_SEEN_ENV, str(seen / "distill"))
+    monkeypatch.setenv(stage_trainer.ROWS_SEEN_ENV, str(seen / "distill"))
     assert distill.main(["--run", run, "--snapshot", night["snapshot_uri"], "--teacher", teacher["model_uri"],
                          "--champion", champion_uri]) == 0
     student = storage.read_json(storage.join(run, "distill", "result.json"))

@@ -1,5 +1,5 @@
-"""Length grouping (tasks.train.training.LengthBucketSampler): batches of similar length, in random order, seeded, and
-used by the stages' Trainer for every epoch."""
+"""Length grouping (tasks.train.length_buckets.LengthBucketSampler): batches of similar length, in random order,
+seeded, and used by the stages' Trainer for every epoch."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from tasks.train.training import LengthBucketSampler
+from tasks.train.length_buckets import LengthBucketSampler
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -53,7 +53,7 @@ def test_order_depends_on_seed_and_epoch_only():
 def test_the_stages_trainer_uses_it_for_every_epoch(tiny_model_dir, tmp_path, monkeypatch):
     from transformers import Trainer
 
-    from tasks.train import modeling, training
+    from tasks.train import arguments, modeling, stage_trainer, train_data
 
     seen: list[tuple[int, int, int]] = []  # (epoch, batch size, seed) of each epoch's sampler
     original = LengthBucketSampler.set_epoch
@@ -62,15 +62,15 @@ def test_the_stages_trainer_uses_it_for_every_epoch(tiny_model_dir, tmp_path, mo
 
     tokenizer = modeling.load_tokenizer(tiny_model_dir)
     texts = ["short", "a somewhat longer row of text", "mid length row", "one more row here", "x y", "z"] * 4
-    data = training.tokenize(tokenizer, texts, [i % 2 for i in range(len(texts))], 64)
+    data = train_data.tokenize(tokenizer, texts, [i % 2 for i in range(len(texts))], 64)
     common = dict(epochs=2, batch_size=4, learning_rate=1e-3, weight_decay=0.0, warmup_ratio=0.0,
                   gradient_accumulation_steps=1, eval_steps=1000, checkpoint_steps=1000, seed=3)
 
     def train(**kwargs):
-        args = training.training_arguments(tmp_path / "out", **common, save_strategy="no", eval_strategy="no",
-                                           load_best_model_at_end=False, **kwargs)
-        trainer = training.quiet_trainer(Trainer, model=modeling.load_classifier(tiny_model_dir), args=args,
-                                         train_dataset=data, processing_class=tokenizer)
+        args = arguments.training_arguments(tmp_path / "out", **common, save_strategy="no", eval_strategy="no",
+                                            load_best_model_at_end=False, **kwargs)
+        trainer = stage_trainer.quiet_trainer(Trainer, model=modeling.load_classifier(tiny_model_dir), args=args,
+                                              train_dataset=data, processing_class=tokenizer)
         trainer.train()
         return trainer
 

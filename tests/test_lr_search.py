@@ -3,6 +3,7 @@ its rate from -- the search on a first run, the champion's recorded rate on a re
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -120,7 +121,8 @@ def finetune(root, snapshot, run_key, overrides, champion="none", tiny_model_dir
     return run, storage.read_json(storage.join(run, "finetune", "result.json"))
 
 
-def test_auto_searches_on_a_first_run_and_a_retrain_reuses_the_champions_rate(store, tiny_model_dir, capsys):
+def test_auto_searches_on_a_first_run_and_a_retrain_reuses_the_champions_rate(store, tiny_model_dir, caplog):
+    caplog.set_level(logging.INFO, logger="tasks.train")  # the stages' progress lines
     root, snapshot = store
     run, first = finetune(root, snapshot, "first", {"train.learning_rate": "auto", "train.epochs": "auto"},
                           tiny_model_dir=tiny_model_dir)
@@ -131,7 +133,8 @@ def test_auto_searches_on_a_first_run_and_a_retrain_reuses_the_champions_rate(st
     assert defaults.scaled_candidates(CANDIDATES, 8) == [5e-5, 5e-4]
     best = max(first["lr_search"]["trials"], key=lambda t: t["score"])
     assert first["learning_rate"] == first["lr_search"]["best"] == best["learning_rate"]
-    assert "[lr-search] chose lr" in capsys.readouterr().out
+    assert "[lr-search] chose lr" in caplog.text
+    caplog.clear()
     # the rate travels with the model: publish copies RUN/finetune/model/ into the version's teacher/
     recorded = storage.read_json(storage.join(run, "finetune", "model", defaults.RECORD))
     assert recorded["learning_rate"] == first["learning_rate"] and recorded["learning_rate_source"] == "search"
@@ -144,27 +147,29 @@ def test_auto_searches_on_a_first_run_and_a_retrain_reuses_the_champions_rate(st
     assert retrain["init_from"] == "champion v0001"
     assert retrain["learning_rate"] == first["learning_rate"]
     assert retrain["learning_rate_source"] == "champion v0001" and retrain["lr_search"] is None
-    assert "[lr-search]" not in capsys.readouterr().out
+    assert "[lr-search]" not in caplog.text
 
 
-def test_a_candidate_trains_no_longer_than_the_run_itself(store, tiny_model_dir, capsys):
+def test_a_candidate_trains_no_longer_than_the_run_itself(store, tiny_model_dir, caplog):
     """On a tiny pipeline the run is a few steps; 100 steps a candidate made the search cost many times the
     training whose rate it picks (a 150-row trial: 458 s for the first candidate of four)."""
+    caplog.set_level(logging.INFO, logger="tasks.train")  # the stages' progress lines
     assert defaults.run_steps(30, 8, 1.0) == 4 and defaults.run_steps(30, 8, 2.5) == 10
     assert defaults.run_steps(4500, 32, 2.0) == 282  # make demo's first run: the search would keep its 100 steps
     root, snapshot = store
     _, result = finetune(root, snapshot, "short", {"train.learning_rate": "auto", "train.lr_search_steps": 100},
                          tiny_model_dir=tiny_model_dir)
     assert result["learning_rate_source"] == "search" and result["global_step"] == 4  # 30 rows, batch 8, 1 epoch
-    assert "2 candidates [5e-05, 0.0005] (effective batch 8), 4 steps each" in capsys.readouterr().out
+    assert "2 candidates [5e-05, 0.0005] (effective batch 8), 4 steps each" in caplog.text
 
 
-def test_an_explicit_rate_is_used_as_is_without_a_search(store, tiny_model_dir, capsys):
+def test_an_explicit_rate_is_used_as_is_without_a_search(store, tiny_model_dir, caplog):
+    caplog.set_level(logging.INFO, logger="tasks.train")  # the stages' progress lines
     root, snapshot = store
     _, result = finetune(root, snapshot, "fixed", {"train.learning_rate": 2e-3}, tiny_model_dir=tiny_model_dir)
     assert result["learning_rate"] == 2e-3 and result["learning_rate_source"] == "spec"
     assert result["lr_search"] is None and result["epochs"] == 1.0
-    assert "[lr-search]" not in capsys.readouterr().out
+    assert "[lr-search]" not in caplog.text
 
 
 def test_a_retry_of_a_run_reuses_its_stored_search(tmp_path):

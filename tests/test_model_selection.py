@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import json
 from collections import Counter
 
@@ -14,9 +15,9 @@ from tasks import storage
 
 
 def _cells(lengths, labels, edges):
-    from tasks.train import training
+    from tasks.train import selection
 
-    return training.cell_counts(lengths, labels, edges)
+    return selection.cell_counts(lengths, labels, edges)
 
 
 def _golden_and_holdout(long_rows_per_label: int):
@@ -31,31 +32,31 @@ def _golden_and_holdout(long_rows_per_label: int):
 
 
 def test_a_like_golden_sample_has_the_golden_length_and_label_mix():
-    from tasks.train import training
+    from tasks.train import selection
 
     g_len, g_lab, h_len, h_lab = _golden_and_holdout(long_rows_per_label=200)
-    sample = training.like_golden_sample(h_len, h_lab, g_len, g_lab, seed=3)
+    sample = selection.like_golden_sample(h_len, h_lab, g_len, g_lab, seed=3)
     assert len(sample.indices) == 400 and sample.indices == sorted(set(sample.indices))  # the golden set's size
     assert not sample.shortfalls and sample.histogram_distance == 0.0
     picked_len = [h_len[i] for i in sample.indices]
     picked_lab = [h_lab[i] for i in sample.indices]
     assert _cells(picked_len, picked_lab, sample.edges) == _cells(g_len, g_lab, sample.edges)  # cell for cell
-    assert len(sample.edges) == training.LENGTH_BINS - 1
+    assert len(sample.edges) == selection.LENGTH_BINS - 1
     assert abs(np.mean(picked_len) - np.mean(g_len)) < 1.5 < abs(np.mean(h_len) - np.mean(g_len))
     # Seeded: the same rows again, other rows with another seed; train.selection_rows caps the size.
-    assert training.like_golden_sample(h_len, h_lab, g_len, g_lab, seed=3).indices == sample.indices
-    assert training.like_golden_sample(h_len, h_lab, g_len, g_lab, seed=4).indices != sample.indices
-    capped = training.like_golden_sample(h_len, h_lab, g_len, g_lab, seed=3, max_rows=250)
+    assert selection.like_golden_sample(h_len, h_lab, g_len, g_lab, seed=3).indices == sample.indices
+    assert selection.like_golden_sample(h_len, h_lab, g_len, g_lab, seed=4).indices != sample.indices
+    capped = selection.like_golden_sample(h_len, h_lab, g_len, g_lab, seed=3, max_rows=250)
     assert len(capped.indices) == 250 and capped.histogram_distance < 0.02
 
 
 def test_a_holdout_short_of_long_rows_gives_what_it_has_and_says_so():
-    from tasks.train import training
+    from tasks.train import selection
 
     g_len, g_lab, h_len, h_lab = _golden_and_holdout(long_rows_per_label=6)
-    sample = training.like_golden_sample(h_len, h_lab, g_len, g_lab, seed=3)
+    sample = selection.like_golden_sample(h_len, h_lab, g_len, g_lab, seed=3)
     # An exact mix would allow only a few dozen rows: min_rows rows, the long cells taking every long row there is.
-    assert len(sample.indices) == training.MIN_LIKE_GOLDEN_ROWS
+    assert len(sample.indices) == selection.MIN_LIKE_GOLDEN_ROWS
     long_idx = [i for i, n in enumerate(h_len) if n >= 30]  # the holdout's only rows of 30 tokens or more
     assert set(long_idx) <= set(sample.indices)
     assert sample.shortfalls and all(s["holdout_rows"] < s["wanted"] for s in sample.shortfalls)
@@ -63,7 +64,7 @@ def test_a_holdout_short_of_long_rows_gives_what_it_has_and_says_so():
     assert all(int(s["tokens"][1:].split(",")[0]) >= 30 for s in sample.shortfalls)  # only the long cells
     # The rest came from the nearest lengths of the same label: the label mix is the golden set's.
     golden_cells = _cells(g_len, g_lab, sample.edges)
-    per_cell = training.apportion({c: n / len(g_lab) for c, n in golden_cells.items()}, len(sample.indices))
+    per_cell = selection.apportion({c: n / len(g_lab) for c, n in golden_cells.items()}, len(sample.indices))
     want = Counter()
     for (_, label), n in per_cell.items():
         want[label] += n
@@ -93,18 +94,18 @@ def _frozen_trainer(tiny_model_dir, tmp_path, *, patience: int, min_epochs: floa
     32 rows, batch 2 -> 16 steps an epoch, 2 epochs, an evaluation and a checkpoint every 2 steps."""
     from transformers import Trainer, set_seed
 
-    from tasks.train import modeling, training
+    from tasks.train import arguments, modeling, stage_trainer, train_data
 
     tokenizer = modeling.load_tokenizer(tiny_model_dir)
     rows = read_tsv("train", limit=32, offset=4000)
-    data = training.tokenize(tokenizer, [t for t, _ in rows], [y for _, y in rows], 64)
-    args = training.training_arguments(
+    data = train_data.tokenize(tokenizer, [t for t, _ in rows], [y for _, y in rows], 64)
+    args = arguments.training_arguments(
         tmp_path / "scratch", epochs=2, batch_size=2, learning_rate=0.0, weight_decay=0.0, warmup_ratio=0.0,
         gradient_accumulation_steps=1, eval_steps=2, checkpoint_steps=2, seed=5, **arg_overrides)
     set_seed(5)
-    return training.make_trainer(Trainer, args=args, tokenizer=tokenizer, n_classes=2, patience=patience,
-                                 min_epochs=min_epochs, model=modeling.load_classifier(tiny_model_dir),
-                                 train_dataset=data, eval_dataset=data.select(range(8)))
+    return stage_trainer.make_trainer(Trainer, args=args, tokenizer=tokenizer, n_classes=2, patience=patience,
+                                      min_epochs=min_epochs, model=modeling.load_classifier(tiny_model_dir),
+                                      train_dataset=data, eval_dataset=data.select(range(8)))
 
 
 def test_early_stopping_waits_for_min_epochs_then_counts_patience(tiny_model_dir, tmp_path, one_torch_thread):
@@ -137,8 +138,9 @@ def test_a_resumed_run_keeps_the_patience_counted_after_min_epochs(tiny_model_di
 # ---------------------------------------------------------------- the stage
 
 
-def test_finetune_selects_on_holdout_rows_drawn_like_the_golden_set(tiny_model_dir, tmp_path, monkeypatch, capsys,
+def test_finetune_selects_on_holdout_rows_drawn_like_the_golden_set(tiny_model_dir, tmp_path, monkeypatch, caplog,
                                                                     one_torch_thread):
+    caplog.set_level(logging.INFO, logger="tasks.train")  # the stages' progress lines
     from tasks.train import finetune
 
     root = storage.normalize(str(tmp_path / "store"))
@@ -162,7 +164,7 @@ def test_finetune_selects_on_holdout_rows_drawn_like_the_golden_set(tiny_model_d
     assert finetune.main(["--run", run, "--snapshot", snapshot, "--champion", "none"]) == 0
     # A token cache miss and like_golden: the splits, the cache key and the golden set all came from one read.
     assert len(manifest_reads) == 1
-    out = capsys.readouterr().out
+    out = caplog.text
     result = storage.read_json(storage.join(run, "finetune", "result.json"))
     selection = result["selection"]
     holdout = result["metrics"]["holdout_rows"]
@@ -182,8 +184,9 @@ def test_finetune_selects_on_holdout_rows_drawn_like_the_golden_set(tiny_model_d
     assert evals[-1] == pytest.approx(result["metrics"]["accuracy"])
 
 
-def test_a_snapshot_without_a_golden_set_selects_on_the_holdout_split(tiny_model_dir, tmp_path, monkeypatch, capsys,
+def test_a_snapshot_without_a_golden_set_selects_on_the_holdout_split(tiny_model_dir, tmp_path, monkeypatch, caplog,
                                                                       one_torch_thread):
+    caplog.set_level(logging.INFO, logger="tasks.train")  # the stages' progress lines
     from tasks.train import finetune
 
     root = storage.normalize(str(tmp_path / "store"))
@@ -193,17 +196,18 @@ def test_a_snapshot_without_a_golden_set_selects_on_the_holdout_split(tiny_model
     snapshot = write_snapshot(root, "sst2", read_tsv("train", limit=120))
     monkeypatch.setenv("RETRAIN_SCRATCH_DIR", str(tmp_path / "scratch"))
     assert finetune.main(["--run", run, "--snapshot", snapshot, "--champion", "none"]) == 0
-    assert "records no golden_uri; model selection on the holdout split instead" in capsys.readouterr().out
+    assert "records no golden_uri; model selection on the holdout split instead" in caplog.text
     result = storage.read_json(storage.join(run, "finetune", "result.json"))
     assert result["selection"] == {"mode": "holdout", "rows": result["metrics"]["holdout_rows"]}
 
 
-def test_a_short_sample_under_half_the_split_falls_back_to_the_whole_holdout(tiny_model_dir, tmp_path, capsys):
+def test_a_short_sample_under_half_the_split_falls_back_to_the_whole_holdout(tiny_model_dir, tmp_path, caplog):
     """The demo's case: a holdout of full sentences a little short of the golden mix, where the like-golden
     sample (200 rows) would be under half the split: the whole split scores model selection, with less noise."""
+    caplog.set_level(logging.INFO, logger="tasks.train")  # the stages' progress lines
     from tasks.spec import load_spec
-    from tasks.train import modeling, training
-    from tasks.train.runner import model_selection_rows
+    from tasks.train import modeling, train_data
+    from tasks.train.selection import model_selection_rows
 
     root = storage.normalize(str(tmp_path / "store"))
     run = make_run(root, "fallback", {"model.base": str(tiny_model_dir), "train.selection": "like_golden"})
@@ -214,9 +218,9 @@ def test_a_short_sample_under_half_the_split_falls_back_to_the_whole_holdout(tin
     frame = snapshots.read_snapshot(snapshot)
     holdout = frame[frame["split"] == "holdout"]
     tokenizer = modeling.load_tokenizer(tiny_model_dir)
-    holdout_set = training.tokenize(tokenizer, holdout["text"].tolist(), holdout["label"].tolist(), 128)
+    holdout_set = train_data.tokenize(tokenizer, holdout["text"].tolist(), holdout["label"].tolist(), 128)
     hp = load_spec(storage.join(run, "spec.json")).train
     chosen, summary = model_selection_rows(hp, holdout_set, snapshot, tokenizer, 128, "finetune")
     assert summary["like_golden_fallback"]["shortfalls"] and summary["like_golden_fallback"]["rows"] < len(holdout) / 2
     assert chosen is holdout_set and summary["mode"] == "holdout" and summary["rows"] == len(holdout)
-    assert f"model selection on all {len(holdout)} holdout rows" in capsys.readouterr().out
+    assert f"model selection on all {len(holdout)} holdout rows" in caplog.text

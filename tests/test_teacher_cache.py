@@ -4,13 +4,14 @@ it is used; and the distill stage trains with it end to end, reading the fine-tu
 
 from __future__ import annotations
 
+import logging
 import numpy as np
 import pytest
 import torch
 
 from bench.common import make_run, read_tsv, write_snapshot
 from tasks import storage
-from tasks.train import teacher_cache, training
+from tasks.train import arguments, stage_trainer, teacher_cache, train_data
 from tasks.train.distill import DistillTrainer, hidden_pairs, init_student
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -29,21 +30,21 @@ def tokenizer(tiny_tokenizer):
 @pytest.fixture(scope="module")
 def train_set(tokenizer):
     rows = read_tsv("train", limit=40, offset=2500)
-    return training.tokenize(tokenizer, [t for t, _ in rows], [y for _, y in rows], 48)
+    return train_data.tokenize(tokenizer, [t for t, _ in rows], [y for _, y in rows], 48)
 
 
 def _trainer(teacher, tokenizer, data, tmp_path, outputs=None):
     from transformers import DataCollatorWithPadding
 
-    args = training.training_arguments(tmp_path, epochs=1, batch_size=8, learning_rate=1e-3, weight_decay=0.0,
-                                       warmup_ratio=0.0, gradient_accumulation_steps=1, eval_steps=100,
-                                       checkpoint_steps=100, seed=3, save_strategy="no", eval_strategy="no",
-                                       load_best_model_at_end=False)
+    args = arguments.training_arguments(tmp_path, epochs=1, batch_size=8, learning_rate=1e-3, weight_decay=0.0,
+                                        warmup_ratio=0.0, gradient_accumulation_steps=1, eval_steps=100,
+                                        checkpoint_steps=100, seed=3, save_strategy="no", eval_strategy="no",
+                                        load_best_model_at_end=False)
     student, mapping = init_student(teacher, 2)
     # The stages' Trainer: batches from the seeded LengthBucketSampler, so both trainers see the same ones.
-    return training.quiet_trainer(DistillTrainer, model=student, args=args, train_dataset=data,
-                                  data_collator=DataCollatorWithPadding(tokenizer), teacher=teacher, alpha=0.3,
-                                  temperature=2.0, hidden_weight=1.0, mapping=mapping, teacher_outputs=outputs)
+    return stage_trainer.quiet_trainer(DistillTrainer, model=student, args=args, train_dataset=data,
+                                       data_collator=DataCollatorWithPadding(tokenizer), teacher=teacher, alpha=0.3,
+                                       temperature=2.0, hidden_weight=1.0, mapping=mapping, teacher_outputs=outputs)
 
 
 def test_the_cached_teachers_loss_equals_the_live_teachers_batch_by_batch(teacher, tokenizer, train_set, tmp_path):
@@ -161,9 +162,10 @@ def test_when_the_cache_is_used():
     assert 0 < teacher_cache.memory_budget_bytes(2) < teacher_cache.memory_budget_bytes(1)
 
 
-def test_the_distill_stage_trains_on_cached_teacher_outputs(tmp_path, tiny_model_dir, monkeypatch, capsys):
+def test_the_distill_stage_trains_on_cached_teacher_outputs(tmp_path, tiny_model_dir, monkeypatch, caplog):
     """finetune, then distill twice on its teacher: the spec's default (auto: off on CPU, the live teacher) and
     with the cache forced on. Both read the fine-tune stage's token cache; their training losses agree."""
+    caplog.set_level(logging.INFO, logger="tasks.train")  # the stages' progress lines
     from tasks.train import distill, finetune
 
     root = storage.normalize(str(tmp_path / "store"))
@@ -181,10 +183,10 @@ def test_the_distill_stage_trains_on_cached_teacher_outputs(tmp_path, tiny_model
     results = {}
     for setting in ("auto", "on"):
         student_run = make_run(root, f"student-{setting}", {**settings, "student.teacher_cache": setting})
-        capsys.readouterr()
+        caplog.clear()
         assert distill.main(["--run", student_run, "--snapshot", snapshot, "--teacher",
                              teacher_result["model_uri"]]) == 0
-        out = capsys.readouterr().out
+        out = caplog.text
         assert "[distill] token cache hit" in out
         results[setting] = storage.read_json(storage.join(student_run, "distill", "result.json"))
     live, cached = results["auto"], results["on"]
@@ -288,7 +290,8 @@ def _fields(teacher_dir, rows, layers):
 
 
 def test_the_stored_cache_is_reused_verified_and_rebuilt_never_replaced(teacher, tokenizer, train_set, tmp_path,
-                                                                       tiny_model_dir, monkeypatch, capsys):
+                                                                       tiny_model_dir, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="tasks.train")  # the stages' progress lines
     rows, layers = teacher_cache.read_rows(train_set), [2, 4]
     store = storage.normalize(str(tmp_path / "store"))
 
@@ -314,9 +317,9 @@ def test_the_stored_cache_is_reused_verified_and_rebuilt_never_replaced(teacher,
     stored_path.write_bytes(bytes(corrupt))
     partial = storage.join(storage.parent(first.uri), "00000000T000000Z-partial")
     storage.write_bytes(storage.join(partial, "outputs.safetensors"), b"cut short")
-    capsys.readouterr()
+    caplog.clear()
     rebuilt = get()
-    assert f"teacher cache: skipping {first.uri}: CacheCorrupt" in capsys.readouterr().out
+    assert f"teacher cache: skipping {first.uri}: CacheCorrupt" in caplog.text
     assert not rebuilt.reused and rebuilt.uri not in (first.uri, partial)
     assert torch.equal(rebuilt.logits, first.logits)
     assert storage.read_bytes(outputs_uri) == bytes(corrupt)
@@ -332,9 +335,9 @@ def test_the_stored_cache_is_reused_verified_and_rebuilt_never_replaced(teacher,
     # Over STORE_MAX_BYTES the outputs stay in memory: nothing stored, a retry makes the pass again.
     monkeypatch.setattr(teacher_cache, "STORE_MAX_BYTES", 1024)
     big = teacher_cache.read_rows(train_set.select(range(30)))
-    capsys.readouterr()
+    caplog.clear()
     assert get(rows=big).uri is None and not get(rows=big).reused
-    assert "teacher cache not stored:" in capsys.readouterr().out
+    assert "teacher cache not stored:" in caplog.text
 
 
 def test_the_stored_cache_on_s3_is_read_back_in_bf16(s3_env, teacher, tokenizer, train_set, tiny_model_dir):

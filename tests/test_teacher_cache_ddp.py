@@ -14,7 +14,7 @@ import torch
 
 from bench.common import ROOT, read_tsv
 from tasks import storage
-from tasks.train import teacher_cache, training
+from tasks.train import teacher_cache, train_data
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -25,7 +25,7 @@ RANKS = '''
 import json, os, sys
 import numpy as np, torch
 from safetensors.torch import save_file
-from tasks.train import modeling, teacher_cache, training
+from tasks.train import arguments, modeling, teacher_cache
 from tests.test_teacher_cache_ddp import LAYERS, fields_for, train_split
 
 torch.set_num_threads(1)
@@ -40,7 +40,7 @@ rank = int(os.environ["RANK"])
 save_file({"logits": got.logits, "hidden": got.hidden, "computed": torch.from_numpy(got.rows_computed)},
           os.path.join(out, f"rank-{rank}.safetensors"))
 # The stage's next step: the Trainer's arguments find the group the pass set up and run DDP on it.
-args = training.training_arguments(os.path.join(out, f"scratch-{rank}"), epochs=1, batch_size=4,
+args = arguments.training_arguments(os.path.join(out, f"scratch-{rank}"), epochs=1, batch_size=4,
     learning_rate=1e-3, weight_decay=0.0, warmup_ratio=0.0, gradient_accumulation_steps=1, eval_steps=10,
     checkpoint_steps=10, seed=0)
 import torch.distributed as dist
@@ -66,7 +66,7 @@ def spread_teacher_dir(tiny_model_dir, tmp_path_factory):
 
 def train_split(tokenizer):
     rows = read_tsv("train", **ROWS)
-    return training.tokenize(tokenizer, [t for t, _ in rows], [y for _, y in rows], 48)
+    return train_data.tokenize(tokenizer, [t for t, _ in rows], [y for _, y in rows], 48)
 
 
 def fields_for(model_dir, rows) -> dict:

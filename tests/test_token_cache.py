@@ -4,13 +4,14 @@ tokens depend on; nothing stored is overwritten; a partial or corrupt copy is sk
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
 from bench.common import read_tsv, write_snapshot
 from tasks import storage
-from tasks.train import token_cache, training
+from tasks.train import token_cache, train_data
 from tasks.train.modeling import load_tokenizer
 
 
@@ -20,9 +21,9 @@ def tokenizer(tiny_tokenizer):
 
 
 def _fresh(snapshot: str, tokenizer, max_length: int, max_train_rows: int | None = None):
-    train, holdout = training.load_splits(snapshot, max_train_rows)
-    return (training.tokenize(tokenizer, train["text"], train["label"], max_length),
-            training.tokenize(tokenizer, holdout["text"], holdout["label"], max_length))
+    train, holdout = train_data.load_splits(snapshot, max_train_rows)
+    return (train_data.tokenize(tokenizer, train["text"], train["label"], max_length),
+            train_data.tokenize(tokenizer, holdout["text"], holdout["label"], max_length))
 
 
 def _same(got, want) -> None:
@@ -34,21 +35,23 @@ def _objects(prefix: str) -> dict[str, str]:
     return {o.uri: o.etag for o in storage.list_objects(prefix)}
 
 
-def test_the_next_stage_reads_what_the_first_tokenized_on_s3(s3_env, tokenizer, tiny_model_dir, tmp_path, capsys):
+def test_the_next_stage_reads_what_the_first_tokenized_on_s3(s3_env, tokenizer, tiny_model_dir, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="tasks.train")  # the stages' progress lines
     from tasks.train.modeling import save_model, load_classifier
 
     snapshot = write_snapshot(s3_env, "sst2", read_tsv("train", limit=80, offset=200))
     cache = storage.join(s3_env, "cache", "sst2", "tokens")
     first = token_cache.tokenized_splits(cache, snapshot, tokenizer, 32, None, stage="finetune")
     assert not first.hit and first.uri.startswith(cache + "/" + first.key + "/")
-    assert "[finetune] token cache miss" in capsys.readouterr().out
+    assert "[finetune] token cache miss" in caplog.text
+    caplog.clear()
 
     # The distill stage loads the tokenizer from the fine-tuned teacher's folder: other file bytes, same tokens.
     teacher_dir = tmp_path / "teacher"
     save_model(load_classifier(tiny_model_dir), tokenizer, teacher_dir)
     second = token_cache.tokenized_splits(cache, snapshot, load_tokenizer(teacher_dir), 32, None, stage="distill")
     assert second.hit and second.uri == first.uri
-    assert "[distill] token cache hit" in capsys.readouterr().out
+    assert "[distill] token cache hit" in caplog.text
     want_train, want_holdout = _fresh(snapshot, tokenizer, 32)
     _same(second.train, want_train)
     _same(second.holdout, want_holdout)
@@ -90,7 +93,8 @@ def test_the_key_follows_snapshot_tokenizer_length_and_row_cap(tmp_path, tokeniz
     assert token_cache.tokenized_splits(cache, snapshot, tokenizer, 32, 10).hit
 
 
-def test_partial_and_corrupt_copies_are_skipped_and_rebuilt_never_overwritten(tmp_path, tokenizer, capsys):
+def test_partial_and_corrupt_copies_are_skipped_and_rebuilt_never_overwritten(tmp_path, tokenizer, caplog):
+    caplog.set_level(logging.INFO, logger="tasks.train")  # the stages' progress lines
     root = storage.normalize(str(tmp_path / "store"))
     snapshot = write_snapshot(root, "sst2", read_tsv("train", limit=60, offset=900))
     cache = storage.join(root, "cache", "sst2", "tokens")
@@ -105,10 +109,10 @@ def test_partial_and_corrupt_copies_are_skipped_and_rebuilt_never_overwritten(tm
     data[len(data) // 2] ^= 0xFF
     arrow.write_bytes(bytes(data))
     before = _objects(key_uri)
-    capsys.readouterr()
+    caplog.clear()
 
     rebuilt = token_cache.tokenized_splits(cache, snapshot, tokenizer, 32, None)
-    out = capsys.readouterr().out
+    out = caplog.text
     assert not rebuilt.hit and rebuilt.uri != first.uri
     assert f"skipping {first.uri}: CacheCorrupt: train/" in out and "sha256" in out
     after = _objects(key_uri)
@@ -123,9 +127,9 @@ def test_partial_and_corrupt_copies_are_skipped_and_rebuilt_never_overwritten(tm
     _same(again.holdout, want_holdout)
     for path in Path(storage.local_path(rebuilt.uri)).glob("holdout/*.arrow"):
         path.write_bytes(path.read_bytes()[:-10])
-    capsys.readouterr()
+    caplog.clear()
     third = token_cache.tokenized_splits(cache, snapshot, tokenizer, 32, None)
-    assert not third.hit and "CacheCorrupt: holdout/" in capsys.readouterr().out
+    assert not third.hit and "CacheCorrupt: holdout/" in caplog.text
 
 
 def test_two_writers_of_one_key_each_publish_a_whole_copy(tmp_path, tokenizer):

@@ -3,6 +3,7 @@ declared class), and bad inputs fail with the right error kind before any traini
 
 from __future__ import annotations
 
+import logging
 import re
 
 import numpy as np
@@ -16,11 +17,11 @@ from tasks.errors import SpecInvalid
 def test_holdout_metrics_average_over_every_declared_class():
     from transformers import EvalPrediction
 
-    from tasks.train import training
+    from tasks.train import stage_trainer
 
     labels = np.array([0, 0, 1, 1, 1])
     logits = np.array([[2.0, 0, 0], [0, 1.0, 0], [0, 3.0, 0], [0, 1.0, 0], [1.0, 0, 0]])  # class 2 never occurs
-    got = training.metrics_for(3)(EvalPrediction(predictions=logits, label_ids=labels))
+    got = stage_trainer.metrics_for(3)(EvalPrediction(predictions=logits, label_ids=labels))
     want = metrics.classification_metrics(labels, logits.argmax(-1), 3)
     assert got == want
     # F1 0.5 and 2/3 for the classes present, 0 for the declared class that never occurs (averaging over the
@@ -60,23 +61,23 @@ def test_gradient_accumulation_trains_as_one_bigger_batch(tiny_model_dir, tmp_pa
     import torch
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, set_seed
 
-    from tasks.train import modeling, training
+    from tasks.train import arguments, modeling, stage_trainer, train_data
 
     tokenizer = modeling.load_tokenizer(tiny_model_dir)
     rows = read_tsv("train", limit=32, offset=4000)
-    data = training.tokenize(tokenizer, [t for t, _ in rows], [y for _, y in rows], 64)
+    data = train_data.tokenize(tokenizer, [t for t, _ in rows], [y for _, y in rows], 64)
 
     def train(batch_size: int, accumulation: int):
-        args = training.training_arguments(
+        args = arguments.training_arguments(
             tmp_path / f"out-{accumulation}", epochs=1, batch_size=batch_size, learning_rate=1e-3, weight_decay=0.0,
             warmup_ratio=0.0, gradient_accumulation_steps=accumulation, eval_steps=1000, checkpoint_steps=1000,
             seed=5, save_strategy="no", eval_strategy="no", load_best_model_at_end=False)
         set_seed(5)
         model = AutoModelForSequenceClassification.from_pretrained(  # no dropout: its masks would differ
             str(tiny_model_dir), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-        trainer = training.quiet_trainer(Trainer, model=model, args=args, train_dataset=data,
-                                         processing_class=tokenizer,
-                                         data_collator=DataCollatorWithPadding(tokenizer))
+        trainer = stage_trainer.quiet_trainer(Trainer, model=model, args=args, train_dataset=data,
+                                              processing_class=tokenizer,
+                                              data_collator=DataCollatorWithPadding(tokenizer))
         trainer.train()
         assert trainer.state.global_step == 4
         return trainer.model.state_dict()
@@ -89,21 +90,21 @@ def test_gradient_accumulation_trains_as_one_bigger_batch(tiny_model_dir, tmp_pa
 
 
 def _tiny_trainer(tiny_model_dir, tmp_path, callbacks, **arg_overrides):
-    """The stages' Trainer (training.make_trainer) on the tiny model: 32 rows, batch 2 -> 16 steps."""
+    """The stages' Trainer (stage_trainer.make_trainer) on the tiny model: 32 rows, batch 2 -> 16 steps."""
     from transformers import Trainer, set_seed
 
-    from tasks.train import modeling, training
+    from tasks.train import arguments, modeling, stage_trainer, train_data
 
     tokenizer = modeling.load_tokenizer(tiny_model_dir)
     rows = read_tsv("train", limit=32, offset=4000)
-    data = training.tokenize(tokenizer, [t for t, _ in rows], [y for _, y in rows], 64)
-    args = training.training_arguments(
+    data = train_data.tokenize(tokenizer, [t for t, _ in rows], [y for _, y in rows], 64)
+    args = arguments.training_arguments(
         tmp_path / "scratch", epochs=1, batch_size=2, learning_rate=1e-3, weight_decay=0.0, warmup_ratio=0.0,
         gradient_accumulation_steps=1, seed=5, **arg_overrides)
     set_seed(5)
-    return training.make_trainer(Trainer, args=args, tokenizer=tokenizer, n_classes=2, patience=100,
-                                 callbacks=callbacks, model=modeling.load_classifier(tiny_model_dir),
-                                 train_dataset=data, eval_dataset=data.select(range(8)))
+    return stage_trainer.make_trainer(Trainer, args=args, tokenizer=tokenizer, n_classes=2, patience=100,
+                                      callbacks=callbacks, model=modeling.load_classifier(tiny_model_dir),
+                                      train_dataset=data, eval_dataset=data.select(range(8)))
 
 
 class _SaveLog:
@@ -130,11 +131,12 @@ class _SaveLog:
 
 def _timed_trainer(tiny_model_dir, tmp_path, clock):
     """A tiny Trainer checkpointing every 3 (fake-clock) minutes, uploaded in the background to local storage."""
-    from tasks.train import checkpoints, training
+    from tasks.train import checkpoints
+    from tasks.train.paths import StagePaths
 
     store = storage.normalize(str(tmp_path / "store"))
-    paths = training.StagePaths(run_uri=store, stage="finetune", run_key="r", out_uri=store,
-                                checkpoint_uri=storage.join(store, "checkpoints"), scratch=tmp_path / "scratch")
+    paths = StagePaths(run_uri=store, stage="finetune", run_key="r", out_uri=store,
+                       checkpoint_uri=storage.join(store, "checkpoints"), scratch=tmp_path / "scratch")
     sync = checkpoints.CheckpointSync(paths, background=True)
     trainer = _tiny_trainer(tiny_model_dir, tmp_path, [clock.callback, checkpoints.TimedCheckpoints(3), sync],
                             eval_steps=1000, checkpoint_steps=1, checkpoint_minutes=3)
@@ -168,7 +170,7 @@ def test_checkpoints_by_time_upload_in_the_background(tiny_model_dir, tmp_path, 
 def test_checkpoints_by_time_still_save_every_new_best(tiny_model_dir, tmp_path, monkeypatch, one_torch_thread):
     """With saves by time far apart, the Trainer still saves each new best evaluation, so
     load_best_model_at_end finds the best model; on CPU by default the saving stays by step count."""
-    from tasks.train import checkpoints, training
+    from tasks.train import arguments, checkpoints
 
     clock = _SaveLog()
     monkeypatch.setattr(checkpoints.time, "monotonic", clock.monotonic)
@@ -183,40 +185,40 @@ def test_checkpoints_by_time_still_save_every_new_best(tiny_model_dir, tmp_path,
             best_so_far, new_bests = e["eval_accuracy"], new_bests + [e["step"]]
     assert clock.saved == new_bests
     assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{new_bests[-1]}")
-    assert training.checkpoint_minutes(None) is None  # CPU: by steps, as before
-    assert training.checkpoint_minutes(5.0) == 5.0
+    assert arguments.checkpoint_minutes(None) is None  # CPU: by steps, as before
+    assert arguments.checkpoint_minutes(5.0) == 5.0
 
 
 def test_auto_gpu_batch_follows_memory_length_and_rows():
-    from tasks.train import training
+    from tasks.train import batch_plan
 
     gib = 2**30
-    assert training.auto_gpu_batch(80 * gib, 128, 1_000_000, 32) == 256  # the H100 reference point
-    assert training.auto_gpu_batch(141 * gib, 128, 1_000_000, 32) == 256  # H200: 451 -> the power of two below
-    assert training.auto_gpu_batch(80 * gib, 512, 1_000_000, 32) == 64  # 4x the length, a quarter of the batch
-    assert training.auto_gpu_batch(24 * gib, 128, 1_000_000, 32) == 64  # 76.8 -> 64
-    assert training.auto_gpu_batch(640 * gib, 64, 1_000_000, 32) == 1024  # capped
-    assert training.auto_gpu_batch(80 * gib, 128, 4000, 32) == 64  # >= 50 steps per epoch: 4000 / 50 = 80 -> 64
-    assert training.auto_gpu_batch(8 * gib, 512, 1_000_000, 32) == 32  # never below the spec's batch
+    assert batch_plan.auto_gpu_batch(80 * gib, 128, 1_000_000, 32) == 256  # the H100 reference point
+    assert batch_plan.auto_gpu_batch(141 * gib, 128, 1_000_000, 32) == 256  # H200: 451 -> the power of two below
+    assert batch_plan.auto_gpu_batch(80 * gib, 512, 1_000_000, 32) == 64  # 4x the length, a quarter of the batch
+    assert batch_plan.auto_gpu_batch(24 * gib, 128, 1_000_000, 32) == 64  # 76.8 -> 64
+    assert batch_plan.auto_gpu_batch(640 * gib, 64, 1_000_000, 32) == 1024  # capped
+    assert batch_plan.auto_gpu_batch(80 * gib, 128, 4000, 32) == 64  # >= 50 steps per epoch: 4000 / 50 = 80 -> 64
+    assert batch_plan.auto_gpu_batch(8 * gib, 512, 1_000_000, 32) == 32  # never below the spec's batch
 
 
 def test_batch_plan_scales_the_learning_rate_and_steps_on_a_gpu_only():
-    from tasks.train import training
+    from tasks.train import batch_plan
 
     spec = dict(batch_size=32, learning_rate=5e-5, eval_steps=200, checkpoint_steps=400, lr_scaling="sqrt",
                 max_length=128, train_rows=67_000)
-    cpu = training.plan_batches(**spec, gpu_batch_size="auto", total_memory_bytes=None)
-    assert cpu == training.BatchPlan(32, 5e-5, 200, 400)
-    assert training.plan_batches(**spec, gpu_batch_size=None, total_memory_bytes=80 * 2**30) == cpu
-    gpu = training.plan_batches(**spec, gpu_batch_size="auto", total_memory_bytes=80 * 2**30)
+    cpu = batch_plan.plan_batches(**spec, gpu_batch_size="auto", total_memory_bytes=None)
+    assert cpu == batch_plan.BatchPlan(32, 5e-5, 200, 400)
+    assert batch_plan.plan_batches(**spec, gpu_batch_size=None, total_memory_bytes=80 * 2**30) == cpu
+    gpu = batch_plan.plan_batches(**spec, gpu_batch_size="auto", total_memory_bytes=80 * 2**30)
     assert gpu.batch_size == 256
     assert gpu.learning_rate == pytest.approx(5e-5 * 8**0.5)  # sqrt(256 / 32)
     assert (gpu.eval_steps, gpu.checkpoint_steps) == (200, 400)  # the spec's optimizer steps
-    pinned = training.plan_batches(**{**spec, "lr_scaling": "linear"}, gpu_batch_size=128,
-                                   total_memory_bytes=80 * 2**30)
+    pinned = batch_plan.plan_batches(**{**spec, "lr_scaling": "linear"}, gpu_batch_size=128,
+                                     total_memory_bytes=80 * 2**30)
     assert (pinned.batch_size, pinned.learning_rate) == (128, pytest.approx(2e-4))
-    assert training.plan_batches(**{**spec, "lr_scaling": "none"}, gpu_batch_size=128,
-                                 total_memory_bytes=80 * 2**30).learning_rate == 5e-5
+    assert batch_plan.plan_batches(**{**spec, "lr_scaling": "none"}, gpu_batch_size=128,
+                                   total_memory_bytes=80 * 2**30).learning_rate == 5e-5
 
 
 def test_cpu_training_arguments_are_as_before_the_gpu_profile(monkeypatch):
@@ -229,16 +231,16 @@ def test_cpu_training_arguments_are_as_before_the_gpu_profile(monkeypatch):
     import torch
 
     from tasks.spec import TrainSpec
-    from tasks.train import training
+    from tasks.train import arguments, batch_plan
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     hp = TrainSpec(learning_rate=5e-5, epochs=1.0)  # the numbers that were the defaults before `auto`
-    minutes = training.checkpoint_minutes(hp.checkpoint_minutes)
-    plan = training.plan_batches(
+    minutes = arguments.checkpoint_minutes(hp.checkpoint_minutes)
+    plan = batch_plan.plan_batches(
         batch_size=hp.batch_size, learning_rate=hp.learning_rate, eval_steps=hp.eval_steps,
         checkpoint_steps=hp.checkpoint_steps, gpu_batch_size=hp.gpu_batch_size, lr_scaling=hp.gpu_lr_scaling,
-        max_length=128, train_rows=67_000, total_memory_bytes=training.cuda_memory_bytes())
-    args = training.training_arguments(
+        max_length=128, train_rows=67_000, total_memory_bytes=batch_plan.cuda_memory_bytes())
+    args = arguments.training_arguments(
         "/tmp/OUT", epochs=hp.epochs, batch_size=plan.batch_size, learning_rate=plan.learning_rate,
         weight_decay=hp.weight_decay, warmup_ratio=hp.warmup_ratio,
         gradient_accumulation_steps=hp.gradient_accumulation_steps, eval_steps=plan.eval_steps,
@@ -260,7 +262,7 @@ def test_gpu_features_use_fp16_where_bf16_is_only_emulated(monkeypatch):
     and TF32. The CUDA queries are faked (no GPU here); the rule is what is checked."""
     import torch
 
-    from tasks.train import training
+    from tasks.train import arguments
 
     def machine(major: int) -> None:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -269,12 +271,12 @@ def test_gpu_features_use_fp16_where_bf16_is_only_emulated(monkeypatch):
                             lambda including_emulation=True: major >= 8 or including_emulation)
 
     machine(7)
-    features = training.device_features()
-    assert not training.cuda_bf16()
+    features = arguments.device_features()
+    assert not arguments.cuda_bf16()
     assert (features["bf16"], features["fp16"], features["tf32"]) == (False, True, False)
     machine(9)
-    features = training.device_features()
-    assert training.cuda_bf16()
+    features = arguments.device_features()
+    assert arguments.cuda_bf16()
     assert (features["bf16"], features["fp16"], features["tf32"]) == (True, False, True)
     assert features["optim"] == "adamw_torch_fused" and features["dataloader_pin_memory"]
 
@@ -320,21 +322,22 @@ def test_a_background_upload_that_dies_leaves_no_complete_checkpoint(tiny_model_
 def test_stratified_sample_keeps_each_label_share():
     from collections import Counter
 
-    from tasks.train import training
+    from tasks.train import selection
 
     labels = [0] * 60 + [1] * 30 + [2] * 9 + [3]  # 60/30/9/1 %
-    picked = training.stratified_sample(labels, 20, seed=1)
+    picked = selection.stratified_sample(labels, 20, seed=1)
     assert len(picked) == 20 and picked == sorted(set(picked))
     assert Counter(labels[i] for i in picked) == {0: 12, 1: 6, 2: 1, 3: 1}  # 1.8 -> 1 and the lone row of 3
-    assert picked == training.stratified_sample(labels, 20, seed=1)  # seeded
-    assert picked != training.stratified_sample(labels, 20, seed=2)
-    assert training.stratified_sample(labels, 500, seed=1) == list(range(100))
+    assert picked == selection.stratified_sample(labels, 20, seed=1)  # seeded
+    assert picked != selection.stratified_sample(labels, 20, seed=2)
+    assert selection.stratified_sample(labels, 500, seed=1) == list(range(100))
 
 
-def test_model_selection_on_a_stratified_holdout_sample(tiny_model_dir, tmp_path, monkeypatch, capsys,
+def test_model_selection_on_a_stratified_holdout_sample(tiny_model_dir, tmp_path, monkeypatch, caplog,
                                                          one_torch_thread):
     """train.selection_rows: the evaluations during training run on a stratified sample of the holdout split;
     the final metrics on the whole split."""
+    caplog.set_level(logging.INFO, logger="tasks.train")  # the stages' progress lines
     from tasks.train import finetune
 
     root = storage.normalize(str(tmp_path / "store"))
@@ -348,7 +351,7 @@ def test_model_selection_on_a_stratified_holdout_sample(tiny_model_dir, tmp_path
     result = storage.read_json(storage.join(run, "finetune", "result.json"))
     holdout = result["metrics"]["holdout_rows"]
     assert holdout == 300 - result["train_rows"] and holdout > 10
-    assert f"model selection on a stratified 10 of {holdout} holdout rows" in capsys.readouterr().out
+    assert f"model selection on a stratified 10 of {holdout} holdout rows" in caplog.text
     history = storage.read_json(result["metrics_uri"])["log_history"]
     assert [e["step"] for e in history if "eval_accuracy" in e][:2] == [5, 10]
     # Each evaluation during training scored 10 rows: its accuracy is a multiple of 1/10; the last entry is the
@@ -360,7 +363,7 @@ def test_model_selection_on_a_stratified_holdout_sample(tiny_model_dir, tmp_path
 
 def test_tf32_set_by_transformers_stays_readable_for_torch_compile():
     """What TrainingArguments does on an Ampere GPU (TF32 through torch's new fp32_precision API), then
-    training.mirror_tf32_to_legacy_flags: the legacy readers torch.compile's inductor uses no longer raise, and both
+    arguments.mirror_tf32_to_legacy_flags: the legacy readers torch.compile's inductor uses no longer raise, and both
     APIs say TF32. In a subprocess: TF32 state is process-wide."""
     import subprocess
     import sys
@@ -369,7 +372,7 @@ def test_tf32_set_by_transformers_stays_readable_for_torch_compile():
 
     code = """
 import torch
-from tasks.train import training
+from tasks.train import arguments, train_data
 torch.backends.fp32_precision = "tf32"  # transformers.utils.import_utils.enable_tf32(True) on torch >= 2.9
 try:
     torch.get_float32_matmul_precision()
@@ -377,7 +380,7 @@ except RuntimeError as exc:
     assert "mix of the legacy and new APIs" in str(exc), exc
 else:
     raise SystemExit("this torch reads the legacy flag after a new-API write: the mirror is not needed")
-training.mirror_tf32_to_legacy_flags()
+arguments.mirror_tf32_to_legacy_flags()
 print(torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
       torch.backends.cuda.matmul.fp32_precision)
 """
@@ -390,18 +393,18 @@ def test_the_train_data_report_names_cut_rows_and_classes_without_rows(tiny_mode
     """Long documents cut at model.max_length, and a declared class with no train row: both go unseen otherwise
     (a man-page corpus had every row cut at 128 of a median 991 tokens; a first night without any 'fear' row
     promoted a model that cannot predict it)."""
-    from tasks.train import modeling, training
+    from tasks.train import modeling, train_data
 
     tokenizer = modeling.load_tokenizer(tiny_model_dir)
     long_text = " ".join(["a rather long sentence about nothing in particular"] * 8)
-    data = training.tokenize(tokenizer, [long_text] * 3 + ["short one"], [0, 1, 0, 1], 16)
-    report = training.train_data_report(data, ["joy", "sadness", "fear"], 16)
+    data = train_data.tokenize(tokenizer, [long_text] * 3 + ["short one"], [0, 1, 0, 1], 16)
+    report = train_data.train_data_report(data, ["joy", "sadness", "fear"], 16)
     assert report["rows"] == 4 and report["rows_at_max_length"] == 3 and report["share_at_max_length"] == 0.75
     assert report["classes_without_rows"] == ["fear"]
-    warnings = training.train_data_warnings(report)
+    warnings = train_data.train_data_warnings(report)
     assert len(warnings) == 2 and "3 of 4 train rows (75%) reach model.max_length 16" in warnings[0]
     assert "['fear']" in warnings[1]
-    short = training.tokenize(tokenizer, ["short one", "another short one", long_text], [0, 1, 1], 16)
-    fine = training.train_data_report(short.select([0, 1]), ["joy", "sadness"], 16)  # a select-ed split too
+    short = train_data.tokenize(tokenizer, ["short one", "another short one", long_text], [0, 1, 1], 16)
+    fine = train_data.train_data_report(short.select([0, 1]), ["joy", "sadness"], 16)  # a select-ed split too
     assert (fine["rows"], fine["rows_at_max_length"], fine["classes_without_rows"]) == (2, 0, [])
-    assert training.train_data_warnings(fine) == []
+    assert train_data.train_data_warnings(fine) == []

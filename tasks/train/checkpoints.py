@@ -11,6 +11,7 @@ would (tests/test_finetune_resume.py).
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import threading
@@ -18,13 +19,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+import torch.distributed as dist
 from transformers import TrainerCallback
 
 from tasks import storage
 
 if TYPE_CHECKING:
-    from tasks.train.training import StagePaths
+    from tasks.train.paths import StagePaths
 
+log = logging.getLogger(__name__)
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARKER = "COMPLETE"
 
@@ -84,7 +88,7 @@ def restore(paths: "StagePaths") -> str | None:
     if not complete:
         return None
     newest = max(complete)
-    print(f"[{paths.stage}] resuming from {complete[newest]} (step {newest})", flush=True)
+    log.info(f"[{paths.stage}] resuming from {complete[newest]} (step {newest})")
     return str(paths.scratch / f"checkpoint-{newest}")
 
 
@@ -105,7 +109,7 @@ def prepare_resume(args, paths: "StagePaths") -> str | None:
 class TimedCheckpoints(TrainerCallback):
     """Checkpoints by wall time: asks the Trainer to save once ``minutes`` have passed since the last save.
 
-    Used with ``save_strategy="best"`` (``training.training_arguments(checkpoint_minutes=...)``): the Trainer
+    Used with ``save_strategy="best"`` (``arguments.training_arguments(checkpoint_minutes=...)``): the Trainer
     then saves on every new best evaluation, which ``load_best_model_at_end`` needs, and never by step count;
     this callback adds the saves a retry resumes from. On an evaluation step the Trainer's "best" rule decides
     alone, so a save that fell due there happens on the next step.
@@ -123,15 +127,12 @@ class TimedCheckpoints(TrainerCallback):
         self.last_save = time.monotonic()
 
     def on_step_end(self, args, state, control, **kwargs):
-        import torch.distributed as dist
-
         if not (dist.is_available() and dist.is_initialized()):
             if time.monotonic() - self.last_save >= self.seconds:
                 control.should_save = True
             return
         if state.global_step % self.ddp_check_every:
             return
-        import torch
 
         due = torch.tensor([float(time.monotonic() - self.last_save >= self.seconds)], device=args.device)
         dist.broadcast(due, src=0)
@@ -188,8 +189,6 @@ class CheckpointSync(TrainerCallback):
         self.wait()
 
     def on_save(self, args, state, control, **kwargs):
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized():
             dist.barrier()  # every rank has written its RNG state into the checkpoint
         if not state.is_world_process_zero:
@@ -225,5 +224,5 @@ class CheckpointSync(TrainerCallback):
                 delete_remote(objects)
         took = time.monotonic() - t0
         self.upload_seconds += took
-        print(f"[{self.paths.stage}] checkpoint {name} -> {remote} ({len(sent)} files, {took:.1f}s"
-              f"{', in the background' if self.background else ''})", flush=True)
+        log.info(f"[{self.paths.stage}] checkpoint {name} -> {remote} ({len(sent)} files, {took:.1f}s"
+                 f"{', in the background' if self.background else ''})")

@@ -18,11 +18,18 @@ The rule (docs/training.md, "Learning rate: auto"):
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch.distributed as dist
+from transformers import DataCollatorWithPadding
 
 from tasks import storage
 
@@ -31,6 +38,8 @@ EPOCH_ROWS = 50_000  # epochs: auto trains on about this many rows in all ...
 EPOCH_RANGE = (1.0, 3.0)  # ... within these many epochs (BERT's fine-tuning advice: 2 to 4)
 RECORD = "hyperparameters.json"  # in the model folder: it travels with the teacher into the registry
 REFERENCE_BATCH = 32  # the candidates are the rates for this effective batch
+
+logger = logging.getLogger(__name__)  # the default of the search's ``log`` argument
 
 
 @dataclass
@@ -76,7 +85,7 @@ def scaled_candidates(candidates: Sequence[float], effective_batch: int) -> list
 
 
 def search_learning_rate(candidates: Sequence[float], train_and_score: Callable[[float], float], *,
-                         max_seconds: float, log: Callable[[str], None] = print,
+                         max_seconds: float, log: Callable[[str], None] = logger.info,
                          clock: Callable[[], float] = time.monotonic) -> SearchResult:
     """Try each candidate in order with ``train_and_score(lr)`` (higher is better) and return the best.
 
@@ -109,8 +118,6 @@ def search_learning_rate(candidates: Sequence[float], train_and_score: Callable[
 
 def subsample(n: int, cap: int, seed: int) -> list[int]:
     """At most ``cap`` of ``range(n)``, seeded, in their original order."""
-    import numpy as np
-
     if n <= cap:
         return list(range(n))
     return sorted(np.random.default_rng(seed).choice(n, size=cap, replace=False).tolist())
@@ -122,15 +129,11 @@ def trainer_scorer(*, model: Any, trainer_cls: Any, trainer_kwargs: dict[str, An
     """``train_and_score(lr)``: a fresh copy of ``model`` trained ``steps`` optimizer steps at ``lr`` on
     ``train_set`` (no evaluation, no checkpoints), then its macro-F1 on ``holdout_set`` (``tasks.metrics``).
     ``args_of(lr, steps)`` gives the TrainingArguments."""
-    from transformers import DataCollatorWithPadding
-
     from tasks import metrics
-    from tasks.train import training
+    from tasks.train.stage_trainer import quiet_trainer
 
     def train_and_score(lr: float) -> float:
-        import numpy as np
-
-        trainer = training.quiet_trainer(
+        trainer = quiet_trainer(
             trainer_cls, model=copy.deepcopy(model), args=args_of(lr, steps), processing_class=tokenizer,
             data_collator=DataCollatorWithPadding(tokenizer), train_dataset=train_set, **trainer_kwargs)
         trainer.train()
@@ -161,15 +164,12 @@ def record(model_uri: str, learning_rate: float, source: str, search: dict[str, 
 
 def search_for_run(hp: Any, *, model: Any, trainer_cls: Any, trainer_kwargs: dict[str, Any], tokenizer: Any,
                    train_set: Any, holdout_set: Any, n_classes: int, batch_size: int, world_size: int = 1,
-                   run_steps: int | None = None, log: Callable[[str], None] = print) -> SearchResult:
+                   run_steps: int | None = None, log: Callable[[str], None] = logger.info) -> SearchResult:
     """The search a first run with ``learning_rate: auto`` makes, bounded by the spec's ``lr_search_*`` fields
     (``hp`` is ``spec.train``): candidates scaled for the effective batch, each trained ``lr_search_steps``
     steps (at most ``run_steps``, the optimizer steps of the run itself) on at most ``lr_search_rows`` train
     rows and scored on at most ``lr_search_holdout_rows`` holdout rows, both seeded by ``hp.seed``."""
-    import tempfile
-    from pathlib import Path
-
-    from tasks.train import training
+    from tasks.train import arguments
 
     effective = batch_size * hp.gradient_accumulation_steps * world_size
     candidates = scaled_candidates(hp.lr_search_candidates, effective)
@@ -183,7 +183,7 @@ def search_for_run(hp: Any, *, model: Any, trainer_cls: Any, trainer_kwargs: dic
         f"{len(holdout_sub)} holdout rows; budget {hp.lr_search_max_seconds:.0f}s")
     with tempfile.TemporaryDirectory(prefix="lr-search-") as tmp:
         def args_of(lr: float, steps: int):
-            return training.training_arguments(
+            return arguments.training_arguments(
                 Path(tmp), epochs=1, batch_size=batch_size, learning_rate=lr, weight_decay=hp.weight_decay,
                 warmup_ratio=hp.warmup_ratio, gradient_accumulation_steps=hp.gradient_accumulation_steps,
                 eval_steps=steps, checkpoint_steps=steps, seed=hp.seed, max_steps=steps, eval_strategy="no",
@@ -201,8 +201,6 @@ def search_for_run(hp: Any, *, model: Any, trainer_cls: Any, trainer_kwargs: dic
 def shared_clock() -> float:
     """Rank 0's clock on every DDP rank: the ranks train each candidate together, so they must agree on when the
     time budget runs out (a rank starting one more candidate than the others would wait forever)."""
-    import torch.distributed as dist
-
     now = [time.monotonic()]
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.broadcast_object_list(now, src=0)
@@ -218,7 +216,7 @@ def resolve(recipe_rate: float | None, recipe_source: str, search: Callable[[], 
         return float(recipe_rate), recipe_source, None
     if storage.exists(stored_uri):
         found = SearchResult.from_summary(storage.read_json(stored_uri))
-        print(f"[lr-search] reusing this run's earlier search: lr {found.best:.2e}", flush=True)
+        logger.info(f"[lr-search] reusing this run's earlier search: lr {found.best:.2e}")
         return found.best, "search", found.summary()
     found = search()
     if int(os.environ.get("RANK", "0")) == 0:  # every DDP rank searched alike; one writes

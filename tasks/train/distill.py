@@ -14,17 +14,22 @@ ONNX, ONNX int8) go to ``RUN_URI/distill/<format>/``.
 
 from __future__ import annotations
 
+import copy
+import logging
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import Trainer
+import torch.nn.functional as F
+from transformers import AutoModelForSequenceClassification, Trainer
 
 from tasks import cli, storage
 from tasks.errors import SpecInvalid
 from tasks.train.runner import Prepared, Recipe, run
 
+log = logging.getLogger(__name__)
 STAGE = "distill"
 _LAYER_KEY = re.compile(r"(\.layer\.)(\d+)(\.)")
 
@@ -52,10 +57,6 @@ def layer_map(teacher_layers: int, student_layers: int) -> list[int]:
 
 def init_student(teacher, student_layers: int):
     """A copy of the teacher with ``student_layers`` encoder layers, each from ``layer_map``."""
-    import copy
-
-    from transformers import AutoModelForSequenceClassification
-
     mapping = layer_map(teacher.config.num_hidden_layers, student_layers)
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = student_layers
@@ -89,9 +90,9 @@ def starting_student(spec, teacher, champion_uri: str | None):
         if layers == st.layers and labels == list(spec.data.labels) and shape == want:
             mapping = layer_map(teacher.config.num_hidden_layers, st.layers)
             return champion, mapping, f"champion {champion_uri.rstrip('/').rsplit('/', 1)[-1]}"
-        print(f"[{STAGE}] the champion's student ({layers} layers, labels {labels}, {shape}) does not fit the "
-              f"spec and teacher ({st.layers} layers, labels {list(spec.data.labels)}, {want}): initializing from "
-              "the teacher", flush=True)
+        log.info(f"[{STAGE}] the champion's student ({layers} layers, labels {labels}, {shape}) does not fit the "
+                 f"spec and teacher ({st.layers} layers, labels {list(spec.data.labels)}, {want}): initializing from "
+                 "the teacher")
     student, mapping = init_student(teacher, st.layers)
     return student, mapping, "teacher layers"
 
@@ -105,8 +106,6 @@ def distillation_loss(student_logits, teacher_logits, labels, *, alpha: float, t
     """{loss, ce, kl, hidden}: alpha*CE + (1-alpha)*T^2*KL(teacher_T || student_T) + hidden_weight*MSE.
 
     ``student_hidden``/``teacher_hidden`` are aligned lists of hidden states; the MSE is over real tokens."""
-    import torch.nn.functional as F
-
     ce = F.cross_entropy(student_logits, labels)
     t = temperature
     teacher_logits = teacher_logits.detach().to(student_logits.dtype)  # a bf16 teacher's (a no-op in fp32)
@@ -219,21 +218,19 @@ def with_teacher_cache(spec, teacher, teacher_uri: str, teacher_dir, mapping: li
                        epochs: float, batch_size: int, world_size: int, tokenizer, snapshot) -> Prepared:
     """``student.teacher_cache``: the teacher's outputs over the train rows, from the stored cache or one (sharded)
     pass, when ``decide`` says so; the train split then carries ``row_index`` for the collator to find them."""
-    import os
-
-    from tasks.train import teacher_cache, training
+    from tasks.train import arguments, teacher_cache
 
     st = spec.student
     cuda = torch.cuda.is_available()
     layers = [t for _, t in hidden_pairs(mapping)] if st.hidden_mse_weight > 0 else []
     rows = teacher_cache.read_rows(train_set)  # the one read of the train rows' token ids
-    bf16 = cuda and training.cuda_bf16()
+    bf16 = cuda and arguments.cuda_bf16()
     need = teacher_cache.estimate_bytes(rows.tokens, len(rows), len(layers), teacher.config.hidden_size,
                                         teacher.config.num_labels, value_bytes=2 if bf16 else 4)
     budget = teacher_cache.memory_budget_bytes(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     use, why = teacher_cache.decide(st.teacher_cache, cuda=cuda, epochs=epochs, need_bytes=need, budget_bytes=budget)
     if not use:
-        print(f"[{STAGE}] teacher cache off ({why}): the live teacher runs on every batch", flush=True)
+        log.info(f"[{STAGE}] teacher cache off ({why}): the live teacher runs on every batch")
         return Prepared(train_set, result={"teacher_cache": f"off: {why}"})
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
     on_device = teacher_cache.for_device(teacher, device)
@@ -250,7 +247,7 @@ def with_teacher_cache(spec, teacher, teacher_uri: str, teacher_dir, mapping: li
              + (f", stored to {outputs.uri} in {outputs.io_seconds:.1f}s" if outputs.uri else ""))
     summary = (f"on: {len(rows)} rows, {rows.tokens} tokens, {len(layers)} hidden layers, "
                f"{outputs.nbytes / 2**20:.1f} MiB in host memory ({why})")
-    print(f"[{STAGE}] teacher cache {summary}; {where}", flush=True)
+    log.info(f"[{STAGE}] teacher cache {summary}; {where}")
     return Prepared(train_set.add_column("row_index", list(range(len(rows)))),
                     trainer_kwargs={"teacher_outputs": outputs},
                     result={"teacher_cache": summary, "teacher_cache_reused": outputs.reused,

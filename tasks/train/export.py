@@ -11,25 +11,29 @@
 from __future__ import annotations
 
 import copy
+import logging
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
+
+import onnxruntime as ort
+import torch
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
 INT8_WEIGHTS = "model_int8.pt"
 ONNX_FILE = "model.onnx"
 
 
 def _quantize(model):
-    import torch
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's deprecation notice; the API still ships with torch 2.x
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def export_int8(model, tokenizer, out_dir: Path) -> Path:
-    import torch
-
     out_dir.mkdir(parents=True, exist_ok=True)
     quantized = _quantize(copy.deepcopy(model).float().cpu().eval())
     torch.save(quantized.state_dict(), out_dir / INT8_WEIGHTS)
@@ -40,9 +44,6 @@ def export_int8(model, tokenizer, out_dir: Path) -> Path:
 
 def load_int8(model_dir: str | Path):
     """The int8 model saved by export_int8, ready for CPU inference."""
-    import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
     config = AutoConfig.from_pretrained(str(model_dir))
     model = _quantize(AutoModelForSequenceClassification.from_config(config).eval())
     # Packed int8 weights are not plain tensors, so weights_only loading cannot read them; the file is ours.
@@ -51,8 +52,6 @@ def load_int8(model_dir: str | Path):
 
 
 def export_onnx(model, tokenizer, out_dir: Path, max_length: int = 128) -> Path:
-    import torch
-
     out_dir.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).float().cpu().eval()
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names]
@@ -81,11 +80,6 @@ def export_onnx(model, tokenizer, out_dir: Path, max_length: int = 128) -> Path:
 
 def export_onnx_int8(onnx_dir: Path, out_dir: Path) -> Path:
     """The fp32 export in ``onnx_dir`` with int8 weights; activations are quantized per call (dynamic)."""
-    import logging
-    import shutil
-
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in onnx_dir.iterdir():
         if path.name != ONNX_FILE:
@@ -102,8 +96,6 @@ def export_onnx_int8(onnx_dir: Path, out_dir: Path) -> Path:
 
 
 def export_all(model, tokenizer, out_root: Path, formats: Sequence[str], max_length: int) -> dict[str, Path]:
-    import tempfile
-
     folders: dict[str, Path] = {}
     if "int8" in formats:
         folders["int8"] = export_int8(model, tokenizer, out_root / "int8")
@@ -120,8 +112,6 @@ class OnnxClassifier:
     """ONNX Runtime inference with the same interface as modeling.predict_proba's model argument."""
 
     def __init__(self, model_dir: str | Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
         from tasks.train.modeling import load_tokenizer
 
         options = ort.SessionOptions()

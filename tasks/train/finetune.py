@@ -9,12 +9,14 @@ the shared runner's (``tasks/train/runner.py``).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from tasks import cli, storage
 from tasks.errors import SpecInvalid
 from tasks.train.runner import Recipe, run
 
+log = logging.getLogger(__name__)
 STAGE = "finetune"
 
 
@@ -47,11 +49,11 @@ def recipe(spec, args: FinetuneArgs) -> Recipe:
                           batch_size=hp.batch_size, learning_rate=lr, learning_rate_source=lr_source,
                           gpu_batch_size=hp.gpu_batch_size)
         if saved != list(spec.data.labels):
-            print(f"[{STAGE}] champion labels {saved} differ from the spec's {spec.data.labels}: starting from the "
-                  "base model instead", flush=True)
+            log.info(f"[{STAGE}] champion labels {saved} differ from the spec's {spec.data.labels}: starting from the "
+                     "base model instead")
         else:  # a class the champion never saw: a fresh start, said in the result
             fresh = fresh_start.unseen_reason(unseen, version)
-            print(f"[{STAGE}] {fresh}", flush=True)
+            log.info(f"[{STAGE}] {fresh}")
     try:
         base = modeling.resolve_base_model(spec.model.base)
     except FileNotFoundError as exc:

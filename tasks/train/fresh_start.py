@@ -15,11 +15,15 @@ Light: storage and the snapshot manifests only.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from tasks import storage
 from tasks.contracts import VERSION_MANIFEST
 
+log = logging.getLogger(__name__)
 COLLAPSE_SHARE = 0.9  # one class predicted for this share of the holdout rows or more ...
 COLLAPSE_EXCESS = 0.1  # ... and for this much more than its share of the labels
 
@@ -70,8 +74,6 @@ def unseen_reason(unseen: Sequence[str], version: str | None) -> str:
 
 def predicted_top(predictions: Sequence[int], n_classes: int) -> tuple[int, float]:
     """(the most predicted class, its share of the predictions)."""
-    import numpy as np
-
     counts = np.bincount(np.asarray(predictions, dtype=np.int64), minlength=n_classes)
     top = int(np.argmax(counts))
     return top, float(counts[top] / max(1, counts.sum()))
@@ -106,8 +108,8 @@ def raise_if_collapsed(predictions: Any, holdout_set: Any, labels: Sequence[str]
         return
     before = collapse(*predicted_top(_argmax(champion_predictions()), len(labels)), counts, labels)
     if before:
-        print(f"[finetune] {why}, but so does the champion it started from ({before.split(': ', 1)[1]}): not the "
-              f"warm start's doing, so no fresh retry", flush=True)
+        log.info(f"[finetune] {why}, but so does the champion it started from ({before.split(': ', 1)[1]}): not the "
+                 f"warm start's doing, so no fresh retry")
         return
     raise Collapsed(why)
 
@@ -118,6 +120,4 @@ def retry_reason(why: str) -> str:
 
 
 def holdout_label_counts(holdout_set: Any, n_classes: int) -> list[int]:
-    import numpy as np
-
     return np.bincount(np.asarray(holdout_set["labels"], dtype=np.int64), minlength=n_classes).tolist()

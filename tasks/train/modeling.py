@@ -6,13 +6,14 @@ torch and transformers are imported inside the functions, so importing this modu
 from __future__ import annotations
 
 import importlib
+import json
+import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
+
+import numpy as np
 
 from tasks import cli, storage
-
-if TYPE_CHECKING:
-    import numpy as np
 
 cli.set_offline_env()  # before transformers is imported by anyone using this module
 
@@ -49,8 +50,6 @@ def materialize(uri: str) -> Path:
     if not storage.is_s3(uri):
         return storage.local_path(uri)
     if uri not in _materialized:
-        import tempfile
-
         target = Path(tempfile.mkdtemp(prefix="model-"))
         _materialized[uri] = storage.download_dir(uri, target)
     return _materialized[uri]
@@ -79,8 +78,6 @@ def load_classifier(model_dir: str | Path, labels: Sequence[str] | None = None):
 
 def load_config_labels(model_dir: str | Path) -> list[str]:
     """The label names a saved classifier was trained with (its config's id2label, in class order)."""
-    import json
-
     config = json.loads((Path(model_dir) / "config.json").read_text())
     id2label = config.get("id2label") or {}
     return [id2label[key] for key in sorted(id2label, key=int)]
@@ -106,7 +103,6 @@ def _batches(texts: Sequence[str], batch_size: int):
 def predict_proba(model_dir: str | Path, texts: Sequence[str], *, batch_size: int = 64, max_length: int = 128,
                   model=None, tokenizer=None) -> "np.ndarray":
     """Class probabilities, shape (len(texts), num_labels)."""
-    import numpy as np
     import torch
 
     from tasks import cost
@@ -127,7 +123,6 @@ def predict_proba(model_dir: str | Path, texts: Sequence[str], *, batch_size: in
 
 def embed(model_dir: str | Path, texts: Sequence[str], *, batch_size: int = 64, max_length: int = 128) -> "np.ndarray":
     """Mean-pooled last hidden states of the model's encoder, shape (len(texts), hidden)."""
-    import numpy as np
     import torch
     from transformers import AutoModel
 

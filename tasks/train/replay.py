@@ -16,11 +16,15 @@ keeps its label. A class with no rows in the champion's snapshot makes the decis
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
+
 from tasks import storage
 
+log = logging.getLogger(__name__)
 LENGTH_BINS = 4  # token-length bins of the history, at its quantiles: the replay keeps its length mix
 
 
@@ -36,9 +40,7 @@ def replay_sample(labels: Sequence[int], lengths: Sequence[int], size: int, seed
     """Indices (sorted) of ``size`` rows of the history (``labels``, token ``lengths``) whose (length bin, label)
     mix is the history's: bins at the history's length quantiles, each cell ``size`` x its share (largest
     remainders), a seeded permutation within each cell. All rows when ``size`` covers them."""
-    import numpy as np
-
-    from tasks.train.training import apportion, cell_counts, length_edges
+    from tasks.train.selection import apportion, cell_counts, length_edges
 
     labels, lengths = np.asarray(labels), np.asarray(lengths)
     if size >= len(labels):
@@ -67,8 +69,6 @@ class Selection:
 
 
 def mix(labels: Sequence[int], names: Sequence[str]) -> dict[str, float]:
-    import numpy as np
-
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(names))
     total = max(1, int(counts.sum()))
     return {name: round(int(n) / total, 4) for name, n in zip(names, counts)}
@@ -79,8 +79,6 @@ def select(is_old: Sequence[bool], train_labels: Sequence[int], lengths: Sequenc
     """The incremental rows of a train split (per row, in the split's order: whether the champion's snapshot
     holds its text, its label, its token length): every new row plus ``replay_sample`` of the others,
     ``floor(multiple x new rows)`` of them (at most all)."""
-    import numpy as np
-
     old = np.asarray(is_old, dtype=bool)
     labels, lengths = np.asarray(train_labels), np.asarray(lengths)
     new_idx, old_idx = np.flatnonzero(~old), np.flatnonzero(old)
@@ -109,7 +107,7 @@ def training_rows(spec, run_uri: str, snapshot, champion_uri: str | None, train_
     stage's weights start (an incremental retrain needs a warm start from the champion)."""
     from tasks import cli
     from tasks.data import snapshots
-    from tasks.train import training
+    from tasks.train import train_data
 
     decided = decided_training(run_uri)
     rows = len(train_set)
@@ -125,12 +123,12 @@ def training_rows(spec, run_uri: str, snapshot, champion_uri: str | None, train_
     if not manifest.get("snapshot_uri"):
         return train_set, _full(rows, ["Full retrain on the whole snapshot: the champion names no snapshot, so "
                                        "no row is known to be old."]).report
-    frame, _ = training.load_splits(snapshot.uri, spec.train.max_train_rows, snapshot.manifest)
+    frame, _ = train_data.load_splits(snapshot.uri, spec.train.max_train_rows, snapshot.manifest)
     if len(frame) != rows:  # the token cache's split is this one, row for row; anything else is a bug to see
         raise RuntimeError(f"snapshot {snapshot.uri}: {len(frame)} train rows read, {rows} tokenized")
     champion_texts = snapshots.read_snapshot(manifest["snapshot_uri"])["text"]
     chosen = select(frame["text"].isin(champion_texts).to_numpy(), frame["label"].astype(int).to_numpy(),
-                    training.token_counts(train_set), multiple=spec.train.replay_multiple, seed=spec.train.seed,
+                    train_data.token_counts(train_set), multiple=spec.train.replay_multiple, seed=spec.train.seed,
                     names=spec.data.labels)
     if not chosen.report["new_rows"]:
         return train_set, _full(rows, ["Full retrain on the whole snapshot: none of the new rows is in the train "
@@ -138,6 +136,6 @@ def training_rows(spec, run_uri: str, snapshot, champion_uri: str | None, train_
     chosen.report["reasons"] = list(decided.get("reasons") or [])
     chosen.report["champion_snapshot_id"] = manifest.get("snapshot_id")
     r = chosen.report
-    print(f"[{stage}] incremental retrain: {r['new_rows']} new + {r['replay_rows']} replayed of {r['history_rows']} "
-          f"older train rows = {r['train_rows']} of the snapshot's {rows}", flush=True)
+    log.info(f"[{stage}] incremental retrain: {r['new_rows']} new + {r['replay_rows']} replayed of {r['history_rows']} "
+             f"older train rows = {r['train_rows']} of the snapshot's {rows}")
     return train_set.select(chosen.indices), r

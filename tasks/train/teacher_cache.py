@@ -31,20 +31,21 @@ hidden states of small snapshots; full SST-2 with MiniLM's 3 mapped layers (abou
 GPU remakes the pass faster than it would download that much (docs/training.md).
 
 How a training batch finds its rows: the distill stage adds a ``row_index`` column to the train split, and
-``CachedTeacherCollator`` (in the DataLoader, on the host) pads the batch as before, checks each row's token ids
-against the crc32 recorded for that index, gathers the row's logits and hidden states into the batch's padded
-shape (``teacher_logits [B, classes]``, ``teacher_hidden [layers, B, L, hidden]``, zeros at padding) and drops
-``row_index``; the Trainer moves them to the device with the rest of the batch. The Trainer's
+``CachedTeacherCollator`` (in the DataLoader, on the host) pads the batch with the stage's collator, checks each
+row's token ids against the crc32 recorded for that index, gathers the row's logits and hidden states into the
+batch's padded shape (``teacher_logits [B, classes]``, ``teacher_hidden [layers, B, L, hidden]``, zeros at padding)
+and drops ``row_index``; the Trainer moves them to the device with the rest of the batch. The Trainer's
 ``remove_unused_columns`` would drop ``row_index`` before the collator (it keeps only the model's ``forward``
-arguments), so ``DistillTrainer`` turns it off when it has a cache; the train split has no other columns.
-Evaluation batches (the holdout split has no ``row_index``) use the live teacher.
+arguments), so ``DistillTrainer`` turns it off when it has a cache; the train split has no other columns. Evaluation
+batches (the holdout split has no ``row_index``) use the live teacher.
 
 When it is used (``decide``): ``off`` never; ``on`` whenever it fits the memory budget; ``auto`` (the default) on a
 CUDA GPU when the student trains at least ``AUTO_MIN_EPOCHS`` (3) epochs (the pass, the store and the gather cost
-each process more than half an epoch; measured on an H100) and it fits; on CPU ``auto`` is off, so CPU runs train exactly as before. Budget:
-``HOST_SHARE`` of the machine's memory (or the container's cgroup limit, when lower), divided among the processes
-on the machine; the estimate is tokens x mapped layers x hidden x bytes per value, plus the logits. Otherwise the
-live teacher, and the log says why.
+each process more than half an epoch; measured on an H100) and it fits; on CPU ``auto`` is off, although the cache
+pays there too, so that a CPU run (``make demo``) trains with the live teacher's numbers bit for bit
+(docs/benchmarks.md, "Distillation throughput: the teacher cache"). Budget: ``HOST_SHARE`` of the machine's memory
+(or the container's cgroup limit, when lower), divided among the processes on the machine; the estimate is tokens x
+mapped layers x hidden x bytes per value, plus the logits. Otherwise the live teacher, and the log says why.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -63,10 +65,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
+import torch.distributed as dist
+from accelerate import PartialState
+from safetensors.torch import load_file, save_file
+from transformers import DataCollatorWithPadding
 
 from tasks import storage
 
+log = logging.getLogger(__name__)
 HOST_SHARE = 0.25  # of the host's (or container's) memory, split among the processes on the machine
 STORE_MAX_BYTES = 512 * 2**20  # larger caches stay in memory only: a retry makes the pass again
 FORMAT = 1  # bump when what is stored changes: old entries then stop matching
@@ -126,8 +134,6 @@ class TrainRows:
 def read_rows(dataset) -> TrainRows:
     """One read of a tokenized, unpadded split's input columns: Arrow, flattened to numpy (zero-copy where the
     split is memory-mapped, as the token cache's is); a ``select``-ed split reads its selected rows."""
-    import pyarrow.compute as pc
-
     names = [c for c in INPUTS if c in dataset.column_names]
     table = dataset.select_columns(names).with_format("arrow")[:]
     columns, lengths = {}, None
@@ -227,7 +233,7 @@ def for_device(teacher, device: torch.device):
     """The frozen teacher on ``device``: bf16 weights on a CUDA GPU that has bf16 (cast once, so no step casts
     weights under autocast), fp32 elsewhere. The teacher is not under accelerate's autocast (only the student
     is prepared), so without the cast it would run in fp32 on the GPU."""
-    from tasks.train.training import cuda_bf16
+    from tasks.train.arguments import cuda_bf16
 
     teacher = teacher.eval().requires_grad_(False)
     if device.type == "cuda" and cuda_bf16():
@@ -241,11 +247,8 @@ def process_group() -> tuple[int, int, Any]:
     yet: the Trainer then finds it and uses it."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1, None
-    import torch.distributed as dist
 
     if not dist.is_initialized():
-        from accelerate import PartialState
-
         PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=DDP_TIMEOUT_S))
     group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
     return dist.get_rank(), dist.get_world_size(), group
@@ -268,8 +271,6 @@ def run_teacher(teacher, rows: TrainRows, share: np.ndarray, tokenizer, *, layer
                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The teacher's outputs for ``share``'s rows, in that order: logits [rows, classes] and hidden states
     [layers, their tokens, hidden] (their tokens one row after the other)."""
-    from transformers import DataCollatorWithPadding
-
     collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if device.type == "cuda" else None)
     dtype = next(teacher.parameters()).dtype
     lengths = rows.lengths[share]
@@ -295,8 +296,6 @@ def run_teacher(teacher, rows: TrainRows, share: np.ndarray, tokenizer, *, layer
 def exchange(tensor: torch.Tensor, sizes: Sequence[int], dim: int, group) -> list[torch.Tensor]:
     """Every process's ``tensor`` (its size along ``dim`` is ``sizes[rank]``), by all_gather on ``group``: padded to
     the largest, sent as bytes (exact, whatever the dtype: gloo has no bf16 on every build)."""
-    import torch.distributed as dist
-
     rank = dist.get_rank()
     shape = list(tensor.shape)
     shape[dim] = max(sizes)
@@ -375,13 +374,11 @@ def read_stored(key_uri: str, fields: dict[str, Any], rows: TrainRows, *, stage:
         except storage.StorageUnavailable:
             raise
         except Exception as exc:  # a corrupt or partial copy, whatever the library says about it
-            print(f"[{stage}] teacher cache: skipping {attempt_uri}: {type(exc).__name__}: {exc}", flush=True)
+            log.warning(f"[{stage}] teacher cache: skipping {attempt_uri}: {type(exc).__name__}: {exc}")
     return None
 
 
 def load_attempt(attempt_uri: str, fields: dict[str, Any], rows: TrainRows, sizes: dict[str, int]) -> TeacherOutputs:
-    from safetensors.torch import load_file
-
     manifest = storage.read_json(storage.join(attempt_uri, MANIFEST))
     if manifest.get("fields") != fields:
         raise CacheCorrupt(f"manifest is for {manifest.get('fields')}, not this key")
@@ -409,8 +406,6 @@ def load_attempt(attempt_uri: str, fields: dict[str, Any], rows: TrainRows, size
 
 def store(key_uri: str, fields: dict[str, Any], outputs: TeacherOutputs) -> str:
     """Write ``outputs`` as a new attempt folder under ``key_uri``, create-only, its manifest last."""
-    from safetensors.torch import save_file
-
     attempt = f"{storage.utcnow().replace('-', '').replace(':', '')}-{uuid.uuid4().hex[:8]}"
     attempt_uri = storage.join(key_uri, attempt)
     tensors = {"logits": outputs.logits.contiguous(), "offsets": torch.from_numpy(outputs.offsets),
@@ -438,7 +433,6 @@ def stored_or_computed(teacher, rows: TrainRows, tokenizer, *, cache_uri: str, f
     t0 = time.monotonic()
     found = read_stored(key_uri, fields, rows, stage=stage)
     if world_size > 1:  # all read the stored copy or all make the pass: the pass is collective
-        import torch.distributed as dist
 
         everyone = torch.tensor([int(found is not None)])
         dist.all_reduce(everyone, op=dist.ReduceOp.MIN, group=group)
@@ -451,14 +445,14 @@ def stored_or_computed(teacher, rows: TrainRows, tokenizer, *, cache_uri: str, f
     if rank != 0:
         return outputs
     if outputs.nbytes > STORE_MAX_BYTES:
-        print(f"[{stage}] teacher cache not stored: {outputs.nbytes / 2**20:.0f} MiB is over "
-              f"{STORE_MAX_BYTES / 2**20:.0f} MiB (a retry makes the pass again)", flush=True)
+        log.info(f"[{stage}] teacher cache not stored: {outputs.nbytes / 2**20:.0f} MiB is over "
+                 f"{STORE_MAX_BYTES / 2**20:.0f} MiB (a retry makes the pass again)")
         return outputs
     t0 = time.monotonic()
     try:
         outputs.uri = store(key_uri, fields, outputs)
     except storage.StorageError as exc:  # the stored copy saves a retry's pass; a failed write must not fail the stage
-        print(f"[{stage}] teacher cache not stored to {key_uri}: {type(exc).__name__}: {exc}", flush=True)
+        log.warning(f"[{stage}] teacher cache not stored to {key_uri}: {type(exc).__name__}: {exc}")
     outputs.io_seconds = time.monotonic() - t0
     return outputs
 

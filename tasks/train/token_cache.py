@@ -6,7 +6,7 @@
 The first training stage of a run on a snapshot (fine-tune) tokenizes and writes the splits; the next (distill)
 and every retry or later run with the same key reads them. Written with datasets' own persistence
 (``DatasetDict.save_to_disk`` / ``load_from_disk``: Arrow files plus the features, so a read gives back exactly the
-columns and types ``training.tokenize`` made, memory-mapped rather than held in RAM), sent file by file through
+columns and types ``train_data.tokenize`` made, memory-mapped rather than held in RAM), sent file by file through
 ``tasks.storage`` with create-only writes.
 
 Nothing stored is overwritten: each writer puts its copy in its own ``<attempt>`` folder (a UTC timestamp and a
@@ -35,12 +35,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
+from datasets import load_from_disk
+
 from tasks import storage
 from tasks.errors import SpecInvalid
 
-log = logging.getLogger("tasks.train.token_cache")
+log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when training.tokenize's output changes: old entries then stop matching
+FORMAT = 1  # bump when train_data.tokenize's output changes: old entries then stop matching
 SPLITS = ("train", "holdout")
 MANIFEST = "manifest.json"
 
@@ -133,10 +136,10 @@ def cache_key(fields: dict[str, Any]) -> str:
 
 def tokenized_splits(cache_uri: str, snapshot_uri: str, tokenizer, max_length: int, max_train_rows: int | None,
                      *, stage: str = "train", snapshot: SnapshotIdentity | None = None) -> TokenizedSplits:
-    """The snapshot's train and holdout splits tokenized (``training.tokenize``): from the cache under
+    """The snapshot's train and holdout splits tokenized (``train_data.tokenize``): from the cache under
     ``cache_uri`` when a good copy is there, else tokenized now and written there (by one process: DDP rank 0).
     Logs ``[stage] token cache hit|miss``. A context manager: a hit's local copy is removed on leaving it."""
-    from tasks.train import training
+    from tasks.train import train_data
 
     snapshot = snapshot or snapshot_identity(snapshot_uri)
     fields = key_fields(snapshot, tokenizer_fingerprint(tokenizer), max_length, max_train_rows)
@@ -144,20 +147,20 @@ def tokenized_splits(cache_uri: str, snapshot_uri: str, tokenizer, max_length: i
     key_uri = storage.join(cache_uri, key)
     found = read(key_uri, fields, stage=stage)
     if found is not None:
-        print(f"[{stage}] token cache hit: {found.uri} ({len(found.train)} train, {len(found.holdout)} holdout rows)",
-              flush=True)
+        log.info(f"[{stage}] token cache hit: {found.uri} ({len(found.train)} train, {len(found.holdout)} "
+                 "holdout rows)")
         return found
-    train_rows, holdout_rows = training.load_splits(snapshot_uri, max_train_rows, snapshot.manifest)
-    train = training.tokenize(tokenizer, train_rows["text"], train_rows["label"], max_length)
-    holdout = training.tokenize(tokenizer, holdout_rows["text"], holdout_rows["label"], max_length)
+    train_rows, holdout_rows = train_data.load_splits(snapshot_uri, max_train_rows, snapshot.manifest)
+    train = train_data.tokenize(tokenizer, train_rows["text"], train_rows["label"], max_length)
+    holdout = train_data.tokenize(tokenizer, holdout_rows["text"], holdout_rows["label"], max_length)
     uri = None
     if int(os.environ.get("RANK", "0")) == 0:  # under DDP every rank tokenizes alike; one writes
         try:
             uri = publish(key_uri, fields, train, holdout)
         except storage.StorageError as exc:  # the cache saves time; a failed write must not fail the stage
             log.warning("token cache not written to %s: %s", key_uri, exc)
-    print(f"[{stage}] token cache miss: tokenized {len(train)} train, {len(holdout)} holdout rows"
-          f"{'; written to ' + uri if uri else ''}", flush=True)
+    log.info(f"[{stage}] token cache miss: tokenized {len(train)} train, {len(holdout)} holdout rows"
+             f"{'; written to ' + uri if uri else ''}")
     return TokenizedSplits(train, holdout, hit=False, key=key, uri=uri)
 
 
@@ -173,14 +176,12 @@ def read(key_uri: str, fields: dict[str, Any], *, stage: str = "train") -> Token
         except storage.StorageUnavailable:
             raise
         except Exception as exc:  # a corrupt or partial copy, whatever the library says about it
-            print(f"[{stage}] token cache: skipping {storage.join(key_uri, attempt)}: {type(exc).__name__}: {exc}",
-                  flush=True)
+            log.warning(f"[{stage}] token cache: skipping {storage.join(key_uri, attempt)}: "
+                        f"{type(exc).__name__}: {exc}")
     return None
 
 
 def _load(attempt_uri: str, fields: dict[str, Any], sizes: dict[str, int]) -> TokenizedSplits:
-    from datasets import load_from_disk
-
     manifest = storage.read_json(storage.join(attempt_uri, MANIFEST))
     if manifest.get("fields") != fields:
         raise CacheCorrupt(f"manifest is for {manifest.get('fields')}, not this key")
@@ -209,8 +210,6 @@ def _load(attempt_uri: str, fields: dict[str, Any], sizes: dict[str, int]) -> To
 
 def publish(key_uri: str, fields: dict[str, Any], train, holdout) -> str:
     """Write both splits as a new attempt folder under ``key_uri``, create-only, its manifest last."""
-    import datasets
-
     attempt = f"{storage.utcnow().replace('-', '').replace(':', '')}-{uuid.uuid4().hex[:8]}"
     attempt_uri = storage.join(key_uri, attempt)
     with tempfile.TemporaryDirectory(prefix="token-cache-") as tmp:
