@@ -14,7 +14,8 @@ file's import error would hide all the pipelines it declares). docs/operations.m
 DAG declarations only: no torch, transformers or pandas here; the stages run as ``python -m tasks ...``,
 in a pod or as a local subprocess (plugins/stage_factory.py). Tasks hand each other typed results
 (``tasks.contracts``): stage arguments are XComArgs of those results, and the Python tasks read them through
-the models. docs/triggers.md says what each trigger does.
+the models and hand them to their steps (``tasks.decide.steps``: plain functions, no Airflow), so
+``build_retrain_dag`` is only the wiring. docs/triggers.md says what each trigger does.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException  #
 import retrain_alerts  # noqa: E402
 import retrain_lineage  # noqa: E402
 from stage_factory import (  # noqa: E402
-    RetrainCondition, apply_storage_env, build_stage, pull_result, skip_if_run_finished, stage_results,
+    apply_storage_env, build_stage, pull_result, skip_if_run_finished, stage_results,
 )
 from tasks.contracts import (  # noqa: E402
     DriftResult, EvaluateResult, IngestResult, PublishResult, RunContext, TaskIds,
@@ -294,8 +295,8 @@ def open_run(spec: PipelineSpec, run: dict, task_id: str) -> RunContext:
 
 
 def decide_task(spec: PipelineSpec):
-    @task.short_circuit(task_id=TaskIds.DECIDE, ignore_downstream_trigger_rules=False, multiple_outputs=False)
-    def decide(run: dict, ingest_result: dict, drift_result: dict, ti=None) -> RetrainCondition:
+    @task.short_circuit(task_id=TaskIds.DECIDE, ignore_downstream_trigger_rules=False, do_xcom_push=False)
+    def decide(run: dict, ingest_result: dict, drift_result: dict, ti=None) -> bool:
         """Retrain or skip, with reasons; on skip, the training stages never start. Its XCom is the Decision."""
         from tasks.decide import steps
 
@@ -305,10 +306,12 @@ def decide_task(spec: PipelineSpec):
         retrain_lineage.report(inputs=[snapshot.snapshot_uri, drift.report_uri],
                                outputs=[retrain_lineage.join(run_ctx.run_uri, TaskIds.DECIDE, "result.json")])
         print(steps.verdict_line(decision))
-        if decision.stopped:  # bad labels: fail once, before any GPU stage; the summary and the alert read the
-            ti.xcom_push(key="return_value", value=decision.dump())  # Decision all the same
+        # The Decision is the task's return-value XCom, stored here: Airflow stores none for a short-circuit that
+        # skips, nor for a failed task (a stop), and the approval question, the alerts and the summary read it.
+        ti.xcom_push(key="return_value", value=decision.dump())
+        if decision.stopped:  # bad labels: fail once, before any GPU stage, and alert with the reasons
             raise AirflowFailException("data rejected: " + " ".join(decision.reasons))
-        return RetrainCondition(decision.dump())
+        return decision.retrain  # the short-circuit's condition
 
     return decide
 

@@ -500,15 +500,6 @@ class MissingResult(AirflowFailException):
         self.absent = absent
 
 
-class RetrainCondition(dict):
-    """A Decision's JSON whose truth is its ``retrain``. The decide task returns it: a short-circuit task skips
-    the training stages on a falsy return and stores the return as its XCom, so this one value both decides
-    whether training runs and carries the Decision to the tasks that read it."""
-
-    def __bool__(self) -> bool:
-        return bool(self.get("retrain"))
-
-
 def task_states(ti: Any, task_ids: Iterable[str]) -> dict[str, str | None]:
     """The states of other tasks of this run (Airflow 3: through the task SDK, no DB access)."""
     task_ids = list(task_ids)
