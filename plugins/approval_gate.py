@@ -22,7 +22,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 import retrain_alerts
 import registry_ui
-from stage_factory import DECISION_XCOM_KEY, apply_storage_env
+from stage_factory import apply_storage_env
 from tasks.contracts import Decision, DriftResult, EvaluateResult, RunContext, TaskIds
 from tasks.decide import approval as approvals
 from tasks.spec import PipelineSpec
@@ -98,7 +98,7 @@ class CandidateApprovalOperator(HITLOperator):
         self.required_actions_url = self.generate_link_to_ui(task_instance=ti, base_url=base_url)
         ti.xcom_push(key=URL_XCOM_KEY, value=self.required_actions_url)
         drift = ti.xcom_pull(task_ids=TaskIds.DRIFT)
-        decision = ti.xcom_pull(task_ids=TaskIds.DECIDE, key=DECISION_XCOM_KEY)
+        decision = ti.xcom_pull(task_ids=TaskIds.DECIDE)
         champion = run.champion_version if run.champion_version != "none" else None
         self.subject = (f"Promote the {run.pipeline} candidate? Its gates passed" if kind == "approval" else
                         f"Override the failed gates of the {run.pipeline} candidate? "

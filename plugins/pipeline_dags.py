@@ -14,7 +14,8 @@ file's import error would hide all the pipelines it declares). docs/operations.m
 DAG declarations only: no torch, transformers or pandas here; the stages run as ``python -m tasks ...``,
 in a pod or as a local subprocess (plugins/stage_factory.py). Tasks hand each other typed results
 (``tasks.contracts``): stage arguments are XComArgs of those results, and the Python tasks read them through
-the models. docs/triggers.md says what each trigger does.
+the models and hand them to their steps (``tasks.decide.steps``: plain functions, no Airflow), so
+``build_retrain_dag`` is only the wiring. docs/triggers.md says what each trigger does.
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException  #
 import retrain_alerts  # noqa: E402
 import retrain_lineage  # noqa: E402
 from stage_factory import (  # noqa: E402
-    DECISION_XCOM_KEY, MissingResult, apply_storage_env, build_stage, pull_result, skip_if_run_finished, task_states,
+    apply_storage_env, build_stage, pull_result, skip_if_run_finished, stage_results,
 )
 from tasks.contracts import (  # noqa: E402
-    Decision, DriftResult, EvaluateResult, IngestResult, Outcome, RunContext, TaskIds,
+    DriftResult, EvaluateResult, IngestResult, PublishResult, RunContext, TaskIds,
 )
 from tasks.spec import PipelineSpec, SpecError, load_folder  # noqa: E402
 
@@ -278,64 +279,125 @@ def build_ingest_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
     return dag
 
 
+# ---------------------------------------------------------------- the retrain DAG's Python tasks
+# Each wraps a step of tasks/decide/steps.py (plain functions over the typed results, tested without Airflow):
+# it validates its XComArgs into their models, calls the step, and does what only Airflow can (skip, fail, emit
+# an Asset event). The steps are imported when the task runs: parsing the DAG never pays for them.
+
+
+def open_run(spec: PipelineSpec, run: dict, task_id: str) -> RunContext:
+    """A task's start: storage credentials (each task is a fresh process), the run's context, and a skip when the
+    run already has a verdict (a cleared finished run redoes nothing, alerts nobody twice)."""
+    apply_storage_env(spec)
+    run_ctx = RunContext.model_validate(run)
+    skip_if_run_finished(run_ctx.run_uri, task_id)
+    return run_ctx
+
+
+def decide_task(spec: PipelineSpec):
+    @task.short_circuit(task_id=TaskIds.DECIDE, ignore_downstream_trigger_rules=False, do_xcom_push=False)
+    def decide(run: dict, ingest_result: dict, drift_result: dict, ti=None) -> bool:
+        """Retrain or skip, with reasons; on skip, the training stages never start. Its XCom is the Decision."""
+        from tasks.decide import steps
+
+        run_ctx = open_run(spec, run, TaskIds.DECIDE)
+        snapshot, drift = IngestResult.model_validate(ingest_result), DriftResult.model_validate(drift_result)
+        decision = steps.decide(steps.run_spec(run_ctx), run_ctx, snapshot, drift)
+        retrain_lineage.report(inputs=[snapshot.snapshot_uri, drift.report_uri],
+                               outputs=[retrain_lineage.join(run_ctx.run_uri, TaskIds.DECIDE, "result.json")])
+        print(steps.verdict_line(decision))
+        # The Decision is the task's return-value XCom, stored here: Airflow stores none for a short-circuit that
+        # skips, nor for a failed task (a stop), and the approval question, the alerts and the summary read it.
+        ti.xcom_push(key="return_value", value=decision.dump())
+        if decision.stopped:  # bad labels: fail once, before any GPU stage, and alert with the reasons
+            raise AirflowFailException("data rejected: " + " ".join(decision.reasons))
+        return decision.retrain  # the short-circuit's condition
+
+    return decide
+
+
+def gate_task(spec: PipelineSpec):
+    @task(task_id=TaskIds.GATE, retries=0, on_failure_callback=retrain_alerts.gate_failure_notifiers(spec))
+    def gate(evaluation: dict, run: dict) -> dict:
+        """A failed gate fails the run once (no retries) and alerts on-call with the numbers; with
+        approval.policy override_failed_gate (or always_and_override) it waits for a person instead."""
+        from tasks.decide import steps
+        from tasks.errors import GateFailed
+
+        run_ctx = open_run(spec, run, TaskIds.GATE)
+        result = EvaluateResult.model_validate(evaluation)
+        retrain_lineage.report(inputs=[run_ctx.evaluation_uri])
+        try:
+            verdict = steps.gate(result, spec.approval, run_ctx.dry_run)
+        except GateFailed as exc:
+            raise AirflowFailException(str(exc)) from exc
+        if verdict.override_requested:
+            print(f"gates failed ({', '.join(result.failed_gates)}): the approve task asks for an override")
+        return verdict.dump()
+
+    return gate
+
+
+def announce_champion_task(spec: PipelineSpec, champion: Asset):
+    @task(task_id=TaskIds.ANNOUNCE_CHAMPION, outlets=[champion], retries=0)
+    def announce_champion(result: dict, outlet_events=None) -> dict:
+        """The champion moved: an Asset event with the new version (deploy DAGs schedule on it). Nothing
+        promoted: skipped, and no event."""
+        from tasks.decide import steps
+
+        published = PublishResult.model_validate(result)
+        if not published.promoted:
+            raise AirflowSkipException(f"not promoted: {published.reason}")
+        apply_storage_env(spec)
+        outlet_events[champion].extra = steps.champion_event(spec, published)
+        return outlet_events[champion].extra
+
+    return announce_champion
+
+
+SUMMARIZED = (TaskIds.INGEST, TaskIds.DRIFT, TaskIds.DECIDE, TaskIds.FINETUNE, TaskIds.DISTILL, TaskIds.EVALUATE,
+              TaskIds.PUBLISH)
+
+
+def notify_task(spec: PipelineSpec):
+    @task(task_id=TaskIds.NOTIFY, trigger_rule=TriggerRule.ALL_DONE, retries=1)
+    def notify(ti=None) -> dict:
+        """The run summary: decisions, metrics, where the artifacts are; stored with the run and logged.
+        After training and evaluation (promoted, or blocked by gates) it records the snapshot as trained on.
+
+        It reads the results by task id rather than as arguments: it runs after failures and skips too, and an
+        argument from decide would make it a direct downstream of the short-circuit, which skips those."""
+        from tasks.decide import steps
+        from tasks.decide.summary import format_summary
+
+        run_ctx = pull_result(ti, TaskIds.PREPARE_RUN, required=False)
+        if run_ctx is None:  # prepare_run failed (e.g. rejected conf): there is no run to summarize
+            raise AirflowSkipException("no run context: prepare_run failed, or skipped itself (a cleared "
+                                       "finished run); see its log")
+        apply_storage_env(spec)
+        skip_if_run_finished(run_ctx.run_uri, TaskIds.NOTIFY)  # its summary stays as written
+        results, states, notes = stage_results(ti, SUMMARIZED)
+        summary = steps.summarize(run_ctx, results, states, notes, with_approval=spec.approval.policy != "never")
+        retrain_lineage.report(inputs=[summary["publish"].get("version_uri")],
+                               outputs=[retrain_lineage.join(run_ctx.run_uri, "summary.json")])
+        print(format_summary(summary) + "".join(f"\nnote: {n}" for n in notes))
+        return summary
+
+    return notify
+
+
+@task(task_id=TaskIds.FAIL_IF_ANY_FAILED, trigger_rule=TriggerRule.ONE_FAILED, retries=0, on_failure_callback=None)
+def fail_if_any_failed() -> None:
+    """notify runs after failures too; this keeps a failed stage or gate from ending as a green run."""
+    raise AirflowFailException("an upstream task failed; see the gate report or the failed task's log")
+
+
 # ---------------------------------------------------------------- the retrain DAG
 
 
-# Outcomes (tasks.decide.summary) after which the run's snapshot counts as trained on (docs/triggers.md).
-def trained_record(layout, snapshot_id: str) -> dict | None:
-    from tasks import storage
-
-    uri = layout.trained(snapshot_id)
-    return storage.read_json(uri) if storage.exists(uri) else None
-
-
-def record_trained(run_ctx: RunContext, summary: dict) -> None:
-    """After a verdict on a snapshot (promoted, or blocked by gates), record it as trained on; the first run that
-    trained on it stays on record (nothing is overwritten)."""
-    from tasks import storage
-    from tasks.spec import load_spec
-
-    snapshot_id = (summary.get("ingest") or {}).get("snapshot_id")
-    if summary["outcome"] not in Outcome.TRAINED or not snapshot_id:
-        return
-    layout = load_spec(storage.join(run_ctx.run_uri, "spec.json")).layout
-    if trained_record(layout, snapshot_id) is None:
-        storage.write_json(layout.trained(snapshot_id), {
-            "snapshot_id": snapshot_id, "run_key": run_ctx.run_key, "run_uri": run_ctx.run_uri,
-            "run_type": run_ctx.run_type, "outcome": summary["outcome"],
-            "version": (summary.get("publish") or {}).get("version"),
-            "training_mode": (summary.get("training") or {}).get("mode"),  # a blocked incremental: next is full
-            "overrides": run_ctx.overrides, "recorded_at": datetime.now().astimezone().isoformat(),
-        })
-
-
-def refused_publish(run_uri: str):
-    """The result a failed publish stored before it raised (a refused promotion: the champion moved since the
-    candidate was gated; a version that failed verification): published, not promoted, with the reason. None
-    when publish failed before that (storage down): the run failed during publishing and may be redone."""
-    from tasks import storage
-    from tasks.contracts import PublishResult
-
-    uri = storage.join(run_uri, TaskIds.PUBLISH, "result.json")
-    return PublishResult.model_validate(storage.read_json(uri)) if storage.exists(uri) else None
-
-
-def write_summary(run_uri: str, summary: dict) -> None:
-    """summary.json; the summary of an earlier try that failed before a verdict (the run was cleared and redone)
-    is kept under previous/ first. A run with a verdict is never summarized again (skip_if_run_finished)."""
-    from tasks import storage
-
-    uri = storage.join(run_uri, "summary.json")
-    if storage.exists(uri):
-        earlier = len(storage.list_objects(storage.join(run_uri, "previous") + "/"))
-        storage.copy(uri, storage.join(run_uri, "previous", f"summary-{earlier + 1}.json"), if_none_match=True)
-    storage.write_json(uri, summary)
-
-
 def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
-    asset = snapshot_asset(spec)
-    pipeline_spec = spec  # as parsed; tasks read the run's frozen spec.json for everything else
     params = trigger_params()
+    approval_on = spec.approval.policy != "never"  # approval: a person's word between gate and publish
     with DAG(
         dag_id=f"retrain_{spec.name}",
         description=f"Retrain, distill, gate and promote the {spec.name} classifier",
@@ -345,7 +407,7 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
         schedule=AssetOrTimeSchedule(
             timetable=CronTriggerTimetable(spec.schedule.cron, timezone=spec.schedule.timezone,
                                            run_immediately=timedelta(0)),
-            assets=[asset],
+            assets=[snapshot_asset(spec)],
         ),
         catchup=False,
         max_active_runs=1,
@@ -361,36 +423,7 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
         snapshot_uri = ingest.output["snapshot_uri"]
         drift = build_stage(spec, TaskIds.DRIFT, ["--run", run_uri, "--snapshot", snapshot_uri,
                                                   "--champion", champion_uri])
-
-        @task.short_circuit(task_id=TaskIds.DECIDE, ignore_downstream_trigger_rules=False)
-        def decide(run: dict, ingest_result: dict, drift_result: dict, ti=None) -> bool:
-            """Retrain or skip, with reasons; on skip, the training stages never start."""
-            from tasks import storage
-            from tasks.decide.decision import decide as decide_retrain
-            from tasks.spec import load_spec
-
-            apply_storage_env(pipeline_spec)  # credentials first: each task is a fresh process
-            run_ctx = RunContext.model_validate(run)
-            skip_if_run_finished(run_ctx.run_uri, TaskIds.DECIDE)
-            snapshot = IngestResult.model_validate(ingest_result)
-            drift_checks = DriftResult.model_validate(drift_result)
-            run_spec = load_spec(storage.join(run_ctx.run_uri, "spec.json"))
-            trained = trained_record(run_spec.layout, snapshot.snapshot_id) if snapshot.snapshot_id else None
-            decision = Decision.model_validate(decide_retrain(
-                run_spec, snapshot.dump(), drift_checks.dump(), run_ctx.champion, force=run_ctx.force_retrain,
-                trained=trained)).dump()
-            if decision["stopped"] and decision["withdraw_batches"]:
-                decision["withdrawn"] = withdraw_bad_batches(run_spec, run_ctx, decision)
-            storage.write_json(storage.join(run_ctx.run_uri, TaskIds.DECIDE, "result.json"), decision)
-            retrain_lineage.report(inputs=[snapshot.snapshot_uri, drift_checks.report_uri],
-                                   outputs=[storage.join(run_ctx.run_uri, TaskIds.DECIDE, "result.json")])
-            ti.xcom_push(key=DECISION_XCOM_KEY, value=decision)
-            verdict = "RETRAIN" if decision["retrain"] else "STOP" if decision["stopped"] else "SKIP"
-            print(f"{verdict}: " + "; ".join(decision["reasons"]))
-            if decision["stopped"]:  # bad labels: fail once, before any GPU stage, and alert with the reason
-                raise AirflowFailException("data rejected: " + " ".join(decision["reasons"]))
-            return bool(decision["retrain"])
-
+        decision = decide_task(spec)(prepare, ingest.output, drift.output)
         finetune = build_stage(spec, TaskIds.FINETUNE, ["--run", run_uri, "--snapshot", snapshot_uri,
                                                         "--champion", champion_uri])
         teacher_uri = finetune.output["model_uri"]
@@ -400,147 +433,27 @@ def build_retrain_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
         evaluate = build_stage(spec, TaskIds.EVALUATE, [
             "--run", run_uri, "--snapshot", snapshot_uri, "--teacher", teacher_uri, "--student", student_uri,
             "--champion", champion_uri, "--golden", ingest.output["golden_uri"]])
-
-        approval_on = spec.approval.policy != "never"  # approval: a person's word between gate and publish
-
-        @task(task_id=TaskIds.GATE, retries=0, on_failure_callback=retrain_alerts.gate_failure_notifiers(spec))
-        def gate(evaluation: dict, run: dict) -> dict:
-            """A failed gate fails the run once (no retries) and alerts on-call with the numbers; with
-            approval.policy override_failed_gate (or always_and_override) it waits for a person instead."""
-            apply_storage_env(pipeline_spec)
-            run_ctx = RunContext.model_validate(run)
-            skip_if_run_finished(run_ctx.run_uri, TaskIds.GATE)  # no second gate alert
-            result = EvaluateResult.model_validate(evaluation)
-            retrain_lineage.report(inputs=[run_ctx.evaluation_uri])
-            if not result.passed and approval_on and pipeline_spec.approval.on_fail and not run_ctx.dry_run:
-                print(f"gates failed ({', '.join(result.failed_gates)}): the approve task asks for an override")
-                return {"passed": False, "report_uri": result.report_uri, "override_requested": True}
-            if not result.passed:
-                failed = [g for g in result.gates if not g.passed and not g.skipped]
-                fmt = lambda x: f"{x:.4f}" if isinstance(x, float) else str(x)  # noqa: E731
-                detail = "; ".join(f"{g.name}: {fmt(g.value)} vs threshold {fmt(g.threshold)}" for g in failed)
-                names = ", ".join(g.name for g in failed) or ", ".join(result.failed_gates) or "unknown"
-                raise AirflowFailException(f"gates failed: {names}" + (f" ({detail})" if detail else "")
-                                           + f"; report: {result.report_md_uri}")
-            return {"passed": True, "report_uri": result.report_uri}
-
+        gate = gate_task(spec)(evaluate.output, prepare)
         publish = build_stage(spec, TaskIds.PUBLISH, [
             "--run", run_uri, "--snapshot", snapshot_uri, "--teacher", teacher_uri, "--student", student_uri,
             "--evaluation", prepare["evaluation_uri"], "--expected-champion", prepare["champion_version"],
             prepare["promote_flag"], *(["--approval"] if approval_on else []),
         ])
-
-        champion = champion_asset(spec)
-
-        @task(task_id=TaskIds.ANNOUNCE_CHAMPION, outlets=[champion], retries=0)
-        def announce_champion(result: dict, outlet_events=None) -> dict:
-            """The champion moved: an Asset event with the new version (deploy DAGs schedule on it). Nothing
-            promoted: skipped, and no event."""
-            from tasks.contracts import PublishResult
-            from tasks.decide import champion_events
-
-            published = PublishResult.model_validate(result)
-            if not published.promoted:
-                raise AirflowSkipException(f"not promoted: {published.reason}")
-            apply_storage_env(pipeline_spec)
-            from tasks.decide import registry
-
-            pointer = registry.read_champion(pipeline_spec) or {}
-            if pointer.get("version") != published.version:  # moved again since (a rollback): say what publish did
-                pointer = {"version": published.version, "version_uri": published.version_uri,
-                           "previous": published.champion_before, "promoted_at": None}
-            event = f"promote-{published.approval['decision']}" if published.approval and \
-                published.approval.get("decision") in ("approved", "overridden") else "promote"
-            outlet_events[champion].extra = champion_events.extra_for(pipeline_spec, pointer, event)
-            return outlet_events[champion].extra
-
-        @task(task_id=TaskIds.NOTIFY, trigger_rule=TriggerRule.ALL_DONE, retries=1)
-        def notify(ti=None) -> dict:
-            """The run summary: decisions, metrics, where the artifacts are; stored with the run and logged.
-            After training and evaluation (promoted, or blocked by gates) it records the snapshot as trained on."""
-            from tasks.decide.summary import build_summary, format_summary
-
-            run_ctx = pull_result(ti, TaskIds.PREPARE_RUN, required=False)
-            if run_ctx is None:  # prepare_run failed (e.g. rejected conf): there is no run to summarize
-                raise AirflowSkipException("no run context: prepare_run failed, or skipped itself (a cleared "
-                                           "finished run); see its log")
-            apply_storage_env(pipeline_spec)
-            skip_if_run_finished(run_ctx.run_uri, TaskIds.NOTIFY)  # its summary stays as written
-            ids = (TaskIds.INGEST, TaskIds.DRIFT, TaskIds.DECIDE, TaskIds.FINETUNE, TaskIds.DISTILL,
-                   TaskIds.EVALUATE, TaskIds.PUBLISH)
-            states = task_states(ti, ids)
-            # A stage that did not succeed has no result (said by its state); one that succeeded must have one,
-            # unless someone marked it success by hand: the summary says so instead of failing.
-            results, notes = {}, []
-            for task_id in ids:
-                try:
-                    results[task_id] = pull_result(ti, task_id, required=False, state=states[task_id])
-                except MissingResult as exc:
-                    if not exc.absent:
-                        raise
-                    results[task_id] = None
-                    notes.append(f"{task_id} is marked success but left no result (marked by hand?): the summary "
-                                 "counts it as not run")
-            if results[TaskIds.PUBLISH] is None and states[TaskIds.PUBLISH] == "failed":
-                results[TaskIds.PUBLISH] = refused_publish(run_ctx.run_uri)
-            summary = build_summary(run_ctx, results)
-            if approval_on:  # a declined override or an unanswered request ends the run before publish
-                from tasks.decide.approval import read, summarize
-
-                summarize(summary, read(run_ctx.run_uri))
-            summary["task_states"] = states
-            if notes:
-                summary["notes"] = notes
-            record_trained(run_ctx, summary)  # before summary.json: a summary with a verdict means it is recorded
-            write_summary(run_ctx.run_uri, summary)
-            published = results[TaskIds.PUBLISH]
-            retrain_lineage.report(inputs=[published.version_uri if published else None],
-                                   outputs=[retrain_lineage.join(run_ctx.run_uri, "summary.json")])
-            print(format_summary(summary) + "".join(f"\nnote: {n}" for n in notes))
-            return summary
-
-        @task(task_id=TaskIds.FAIL_IF_ANY_FAILED, trigger_rule=TriggerRule.ONE_FAILED, retries=0,
-              on_failure_callback=None)
-        def fail_if_any_failed() -> None:
-            """notify runs after failures too; this keeps a failed stage or gate from ending as a green run."""
-            raise AirflowFailException("an upstream task failed; see the gate report or the failed task's log")
-
-        decision = decide(prepare, ingest.output, drift.output)
         decision >> finetune
-        gate_task = gate(evaluate.output, prepare)
         approve = []
         if approval_on:
             from approval_gate import approval_task  # the HITL operator's import, only for pipelines that ask
 
-            approve = [approval_task(pipeline_spec)]
-            gate_task >> approve[0] >> publish
+            approve = [approval_task(spec)]
+            gate >> approve[0] >> publish
         else:
-            gate_task >> publish
-        summary = notify()
-        announce_champion(publish.output)
+            gate >> publish
+        announce_champion_task(spec, champion_asset(spec))(publish.output)
+        summary = notify_task(spec)()
         [prepare, publish] >> summary
-        [prepare, ingest, drift, decision, finetune, distill, evaluate, gate_task, *approve, publish,
+        [prepare, ingest, drift, decision, finetune, distill, evaluate, gate, *approve, publish,
          summary] >> fail_if_any_failed()
     return dag
-
-
-def withdraw_bad_batches(run_spec, run_ctx: RunContext, decision: dict) -> dict:
-    """Take the batches with bad labels out of the latest snapshot (tasks.data.withdraw), so the next night does
-    not stop on them again and a corrected file can land; the reason says what was done and how to undo it."""
-    from tasks import storage
-    from tasks.data import withdraw
-
-    done = withdraw.withdraw(run_spec, decision["withdraw_batches"], reason=" ".join(decision["reasons"]),
-                             run_key=run_ctx.run_key)
-    if done["withdrawn"]:
-        files = sorted({key for keys in done["files"].values() for key in keys})
-        ids = " ".join(done["withdrawn"])
-        decision["reasons"].append(
-            f"Withdrew batch {', '.join(done['withdrawn'])} (files: {', '.join(files) or 'unknown'}) from the latest "
-            f"snapshot, now {done['snapshot_id']}: nothing trains on it. Land corrected files to replace it; if its "
-            f"labels are right (a real concept shift), put it back with `python -m tasks withdraw --spec "
-            f"{storage.join(run_ctx.run_uri, 'spec.json')} --readmit {ids} --reason ...`.")
-    return done
 
 
 def build_spec_error_dag(spec_path: Path, error: str) -> DAG:

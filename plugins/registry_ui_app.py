@@ -20,10 +20,10 @@ read_audit, rollback) and the storage layout (tasks/spec.py ``layout``): version
 the runs that produced them (drift report and plots) under runs/<pipeline>/.
 """
 
-# No ``from __future__ import annotations``: the routes are closures in create_app(), and FastAPI reads their
-# annotations (GetUserDep, ...) as objects. Importing this module stays cheap (the plugins manager imports every
-# file under plugins/, in every Airflow component): FastAPI, Jinja and Airflow's API modules are imported by
-# create_app(), on the first request, in the api-server only.
+# No ``from __future__ import annotations``: the routes are closures in create_app()'s helpers, and FastAPI
+# reads their annotations (GetUserDep, ...) as objects. Importing this module stays cheap (the plugins manager
+# imports every file under plugins/, in every Airflow component): FastAPI, Jinja and Airflow's API modules are
+# imported by create_app(), on the first request, in the api-server only.
 import logging
 import os
 import re
@@ -342,18 +342,35 @@ def _templates():
 
 def create_app():
     """The FastAPI app; its imports are here so that importing this module costs nothing (see the top)."""
-    from fastapi import FastAPI, HTTPException, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-
-    from airflow.api_fastapi.app import get_auth_manager
-    from airflow.api_fastapi.core_api.security import GetUserDep
+    from fastapi import FastAPI
 
     app = FastAPI(title="Model registry", docs_url=None, redoc_url=None, openapi_url=None)
-    templates = _templates()
+    page = _page_renderer(_templates())
+    _add_error_handlers(app, page)
+    _add_pages(app, page)
+    _add_api(app)
+    _add_plots(app)
+    return app
+
+
+def _page_renderer(templates):
+    """``page(request, template, **context)``: a template rendered as an HTML answer, links under the mount."""
+    from fastapi import Request
+    from fastapi.responses import HTMLResponse
 
     def page(request: Request, name: str, **context: Any) -> HTMLResponse:
         prefix = request.scope.get("root_path", "").rstrip("/")
         return HTMLResponse(templates.get_template(name).render(prefix=prefix, **context))
+
+    return page
+
+
+def _add_error_handlers(app, page) -> None:
+    """Errors as JSON for the API, as an error page for a browser, and to the login page without a login."""
+    from fastapi import HTTPException, Request
+    from fastapi.responses import JSONResponse, RedirectResponse, Response
+
+    from airflow.api_fastapi.app import get_auth_manager
 
     def error(request: Request, status: int, detail: Any) -> Response:
         wants_html = "text/html" in request.headers.get("accept", "") and "/api/" not in request.url.path
@@ -380,12 +397,13 @@ def create_app():
     async def _spec_error(request: Request, exc: SpecError) -> Response:
         return error(request, 500, str(exc))
 
-    def png(uri: str) -> Response:
-        try:
-            data = storage.read_bytes(uri)
-        except storage.NotFound:
-            raise UIError(404, "no such plot") from None
-        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+def _add_pages(app, page) -> None:
+    """The HTML pages: the index and a pipeline's page, and the icon the Airflow menu shows."""
+    from fastapi import Request
+    from fastapi.responses import HTMLResponse, Response
+
+    from airflow.api_fastapi.core_api.security import GetUserDep
 
     @app.get("/static/icon.svg", include_in_schema=False)
     def icon() -> Response:
@@ -395,10 +413,6 @@ def create_app():
     def index(request: Request, user: GetUserDep) -> HTMLResponse:
         return page(request, "index.html", user=user.get_name(), **index_view(user))
 
-    @app.get("/api/pipelines")
-    def api_index(user: GetUserDep) -> dict[str, Any]:
-        return index_view(user)
-
     @app.get("/pipelines/{pipeline}", response_class=HTMLResponse)
     def pipeline_page(request: Request, pipeline: str, user: GetUserDep, version: Optional[str] = None) -> HTMLResponse:
         spec = readable_spec(user, pipeline)
@@ -406,24 +420,22 @@ def create_app():
         return page(request, "pipeline.html", user=user.get_name(), may_rollback=may_rollback(user, pipeline),
                     **view)
 
+
+def _add_api(app) -> None:
+    """The same data as JSON, and the rollback."""
+    from fastapi import Request
+
+    from airflow.api_fastapi.core_api.security import GetUserDep
+
+    @app.get("/api/pipelines")
+    def api_index(user: GetUserDep) -> dict[str, Any]:
+        return index_view(user)
+
     @app.get("/api/pipelines/{pipeline}")
     def api_pipeline(pipeline: str, user: GetUserDep, version: Optional[str] = None) -> dict[str, Any]:
         spec = readable_spec(user, pipeline)
         view = pipeline_view(spec, segment(version, "version") if version else None)
         return {**view, "may_rollback": may_rollback(user, pipeline)}
-
-    @app.get("/pipelines/{pipeline}/runs/{run_key}/drift/{plot}.png")
-    def drift_plot(pipeline: str, run_key: str, plot: str, user: GetUserDep) -> Response:
-        spec = readable_spec(user, pipeline)
-        uri = storage.join(spec.layout.run(segment(run_key, "run")), "drift", f"{segment(plot, 'plot')}.png")
-        return png(uri)
-
-    @app.get("/pipelines/{pipeline}/versions/{version}/reports/{plot}.png")
-    def report_plot(pipeline: str, version: str, plot: str, user: GetUserDep) -> Response:
-        spec = readable_spec(user, pipeline)
-        uri = storage.join(registry.version_uri(spec, segment(version, "version")), "reports",
-                           f"{segment(plot, 'plot')}.png")
-        return png(uri)
 
     @app.post("/api/pipelines/{pipeline}/rollback")
     def api_rollback(pipeline: str, body: RollbackBody, request: Request, user: GetUserDep) -> dict[str, Any]:
@@ -438,5 +450,29 @@ def create_app():
         event_id = announce_champion(spec, pointer, actor=f"{user.get_name()} (Airflow UI)")
         return {"champion": pointer, "asset_event_id": event_id}
 
-    return app
 
+def _add_plots(app) -> None:
+    """The plots the pipeline page shows, read from storage: a run's drift plots, a version's reports."""
+    from fastapi.responses import Response
+
+    from airflow.api_fastapi.core_api.security import GetUserDep
+
+    def png(uri: str) -> Response:
+        try:
+            data = storage.read_bytes(uri)
+        except storage.NotFound:
+            raise UIError(404, "no such plot") from None
+        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+    @app.get("/pipelines/{pipeline}/runs/{run_key}/drift/{plot}.png")
+    def drift_plot(pipeline: str, run_key: str, plot: str, user: GetUserDep) -> Response:
+        spec = readable_spec(user, pipeline)
+        uri = storage.join(spec.layout.run(segment(run_key, "run")), "drift", f"{segment(plot, 'plot')}.png")
+        return png(uri)
+
+    @app.get("/pipelines/{pipeline}/versions/{version}/reports/{plot}.png")
+    def report_plot(pipeline: str, version: str, plot: str, user: GetUserDep) -> Response:
+        spec = readable_spec(user, pipeline)
+        uri = storage.join(registry.version_uri(spec, segment(version, "version")), "reports",
+                           f"{segment(plot, 'plot')}.png")
+        return png(uri)

@@ -55,7 +55,7 @@ from urllib.parse import quote
 from airflow.sdk.bases.notifier import BaseNotifier
 
 import registry_ui
-from stage_factory import ANSI_ESCAPE, DECISION_XCOM_KEY
+from stage_factory import ANSI_ESCAPE
 from tasks.contracts import Decision, DriftResult, EvaluateResult, GateResult, Result, RunContext, TaskIds
 from tasks.spec import alerts_enabled
 
@@ -193,7 +193,7 @@ def collect_alert_info(context: dict[str, Any], pipeline: str, base_url: str | N
         exception=None if exception is None else describe(exception),
         kind=_get(exception, "kind") if isinstance(_get(exception, "kind"), str) else None,
         prepare=pull(ti, TaskIds.PREPARE_RUN, RunContext),
-        decision=pull(ti, TaskIds.DECIDE, Decision, key=DECISION_XCOM_KEY),
+        decision=pull(ti, TaskIds.DECIDE, Decision),
         drift=pull(ti, TaskIds.DRIFT, DriftResult),
         evaluation=pull(ti, TaskIds.EVALUATE, EvaluateResult),
     )

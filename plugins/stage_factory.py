@@ -17,7 +17,8 @@ AirflowFailException: no retries), anything else raises ``StageFailed`` and is r
 stage's own last error line (``error (kind): message``, what ``python -m tasks`` prints), so the failure alert,
 which gets the exception as ``context["exception"]``, says why.
 
-``pull_result(ti, task_id)`` reads a task's XCom through its model in ``tasks.contracts``, loudly.
+``pull_result(ti, task_id)`` reads a task's XCom through its model in ``tasks.contracts``, loudly;
+``stage_results`` reads several, with their tasks' states, for the run summary.
 
 This module is also loaded by Airflow's plugin manager, possibly before any DAG file has run, so it imports
 nothing from the ``tasks`` package at module level (see docs/triggers.md, "How the DAG files import").
@@ -499,9 +500,6 @@ class MissingResult(AirflowFailException):
         self.absent = absent
 
 
-DECISION_XCOM_KEY = "decision"  # decide returns the short-circuit bool; its Decision goes under this key
-
-
 def task_states(ti: Any, task_ids: Iterable[str]) -> dict[str, str | None]:
     """The states of other tasks of this run (Airflow 3: through the task SDK, no DB access)."""
     task_ids = list(task_ids)
@@ -520,11 +518,10 @@ def pull_result(ti: Any, task_id: str, *, required: bool = True, state: str | No
     """
     from pydantic import ValidationError
 
-    from tasks.contracts import RESULT_OF_TASK, TaskIds
+    from tasks.contracts import RESULT_OF_TASK
 
     model = RESULT_OF_TASK[task_id]
-    key = DECISION_XCOM_KEY if task_id == TaskIds.DECIDE else "return_value"
-    value = ti.xcom_pull(task_ids=task_id, key=key)
+    value = ti.xcom_pull(task_ids=task_id)
     if value is None:
         state = state or task_states(ti, [task_id])[task_id]
         if state == "skipped" or (not required and state != "success"):
@@ -535,3 +532,23 @@ def pull_result(ti: Any, task_id: str, *, required: bool = True, state: str | No
         return model.model_validate(value)
     except ValidationError as exc:
         raise MissingResult(f"task {task_id}'s result does not fit {model.__name__}: {exc}") from None
+
+
+def stage_results(ti: Any, task_ids: Sequence[str],
+                  ) -> tuple[dict[str, Result | None], dict[str, str | None], list[str]]:
+    """Each task's result (``pull_result``; None: it did not run), the tasks' states, and notes. A task that did
+    not succeed has no result (its state says so); one that succeeded must have one, unless someone marked it
+    success by hand: a note says so and it counts as not run, instead of failing the reader."""
+    states = task_states(ti, task_ids)
+    results: dict[str, Result | None] = {}
+    notes: list[str] = []
+    for task_id in task_ids:
+        try:
+            results[task_id] = pull_result(ti, task_id, required=False, state=states[task_id])
+        except MissingResult as exc:
+            if not exc.absent:
+                raise
+            results[task_id] = None
+            notes.append(f"{task_id} is marked success but left no result (marked by hand?): the summary counts "
+                         "it as not run")
+    return results, states, notes

@@ -58,7 +58,7 @@ def _xcoms(evaluation: dict | None, drift_summary: str = "2 of 6 checks drifted"
                          "version_uri": "s3://ml-retrain/models/sst2/v20261101-020000-abc123"},
             "champion_uri": "s3://ml-retrain/models/sst2/v20261101-020000-abc123",
             "champion_version": "v20261101-020000-abc123"},
-        (TaskIds.DECIDE, "decision"): {"retrain": True, "reasons": ["drift detected: label_psi, vocab_js",
+        (TaskIds.DECIDE, None): {"retrain": True, "reasons": ["drift detected: label_psi, vocab_js",
                                                                   "1200 new rows since the champion's snapshot"]},
         (TaskIds.DRIFT, None): {"drift_detected": True, "summary": drift_summary,
                                 "report_uri": "s3://ml-retrain/runs/sst2/r1/drift/report.json",

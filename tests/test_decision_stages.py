@@ -92,7 +92,7 @@ def test_poisoned_batch_fails_gate_alerts_and_good_batch_promotes(s3_env, traine
                  ("prepare_run", None): {"pipeline": spec.name, "run_uri": r2, "run_key": "r2", "run_type": "manual",
                                          "champion": champion, "champion_uri": champion["version_uri"],
                                          "champion_version": champion["version"]},
-                 ("decide", "decision"): {"retrain": True, "reasons": ["forced by the test"]},
+                 ("decide", None): {"retrain": True, "reasons": ["forced by the test"]},
                  ("drift", None): {"drift_detected": False, "summary": "no check drifted", "checks": {}}}
         context = failure_context(FakeTI("gate", xcoms), AirflowFailException("gates failed"))
         for notifier in retrain_alerts.gate_failure_notifiers(spec):
