@@ -28,7 +28,7 @@ FULL = "full"
 INCREMENTAL = "incremental"
 
 
-def _train_settings(spec: Any) -> Any:
+def train_settings(spec: Any) -> Any:
     section = spec.get("train", {}) if isinstance(spec, dict) else spec.train
     if isinstance(section, dict):
         from tasks.spec import TrainSpec
@@ -70,7 +70,7 @@ def training_kind(spec: Any, decision: dict[str, Any], ingest: dict[str, Any] | 
                   drift: dict[str, Any] | None, champion: dict[str, Any] | None,
                   previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """``{mode, reasons[], incremental_streak, replay_multiple, new_rows, estimated_rows}`` for a retrain."""
-    hp = _train_settings(spec)
+    hp = train_settings(spec)
     ingest, drift = ingest or {}, drift or {}
     new_rows = int(decision.get("new_rows") or 0)
     streak = champion_streak(champion)
@@ -118,21 +118,6 @@ def training_kind(spec: Any, decision: dict[str, Any], ingest: dict[str, Any] | 
                    f"{streak + 1} in a row"
                    + (f", a full one every {hp.full_retrain_every}" if hp.full_retrain_every else "") + ".")
     return out
-
-
-def annotate(decide):
-    """Decorates ``decision.decide``: a retrain's decision gets ``training`` (``training_kind``)."""
-    import functools
-
-    @functools.wraps(decide)
-    def wrapper(spec, ingest_result, drift_result, champion, *args, **kwargs):
-        out = decide(spec, ingest_result, drift_result, champion, *args, **kwargs)
-        if out.get("retrain"):
-            out["training"] = training_kind(spec, out, ingest_result, drift_result, champion,
-                                            previous_candidate(spec, ingest_result or {}))
-        return out
-
-    return wrapper
 
 
 def run_training(run_uri: str) -> dict[str, Any] | None:
