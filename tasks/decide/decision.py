@@ -207,7 +207,8 @@ def _routine_triggers(d: Decision, night: _Night) -> None:
     if d.drift_detected:
         summary = night.drift.summary or ""
         checks = ", ".join(d.drifted_checks) or "see drift report"
-        _retrain(d, "drift", f"Drift detected on {new_rows:,} new rows ({checks})." + (f" {summary}" if summary else ""))
+        _retrain(d, "drift", f"Drift detected on {new_rows:,} new rows ({checks})."
+                 + (f" {summary}" if summary else ""))
     if new_rows >= night.every_rows:
         _retrain(d, "retrain_every_rows", f"{new_rows:,} new rows since the champion's snapshot reach "
                                           f"decide.retrain_every_rows ({night.every_rows:,}).")

@@ -499,8 +499,8 @@ class ChampionRows:
 def champion_comparison(gates_spec: Any, golden_rows: int, champion_rows: ChampionRows | None) -> dict[str, Any]:
     """How many golden rows the comparisons with the champion use, how many are left out and why, and whether too
     few remain to compare at all: fewer than ``gates.class_recall_min_support``, the fewest golden rows on which
-    the gates let a paired comparison (one class's recall) decide anything; a golden set never had rows left out
-    is compared as it is, whatever its size (as before)."""
+    the gates let a paired comparison (one class's recall) decide anything; a golden set with no rows left out
+    is compared whatever its size (non-inferiority sizes itself to it: tasks/decide/power.py)."""
     kept = golden_rows if champion_rows is None else int(np.count_nonzero(champion_rows.keep))
     excluded = golden_rows - kept
     minimum = int(gates_spec.class_recall_min_support)

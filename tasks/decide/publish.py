@@ -28,6 +28,7 @@ reason, model_cards) is written to ``R/publish/result.json`` before any of those
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ from tasks.contracts import EvaluateResult, PublishResult
 from tasks.data import snapshots
 from tasks.decide import CandidateArgs, approval as approvals, model_card, registry, serving
 from tasks.spec import PipelineSpec, dump, load_spec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -132,7 +135,7 @@ def student_exports(run_uri: str, student_uri: str) -> dict[str, str]:
         return {}
     distilled = storage.read_json(result_uri)
     if storage.normalize(distilled.get("model_uri", "")).rstrip("/") != storage.normalize(student_uri).rstrip("/"):
-        print(f"[publish] {result_uri} is about another student; its exports are not published", flush=True)
+        log.warning("%s is about another student; its exports are not published", result_uri)
         return {}
     return dict(sorted((distilled.get("exports") or {}).items()))
 

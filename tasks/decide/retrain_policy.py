@@ -123,7 +123,7 @@ def training_kind(spec: Any, decision: dict[str, Any], ingest: dict[str, Any] | 
 def run_training(run_uri: str) -> dict[str, Any] | None:
     """What a run's teacher was trained on, for the version manifest, the champion pointer and the model card:
     ``{mode, reasons, incremental_streak, rows}`` from the fine-tune stage's result (the kind it did) and the
-    decision (why); None when neither says (a run from before this setting)."""
+    decision (why); None when neither says (a run whose results record no training kind)."""
     from tasks import storage
 
     def read(stage: str) -> dict[str, Any]:
