@@ -78,8 +78,10 @@ def of_run(decision: dict[str, Any] | None, evaluation: dict[str, Any] | None,
     and the gates'."""
     found: list[Remedy] = [Remedy.model_validate(r) for r in (decision or {}).get("remedies") or []]
     fresh = (finetune or {}).get("fresh_start")
-    if fresh and not any(r.case == NEW_CLASS for r in found):
-        found.append(from_fresh_start(fresh))
+    if fresh:
+        fresh_start = from_fresh_start(fresh)
+        if not any(r.case == fresh_start.case == NEW_CLASS for r in found):  # the decision said it already
+            found.append(fresh_start)
     for gate in (evaluation or {}).get("gates") or []:
         if gate.get("remedy"):
             found.append(Remedy.model_validate(gate["remedy"]))
