@@ -62,7 +62,8 @@ def decide(spec: Any, ingest_result: dict[str, Any] | None, drift_result: dict[s
            champion: dict[str, Any] | None, force: bool = False,
            trained: dict[str, Any] | None = None) -> dict[str, Any]:
     """:func:`decide_retrain` over raw JSON: ``{retrain, reasons[], ...numbers}`` (a ``Decision`` dumped, without
-    the keys left unset: ``training`` on a skip). A key whose value is None counts as absent, as it always did."""
+    the keys left unset: ``training`` on a skip). A key whose value is None counts as absent (a stored result may
+    carry nulls where the model has a default)."""
     decision = decide_retrain(spec, _typed(IngestResult, ingest_result), _typed(DriftResult, drift_result),
                               champion, force=force, trained=trained)
     unset = {key for key in ("training", "withdrawn", "cost") if getattr(decision, key) is None}
