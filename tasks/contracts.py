@@ -260,6 +260,9 @@ class EvaluateResult(Result):
     champion_comparison: dict[str, Any] | None = None
     report_uri: str | None = None
     report_md_uri: str | None = None
+    # What would change the outcome (tasks/decide/remedies.py): the gates' and the teacher's fresh start (a class
+    # the champion never saw, a collapsed warm start), each once.
+    remedies: list[Remedy] = []
 
 
 class PublishResult(Result):

@@ -131,11 +131,11 @@ def test_a_runs_remedies_are_gathered_once_each():
     found = remedies.of_run(decision, evaluation, unseen)
     # the decision's new class, not again from the fine-tune; the teacher's and the student's identical baseline
     # sentences once
-    assert [r["case"] for r in found] == [remedies.NEW_CLASS, remedies.SKEWED_GOLDEN, remedies.BELOW_BASELINE]
+    assert [r.case for r in found] == [remedies.NEW_CLASS, remedies.SKEWED_GOLDEN, remedies.BELOW_BASELINE]
     collapsed = {"fresh_start": "the warm start from the champion collapsed: it predicts 'negative' for 97% of "
                                 "the holdout rows, which are 50% 'negative'; retrained once from model.base in the same run "
                                 "(train.epochs). To skip the warm start, set train.init_from: base"}
     (only,) = remedies.of_run(None, None, collapsed)
-    assert only["case"] == remedies.COLLAPSED and only["settings"] == ["train.init_from"]
-    assert only["action"].startswith("The warm start") and only["action"].endswith("set train.init_from: base.")
+    assert only.case == remedies.COLLAPSED and only.settings == ["train.init_from"]
+    assert only.action.startswith("The warm start") and only.action.endswith("set train.init_from: base.")
     assert remedies.of_run(None, None, None) == []

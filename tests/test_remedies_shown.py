@@ -13,7 +13,7 @@ import retrain_alerts  # noqa: E402
 from data_helpers import make_spec  # noqa: E402
 from tasks import metrics, storage  # noqa: E402
 from tasks.contracts import DriftResult, EvaluateResult, IngestResult  # noqa: E402
-from tasks.decide import gates, publish, registry, remedies  # noqa: E402
+from tasks.decide import evaluate, gates, publish, registry, remedies  # noqa: E402
 from tasks.decide.decision import decide_retrain  # noqa: E402
 from tasks.spec import GatesSpec  # noqa: E402
 
@@ -51,6 +51,27 @@ def test_the_gate_failure_alert_ends_each_case_with_what_to_do():
     assert failed and all(g.remedy.case == remedies.BELOW_BASELINE for g in failed)
     assert remedies.BELOW_BASELINE_ACTION in text  # the failed gate's reason, as the alert lists it
     assert decision.remedies[0].action in text  # the decision's reasons: the new class's fresh start
+
+
+def test_the_alert_says_what_no_reason_says_a_collapsed_warm_start(tmp_path):
+    spec = make_spec(tmp_path.as_uri(), decide={"min_new_rows": 10, "retrain_every_rows": 100})
+    run_uri = spec.layout.run("r1")
+    teacher = storage.join(run_uri, "finetune", "model")
+    storage.write_json(storage.join(run_uri, "finetune", "result.json"), {"model_uri": teacher,
+                                                                            "fresh_start": COLLAPSED})
+    assert evaluate.teacher_training(run_uri, storage.join(run_uri, "finetune", "other")) is None
+    finetune = evaluate.teacher_training(run_uri, teacher)  # what evaluate reads for its result's remedies
+    evaluation = _blocked_evaluation()
+    evaluation.remedies = remedies.of_run(None, evaluation.dump(), finetune)
+    assert [r.case for r in evaluation.remedies] == [remedies.COLLAPSED, remedies.SKEWED_GOLDEN,
+                                                     remedies.BELOW_BASELINE]
+    info = retrain_alerts.AlertInfo(pipeline="sst2", dag_id="retrain_sst2", run_id="r1",
+                                    base_url="http://airflow.example:8080", evaluation=evaluation)
+    text = retrain_alerts.gate_failure_message(info).text
+    told = text[text.index("What would change it:"):].split("\n\n")[0].splitlines()[1:]
+    # the collapse and the skipped (skewed) gate's sentence; the failed gates' sentence is in their reasons above
+    assert told == ["  - " + evaluation.remedies[0].action, "  - " + evaluation.remedies[1].action]
+    assert text.count(remedies.BELOW_BASELINE_ACTION) == 2  # teacher's and student's failed gate, not a third
 
 
 def test_the_registry_page_lists_the_runs_remedies(tmp_path):

@@ -32,7 +32,7 @@ import numpy as np
 from tasks import cli, metrics as metrics_mod, results, storage
 from tasks.contracts import EvaluateResult, GateResult
 from tasks.data import snapshots
-from tasks.decide import CandidateArgs, gates as gates_mod, registry
+from tasks.decide import CandidateArgs, gates as gates_mod, registry, remedies
 from tasks.errors import SpecInvalid
 from tasks.spec import PipelineSpec, load_spec
 from tasks.train import modeling
@@ -303,10 +303,22 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, cha
         student_size_mb=cost["size_weights_mb"], champion_rows=champion_rows)
     result = write_reports(spec, run_uri, out_uri, inputs, scored, pngs, champion_rows, comparison,
                            passed, first_run, gate_list)
+    result.remedies = remedies.of_run(None, {"gates": [g.dump() for g in gate_list]},
+                                      teacher_training(run_uri, models["teacher"]))
     log.info("gates %s%s; report %s", "passed" if passed else "FAILED: " + ", ".join(result.failed_gates),
              " (first run: floors only)" if first_run else "", result.report_md_uri)
     results.emit(result, out_uri)
     return result
+
+
+def teacher_training(run_uri: str, teacher_uri: str) -> dict[str, Any] | None:
+    """The fine-tune stage's result of this run when it is about this teacher (its ``fresh_start``), else None."""
+    uri = storage.join(run_uri, "finetune", "result.json")
+    if not storage.exists(uri):
+        return None
+    result = storage.read_json(uri)
+    same = storage.normalize(result.get("model_uri") or "").rstrip("/") == teacher_uri.rstrip("/")
+    return result if same else None
 
 
 @dataclass

@@ -231,7 +231,7 @@ def run_remedies(run_uri: str, evaluation: EvaluateResult) -> list[dict[str, Any
         uri = storage.join(run_uri, stage, "result.json")
         return storage.read_json(uri) if storage.exists(uri) else None
 
-    return remedies.of_run(read("decide"), evaluation.dump(), read("finetune"))
+    return [r.model_dump(mode="json") for r in remedies.of_run(read("decide"), evaluation.dump(), read("finetune"))]
 
 
 # ---------------------------------------------------------------- the stage

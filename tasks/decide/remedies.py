@@ -3,8 +3,9 @@
 Each case of docs/registry.md ("What would change it") is a :class:`tasks.contracts.Remedy`: the case, the spec
 settings it names, and one sentence. The gates put it on the gate (``GateResult.remedy``, its sentence ending the
 gate's reason, so the gate report, the alert and the registry page carry it as they carry any reason); the decision
-puts it in ``Decision.remedies`` and ends its reasons with it; publish gathers a run's remedies into the version
-manifest (``remedies``), which the registry page lists.
+puts it in ``Decision.remedies`` and ends its reasons with it; evaluate gathers the gates' and the teacher's fresh
+start (``EvaluateResult.remedies``: the gate-failure alert lists those no reason of it says); publish gathers a
+run's remedies into the version manifest (``remedies``), which the registry page lists.
 
 Pure and light (imported by the DAG code through the decision): pydantic models and strings only.
 """
@@ -73,7 +74,7 @@ def ending(reason: str, remedy: Remedy) -> str:
 
 
 def of_run(decision: dict[str, Any] | None, evaluation: dict[str, Any] | None,
-           finetune: dict[str, Any] | None) -> list[dict[str, Any]]:
+           finetune: dict[str, Any] | None) -> list[Remedy]:
     """A run's remedies, once each, from its stage results (raw JSON): the decision's, the fine-tune's fresh start,
     and the gates'."""
     found: list[Remedy] = [Remedy.model_validate(r) for r in (decision or {}).get("remedies") or []]
@@ -85,7 +86,7 @@ def of_run(decision: dict[str, Any] | None, evaluation: dict[str, Any] | None,
     for gate in (evaluation or {}).get("gates") or []:
         if gate.get("remedy"):
             found.append(Remedy.model_validate(gate["remedy"]))
-    return [r.model_dump(mode="json") for r in _once(found)]
+    return _once(found)
 
 
 def _once(remedies: Iterable[Remedy]) -> list[Remedy]:
