@@ -180,6 +180,7 @@ def version_view(spec: PipelineSpec, version: str, champion: str | None) -> dict
         "gates": gates,
         "run_key": run_key,
         "training": (manifest.get("training") or {}).get("mode"),  # full or incremental (train.retrain_mode)
+        "remedies": manifest.get("remedies") or [],  # what would change the outcome (tasks/decide/remedies.py)
         "samples": night_samples(spec, run_key),
         "confusion_plots": plots,
         "uri": vuri,

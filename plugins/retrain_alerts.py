@@ -291,6 +291,9 @@ def gate_failure_message(info: AlertInfo) -> Message:
                 lines.append(f"  - champion {role}: {_fmt(m.get('golden_accuracy'))} / {_fmt(m.get('golden_macro_f1'))}")
     lines += ["", "Why this run retrained:"]
     lines += [f"  - {r}" for r in (info.decision.reasons if info.decision else ["(no decision recorded)"])]
+    said = "\n".join(lines)  # what would change the outcome (a fresh start's), where no reason above says it
+    unsaid = [r.action for r in (evaluation.remedies if evaluation else []) if r.action not in said]
+    lines += ["", "What would change it:", *[f"  - {action}" for action in unsaid]] if unsaid else []
     lines += ["", *drift_lines(info.drift), "", _champion_line(info), "",
               f"Gate report: {(evaluation.report_md_uri if evaluation else None) or '-'}",
               f"Gate report (JSON): {(evaluation.report_uri if evaluation else None) or '-'}"]

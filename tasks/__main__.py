@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: python -m tasks STAGE [ARGS]\nstages: {known}", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     cost.start()  # results.emit adds the stage's wall time, GPU-seconds and energy to its result
+    # Progress lines of every stage (loggers named after their modules), on stderr, which the stage runner merges.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     module = importlib.import_module(STAGES[argv[0]])
     return int(module.main(argv[1:]) or 0)
 

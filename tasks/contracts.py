@@ -141,6 +141,15 @@ class DriftResult(Result):
     label_quality: dict[str, Any] | None = None
 
 
+class Remedy(BaseModel):
+    """What would change an outcome (docs/registry.md, "What would change it"): the case, the spec settings it
+    names, and the sentence that ends the decision's reasons, the gate's reason, the alert and the registry page."""
+
+    case: str  # tasks/decide/remedies.py: underpowered_golden, below_baseline, skewed_golden, new_class, collapsed
+    settings: list[str] = []  # the spec settings the sentence names (gates.expected_difference, train.init_from)
+    action: str  # the sentence
+
+
 class Decision(Result):
     retrain: bool
     reasons: list[str]
@@ -158,6 +167,19 @@ class Decision(Result):
     retrain_fraction_rows: int | None = None  # decide.retrain_every_fraction of them, as new rows; None = off/unknown
     # On a retrain: {mode: full|incremental, reasons, incremental_streak, new_rows, ...} (tasks/decide/retrain_policy.py)
     training: dict[str, Any] | None = None
+    # The settings and numbers the rule read (tasks/decide/decision.py), for the summary and the tests.
+    min_new_rows: int | None = None
+    retrain_every_rows: int | None = None
+    retrain_every_fraction: float | None = None
+    new_rows_share: float | None = None
+    drifted_checks: list[str] = []
+    champion_snapshot_id: str | None = None
+    champion_version: str | None = None
+    already_trained: bool = False
+    # Classes with rows and none in the champion's snapshot: the fine-tune starts fresh (tasks/train/fresh_start.py).
+    new_classes: list[str] = []
+    # What would change the outcome, when a case of docs/registry.md "What would change it" applies.
+    remedies: list[Remedy] = []
 
 
 class TrainResult(Result):
@@ -223,6 +245,7 @@ class GateResult(Result):
     reason: str = ""
     skipped: bool = False
     details: dict[str, Any] = {}  # the numbers behind the verdict (interval, p-value, recalls); not in XCom
+    remedy: Remedy | None = None  # what would change the verdict; its sentence also ends ``reason``
 
 
 class EvaluateResult(Result):
@@ -237,6 +260,9 @@ class EvaluateResult(Result):
     champion_comparison: dict[str, Any] | None = None
     report_uri: str | None = None
     report_md_uri: str | None = None
+    # What would change the outcome (tasks/decide/remedies.py): the gates' and the teacher's fresh start (a class
+    # the champion never saw, a collapsed warm start), each once.
+    remedies: list[Remedy] = []
 
 
 class PublishResult(Result):

@@ -4,6 +4,8 @@ on 127.0.0.1). The live flow through Airflow's Required actions is tests/test_li
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from decision_support import make_spec, write_snapshot
@@ -286,18 +288,20 @@ def test_a_champion_event_says_what_moved_with_metrics_approval_and_an_idempoten
     assert rollback["previous"] == "v2" and rollback["actor"] == "bob" and "approval" not in rollback
 
 
-def test_a_cli_move_without_an_airflow_api_says_no_event_was_sent(monkeypatch, capsys):
+def test_a_cli_move_without_an_airflow_api_says_no_event_was_sent(monkeypatch, caplog):
     from tasks.decide import champion_events
 
+    caplog.set_level(logging.INFO, logger=champion_events.__name__)
     monkeypatch.delenv(champion_events.API_URL_ENV, raising=False)
     spec = make_spec("file:///unused")
     assert champion_events.announce_from_cli(spec, {"version": "v1"}, "rollback") is False
-    assert "no champion Asset event sent" in capsys.readouterr().err
+    assert "no champion Asset event sent" in caplog.text
+    caplog.clear()
     # configured but unreachable: a warning, never an exception (the move is done and audited)
     monkeypatch.setenv(champion_events.API_URL_ENV, "http://127.0.0.1:9")
     monkeypatch.setenv(champion_events.TOKEN_ENV, "t")
     assert champion_events.announce_from_cli(spec, {"version": "v1"}, "rollback") is False
-    assert "was not sent" in capsys.readouterr().err
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "was not sent" in caplog.text
 
 
 def test_waiting_and_timed_out_alerts_carry_the_link_to_act_on():

@@ -8,7 +8,7 @@ manifest, the model cards, the audit trail and the run summary.
 Policy x gate outcome (dry runs never ask: they never promote)::
 
     policy                gates passed                      gates failed
-    never                 promote                           fail the run (today's behaviour)
+    never                 promote                           fail the run (the default)
     always                ask Approve/Reject                fail the run
     override_failed_gate  promote                           ask: Approve = override (with a reason) / Reject
     always_and_override   ask Approve/Reject                ask: Approve = override / Reject

@@ -20,9 +20,9 @@ receiver uses to drop duplicates.
 
 from __future__ import annotations
 
+import logging
 import json
 import os
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -30,6 +30,8 @@ from typing import Any
 
 from tasks import storage
 from tasks.contracts import VERSION_MANIFEST
+
+log = logging.getLogger(__name__)
 
 API_URL_ENV = "RETRAIN_AIRFLOW_API_URL"           # e.g. http://airflow-apiserver:8080
 TOKEN_ENV = "RETRAIN_AIRFLOW_TOKEN"               # a bearer token, or:
@@ -131,16 +133,15 @@ def post_event(spec: Any, extra: dict[str, Any], base_url: str | None = None) ->
 def announce_from_cli(spec: Any, pointer: dict[str, Any], event: str, actor: str | None = None) -> bool:
     """After a CLI move: send the event if configured, else say so. Never raises: the move is done and audited."""
     if not os.environ.get(API_URL_ENV):
-        print(f"note: no champion Asset event sent ({API_URL_ENV} is not set); deploy DAGs scheduled on "
-              f"{asset_name(spec.name)} will not run for this move", file=sys.stderr)
+        log.info("no champion Asset event sent (%s is not set); deploy DAGs scheduled on %s will not run for this "
+                 "move", API_URL_ENV, asset_name(spec.name))
         return False
     try:
         created = post_event(spec, extra_for(spec, pointer, event, actor))
     except EventNotSent as exc:
-        print(f"warning: the champion moved, but its Asset event was not sent: {exc}", file=sys.stderr)
+        log.warning("the champion moved, but its Asset event was not sent: %s", exc)
         return False
-    print(f"champion Asset event {created.get('id')} sent for {pointer['version']} ({asset_name(spec.name)})",
-          file=sys.stderr)
+    log.info("champion Asset event %s sent for %s (%s)", created.get("id"), pointer["version"], asset_name(spec.name))
     return True
 
 

@@ -18,6 +18,7 @@ the gate report and the model card says how many and why.
 
 from __future__ import annotations
 
+import logging
 import io
 import statistics
 import tempfile
@@ -31,10 +32,12 @@ import numpy as np
 from tasks import cli, metrics as metrics_mod, results, storage
 from tasks.contracts import EvaluateResult, GateResult
 from tasks.data import snapshots
-from tasks.decide import CandidateArgs, gates as gates_mod, registry
+from tasks.decide import CandidateArgs, gates as gates_mod, registry, remedies
 from tasks.errors import SpecInvalid
 from tasks.spec import PipelineSpec, load_spec
 from tasks.train import modeling
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -250,9 +253,8 @@ def score_models(spec: PipelineSpec, models: dict[str, str], sets: dict[str, Any
             started = time.monotonic()
             y_pred = modeling.predict_proba(local, texts, max_length=spec.model.max_length).argmax(axis=1)
             entry[set_name] = compute_metrics(y_true.tolist(), y_pred.tolist(), labels)
-            print(f"[evaluate] {name} on {set_name} ({len(texts)} rows): accuracy "
-                  f"{entry[set_name]['accuracy']:.4f}, macro-F1 {entry[set_name]['macro_f1']:.4f} "
-                  f"({time.monotonic() - started:.1f}s)", flush=True)
+            log.info("%s on %s (%d rows): accuracy %.4f, macro-F1 %.4f (%.1fs)", name, set_name, len(texts),
+                     entry[set_name]["accuracy"], entry[set_name]["macro_f1"], time.monotonic() - started)
             if set_name == "golden":
                 preds[name] = y_pred
                 entry[set_name]["ci"] = gates_mod.bootstrap_intervals(
@@ -263,8 +265,7 @@ def score_models(spec: PipelineSpec, models: dict[str, str], sets: dict[str, Any
                                                        f"{spec.name} {name} on {set_name}"))
             pngs[f"{name}_{set_name}"] = png_uri
         if name == "student":
-            print(f"[evaluate] timing the student on CPU ({g.latency_samples} batch-1 calls, then batch 32)",
-                  flush=True)
+            log.info("timing the student on CPU (%d batch-1 calls, then batch 32)", g.latency_samples)
             entry["cost"] = {**measure_cost(local, sets["golden"]["text"].astype(str).tolist(),
                                             max_length=spec.model.max_length, samples=g.latency_samples),
                              **{f"size_{k}": v for k, v in model_size_mb(local).items()}}
@@ -274,26 +275,20 @@ def score_models(spec: PipelineSpec, models: dict[str, str], sets: dict[str, Any
 
 def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, champion: str | None,
         golden: str | None = None) -> EvaluateResult:
+    """Read the sets, score every model, compare with the champion on the rows it did not train on, gate, write
+    the reports and the result."""
     run_uri = storage.normalize(run_uri)
     snapshot_uri = storage.normalize(snapshot_uri)
     spec = load_spec(storage.join(run_uri, "spec.json"))
-    labels = spec.data.labels
     out_uri = storage.join(run_uri, "evaluate")
-    manifest = snapshots.read_manifest(snapshot_uri)
-    golden_uri = resolve_golden(snapshot_uri, golden, manifest)
-    golden_df = snapshots.read_golden(golden_uri)
-    snap = snapshots.read_snapshot(snapshot_uri, manifest)
-    sets = {"golden": golden_df, "holdout": snap[snap["split"] == "holdout"]}
-    champion_uri = _resolve_champion(spec, champion)
-
+    inputs = read_inputs(spec, snapshot_uri, golden, champion)
     models = {"teacher": storage.normalize(teacher_uri), "student": storage.normalize(student_uri)}
-    if champion_uri:
-        models["champion_teacher"] = storage.join(champion_uri, "teacher")
-        models["champion_student"] = storage.join(champion_uri, "student")
-        # Golden rows whose text the champion trained on (the golden set was replaced since) stay out of the
-        # comparisons with it: its score there is optimistic. The floors use every row.
-        trained, looked = champion_trained_rows(champion_uri, golden_df, golden_uri, snapshot_uri, manifest)
-    scored, preds, pngs = score_models(spec, models, sets, out_uri)
+    if inputs.champion_uri:
+        models["champion_teacher"] = storage.join(inputs.champion_uri, "teacher")
+        models["champion_student"] = storage.join(inputs.champion_uri, "student")
+    scored, preds, pngs = score_models(spec, models, inputs.sets, out_uri)
+    champion_rows, comparison = compare_rows(spec, inputs, preds)
+    cost = scored["student"]["cost"]
 
     def scores(name: str) -> gates_mod.ModelScores | None:
         if name not in preds:
@@ -301,32 +296,96 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, cha
         m = scored[name]["golden"]
         return gates_mod.ModelScores(preds[name], m["accuracy"], m["macro_f1"])
 
-    comparison = None
-    champion_rows = None
-    y_true = golden_df["label"].astype(int).to_numpy()
-    if champion_uri:
-        if trained.any():
-            champion_rows = gates_mod.ChampionRows(
-                ~trained, f"whose text the champion {looked.get('champion_version') or champion_uri} trained on, "
-                          f"as a train row of its snapshot {looked.get('champion_snapshot_id')}")
-        comparison = {**gates_mod.champion_comparison(spec.gates, len(golden_df), champion_rows), **looked}
-        if champion_rows is not None:
-            keep = champion_rows.keep
-            comparison["compared_accuracy"] = {name: round(float(np.mean(pred[keep] == y_true[keep])), 4)
-                                               for name, pred in preds.items()} if keep.any() else {}
-        print(f"[evaluate] champion comparison on {comparison['compared_rows']} of {comparison['golden_rows']} "
-              f"golden rows" + (f" ({comparison['excluded_rows']} {champion_rows.why} left out"
-                                f"{'; too few left: not compared' if comparison['too_few'] else ''})"
-                                if champion_rows is not None else "")
-              + (f"; {comparison['note']}" if comparison.get("note") else ""), flush=True)
-
-    cost = scored["student"]["cost"]
     passed, first_run, gate_list = gates_mod.evaluate_gates(
-        spec.gates, labels, y_true, teacher=scores("teacher"),
+        spec.gates, spec.data.labels, inputs.y_true, teacher=scores("teacher"),
         student=scores("student"), champion_teacher=scores("champion_teacher"),
         champion_student=scores("champion_student"), student_latency_ms_p95=cost["latency_ms_p95"],
         student_size_mb=cost["size_weights_mb"], champion_rows=champion_rows)
+    result = write_reports(spec, run_uri, out_uri, inputs, scored, pngs, champion_rows, comparison,
+                           passed, first_run, gate_list)
+    result.remedies = remedies.of_run(None, {"gates": [g.dump() for g in gate_list]},
+                                      teacher_training(run_uri, models["teacher"]))
+    log.info("gates %s%s; report %s", "passed" if passed else "FAILED: " + ", ".join(result.failed_gates),
+             " (first run: floors only)" if first_run else "", result.report_md_uri)
+    results.emit(result, out_uri)
+    return result
 
+
+def teacher_training(run_uri: str, teacher_uri: str) -> dict[str, Any] | None:
+    """The fine-tune stage's result of this run when it is about this teacher (its ``fresh_start``), else None."""
+    uri = storage.join(run_uri, "finetune", "result.json")
+    if not storage.exists(uri):
+        return None
+    result = storage.read_json(uri)
+    same = storage.normalize(result.get("model_uri") or "").rstrip("/") == teacher_uri.rstrip("/")
+    return result if same else None
+
+
+@dataclass
+class Inputs:
+    """What evaluate reads: the golden set and the holdout split, the champion, and which golden rows the
+    champion trained on (``trained``: one bool per golden row; ``looked``: how that was found out)."""
+
+    snapshot_uri: str
+    golden_uri: str
+    golden_df: Any
+    sets: dict[str, Any]
+    champion_uri: str | None
+    trained: np.ndarray | None = None
+    looked: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def y_true(self) -> np.ndarray:
+        return self.golden_df["label"].astype(int).to_numpy()
+
+
+def read_inputs(spec: PipelineSpec, snapshot_uri: str, golden: str | None, champion: str | None) -> Inputs:
+    manifest = snapshots.read_manifest(snapshot_uri)
+    golden_uri = resolve_golden(snapshot_uri, golden, manifest)
+    golden_df = snapshots.read_golden(golden_uri)
+    snap = snapshots.read_snapshot(snapshot_uri, manifest)
+    sets = {"golden": golden_df, "holdout": snap[snap["split"] == "holdout"]}
+    inputs = Inputs(snapshot_uri, golden_uri, golden_df, sets, _resolve_champion(spec, champion))
+    if inputs.champion_uri:
+        # Golden rows whose text the champion trained on (the golden set was replaced since) stay out of the
+        # comparisons with it: its score there is optimistic. The floors use every row.
+        inputs.trained, inputs.looked = champion_trained_rows(inputs.champion_uri, golden_df, golden_uri,
+                                                              snapshot_uri, manifest)
+    return inputs
+
+
+def compare_rows(spec: PipelineSpec, inputs: Inputs, preds: dict[str, np.ndarray]
+                 ) -> tuple[gates_mod.ChampionRows | None, dict[str, Any] | None]:
+    """The golden rows the champion comparisons use (None: all) and ``champion_comparison`` (None: no champion)."""
+    if not inputs.champion_uri:
+        return None, None
+    champion_rows = None
+    looked, y_true = inputs.looked, inputs.y_true
+    if inputs.trained.any():
+        champion_rows = gates_mod.ChampionRows(
+            ~inputs.trained, f"whose text the champion {looked.get('champion_version') or inputs.champion_uri} "
+                             f"trained on, as a train row of its snapshot {looked.get('champion_snapshot_id')}")
+    comparison = {**gates_mod.champion_comparison(spec.gates, len(inputs.golden_df), champion_rows), **looked}
+    if champion_rows is not None:
+        keep = champion_rows.keep
+        comparison["compared_accuracy"] = {name: round(float(np.mean(pred[keep] == y_true[keep])), 4)
+                                           for name, pred in preds.items()} if keep.any() else {}
+    log.info("champion comparison on %d of %d golden rows%s%s", comparison["compared_rows"],
+             comparison["golden_rows"],
+             (f" ({comparison['excluded_rows']} {champion_rows.why} left out"
+              f"{'; too few left: not compared' if comparison['too_few'] else ''})" if champion_rows is not None
+              else ""),
+             f"; {comparison['note']}" if comparison.get("note") else "")
+    return champion_rows, comparison
+
+
+def write_reports(spec: PipelineSpec, run_uri: str, out_uri: str, inputs: Inputs, scored: dict[str, Any],
+                  pngs: dict[str, str], champion_rows: gates_mod.ChampionRows | None,
+                  comparison: dict[str, Any] | None, passed: bool, first_run: bool,
+                  gate_list: list[gates_mod.Gate]) -> EvaluateResult:
+    """metrics.json, gate_report.json and .md; the result (the small XCom) that points at them."""
+    labels, golden_uri, snapshot_uri, champion_uri = (spec.data.labels, inputs.golden_uri, inputs.snapshot_uri,
+                                                      inputs.champion_uri)
     summary = {name: _summary(m) for name, m in scored.items()}
     champion_summary = ({"uri": champion_uri, "teacher": summary.get("champion_teacher"),
                          "student": summary.get("champion_student")} if champion_uri else None)
@@ -346,7 +405,7 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, cha
         "champion_comparison": comparison, "confusion_matrices": pngs})
     storage.write_text(report_md_uri, gates_mod.render_markdown(spec.name, run_uri, passed, first_run, gate_list,
                                                                summary, comparison))
-    result = EvaluateResult(
+    return EvaluateResult(
         passed=passed,
         first_run=first_run,
         gates=[GateResult(**g.model_dump(exclude={"details"})) for g in gate_list],  # details: in gate_report.json
@@ -357,10 +416,6 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, cha
         report_uri=report_uri,
         report_md_uri=report_md_uri,
     )
-    print(f"[evaluate] gates {'passed' if passed else 'FAILED: ' + ', '.join(failed)}"
-          f"{' (first run: floors only)' if first_run else ''}; report {report_md_uri}", flush=True)
-    results.emit(result, out_uri)
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:

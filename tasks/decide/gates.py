@@ -23,7 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from tasks import metrics
-from tasks.contracts import GateResult
+from tasks.contracts import GateResult, Remedy
+from tasks.decide import remedies
 
 
 class Gate(GateResult):
@@ -34,9 +35,9 @@ class Gate(GateResult):
 
 
 def make_gate(name: str, passed: bool, value: float | None, threshold: float | None, reason: str, *,
-              skipped: bool = False, details: dict[str, Any] | None = None) -> Gate:
+              skipped: bool = False, details: dict[str, Any] | None = None, remedy: Remedy | None = None) -> Gate:
     return Gate(name=name, passed=passed, value=value, threshold=threshold, reason=reason, skipped=skipped,
-                details=details or {})
+                details=details or {}, remedy=remedy)
 
 
 def _r(x: float | None, nd: int = 4) -> float | None:
@@ -302,17 +303,17 @@ def sized_non_inferiority_gate(name: str, candidate_correct, champion_correct, g
     size = (f"{n} golden rows can detect a gain of {sized['detectable_difference']:.3f} at best "
             f"({int(confidence * 100)}% confidence, power {power.POWER:g}, discordance {sized['discordance']:.3f}), "
             f"more than gates.expected_difference {expected:g}")
-    fix = (f"To compare with the interval test, add {sized['more_rows_needed']:,} golden rows "
-           f"({sized['rows_needed']:,} in all), or raise gates.expected_difference")
+    remedy = remedies.underpowered(sized["more_rows_needed"], sized["rows_needed"],
+                                   require_rows=action == "require_rows")
     details: dict[str, Any] = {**ci, "power": sized, "underpowered": action}
     if action == "floors":
         return make_gate(name, True, None, None, f"not compared with the champion: {measured}but {size}; the "
-                         f"floors decide (gates.underpowered: floors). {fix}.", skipped=True, details=details)
+                         f"floors decide (gates.underpowered: floors). {remedy.action}", skipped=True,
+                         details=details, remedy=remedy)
     if action == "require_rows":
         return make_gate(name, False, _r(sized["detectable_difference"]), expected,
                          f"{measured}but {size}; promotion needs a larger golden set (gates.underpowered: "
-                         f"require_rows). {fix}, or set gates.underpowered: bayes to decide on these rows.",
-                         details=details)
+                         f"require_rows). {remedy.action}", details=details, remedy=remedy)
     probability = power.posterior_not_worse(sized["gains"], sized["losses"], n, margin=margin, seed=g.seed)
     needed = g.small_set_probability
     ok = probability >= needed
@@ -321,8 +322,8 @@ def sized_non_inferiority_gate(name: str, candidate_correct, champion_correct, g
     reason = (f"{measured}but {size}, so decided by the small-set rule (gates.underpowered: bayes): "
               f"{sized['gains']} rows only the candidate gets right, {sized['losses']} only the champion; "
               f"P(diff > -margin {-margin:+.4f}) = {probability:.3f} {'>=' if ok else '<'} "
-              f"gates.small_set_probability {needed:g}. {fix}.")
-    return make_gate(name, ok, _r(probability), needed, reason, details=details)
+              f"gates.small_set_probability {needed:g}. {remedy.action}")
+    return make_gate(name, ok, _r(probability), needed, reason, details=details, remedy=remedy)
 
 
 def baseline_gate(name: str, metric: str, y_true, y_pred, n_classes: int, labels: Sequence[str], *, margin: float,
@@ -470,7 +471,7 @@ def report_only(gate: Gate, why: str) -> Gate:
     """The same measurement, shown with its verdict in the reason, but not gating."""
     verdict = "would pass" if gate.passed else "would FAIL"
     return make_gate(gate.name, True, gate.value, gate.threshold, f"{why}; {verdict}: {gate.reason}",
-                     skipped=True, details=gate.details)
+                     skipped=True, details=gate.details, remedy=gate.remedy)
 
 
 # ---------------------------------------------------------------- the full set
@@ -498,8 +499,8 @@ class ChampionRows:
 def champion_comparison(gates_spec: Any, golden_rows: int, champion_rows: ChampionRows | None) -> dict[str, Any]:
     """How many golden rows the comparisons with the champion use, how many are left out and why, and whether too
     few remain to compare at all: fewer than ``gates.class_recall_min_support``, the fewest golden rows on which
-    the gates let a paired comparison (one class's recall) decide anything; a golden set never had rows left out
-    is compared as it is, whatever its size (as before)."""
+    the gates let a paired comparison (one class's recall) decide anything; a golden set with no rows left out
+    is compared whatever its size (non-inferiority sizes itself to it: tasks/decide/power.py)."""
     kept = golden_rows if champion_rows is None else int(np.count_nonzero(champion_rows.keep))
     excluded = golden_rows - kept
     minimum = int(gates_spec.class_recall_min_support)
@@ -527,9 +528,9 @@ def _on_kept_rows(gate: Gate, comparison: dict[str, Any]) -> Gate:
                                    "details": {**gate.details, **{k: comparison[k] for k in keys}}})
 
 
-# What would change a failed floor over the majority baseline (the gate's reason ends with it).
-BASELINE_FIX = ("To clear it: land more train rows of the classes the model misses, or on a skewed label mix set "
-                "train.class_weights: balanced (auto weights from a train.class_weights_auto_ratio class ratio)")
+def with_remedy(gate: Gate, remedy: Remedy) -> Gate:
+    """The gate with ``remedy``, its reason ending with the remedy's sentence."""
+    return gate.model_copy(update={"reason": remedies.ending(gate.reason, remedy), "remedy": remedy})
 
 
 def skewed_golden(g: Any, y_true: np.ndarray, labels: Sequence[str]) -> str | None:
@@ -546,7 +547,7 @@ def skewed_golden(g: Any, y_true: np.ndarray, labels: Sequence[str]) -> str | No
         return None
     return (f"the golden set is {majority:.0%} {labels[top]!r}, at least gates.skewed_golden_share {share:g}: "
             f"accuracy over the majority baseline is reported, not gated (macro-F1 over the baseline and per-class "
-            f"recall gate; set gates.skewed_golden_share: null to gate it)")
+            f"recall gate)")
 
 
 def _accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -563,85 +564,130 @@ def evaluate_gates(gates_spec: Any, labels: Sequence[str], y_true: Sequence[int]
     ``champion_rows``: the golden rows the comparisons with the champion use (non-inferiority, per-class recall,
     the champion's retention), None = all; the floors, the baselines and the candidates' own retention always use
     every row. Too few rows left (champion_comparison): those comparisons are skipped, saying why."""
-    g = gates_spec
     y_true = np.asarray(y_true)
     first_run = champion_teacher is None and champion_student is None
+    compared = _Compared.of(gates_spec, y_true, None if first_run else champion_rows)
     out: list[Gate] = []
-    confidence = getattr(g, "confidence", 0.95)
-    n_classes = len(labels)
-    comparison = champion_comparison(g, len(y_true), None if first_run else champion_rows)
-    keep = champion_rows.keep if comparison["excluded_rows"] else None
-
-    def kept(values: np.ndarray) -> np.ndarray:
-        return values if keep is None else np.asarray(values)[keep]
-
-    too_few = (f"only {comparison['compared_rows']} of {comparison['golden_rows']} golden rows left (left out: "
-               f"{comparison['excluded_rows']} {comparison.get('why')}), fewer than gates.class_recall_min_support "
-               f"({comparison['min_compared_rows']})" if comparison["too_few"] else "")
     for role, scores in (("teacher", teacher), ("student", student)):
-        for metric, value, minimum in (("accuracy", scores.accuracy, g.min_accuracy),
-                                       ("macro_f1", scores.macro_f1, g.min_macro_f1)):
-            if minimum > 0:
-                out.append(floor_gate(f"floor_{metric}_{role}", value, minimum))
-            else:
-                out.append(skipped(f"floor_{metric}_{role}", f"{value:.4f}; no absolute floor (gates.min_{metric} "
-                                                              f"is 0)"))
-        bootstrap = None  # both baseline gates of a model read one bootstrap
-        for metric, margin in (("accuracy", g.min_accuracy_over_baseline),
-                               ("macro_f1", g.min_macro_f1_over_baseline)):
-            name = f"baseline_{metric}_{role}"
-            if margin is None:
-                out.append(skipped(name, f"off (gates.min_{metric}_over_baseline is null)"))
-                continue
-            if bootstrap is None:
-                bootstrap = paired_bootstrap_vs_baseline(y_true, scores.y_pred, n_classes,
-                                                         resamples=g.bootstrap_resamples, confidence=confidence,
-                                                         seed=g.seed)
-            gate = baseline_gate(name, metric, y_true, scores.y_pred, n_classes, labels, margin=margin,
-                                 resamples=g.bootstrap_resamples, confidence=confidence, seed=g.seed,
-                                 bootstrap=bootstrap)
-            skewed = skewed_golden(g, y_true, labels) if metric == "accuracy" else None
-            out.append(report_only(gate, skewed) if skewed else gate if gate.passed else gate.model_copy(
-                update={"reason": f"{gate.reason}. {BASELINE_FIX}"}))
+        out += floor_gates(gates_spec, role, scores)
+        out += baseline_gates(gates_spec, role, labels, y_true, scores)
     for role, cand, champ in (("teacher", teacher, champion_teacher), ("student", student, champion_student)):
-        if champ is None or too_few:
-            why = (f"not compared with the champion: {too_few}; the floors apply" if too_few
-                   else "first run: no champion, so only the floors apply")
-            out.append(skipped(f"non_inferiority_{role}", why))
-            out.append(skipped(f"class_recall_{role}", why))
-            continue
-        y, cand_pred, champ_pred = kept(y_true), kept(cand.y_pred), kept(champ.y_pred)
-        out.append(_on_kept_rows(sized_non_inferiority_gate(
-            f"non_inferiority_{role}", cand_pred == y, champ_pred == y, g), comparison))
-        out.append(_on_kept_rows(class_recall_gate(
-            f"class_recall_{role}", y, cand_pred, champ_pred, labels, max_drop=g.max_class_recall_drop,
-            min_support=g.class_recall_min_support, alpha=g.class_recall_alpha,
-            correction=g.class_recall_correction, confidence=confidence), comparison))
-    champion_ratio = compared_ratio = None
-    if champion_teacher is not None and champion_student is not None and not too_few:
-        if keep is None:
-            champion_ratio = _ratio(champion_student.accuracy, champion_teacher.accuracy)
-        else:  # both retentions on the rows the champion did not train on
-            y = kept(y_true)
-            champion_ratio = _ratio(_accuracy(y, kept(champion_student.y_pred)),
-                                    _accuracy(y, kept(champion_teacher.y_pred)))
-            compared_ratio = _ratio(_accuracy(y, kept(student.y_pred)), _accuracy(y, kept(teacher.y_pred)))
-    retention = retention_gate(student.accuracy, teacher.accuracy, min_ratio=g.min_retention,
-                               champion_ratio=champion_ratio, compared_ratio=compared_ratio,
-                               compared_on=compared_on(comparison))
-    if too_few and not first_run:
-        retention = retention.model_copy(update={
-            "reason": f"{retention.reason}; the champion's retention is not used: {too_few}"})
-    student_checks = [
-        retention,
-        budget_gate("student_latency_p95", student_latency_ms_p95, g.max_student_latency_ms_p95, "ms"),
-        budget_gate("student_size", student_size_mb, g.max_student_size_mb, "MB"),
-    ]
-    if first_run:  # floors only: the student's own checks are reported, not gated
-        student_checks = [report_only(gate, "first run: reported, not gated") for gate in student_checks]
-    out.extend(student_checks)
+        out += champion_gates(gates_spec, role, labels, y_true, cand, champ, compared)
+    out += student_checks(gates_spec, y_true, teacher, student, champion_teacher, champion_student, compared,
+                          latency_ms_p95=student_latency_ms_p95, size_mb=student_size_mb, first_run=first_run)
     passed = all(gate.passed for gate in out)
     return passed, first_run, out
+
+
+@dataclass
+class _Compared:
+    """The golden rows the champion comparisons use: ``comparison`` (champion_comparison), ``keep`` (None: all)
+    and ``too_few``, why none are compared ("" when they are)."""
+
+    comparison: dict[str, Any]
+    keep: np.ndarray | None
+    too_few: str
+
+    @classmethod
+    def of(cls, g: Any, y_true: np.ndarray, champion_rows: ChampionRows | None) -> _Compared:
+        comparison = champion_comparison(g, len(y_true), champion_rows)
+        keep = champion_rows.keep if comparison["excluded_rows"] else None
+        too_few = (f"only {comparison['compared_rows']} of {comparison['golden_rows']} golden rows left (left out: "
+                   f"{comparison['excluded_rows']} {comparison.get('why')}), fewer than "
+                   f"gates.class_recall_min_support ({comparison['min_compared_rows']})"
+                   if comparison["too_few"] else "")
+        return cls(comparison, keep, too_few)
+
+    def kept(self, values: np.ndarray) -> np.ndarray:
+        return values if self.keep is None else np.asarray(values)[self.keep]
+
+
+def floor_gates(g: Any, role: str, scores: ModelScores) -> list[Gate]:
+    """A model's absolute floors (gates.min_accuracy, gates.min_macro_f1; 0 = none)."""
+    out = []
+    for metric, value, minimum in (("accuracy", scores.accuracy, g.min_accuracy),
+                                   ("macro_f1", scores.macro_f1, g.min_macro_f1)):
+        if minimum > 0:
+            out.append(floor_gate(f"floor_{metric}_{role}", value, minimum))
+        else:
+            out.append(skipped(f"floor_{metric}_{role}", f"{value:.4f}; no absolute floor (gates.min_{metric} is 0)"))
+    return out
+
+
+def baseline_gates(g: Any, role: str, labels: Sequence[str], y_true: np.ndarray, scores: ModelScores) -> list[Gate]:
+    """A model over the majority-class baseline, accuracy and macro-F1 (one bootstrap for both). Accuracy on a
+    skewed golden set is reported, not gated; a failure ends with what would clear it."""
+    out: list[Gate] = []
+    bootstrap = None
+    for metric, margin in (("accuracy", g.min_accuracy_over_baseline), ("macro_f1", g.min_macro_f1_over_baseline)):
+        name = f"baseline_{metric}_{role}"
+        if margin is None:
+            out.append(skipped(name, f"off (gates.min_{metric}_over_baseline is null)"))
+            continue
+        if bootstrap is None:
+            bootstrap = paired_bootstrap_vs_baseline(y_true, scores.y_pred, len(labels),
+                                                     resamples=g.bootstrap_resamples,
+                                                     confidence=getattr(g, "confidence", 0.95), seed=g.seed)
+        gate = baseline_gate(name, metric, y_true, scores.y_pred, len(labels), labels, margin=margin,
+                             resamples=g.bootstrap_resamples, confidence=getattr(g, "confidence", 0.95), seed=g.seed,
+                             bootstrap=bootstrap)
+        skewed = skewed_golden(g, y_true, labels) if metric == "accuracy" else None
+        if skewed:
+            out.append(with_remedy(report_only(gate, skewed), remedies.skewed_golden()))
+        else:
+            out.append(gate if gate.passed else with_remedy(gate, remedies.below_baseline()))
+    return out
+
+
+def champion_gates(g: Any, role: str, labels: Sequence[str], y_true: np.ndarray, cand: ModelScores,
+                   champ: ModelScores | None, compared: _Compared) -> list[Gate]:
+    """Non-inferiority and per-class recall against the champion's model of the same role, on the compared rows;
+    both skipped, saying why, on a first run or with too few rows left."""
+    if champ is None or compared.too_few:
+        why = (f"not compared with the champion: {compared.too_few}; the floors apply" if compared.too_few
+               else "first run: no champion, so only the floors apply")
+        return [skipped(f"non_inferiority_{role}", why), skipped(f"class_recall_{role}", why)]
+    y, cand_pred, champ_pred = compared.kept(y_true), compared.kept(cand.y_pred), compared.kept(champ.y_pred)
+    return [
+        _on_kept_rows(sized_non_inferiority_gate(f"non_inferiority_{role}", cand_pred == y, champ_pred == y, g),
+                      compared.comparison),
+        _on_kept_rows(class_recall_gate(
+            f"class_recall_{role}", y, cand_pred, champ_pred, labels, max_drop=g.max_class_recall_drop,
+            min_support=g.class_recall_min_support, alpha=g.class_recall_alpha,
+            correction=g.class_recall_correction, confidence=getattr(g, "confidence", 0.95)), compared.comparison),
+    ]
+
+
+def student_checks(g: Any, y_true: np.ndarray, teacher: ModelScores, student: ModelScores,
+                   champion_teacher: ModelScores | None, champion_student: ModelScores | None, compared: _Compared,
+                   *, latency_ms_p95: float | None,
+                   size_mb: float | None, first_run: bool) -> list[Gate]:
+    """The student's retention of its teacher (or of the champion's, when that was lower), latency and size;
+    reported, not gated, on a first run."""
+    champion_ratio = compared_ratio = None
+    if champion_teacher is not None and champion_student is not None and not compared.too_few:
+        if compared.keep is None:
+            champion_ratio = _ratio(champion_student.accuracy, champion_teacher.accuracy)
+        else:  # both retentions on the rows the champion did not train on
+            y = compared.kept(y_true)
+            champion_ratio = _ratio(_accuracy(y, compared.kept(champion_student.y_pred)),
+                                    _accuracy(y, compared.kept(champion_teacher.y_pred)))
+            compared_ratio = _ratio(_accuracy(y, compared.kept(student.y_pred)),
+                                    _accuracy(y, compared.kept(teacher.y_pred)))
+    retention = retention_gate(student.accuracy, teacher.accuracy, min_ratio=g.min_retention,
+                               champion_ratio=champion_ratio, compared_ratio=compared_ratio,
+                               compared_on=compared_on(compared.comparison))
+    if compared.too_few and not first_run:
+        retention = retention.model_copy(update={
+            "reason": f"{retention.reason}; the champion's retention is not used: {compared.too_few}"})
+    checks = [
+        retention,
+        budget_gate("student_latency_p95", latency_ms_p95, g.max_student_latency_ms_p95, "ms"),
+        budget_gate("student_size", size_mb, g.max_student_size_mb, "MB"),
+    ]
+    if first_run:  # floors only: the student's own checks are reported, not gated
+        checks = [report_only(gate, "first run: reported, not gated") for gate in checks]
+    return checks
 
 
 def render_markdown(pipeline: str, run_uri: str, passed: bool, first_run: bool, gates: Sequence[Gate],

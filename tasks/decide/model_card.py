@@ -154,36 +154,60 @@ def approval_lines(approval: dict[str, Any] | None) -> list[str]:
 
 
 def render(inputs: CardInputs, role: str) -> str:
-    """The README.md of ``<version>/<role>/`` (role: teacher or student)."""
-    spec, snap, ev = inputs.spec, inputs.snapshot, inputs.evaluation
-    metrics = (ev.get("metrics") or {}).get(role) or {}
-    champion_metrics = ((ev.get("metrics") or {}).get("champion") or {}).get(role) or {}
-    labels = spec.data.labels
-    lines = ["---", card_data(inputs, role).to_yaml(), "---", "",
-             f"# {spec.name} {role}, version {inputs.version}", "",
-             f"A text classifier over {len(labels)} classes ({', '.join(f'`{label}`' for label in labels)}), "
-             + ("fine-tuned (the teacher)" if role == "teacher" else "distilled from this version's teacher "
-                "(the student, served on CPU)")
-             + f" by the `{spec.name}` retraining pipeline on {inputs.published_at}. "
-             f"Evaluation {'passed' if ev.get('passed') else 'did not pass'} its gates"
-             + (" (first run: floors only)." if ev.get("first_run") else "."), ""]
+    """The README.md of ``<version>/<role>/`` (role: teacher or student): front matter, then the sections."""
+    lines = ["---", card_data(inputs, role).to_yaml(), "---", ""]
+    for section in (header_lines, snapshot_lines, metrics_lines, gate_lines):
+        lines += section(inputs, role)
+    lines += approval_lines(inputs.approval)
+    lines += lineage_lines(inputs, role)
+    lines += use_lines(inputs, role)
+    return "\n".join(lines)
 
-    lines += ["## Data snapshot", "", "| | |", "|---|---|",
-              f"| snapshot id | `{snap.get('snapshot_id', '-')}` |", f"| snapshot uri | `{inputs.snapshot_uri}` |",
-              f"| rows | {_fmt(snap.get('rows'))} ({_fmt(snap.get('new_rows'))} new in its last batch) |"]
+
+def _role_metrics(inputs: CardInputs, role: str) -> dict[str, Any]:
+    return (inputs.evaluation.get("metrics") or {}).get(role) or {}
+
+
+def header_lines(inputs: CardInputs, role: str) -> list[str]:
+    """The title and one paragraph: what the model classifies, how it was made, whether it passed."""
+    spec, ev = inputs.spec, inputs.evaluation
+    labels = spec.data.labels
+    return [f"# {spec.name} {role}, version {inputs.version}", "",
+            f"A text classifier over {len(labels)} classes ({', '.join(f'`{label}`' for label in labels)}), "
+            + ("fine-tuned (the teacher)" if role == "teacher" else "distilled from this version's teacher "
+               "(the student, served on CPU)")
+            + f" by the `{spec.name}` retraining pipeline on {inputs.published_at}. "
+            f"Evaluation {'passed' if ev.get('passed') else 'did not pass'} its gates"
+            + (" (first run: floors only)." if ev.get("first_run") else "."), ""]
+
+
+def snapshot_lines(inputs: CardInputs, role: str) -> list[str]:
+    """The "Data snapshot" section: the rows it trained on and the golden set it was scored on."""
+    snap, ev = inputs.snapshot, inputs.evaluation
+    lines = ["## Data snapshot", "", "| | |", "|---|---|",
+             f"| snapshot id | `{snap.get('snapshot_id', '-')}` |", f"| snapshot uri | `{inputs.snapshot_uri}` |",
+             f"| rows | {_fmt(snap.get('rows'))} ({_fmt(snap.get('new_rows'))} new in its last batch) |"]
     counts = snap.get("label_counts") or {}
     if counts:
         lines.append("| label counts | " + ", ".join(f"{k}: {v}" for k, v in counts.items()) + " |")
     if snap.get("split_counts"):
         lines.append("| splits | " + ", ".join(f"{k}: {v}" for k, v in snap["split_counts"].items()) + " |")
     lines += [f"| golden set | `{snap.get('golden_id', '-')}` at `{ev.get('golden_uri') or snap.get('golden_uri')}`"
-              f" ({_fmt(metrics.get('golden_n'))} rows, frozen: every version is scored on the same rows) |", ""]
+              f" ({_fmt(_role_metrics(inputs, role).get('golden_n'))} rows, frozen: every version is scored on the "
+              f"same rows) |", ""]
+    return lines
 
+
+def metrics_lines(inputs: CardInputs, role: str) -> list[str]:
+    """The "Metrics" section: golden and holdout, with intervals and the champion's; the student's CPU cost."""
+    spec = inputs.spec
+    metrics = _role_metrics(inputs, role)
+    champion_metrics = ((inputs.evaluation.get("metrics") or {}).get("champion") or {}).get(role) or {}
     confidence = int(round(100 * spec.gates.confidence))
-    lines += ["## Metrics", "",
-              f"Golden-set intervals are percentile bootstrap intervals ({confidence}%, "
-              f"{spec.gates.bootstrap_resamples} resamples, seed {spec.gates.seed}).", "",
-              f"| set | metric | this model | {confidence}% interval | champion |", "|---|---|---|---|---|"]
+    lines = ["## Metrics", "",
+             f"Golden-set intervals are percentile bootstrap intervals ({confidence}%, "
+             f"{spec.gates.bootstrap_resamples} resamples, seed {spec.gates.seed}).", "",
+             f"| set | metric | this model | {confidence}% interval | champion |", "|---|---|---|---|---|"]
     for split in ("golden", "holdout"):
         for key, name in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
             value = metrics.get(f"{split}_{key}")
@@ -199,10 +223,15 @@ def render(inputs: CardInputs, role: str) -> str:
         if cost:
             lines += ["", "CPU cost: " + ", ".join(f"{k} {_fmt(v, 3)}" for k, v in cost) + "."]
     lines.append("")
+    return lines
 
-    lines += ["## Gates", "", f"Verdict: **{'passed' if ev.get('passed') else 'failed'}**"
-              + (f" (failed: {', '.join(ev.get('failed_gates') or [])})" if ev.get("failed_gates") else "")
-              + ". Skipped gates are reported, not gated.", ""]
+
+def gate_lines(inputs: CardInputs, role: str) -> list[str]:
+    """The "Gates" section: the verdict, the golden rows left out of the champion comparison, every gate."""
+    ev = inputs.evaluation
+    lines = ["## Gates", "", f"Verdict: **{'passed' if ev.get('passed') else 'failed'}**"
+             + (f" (failed: {', '.join(ev.get('failed_gates') or [])})" if ev.get("failed_gates") else "")
+             + ". Skipped gates are reported, not gated.", ""]
     left_out = gates.comparison_lines(ev.get("champion_comparison"))  # golden rows the champion trained on
     lines += left_out + ([""] if left_out else [])
     lines += ["| gate | passed | value | threshold | note |", "|---|---|---|---|---|"]
@@ -212,36 +241,44 @@ def render(inputs: CardInputs, role: str) -> str:
         lines.append(f"| {gate.get('name')} | {passed} | {_fmt(gate.get('value'))} | {_fmt(gate.get('threshold'))} "
                      f"| {note} |")
     lines.append("")
-    lines += approval_lines(inputs.approval)
+    return lines
 
+
+def lineage_lines(inputs: CardInputs, role: str) -> list[str]:
+    """The "Lineage" section: where the model comes from (parent, base, training, run, code, image)."""
+    spec = inputs.spec
     start = spec.train.init_from if role == "teacher" else spec.student.init_from
     base = inputs.base_card or {}
-    lines += ["## Lineage", "", "| | |", "|---|---|",
-              f"| version | `{inputs.version}` |",
-              f"| parent champion | `{inputs.parent_champion or 'none (first champion)'}` |",
-              f"| base model | `{spec.model.base}` |",
-              f"| started from | {start} |",
-              f"| license | {base.get('license') or 'not stated'} (the base model's) |"]
+    lines = ["## Lineage", "", "| | |", "|---|---|",
+             f"| version | `{inputs.version}` |",
+             f"| parent champion | `{inputs.parent_champion or 'none (first champion)'}` |",
+             f"| base model | `{spec.model.base}` |",
+             f"| started from | {start} |",
+             f"| license | {base.get('license') or 'not stated'} (the base model's) |"]
     lines += training_lines((inputs.training or {}).get(role))
     if role == "student":
         lines.append(f"| distillation | {spec.student.layers} layers of the teacher, alpha {spec.student.alpha}, "
                      f"temperature {spec.student.temperature} |")
     lines += [f"| run | `{inputs.run_uri}` |", f"| code (git commit) | `{inputs.code_version}` |",
               f"| image | `{inputs.image or '-'}` |", ""]
+    return lines
 
-    lines += ["## Intended use and limits", "",
-              f"- Intended use: classifying short texts into {', '.join(labels)}, as served by the `{spec.name}` "
-              "pipeline; promote and roll back through the registry (`python -m tasks registry`), not by copying "
-              "folders.",
-              f"- Texts are truncated to {spec.model.max_length} tokens; longer inputs are judged on their start.",
-              "- The numbers above hold for data like the golden set and the snapshot; on other domains, languages "
-              "or label definitions they say nothing. Drift checks watch new batches, not individual predictions.",
-              "- Labels come from the landed data; label noise in it is learned. Differences inside the intervals "
-              "above are not evidence of a better or worse model.",
-              "- Not for decisions about people without human review.", "",
-              "## How to load", "", "```python",
-              "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
-              f'model = AutoModelForSequenceClassification.from_pretrained("path/to/{inputs.version}/{role}")',
-              f'tokenizer = AutoTokenizer.from_pretrained("path/to/{inputs.version}/{role}")', "```", ""]
-    return "\n".join(lines)
 
+def use_lines(inputs: CardInputs, role: str) -> list[str]:
+    """"Intended use and limits" and "How to load"."""
+    spec = inputs.spec
+    labels = spec.data.labels
+    return ["## Intended use and limits", "",
+            f"- Intended use: classifying short texts into {', '.join(labels)}, as served by the `{spec.name}` "
+            "pipeline; promote and roll back through the registry (`python -m tasks registry`), not by copying "
+            "folders.",
+            f"- Texts are truncated to {spec.model.max_length} tokens; longer inputs are judged on their start.",
+            "- The numbers above hold for data like the golden set and the snapshot; on other domains, languages "
+            "or label definitions they say nothing. Drift checks watch new batches, not individual predictions.",
+            "- Labels come from the landed data; label noise in it is learned. Differences inside the intervals "
+            "above are not evidence of a better or worse model.",
+            "- Not for decisions about people without human review.", "",
+            "## How to load", "", "```python",
+            "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+            f'model = AutoModelForSequenceClassification.from_pretrained("path/to/{inputs.version}/{role}")',
+            f'tokenizer = AutoTokenizer.from_pretrained("path/to/{inputs.version}/{role}")', "```", ""]

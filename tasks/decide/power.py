@@ -4,8 +4,8 @@ Before the non-inferiority gate compares a candidate with the champion, :func:`a
 accuracy gain the comparison would detect (pass with probability ``POWER``) at ``gates.confidence`` on this many
 golden rows, given how often the two models disagree (the paired discordance: the rows where exactly one of them is
 right). A golden set whose detectable gain is larger than ``gates.expected_difference`` is *underpowered*: the
-bootstrap interval's lower bound cannot clear ``-margin`` for a candidate as good as the team expects, so today's
-rule would block every retrain (40 golden rows: a teacher 7.5 points better failed with [-0.075, +0.225]).
+bootstrap interval's lower bound cannot clear ``-margin`` for a candidate as good as the team expects, so the
+interval rule alone would block every retrain (docs/benchmarks.md, "Small golden sets").
 ``gates.underpowered`` says what happens then:
 
 * ``bayes`` (default): the gate decides with a rule built for small sets: the posterior probability, under a
@@ -14,7 +14,8 @@ rule would block every retrain (40 golden rows: a teacher 7.5 points better fail
 * ``floors``: the comparison is skipped, saying why, and the floors decide;
 * ``require_rows``: the gate fails and says how many golden rows would make the comparison decisive (an alert).
 
-A golden set large enough (the demo's 872 SST-2 rows, or 1,000) keeps the bootstrap rule exactly as it was.
+A golden set large enough to detect the expected difference (the demo's 872 SST-2 rows, or 1,000) is gated by the
+bootstrap rule alone.
 bench/small_golden.py measures the three at golden sizes 40, 200 and 1,000 (docs/registry.md).
 
 Pure functions over counts; scipy/numpy only.

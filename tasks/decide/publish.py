@@ -28,6 +28,7 @@ reason, model_cards) is written to ``R/publish/result.json`` before any of those
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -37,8 +38,10 @@ from typing import Any
 from tasks import __version__, cli, results, storage
 from tasks.contracts import EvaluateResult, PublishResult
 from tasks.data import snapshots
-from tasks.decide import CandidateArgs, approval as approvals, model_card, registry, serving
+from tasks.decide import CandidateArgs, approval as approvals, model_card, registry, remedies, serving
 from tasks.spec import PipelineSpec, dump, load_spec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -132,7 +135,7 @@ def student_exports(run_uri: str, student_uri: str) -> dict[str, str]:
         return {}
     distilled = storage.read_json(result_uri)
     if storage.normalize(distilled.get("model_uri", "")).rstrip("/") != storage.normalize(student_uri).rstrip("/"):
-        print(f"[publish] {result_uri} is about another student; its exports are not published", flush=True)
+        log.warning("%s is about another student; its exports are not published", result_uri)
         return {}
     return dict(sorted((distilled.get("exports") or {}).items()))
 
@@ -212,11 +215,23 @@ def assemble(spec: PipelineSpec, state: dict[str, str], run_uri: str, snapshot_u
     }
     if approval is not None:  # the person's answer, when the spec asked for one (tasks/decide/approval.py)
         manifest["approval"] = approval
+    what_would_change = run_remedies(run_uri, evaluation)
+    if what_would_change:  # what setting or data would change the outcome (tasks/decide/remedies.py)
+        manifest["remedies"] = what_would_change
     try:
         storage.write_json(storage.join(vuri, registry.MANIFEST), manifest, if_none_match=True)
     except storage.PreconditionFailed:
         pass  # an earlier attempt of this run finished the manifest; verification decides
     return cards
+
+
+def run_remedies(run_uri: str, evaluation: EvaluateResult) -> list[dict[str, Any]]:
+    """The run's remedies (tasks/decide/remedies.py): its decision's, its fine-tune's fresh start, its gates'."""
+    def read(stage: str) -> dict[str, Any] | None:
+        uri = storage.join(run_uri, stage, "result.json")
+        return storage.read_json(uri) if storage.exists(uri) else None
+
+    return [r.model_dump(mode="json") for r in remedies.of_run(read("decide"), evaluation.dump(), read("finetune"))]
 
 
 # ---------------------------------------------------------------- the stage

@@ -29,6 +29,7 @@ under a read is ``InfrastructureError`` (worth a retry).
 
 from __future__ import annotations
 
+import logging
 import argparse
 import json
 import os
@@ -45,6 +46,8 @@ from tasks.contracts import VERSION_MANIFEST
 from tasks.decide import champion_events, serving
 from tasks.errors import GateFailed, InfrastructureError, SpecInvalid
 from tasks.spec import PipelineSpec, load_spec
+
+log = logging.getLogger(__name__)
 
 MANIFEST = VERSION_MANIFEST
 
@@ -389,10 +392,10 @@ def cmd_rerun(spec: PipelineSpec, args: argparse.Namespace) -> int:
     if not args.execute:
         return 0
     for cmd in commands:
-        print(f"+ {shlex.join(cmd)}", flush=True)
+        log.info("+ %s", shlex.join(cmd))
         code = subprocess.run(cmd, timeout=args.timeout).returncode
         if code != 0:
-            print(f"rerun stopped: exit {code}", file=sys.stderr)
+            log.error("rerun stopped: exit %d", code)
             return code
     return 0
 

@@ -28,7 +28,7 @@ FULL = "full"
 INCREMENTAL = "incremental"
 
 
-def _train_settings(spec: Any) -> Any:
+def train_settings(spec: Any) -> Any:
     section = spec.get("train", {}) if isinstance(spec, dict) else spec.train
     if isinstance(section, dict):
         from tasks.spec import TrainSpec
@@ -70,7 +70,7 @@ def training_kind(spec: Any, decision: dict[str, Any], ingest: dict[str, Any] | 
                   drift: dict[str, Any] | None, champion: dict[str, Any] | None,
                   previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """``{mode, reasons[], incremental_streak, replay_multiple, new_rows, estimated_rows}`` for a retrain."""
-    hp = _train_settings(spec)
+    hp = train_settings(spec)
     ingest, drift = ingest or {}, drift or {}
     new_rows = int(decision.get("new_rows") or 0)
     streak = champion_streak(champion)
@@ -120,25 +120,10 @@ def training_kind(spec: Any, decision: dict[str, Any], ingest: dict[str, Any] | 
     return out
 
 
-def annotate(decide):
-    """Decorates ``decision.decide``: a retrain's decision gets ``training`` (``training_kind``)."""
-    import functools
-
-    @functools.wraps(decide)
-    def wrapper(spec, ingest_result, drift_result, champion, *args, **kwargs):
-        out = decide(spec, ingest_result, drift_result, champion, *args, **kwargs)
-        if out.get("retrain"):
-            out["training"] = training_kind(spec, out, ingest_result, drift_result, champion,
-                                            previous_candidate(spec, ingest_result or {}))
-        return out
-
-    return wrapper
-
-
 def run_training(run_uri: str) -> dict[str, Any] | None:
     """What a run's teacher was trained on, for the version manifest, the champion pointer and the model card:
     ``{mode, reasons, incremental_streak, rows}`` from the fine-tune stage's result (the kind it did) and the
-    decision (why); None when neither says (a run from before this setting)."""
+    decision (why); None when neither says (a run whose results record no training kind)."""
     from tasks import storage
 
     def read(stage: str) -> dict[str, Any]:

@@ -28,10 +28,10 @@ report in the returned pointer (``serving``); the next move or ``sync-serving`` 
 
 from __future__ import annotations
 
+import logging
 import json
 import re
 import tempfile
-import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,6 +39,8 @@ from tasks import storage
 from tasks.contracts import VERSION_MANIFEST
 from tasks.errors import GateFailed
 from tasks.spec import PipelineSpec
+
+log = logging.getLogger(__name__)
 
 HF_ROLES = ("teacher", "student")
 TRITON_DIR = "serving/triton"  # in the version folder
@@ -186,8 +188,8 @@ def publish_triton(spec: PipelineSpec, out: Any, version: str, exports: dict[str
     they are in the manifest) from the chosen ONNX export; the manifest entry, or None without one."""
     export = triton_export(spec, exports)
     if export is None:
-        print(f"[publish] no Triton layout: serving.triton_export is {spec.serving.triton_export}, the student's "
-              f"exports are {sorted(exports) or 'none'} (student.export)", flush=True)
+        log.info("no Triton layout: serving.triton_export is %s, the student's exports are %s (student.export)",
+                 spec.serving.triton_export, sorted(exports) or "none")
         return None
     source = storage.join(exports[export], ONNX_FILE)
     with tempfile.TemporaryDirectory(prefix="triton-") as tmp:
@@ -277,16 +279,15 @@ def after_move(spec: PipelineSpec, pointer: dict[str, Any]) -> dict[str, Any]:
     try:
         report = sync(spec)
     except Exception as exc:  # noqa: BLE001 - storage, a bad manifest, anything: the promotion already happened
-        traceback.print_exc()
+        log.exception("syncing the Triton repository after the champion moved failed")
         report = {"ok": False, "model_uri": triton_model_uri(spec), "champion": pointer.get("version"),
                   "reason": f"{type(exc).__name__}: {exc}"}
     if not report["ok"]:
-        print(f"[serving] WARNING: Triton repository {report['model_uri']} not in step with champion "
-              f"{pointer.get('version')}: {report['reason']}; repair with "
-              f"`python -m tasks registry --spec SPEC sync-serving`", flush=True)
+        log.warning("Triton repository %s not in step with champion %s: %s; repair with "
+                    "`python -m tasks registry --spec SPEC sync-serving`", report["model_uri"], pointer.get("version"),
+                    report["reason"])
     elif report["copied"]:
-        print(f"[serving] {report['reason']} ({report['copied']} files written to {report['model_uri']})",
-              flush=True)
+        log.info("%s (%d files written to %s)", report["reason"], report["copied"], report["model_uri"])
     pointer["serving"] = report
     return report
 
