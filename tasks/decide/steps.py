@@ -44,8 +44,7 @@ def decide(spec: PipelineSpec, run: RunContext, snapshot: IngestResult, drift: D
     """Retrain, skip or stop (``tasks.decide.decision``), stored as ``decide/result.json``. A stop on bad labels
     withdraws their batches from the latest snapshot first (``withdraw_bad_batches``)."""
     trained = trained_record(spec.layout, snapshot.snapshot_id) if snapshot.snapshot_id else None
-    result = Decision.model_validate(decision.decide(
-        spec, snapshot.dump(), drift.dump(), run.champion, force=run.force_retrain, trained=trained))
+    result = decision.decide_retrain(spec, snapshot, drift, run.champion, force=run.force_retrain, trained=trained)
     if result.stopped and result.withdraw_batches:
         result.withdrawn = withdraw_bad_batches(spec, run, result)
     storage.write_json(storage.join(run.run_uri, TaskIds.DECIDE, "result.json"), result.dump())
