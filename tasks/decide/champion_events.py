@@ -20,9 +20,12 @@ receiver uses to drop duplicates.
 
 from __future__ import annotations
 
-import logging
+import hashlib
+import hmac
 import json
+import logging
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -156,22 +159,15 @@ IDEMPOTENCY_HEADER = "X-Retrain-Idempotency-Key"  # pipeline:version:promoted_at
 def sign(secret: str, timestamp: str, body: bytes) -> str:
     """``sha256=<hex>``: HMAC-SHA256 over ``<timestamp>.<body>`` with the shared secret (the scheme Stripe and
     GitHub use; the timestamp in the signed text makes a replayed request detectable)."""
-    import hashlib
-    import hmac
-
     return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
 def verify_signature(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
     """What a receiver does (constant-time compare)."""
-    import hmac
-
     return hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
 def webhook_request(secret: str, extra: dict[str, Any], now: float | None = None) -> tuple[bytes, dict[str, str]]:
-    import time
-
     body = json.dumps(extra, sort_keys=True, separators=(",", ":")).encode()
     timestamp = str(int(now if now is not None else time.time()))
     return body, {"Content-Type": "application/json", TIMESTAMP_HEADER: timestamp,

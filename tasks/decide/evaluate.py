@@ -18,8 +18,8 @@ the gate report and the model card says how many and why.
 
 from __future__ import annotations
 
-import logging
 import io
+import logging
 import statistics
 import tempfile
 import time
@@ -28,11 +28,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import pyarrow as pa
+import torch
+from sklearn.metrics import confusion_matrix
 
-from tasks import cli, metrics as metrics_mod, results, storage
+from tasks import cli, results, storage
+from tasks import metrics as metrics_mod
 from tasks.contracts import EvaluateResult, GateResult
 from tasks.data import snapshots
-from tasks.decide import CandidateArgs, gates as gates_mod, registry, remedies
+from tasks.decide import CandidateArgs, registry, remedies
+from tasks.decide import gates as gates_mod
 from tasks.errors import SpecInvalid
 from tasks.spec import PipelineSpec, load_spec
 from tasks.train import modeling
@@ -50,8 +55,6 @@ class EvaluateArgs(CandidateArgs):
 def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict[str, Any]:
     """accuracy, macro-F1 (tasks.metrics: over every declared class), per-class precision/recall/F1/support and
     the confusion matrix."""
-    from sklearn.metrics import confusion_matrix
-
     y_true = [int(v) for v in y_true]
     y_pred = [int(v) for v in y_pred]
     n_classes = len(labels)
@@ -103,8 +106,6 @@ def model_size_mb(model_dir: Path) -> dict[str, float]:
 def measure_cost(model_dir: Path, texts: Sequence[str], *, max_length: int, samples: int,
                  batch_size: int = 32, throughput_batches: int = 4) -> dict[str, float]:
     """CPU latency at batch 1 (p50/p95 over `samples` calls, after warm-up) and throughput at batch 32."""
-    import torch
-
     model = modeling.load_classifier(model_dir).to("cpu").eval()
     tokenizer = modeling.load_tokenizer(model_dir)
     pool = list(texts) or ["."]
@@ -170,8 +171,6 @@ def champion_trained_rows(champion_uri: str, golden_df: Any, golden_uri: str, sn
     docs/data.md): otherwise nothing is read beyond the two manifests. When it did, its snapshot's parts are
     scanned part by part, except the parts this run's snapshot lists too when that snapshot names this golden set
     (they hold none of its texts)."""
-    import pyarrow as pa
-
     none = np.zeros(len(golden_df), dtype=bool)
     info: dict[str, Any] = {"champion_uri": champion_uri, "looked": False}
     try:

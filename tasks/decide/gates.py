@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+from scipy.optimize import brentq
+from scipy.stats import binomtest, false_discovery_control, norm
 
 from tasks import metrics
 from tasks.contracts import GateResult, Remedy
@@ -194,9 +196,6 @@ def recall_drop_test(champion_correct: Sequence[bool] | np.ndarray, candidate_co
     """One class's golden rows, both models scored on them: is the candidate's recall lower than the champion's
     by more than ``margin``? One-sided score test (p-value) and the two-sided score interval of the drop
     (the test inverted), both from the discordant rows: the rows where exactly one of the two is right."""
-    from scipy.optimize import brentq
-    from scipy.stats import norm
-
     champ = np.asarray(champion_correct, dtype=bool)
     cand = np.asarray(candidate_correct, dtype=bool)
     if champ.shape != cand.shape or champ.ndim != 1 or champ.size == 0:
@@ -228,7 +227,6 @@ def adjust_p_values(p_values: Sequence[float], method: str) -> list[float]:
     if p.size == 0 or method == "none":
         return p.tolist()
     if method == "bh":
-        from scipy.stats import false_discovery_control
 
         return false_discovery_control(p, method="bh").tolist()
     if method != "holm":
@@ -245,8 +243,6 @@ def adjust_p_values(p_values: Sequence[float], method: str) -> list[float]:
 def mcnemar_exact(candidate_correct: Sequence[bool] | np.ndarray,
                   champion_correct: Sequence[bool] | np.ndarray) -> dict[str, float]:
     """Exact (binomial) McNemar test on the discordant pairs; reported next to the bootstrap interval."""
-    from scipy.stats import binomtest
-
     cand = np.asarray(candidate_correct, dtype=bool)
     champ = np.asarray(champion_correct, dtype=bool)
     b = int(np.sum(cand & ~champ))   # candidate right, champion wrong

@@ -14,6 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+from huggingface_hub import EvalResult, ModelCardData, metadata_load
+
 from tasks import storage
 from tasks.decide import gates
 from tasks.spec import PipelineSpec
@@ -43,8 +46,6 @@ class CardInputs:
 
 def base_card_metadata(base: str) -> dict[str, Any] | None:
     """The base model's card front matter (license, language), or None when it has no card or is unreachable."""
-    from huggingface_hub import metadata_load
-
     from tasks.train import modeling
 
     try:
@@ -58,8 +59,6 @@ def base_card_metadata(base: str) -> dict[str, Any] | None:
 
 
 def _front_matter(text: str) -> dict[str, Any] | None:
-    import yaml
-
     if not text.startswith("---"):
         return None
     parts = text.split("---", 2)
@@ -78,8 +77,6 @@ def _fmt(value: Any, nd: int = 4) -> str:
 
 def card_data(inputs: CardInputs, role: str):
     """The front matter as ``huggingface_hub.ModelCardData`` (model-index from the golden and holdout results)."""
-    from huggingface_hub import EvalResult, ModelCardData
-
     spec, snap = inputs.spec, inputs.snapshot
     metrics = (inputs.evaluation.get("metrics") or {}).get(role) or {}
     snapshot_id = snap.get("snapshot_id") or inputs.snapshot_uri.rstrip("/").rsplit("/", 1)[-1]

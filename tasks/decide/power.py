@@ -27,6 +27,7 @@ import math
 from typing import Any
 
 import numpy as np
+from scipy.stats import norm
 
 POWER = 0.8  # the chance of passing that "detectable" means
 PRIOR = 1.0  # uniform (Bayes-Laplace): one pseudo-row for each of gain, loss and tie
@@ -34,8 +35,6 @@ POSTERIOR_DRAWS = 20_000
 
 
 def _z_sum(confidence: float, power: float) -> float:
-    from scipy.stats import norm
-
     return float(norm.isf((1 - confidence) / 2) + norm.ppf(power))
 
 
