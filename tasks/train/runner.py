@@ -117,18 +117,18 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
     train_data = training.train_data_report(train_set, spec.data.labels, spec.model.max_length)
     for warning in training.train_data_warnings(train_data):
         print(f"[{stage}] WARNING: {warning}", flush=True)
-    # train.class_weights: a class-weighted cross-entropy for a skewed label mix (the fine-tune's loss only).
+    # train.class_weights: a class-balanced cross-entropy for a skewed label mix (the fine-tune's loss, and the
+    # distillation's CE term).
     class_weights = None
-    if stage == "finetune" and recipe.trainer_cls is None:
+    if stage in ("finetune", "distill"):
         from tasks.train import class_balance
 
         class_weights = class_balance.plan(hp.class_weights, hp.class_weights_auto_ratio,
                                            class_balance.label_counts(train_set, len(spec.data.labels)),
-                                           spec.data.labels)
+                                           spec.data.labels, tau=hp.logit_adjustment_tau)
         print(f"[{stage}] {class_weights['reason']}", flush=True)
         if class_weights["on"]:
-            recipe.trainer_kwargs["compute_loss_func"] = class_balance.weighted_loss(
-                list(class_weights["weights"].values()))
+            recipe.trainer_kwargs.update(class_balance.trainer_kwargs(class_weights, distilling=stage == "distill"))
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # processes under torchrun
     # learning_rate: auto with no recorded rate (a first run): a short, bounded search picks it (defaults.py), at
