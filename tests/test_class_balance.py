@@ -24,7 +24,8 @@ def test_balanced_weights_average_one_over_the_rows_and_skip_absent_classes():
 def test_auto_turns_on_for_a_skewed_mix_only():
     skewed = class_balance.plan("auto", 10, [970, 30], LABELS)
     assert skewed["on"] and skewed["ratio"] == pytest.approx(32.333, abs=1e-3)
-    assert "set train.class_weights: none" in skewed["reason"] and skewed["weights"]["positive"] > 16
+    assert "set train.class_weights: none" in skewed["reason"] and skewed["offsets"]["positive"] < -3
+    assert class_balance.plan("balanced", 10, [970, 30], LABELS)["weights"]["positive"] > 16
     even = class_balance.plan("auto", 10, [444, 428], LABELS)  # SST-2 dev: as the demo's data
     assert not even["on"] and "weights" not in even and "unweighted" in even["reason"]
     assert class_balance.plan("balanced", 10, [444, 428], LABELS)["on"]
