@@ -232,8 +232,8 @@ class TrainResult(Result):
     # Why a retrain with train.init_from: champion started from model.base: a class the champion never saw, or a
     # warm start that collapsed and was retrained once (tasks/train/fresh_start.py); None = as the spec says.
     fresh_start: str | None = None
-    # finetune: train.class_weights resolved on the train rows (tasks/train/class_balance.py): setting, on, ratio,
-    # reason, weights.
+    # finetune, distill: train.class_weights resolved on the train rows (tasks/train/class_balance.py): setting,
+    # method, on, ratio, reason, counts, weights or offsets.
     class_weights: dict[str, Any] | None = None
 
 

@@ -208,13 +208,19 @@ class TrainSpec(_Section):
                              "incremental retrains between full ones); None = only on the other conditions")
     full_retrain_on_drift: bool = Field(
         True, description="Incremental retrains: a retrain with drift detected is a full one")
-    class_weights: Literal["auto", "balanced", "none"] = Field(
-        "auto", description="The fine-tune's cross-entropy weighted per class by n / (k * n_class): balanced = always, "
-                            "none = never, auto = when the largest class has class_weights_auto_ratio times the rows "
-                            "of the smallest (docs/training.md)")
+    class_weights: Literal["auto", "balanced", "logit_adjusted", "none"] = Field(
+        "auto", description="Class balancing of the fine-tune's cross-entropy and the distillation's CE term: "
+                            "balanced = weighted per class by n / (k * n_class); logit_adjusted = cross-entropy on "
+                            "logits + log(class prior) (Menon et al. 2021); none = the plain loss; auto = "
+                            "logit_adjusted when the largest class has class_weights_auto_ratio times the rows of the "
+                            "smallest, else none (docs/training.md)")
     class_weights_auto_ratio: float = Field(
-        10.0, ge=1, description="train.class_weights: auto turns the weights on at this largest/smallest class ratio "
+        10.0, ge=1, description="train.class_weights: auto turns class balancing on at this largest/smallest class ratio "
                                 "of the train rows (SST-2 1.3, emotion 9.4, a 97/3 split 32)")
+    logit_adjustment_tau: float = Field(
+        1.0, gt=0, description="train.class_weights: logit_adjusted: the offset is tau x log(class prior); 1 = the "
+                               "balanced-error optimum (equal recall weight per class), lower = between that and the "
+                               "plain loss")
     seed: int = 42
     # learning_rate: auto on a first run (tasks/train/defaults.py)
     lr_search_candidates: list[float] = Field(

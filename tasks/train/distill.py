@@ -102,11 +102,13 @@ def starting_student(spec, teacher, champion_uri: str | None):
 
 def distillation_loss(student_logits, teacher_logits, labels, *, alpha: float, temperature: float,
                       student_hidden=None, teacher_hidden=None, hidden_weight: float = 0.0,
-                      attention_mask=None) -> dict[str, Any]:
+                      attention_mask=None, label_loss=None) -> dict[str, Any]:
     """{loss, ce, kl, hidden}: alpha*CE + (1-alpha)*T^2*KL(teacher_T || student_T) + hidden_weight*MSE.
 
-    ``student_hidden``/``teacher_hidden`` are aligned lists of hidden states; the MSE is over real tokens."""
-    ce = F.cross_entropy(student_logits, labels)
+    ``student_hidden``/``teacher_hidden`` are aligned lists of hidden states; the MSE is over real tokens.
+    ``label_loss(logits, labels)``: the CE term's loss instead of the plain cross-entropy (the fine-tune's class
+    balancing on a skewed mix, ``class_balance.label_loss``)."""
+    ce = label_loss(student_logits, labels) if label_loss is not None else F.cross_entropy(student_logits, labels)
     t = temperature
     teacher_logits = teacher_logits.detach().to(student_logits.dtype)  # a bf16 teacher's (a no-op in fp32)
     kl = F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
@@ -140,7 +142,7 @@ class DistillTrainer(Trainer):
     loss_is_scaled_for_ga = False  # our loss is a per-batch mean
 
     def __init__(self, *args, teacher, alpha: float, temperature: float, hidden_weight: float,
-                 mapping: list[int], teacher_outputs=None, **kwargs):
+                 mapping: list[int], teacher_outputs=None, label_loss=None, **kwargs):
         from tasks.train import teacher_cache
 
         super().__init__(*args, **kwargs)
@@ -148,6 +150,7 @@ class DistillTrainer(Trainer):
         self.teacher = teacher_cache.for_device(teacher, self.args.device)
         self.alpha, self.temperature, self.hidden_weight = alpha, temperature, hidden_weight
         self.hidden_pairs = hidden_pairs(mapping)
+        self.label_loss = label_loss  # train.class_weights on a skewed mix: the CE term balanced as the teacher's
         self.teacher_outputs = teacher_outputs
         if teacher_outputs is not None:
             # The train split's row_index column must reach the collator; the Trainer would drop it as no
@@ -178,7 +181,7 @@ class DistillTrainer(Trainer):
             student_out.logits, teacher_logits, labels, alpha=self.alpha, temperature=self.temperature,
             student_hidden=[student_out.hidden_states[s] for s, _ in self.hidden_pairs] if want_hidden else None,
             teacher_hidden=teacher_hidden, hidden_weight=self.hidden_weight,
-            attention_mask=inputs.get("attention_mask"),
+            attention_mask=inputs.get("attention_mask"), label_loss=self.label_loss,
         )
         inputs["labels"] = labels
         return (parts["loss"], student_out) if return_outputs else parts["loss"]

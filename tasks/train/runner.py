@@ -187,20 +187,19 @@ def report_train_data(loaded: Loaded) -> dict[str, Any]:
 
 
 def weigh_classes(loaded: Loaded) -> dict[str, Any] | None:
-    """train.class_weights: a class-weighted cross-entropy for a skewed label mix (the fine-tune's loss only):
-    ``class_balance.plan``'s decision, its loss set on the recipe when on; None for a stage with its own loss."""
+    """train.class_weights: a class-balanced cross-entropy for a skewed label mix (the fine-tune's loss, and the
+    distillation's CE term): ``class_balance.plan``'s decision, its loss set on the recipe when on."""
     stage, hp, recipe = loaded.stage, loaded.hp, loaded.recipe
     class_weights = None
-    if stage == "finetune" and recipe.trainer_cls is None:
+    if stage in ("finetune", "distill"):
         from tasks.train import class_balance
 
         class_weights = class_balance.plan(hp.class_weights, hp.class_weights_auto_ratio,
                                            class_balance.label_counts(loaded.train_set, loaded.n_classes),
-                                           loaded.spec.data.labels)
+                                           loaded.spec.data.labels, tau=hp.logit_adjustment_tau)
         log.info(f"[{stage}] {class_weights['reason']}")
         if class_weights["on"]:
-            recipe.trainer_kwargs["compute_loss_func"] = class_balance.weighted_loss(
-                list(class_weights["weights"].values()))
+            recipe.trainer_kwargs.update(class_balance.trainer_kwargs(class_weights, distilling=stage == "distill"))
     return class_weights
 
 
