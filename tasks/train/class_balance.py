@@ -24,6 +24,11 @@ taken from a library: the losses are a line of torch each; what this module adds
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
+import math
+
+import numpy as np
+import pyarrow.compute as pc
+import torch
 
 # What train.class_weights: auto turns on for a skewed mix (docs/benchmarks.md, "A 97/3 split").
 AUTO_METHOD = "logit_adjusted"
@@ -31,9 +36,6 @@ AUTO_METHOD = "logit_adjusted"
 
 def label_counts(dataset: Any, n_classes: int) -> list[int]:
     """Train rows per class id of a tokenized split (its ``labels`` column)."""
-    import numpy as np
-    import pyarrow.compute as pc
-
     ids = dataset.select_columns(["labels"]).with_format("arrow")["labels"]
     return np.bincount(pc.cast(ids, "int64").to_numpy(zero_copy_only=False), minlength=n_classes).tolist()
 
@@ -79,8 +81,6 @@ def plan(setting: str, auto_ratio: float, counts: Sequence[int], labels: Sequenc
 def row_losses(planned: dict[str, Any]) -> Callable[..., Any] | None:
     """``f(logits, labels)``: each row's cross-entropy as a ``plan`` balances it (per-class weights, or logit
     adjustment); None when the plan leaves the loss plain."""
-    import torch
-
     method = planned["method"]
     if method == "none":
         return None
@@ -139,8 +139,6 @@ def weighted_loss(weights: Sequence[float]) -> Callable[..., Any]:
 def log_priors(counts: Sequence[int]) -> list[float]:
     """log(n_c / n) for each class; a class with no train rows gets the rarest present class's (it has no prior of
     its own, and -inf would make the adjusted loss undefined)."""
-    import math
-
     present = [c for c in counts if c > 0]
     total, rarest = sum(present), min(present) if present else 1
     return [math.log((c if c > 0 else rarest) / (total or 1)) for c in counts]
