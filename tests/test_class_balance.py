@@ -145,8 +145,9 @@ def test_a_skewed_golden_set_reports_the_accuracy_floor_and_gates_macro_f1():
                                           student=_scores(y, majority))
     macro = {g.name: g for g in out}["baseline_macro_f1_teacher"]
     assert not passed and not macro.passed
-    assert macro.reason.endswith("on a skewed label mix set train.class_weights: balanced (auto weights from a "
-                                 "train.class_weights_auto_ratio class ratio)")  # what would change the outcome
+    assert macro.reason.endswith("on a skewed label mix set train.class_weights: logit_adjusted (what auto picks "
+                                 "past a train.class_weights_auto_ratio class ratio; balanced weights the loss "
+                                 "instead)")  # what would change the outcome
     strict = GatesSpec(skewed_golden_share=None)
     _, _, out = gates.evaluate_gates(strict, LABELS, y, teacher=_scores(y, pred), student=_scores(y, pred))
     assert not {g.name: g for g in out}["baseline_accuracy_teacher"].passed  # gated as before

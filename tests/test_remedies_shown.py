@@ -93,4 +93,4 @@ def test_the_registry_page_lists_the_runs_remedies(tmp_path):
     listed = page[page.index('<ul id="remedies">'):]
     for remedy in found:
         assert f'data-case="{remedy["case"]}"' in listed
-    assert "set train.init_from: base." in listed and "train.class_weights: balanced" in listed
+    assert "set train.init_from: base." in listed and "train.class_weights: logit_adjusted" in listed

@@ -36,8 +36,8 @@ def underpowered(more_rows: int, rows_needed: int, *, require_rows: bool = False
 
 # A failed floor over the majority baseline: the model does not beat answering the most frequent class.
 BELOW_BASELINE_ACTION = ("To clear it: land more train rows of the classes the model misses, or on a skewed label mix "
-                         "set train.class_weights: balanced (auto weights from a train.class_weights_auto_ratio class "
-                         "ratio)")
+                         "set train.class_weights: logit_adjusted (what auto picks past a "
+                         "train.class_weights_auto_ratio class ratio; balanced weights the loss instead)")
 
 
 def below_baseline() -> Remedy:
