@@ -4,7 +4,7 @@ steps (``run_holding``):
     load      the spec, the stage's Recipe (starting weights, loss), the snapshot's splits tokenized (cached)
     select    the rows the evaluations during training score (train.selection; selection.py)
     search    the learning rate: the spec's, the champion's recorded one, or a bounded search (defaults.py)
-    train     the Trainer (trainer.py), resumed from the newest complete checkpoint in storage on a retry
+    train     the Trainer (stage_trainer.py), resumed from the newest complete checkpoint in storage on a retry
     evaluate  the best model on the holdout split (a warm start: checked for a collapse, fresh_start.py)
     write     model, exports, metrics.json, curve.png to storage (outputs.py), then the TrainResult
 
