@@ -241,14 +241,37 @@ def build_bases(engine: Engine, work: Path, pip_args: dict[str, str], prefix: Pa
 
 # --------------------------------------------------------------------------------------------- the wheelhouse
 
-def fill_wheelhouse(wheelhouse: Path) -> None:
-    """docker/pip/README.md's one `pip download`, plus the stand-ins' own packages (pinned in constraints.txt)."""
+WHEELHOUSE_EXTRAS = ("psycopg2-binary", "asyncpg", "moto[server]", "aiosmtpd", "pip", "setuptools", "wheel")
+
+
+def wheelhouse_stamp() -> str:
+    """What the wheelhouse was filled for: requirements.txt, constraints.txt and the stand-ins' packages."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in ("requirements.txt", "constraints.txt"):
+        digest.update((ROOT / name).read_bytes())
+    digest.update(" ".join(WHEELHOUSE_EXTRAS).encode())
+    return digest.hexdigest()
+
+
+def fill_wheelhouse(wheelhouse: Path) -> bool:
+    """docker/pip/README.md's one `pip download`, plus the stand-ins' own packages (pinned in constraints.txt),
+    whenever the requirements changed since the last fill (pip fetches only the files missing); False when the
+    wheelhouse was already filled for them."""
+    stamp = wheelhouse / ".filled-for"
+    if stamp.exists() and stamp.read_text().strip() == wheelhouse_stamp():
+        return False
     wheelhouse.mkdir(parents=True, exist_ok=True)
-    run([sys.executable, "-m", "pip", "download", "-q", "--dest", str(wheelhouse),
-         "--extra-index-url", "https://download.pytorch.org/whl/cpu",
-         "-r", "requirements.txt", "-c", "constraints.txt",
-         "psycopg2-binary", "asyncpg", "moto[server]", "aiosmtpd", "pip", "setuptools", "wheel"],
+    # The CPU torch wheel comes from PyTorch's index once; after that the wheelhouse itself offers it (its
+    # 2.13.0+cpu sorts above PyPI's 2.13.0), so a top-up needs only the ordinary index.
+    torch_index = ([] if any(wheelhouse.glob("torch-*+cpu-*.whl"))
+                   else ["--extra-index-url", "https://download.pytorch.org/whl/cpu"])
+    run([sys.executable, "-m", "pip", "download", "-q", "--dest", str(wheelhouse), "--find-links", str(wheelhouse),
+         *torch_index, "-r", "requirements.txt", "-c", "constraints.txt", *WHEELHOUSE_EXTRAS],
         timeout=1800, nice=True)
+    stamp.write_text(wheelhouse_stamp() + "\n")
+    return True
 
 
 class WheelhouseServer:
@@ -683,8 +706,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.wheelhouse:
                 shutil.rmtree(wheelhouse, ignore_errors=True)
             (work / "bookworm-rootfs.tar").unlink(missing_ok=True)
-        if not wheelhouse.is_dir() or not any(wheelhouse.iterdir()):
-            fill_wheelhouse(wheelhouse)
+        if not args.wheelhouse:  # a given wheelhouse is the user's; ours follows requirements.txt
+            result["wheelhouse_filled"] = fill_wheelhouse(wheelhouse)
         t = lap("wheelhouse", t)
         gateway = engine.bridge_gateway()
         with WheelhouseServer(wheelhouse, gateway, args.wheelhouse_port) as server:
