@@ -47,6 +47,7 @@ from typing import Any
 from urllib.parse import quote
 
 import stack_faults
+import stack_pods
 
 ROOT = Path(__file__).resolve().parents[1]
 STANDINS = ROOT / "docker" / "stack-test"
@@ -511,7 +512,7 @@ def drive(stack: Stack, result: dict[str, Any], checks: dict[str, bool], gate_ru
                             "task_seconds": task_seconds(api, ingest_dag, ingest["dag_run_id"])}
     retrain = api.wait_for_new_run(retrain_dag, timeout=180, run_type="asset_triggered")
     retrain = api.wait_for_run(retrain_dag, retrain["dag_run_id"], timeout=1500)
-    result["retrain_run"] = {"run_type": retrain["run_type"], "state": retrain["state"],
+    result["retrain_run"] = {"run_id": retrain["dag_run_id"], "run_type": retrain["run_type"], "state": retrain["state"],
                              "tasks": task_states(api, retrain_dag, retrain["dag_run_id"]),
                              "task_seconds": task_seconds(api, retrain_dag, retrain["dag_run_id"])}
     result["seconds"]["landed_to_champion"] = round(time.monotonic() - t0, 1)
@@ -670,6 +671,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faults", action="store_true",
                         help="also the run-time fault cases (scripts/stack_faults.py): the scheduler killed "
                              "mid-fine-tune, Postgres restarted mid-run, S3 gone during publish")
+    parser.add_argument("--pod-stages", action="store_true",
+                        help="also every heavy stage in the task image with the argv, env, user and workdir of the "
+                             "pod spec the provider builds (scripts/stack_pods.py)")
     parser.add_argument("--gate-run", action="store_true",
                         help="also a forced retrain with a gate it cannot pass (a second training) and its alert")
     parser.add_argument("--wheelhouse-port", type=int, default=41721,
@@ -741,7 +745,18 @@ def main(argv: list[str] | None = None) -> int:
             stack_faults.fault_cases(
                 stack, lambda: api_client(stack.secrets["_AIRFLOW_WWW_USER_PASSWORD"]),
                 s3_client(stack.secrets["RETRAIN_S3_SECRET_KEY"]), PIPELINE, say, run, result, checks)
-            lap("faults", t)
+            t = lap("faults", t)
+        if args.pod_stages:
+            secret = stack.secrets["RETRAIN_S3_SECRET_KEY"]
+            stack_pods.pod_stages(
+                api=api_client(stack.secrets["_AIRFLOW_WWW_USER_PASSWORD"]), s3=s3_client(secret), bucket=BUCKET,
+                pipeline=PIPELINE, run_id=result["retrain_run"]["run_id"], spec_path=stack.pipelines / "sst2.yaml",
+                work=work, docker=engine.docker, image=TASK_IMAGE, network=f"{PROJECT}_default",
+                # What the retrain-s3 secret gives a pod (docs/operations.md, Kubernetes mode).
+                secret_env={"AWS_ACCESS_KEY_ID": "retrain", "AWS_SECRET_ACCESS_KEY": secret,
+                            "AWS_ENDPOINT_URL": "http://minio:9000", "AWS_DEFAULT_REGION": "us-east-1"},
+                run=run, say=say, result=result, checks=checks)
+            lap("pod_stages", t)
     except Failed as exc:
         result["error"] = str(exc)[-4000:]
         say(f"FAILED: {exc}")
@@ -770,6 +785,8 @@ def main(argv: list[str] | None = None) -> int:
             expected |= {"gate_failure_alert_mail_caught", "gate_failure_kept_the_champion"}
         if args.faults:
             expected |= set(stack_faults.judge({}, None))
+        if args.pod_stages:
+            expected |= {"pod_stages_ran_in_task_image", "failing_pod_stage_reaches_the_operator"}
         result["ok"] = "error" not in result and expected <= set(checks) and all(checks.values())
         LOG.write(json.dumps(result) + "\n")
         LOG.close()
