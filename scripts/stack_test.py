@@ -567,7 +567,8 @@ def alert_mails(contains: str) -> list[str]:
     return [m["Subject"] for m in messages if contains in m["Subject"]]
 
 
-def malformed_file_case(stack: Stack, result: dict[str, Any], checks: dict[str, bool]) -> None:
+def malformed_file_case(stack: Stack, result: dict[str, Any], checks: dict[str, bool],
+                        wait_for_retrain: bool = True) -> None:
     """A file that is not a table lands, twice:
 
     1. alone: it is the whole batch, so its bad share is 100% and by design the batch is rejected with nothing
@@ -576,7 +577,8 @@ def malformed_file_case(stack: Stack, result: dict[str, Any], checks: dict[str, 
     2. beside a few good rows: the ingest succeeds, the file is quarantined whole with its reason
        (quarantine/<pipeline>/<batch>/summary.json), the good rows make the new snapshot, and no object stored
        before changes except the latest-snapshot pointer. Ten rows are below decide.min_new_rows, so the
-       asset-triggered retrain that follows skips training; it is waited for, so later cases run alone."""
+       asset-triggered retrain that follows skips training; with ``wait_for_retrain`` (more cases follow) it is
+       waited for, so that they run alone."""
     api = api_client(stack.secrets["_AIRFLOW_WWW_USER_PASSWORD"])
     s3 = s3_client(stack.secrets["RETRAIN_S3_SECRET_KEY"])
     ingest_dag, retrain_dag = f"ingest_{PIPELINE}", f"retrain_{PIPELINE}"
@@ -631,7 +633,7 @@ def malformed_file_case(stack: Stack, result: dict[str, Any], checks: dict[str, 
     seen["beside_good_rows"] = beside
     checks["malformed_file_quarantined_with_reason"] = run_["state"] == "success" and bool(reasons)
     checks["malformed_file_changed_nothing"] = not alone["changed_or_removed"] and not beside["changed_or_removed"]
-    if run_["state"] == "success":  # the new snapshot's retrain: decide skips training (too few rows)
+    if run_["state"] == "success" and wait_for_retrain:  # the new snapshot's retrain: decide skips training
         retrain = api.wait_for_new_run(retrain_dag, timeout=180, exclude=retrains_before)
         retrain = api.wait_for_run(retrain_dag, retrain["dag_run_id"], timeout=900)
         beside["retrain_after"] = {"state": retrain["state"],
@@ -738,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
         t = lap("healthy", t)
         drive(stack, result, checks, gate_run=args.gate_run)
         t = lap("pipeline", t)
-        malformed_file_case(stack, result, checks)
+        malformed_file_case(stack, result, checks, wait_for_retrain=args.faults or args.pod_stages)
         t = lap("malformed_file", t)
         result["seconds"]["stack_test_so_far"] = round(time.monotonic() - started, 1)
         if args.faults:
