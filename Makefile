@@ -58,3 +58,9 @@ clean:
 .PHONY: stack-test
 stack-test: $(INSTALLED)
 	$(PY) scripts/stack_test.py $(STACK_TEST_ARGS)
+
+# The same, then the fault cases on the same stack: the scheduler killed mid-fine-tune, Postgres restarted mid-run,
+# S3 gone during publish (scripts/stack_faults.py).
+.PHONY: stack-faults
+stack-faults: $(INSTALLED)
+	$(PY) scripts/stack_test.py --faults $(STACK_TEST_ARGS)
