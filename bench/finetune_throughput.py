@@ -128,8 +128,10 @@ def main() -> None:
 
     import torch
 
+    from tasks import cli
     from tasks.train.training import device_features, setup_logging
 
+    cli.setup_logging()
     setup_logging()
     rows = read_tsv("train", min_words=args.min_words, limit=args.rows)
     out = {"bench": "finetune_throughput", "rows": len(rows), "epochs": args.epochs, "batch_size": args.batch_size,

@@ -231,9 +231,11 @@ def main() -> None:
 
     import torch
 
+    from tasks import cli
     from tasks.spec import load_spec
     from tasks.train import modeling, training
 
+    cli.setup_logging()
     training.setup_logging()
     if args.teacher_cache_store_max_mib is not None:
         from tasks.train import teacher_cache

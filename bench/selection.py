@@ -182,8 +182,10 @@ def main() -> None:
 
     import torch
 
+    from tasks import cli
     from tasks.train import training
 
+    cli.setup_logging()
     training.setup_logging()
     rows = read_tsv("train", min_words=args.min_words, limit=args.rows)
     dev = read_tsv("dev")

@@ -7,7 +7,7 @@ import os
 import sys
 
 from tasks import cost
-from tasks.cli import set_offline_env
+from tasks.cli import set_offline_env, setup_logging
 from tasks.errors import PipelineError
 
 # Stage name -> module; each module has main(argv: list[str]) -> int | None.
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         known = ", ".join(STAGES)
         print(f"usage: python -m tasks STAGE [ARGS]\nstages: {known}", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
+    setup_logging()
     cost.start()  # results.emit adds the stage's wall time, GPU-seconds and energy to its result
     module = importlib.import_module(STAGES[argv[0]])
     return int(module.main(argv[1:]) or 0)
