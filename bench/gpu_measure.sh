@@ -113,7 +113,7 @@ print(json.dumps({"dry_run": True, "ceiling_py": path, "flags_checked": argv}))
 # the last ones short when earlier ones run to their limits). The bare-loop ceiling for the stage's own shapes, then
 # the stage on full SST-2 with the shipped spec and the GPU profile (auto batch, lr scaled, checkpoints by time with
 # background upload, no per-step host sync; the distill stage with its bf16 teacher and, the spec's 2 student epochs
-# on 1 GPU, the teacher cache on): distill_over_finetune there is issue 12's item 4; teacher_dev_accuracy and
+# on 1 GPU, the live teacher: auto wants 3 epochs): distill_over_finetune there is issue 12's item 4; teacher_dev_accuracy and
 # teacher_stopped_at_epoch (model selection on holdout rows drawn like dev.tsv, early stopping from epoch 1) are
 # item 3, and come as a first JSON line in stage_full_sst2.log as soon as fine-tuning ends (with the fine-tune
 # stage's samples_per_second), so a step that runs out of time in distill still has them (stage_full_sst2.json

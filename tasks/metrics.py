@@ -10,32 +10,28 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from sklearn.metrics import f1_score
+from sklearn.metrics import precision_recall_fscore_support
+import numpy as np
+
 
 def _ids(n_classes: int | None, labels, preds) -> list[int]:
-    import numpy as np
-
     if n_classes is None:
         n_classes = int(max(np.max(labels, initial=-1), np.max(preds, initial=-1))) + 1
     return list(range(n_classes))
 
 
 def accuracy(labels: Sequence[int], preds: Sequence[int]) -> float:
-    import numpy as np
-
     labels, preds = np.asarray(labels), np.asarray(preds)
     return float(np.mean(labels == preds)) if len(labels) else 0.0
 
 
 def macro_f1(labels: Sequence[int], preds: Sequence[int], n_classes: int | None = None) -> float:
-    from sklearn.metrics import f1_score
-
     return float(f1_score(labels, preds, labels=_ids(n_classes, labels, preds), average="macro", zero_division=0))
 
 
 def per_class(labels: Sequence[int], preds: Sequence[int], n_classes: int | None = None) -> dict[str, list[float]]:
     """Precision, recall and F1 of each class id 0..n-1 (index = class id)."""
-    from sklearn.metrics import precision_recall_fscore_support
-
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, preds, labels=_ids(n_classes, labels, preds), average=None, zero_division=0)
     return {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),

@@ -112,3 +112,66 @@ def test_a_file_is_left_unimported_only_when_no_test_of_its_tier_can_match(marke
     from conftest import tier_can_match
 
     assert tier_can_match(markexpr, tier) is imported
+
+
+
+# Imports inside functions. DAG parsing and the stage dispatcher must stay cheap, so the modules they reach import
+# third-party libraries lazily; every other module of tasks/ runs only inside a stage and imports at the top. The
+# exceptions are optional dependencies, each with its reason. Imports of the project's own modules (tasks.*) may
+# stay in functions: they keep a light stage from loading torch through tasks.train.modeling.
+LAZY_MODULES = {  # what `python -c "import dags..."` and `python -m tasks` load (test below)
+    "tasks/__main__.py", "tasks/cli.py", "tasks/cost.py", "tasks/spec.py", "tasks/storage.py", "tasks/contracts.py",
+    "tasks/errors.py", "tasks/matching.py"}
+LAZY_IMPORTS = {
+    ("tasks/cost.py", "pynvml"): "NVML exists only on a GPU node",
+    ("tasks/drift/report.py", "matplotlib"): "plots are drawn only when the report asks for them",
+    ("tasks/drift/embeddings.py", "torch"): "only the drift stage's model checks run the champion",
+}
+NOT_YET_HOISTED = ("tasks/train/", "tasks/decide/")  # converted once their refactors land (docs/architecture.md)
+
+
+def lazy_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, top-level module) of each non-project import inside a function of ``path``."""
+    out = []
+    for fn in ast.walk(ast.parse(path.read_text())):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import):
+                    out += [(node.lineno, a.name.split(".")[0]) for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and not node.level:
+                    out.append((node.lineno, node.module.split(".")[0]))
+    return [(line, mod) for line, mod in out if mod != "tasks"]
+
+
+def test_stage_modules_import_at_the_top():
+    found = []
+    for path in sorted((ROOT / "tasks").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in LAZY_MODULES or rel.startswith(NOT_YET_HOISTED):
+            continue
+        found += [f"{rel}:{line} {mod}" for line, mod in lazy_imports(path) if (rel, mod) not in LAZY_IMPORTS]
+    assert not found, "imports inside functions of stage modules (move them to the top):\n" + "\n".join(found)
+
+
+def test_the_lazy_modules_are_the_ones_dag_parsing_reaches():
+    """The allowance above follows what parsing really imports: every DAG file, each plugin, then the tasks
+    modules loaded; none of them may load a heavy library."""
+    probe = (
+        "import importlib.util, json, pathlib, sys\n"
+        "sys.path[:0] = ['.', 'plugins']\n"
+        "for p in sorted(pathlib.Path('dags').glob('*.py')):\n"
+        "    s = importlib.util.spec_from_file_location('dag_' + p.stem, p)\n"
+        "    s.loader.exec_module(importlib.util.module_from_spec(s))\n"
+        "import tasks.__main__\n"
+        "print(json.dumps({'tasks': sorted(m for m in sys.modules if m.split('.')[0] == 'tasks'),\n"
+        "                  'heavy': [m for m in ('numpy', 'pandas', 'pyarrow', 'torch', 'transformers', 'scipy')\n"
+        "                            if m in sys.modules]}))\n")
+    out = run(sys.executable, "-c", probe)
+    assert out.returncode == 0, out.stderr[-3000:]
+    import json
+
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert loaded["heavy"] == []
+    files = {("tasks/" + m.removeprefix("tasks.").replace(".", "/") + ".py") if m != "tasks" else "tasks/__init__.py"
+             for m in loaded["tasks"]}
+    assert files - {"tasks/__init__.py"} <= LAZY_MODULES, sorted(files - LAZY_MODULES)

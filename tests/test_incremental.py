@@ -5,6 +5,7 @@ ingested snapshots: new rows plus replay, never a withdrawn or golden row, sampl
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 
 import numpy as np
@@ -14,6 +15,7 @@ from conftest import read_sst2
 from data_helpers import land, make_spec, put_golden, run_folder, tsv_bytes
 from tasks import storage
 from tasks.contracts import Decision
+from tasks.spec import TrainSpec
 from tasks.decide.decision import decide
 from tasks.decide.retrain_policy import training_kind
 from tasks.train import replay
@@ -269,7 +271,7 @@ def test_the_model_card_and_the_version_manifest_say_what_the_model_trained_on(t
 
 def test_the_benchmark_runs_both_nights_and_prints_one_json_line(tiny_model_dir, tmp_path):
     """bench/incremental.py --quick at one history size on the tiny model: the stages' own sample counts, a full
-    night on every train row of the snapshot and an incremental one on twice the night's new train rows."""
+    night on every train row of the snapshot and an incremental one on the night's new train rows plus replay_multiple x as many."""
     import subprocess
     import sys
 
@@ -287,8 +289,11 @@ def test_the_benchmark_runs_both_nights_and_prints_one_json_line(tiny_model_dir,
     full, incremental = size["full"]["nights"][0], size["incremental"]["nights"][0]
     assert full["training"]["finetune"]["mode"] == "full"
     kind = incremental["training"]["finetune"]
-    assert kind["mode"] == "incremental" and kind["replay_rows"] == kind["new_rows"] > 0
-    assert incremental["samples_detail"]["finetune"]["train"] == 2 * kind["new_rows"]  # one warm-start epoch
+    multiple = TrainSpec().replay_multiple  # the spec's default: the bench sets none
+    assert kind["mode"] == "incremental" and kind["new_rows"] > 0
+    assert kind["replay_rows"] == math.floor(multiple * kind["new_rows"])
+    # one warm-start epoch over the new and the replayed rows
+    assert incremental["samples_detail"]["finetune"]["train"] == kind["new_rows"] + kind["replay_rows"]
     assert full["samples_detail"]["finetune"]["train"] == full["train_rows"] > incremental["train_rows"]
     assert size["samples_ratio"] == pytest.approx(incremental["samples"] / full["samples"], abs=1e-4)
     for night in (full, incremental):

@@ -146,8 +146,10 @@ def test_a_bf16_teacher_feeds_the_fp32_students_loss_live_and_cached(teacher, to
 def test_when_the_cache_is_used():
     fits = dict(need_bytes=10 * 2**20, budget_bytes=100 * 2**20)
     assert teacher_cache.decide("auto", cuda=False, epochs=3, **fits) == (False, "auto: off on CPU")
-    assert teacher_cache.decide("auto", cuda=True, epochs=2, **fits)[0]
-    assert not teacher_cache.decide("auto", cuda=True, epochs=1, **fits)[0]  # the pass costs about one epoch
+    assert teacher_cache.decide("auto", cuda=True, epochs=3, **fits)[0]
+    # Below 3 epochs the pass, store and gather cost about what the cached steps save (H100, docs/benchmarks.md).
+    assert not teacher_cache.decide("auto", cuda=True, epochs=2, **fits)[0]
+    assert not teacher_cache.decide("auto", cuda=True, epochs=1, **fits)[0]
     assert teacher_cache.decide("on", cuda=False, epochs=1, **fits)[0]
     assert not teacher_cache.decide("off", cuda=True, epochs=5, **fits)[0]
     too_big = dict(need_bytes=200 * 2**20, budget_bytes=100 * 2**20)

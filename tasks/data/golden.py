@@ -16,9 +16,14 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
 
 from tasks import storage
 from tasks.data import readers, snapshots
@@ -110,8 +115,6 @@ def candidate(spec: PipelineSpec, source: str | None = None, first: bool = True)
     """Read ``source`` (default ``golden.source_uri``) and check it as every freeze does: rows validated like landed
     ones, texts with two labels left out, a text repeated with one label kept once, the bad share bounded
     (DataRejected with the reasons, nothing written). The id is a hash of the content."""
-    import pandas as pd
-
     source = source or spec.golden.source_uri
     good, bad = read_source(spec, source, first)
     good, conflicting = without_conflicts(good)
@@ -264,11 +267,6 @@ def refreeze(spec: PipelineSpec, source: str | None = None) -> dict[str, Any]:
 def champion_overlap(spec: PipelineSpec, texts: set[str]) -> dict[str, Any] | None:
     """How many of ``texts`` the champion trained on (train rows of its snapshot), or None without a champion.
     The snapshot is scanned a part and a batch of rows at a time (snapshots.train_texts_in_part)."""
-    import tempfile
-
-    import numpy as np
-    import pyarrow as pa
-
     try:
         champion = storage.read_json(spec.layout.champion)
     except storage.NotFound:

@@ -35,6 +35,10 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from tasks import cli, results, storage
 from tasks.contracts import IngestResult
 from tasks.data import landing, readers, snapshots
@@ -79,8 +83,6 @@ RESOLVE_ROWS = 1 << 19  # rows per hash partition when deciding duplicates and c
 
 
 def _key_dtypes() -> tuple[Any, Any]:
-    import numpy as np
-
     return np.dtype(snapshots.KEY_FIELDS), np.dtype([("row", "<i8"), *snapshots.KEY_FIELDS])
 
 
@@ -148,8 +150,6 @@ class Batch:
         Decided on the 96-bit text keys, a hash partition (about RESOLVE_ROWS rows) at a time: the key file is
         split by hash into partition files, and a text's rows all fall in one partition, so memory stays the
         same however big the batch (but for ``keep``, a byte a row)."""
-        import numpy as np
-
         n = self.keyed_rows
         self.keep = np.zeros(n, dtype=bool)
         g_hi, g_lo = golden
@@ -173,8 +173,6 @@ class Batch:
     def _partition_files(self, partitions: int) -> list[str]:
         """The key file split by the keys' top byte into ``partitions`` files of ROW_KEY_DTYPE records (row
         number + key), in one pass; each file's rows stay in staging order."""
-        import numpy as np
-
         paths = [f"{self.keys_path}.{p}" for p in range(partitions)]
         outs = [open(path, "wb") for path in paths]  # noqa: SIM115 (closed below)
         try:
@@ -200,8 +198,6 @@ class Batch:
 
     def _resolve_rows(self, rows: Any, hi: Any, lo: Any, labels: Any, parent: "snapshots.HashIndex | None",
                       names: list[str]) -> None:
-        import numpy as np
-
         n = len(rows)
         if not n:
             return
@@ -286,9 +282,6 @@ def stage_file(spec: PipelineSpec, f: LandingFile, fh: Any, batch: Batch, labels
                number: int, keys_file: Any) -> Staged | BadFile | None:
     """Pass 1 for one landed file: its good rows staged, its bad rows in the quarantine spool; a BadFile (its
     rows taken back) when the file is bad whole; None when it is empty."""
-    import numpy as np
-    import pyarrow as pa
-
     fmt = readers.file_format(f.key, spec.data.format)
     gz = readers.is_gzip(f.key)
     content = readers.Content(fh, gz)
@@ -434,10 +427,6 @@ class NewPart:
 def write_new_part(spec: PipelineSpec, batch: Batch, work: str) -> NewPart:
     """Pass 2: stream the staged rows into the snapshot part (text, label, split, batch, text_hash), keeping the
     rows resolve() kept, and add the conflicting rows to the quarantine (after the files' rows, by text)."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     names = spec.data.labels
     path = os.path.join(work, "part.parquet")
     schema = pa.schema([("text", pa.string()), ("label", pa.int64()), ("split", pa.string()),
@@ -493,8 +482,6 @@ def write_new_part(spec: PipelineSpec, batch: Batch, work: str) -> NewPart:
 
 
 def _staged_batches(path: str):
-    import pyarrow as pa
-
     with pa.OSFile(path) as fh:
         reader = pa.ipc.open_file(fh)
         for i in range(reader.num_record_batches):
@@ -503,8 +490,6 @@ def _staged_batches(path: str):
 
 def golden_array(golden: dict[str, Any]) -> Any:
     """The golden set's texts as a sorted arrow string array."""
-    import pyarrow as pa
-
     return pa.array(sorted(golden_texts(golden)), pa.string())
 
 

@@ -17,6 +17,12 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
 from tasks.data.validation import MALFORMED, UNDECODABLE, RawRow, printable
 from tasks.matching import FORMATS, GZIP_SUFFIX, file_format  # noqa: F401  (FORMATS, file_format: readers.*)
 
@@ -201,8 +207,6 @@ def utf8_strings(column: Any) -> Any:
     """A Parquet column as plain values: dictionaries decoded, large strings as strings, and bytes columns (a
     string column written without its UTF8 annotation, as older Hive/Impala/Spark jobs do) as strings when every
     value is valid UTF-8 (else left as bytes, decoded row by row: see _text_of)."""
-    import pyarrow as pa
-
     if pa.types.is_dictionary(column.type):
         column = column.dictionary_decode()
     if pa.types.is_large_string(column.type):
@@ -222,8 +226,6 @@ def _text_of(value: Any) -> Any:
 
 
 def read_parquet(data: bytes, text_col: str, label_col: str) -> list[RawRow]:
-    import pyarrow.parquet as pq
-
     try:
         table = pq.read_table(io.BytesIO(data))
     except Exception as exc:  # pyarrow raises several types for a bad file
@@ -358,8 +360,6 @@ class _RecordEnds:
         self.scanned, self.quotes, self.first, self.last = 0, 0, 0, 0  # first/last: offset after a record end
 
     def scan(self, buf: bytes) -> None:
-        import numpy as np
-
         if not self.quoted or buf.find(b'"', self.scanned) < 0:
             if not (self.quotes % 2):  # outside quotes, every newline ends a record
                 first, last = buf.find(b"\n", self.scanned), buf.rfind(b"\n", self.scanned)
@@ -427,8 +427,6 @@ def _python_delimited(piece: bytes, first_line: int, delimiter: str, quoted: boo
 
 def _line_bounds(piece: bytes, first_line: int):
     """Start, end (without CR/LF) and physical line number of every non-empty line of a piece with \\n endings."""
-    import numpy as np
-
     arr = np.frombuffer(piece, dtype=np.uint8)
     newlines = np.flatnonzero(arr == 10)
     starts = np.concatenate(([0], newlines + 1))
@@ -445,9 +443,6 @@ def _line_bounds(piece: bytes, first_line: int):
 def _arrow_delimited(piece: bytes, first_line: int, delimiter: str, n_fields: int, t_idx: int, l_idx: int):
     """pyarrow on a piece without quotes or bare CRs; None when the Python reader must decide (a ragged row,
     bytes that are not UTF-8)."""
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
     names = [f"c{i}" for i in range(n_fields)]
     try:
         table = pacsv.read_csv(
@@ -507,10 +502,6 @@ _JSON_LABEL_TYPES = ("is_null", "is_boolean", "is_integer", "is_floating", "is_s
 def _arrow_jsonl(piece: bytes, first_line: int, text_col: str, label_col: str):
     """pyarrow on a piece whose every line is a JSON object with a string text; None when the Python reader
     must decide (blank lines, invalid JSON, a missing or non-string text, escaped surrogates ...)."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.json as pajson
-
     if _SURROGATE_ESCAPE.search(piece):
         return None
     try:
@@ -563,10 +554,6 @@ def iter_jsonl(content: Content, text_col: str, label_col: str):
 
 def iter_parquet(fh: Any, text_col: str, label_col: str):
     """Chunks of a (seekable) Parquet file, a batch of rows at a time."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     try:
         pf = pq.ParquetFile(fh, pre_buffer=False)  # pre-buffering would hold every row group read so far
         names = pf.schema_arrow.names
@@ -599,9 +586,6 @@ def iter_parquet(fh: Any, text_col: str, label_col: str):
 
 def chunk_of_rows(rows: list[RawRow]) -> Chunk:
     """A Chunk from Python rows: rows with a problem, a non-string text or stray surrogates go to ``problems``."""
-    import numpy as np
-    import pyarrow as pa
-
     ok: list[RawRow] = []
     problems: list[RawRow] = []
     for row in rows:

@@ -18,12 +18,16 @@ import json
 import logging
 import os
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from tasks import storage
-
-if TYPE_CHECKING:
-    import pandas as pd
+from tasks.errors import SpecInvalid
 
 log = logging.getLogger("tasks.data.snapshots")
 
@@ -42,8 +46,6 @@ def check_labels(labels: list[str], manifest: dict[str, Any], what: str) -> None
     """Stored rows keep a label's index into data.labels, so the spec's labels must be the stored ones, in their
     order, plus any new ones at the end; else SpecInvalid (exit 4) before anything is read or written. A manifest
     written before it recorded ``labels`` is checked by the names its label_counts hold (order unknown)."""
-    from tasks.errors import SpecInvalid
-
     stored = manifest.get("labels")
     if stored is not None:
         if labels[: len(stored)] == stored:
@@ -61,8 +63,6 @@ def check_labels(labels: list[str], manifest: dict[str, Any], what: str) -> None
 
 
 def read_parquet(uri: str) -> "pd.DataFrame":
-    import pandas as pd
-
     return pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))
 
 
@@ -76,8 +76,6 @@ def read_snapshot(snapshot_uri: str, manifest: dict[str, Any] | None = None) -> 
     """All rows of a snapshot, in part order (``manifest``: its manifest, when the caller has read it already).
     Part paths in the manifest are URIs relative to the pipeline's snapshots folder (``parts/<batch_id>.parquet``)
     so that a snapshot can reuse its parent's parts."""
-    import pandas as pd
-
     if manifest is None:
         manifest = read_manifest(snapshot_uri)
     base = storage.parent(snapshot_uri)
@@ -252,9 +250,6 @@ _SPLIT_PREFIX = b"split:"
 
 def text_digests(texts: Any) -> Any:
     """(n, 32) uint8: SHA-256 of b"split:" + the UTF-8 text, for an arrow string array without nulls."""
-    import numpy as np
-    import pyarrow as pa
-
     sha = hashlib.sha256
     values = texts.cast(pa.binary()).to_pylist()
     joined = b"".join([sha(_SPLIT_PREFIX + v).digest() for v in values])
@@ -263,16 +258,12 @@ def text_digests(texts: Any) -> Any:
 
 def holdout_mask(digests: Any, holdout_fraction: float) -> Any:
     """split_of(...) == "holdout" for every row of text_digests (the same float arithmetic)."""
-    import numpy as np
-
     bucket = np.ascontiguousarray(digests[:, :8]).view(">u8").ravel().astype(np.float64) / 2**64
     return bucket < holdout_fraction
 
 
 def hash_keys(text_hash: Any) -> tuple[Any, Any]:
     """(hi uint64, lo uint32) dedup keys from (n, >=12) uint8 text hashes: 96 bits."""
-    import numpy as np
-
     hi = np.ascontiguousarray(text_hash[:, :8]).view("<u8").ravel()
     lo = np.ascontiguousarray(text_hash[:, 8:12]).view("<u4").ravel()
     return hi, lo
@@ -285,8 +276,6 @@ def text_keys(texts: Any) -> tuple[Any, Any]:
 
 def _mix(x: Any) -> Any:
     """splitmix64's finalizer, on uint64 arrays (wrapping arithmetic)."""
-    import numpy as np
-
     x = x ^ (x >> np.uint64(30))
     x = x * np.uint64(0xBF58476D1CE4E5B9)
     x = x ^ (x >> np.uint64(27))
@@ -302,8 +291,6 @@ class ContentSum:
         self.rows, self.a, self.b = rows, a, b
 
     def add(self, text_hash: Any, labels: Any) -> None:
-        import numpy as np
-
         with np.errstate(over="ignore"):
             d0 = np.ascontiguousarray(text_hash[:, :8]).view("<u8").ravel()
             d1 = np.ascontiguousarray(text_hash[:, 8:16]).view("<u8").ravel()
@@ -337,8 +324,6 @@ class HashIndex:
     """Dedup keys and labels of stored rows, sorted by key, for lookups."""
 
     def __init__(self, hi: Any, lo: Any, labels: Any) -> None:
-        import numpy as np
-
         order = np.argsort(hi, kind="stable")
         self.hi, self.lo, self.labels = hi[order], lo[order], labels[order]
         # Two rows sharing 64 bits but not 96 (practically never): look those up exactly, in Python.
@@ -347,8 +332,6 @@ class HashIndex:
 
     def lookup(self, hi: Any, lo: Any) -> Any:
         """The stored label of each key (int64), -1 where the snapshot does not hold it."""
-        import numpy as np
-
         if self.collisions is not None:
             return np.array([self.collisions.get((int(h), int(low)), -1) for h, low in zip(hi, lo)], dtype=np.int64)
         if not len(self.hi):
@@ -376,8 +359,6 @@ class StoredKeys:
 
     def index(self, low: int, high: int) -> HashIndex:
         """The HashIndex of the stored rows whose key's top byte is in [low, high)."""
-        import numpy as np
-
         recs = np.concatenate([np.fromfile(self.bucket(t), dtype=np.dtype(KEY_FIELDS)) for t in range(low, high)])
         return HashIndex(recs["hi"].copy(), recs["lo"].copy(), recs["label"].copy())
 
@@ -389,8 +370,6 @@ def local_parquet(uri: str, tmp_dir: str) -> str:
 
 
 def fixed_binary(column: Any, width: int) -> Any:
-    import numpy as np
-
     return np.frombuffer(column.buffers()[1], dtype=np.uint8, count=len(column) * width,
                          offset=column.offset * width).reshape(-1, width)
 
@@ -398,9 +377,6 @@ def fixed_binary(column: Any, width: int) -> Any:
 def part_rows(part_uri: str, tmp_dir: str) -> Iterable[tuple[Any, Any, Any]]:
     """A stored part a row group at a time, as (text hashes (n, 16) uint8, labels int64, the split column): only
     the text_hash, label and split columns where the part has text_hash; an older part has its texts hashed here."""
-    import numpy as np
-    import pyarrow.parquet as pq
-
     pf = pq.ParquetFile(local_parquet(part_uri, tmp_dir), pre_buffer=False)
     column = "text_hash" if "text_hash" in pf.schema_arrow.names else "text"
     for batch in pf.iter_batches(batch_size=262144, columns=[column, "label", "split"]):
@@ -414,10 +390,6 @@ def part_rows(part_uri: str, tmp_dir: str) -> Iterable[tuple[Any, Any, Any]]:
 def hash_index(snapshot_uri: str, manifest: dict[str, Any], tmp_dir: str, names: list[str]) -> StoredKeys:
     """The StoredKeys of a snapshot (``manifest`` is its manifest, already read), read part by part and a row
     group at a time (``part_rows``)."""
-
-    import numpy as np
-    import pyarrow.compute as pc
-
     base = storage.parent(snapshot_uri)
     stored_sum = manifest.get("content_sum")
     total = ContentSum()
@@ -481,11 +453,6 @@ def filter_part(snapshots_uri: str, part: str, texts: Any, hi_keys: Any, names: 
     it is). ``hi_keys`` are the first 64 bits of those texts' hash keys (hash_keys): a scan of the part's
     text_hash column finds the parts that may hold one without reading their texts; the rows are then matched
     by their text, exactly. The stored part is never changed."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     local = local_parquet(storage.join(snapshots_uri, part), tmp_dir)  # downloaded once, scanned twice at most
     rows = part_rows(local, tmp_dir)
     try:
@@ -541,11 +508,6 @@ def train_texts_in_part(part_uri: str, texts: Any, hi_keys: Any, tmp_dir: str) -
     Read a batch of rows at a time and only the columns needed: a part with ``text_hash`` is first scanned by
     hash (``hi_keys``: the texts' first 64 bits, hash_keys), and its texts are read only when a train
     row may match, then matched exactly."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     def train(split: Any) -> Any:
         if pa.types.is_dictionary(split.type):
             split = split.cast(pa.string())

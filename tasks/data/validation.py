@@ -11,6 +11,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from tasks.matching import label_key, normalize_text
 
 # Row reasons.
@@ -218,9 +222,6 @@ _ASCII_CONTROL_WHITESPACE = r"[\t\n\x0b\x0c\r\x1c-\x1f]"
 def _needs_collapsing(texts: Any) -> Any:
     """Rows whose ASCII whitespace is not already single inner spaces (found without a regex where the chunk's
     bytes hold no control characters, the common case: a regex costs ~3 us a row)."""
-    import numpy as np
-    import pyarrow.compute as pc
-
     fix = pc.or_(pc.or_(pc.match_substring(texts, "  "), pc.starts_with(texts, " ")), pc.ends_with(texts, " "))
     values = texts.buffers()[2]
     if values is not None and (np.frombuffer(values, dtype=np.uint8) < 32).any():
@@ -230,10 +231,6 @@ def _needs_collapsing(texts: Any) -> Any:
 
 def normalize_array(texts: Any) -> Any:
     """normalize_text over an arrow string array (nulls stay null)."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     out = texts
     fix = _needs_collapsing(texts)
     if pc.any(fix).as_py():
@@ -250,10 +247,6 @@ def normalize_array(texts: Any) -> Any:
 def label_indices(labels: Any, label_map: LabelMap) -> tuple[Any, Any]:
     """(index per row, -1 where bad; reason per row, None where good) for an arrow array or a list of raw labels:
     each distinct value is looked up once."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     if isinstance(labels, pa.Array):
         try:
             uniq = pc.unique(labels)
@@ -283,10 +276,6 @@ class GoodChunk:
 
 def validate_chunk(source: str, chunk: Any, label_map: LabelMap, max_chars: int) -> tuple[GoodChunk, list[Bad]]:
     """validate() for a readers.Chunk: the good rows (normalized) and the bad ones, in line order."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     bad = [Bad(source, r.line, r.problem, r.detail, r.raw) for r in chunk.problems]
     n = len(chunk.lines)
     if not n:

@@ -33,9 +33,14 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
+import pyarrow.compute as pc
+
 from tasks import cli, storage
 from tasks.data import snapshots
+from tasks.data.ingest import golden_array
 from tasks.errors import InfrastructureError, SpecInvalid
+from tasks.spec import load_spec
 
 log = logging.getLogger("tasks.data.withdraw")
 
@@ -67,9 +72,6 @@ def accepted_batches(snapshots_uri: str) -> list[str]:
 
 def _part_totals(snapshots_uri: str, part: str, names: Sequence[str], tmp_dir: str):
     """(ContentSum, label counts, split counts) of one part (a manifest's part path), read a row group at a time."""
-    import numpy as np
-    import pyarrow.compute as pc
-
     total, counts, splits = snapshots.ContentSum(), np.zeros(len(names), dtype=np.int64), {"train": 0, "holdout": 0}
     for th, labels, split in snapshots.part_rows(storage.join(snapshots_uri, part), tmp_dir):
         total.add(th, labels)
@@ -200,8 +202,6 @@ def _without_golden_rows(spec, part: str, manifest: dict[str, Any], tmp: str, re
     then its rewrite without them (the rows of every part in a snapshot stay out of the golden set it names)."""
     if not manifest.get("golden_generation"):  # never re-frozen: the part was checked against this very set
         return part
-    from tasks.data.ingest import golden_array
-
     texts = golden_array(manifest)
     hi, _ = snapshots.text_keys(texts)
     out = snapshots.filter_part(spec.layout.snapshots, part, texts, hi, list(spec.data.labels), tmp)
@@ -215,8 +215,6 @@ def _without_golden_rows(spec, part: str, manifest: dict[str, Any], tmp: str, re
 
 
 def main(argv: list[str]) -> int:
-    from tasks.spec import load_spec
-
     args = cli.parse(WithdrawArgs, argv, prog="python -m tasks withdraw", description=__doc__.splitlines()[0])
     if bool(args.batch) == bool(args.readmit):
         raise SpecInvalid("give --batch ID (to withdraw) or --readmit ID (to put back), not both or neither")

@@ -18,15 +18,14 @@ from __future__ import annotations
 import functools
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
-from tasks import metrics
+import numpy as np
+
+from tasks import cost, metrics
 from tasks.drift import report
-from tasks.drift.stats import check, mean_drop, mix_test, mmd_permutation
+from tasks.drift.stats import check, mean_drop, mix_test, mmd_permutation, permutation_p
 from tasks.spec import DriftSpec
-
-if TYPE_CHECKING:
-    import numpy as np
 
 
 # ------------------------------------------------------------------ the champion's outputs
@@ -35,10 +34,7 @@ if TYPE_CHECKING:
 def model_outputs(model_dir: str | Path, texts: Sequence[str], *, max_length: int = 128,
                   batch_size: int = 64) -> tuple["np.ndarray", "np.ndarray"]:
     """(mean-pooled last-layer embeddings, class probabilities) from one forward pass of the classifier."""
-    import numpy as np
-    import torch
-
-    from tasks import cost
+    import torch  # only the model checks need it
 
     model, tokenizer = _load_champion(str(model_dir))
     cost.count_samples("inference", len(texts))  # the stage's samples processed (tasks.cost)
@@ -70,8 +66,6 @@ def _load_champion(model_dir: str):
 
 def subsample(n: int, size: int, rng) -> "np.ndarray":
     """Sorted indices of ``size`` rows out of ``n`` (all of them when n <= size)."""
-    import numpy as np
-
     return np.sort(rng.choice(n, size=size, replace=False)) if n > size else np.arange(n)
 
 
@@ -80,8 +74,6 @@ def subsample(n: int, size: int, rng) -> "np.ndarray":
 
 def embedding_check(cfg: DriftSpec, ref_emb: "np.ndarray", cur_emb: "np.ndarray") -> tuple[dict[str, Any], Any, float]:
     """(check, permutation null, observed MMD^2)."""
-    import numpy as np
-
     mmd2, p_value, null = mmd_permutation(ref_emb, cur_emb, cfg.embedding_permutations, cfg.seed)
     drifted = p_value < cfg.embedding_alpha
     result = check(mmd2, cfg.embedding_alpha, drifted,
@@ -136,10 +128,6 @@ def label_quality(cfg: DriftSpec, ref_prob: "np.ndarray", ref_labels: "np.ndarra
     labels on a 90%-accurate champion drop agreement by ~0.16 (binary: 0.9 -> 0.74). A real concept shift
     lowers agreement too; the verdict says so.
     """
-    import numpy as np
-
-    from tasks.drift.stats import permutation_p
-
     ref_labels, cur_labels = np.asarray(ref_labels, dtype=np.int64), np.asarray(cur_labels, dtype=np.int64)
     ref_pred, cur_pred = ref_prob.argmax(1), cur_prob.argmax(1)
     k = int(max(ref_prob.shape[1], ref_labels.max(initial=-1) + 1, cur_labels.max(initial=-1) + 1))
@@ -186,8 +174,6 @@ def label_quality_by_batch(cfg: DriftSpec, ref_prob: "np.ndarray", ref_labels: "
     ``flagged_batches``: the batches whose own test flags; when only the pooled test flags (bad labels spread
     thin over several batches, none with enough rows alone), every batch of the sample. Rows of ``accepted``
     batches are left out of both tests."""
-    import numpy as np
-
     if cur_batches is None:
         return label_quality(cfg, ref_prob, ref_labels, cur_prob, cur_labels)
     checked = np.array([b not in accepted for b in cur_batches], dtype=bool)
@@ -227,8 +213,6 @@ def model_checks(cfg: DriftSpec, label_names: Sequence[str], model_dir: str | Pa
     ``cur_texts``), ``data["label_quality"]`` holds the label-quality result (``label_quality_by_batch``).
     ``cur_batches`` names the ingest batch of each of ``cur_texts``; rows of ``accepted`` batches (readmitted by
     a person) are left out of it."""
-    import numpy as np
-
     rng = np.random.default_rng(cfg.seed)
     started = time.perf_counter()
     ref_pick = None

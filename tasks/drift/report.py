@@ -7,10 +7,9 @@ never class by class (a 77-class verdict used to run to 4,000 characters).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
-if TYPE_CHECKING:
-    import numpy as np
+import numpy as np
 
 TOP_CONTRIBUTORS = 3
 _NAME_CHARS = 24  # a class name longer than this is cut in verdicts (the report keeps it whole)
@@ -26,8 +25,6 @@ def _short(name: str) -> str:
 
 def shares(labels: "np.ndarray", k: int) -> "np.ndarray":
     """Each of the ``k`` classes' share of ``labels`` (class ids), for the verdicts' moves and the label plot."""
-    import numpy as np
-
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=k).astype(np.float64)
     return counts / max(counts.sum(), 1.0)
 
@@ -35,8 +32,6 @@ def shares(labels: "np.ndarray", k: int) -> "np.ndarray":
 def top_moves(ref_shares: "np.ndarray", cur_shares: "np.ndarray", names: Sequence[str],
               top: int = TOP_CONTRIBUTORS) -> list[dict[str, Any]]:
     """The classes whose share moved most, largest first: [{class, reference_share, current_share}]."""
-    import numpy as np
-
     order = np.argsort(-np.abs(np.asarray(cur_shares) - np.asarray(ref_shares)), kind="stable")[:top]
     return [{"class": names[i], "reference_share": round(float(ref_shares[i]), 4),
              "current_share": round(float(cur_shares[i]), 4)} for i in order]
@@ -71,7 +66,6 @@ def write_plots(out_dir: Path, label_names: Sequence[str], data: dict[str, Any])
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     def save(fig, name: str) -> None:
         paths.append(out_dir / name)

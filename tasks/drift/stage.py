@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tasks import cli, results, storage
 from tasks.contracts import DriftResult
 from tasks.data import snapshots, withdraw
@@ -52,8 +54,6 @@ class DriftArgs:
 
 def run_drift(spec: PipelineSpec, run_uri: str, snapshot_uri: str, champion_uri: str | None) -> dict[str, Any]:
     """Run every check of the snapshot's new rows against the champion's snapshot; returns the XCom result."""
-    import numpy as np
-
     cfg, names = spec.drift, spec.data.labels
     out_uri = storage.join(run_uri, "drift")
     current = snapshots.read_snapshot(snapshot_uri)

@@ -12,14 +12,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
+
+from scipy.spatial.distance import cdist
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import ks_2samp
+from tokenizers import Tokenizer
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tasks.drift import report
 from tasks.drift.report import shares
 from tasks.spec import DriftSpec
-
-if TYPE_CHECKING:
-    import numpy as np
 
 # Splits a text into the words BERT-style pre-tokenizers see: whitespace, and each punctuation mark alone.
 _ISOLATE_PUNCT = r"([^\p{L}\p{N}\p{M}\s])"
@@ -39,8 +44,6 @@ class TokenCounter:
     """
 
     def __init__(self, model_dir: str | Path) -> None:
-        from tokenizers import Tokenizer
-
         from tasks.train.modeling import load_tokenizer
 
         hf = load_tokenizer(model_dir)
@@ -53,10 +56,6 @@ class TokenCounter:
 
     def count(self, texts: Sequence[str]) -> tuple["np.ndarray", "np.ndarray"]:
         """(tokens per text, token-id counts of shape (vocab_size,))."""
-        import numpy as np
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
         arr = pc.replace_substring_regex(pc.utf8_lower(pa.array(list(texts), pa.large_string())),
                                          _ISOLATE_PUNCT, r" \1 ")
         lists = pc.utf8_split_whitespace(arr)
@@ -97,8 +96,6 @@ def check(statistic: float, threshold: float, drifted: bool, verdict: str, **ext
 
 def permutation_p(observed: float, null: "np.ndarray") -> float:
     """One-sided Monte-Carlo p-value, (1 + #null >= observed) / (1 + draws): never 0, valid at any draw count."""
-    import numpy as np
-
     return float((1 + np.sum(null >= observed - 1e-12)) / (1 + len(null)))
 
 
@@ -110,8 +107,6 @@ def count_null(ref_counts: "np.ndarray", cur_counts: "np.ndarray", resamples: in
     come from one distribution"; the counts it gives follow a multivariate hypergeometric law, which numpy
     draws directly, so the cost is O(resamples * classes), not O(resamples * rows).
     """
-    import numpy as np
-
     pooled = (np.asarray(ref_counts) + np.asarray(cur_counts)).astype(np.int64)
     rng = np.random.default_rng(seed)
     cur = rng.multivariate_hypergeometric(pooled, int(np.sum(cur_counts)), size=resamples, method="marginals")
@@ -119,16 +114,12 @@ def count_null(ref_counts: "np.ndarray", cur_counts: "np.ndarray", resamples: in
 
 
 def _row_shares(counts: "np.ndarray") -> "np.ndarray":
-    import numpy as np
-
     counts = np.asarray(counts, dtype=np.float64)
     return counts / np.clip(counts.sum(axis=-1, keepdims=True), 1.0, None)
 
 
 def _mix_statistics(ref_counts: "np.ndarray", cur_counts: "np.ndarray") -> "np.ndarray":
     """(..., 3): total-variation distance, largest single-class move, chi-square of homogeneity."""
-    import numpy as np
-
     ref, cur = np.asarray(ref_counts, dtype=np.float64), np.asarray(cur_counts, dtype=np.float64)
     move = _row_shares(cur) - _row_shares(ref)
     tvd = 0.5 * np.abs(move).sum(axis=-1)
@@ -156,8 +147,6 @@ def mix_shift(ref_counts: "np.ndarray", cur_counts: "np.ndarray", resamples: int
     (largest move - its null mean), in share points. With 77 classes and 200 rows the TVD of two samples of
     one distribution is ~0.2; subtracting the null mean takes that out.
     """
-    import numpy as np
-
     observed = _mix_statistics(ref_counts, cur_counts)
     ref_null, cur_null = count_null(ref_counts, cur_counts, resamples, seed)
     null = _mix_statistics(ref_null, cur_null)  # (resamples, 3)
@@ -178,16 +167,12 @@ def mix_shift(ref_counts: "np.ndarray", cur_counts: "np.ndarray", resamples: int
 def mix_test(ref_labels: "np.ndarray", cur_labels: "np.ndarray", k: int, resamples: int, seed: int
              ) -> tuple[dict[str, Any], "np.ndarray", "np.ndarray"]:
     """:func:`mix_shift` on two arrays of class ids, with both sides' shares (for the verdict's largest moves)."""
-    import numpy as np
-
     test = mix_shift(np.bincount(ref_labels, minlength=k), np.bincount(cur_labels, minlength=k), resamples, seed)
     return test, shares(ref_labels, k), shares(cur_labels, k)
 
 
 def mean_drop(ref_values: "np.ndarray", cur_values: "np.ndarray", resamples: int, seed: int) -> dict[str, Any]:
     """Drop of a mean (reference - new), with a one-sided permutation p-value over ``resamples`` shuffles."""
-    import numpy as np
-
     ref, cur = np.asarray(ref_values, dtype=np.float64), np.asarray(cur_values, dtype=np.float64)
     pooled = np.concatenate([ref, cur])
     n = len(ref)
@@ -207,8 +192,6 @@ def mean_drop(ref_values: "np.ndarray", cur_values: "np.ndarray", resamples: int
 
 
 def _psi(ref_counts: "np.ndarray", cur_counts: "np.ndarray") -> "np.ndarray":
-    import numpy as np
-
     r = np.clip(_row_shares(ref_counts), _PSI_EPS, None)
     c = np.clip(_row_shares(cur_counts), _PSI_EPS, None)
     return np.sum((c - r) * np.log(c / r), axis=-1)
@@ -221,8 +204,6 @@ def label_psi(ref: "np.ndarray", cur: "np.ndarray", names: Sequence[str], cfg: D
 
     Drifted when p < ``chi2_alpha`` and PSI minus its null mean >= ``psi_threshold``. With many classes and few
     rows, empty classes alone push PSI above 0.2; the null mean is that sampling part."""
-    import numpy as np
-
     k = len(names)
     ref_counts, cur_counts = np.bincount(ref, minlength=k), np.bincount(cur, minlength=k)
     psi = float(_psi(ref_counts, cur_counts))
@@ -265,9 +246,6 @@ def label_chi2(ref: "np.ndarray", cur: "np.ndarray", names: Sequence[str], cfg: 
 
 
 def length_ks(ref: "np.ndarray", cur: "np.ndarray", alpha: float) -> dict[str, Any]:
-    import numpy as np
-    from scipy.stats import ks_2samp
-
     result = ks_2samp(ref, cur)
     p = float(result.pvalue)
     drifted = p < alpha
@@ -279,8 +257,6 @@ def length_ks(ref: "np.ndarray", cur: "np.ndarray", alpha: float) -> dict[str, A
 
 
 def _js_bits(p: "np.ndarray", q: "np.ndarray") -> float:
-    from scipy.spatial.distance import jensenshannon
-
     return float(jensenshannon(p, q, base=2) ** 2)
 
 
@@ -292,8 +268,6 @@ def vocab_js(ref_counts: "np.ndarray", cur_counts: "np.ndarray", threshold: floa
     gap grows as samples shrink. We draw same-size token samples from the pooled distribution and subtract
     their mean JS, so one threshold works for 200 rows and for 200k.
     """
-    import numpy as np
-
     n_ref, n_cur = int(ref_counts.sum()), int(cur_counts.sum())
     js = _js_bits(ref_counts, cur_counts)
     pooled = (ref_counts + cur_counts) / max(n_ref + n_cur, 1)
@@ -331,8 +305,6 @@ def unknown_tokens(ref_counts: "np.ndarray", cur_counts: "np.ndarray", unk_id: i
 def statistical_checks(cfg: DriftSpec, label_names: Sequence[str], counter: TokenCounter, ref: TextSide,
                        cur: TextSide) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """The label, length and vocabulary checks; returns (checks, data for the plots)."""
-    import numpy as np
-
     ref_len, ref_counts = counter.count(ref.texts)
     cur_len, cur_counts = counter.count(cur.texts)
     ref_labels = np.asarray(ref.labels, dtype=np.int64)
@@ -361,9 +333,6 @@ def mmd_permutation(x: "np.ndarray", y: "np.ndarray", permutations: int, seed: i
     Embeddings are L2-normalized first (direction carries the meaning). The kernel matrix is computed once;
     each permutation is a signed weight vector w, and MMD^2 = w' K w, so all permutations are one matmul.
     """
-    import numpy as np
-    from scipy.spatial.distance import cdist
-
     z = np.vstack([x, y]).astype(np.float64)
     z /= np.clip(np.linalg.norm(z, axis=1, keepdims=True), 1e-12, None)
     sq = cdist(z, z, "sqeuclidean")
