@@ -23,13 +23,15 @@ run ingest: $(INSTALLED)
 	$(PY) scripts/local_run.py $@ --spec "$(SPEC)" --landing "$(LANDING)" $(if $(STORAGE),--storage "$(STORAGE)")
 
 # TEST_WORKERS processes (pytest-xdist), each test file whole on one of them: 2 on the 2-core CI, 1.8x faster.
+# Files are handed out in tests/conftest.py's order (the longest first), not xdist's (the most tests first).
 TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: $(INSTALLED)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest $(XDIST) tests
 
 # The fast tier: the unit tests, none marked integration, e2e or slow (tests/conftest.py); <= 60 s on 2 cores.
 test-fast: $(INSTALLED)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not integration and not e2e and not slow" tests
+	$(PY) -m pytest $(XDIST) -m "not integration and not e2e and not slow" tests
 
 # The training tests on the GPU image's transformers (5.17; requirements.txt pins 5.23), in .venv-compat: a
 # behaviour that moved between the two releases (gradient accumulation's loss scaling did) fails here.
@@ -44,7 +46,7 @@ test-compat:
 	  -c .venv-compat/constraints.txt
 	.venv-compat/bin/python -m pip install -q -e . --no-deps
 	.venv-compat/bin/python -c 'import transformers; print("transformers", transformers.__version__)'
-	.venv-compat/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(COMPAT_TESTS)
+	.venv-compat/bin/python -m pytest $(XDIST) $(COMPAT_TESTS)
 
 lint-specs: $(INSTALLED)
 	$(PY) -m tasks validate-spec include/pipelines/*.yaml

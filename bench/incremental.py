@@ -170,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.monotonic()
 
+    from tasks import cli
     from tasks.spec import load_spec
 
+    cli.setup_logging()  # the finetune stages' progress lines, as `python -m tasks` shows them
     pool = read_tsv("train", min_words=args.min_words)
     if max(args.history) + args.new > len(pool):
         parser.error(f"only {len(pool)} SST-2 rows with >= {args.min_words} words")

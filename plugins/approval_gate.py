@@ -110,7 +110,7 @@ class CandidateApprovalOperator(HITLOperator):
             champion=champion, registry_url=registry_ui.pipeline_url(base_url, run.pipeline),
             run_url=retrain_alerts.run_url(base_url, ti.dag_id, ti.run_id),
             confidence=run_spec.gates.confidence, timeout_minutes=policy.timeout_minutes)
-        print(f"waiting for a person ({kind}): {self.required_actions_url}", flush=True)
+        self.log.info("waiting for a person (%s): %s", kind, self.required_actions_url)
         return super().execute(context)  # writes the request, then parks the task in awaiting_input
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
@@ -133,7 +133,7 @@ class CandidateApprovalOperator(HITLOperator):
         return self._conclude(approvals.read(run.run_uri) or decision, evaluation)
 
     def _conclude(self, decision: dict[str, Any], evaluation: EvaluateResult) -> dict[str, Any]:
-        print(approvals.headline(decision), flush=True)
+        self.log.info("%s", approvals.headline(decision))
         if decision["decision"] == approvals.TIMED_OUT:
             raise ApprovalTimedOut(approvals.headline(decision))
         if decision["decision"] == approvals.DECLINED:

@@ -11,6 +11,7 @@ drops a key it has seen (a retried POST, or a rollback and re-promotion of the s
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,8 @@ from airflow.sdk import DAG, Asset, task
 
 if TYPE_CHECKING:  # Airflow's plugins manager imports this file too, maybe before the tasks package is on sys.path
     from tasks.spec import PipelineSpec
+
+log = logging.getLogger("champion_webhook")
 
 
 def webhook_url(conn) -> str:
@@ -60,7 +63,7 @@ def build_webhook_dag(spec: PipelineSpec, champion: Asset) -> DAG:
                 for event in events:
                     extra = dict(event.extra or {})
                     status = champion_events.post_webhook(url, conn.password, extra)
-                    print(f"POST {url}: {status} for {extra.get('idempotency_key')}", flush=True)
+                    log.info("POST %s: %s for %s", url, status, extra.get("idempotency_key"))
                     sent.append(str(extra.get("idempotency_key")))
             return sent
 

@@ -8,7 +8,7 @@ import os
 import sys
 
 from tasks import cost
-from tasks.cli import set_offline_env
+from tasks.cli import set_offline_env, setup_logging
 from tasks.errors import PipelineError
 
 # Stage name -> module; each module has main(argv: list[str]) -> int | None.
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         known = ", ".join(STAGES)
         print(f"usage: python -m tasks STAGE [ARGS]\nstages: {known}", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
+    setup_logging()
     cost.start()  # results.emit adds the stage's wall time, GPU-seconds and energy to its result
     # Progress lines of every stage (loggers named after their modules), on stderr, which the stage runner merges.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

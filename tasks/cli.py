@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import types
 import typing
@@ -29,6 +30,17 @@ def set_offline_env(environ: typing.MutableMapping[str, str] | None = None) -> N
     environ = os.environ if environ is None else environ
     for key, value in OFFLINE_ENV.items():
         environ.setdefault(key, value)
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging() -> None:
+    """The one logging setup of a stage's process: INFO and up from every logger, one line each, on stderr (a
+    pod's log and the local stage runner's output, which merges stderr into stdout). ``python -m tasks`` calls it
+    before it imports the stage; a script that runs a stage's code in its own process (bench/) calls it first.
+    It configures nothing where logging already is (a test's, or an embedding application's)."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 
 def optional(value: str | None) -> str | None:

@@ -47,5 +47,5 @@ def emit(result: "dict[str, Any] | Result", out_uri: str | None = None) -> dict[
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-    print(f"RESULT {text}", flush=True)
+    print(f"RESULT {text}", flush=True)  # the stage's output, not a progress line: stdout, as a CLI's result
     return result

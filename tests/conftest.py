@@ -76,15 +76,71 @@ E2E_FILES = {
 }
 
 
+TIER_MARKS = ("integration", "e2e", "slow")
+
+
+def file_tier(name: str) -> str | None:
+    """The mark every test in the file gets (None: a unit file)."""
+    if name in E2E_FILES:
+        return "e2e"
+    if name in SLOW_FILES:
+        return "slow"
+    return None if name in UNIT_FILES else "integration"
+
+
+# The longest files (CI's --durations), then the other e2e files, the integration, slow and unit ones: the order
+# pytest-xdist hands out files in (`--no-loadscope-reorder`, Makefile), so that no long file starts last and runs
+# alone on one worker at the end. Files stay whole and keep their tests' order.
+LONGEST_FILES = ("test_live_airflow.py", "test_label_stop.py", "test_e2e_dag.py", "test_odd_triggers.py",
+                 "test_local_run.py")
+TIER_ORDER = ("e2e", "integration", "slow", None)
+
+
+def run_order(name: str) -> tuple[int, int]:
+    if name in LONGEST_FILES:
+        return 0, LONGEST_FILES.index(name)
+    return 1, TIER_ORDER.index(file_tier(name))
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        name = item.path.name
-        if name in E2E_FILES:
-            item.add_marker(pytest.mark.e2e)
-        elif name in SLOW_FILES:
-            item.add_marker(pytest.mark.slow)
-        elif name not in UNIT_FILES:
-            item.add_marker(pytest.mark.integration)
+        tier = file_tier(item.path.name)
+        if tier:
+            item.add_marker(tier)
+    items.sort(key=lambda item: run_order(item.path.name))  # stable: each file's tests keep their order
+
+
+class _NotATierMark(Exception):
+    pass
+
+
+def tier_can_match(markexpr: str, tier: str | None) -> bool:
+    """Whether ``-m markexpr`` can select any test of a file of this tier, with or without a test's own slow
+    mark (the one tier mark set per test). True when the expression names anything but the tier marks."""
+    from _pytest.mark.expression import Expression  # pytest's own -m parser (pytest is pinned)
+
+    def matcher(marks):
+        def match(name, **kwargs):
+            if kwargs or name not in TIER_MARKS:
+                raise _NotATierMark(name)
+            return name in marks
+        return match
+
+    expression = Expression.compile(markexpr)
+    try:
+        return expression.evaluate(matcher({tier})) or expression.evaluate(matcher({tier, "slow"}))
+    except _NotATierMark:
+        return True
+
+
+def pytest_ignore_collect(collection_path, config):
+    """A test file whose tier ``-m`` leaves out is not imported at all: importing every integration file
+    (distill's imports load transformers' Trainer) cost `make test-fast` ~18 s of CPU per xdist worker."""
+    markexpr = config.option.markexpr
+    if markexpr and collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        if not tier_can_match(markexpr, file_tier(collection_path.name)):
+            return True
+    return None
 
 
 @pytest.fixture(scope="session")

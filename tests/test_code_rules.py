@@ -11,6 +11,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -95,6 +97,28 @@ def test_the_test_tiers_name_existing_files():
     listed = UNIT_FILES | SLOW_FILES | E2E_FILES
     assert listed <= files, f"conftest.py lists test files that do not exist: {sorted(listed - files)}"
     assert len(listed) == len(UNIT_FILES) + len(SLOW_FILES) + len(E2E_FILES), "a file is in two tiers"
+    from conftest import LONGEST_FILES
+
+    assert set(LONGEST_FILES) <= files, f"LONGEST_FILES names missing files: {sorted(set(LONGEST_FILES) - files)}"
+
+
+@pytest.mark.parametrize("markexpr, tier, imported", [
+    ("not integration and not e2e and not slow", None, True),  # make test-fast: unit files only
+    ("not integration and not e2e and not slow", "integration", False),
+    ("not integration and not e2e and not slow", "e2e", False),
+    ("not integration and not e2e and not slow", "slow", False),
+    ("e2e", "integration", False),
+    ("e2e", "e2e", True),
+    ("slow", None, True),  # a unit file may mark one test slow
+    ("not slow", "slow", False),
+    ("integration or e2e", "integration", True),
+    ("not e2e and timeout", "integration", True),  # another mark than the tiers': import the file, -m decides
+])
+def test_a_file_is_left_unimported_only_when_no_test_of_its_tier_can_match(markexpr, tier, imported):
+    from conftest import tier_can_match
+
+    assert tier_can_match(markexpr, tier) is imported
+
 
 
 # Imports inside functions. DAG parsing and the stage dispatcher must stay cheap, so the modules they reach import

@@ -145,7 +145,9 @@ def test_drift_cli(tmp_path, tiny_model_dir):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(xcom.read_text())
     assert result["first_run"] is True and result["report_uri"].endswith("drift/report.json")
-    assert "No champion yet" in result["summary"]
+    # No champion, no reference: every row of the snapshot is new and no check ran.
+    assert result["checks"] == {} and result["drift_detected"] is False and result["drifted_checks"] == []
+    assert result["new_rows"] == snap["total_rows"] > 0 and result["reference_rows"] == 0
 
 
 def test_champion_without_snapshot_is_an_invalid_argument(tmp_path, tiny_model_dir):

@@ -86,6 +86,20 @@ def gated_spec(storage_uri: str, model_dir: Path) -> dict:
     return raw
 
 
+# The timeout's pipeline: the approval pipeline again, under another name, so that its run (a DAG runs one run at a
+# time) is asked and waits out its timeout while the approve and reject runs of GATED go on, not after them.
+UNANSWERED = "unanswered"
+UNANSWERED_DAG = f"retrain_{UNANSWERED}"
+
+
+def unanswered_spec(storage_uri: str, model_dir: Path) -> dict:
+    raw = gated_spec(storage_uri, model_dir)
+    raw["name"] = UNANSWERED
+    raw["golden"]["source_uri"] = f"{storage_uri}/reference/{UNANSWERED}/golden.tsv"
+    raw["events"] = {"webhook_conn_id": None}  # the webhook test counts GATED's posts only
+    return raw
+
+
 def past_daily_slot(hours_ago: int = 1) -> str:
     from datetime import datetime, timedelta, timezone
 
@@ -145,6 +159,8 @@ def airflow(tmp_path_factory, bucket, moto_server, tiny_model_dir, smtp, hook):
     # The approval pipeline (tests at the end of the module): the same tiny model, a person's word before promotion.
     (pipelines / f"{GATED}.yaml").write_text(yaml.safe_dump(gated_spec(bucket, tiny_model_dir)))
     storage.write_text(f"{bucket}/reference/{GATED}/golden.tsv", tsv(read_sst2("dev", limit=40)))
+    (pipelines / f"{UNANSWERED}.yaml").write_text(yaml.safe_dump(unanswered_spec(bucket, tiny_model_dir)))
+    storage.write_text(f"{bucket}/reference/{UNANSWERED}/golden.tsv", tsv(read_sst2("dev", limit=40)))
 
     endpoint = quote(moto_server.endpoint, safe="")
     af = LiveAirflow(
@@ -340,8 +356,8 @@ def test_a_typo_in_the_conf_fails_the_run_before_any_work(airflow, api):
 # ---------------------------------------------------------------- approval: a person's word in Required actions
 
 
-def _hitl_path(run_id: str) -> str:
-    return f"/api/v2/dags/{GATED_DAG}/dagRuns/{quote(run_id, safe='')}/taskInstances/approve/-1/hitlDetails"
+def _hitl_path(run_id: str, dag_id: str = GATED_DAG) -> str:
+    return f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/approve/-1/hitlDetails"
 
 
 def _wait_for_question(airflow, api, run_id: str) -> dict:
@@ -361,25 +377,34 @@ def _wait_for_question(airflow, api, run_id: str) -> dict:
         time.sleep(2)
 
 
-def _start_gated_run(api, bucket, conf: dict | None = None) -> str:
+def _start_gated_run(api, bucket, conf: dict | None = None, pipeline: str = GATED) -> str:
     from tasks import storage
 
-    if not storage.exists(f"{bucket}/landing/{GATED}/batch-1.tsv"):
-        storage.write_text(f"{bucket}/landing/{GATED}/batch-1.tsv", tsv(read_sst2("train", limit=120)))
-        api.wait_for_dag(GATED_DAG, timeout=PARSE_TIMEOUT, expected_errors=("pipeline_sst2.py",))
-        api.unpause(GATED_DAG)
-    resp = api.trigger(GATED_DAG, conf or {"force_retrain": True})
+    dag_id = f"retrain_{pipeline}"
+    if not storage.exists(f"{bucket}/landing/{pipeline}/batch-1.tsv"):
+        storage.write_text(f"{bucket}/landing/{pipeline}/batch-1.tsv", tsv(read_sst2("train", limit=120)))
+        api.wait_for_dag(dag_id, timeout=PARSE_TIMEOUT, expected_errors=("pipeline_sst2.py",))
+        api.unpause(dag_id)
+    resp = api.trigger(dag_id, conf or {"force_retrain": True})
     assert resp.status == 200, resp.text
     return resp.body["dag_run_id"]
 
 
-def _champion(bucket) -> dict | None:
+def _champion(bucket, pipeline: str = GATED) -> dict | None:
     from tasks import storage
 
-    uri = f"{bucket}/models/{GATED}/champion.json"
+    uri = f"{bucket}/models/{pipeline}/champion.json"
     return storage.read_json(uri) if storage.exists(uri) else None
 
 
+@pytest.fixture(scope="module")
+def unanswered_run(api, bucket) -> str:
+    """The run whose question nobody answers, started with the first approval test (which asks for it) and
+    checked by the timeout test after the others: its training, question and timeout overlap theirs."""
+    return _start_gated_run(api, bucket, pipeline=UNANSWERED)
+
+
+@pytest.mark.usefixtures("unanswered_run")  # started first, to run alongside this test and the next
 def test_approval_waits_in_required_actions_and_approving_through_the_api_promotes(airflow, api, bucket, smtp,
                                                                                   tmp_path):
     """policy always: the run stops after the gates with our gate report in the request; a person's Approve
@@ -469,26 +494,26 @@ def test_rejecting_publishes_the_version_as_rejected_and_does_not_promote(airflo
     assert manifest["approval"]["decision"] == "rejected"
 
 
-def test_an_unanswered_request_times_out_promotes_nothing_and_alerts(airflow, api, bucket, smtp):
+def test_an_unanswered_request_times_out_promotes_nothing_and_alerts(airflow, api, bucket, smtp, unanswered_run):
     from tasks import storage
 
-    before = _champion(bucket)
-    versions_before = {o.uri for o in storage.list_objects(f"{bucket}/models/{GATED}/") if o.uri.endswith("manifest.json")}
-    run_id = _start_gated_run(api, bucket)
-    _wait_for_question(airflow, api, run_id)
-    run = api.wait_for_run(GATED_DAG, run_id, timeout=APPROVAL_TIMEOUT_MINUTES * 60 + 120)
-    assert run["state"] == "failed", explain(airflow, GATED_DAG, run_id)
-    tasks = {t["task_id"]: t["state"] for t in api.task_instances(GATED_DAG, run_id)}
+    run_id = unanswered_run
+    run = api.wait_for_run(UNANSWERED_DAG, run_id, timeout=GATED_TIMEOUT + APPROVAL_TIMEOUT_MINUTES * 60)
+    assert run["state"] == "failed", explain(airflow, UNANSWERED_DAG, run_id)
+    tasks = {t["task_id"]: t["state"] for t in api.task_instances(UNANSWERED_DAG, run_id)}
     assert tasks["approve"] == "failed" and tasks["publish"] == "upstream_failed", tasks
-    assert _champion(bucket) == before
-    versions_after = {o.uri for o in storage.list_objects(f"{bucket}/models/{GATED}/") if o.uri.endswith("manifest.json")}
-    assert versions_after == versions_before
+    # It was asked (the request is on record, unanswered, and on-call got its link), then nothing was published.
+    hitl = api.ok("GET", _hitl_path(run_id, UNANSWERED_DAG))
+    assert hitl["options"] == ["Approve", "Reject"] and hitl["response_received"] is False, hitl
+    assert any("approval needed" in m["subject"] and run_id in m["subject"] for m in smtp.messages)
+    assert _champion(bucket, UNANSWERED) is None
+    assert not [o.uri for o in storage.list_objects(f"{bucket}/models/{UNANSWERED}/") if o.uri.endswith("manifest.json")]
     deadline = time.monotonic() + 60
     while not (timed_out := [m for m in smtp.messages if "approval timed out" in m["subject"]]):
         assert time.monotonic() < deadline, [m["subject"] for m in smtp.messages]
         time.sleep(1)
     assert run_id in timed_out[0]["subject"] and "nothing is published or promoted" in timed_out[0]["body"]
-    summary = storage.read_json(api.ok("GET", f"/api/v2/dags/{GATED_DAG}/dagRuns/{quote(run_id, safe='')}/"
+    summary = storage.read_json(api.ok("GET", f"/api/v2/dags/{UNANSWERED_DAG}/dagRuns/{quote(run_id, safe='')}/"
                                               "taskInstances/prepare_run/xcomEntries/return_value",
                                        params={"deserialize": True})["value"]["run_uri"] + "/summary.json")
     assert summary["outcome"] == "not approved: no answer in time" and summary["approval"]["decision"] == "timed_out"

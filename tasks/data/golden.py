@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -305,13 +304,12 @@ def main(argv: list[str]) -> int:
     from tasks.spec import load_spec
 
     args = cli.parse(GoldenArgs, argv, prog="python -m tasks golden", description=__doc__.splitlines()[0])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec = load_spec(args.spec)
     if args.source and not args.refreeze:
         raise SpecInvalid("--source is the file a re-freeze reads; give --refreeze with it")
     if args.refreeze:
         outcome = refreeze(spec, args.source)
-        print(outcome["message"], file=sys.stderr)
+        log.info("%s", outcome["message"])
     else:
         try:
             current = storage.read_json(pointer_uri(spec))

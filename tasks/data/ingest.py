@@ -720,7 +720,6 @@ def run_ingest(spec: PipelineSpec, run_uri: str | None = None) -> dict[str, Any]
 
 def main(argv: list[str]) -> int:
     args = cli.parse(IngestArgs, argv, prog="python -m tasks ingest", description=__doc__.splitlines()[0])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec = load_spec(storage.join(args.run, "spec.json"))  # a SpecError is a SpecInvalid: exit 4
     run_ingest(spec, args.run)  # DataRejected / SpecInvalid / InfrastructureError -> python -m tasks exit codes
     return 0

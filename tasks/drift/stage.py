@@ -77,7 +77,7 @@ def run_drift(spec: PipelineSpec, run_uri: str, snapshot_uri: str, champion_uri:
                                                 f"than drift.min_rows = {cfg.min_rows}); drift checks skipped.")
 
     # 3. Statistical checks: every reference row against every new row.
-    print(f"[drift] {len(new)} new rows against the champion's {len(reference)}: statistical checks", flush=True)
+    log.info("%d new rows against the champion's %d: statistical checks", len(new), len(reference))
     model_dir = _champion_encoder(champion_uri)
     started = time.perf_counter()
     checks, plot_data = statistical_checks(
@@ -90,8 +90,8 @@ def run_drift(spec: PipelineSpec, run_uri: str, snapshot_uri: str, champion_uri:
     holdout = reference[reference["split"] == "holdout"]
     use_holdout = len(holdout) >= min(cfg.embedding_subsample, 100)
     model_ref = holdout if use_holdout else reference
-    print(f"[drift] statistical checks done ({timings['statistical_seconds']:.1f}s); champion-model checks on at "
-          f"most {cfg.embedding_subsample} new and {cfg.embedding_reference_subsample} reference texts", flush=True)
+    log.info("statistical checks done (%.1fs); champion-model checks on at most %d new and %d reference texts",
+             timings["statistical_seconds"], cfg.embedding_subsample, cfg.embedding_reference_subsample)
     model, model_data = model_checks(cfg, names, model_dir, model_ref["text"].tolist(), new["text"].tolist(),
                                      max_length=spec.model.max_length, ref_labels=model_ref["label"].to_numpy(),
                                      cur_labels=new["label"].to_numpy(), cur_batches=new["batch"].astype(str).tolist(),
@@ -104,8 +104,7 @@ def run_drift(spec: PipelineSpec, run_uri: str, snapshot_uri: str, champion_uri:
     # 5. Plots next to the report, then the verdict.
     result["plots"] = _upload_plots(out_uri, names, plot_data)
     drifted = sorted(name for name, c in checks.items() if c["drifted"])
-    print(f"[drift] model checks done ({timings['model_seconds']:.1f}s); drifted: {', '.join(drifted) or 'none'}",
-          flush=True)
+    log.info("model checks done (%.1fs); drifted: %s", timings["model_seconds"], ", ".join(drifted) or "none")
     return _finish(out_uri, result, model_reference="holdout" if use_holdout else "all", checks=checks,
                    drift_detected=bool(drifted), drifted_checks=drifted, summary=report.summarize(checks, len(new)),
                    timings=timings, label_quality=quality,
@@ -158,7 +157,6 @@ def _finish(out_uri: str, result: dict[str, Any], **fields: Any) -> dict[str, An
 
 def main(argv: list[str]) -> int:
     args = cli.parse(DriftArgs, argv, prog="python -m tasks drift", description=__doc__.splitlines()[0])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec = load_spec(storage.join(args.run, "spec.json"))
     run_drift(spec, args.run, args.snapshot, args.champion)
     return 0

@@ -9,6 +9,8 @@ import time
 import transformers
 from transformers import TrainerCallback
 
+from tasks import cli
+
 log = logging.getLogger(__name__)
 
 
@@ -57,7 +59,9 @@ class ProgressLogger(TrainerCallback):
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """The stages' one logging setup (``tasks.cli.setup_logging``), with transformers' own output down to
+    warnings and no progress bars (the stage logs its own progress lines)."""
+    cli.setup_logging()
 
     transformers.logging.set_verbosity_warning()
     transformers.logging.disable_progress_bar()
