@@ -35,8 +35,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     setup_logging()
     cost.start()  # results.emit adds the stage's wall time, GPU-seconds and energy to its result
-    # Progress lines of every stage (loggers named after their modules), on stderr, which the stage runner merges.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     module = importlib.import_module(STAGES[argv[0]])
     return int(module.main(argv[1:]) or 0)
 
@@ -46,8 +44,6 @@ def exit_now(code: int) -> None:
     while Python tears itself down ("terminate called without an active exception", exit -6), which would turn
     a finished stage, or its clean error exit, into a crash that Airflow retries. Every stage has written its
     outputs and result before it returns, so nothing is lost by skipping the teardown."""
-    import logging
-
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
