@@ -184,3 +184,18 @@ def test_the_lazy_modules_are_the_ones_dag_parsing_reaches():
     files = {("tasks/" + m.removeprefix("tasks.").replace(".", "/") + ".py") if m != "tasks" else "tasks/__init__.py"
              for m in loaded["tasks"]}
     assert files - {"tasks/__init__.py"} <= LAZY_MODULES, sorted(files - LAZY_MODULES)
+
+
+MAX_FUNCTION_LINES = 80  # issue 23's bar: a function a reader takes in at a glance
+
+
+def test_no_function_in_the_product_runs_over_80_lines():
+    long = []
+    for root in PRODUCT:
+        for path in sorted((ROOT / root).rglob("*.py")):
+            for fn in ast.walk(ast.parse(path.read_text())):
+                if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = fn.end_lineno - fn.lineno + 1
+                    if lines > MAX_FUNCTION_LINES:
+                        long.append(f"{path.relative_to(ROOT)}:{fn.lineno} {fn.name} ({lines} lines)")
+    assert not long, "split these into named steps:\n" + "\n".join(long)
