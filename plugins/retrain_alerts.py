@@ -143,14 +143,14 @@ def _get(obj: Any, key: str, default: Any = None) -> Any:
     return getattr(obj, key, default)
 
 
-def pull(ti: Any, task_id: str, model: type[Result], key: str | None = None) -> Any:
+def pull(ti: Any, task_id: str, model: type[Result]) -> Any:
     """A task's XCom as its contract model; None when the task left none (it did not run, or failed first).
 
     Errors are not swallowed: an XCom that cannot be read or does not match its contract fails the callback,
     which Airflow logs with the traceback."""
     if ti is None:
         return None
-    value = ti.xcom_pull(task_ids=task_id, key=key) if key else ti.xcom_pull(task_ids=task_id)
+    value = ti.xcom_pull(task_ids=task_id)
     return None if value is None else model.model_validate(value)
 
 

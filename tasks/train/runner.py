@@ -36,7 +36,8 @@ from transformers import set_seed, Trainer
 from tasks import results, storage
 from tasks.contracts import TrainResult
 from tasks.spec import PipelineSpec, load_spec
-from tasks.train import arguments, batch_plan, checkpoints, defaults, export, fresh_start, modeling, outputs, replay, token_cache
+from tasks.train import (arguments, batch_plan, checkpoints, class_balance, defaults, export, fresh_start, modeling,
+                         outputs, replay, token_cache)
 from tasks.train.batch_plan import BatchPlan
 from tasks.train.paths import StagePaths, stage_paths
 from tasks.train.progress import ProgressLogger, setup_logging
@@ -192,8 +193,6 @@ def weigh_classes(loaded: Loaded) -> dict[str, Any] | None:
     stage, hp, recipe = loaded.stage, loaded.hp, loaded.recipe
     class_weights = None
     if stage in ("finetune", "distill"):
-        from tasks.train import class_balance
-
         class_weights = class_balance.plan(hp.class_weights, hp.class_weights_auto_ratio,
                                            class_balance.label_counts(loaded.train_set, loaded.n_classes),
                                            loaded.spec.data.labels, tau=hp.logit_adjustment_tau)
