@@ -1,19 +1,28 @@
 """The typed contracts between stages: each stage's result, and the ids of the Airflow tasks that carry them.
 
 A stage builds its result as one of these models and hands it to ``tasks.results.emit``; the DAG, the alerts
-and the run summary read XCom back through the same models (``IngestResult.model_validate(xcom)``), so a key is
-spelled once, here. Results carry URIs and short summaries only (XCom is capped at 64 KiB); stage-specific
-details beyond the typed fields are allowed (``extra="allow"``) and kept, but nothing downstream may rely on a
-field that is not declared here.
+and the run summary read XCom back through the same models (``IngestResult.read(xcom)``), so a key is
+spelled once, here. Results carry URIs and short summaries only (XCom is capped at 64 KiB).
+
+Writing and reading follow two rules (docs/architecture.md, "Typed records"):
+
+- a stage WRITES only declared fields: building a result with an undeclared one raises (``extra="forbid"``);
+- a reader (``Model.read``: XCom, a stored ``result.json``) takes a result written by an older release: fields
+  this release no longer declares are dropped with a logged warning, declared ones are validated as usual.
 
 No Airflow import: the task image uses this module too.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, model_validator
+
+from tasks.manifests import READING, ChampionComparison
+
+log = logging.getLogger("tasks.contracts")
 
 # A registry version's manifest, at <version_uri>/manifest.json (tasks/decide/registry.py writes it; the
 # training and serving code reads it without importing the registry, which sits above them).
@@ -58,14 +67,36 @@ class TaskIds:
 
 
 class Result(BaseModel):
-    """Base for stage results: declared fields are typed; extra detail is kept but not relied on."""
+    """Base for stage results: every field declared and typed. Build one to write it (an undeclared field
+    raises); ``read`` one that was written (by this release or an older one)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
     cost: dict[str, Any] | None = None  # tasks.cost: wall_seconds, gpus, gpu_seconds, energy_kwh (set by emit)
 
+    # Fields a stage sets only in some cases: left out of the dump while None, as the stage never wrote them.
+    OMIT_WHEN_NONE: ClassVar[tuple[str, ...]] = ()
+
     def dump(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", exclude={k for k in self.OMIT_WHEN_NONE if getattr(self, k) is None})
+
+    @classmethod
+    def read(cls, data: Any) -> Any:
+        """A stored or pulled result as this model: fields it does not declare (an older release wrote them)
+        are dropped with a warning; a declared field of the wrong type still fails (ValidationError)."""
+        return cls.model_validate(data, context={READING: True})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_undeclared_when_reading(cls, data: Any, info: ValidationInfo) -> Any:
+        if not (info.context or {}).get(READING) or not isinstance(data, dict):
+            return data
+        undeclared = sorted(k for k in data if k not in cls.model_fields)
+        if not undeclared:
+            return data
+        log.warning("%s: ignoring field(s) this release does not declare (written by an older one): %s",
+                    cls.__name__, ", ".join(undeclared))
+        return {k: v for k, v in data.items() if k in cls.model_fields}
 
 
 class RunContext(Result):
@@ -84,6 +115,17 @@ class RunContext(Result):
     # Stage arguments derived from the run, so the DAG passes them as XComArgs instead of Jinja expressions.
     evaluation_uri: str | None = None  # the evaluate stage's result.json, which publish reads
     promote_flag: str = "--promote"  # "--no-promote" on a dry run
+
+
+class SnapshotAnnounced(BaseModel):
+    """A new snapshot, as the ingest result's ``asset_extra`` names it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    snapshot_id: str
+    snapshot_uri: str
+    total_rows: int
+    new_rows: int
 
 
 class IngestResult(Result):
@@ -115,6 +157,11 @@ class IngestResult(Result):
     quarantine_reasons: dict[str, int] = {}
     quarantine_uri: str | None = None
     label_counts: dict[str, int] = {}
+    empty_file_keys: list[str] | None = None  # keys of the zero-byte files (first 200), when there was a batch
+    recovered: bool | None = None  # True: a run that died before recording its batch, recorded now (ingest.py)
+    asset_extra: SnapshotAnnounced | None = None  # a new snapshot: the Asset event's extra
+
+    OMIT_WHEN_NONE = ("empty_file_keys", "recovered", "asset_extra")
 
 
 class DriftResult(Result):
@@ -216,6 +263,7 @@ class TrainResult(Result):
     teacher_pass_seconds: float | None = None  # distill, teacher cache on: the teacher's one pass before training (None when reused)
     teacher_cache_reused: bool | None = None  # distill, teacher cache on: read from the stored cache (a retry)
     teacher_cache_uri: str | None = None  # distill: the stored copy read or written (None: not stored)
+    teacher_pass_rows: int | None = None  # distill, teacher cache on: rows the teacher's pass computed (0: reused)
     teacher_cache_read_seconds: float | None = None  # distill, reused: listing, download, sha256 check, load
     teacher_cache_store_seconds: float | None = None  # distill, stored here: save and upload
     stopped_at_epoch: float | None = None  # the epoch training ended at (early stopping, or all of epochs)
@@ -235,6 +283,8 @@ class TrainResult(Result):
     # finetune, distill: train.class_weights resolved on the train rows (tasks/train/class_balance.py): setting,
     # method, on, ratio, reason, counts, weights or offsets.
     class_weights: dict[str, Any] | None = None
+
+    OMIT_WHEN_NONE = ("teacher_pass_rows",)
 
 
 class GateResult(Result):
@@ -257,7 +307,7 @@ class EvaluateResult(Result):
     golden_uri: str | None = None
     # With a champion: how many golden rows the comparisons with it use (golden_rows, compared_rows,
     # excluded_rows: those whose text it trained on, why, too_few) and what was read to know (evaluate.py).
-    champion_comparison: dict[str, Any] | None = None
+    champion_comparison: ChampionComparison | None = None
     report_uri: str | None = None
     report_md_uri: str | None = None
     # What would change the outcome (tasks/decide/remedies.py): the gates' and the teacher's fresh start (a class

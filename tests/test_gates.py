@@ -438,7 +438,7 @@ def test_with_every_row_kept_the_gates_are_the_ones_without_champion_rows():
         now = _gates(y, cand, champ, champion_rows=rows)
         assert now[:2] == before[:2]
         assert {k: g.dump() for k, g in now[2].items()} == {k: g.dump() for k, g in before[2].items()}
-    assert gates.champion_comparison(make_spec("file:///unused").gates, len(y), None) == {
+    assert gates.champion_comparison(make_spec("file:///unused").gates, len(y), None).dump() == {
         "golden_rows": 1000, "compared_rows": 1000, "excluded_rows": 0, "min_compared_rows": 20, "too_few": False}
 
 
@@ -483,7 +483,7 @@ def test_too_few_rows_left_skips_the_champion_comparisons_and_keeps_the_floors()
     assert by["floor_accuracy_teacher"].value == pytest.approx(cand.accuracy, abs=1e-4)  # on all 1000 rows
     assert "the champion's retention is not used: only 19 of 1000" in by["student_retention"].reason
     comparison = gates.champion_comparison(spec.gates, 1000, rows)
-    assert comparison["too_few"] and comparison["compared_rows"] == 19
+    assert comparison.too_few and comparison.compared_rows == 19
     md = gates.render_markdown("sst2", "s3://b/runs/x", passed, False, out, {}, comparison)
     assert "**champion not compared:** once the 981 golden rows" in md and "only 19 of 1000 remain" in md
     # 20 rows left: compared (the minimum is the fewest rows a class needs to gate on).

@@ -332,7 +332,7 @@ def test_evaluate_leaves_the_golden_rows_the_champion_trained_on_out_of_the_cham
                    result.metrics["champion"]["student"]):
         assert scored["golden_n"] == 31  # the new set's rows, for the candidates and the champion alike
     # Exactly the golden rows whose text the champion trained on are left out of the comparison with it.
-    comparison = result.champion_comparison
+    comparison = result.champion_comparison.dump()
     k = len(trained)
     assert {key: comparison[key] for key in ("golden_rows", "compared_rows", "excluded_rows", "too_few")} == {
         "golden_rows": 31, "compared_rows": 31 - k, "excluded_rows": k, "too_few": False}
@@ -390,7 +390,7 @@ def test_evaluate_without_a_refreeze_compares_on_every_row_and_reads_no_part(roo
     now = run_ingest(spec, run_uri)
     model = "file://" + str(tiny_model_dir)
     result = evaluate.run(run_uri, now["snapshot_uri"], model, model, champion)
-    comparison = result.champion_comparison
+    comparison = result.champion_comparison.dump()
     assert comparison["excluded_rows"] == 0 and comparison["compared_rows"] == comparison["golden_rows"] == 40
     assert comparison["looked"] is False and "parts_read" not in comparison and part_scans == []
     by = gate_report(result)
@@ -421,7 +421,7 @@ def test_evaluate_with_too_few_golden_rows_the_champion_did_not_train_on(tmp_pat
     now = run_ingest(spec, run_uri)
     model = "file://" + str(tiny_model_dir)
     result = evaluate.run(run_uri, now["snapshot_uri"], model, model, champion)
-    comparison = result.champion_comparison
+    comparison = result.champion_comparison.dump()
     assert (comparison["golden_rows"], comparison["compared_rows"], comparison["excluded_rows"]) == (35, 5, 30)
     assert comparison["too_few"] and comparison["min_compared_rows"] == spec.gates.class_recall_min_support
     by = gate_report(result)
