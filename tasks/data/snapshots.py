@@ -181,7 +181,7 @@ def processed_files(snapshots_uri: str) -> list[dict[str, Any]]:
     files: list[dict[str, Any]] = []
     for obj in storage.list_objects(batch_records_uri(snapshots_uri)):
         if obj.uri.endswith(".json"):
-            files.extend(storage.read_json(obj.uri).get("files", []))
+            files.extend(BatchRecord.read(storage.read_json(obj.uri)).dump().get("files", []))
     return files
 
 

@@ -40,7 +40,7 @@ from tasks import cli, storage
 from tasks.data import snapshots
 from tasks.data.ingest import golden_array
 from tasks.errors import InfrastructureError, SpecInvalid
-from tasks.manifests import SnapshotManifest
+from tasks.manifests import BatchRecord, SnapshotManifest
 from tasks.spec import load_spec
 
 log = logging.getLogger("tasks.data.withdraw")
@@ -84,7 +84,8 @@ def _part_totals(snapshots_uri: str, part: str, names: Sequence[str], tmp_dir: s
 
 def _batch_files(snapshots_uri: str, batch_id: str) -> list[dict[str, Any]]:
     try:
-        return storage.read_json(storage.join(snapshots.batch_records_uri(snapshots_uri), f"{batch_id}.json"))["files"]
+        record = storage.read_json(storage.join(snapshots.batch_records_uri(snapshots_uri), f"{batch_id}.json"))
+        return BatchRecord.read(record).dump()["files"]
     except storage.NotFound:
         return []
 
