@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, SerializationInfo, ValidationInfo, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, model_serializer, model_validator
 
 # The validation context key under which ``read`` validates (records here, results in tasks/contracts.py).
 READING = "reading"
@@ -41,7 +41,7 @@ class Record(BaseModel):
         return data
 
     @model_serializer(mode="wrap")
-    def _only_set_fields(self, handler: Any, info: SerializationInfo) -> dict[str, Any]:
+    def _only_set_fields(self, handler: Any) -> dict[str, Any]:
         dumped = handler(self)
         kept = self.model_fields_set | set(self.model_extra or {})
         return {k: v for k, v in dumped.items() if k in kept}
