@@ -18,11 +18,13 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, model_validator
-
-from tasks.manifests import READING, ChampionComparison
+from pydantic import BaseModel, ConfigDict, ValidationInfo, model_serializer, model_validator
 
 log = logging.getLogger("tasks.contracts")
+
+# The validation context key under which ``read`` validates: a result drops what it does not declare, a record
+# keeps it.
+READING = "reading"
 
 # A registry version's manifest, at <version_uri>/manifest.json (tasks/decide/registry.py writes it; the
 # training and serving code reads it without importing the registry, which sits above them).
@@ -70,7 +72,7 @@ class Result(BaseModel):
     """Base for stage results: every field declared and typed. Build one to write it (an undeclared field
     raises); ``read`` one that was written (by this release or an older one)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use: DAG parsing validates none
 
     cost: dict[str, Any] | None = None  # tasks.cost: wall_seconds, gpus, gpu_seconds, energy_kwh (set by emit)
 
@@ -99,6 +101,41 @@ class Result(BaseModel):
         return {k: v for k, v in data.items() if k in cls.model_fields}
 
 
+class Record(BaseModel):
+    """A stored record (tasks/manifests.py; the champion comparison below): declared fields typed; its dump holds
+    the fields set, and only those, so the JSON on disk is what the writer set. Writing, a field the model does not
+    declare raises; reading (``read``) a file an older release wrote, fields it lacks stay unset and fields this
+    release does not declare are kept (stored data is never dropped)."""
+
+    # Extra fields are kept when reading only (_refuse_undeclared_when_writing). Built on first use, not on
+    # import: DAG parsing imports this module and uses no record.
+    model_config = ConfigDict(extra="allow", defer_build=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_undeclared_when_writing(cls, data: Any, info: ValidationInfo) -> Any:
+        if (info.context or {}).get(READING) or not isinstance(data, dict):
+            return data
+        undeclared = sorted(k for k in data if k not in cls.model_fields)
+        if undeclared:
+            raise ValueError(f"{cls.__name__} does not declare {', '.join(undeclared)}")
+        return data
+
+    @model_serializer(mode="wrap")
+    def _only_set_fields(self, handler: Any) -> dict[str, Any]:
+        dumped = handler(self)
+        kept = self.model_fields_set | set(self.model_extra or {})
+        return {k: v for k, v in dumped.items() if k in kept}
+
+    @classmethod
+    def read(cls, data: Any) -> Any:
+        """A stored record as this model (what an older file may lack or carry: the class doc)."""
+        return cls.model_validate(data, context={READING: True})
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
 class RunContext(Result):
     """What ``prepare_run`` freezes for the run and every later task reads."""
 
@@ -120,7 +157,7 @@ class RunContext(Result):
 class SnapshotAnnounced(BaseModel):
     """A new snapshot, as the ingest result's ``asset_extra`` names it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use: DAG parsing validates none
 
     snapshot_id: str
     snapshot_uri: str
@@ -296,6 +333,33 @@ class GateResult(Result):
     skipped: bool = False
     details: dict[str, Any] = {}  # the numbers behind the verdict (interval, p-value, recalls); not in XCom
     remedy: Remedy | None = None  # what would change the verdict; its sentence also ends ``reason``
+
+
+class ChampionComparison(Record):
+    """How many golden rows the comparisons with the champion use (tasks/decide/gates.py champion_comparison),
+    and what evaluate read to know (tasks/decide/evaluate.py champion_trained_rows). In the evaluate result, the
+    gate report, metrics.json and the version manifest's evaluation."""
+
+    # Always written (gates.champion_comparison); the defaults only read an older file that lacks one.
+    golden_rows: int = 0
+    compared_rows: int = 0
+    excluded_rows: int = 0
+    min_compared_rows: int = 0
+    too_few: bool = False
+    why: str | None = None  # set when rows are left out: a phrase after "N golden rows ..."
+    compared_accuracy: dict[str, float] | None = None  # each model's accuracy on the compared rows, when fewer
+    # What was looked at: the champion, its version and snapshot, the golden sets they name, parts read.
+    champion_uri: str | None = None
+    looked: bool | None = None
+    champion_version: str | None = None
+    note: str | None = None  # why what the champion trained on is unknown (every row compared)
+    champion_snapshot_id: str | None = None
+    champion_snapshot_uri: str | None = None
+    champion_golden_id: str | None = None
+    golden_id: str | None = None
+    parts: int | None = None
+    parts_shared: int | None = None
+    parts_read: int | None = None
 
 
 class EvaluateResult(Result):

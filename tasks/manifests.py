@@ -1,8 +1,9 @@
 """The typed records stages store beside their results: snapshot manifests, batch statistics and batch records,
-version manifests, and the comparison with the champion (docs/architecture.md, "Typed records").
+and version manifests (docs/architecture.md, "Typed records"). The comparison with the champion, a record the
+evaluate result nests, is in tasks/contracts.py with their base, ``Record``.
 
 Each is a pydantic model. A writer builds the model and stores ``record.dump()``; a reader validates what it
-read with ``Model.read(data)``. Two rules, the same as the stage results' (tasks/contracts.py):
+read with ``Model.read(data)``. Two rules (``Record``):
 
 - writing: a field the model does not declare raises (a typo, or a field added without declaring it);
 - reading: a file written by an older release is read as it is: fields it lacks stay unset (and are not
@@ -12,48 +13,14 @@ A dump holds the fields that were set, and only those: the JSON on disk is what 
 a manifest that never had a field (``golden_generation`` before a re-freeze, ``approval`` without a person's
 answer) still has none.
 
-Imports nothing of the project: the results (tasks/contracts.py), the data layer and the registry use it.
+Only the stages load it (the data layer, drift, publish, the registry), never DAG parsing.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, model_serializer, model_validator
-
-# The validation context key under which ``read`` validates (records here, results in tasks/contracts.py).
-READING = "reading"
-
-
-class Record(BaseModel):
-    """A stored record: declared fields typed; dumps only the fields set; strict on write, lenient on read."""
-
-    model_config = ConfigDict(extra="allow")  # kept when reading only: _refuse_undeclared_when_writing
-
-    @model_validator(mode="before")
-    @classmethod
-    def _refuse_undeclared_when_writing(cls, data: Any, info: ValidationInfo) -> Any:
-        if (info.context or {}).get(READING) or not isinstance(data, dict):
-            return data
-        undeclared = sorted(k for k in data if k not in cls.model_fields)
-        if undeclared:
-            raise ValueError(f"{cls.__name__} does not declare {', '.join(undeclared)}")
-        return data
-
-    @model_serializer(mode="wrap")
-    def _only_set_fields(self, handler: Any) -> dict[str, Any]:
-        dumped = handler(self)
-        kept = self.model_fields_set | set(self.model_extra or {})
-        return {k: v for k, v in dumped.items() if k in kept}
-
-    @classmethod
-    def read(cls, data: Any) -> Any:
-        """A stored record as this model (see the module doc for what an older file may lack or carry)."""
-        return cls.model_validate(data, context={READING: True})
-
-    def dump(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
+from tasks.contracts import Record
 
 # ---------------------------------------------------------------- ingest: one batch
 
@@ -197,33 +164,3 @@ class VersionManifest(Record):
     files: dict[str, dict[str, Any]] = {}  # {relative path: {sha256, size}}: what verification re-hashes
     approval: dict[str, Any] | None = None  # a person's answer, when the spec asked (tasks/decide/approval.py)
     remedies: list[dict[str, Any]] | None = None  # what would change the outcome (tasks/decide/remedies.py)
-
-
-# ---------------------------------------------------------------- evaluate
-
-
-class ChampionComparison(Record):
-    """How many golden rows the comparisons with the champion use (tasks/decide/gates.py champion_comparison),
-    and what evaluate read to know (tasks/decide/evaluate.py champion_trained_rows). In the evaluate result, the
-    gate report, metrics.json and the version manifest's evaluation."""
-
-    # Always written (gates.champion_comparison); the defaults only read an older file that lacks one.
-    golden_rows: int = 0
-    compared_rows: int = 0
-    excluded_rows: int = 0
-    min_compared_rows: int = 0
-    too_few: bool = False
-    why: str | None = None  # set when rows are left out: a phrase after "N golden rows ..."
-    compared_accuracy: dict[str, float] | None = None  # each model's accuracy on the compared rows, when fewer
-    # What was looked at: the champion, its version and snapshot, the golden sets they name, parts read.
-    champion_uri: str | None = None
-    looked: bool | None = None
-    champion_version: str | None = None
-    note: str | None = None  # why what the champion trained on is unknown (every row compared)
-    champion_snapshot_id: str | None = None
-    champion_snapshot_uri: str | None = None
-    champion_golden_id: str | None = None
-    golden_id: str | None = None
-    parts: int | None = None
-    parts_shared: int | None = None
-    parts_read: int | None = None

@@ -127,7 +127,7 @@ def test_a_file_is_left_unimported_only_when_no_test_of_its_tier_can_match(marke
 # stay in functions: they keep a light stage from loading torch through tasks.train.modeling.
 LAZY_MODULES = {  # what `python -c "import dags..."` and `python -m tasks` load (test below)
     "tasks/__main__.py", "tasks/cli.py", "tasks/cost.py", "tasks/spec.py", "tasks/storage.py", "tasks/contracts.py",
-    "tasks/errors.py", "tasks/matching.py", "tasks/manifests.py"}
+    "tasks/errors.py", "tasks/matching.py"}
 LAZY_IMPORTS = {
     ("tasks/cost.py", "pynvml"): "NVML exists only on a GPU node",
     ("tasks/drift/report.py", "matplotlib"): "plots are drawn only when the report asks for them",

@@ -12,11 +12,11 @@ from pydantic import ValidationError
 
 from data_helpers import land, make_spec, put_golden, run_folder, tsv_bytes
 from tasks import storage
-from tasks.contracts import EvaluateResult, IngestResult, TrainResult
+from tasks.contracts import ChampionComparison, EvaluateResult, IngestResult, TrainResult
 from tasks.data import snapshots
 from tasks.data.ingest import finish, run_ingest
 from tasks.decide import gates, registry
-from tasks.manifests import BatchRecord, BatchStats, ChampionComparison, SnapshotManifest, VersionManifest
+from tasks.manifests import BatchRecord, BatchStats, SnapshotManifest, VersionManifest
 
 # A snapshot manifest and its batch record exactly as the code before the models wrote them (an ingest of one
 # batch: a file with a duplicate, a golden row and an empty text, plus an empty file).

@@ -34,12 +34,12 @@ from sklearn.metrics import confusion_matrix
 
 from tasks import cli, results, storage
 from tasks import metrics as metrics_mod
-from tasks.contracts import EvaluateResult, GateResult
+from tasks.contracts import ChampionComparison, EvaluateResult, GateResult
 from tasks.data import snapshots
 from tasks.decide import CandidateArgs, registry, remedies
 from tasks.decide import gates as gates_mod
 from tasks.errors import SpecInvalid
-from tasks.manifests import ChampionComparison, VersionManifest
+from tasks.manifests import VersionManifest
 from tasks.spec import PipelineSpec, load_spec
 from tasks.train import modeling
 

@@ -25,9 +25,8 @@ from scipy.optimize import brentq
 from scipy.stats import binomtest, false_discovery_control, norm
 
 from tasks import metrics
-from tasks.contracts import GateResult, Remedy
+from tasks.contracts import ChampionComparison, GateResult, Remedy
 from tasks.decide import remedies
-from tasks.manifests import ChampionComparison
 
 
 class Gate(GateResult):
