@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="train.class_weights values to run (one per process runs them side by side)")
     ap.add_argument("--student", nargs="*", default=[], choices=["none", "balanced", "logit_adjusted"],
                     help="settings whose student (the spec's, 3 layers, same epochs) is distilled and scored too")
+    ap.add_argument("--rescore", default=None, help="score the models an earlier run of the same arguments left in "
+                                                    "this directory (its bench-imbalance-* folder), no training")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -121,9 +123,12 @@ def main(argv: list[str] | None = None) -> int:
                          "train.learning_rate": 1e-4,
                          "train.eval_steps": 50, "train.checkpoint_steps": 1000, "model.max_length": 64,
                          **parse_overrides(args.set)}
-            run = make_run(root, f"weights-{setting}", overrides)
             started = time.monotonic()
-            finetune.main(["--run", run, "--snapshot", snapshot])
+            if args.rescore:  # a run stopped while scoring: its trained models, scored again
+                run = storage.join(storage.normalize(args.rescore), "runs", "sst2", f"weights-{setting}")
+            else:
+                run = make_run(root, f"weights-{setting}", overrides)
+                finetune.main(["--run", run, "--snapshot", snapshot])
             out[setting] = score(storage.read_json(storage.join(run, "finetune", "result.json")))
             out[setting]["seconds"] = round(time.monotonic() - started, 1)
             print(f"[imbalance] {setting} teacher: {out[setting]}", file=sys.stderr, flush=True)

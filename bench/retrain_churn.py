@@ -54,13 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs=2, default=[1, 2])
     ap.add_argument("--min-words", type=int, default=10, help="as make demo lands SST-2 rows")
     ap.add_argument("--set", action="append", default=[], help="spec override dotted.path=VALUE")
+    ap.add_argument("--models", nargs=3, default=None, metavar=("SEED_A", "SEED_B", "WARM"),
+                    help="score these three model folders (a run stopped before its pairs: its models, or the warm "
+                         "start's last checkpoint), no training")
     args = ap.parse_args(argv)
 
     import numpy as np
 
     from tasks import storage
     from tasks.train import finetune
-    from tasks.train.modeling import predict_proba
+    from tasks.train.modeling import load_tokenizer, predict_proba
 
     pool = read_tsv("train", min_words=args.min_words, limit=args.rows + args.new_rows)
     night1, night2 = pool[:args.rows], pool
@@ -71,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
                  "overrides": args.set}
     correct: dict[str, np.ndarray] = {}
     started_all = time.monotonic()
+    if args.models:
+        for name, folder in zip(("seed_a", "seed_b", "warm"), args.models):
+            correct[name] = predict_proba(folder, [t for t, _ in golden], max_length=64,
+                                          tokenizer=load_tokenizer(args.models[0])).argmax(axis=1) == y
+        out["models"] = args.models
+        return finish(out, correct, started_all)
     with tempfile.TemporaryDirectory(prefix="bench-churn-") as tmp:
         root = storage.normalize(tmp)
         os.environ["RETRAIN_SCRATCH_DIR"] = str(Path(tmp) / "scratch")
@@ -99,9 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copytree(models["seed_a"], champion / "teacher")
         train("warm", second, {"train.seed": args.seeds[0], "train.init_from": "champion"},
               champion=storage.normalize(str(champion)))
+    return finish(out, correct, started_all)
+
+
+def finish(out: dict, correct: dict, started: float) -> int:
     out["same_data_other_seed"] = pair(correct["seed_a"], correct["seed_b"])
     out["night2_warm_start"] = pair(correct["seed_a"], correct["warm"])
-    out["wall_seconds"] = round(time.monotonic() - started_all, 1)
+    out["wall_seconds"] = round(time.monotonic() - started, 1)
     print_json(out)
     return 0
 

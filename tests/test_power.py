@@ -108,3 +108,25 @@ def test_a_candidate_shown_worse_fails_the_interval_test_whatever_the_size():
     gate = gates.sized_non_inferiority_gate("ni", cand, champ, GatesSpec())
     assert not gate.passed and gate.threshold == -0.01 and gate.details["upper"] < -0.01
     assert gate.details["power"]["underpowered"] and "small-set" not in gate.reason
+
+
+def test_below_small_set_min_rows_the_gate_fails_and_says_how_many_rows():
+    g = GatesSpec(small_set_min_rows=100)
+    cand, champ = _paired(40, 5, 2)  # the clear gain the small-set rule passes on 40 rows at any size
+    assert gates.sized_non_inferiority_gate("ni", cand, champ, GatesSpec(small_set_min_rows=None)).passed
+    blocked = gates.sized_non_inferiority_gate("ni", cand, champ, g)
+    more = blocked.details["power"]["more_rows_needed"]
+    assert not blocked.passed and not blocked.skipped and (blocked.value, blocked.threshold) == (40, 100)
+    assert "fewer than the small-set rule needs (gates.small_set_min_rows 100)" in blocked.reason
+    assert f"add 60 golden rows (100 in all) for the small-set rule or {more:,} (" in blocked.reason
+    assert blocked.remedy.settings == ["gates.small_set_min_rows", "gates.expected_difference"]
+    assert blocked.reason.endswith(blocked.remedy.action)
+    # at the minimum the rule decides again (120 rows, still underpowered), and a 1,000-row set never gets here
+    decided = gates.sized_non_inferiority_gate("ni", *_paired(120, 15, 3), g)
+    assert decided.passed and "small-set rule (gates.underpowered: bayes)" in decided.reason
+    assert decided.details["power"]["underpowered"]
+    powered = gates.sized_non_inferiority_gate("ni", *_paired(1000, 60, 50), g)
+    assert "small_set_min_rows" not in powered.details and not powered.details["power"]["underpowered"]
+    # floors and require_rows act as before whatever the size
+    assert gates.sized_non_inferiority_gate("ni", cand, champ, GatesSpec(small_set_min_rows=100,
+                                                                          underpowered="floors")).skipped
