@@ -379,7 +379,7 @@ class GatesSpec(_Section):
         0.85, gt=0.5, lt=1, description="gates.underpowered: bayes passes a candidate when the posterior probability "
                                        "that it is at most non_inferiority_margin worse reaches this")
     small_set_min_rows: int | None = Field(
-        None, ge=1, description="gates.underpowered: bayes decides only on golden sets of at least this many rows; "
+        100, ge=1, description="gates.underpowered: bayes decides only on golden sets of at least this many rows; "
                                 "a smaller one fails, saying how many rows to add (real retrains disagree on too "
                                 "many rows for fewer to tell a better candidate from a worse one, docs/registry.md); "
                                 "null = the small-set rule at any size")

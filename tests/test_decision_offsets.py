@@ -86,9 +86,9 @@ def test_finetune_sets_a_balanced_models_decision_on_the_holdout(tmp_path, monke
 
     monkeypatch.setenv("RETRAIN_SCRATCH_DIR", str(tmp_path / "scratch"))
     root = storage.normalize(str(tmp_path / "store"))
-    rows = read_tsv("train", min_words=5, limit=1200, offset=3000)
-    skewed = [r for r in rows if r[1] == 0][:240] + [r for r in rows if r[1] == 1][:16]
-    snapshot = write_snapshot(root, "sst2", skewed, holdout_fraction=0.3)
+    rows = read_tsv("train", min_words=5, limit=3000, offset=3000)
+    skewed = [r for r in rows if r[1] == 0][:700] + [r for r in rows if r[1] == 1][:60]
+    snapshot = write_snapshot(root, "sst2", skewed, holdout_fraction=0.4)
     settings = {"model.base": str(tiny_model_dir), "train.epochs": 1, "train.batch_size": 16,
                 "train.learning_rate": 1e-3, "train.eval_steps": 50, "train.checkpoint_steps": 50,
                 "train.selection": "holdout"}
@@ -101,12 +101,19 @@ def test_finetune_sets_a_balanced_models_decision_on_the_holdout(tmp_path, monke
     # metrics.json is the saved model's: scored after the offsets were folded in
     assert result["metrics"]["macro_f1"] == pytest.approx(decided["holdout_after"]["macro_f1"], abs=1e-4)
 
-    held = [r for r in skewed if holdout_of(r[0], 0.3)]  # the snapshot's holdout split
+    held = [r for r in skewed if holdout_of(r[0], 0.4)]  # the snapshot's holdout split
     y_held = np.array([label for _, label in held])
-    assert decided["holdout_rows"] == len(held) and len(set(y_held)) == 2
+    assert decided["holdout_rows"] == len(held) and min(np.bincount(y_held)) >= decision_offsets.MIN_ROWS_PER_CLASS
     pred = modeling.predict_proba(storage.local_path(result["model_uri"]), [t for t, _ in held]).argmax(axis=1)
     assert decision_offsets.score(y_held, pred, 2, "balanced_recall") == \
         pytest.approx(decided["holdout_after"]["balanced_recall"], abs=1e-4)
+
+    # a holdout with fewer than MIN_ROWS_PER_CLASS rows of a class: recorded, nothing folded
+    few = [r for r in rows if r[1] == 0][:240] + [r for r in rows if r[1] == 1][:16]
+    run = make_run(root, "few", settings)
+    assert finetune.main(["--run", run, "--snapshot", write_snapshot(root, "sst2", few, holdout_fraction=0.3)]) == 0
+    kept = storage.read_json(storage.join(run, "finetune", "result.json"))["class_weights"]["decision_offsets"]
+    assert not kept["folded"] and set(kept["offsets"].values()) == {0.0} and "positive" in kept["not_set"]
 
     even = [r for r in rows if r[1] == 0][:60] + [r for r in rows if r[1] == 1][:60]
     run = make_run(root, "even", settings)
