@@ -12,8 +12,8 @@ recall (the mean of per-class recalls, what logit adjustment targets) or macro-F
 
 Only when class balancing is on (``class_balance.plan``'s ``on``): an even mix such as SST-2's or the demo's is
 trained and saved bit for bit as without this module; and only when the holdout holds at least
-``MIN_ROWS_PER_CLASS`` rows of every class (a decision set on 6 minority rows moved with the seed). Ties between offsets with the same holdout score go to the
-middle of the best candidates (the widest margin on both sides).
+``MIN_ROWS_PER_CLASS`` rows of every class (a decision set on 6 minority rows moved with the seed). Ties between
+offsets with the same holdout score go to the middle of the best candidates (the widest margin on both sides).
 
 Written here rather than taken from a library: scikit-learn's ``TunedThresholdClassifierCV`` wants an estimator to
 refit and handles two classes only; what this module does is a search over a few hundred offsets on logits the
