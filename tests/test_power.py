@@ -111,10 +111,10 @@ def test_a_candidate_shown_worse_fails_the_interval_test_whatever_the_size():
 
 
 def test_below_small_set_min_rows_the_gate_fails_and_says_how_many_rows():
-    g = GatesSpec()
-    assert g.small_set_min_rows == 100  # the default: real retrains churn too much for fewer (docs/registry.md)
+    assert GatesSpec().small_set_min_rows is None  # the default: the small-set rule at any size
+    g = GatesSpec(small_set_min_rows=100)  # the opt-in (docs/registry.md)
     cand, champ = _paired(40, 5, 2)  # the clear gain the small-set rule passes on 40 rows at any size
-    assert gates.sized_non_inferiority_gate("ni", cand, champ, GatesSpec(small_set_min_rows=None)).passed
+    assert gates.sized_non_inferiority_gate("ni", cand, champ, GatesSpec()).passed
     blocked = gates.sized_non_inferiority_gate("ni", cand, champ, g)
     more = blocked.details["power"]["more_rows_needed"]
     assert not blocked.passed and not blocked.skipped and (blocked.value, blocked.threshold) == (40, 100)
