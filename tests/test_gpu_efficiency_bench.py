@@ -38,7 +38,7 @@ TEACHER_CACHE_KEYS = ["teacher_cache", "teacher_cache_reused", "teacher_pass_sec
 def dry_run(out, **env) -> tuple[subprocess.CompletedProcess, dict[str, dict[str, str]]]:
     env = {**os.environ, "OUT": str(out), "GPU_MEASURE_PYTHON": sys.executable, "OMP_NUM_THREADS": "1", **env}
     proc = subprocess.run(["bash", str(SCRIPT), "--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=400)
+                          timeout=800)
     with open(out / "steps.tsv", newline="") as fh:
         steps = {row["step"]: row for row in csv.DictReader(fh, delimiter="\t")}
     return proc, steps

@@ -58,7 +58,7 @@ def test_a_thousand_rows_keep_the_interval_test_unchanged():
 
 
 def test_forty_rows_the_small_set_rule_promotes_a_clear_gain_and_blocks_a_loss():
-    g = GatesSpec()
+    g = GatesSpec(small_set_min_rows=None)  # the rule itself, at any size
     better = gates.sized_non_inferiority_gate("ni", *_paired(40, 5, 2), g)
     old = gates.non_inferiority_gate("ni", *_paired(40, 5, 2), margin=0.01, resamples=1000)
     assert not old.passed  # 7.5 points better on 40 rows: the interval test cannot pass it (the case)
@@ -95,7 +95,7 @@ def test_evaluate_gates_on_a_forty_row_golden_set_uses_the_rule():
     def scores(pred):
         return gates.ModelScores(pred, metrics.accuracy(y, pred), metrics.macro_f1(y, pred, 2))
 
-    passed, first_run, out = gates.evaluate_gates(GatesSpec(), ["n", "p"], y, teacher=scores(cand),
+    passed, first_run, out = gates.evaluate_gates(GatesSpec(small_set_min_rows=None), ["n", "p"], y, teacher=scores(cand),
                                                   student=scores(cand), champion_teacher=scores(champ),
                                                   champion_student=scores(champ))
     by = {g.name: g for g in out}
@@ -109,3 +109,26 @@ def test_a_candidate_shown_worse_fails_the_interval_test_whatever_the_size():
     gate = gates.sized_non_inferiority_gate("ni", cand, champ, GatesSpec())
     assert not gate.passed and gate.threshold == -0.01 and gate.details["upper"] < -0.01
     assert gate.details["power"]["underpowered"] and "posterior_not_worse" not in gate.details
+
+
+def test_below_small_set_min_rows_the_gate_fails_and_says_how_many_rows():
+    assert GatesSpec().small_set_min_rows is None  # the default: the small-set rule at any size
+    g = GatesSpec(small_set_min_rows=100)  # the opt-in (docs/registry.md)
+    cand, champ = _paired(40, 5, 2)  # the clear gain the small-set rule passes on 40 rows at any size
+    assert gates.sized_non_inferiority_gate("ni", cand, champ, GatesSpec()).passed
+    blocked = gates.sized_non_inferiority_gate("ni", cand, champ, g)
+    more = blocked.details["power"]["more_rows_needed"]
+    assert not blocked.passed and not blocked.skipped and (blocked.value, blocked.threshold) == (40, 100)
+    assert "fewer than the small-set rule needs (gates.small_set_min_rows 100)" in blocked.reason
+    assert f"add 60 golden rows (100 in all) for the small-set rule or {more:,} (" in blocked.reason
+    assert blocked.remedy.settings == ["gates.small_set_min_rows", "gates.expected_difference"]
+    assert blocked.reason.endswith(blocked.remedy.action)
+    # at the minimum the rule decides again (120 rows, still underpowered), and a 1,000-row set never gets here
+    decided = gates.sized_non_inferiority_gate("ni", *_paired(120, 15, 3), g)
+    assert decided.passed and decided.details["underpowered"] == "bayes"  # the small-set rule
+    assert decided.details["power"]["underpowered"]
+    powered = gates.sized_non_inferiority_gate("ni", *_paired(1000, 60, 50), g)
+    assert "small_set_min_rows" not in powered.details and not powered.details["power"]["underpowered"]
+    # floors and require_rows act as before whatever the size
+    assert gates.sized_non_inferiority_gate("ni", cand, champ, GatesSpec(small_set_min_rows=100,
+                                                                          underpowered="floors")).skipped

@@ -35,7 +35,7 @@ def _scores(y: np.ndarray, pred: np.ndarray) -> gates.ModelScores:
 @pytest.mark.parametrize("action", ["bayes", "floors", "require_rows"])
 def test_an_underpowered_golden_set_names_the_rows_and_the_setting(action):
     gate = gates.sized_non_inferiority_gate("non_inferiority_teacher", *_paired(40, 5, 2),
-                                            GatesSpec(underpowered=action))
+                                            GatesSpec(underpowered=action, small_set_min_rows=None))
     remedy = gate.remedy
     assert remedy.case == remedies.UNDERPOWERED and "gates.expected_difference" in remedy.settings
     more = gate.details["power"]["more_rows_needed"]

@@ -310,6 +310,12 @@ def sized_non_inferiority_gate(name: str, candidate_correct, champion_correct, g
         return make_gate(name, False, _r(sized["detectable_difference"]), expected,
                          f"{measured}but {size}; promotion needs a larger golden set (gates.underpowered: "
                          f"require_rows). {remedy.action}", details=details, remedy=remedy)
+    min_rows = getattr(g, "small_set_min_rows", None)
+    if min_rows and n < min_rows:  # too few rows even for the small-set rule at the churn of real retrains
+        remedy = remedies.too_few_for_small_set(n, min_rows, sized["more_rows_needed"], sized["rows_needed"])
+        return make_gate(name, False, n, min_rows, f"{measured}but {size}, and {n} rows are fewer than the small-set "
+                         f"rule needs (gates.small_set_min_rows {min_rows}). {remedy.action}",
+                         details={**details, "small_set_min_rows": min_rows}, remedy=remedy)
     probability = power.posterior_not_worse(sized["gains"], sized["losses"], n, margin=margin, seed=g.seed)
     needed = g.small_set_probability
     ok = probability >= needed

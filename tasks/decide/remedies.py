@@ -34,6 +34,14 @@ def underpowered(more_rows: int, rows_needed: int, *, require_rows: bool = False
     return Remedy(case=UNDERPOWERED, settings=settings, action=action + ".")
 
 
+def too_few_for_small_set(n: int, min_rows: int, more_rows: int, rows_needed: int) -> Remedy:
+    """An underpowered golden set below gates.small_set_min_rows: too few rows even for the small-set rule."""
+    return Remedy(case=UNDERPOWERED, settings=["gates.small_set_min_rows", "gates.expected_difference"],
+                  action=f"To decide, add {min_rows - n:,} golden rows ({min_rows:,} in all) for the small-set rule "
+                         f"or {more_rows:,} ({rows_needed:,} in all) for the interval test, or lower "
+                         "gates.small_set_min_rows to decide on these rows.")
+
+
 # A failed floor over the majority baseline: the model does not beat answering the most frequent class.
 BELOW_BASELINE_ACTION = ("To clear it: land more train rows of the classes the model misses, or on a skewed label mix "
                          "set train.class_weights: logit_adjusted (what auto picks past a "

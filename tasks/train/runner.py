@@ -36,8 +36,8 @@ from transformers import set_seed, Trainer
 from tasks import results, storage
 from tasks.contracts import TrainResult
 from tasks.spec import PipelineSpec, load_spec
-from tasks.train import (arguments, batch_plan, checkpoints, class_balance, defaults, export, fresh_start, modeling,
-                         outputs, replay, token_cache)
+from tasks.train import (arguments, batch_plan, checkpoints, class_balance, decision_offsets, defaults, export,
+                         fresh_start, modeling, outputs, replay, token_cache)
 from tasks.train.batch_plan import BatchPlan
 from tasks.train.paths import StagePaths, stage_paths
 from tasks.train.progress import ProgressLogger, setup_logging
@@ -107,6 +107,10 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
     epochs = loaded.recipe.epochs if loaded.recipe.epochs is not None else defaults.epochs_for(len(loaded.train_set))
     rate = search(loaded, epochs=epochs, world_size=world_size)
     trained = train(loaded, selection_set, rate, epochs=epochs, class_weights=class_weights, world_size=world_size)
+    decided = decision_offsets.apply(trained.trainer, loaded.holdout_set, loaded.hp.decision_offsets, class_weights,
+                                     loaded.spec.data.labels)  # a balanced model's decision, set on the holdout
+    if decided:
+        class_weights["decision_offsets"] = decided
     outcome = evaluate(loaded, trained, selection_set)
     if not trained.trainer.is_world_process_zero():
         return 0
