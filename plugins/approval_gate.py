@@ -73,8 +73,8 @@ class CandidateApprovalOperator(HITLOperator):
 
         ti = context["ti"]
         apply_storage_env(self.pipeline_spec)
-        run = RunContext.model_validate(ti.xcom_pull(task_ids=TaskIds.PREPARE_RUN))
-        evaluation = EvaluateResult.model_validate(ti.xcom_pull(task_ids=TaskIds.EVALUATE))
+        run = RunContext.read(ti.xcom_pull(task_ids=TaskIds.PREPARE_RUN))
+        evaluation = EvaluateResult.read(ti.xcom_pull(task_ids=TaskIds.EVALUATE))
         run_spec = load_spec(storage.join(run.run_uri, "spec.json"))  # the run's frozen spec decides
         return run, evaluation, run_spec
 
@@ -105,8 +105,8 @@ class CandidateApprovalOperator(HITLOperator):
                         f"({', '.join(evaluation.failed_gates)})")
         self.body = approvals.body(
             pipeline=run.pipeline, kind=kind, evaluation=evaluation.dump(),
-            drift=DriftResult.model_validate(drift).dump() if drift else None,
-            reasons=Decision.model_validate(decision).reasons if decision else [],
+            drift=DriftResult.read(drift).dump() if drift else None,
+            reasons=Decision.read(decision).reasons if decision else [],
             champion=champion, registry_url=registry_ui.pipeline_url(base_url, run.pipeline),
             run_url=retrain_alerts.run_url(base_url, ti.dag_id, ti.run_id),
             confidence=run_spec.gates.confidence, timeout_minutes=policy.timeout_minutes)

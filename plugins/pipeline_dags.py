@@ -264,7 +264,7 @@ def build_ingest_dag(spec_path: Path, spec: PipelineSpec) -> DAG:
         @task(task_id=TaskIds.ANNOUNCE_SNAPSHOT, outlets=[asset], retries=0)
         def announce_snapshot(result: dict, outlet_events=None) -> dict:
             """Emit the Asset event only for a new snapshot; an unchanged ingest emits nothing."""
-            snapshot = IngestResult.model_validate(result)
+            snapshot = IngestResult.read(result)
             if not snapshot.changed:
                 raise AirflowSkipException(f"no new data: snapshot {snapshot.snapshot_id} is unchanged")
             outlet_events[asset].extra = {
@@ -289,7 +289,7 @@ def open_run(spec: PipelineSpec, run: dict, task_id: str) -> RunContext:
     """A task's start: storage credentials (each task is a fresh process), the run's context, and a skip when the
     run already has a verdict (a cleared finished run redoes nothing, alerts nobody twice)."""
     apply_storage_env(spec)
-    run_ctx = RunContext.model_validate(run)
+    run_ctx = RunContext.read(run)
     skip_if_run_finished(run_ctx.run_uri, task_id)
     return run_ctx
 
@@ -301,7 +301,7 @@ def decide_task(spec: PipelineSpec):
         from tasks.decide import steps
 
         run_ctx = open_run(spec, run, TaskIds.DECIDE)
-        snapshot, drift = IngestResult.model_validate(ingest_result), DriftResult.model_validate(drift_result)
+        snapshot, drift = IngestResult.read(ingest_result), DriftResult.read(drift_result)
         decision = steps.decide(steps.run_spec(run_ctx), run_ctx, snapshot, drift)
         retrain_lineage.report(inputs=[snapshot.snapshot_uri, drift.report_uri],
                                outputs=[retrain_lineage.join(run_ctx.run_uri, TaskIds.DECIDE, "result.json")])
@@ -325,7 +325,7 @@ def gate_task(spec: PipelineSpec):
         from tasks.errors import GateFailed
 
         run_ctx = open_run(spec, run, TaskIds.GATE)
-        result = EvaluateResult.model_validate(evaluation)
+        result = EvaluateResult.read(evaluation)
         retrain_lineage.report(inputs=[run_ctx.evaluation_uri])
         try:
             verdict = steps.gate(result, spec.approval, run_ctx.dry_run)
@@ -345,7 +345,7 @@ def announce_champion_task(spec: PipelineSpec, champion: Asset):
         promoted: skipped, and no event."""
         from tasks.decide import steps
 
-        published = PublishResult.model_validate(result)
+        published = PublishResult.read(result)
         if not published.promoted:
             raise AirflowSkipException(f"not promoted: {published.reason}")
         apply_storage_env(spec)

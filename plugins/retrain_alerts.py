@@ -151,7 +151,7 @@ def pull(ti: Any, task_id: str, model: type[Result]) -> Any:
     if ti is None:
         return None
     value = ti.xcom_pull(task_ids=task_id)
-    return None if value is None else model.model_validate(value)
+    return None if value is None else model.read(value)
 
 
 def airflow_base_url(configured: str | None = None) -> str:

@@ -529,7 +529,7 @@ def pull_result(ti: Any, task_id: str, *, required: bool = True, state: str | No
         raise MissingResult(f"task {task_id} left no {model.__name__} in XCom (task state: {state}); "
                             f"its result is required here", absent=True)
     try:
-        return model.model_validate(value)
+        return model.read(value)
     except ValidationError as exc:
         raise MissingResult(f"task {task_id}'s result does not fit {model.__name__}: {exc}") from None
 

@@ -1,19 +1,30 @@
 """The typed contracts between stages: each stage's result, and the ids of the Airflow tasks that carry them.
 
 A stage builds its result as one of these models and hands it to ``tasks.results.emit``; the DAG, the alerts
-and the run summary read XCom back through the same models (``IngestResult.model_validate(xcom)``), so a key is
-spelled once, here. Results carry URIs and short summaries only (XCom is capped at 64 KiB); stage-specific
-details beyond the typed fields are allowed (``extra="allow"``) and kept, but nothing downstream may rely on a
-field that is not declared here.
+and the run summary read XCom back through the same models (``IngestResult.read(xcom)``), so a key is
+spelled once, here. Results carry URIs and short summaries only (XCom is capped at 64 KiB).
+
+Writing and reading follow two rules (docs/architecture.md, "Typed records"):
+
+- a stage WRITES only declared fields: building a result with an undeclared one raises (``extra="forbid"``);
+- a reader (``Model.read``: XCom, a stored ``result.json``) takes a result written by an older release: fields
+  this release no longer declares are dropped with a logged warning, declared ones are validated as usual.
 
 No Airflow import: the task image uses this module too.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, model_serializer, model_validator
+
+log = logging.getLogger("tasks.contracts")
+
+# The validation context key under which ``read`` validates: a result drops what it does not declare, a record
+# keeps it.
+READING = "reading"
 
 # A registry version's manifest, at <version_uri>/manifest.json (tasks/decide/registry.py writes it; the
 # training and serving code reads it without importing the registry, which sits above them).
@@ -58,11 +69,68 @@ class TaskIds:
 
 
 class Result(BaseModel):
-    """Base for stage results: declared fields are typed; extra detail is kept but not relied on."""
+    """Base for stage results: every field declared and typed. Build one to write it (an undeclared field
+    raises); ``read`` one that was written (by this release or an older one)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use: DAG parsing validates none
 
     cost: dict[str, Any] | None = None  # tasks.cost: wall_seconds, gpus, gpu_seconds, energy_kwh (set by emit)
+
+    # Fields a stage sets only in some cases: left out of the dump while None, as the stage never wrote them.
+    OMIT_WHEN_NONE: ClassVar[tuple[str, ...]] = ()
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={k for k in self.OMIT_WHEN_NONE if getattr(self, k) is None})
+
+    @classmethod
+    def read(cls, data: Any) -> Any:
+        """A stored or pulled result as this model: fields it does not declare (an older release wrote them)
+        are dropped with a warning; a declared field of the wrong type still fails (ValidationError)."""
+        return cls.model_validate(data, context={READING: True})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_undeclared_when_reading(cls, data: Any, info: ValidationInfo) -> Any:
+        if not (info.context or {}).get(READING) or not isinstance(data, dict):
+            return data
+        undeclared = sorted(k for k in data if k not in cls.model_fields)
+        if not undeclared:
+            return data
+        log.warning("%s: ignoring field(s) this release does not declare (written by an older one): %s",
+                    cls.__name__, ", ".join(undeclared))
+        return {k: v for k, v in data.items() if k in cls.model_fields}
+
+
+class Record(BaseModel):
+    """A stored record (tasks/manifests.py; the champion comparison below): declared fields typed; its dump holds
+    the fields set, and only those, so the JSON on disk is what the writer set. Writing, a field the model does not
+    declare raises; reading (``read``) a file an older release wrote, fields it lacks stay unset and fields this
+    release does not declare are kept (stored data is never dropped)."""
+
+    # Extra fields are kept when reading only (_refuse_undeclared_when_writing). Built on first use, not on
+    # import: DAG parsing imports this module and uses no record.
+    model_config = ConfigDict(extra="allow", defer_build=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_undeclared_when_writing(cls, data: Any, info: ValidationInfo) -> Any:
+        if (info.context or {}).get(READING) or not isinstance(data, dict):
+            return data
+        undeclared = sorted(k for k in data if k not in cls.model_fields)
+        if undeclared:
+            raise ValueError(f"{cls.__name__} does not declare {', '.join(undeclared)}")
+        return data
+
+    @model_serializer(mode="wrap")
+    def _only_set_fields(self, handler: Any) -> dict[str, Any]:
+        dumped = handler(self)
+        kept = self.model_fields_set | set(self.model_extra or {})
+        return {k: v for k, v in dumped.items() if k in kept}
+
+    @classmethod
+    def read(cls, data: Any) -> Any:
+        """A stored record as this model (what an older file may lack or carry: the class doc)."""
+        return cls.model_validate(data, context={READING: True})
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -84,6 +152,17 @@ class RunContext(Result):
     # Stage arguments derived from the run, so the DAG passes them as XComArgs instead of Jinja expressions.
     evaluation_uri: str | None = None  # the evaluate stage's result.json, which publish reads
     promote_flag: str = "--promote"  # "--no-promote" on a dry run
+
+
+class SnapshotAnnounced(BaseModel):
+    """A new snapshot, as the ingest result's ``asset_extra`` names it."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use: DAG parsing validates none
+
+    snapshot_id: str
+    snapshot_uri: str
+    total_rows: int
+    new_rows: int
 
 
 class IngestResult(Result):
@@ -115,6 +194,11 @@ class IngestResult(Result):
     quarantine_reasons: dict[str, int] = {}
     quarantine_uri: str | None = None
     label_counts: dict[str, int] = {}
+    empty_file_keys: list[str] | None = None  # keys of the zero-byte files (first 200), when there was a batch
+    recovered: bool | None = None  # True: a run that died before recording its batch, recorded now (ingest.py)
+    asset_extra: SnapshotAnnounced | None = None  # a new snapshot: the Asset event's extra
+
+    OMIT_WHEN_NONE = ("empty_file_keys", "recovered", "asset_extra")
 
 
 class DriftResult(Result):
@@ -216,6 +300,7 @@ class TrainResult(Result):
     teacher_pass_seconds: float | None = None  # distill, teacher cache on: the teacher's one pass before training (None when reused)
     teacher_cache_reused: bool | None = None  # distill, teacher cache on: read from the stored cache (a retry)
     teacher_cache_uri: str | None = None  # distill: the stored copy read or written (None: not stored)
+    teacher_pass_rows: int | None = None  # distill, teacher cache on: rows the teacher's pass computed (0: reused)
     teacher_cache_read_seconds: float | None = None  # distill, reused: listing, download, sha256 check, load
     teacher_cache_store_seconds: float | None = None  # distill, stored here: save and upload
     stopped_at_epoch: float | None = None  # the epoch training ended at (early stopping, or all of epochs)
@@ -236,6 +321,8 @@ class TrainResult(Result):
     # method, on, ratio, reason, counts, weights or offsets.
     class_weights: dict[str, Any] | None = None
 
+    OMIT_WHEN_NONE = ("teacher_pass_rows",)
+
 
 class GateResult(Result):
     name: str
@@ -248,6 +335,33 @@ class GateResult(Result):
     remedy: Remedy | None = None  # what would change the verdict; its sentence also ends ``reason``
 
 
+class ChampionComparison(Record):
+    """How many golden rows the comparisons with the champion use (tasks/decide/gates.py champion_comparison),
+    and what evaluate read to know (tasks/decide/evaluate.py champion_trained_rows). In the evaluate result, the
+    gate report, metrics.json and the version manifest's evaluation."""
+
+    # Always written (gates.champion_comparison); the defaults only read an older file that lacks one.
+    golden_rows: int = 0
+    compared_rows: int = 0
+    excluded_rows: int = 0
+    min_compared_rows: int = 0
+    too_few: bool = False
+    why: str | None = None  # set when rows are left out: a phrase after "N golden rows ..."
+    compared_accuracy: dict[str, float] | None = None  # each model's accuracy on the compared rows, when fewer
+    # What was looked at: the champion, its version and snapshot, the golden sets they name, parts read.
+    champion_uri: str | None = None
+    looked: bool | None = None
+    champion_version: str | None = None
+    note: str | None = None  # why what the champion trained on is unknown (every row compared)
+    champion_snapshot_id: str | None = None
+    champion_snapshot_uri: str | None = None
+    champion_golden_id: str | None = None
+    golden_id: str | None = None
+    parts: int | None = None
+    parts_shared: int | None = None
+    parts_read: int | None = None
+
+
 class EvaluateResult(Result):
     passed: bool
     first_run: bool = False
@@ -257,7 +371,7 @@ class EvaluateResult(Result):
     golden_uri: str | None = None
     # With a champion: how many golden rows the comparisons with it use (golden_rows, compared_rows,
     # excluded_rows: those whose text it trained on, why, too_few) and what was read to know (evaluate.py).
-    champion_comparison: dict[str, Any] | None = None
+    champion_comparison: ChampionComparison | None = None
     report_uri: str | None = None
     report_md_uri: str | None = None
     # What would change the outcome (tasks/decide/remedies.py): the gates' and the teacher's fresh start (a class

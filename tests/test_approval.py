@@ -145,7 +145,8 @@ def test_approved_candidate_is_promoted_and_the_audit_and_card_name_the_responde
     spec, snap, model = env
     answer = approval.answer("always", "approval", ["Approve"], "numbers look right", ALICE, "2026-12-06T08:00:00Z")
     result = _publish(spec, snap, model, _answered_run(spec, "r1", True, answer))
-    assert result["promoted"] and "approved by alice: numbers look right" in result["reason"]
+    assert result["promoted"] and approval.responder(result["approval"]) == "alice"
+    assert result["approval"]["reason"] == "numbers look right"
     assert result["approval"]["decision"] == "approved"
     (record,) = registry.read_audit(spec)
     assert record["event"] == "promote-approved" and record["approved_by"] == "alice"
@@ -161,7 +162,8 @@ def test_rejected_candidate_is_published_as_rejected_and_not_promoted(env):
     spec, snap, model = env
     answer = approval.answer("always", "approval", ["Reject"], "wait for the holiday data", ALICE, None)
     result = _publish(spec, snap, model, _answered_run(spec, "r1", True, answer))
-    assert not result["promoted"] and "rejected by alice" in result["reason"]
+    assert not result["promoted"] and result["approval"]["decision"] == approval.REJECTED
+    assert approval.responder(result["approval"]) == "alice"
     assert registry.read_champion(spec) is None
     assert registry.read_manifest(spec, result["version"])["approval"]["decision"] == "rejected"
     (record,) = registry.read_audit(spec)
@@ -173,7 +175,8 @@ def test_overridden_failed_gate_is_promoted_and_marked_overridden_everywhere(env
     answer = approval.answer("override_failed_gate", "override", ["Approve"], "gate set stale; signed off by ML lead",
                              ALICE, None)
     result = _publish(spec, snap, model, _answered_run(spec, "r1", False, answer))
-    assert result["promoted"] and "OVERRIDDEN by alice" in result["reason"]
+    assert result["promoted"] and result["approval"]["decision"] == approval.OVERRIDDEN
+    assert approval.responder(result["approval"]) == "alice"
     manifest = registry.read_manifest(spec, result["version"])
     assert manifest["evaluation"]["passed"] is False and manifest["approval"]["decision"] == "overridden"
     (record,) = registry.read_audit(spec)

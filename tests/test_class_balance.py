@@ -7,7 +7,7 @@ import pytest
 
 from bench.common import make_run, read_tsv, write_snapshot
 from tasks import metrics
-from tasks.decide import gates
+from tasks.decide import gates, remedies
 from tasks.spec import GatesSpec
 from tasks.train import class_balance
 
@@ -27,7 +27,7 @@ def test_auto_turns_on_for_a_skewed_mix_only():
     assert "set train.class_weights: none" in skewed["reason"] and skewed["offsets"]["positive"] < -3
     assert class_balance.plan("balanced", 10, [970, 30], LABELS)["weights"]["positive"] > 16
     even = class_balance.plan("auto", 10, [444, 428], LABELS)  # SST-2 dev: as the demo's data
-    assert not even["on"] and "weights" not in even and "unweighted" in even["reason"]
+    assert not even["on"] and "weights" not in even and even["method"] == "none"
     assert class_balance.plan("balanced", 10, [444, 428], LABELS)["on"]
     assert not class_balance.plan("none", 10, [970, 30], LABELS)["on"]
 
@@ -69,7 +69,7 @@ def test_logit_adjusted_plan_offsets_are_tau_log_priors_and_the_loss_adds_them()
 
 def test_auto_resolves_to_the_measured_method_and_leaves_an_even_mix_plain():
     skewed = class_balance.plan("auto", 10, [970, 30], LABELS)
-    assert skewed["method"] == class_balance.AUTO_METHOD and class_balance.AUTO_METHOD in skewed["reason"]
+    assert skewed["method"] == class_balance.AUTO_METHOD and skewed["setting"] == "auto"
     assert class_balance.loss_for(skewed) is not None
     even = class_balance.plan("auto", 10, [444, 428], LABELS)  # the demo's mix: the Trainer's own loss, untouched
     assert even["method"] == "none" and class_balance.loss_for(even) is None
@@ -135,9 +135,9 @@ def test_a_skewed_golden_set_reports_the_accuracy_floor_and_gates_macro_f1():
     passed, _, out = gates.evaluate_gates(GatesSpec(), LABELS, y, teacher=_scores(y, pred), student=_scores(y, pred))
     by = {g.name: g for g in out}
     accuracy = by["baseline_accuracy_teacher"]
-    assert accuracy.skipped and accuracy.passed and "would FAIL" in accuracy.reason
-    assert "97% 'negative', at least gates.skewed_golden_share 0.9" in accuracy.reason
-    assert "gates.skewed_golden_share: null" in accuracy.reason
+    assert accuracy.skipped and accuracy.passed and accuracy.value <= accuracy.threshold  # would fail: reported
+    assert accuracy.details["baseline_class"] == "negative" and accuracy.details["baseline"] == pytest.approx(0.97)
+    assert accuracy.remedy.case == remedies.SKEWED_GOLDEN and accuracy.remedy.settings == ["gates.skewed_golden_share"]
     assert not by["baseline_macro_f1_teacher"].skipped and by["baseline_macro_f1_teacher"].passed
     assert passed
     majority = np.zeros_like(y)  # always the majority class: the macro-F1 floor still fails it
@@ -145,9 +145,7 @@ def test_a_skewed_golden_set_reports_the_accuracy_floor_and_gates_macro_f1():
                                           student=_scores(y, majority))
     macro = {g.name: g for g in out}["baseline_macro_f1_teacher"]
     assert not passed and not macro.passed
-    assert macro.reason.endswith("on a skewed label mix set train.class_weights: logit_adjusted (what auto picks "
-                                 "past a train.class_weights_auto_ratio class ratio; balanced weights the loss "
-                                 "instead)")  # what would change the outcome
+    assert macro.remedy.case == remedies.BELOW_BASELINE and macro.reason.endswith(macro.remedy.action)
     strict = GatesSpec(skewed_golden_share=None)
     _, _, out = gates.evaluate_gates(strict, LABELS, y, teacher=_scores(y, pred), student=_scores(y, pred))
     assert not {g.name: g for g in out}["baseline_accuracy_teacher"].passed  # gated as before

@@ -35,7 +35,7 @@ def drift(new_rows: int, drifted: tuple[str, ...] = (), reference_rows: int | No
 def test_first_run_always_trains():
     out = decide(SPEC, ingest(new_rows=5), {"first_run": True, "new_rows": 5, "checks": {}}, None)
     assert out["retrain"] is True and out["first_run"] is True
-    assert "no champion" in out["reasons"][0]
+    assert out["triggers"] == ["first_run"]
 
 
 def test_no_new_snapshot_since_champion_skips():
@@ -46,30 +46,31 @@ def test_no_new_snapshot_since_champion_skips():
 
 def test_too_few_new_rows_skip_even_with_drift():
     out = decide(SPEC, ingest(new_rows=99), drift(99, ("vocab_js",)), CHAMPION)
-    assert out["retrain"] is False and "only 99 new rows" in out["reasons"][0]
+    assert out["retrain"] is False and out["triggers"] == [] and out["drift_detected"] is True
+    assert (out["new_rows"], out["min_new_rows"]) == (99, 100)
 
 
 def test_drift_with_enough_rows_retrains_and_names_checks():
     out = decide(SPEC, ingest(), drift(100, ("vocab_js", "embedding_mmd")), CHAMPION)
     assert out["retrain"] is True and out["drifted_checks"] == ["embedding_mmd", "vocab_js"]
-    assert "embedding_mmd, vocab_js" in out["reasons"][0]
+    assert out["triggers"] == ["drift"]
 
 
 def test_enough_new_rows_retrain_without_drift():
     out = decide(SPEC, ingest(), drift(1000), CHAMPION)
     assert out["retrain"] is True and out["triggers"] == ["retrain_every_rows"]
-    assert out["reasons"] == ["1,000 new rows since the champion's snapshot reach decide.retrain_every_rows (1,000)."]
+    assert (out["new_rows"], out["retrain_every_rows"], out["drift_detected"]) == (1000, 1000, False)
 
 
 def test_no_drift_and_below_routine_size_skips():
     out = decide(SPEC, ingest(), drift(500), CHAMPION)
-    assert out["retrain"] is False and "no drift detected" in out["reasons"][0]
+    assert out["retrain"] is False and out["drift_detected"] is False
     assert out["new_rows"] == 500 and out["triggers"] == []
 
 
 def test_force_overrides_a_skip():
     out = decide(SPEC, ingest("aaaa"), drift(0), CHAMPION, force=True)
-    assert out["retrain"] is True and out["forced"] is True and "forced" in out["reasons"][0]
+    assert out["retrain"] is True and out["forced"] is True and out["triggers"] == ["forced"]
 
 
 def test_accepts_a_plain_dict_spec():
@@ -102,7 +103,7 @@ def test_already_trained_applies_before_a_first_champion_exists():
     """A first run blocked by its floors leaves no champion; the next trigger must not retrain the same data."""
     out = decide(SPEC, ingest(new_rows=300), {"first_run": True, "new_rows": 300, "checks": {}}, None,
                  trained=dict(TRAINED, outcome="blocked by gates"))
-    assert out["retrain"] is False and "already trained on snapshot bbbb" in out["reasons"][0]
+    assert out["retrain"] is False and out["already_trained"] is True and out["snapshot_id"] == "bbbb"
 
 
 def test_force_retrains_an_already_trained_snapshot():
@@ -165,20 +166,19 @@ def test_a_large_pipeline_still_needs_the_absolute_trigger():
     """1,000,000 rows: 3,000 new ones are 0.3%; 5,000 reach retrain_every_rows long before half the snapshot."""
     skip = decide(DEFAULTS, ingest(), drift(3000, reference_rows=1_000_000), CHAMPION)
     assert skip["retrain"] is False and skip["retrain_fraction_rows"] == 500_000
-    assert "decide.retrain_every_rows (5,000 new rows)" in skip["reasons"][0]
-    assert "decide.retrain_every_fraction (50% of the 1,000,000 rows" in skip["reasons"][0]
+    assert skip["triggers"] == [] and (skip["retrain_every_rows"], skip["champion_snapshot_rows"]) == (5000, 1_000_000)
     train = decide(DEFAULTS, ingest(), drift(5000, reference_rows=1_000_000), CHAMPION)
     assert train["retrain"] is True and train["triggers"] == ["retrain_every_rows"]
     # Or the fraction, if the large pipeline lands half its size at once: both triggers say so.
     both = decide(DEFAULTS, ingest(), drift(600_000, reference_rows=1_000_000), CHAMPION)
     assert both["triggers"] == ["retrain_every_rows", "retrain_every_fraction"] and len(both["reasons"]) == 2
-    assert both["reasons"][1].startswith("600,000 new rows are 60% of the 1,000,000 rows")
+    assert both["new_rows_share"] == 0.6
 
 
 def test_drift_and_the_relative_trigger_are_both_reported():
     out = decide(DEFAULTS, ingest(), drift(1500, ("vocab_js",), reference_rows=2000), CHAMPION)
     assert out["retrain"] is True and out["triggers"] == ["drift", "retrain_every_fraction"]
-    assert out["reasons"][0].startswith("Drift detected on 1,500 new rows (vocab_js).")
+    assert out["drifted_checks"] == ["vocab_js"] and out["new_rows"] == 1500
 
 
 def test_null_switches_the_relative_trigger_off():
@@ -186,8 +186,7 @@ def test_null_switches_the_relative_trigger_off():
                                                    "retrain_every_fraction": None})
     out = decide(spec, ingest(), drift(1500, reference_rows=2000), CHAMPION)
     assert out["retrain"] is False and out["retrain_fraction_rows"] is None and out["retrain_every_fraction"] is None
-    assert out["reasons"] == ["Skipped: 1,500 new rows and no drift detected, fewer than decide.retrain_every_rows "
-                              "(5,000 new rows); decide.retrain_every_fraction is off (null)."]
+    assert out["triggers"] == [] and out["new_rows"] == 1500
     assert decide(spec, ingest(), drift(5000, reference_rows=2000), CHAMPION)["triggers"] == ["retrain_every_rows"]
 
 
@@ -202,15 +201,14 @@ def test_a_drift_result_without_the_champions_size_falls_back_to_the_absolute_tr
             "champion's snapshot holds, so only decide.retrain_every_rows counts."]
     trained = decide(DEFAULTS, ingest(), drift(6000, reference_rows=None), CHAMPION)
     assert trained["retrain"] is True and trained["triggers"] == ["retrain_every_rows"]
-    assert trained["reasons"][1].startswith("The relative trigger decide.retrain_every_fraction (50%) was not applied")
+    assert trained["champion_snapshot_rows"] is None and trained["retrain_fraction_rows"] is None
 
 
 def test_min_new_rows_wins_below_the_relative_trigger():
     """A tiny champion (100 rows): 60 new rows are 60% of it, but fewer than min_new_rows (100) never train."""
     out = decide(DEFAULTS, ingest(), drift(60, reference_rows=100), CHAMPION)
     assert out["retrain"] is False and out["triggers"] == [] and out["retrain_fraction_rows"] == 50
-    assert out["reasons"] == ["Skipped: only 60 new rows since the champion's snapshot, fewer than the 100 needed "
-                              "(decide.min_new_rows)."]
+    assert (out["new_rows"], out["min_new_rows"]) == (60, 100)
 
 
 def test_the_relative_threshold_is_a_whole_row_count():
@@ -218,8 +216,7 @@ def test_the_relative_threshold_is_a_whole_row_count():
     spec = {"decide": {"min_new_rows": 0, "retrain_every_rows": 5000, "retrain_every_fraction": 0.1}}
     out = decide(spec, ingest(), drift(3, reference_rows=30), CHAMPION)
     assert out["retrain"] is True and out["retrain_fraction_rows"] == 3
-    assert out["reasons"] == ["3 new rows are 10% of the 30 rows in the champion's snapshot, at least "
-                              "decide.retrain_every_fraction (10%)."]
+    assert out["triggers"] == ["retrain_every_fraction"] and out["new_rows_share"] == 0.1
 
 
 def test_a_plain_dict_spec_gets_the_default_fraction_and_its_checks():

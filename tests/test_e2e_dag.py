@@ -227,13 +227,11 @@ def test_a_drifted_batch_retrains_and_a_failed_gate_blocks_it_and_alerts(drifted
     summary = run.summary
     assert summary["drift"]["drift_detected"] is True, summary
     assert summary["decision"]["retrain"] is True
-    assert any("Drift detected" in reason for reason in summary["decision"]["reasons"]), summary
     # The champion's snapshot size reached decide through drift's reference_rows: ~100 new rows on ~160 are more
     # than the shipped spec's decide.retrain_every_fraction (0.5), far below retrain_every_rows (1000).
     decision, first_rows = summary["decision"], story.runs["first"].summary["ingest"]["total_rows"]
     assert decision["champion_snapshot_rows"] == first_rows > 0, (decision, first_rows)
     assert decision["triggers"] == ["drift", "retrain_every_fraction"], decision
-    assert f"of the {first_rows:,} rows in the champion's snapshot" in decision["reasons"][1], decision
     # The retrain warm-started from the champion's teacher (train.init_from: champion in the shipped spec).
     finetune = storage.read_json(summary["run_uri"] + "/finetune/result.json")
     assert finetune["init_from"] == f"champion {champion['version']}"

@@ -48,13 +48,15 @@ def test_class_recall_gate_two_classes_blocks_a_clear_drop_and_respects_the_marg
     cand = y.copy()
     cand[50:60] = 0  # positive recall 1.0 -> 0.8: 10 losses, no gains
     gate = gates.class_recall_gate("cr", y, cand, champ, ["negative", "positive"], max_drop=0.05)
-    assert not gate.passed and gate.value == pytest.approx(0.2) and "positive" in gate.reason
+    assert not gate.passed and gate.value == pytest.approx(0.2) and gate.details["failing"] == ["positive"]
     assert gate.details["failing"] == ["positive"]
     positive = gate.details["classes"]["positive"]
     assert positive["losses"] == 10 and positive["gains"] == 0 and positive["n"] == 50
     assert positive["lower"] < 0.2 < positive["upper"] and positive["p_adjusted"] <= 0.05
     ok = gates.class_recall_gate("cr", y, cand, champ, ["negative", "positive"], max_drop=0.25)
-    assert ok.passed and not ok.skipped and "positive" in ok.reason  # named as the largest observed drop
+    classes = ok.details["classes"]
+    assert ok.passed and not ok.skipped and max(classes, key=lambda k: classes[k]["drop"]) == "positive"
+    assert ok.value == pytest.approx(classes["positive"]["drop"])  # the largest observed drop
 
 
 def test_score_test_with_no_margin_is_mcnemar():
@@ -191,7 +193,7 @@ def test_six_imbalanced_classes_block_a_collapsed_small_class_not_noise():
     rows = np.flatnonzero((y == 5) & (champ == 5))
     collapsed[rows[: int(0.6 * rows.size)]] = 1  # surprise recall 0.9 -> ~0.36: predicted as joy
     gate = gates.class_recall_gate("cr", y, collapsed, champ, labels, max_drop=0.10)
-    assert not gate.passed and gate.details["failing"] == ["surprise"] and "n=66" in gate.reason
+    assert not gate.passed and gate.details["failing"] == ["surprise"] and gate.details["classes"]["surprise"]["n"] == 66
 
 
 def test_classes_below_min_support_are_reported_not_gated():
@@ -204,7 +206,7 @@ def test_classes_below_min_support_are_reported_not_gated():
     assert gate.passed and gate.details["below_min_support"] == ["rare"]
     rare = gate.details["classes"]["rare"]
     assert rare["drop"] == 1.0 and rare["gated"] is False and "p_adjusted" not in rare
-    assert "below min_support 20" in gate.reason
+    assert gate.details["min_support"] == 20 and gate.details["classes_gated"] == 2
     strict = gates.class_recall_gate("cr", y, cand, champ, labels, max_drop=0.05, min_support=10)
     assert not strict.passed and strict.details["failing"] == ["rare"]
     nothing = gates.class_recall_gate("cr", y, cand, champ, labels, max_drop=0.05, min_support=500)
@@ -237,7 +239,7 @@ def test_majority_class_predictor_fails_the_relative_floor():
     for preds in (constant, random_guess):
         gate = gates.baseline_gate("baseline_accuracy_teacher", "accuracy", y, preds, 6, labels,
                                    margin=spec.min_accuracy_over_baseline, resamples=1000)
-        assert not gate.passed and "'joy'" in gate.reason
+        assert not gate.passed and gate.details["baseline_class"] == "joy"
     f1 = gates.baseline_gate("baseline_macro_f1_teacher", "macro_f1", y, constant, 6, labels,
                              margin=spec.min_macro_f1_over_baseline, resamples=1000)
     assert not f1.passed and f1.details["diff"] == 0
@@ -302,13 +304,13 @@ def test_first_run_applies_floors_only_and_says_so():
     passed, first_run, out = gates.evaluate_gates(spec.gates, ["n", "p"], y, teacher=good, student=good)
     assert passed and first_run
     by = {g.name: g for g in out}
-    assert by["non_inferiority_teacher"].skipped and "first run" in by["non_inferiority_teacher"].reason
+    assert by["non_inferiority_teacher"].skipped and by["non_inferiority_teacher"].value is None
     weak = gates.ModelScores(cand, 0.7, 0.84)
     passed, _, out = gates.evaluate_gates(spec.gates, ["n", "p"], y, teacher=good, student=weak)
     assert not passed
     assert {g.name for g in out if not g.passed} == {"floor_accuracy_student"}
     retention = {g.name: g for g in out}["student_retention"]
-    assert retention.skipped and "not gated" in retention.reason and "would FAIL" in retention.reason
+    assert retention.skipped and retention.passed and retention.value < retention.threshold  # would fail: not gated
     md = gates.render_markdown("sst2", "s3://b/runs/x", passed, True, out, {})
     assert "first run: no champion" in md and "**FAIL**" in md
 
@@ -395,7 +397,7 @@ def test_retention_on_a_hard_many_class_pipeline_is_held_to_the_champions_when_t
     better = retrain(0.58, 0.55)
     assert all(g.passed for g in better.values()), [g.reason for g in better.values() if not g.passed]
     assert better["student_retention"].threshold == pytest.approx(0.37 / 0.43, abs=1e-4)
-    assert "champion's retention" in better["student_retention"].reason
+    assert better["student_retention"].details["champion_retention"] == pytest.approx(0.37 / 0.43, abs=1e-4)
     worse = retrain(0.58, 0.45)  # 0.776 of its teacher: below the champion's 0.86
     assert not worse["student_retention"].passed and worse["non_inferiority_student"].passed
     strong_champion = retrain(0.58, 0.55, champ_teacher=_scores(y, 0.43), champ_student=_scores(y, 0.42))
@@ -438,7 +440,7 @@ def test_with_every_row_kept_the_gates_are_the_ones_without_champion_rows():
         now = _gates(y, cand, champ, champion_rows=rows)
         assert now[:2] == before[:2]
         assert {k: g.dump() for k, g in now[2].items()} == {k: g.dump() for k, g in before[2].items()}
-    assert gates.champion_comparison(make_spec("file:///unused").gates, len(y), None) == {
+    assert gates.champion_comparison(make_spec("file:///unused").gates, len(y), None).dump() == {
         "golden_rows": 1000, "compared_rows": 1000, "excluded_rows": 0, "min_compared_rows": 20, "too_few": False}
 
 
@@ -452,9 +454,9 @@ def test_rows_the_champion_trained_on_are_left_out_of_the_comparisons_only():
     assert ni.details["n"] == 600 and ni.details["excluded_rows"] == 400 and ni.details["why"] == WHY
     assert ni.details["diff"] == pytest.approx(np.mean(cand.y_pred[keep] == y[keep])
                                                - np.mean(champ.y_pred[keep] == y[keep]), abs=1e-6)
-    assert ni.reason.startswith(f"on 600 of 1000 golden rows (left out: 400 {WHY}): accuracy diff")
+    assert (ni.details["compared_rows"], ni.details["golden_rows"]) == (600, 1000)
     recall = fair["class_recall_student"]
-    assert sum(t["n"] for t in recall.details["classes"].values()) == 600 and "on 600 of 1000" in recall.reason
+    assert sum(t["n"] for t in recall.details["classes"].values()) == 600 == recall.details["compared_rows"]
     # The floors, the baselines and the candidate's retention keep every row.
     for name in ("baseline_accuracy_teacher", "baseline_macro_f1_student"):
         assert fair[name].details["n"] == 1000 and fair[name].dump() == flattered[name].dump()
@@ -483,7 +485,7 @@ def test_too_few_rows_left_skips_the_champion_comparisons_and_keeps_the_floors()
     assert by["floor_accuracy_teacher"].value == pytest.approx(cand.accuracy, abs=1e-4)  # on all 1000 rows
     assert "the champion's retention is not used: only 19 of 1000" in by["student_retention"].reason
     comparison = gates.champion_comparison(spec.gates, 1000, rows)
-    assert comparison["too_few"] and comparison["compared_rows"] == 19
+    assert comparison.too_few and comparison.compared_rows == 19
     md = gates.render_markdown("sst2", "s3://b/runs/x", passed, False, out, {}, comparison)
     assert "**champion not compared:** once the 981 golden rows" in md and "only 19 of 1000 remain" in md
     # 20 rows left: compared (the minimum is the fewest rows a class needs to gate on).

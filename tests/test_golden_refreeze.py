@@ -332,7 +332,7 @@ def test_evaluate_leaves_the_golden_rows_the_champion_trained_on_out_of_the_cham
                    result.metrics["champion"]["student"]):
         assert scored["golden_n"] == 31  # the new set's rows, for the candidates and the champion alike
     # Exactly the golden rows whose text the champion trained on are left out of the comparison with it.
-    comparison = result.champion_comparison
+    comparison = result.champion_comparison.dump()
     k = len(trained)
     assert {key: comparison[key] for key in ("golden_rows", "compared_rows", "excluded_rows", "too_few")} == {
         "golden_rows": 31, "compared_rows": 31 - k, "excluded_rows": k, "too_few": False}
@@ -350,13 +350,13 @@ def test_evaluate_leaves_the_golden_rows_the_champion_trained_on_out_of_the_cham
     for role in ("teacher", "student"):
         ni, recall = by[f"non_inferiority_{role}"], by[f"class_recall_{role}"]
         assert ni["details"]["n"] == 31 - k and ni["details"]["excluded_rows"] == k
-        assert ni["reason"].startswith(f"on {31 - k} of 31 golden rows (left out: {k} whose text")
+        assert (ni["details"]["compared_rows"], ni["details"]["golden_rows"]) == (31 - k, 31)
         assert {label: t["n"] for label, t in recall["details"]["classes"].items()} == {
             label: int((kept["label"] == i).sum()) for i, label in enumerate(spec.data.labels)
             if (kept["label"] == i).any()}
         # The floors use every row.
         assert by[f"baseline_accuracy_{role}"]["details"]["n"] == 31
-        assert "left out" not in by[f"baseline_macro_f1_{role}"]["reason"]
+        assert "excluded_rows" not in by[f"baseline_macro_f1_{role}"]["details"]
     md = storage.read_text(result.report_md_uri)
     assert f"**champion compared on {31 - k} of 31 golden rows:** the {k} golden rows whose text" in md
     stored = storage.read_json(storage.join(run_uri, "evaluate", "result.json"))
@@ -390,14 +390,13 @@ def test_evaluate_without_a_refreeze_compares_on_every_row_and_reads_no_part(roo
     now = run_ingest(spec, run_uri)
     model = "file://" + str(tiny_model_dir)
     result = evaluate.run(run_uri, now["snapshot_uri"], model, model, champion)
-    comparison = result.champion_comparison
+    comparison = result.champion_comparison.dump()
     assert comparison["excluded_rows"] == 0 and comparison["compared_rows"] == comparison["golden_rows"] == 40
     assert comparison["looked"] is False and "parts_read" not in comparison and part_scans == []
     by = gate_report(result)
     for role in ("teacher", "student"):
         assert by[f"non_inferiority_{role}"]["details"]["n"] == 40
         assert "excluded_rows" not in by[f"non_inferiority_{role}"]["details"]
-        assert "left out" not in by[f"non_inferiority_{role}"]["reason"]
     assert "champion compared on" not in storage.read_text(result.report_md_uri)
     metrics = storage.read_json(storage.join(run_uri, "evaluate", "metrics.json"))
     assert metrics["champion_left_out_rows"] == []
@@ -421,15 +420,14 @@ def test_evaluate_with_too_few_golden_rows_the_champion_did_not_train_on(tmp_pat
     now = run_ingest(spec, run_uri)
     model = "file://" + str(tiny_model_dir)
     result = evaluate.run(run_uri, now["snapshot_uri"], model, model, champion)
-    comparison = result.champion_comparison
+    comparison = result.champion_comparison.dump()
     assert (comparison["golden_rows"], comparison["compared_rows"], comparison["excluded_rows"]) == (35, 5, 30)
     assert comparison["too_few"] and comparison["min_compared_rows"] == spec.gates.class_recall_min_support
     by = gate_report(result)
     assert not result.first_run
     for role in ("teacher", "student"):
         for name in (f"non_inferiority_{role}", f"class_recall_{role}"):
-            assert by[name]["skipped"] and by[name]["reason"].startswith(
-                "not compared with the champion: only 5 of 35 golden rows left (left out: 30 whose text")
+            assert by[name]["skipped"] and by[name]["passed"] and by[name]["value"] is None
         assert by[f"baseline_accuracy_{role}"]["details"]["n"] == 35  # the floors still judge on every row
     assert "the champion's retention is not used" in by["student_retention"]["reason"]
     assert "**champion not compared:**" in storage.read_text(result.report_md_uri)

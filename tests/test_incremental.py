@@ -48,7 +48,6 @@ def test_a_night_small_against_the_history_trains_incrementally_and_says_why():
     assert training["estimated_rows"] == {"incremental": 2000, "full": 21_000}
     assert "1,000 rows new since the champion's snapshot plus 1x as many older rows replayed" in \
         training["reasons"][0]
-    assert "incremental retrain 2 in a row, a full one every 4" in training["reasons"][0]
 
 
 def test_a_skip_has_no_training_kind():
@@ -91,7 +90,8 @@ def test_the_demo_night_is_a_full_retrain():
     assert spec.train.retrain_mode == "incremental"  # the shipped default
     out = decide(spec, ingest(new_rows=5000, total_rows=10_000), drift(new_rows=5000),
                  {"version": "v1", "snapshot_id": "aaaa"})
-    assert out["training"]["mode"] == "full" and "no fewer than the 4,500" in out["training"]["reasons"][0]
+    estimated = out["training"]["estimated_rows"]
+    assert out["training"]["mode"] == "full" and estimated["incremental"] >= estimated["full"] == 4500
 
 
 # ---------------------------------------------------------------- the replay sample

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tasks import metrics
-from tasks.decide import gates, power
+from tasks.decide import gates, power, remedies
 from tasks.spec import GatesSpec
 
 
@@ -63,8 +63,8 @@ def test_forty_rows_the_small_set_rule_promotes_a_clear_gain_and_blocks_a_loss()
     old = gates.non_inferiority_gate("ni", *_paired(40, 5, 2), margin=0.01, resamples=1000)
     assert not old.passed  # 7.5 points better on 40 rows: the interval test cannot pass it (the case)
     assert better.passed and not better.skipped and better.threshold == g.small_set_probability
-    assert "small-set rule (gates.underpowered: bayes)" in better.reason
-    assert better.reason.endswith("or raise gates.expected_difference.") and "add " in better.reason
+    assert better.details["underpowered"] == "bayes" and "posterior_not_worse" in better.details  # the small-set rule
+    assert better.remedy.case == remedies.UNDERPOWERED and better.reason.endswith(better.remedy.action)
     worse = gates.sized_non_inferiority_gate("ni", *_paired(40, 0, 2), g)
     assert not worse.passed and worse.value < g.small_set_probability
 
@@ -73,11 +73,12 @@ def test_underpowered_actions_floors_and_require_rows_say_how_many_rows():
     cand, champ = _paired(40, 5, 2)
     floors = gates.sized_non_inferiority_gate("ni", cand, champ, GatesSpec(underpowered="floors"))
     needed = floors.details["power"]["more_rows_needed"]
-    assert floors.passed and floors.skipped and "the floors decide" in floors.reason
-    assert f"add {needed:,} golden rows" in floors.reason
+    assert floors.passed and floors.skipped and floors.details["underpowered"] == "floors"
+    assert floors.remedy.case == remedies.UNDERPOWERED and floors.reason.endswith(floors.remedy.action)
+    assert floors.details["power"]["rows_needed"] == 40 + needed
     blocked = gates.sized_non_inferiority_gate("ni", cand, champ, GatesSpec(underpowered="require_rows"))
-    assert not blocked.passed and f"add {needed:,} golden rows" in blocked.reason
-    assert "gates.underpowered: bayes" in blocked.reason
+    assert not blocked.passed and blocked.remedy.case == remedies.UNDERPOWERED
+    assert blocked.remedy.settings == ["gates.expected_difference", "gates.underpowered"]  # or decide by bayes
     off = gates.sized_non_inferiority_gate("ni", cand, champ, GatesSpec(expected_difference=None))
     assert not off.passed and "power" not in off.details  # the interval test whatever the size
 
@@ -99,7 +100,7 @@ def test_evaluate_gates_on_a_forty_row_golden_set_uses_the_rule():
                                                   champion_student=scores(champ))
     by = {g.name: g for g in out}
     assert passed and not first_run, [g.reason for g in out if not g.passed]
-    assert "small-set rule" in by["non_inferiority_teacher"].reason
+    assert by["non_inferiority_teacher"].details["underpowered"] == "bayes"  # the small-set rule
     assert by["non_inferiority_teacher"].details["power"]["n"] == 40
 
 
@@ -107,7 +108,7 @@ def test_a_candidate_shown_worse_fails_the_interval_test_whatever_the_size():
     cand, champ = _paired(40, 0, 12)  # 30 points worse: the whole interval below -margin
     gate = gates.sized_non_inferiority_gate("ni", cand, champ, GatesSpec())
     assert not gate.passed and gate.threshold == -0.01 and gate.details["upper"] < -0.01
-    assert gate.details["power"]["underpowered"] and "small-set" not in gate.reason
+    assert gate.details["power"]["underpowered"] and "posterior_not_worse" not in gate.details
 
 
 def test_below_small_set_min_rows_the_gate_fails_and_says_how_many_rows():
@@ -124,7 +125,7 @@ def test_below_small_set_min_rows_the_gate_fails_and_says_how_many_rows():
     assert blocked.reason.endswith(blocked.remedy.action)
     # at the minimum the rule decides again (120 rows, still underpowered), and a 1,000-row set never gets here
     decided = gates.sized_non_inferiority_gate("ni", *_paired(120, 15, 3), g)
-    assert decided.passed and "small-set rule (gates.underpowered: bayes)" in decided.reason
+    assert decided.passed and decided.details["underpowered"] == "bayes"  # the small-set rule
     assert decided.details["power"]["underpowered"]
     powered = gates.sized_non_inferiority_gate("ni", *_paired(1000, 60, 50), g)
     assert "small_set_min_rows" not in powered.details and not powered.details["power"]["underpowered"]

@@ -54,8 +54,8 @@ def test_decide_skips_a_snapshot_a_finished_run_trained_on(spec):
     decision = steps.decide(spec, run, IngestResult(snapshot_id="s1", new_rows=500),
                             DriftResult(first_run=True, new_rows=500))
     assert not decision.retrain and decision.triggers == []
-    assert decision.reasons[0].startswith("Skipped: already trained on snapshot s1 (run retrain-r0:")
-    assert steps.verdict_line(decision).startswith("SKIP: Skipped: already trained")
+    assert decision.already_trained and decision.snapshot_id == "s1"
+    assert steps.verdict_line(decision) == "SKIP: " + "; ".join(decision.reasons)
     forced = steps.decide(spec, run_context(spec, force_retrain=True), IngestResult(snapshot_id="s1", new_rows=500),
                           DriftResult(first_run=True, new_rows=500))
     assert forced.retrain and forced.triggers == ["forced"]

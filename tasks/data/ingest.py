@@ -49,6 +49,7 @@ from tasks.data.readers import Unparseable
 from tasks.data.validation import (CONFLICTING, UNKNOWN_LABEL, UNPARSEABLE_FILE, UNREADABLE, UNSUPPORTED_FORMAT, Bad,
                                    LabelMap, unknown_label_hint, validate_chunk)
 from tasks.errors import DataRejected, InfrastructureError
+from tasks.manifests import BatchStats, SnapshotBatch, SnapshotManifest
 from tasks.spec import PipelineSpec, load_spec
 
 log = logging.getLogger("tasks.data.ingest")
@@ -56,9 +57,7 @@ log = logging.getLogger("tasks.data.ingest")
 IngestError = DataRejected  # the name this stage's rejections had before tasks/errors.py
 
 # The batch statistics kept in the snapshot manifest and the batch record (and read back by a recovery).
-BATCH_STATS = ("files_ingested", "files_count", "files_read", "empty_files", "rows_read", "quarantined_rows",
-               "quarantined_files", "quarantine_reasons", "quarantine_uri", "duplicates_removed",
-               "contaminated_removed")
+BATCH_STATS = BatchStats.KEPT
 
 
 @dataclass
@@ -125,22 +124,22 @@ class Batch:
         """The files the batch record names as processed: all but those that could not be read this time."""
         return [f.record() for f in recorded(self.files)]
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "batch_id": self.batch_id,
-            "files_ingested": self.read[:200],
-            "files_count": len(self.files),
-            "files_read": len(self.read),
-            "empty_files": len(self.empty),
-            "empty_file_keys": self.empty[:200],
-            "rows_read": self.rows_read,
-            "quarantined_rows": self.quarantine.row_count,
-            "quarantined_files": len(self.quarantine.files),
-            "quarantine_reasons": self.quarantine.reasons(),
-            "quarantine_uri": self.quarantine_uri,
-            "duplicates_removed": self.duplicates,
-            "contaminated_removed": self.contaminated,
-        }
+    def stats(self) -> BatchStats:
+        return BatchStats(
+            batch_id=self.batch_id,
+            files_ingested=self.read[:200],
+            files_count=len(self.files),
+            files_read=len(self.read),
+            empty_files=len(self.empty),
+            empty_file_keys=self.empty[:200],
+            rows_read=self.rows_read,
+            quarantined_rows=self.quarantine.row_count,
+            quarantined_files=len(self.quarantine.files),
+            quarantine_reasons=self.quarantine.reasons(),
+            quarantine_uri=self.quarantine_uri,
+            duplicates_removed=self.duplicates,
+            contaminated_removed=self.contaminated,
+        )
 
     def resolve(self, parent: "snapshots.StoredKeys | None", names: list[str], golden: tuple[Any, Any]) -> None:
         """Exact duplicates (in the batch, or of a stored row) are dropped, keeping a text's first row; all new
@@ -520,25 +519,24 @@ def commit(spec: PipelineSpec, batch: Batch, new: NewPart, latest: dict[str, Any
     rows = total.rows
     label_counts = {name: parent.label_counts.get(name, 0) + new.label_counts[name] for name in spec.data.labels} \
         if parent is not None else new.label_counts
-    manifest = {
-        "snapshot_id": snapshot_id,
-        "pipeline": spec.name,
-        "content_hash": digest,
-        "content_sum": total.encode(),
-        "parent": latest["snapshot_id"] if latest else None,
-        "parts": parent_manifest.get("parts", []) + [part],
-        "rows": rows,
-        "new_rows": new.rows,
-        "label_counts": label_counts,
-        "split_counts": _add_counts(parent.split_counts, new.split_counts) if parent is not None else new.split_counts,
-        "labels": spec.data.labels,
-        "batch": {"batch_id": batch.batch_id, "files": batch.records(),
-                  "label_counts": new.label_counts,
-                  **{k: stats[k] for k in BATCH_STATS}},
-        "sources": sorted({*parent_manifest.get("sources", []), *batch.read}),
+    manifest = SnapshotManifest(
+        snapshot_id=snapshot_id,
+        pipeline=spec.name,
+        content_hash=digest,
+        content_sum=total.encode(),
+        parent=latest["snapshot_id"] if latest else None,
+        parts=parent_manifest.get("parts", []) + [part],
+        rows=rows,
+        new_rows=new.rows,
+        label_counts=label_counts,
+        split_counts=_add_counts(parent.split_counts, new.split_counts) if parent is not None else new.split_counts,
+        labels=spec.data.labels,
+        batch=SnapshotBatch(batch_id=batch.batch_id, files=batch.records(), label_counts=new.label_counts,
+                            **stats.kept()),
+        sources=sorted({*parent_manifest.get("sources", []), *batch.read}),
         **golden_fields,
-        "created_at": storage.utcnow(),
-    }
+        created_at=storage.utcnow(),
+    )
     snapshot_uri = snapshots.write_manifest(where, manifest)
     pointer = {"snapshot_id": snapshot_id, "snapshot_uri": snapshot_uri, "rows": rows,
                "updated_at": storage.utcnow()}
@@ -547,15 +545,15 @@ def commit(spec: PipelineSpec, batch: Batch, new: NewPart, latest: dict[str, Any
     except storage.PreconditionFailed:
         now, _ = snapshots.read_latest(where)
         if now and now["snapshot_id"] == snapshot_id:  # a concurrent ingest committed these same files first
-            return {**unchanged(now, base, reason="a concurrent ingest committed this snapshot"), **stats}
+            return {**unchanged(now, base, reason="a concurrent ingest committed this snapshot"), **stats.dump()}
         # Transient: a retry reads the new pointer and ingests on top of it.
         raise InfrastructureError(f"another ingest moved {snapshots.latest_uri(where)} while this one ran; "
                                   f"rerun to pick up its snapshot") from None
     snapshots.record_batch(where, batch.batch_id, batch.records(), snapshot_id, stats)
     log.info("snapshot %s: %d rows (%d new) from %d file(s)", snapshot_id, rows, new.rows, len(batch.read))
     extra = {"snapshot_id": snapshot_id, "snapshot_uri": snapshot_uri, "total_rows": rows, "new_rows": new.rows}
-    return {**base, **stats, **extra, "changed": True, "parent_snapshot_id": manifest["parent"],
-            "label_counts": manifest["label_counts"], "asset_extra": extra}
+    return {**base, **stats.dump(), **extra, "changed": True, "parent_snapshot_id": manifest.parent,
+            "label_counts": manifest.label_counts, "asset_extra": extra}
 
 
 def golden_changed(manifest: dict[str, Any] | None, golden: dict[str, Any]) -> bool:
@@ -602,15 +600,15 @@ def remove_golden_rows(spec: PipelineSpec, latest: dict[str, Any], latest_etag: 
     change = {"from": manifest["golden_id"], "from_uri": manifest.get("golden_uri"), "to": golden["golden_id"],
               "to_uri": golden["golden_uri"], "removed_rows": removed, "removed_by_batch": by_batch,
               "rewritten_parts": rewritten}
-    new = {
-        "snapshot_id": snapshots.snapshot_id_of(digest, golden["golden_id"], fields.get("golden_generation", 0)),
-        "pipeline": spec.name, "content_hash": digest, "content_sum": total.encode(),
-        "parent": manifest["snapshot_id"], "parts": parts, "rows": total.rows, "new_rows": 0,
-        "label_counts": labels, "split_counts": splits, "labels": manifest.get("labels", names),
-        "sources": manifest.get("sources", []), **fields, "golden_changed": change, "created_at": storage.utcnow(),
-    }
+    new = SnapshotManifest(
+        snapshot_id=snapshots.snapshot_id_of(digest, golden["golden_id"], fields.get("golden_generation", 0)),
+        pipeline=spec.name, content_hash=digest, content_sum=total.encode(),
+        parent=manifest["snapshot_id"], parts=parts, rows=total.rows, new_rows=0,
+        label_counts=labels, split_counts=splits, labels=manifest.get("labels", names),
+        sources=manifest.get("sources", []), **fields, golden_changed=change, created_at=storage.utcnow(),
+    )
     snapshot_uri = snapshots.write_manifest(where, new)
-    pointer = {"snapshot_id": new["snapshot_id"], "snapshot_uri": snapshot_uri, "rows": new["rows"],
+    pointer = {"snapshot_id": new.snapshot_id, "snapshot_uri": snapshot_uri, "rows": new.rows,
                "updated_at": storage.utcnow()}
     try:
         snapshots.move_latest(where, pointer, latest_etag)
@@ -621,10 +619,10 @@ def remove_golden_rows(spec: PipelineSpec, latest: dict[str, Any], latest_etag: 
         raise InfrastructureError(f"another ingest moved {snapshots.latest_uri(where)} while this one removed the "
                                   f"new golden set's rows; rerun to pick up its snapshot") from None
     log.info("golden set %s -> %s: snapshot %s without %d stored row(s) now in the golden set (%d part(s) "
-             "rewritten)", change["from"], change["to"], new["snapshot_id"], removed, len(rewritten))
-    extra = {"snapshot_id": new["snapshot_id"], "snapshot_uri": snapshot_uri, "total_rows": new["rows"],
+             "rewritten)", change["from"], change["to"], new.snapshot_id, removed, len(rewritten))
+    extra = {"snapshot_id": new.snapshot_id, "snapshot_uri": snapshot_uri, "total_rows": new.rows,
              "new_rows": 0}
-    return {**base, **extra, "changed": True, "parent_snapshot_id": new["parent"], "label_counts": labels,
+    return {**base, **extra, "changed": True, "parent_snapshot_id": new.parent, "label_counts": labels,
             "golden_changed": change, "asset_extra": extra,
             "reason": f"the golden set changed ({change['from']} -> {change['to']}): {removed} stored row(s) whose "
                       f"text is in the new set removed"}
@@ -639,14 +637,13 @@ def recover_unrecorded_batch(spec: PipelineSpec, latest: dict[str, Any], manifes
     committed = {(f["key"], f["etag"], int(f["size"])) for f in batch.get("files", [])}
     if not committed or committed != {f.identity for f in recorded(files)}:
         return None
-    stats = {k: batch.get(k) for k in BATCH_STATS if k in batch}
-    stats["batch_id"] = batch["batch_id"]
+    stats = BatchStats.read({**{k: batch[k] for k in BATCH_STATS if k in batch}, "batch_id": batch["batch_id"]})
     snapshots.record_batch(spec.layout.snapshots, batch["batch_id"], batch["files"], manifest["snapshot_id"], stats)
     log.info("recorded batch %s of snapshot %s (its run stopped before recording it)", batch["batch_id"],
              manifest["snapshot_id"])
     extra = {"snapshot_id": manifest["snapshot_id"], "snapshot_uri": latest["snapshot_uri"],
              "total_rows": manifest["rows"], "new_rows": manifest["new_rows"]}
-    return {**base, **stats, **extra, "changed": True, "parent_snapshot_id": manifest.get("parent"),
+    return {**base, **stats.dump(), **extra, "changed": True, "parent_snapshot_id": manifest.get("parent"),
             "label_counts": manifest["label_counts"], "recovered": True, "asset_extra": extra}
 
 
@@ -711,7 +708,7 @@ def run_ingest(spec: PipelineSpec, run_uri: str | None = None) -> dict[str, Any]
             snapshots.record_batch(layout.snapshots, batch.batch_id, batch.records(), latest["snapshot_id"],
                                    batch.stats())
             return finish(run_uri, {**(refreshed or unchanged(latest, base, reason="no new rows in the new files")),
-                                    **batch.stats()})
+                                    **batch.stats().dump()})
         result = commit(spec, batch, new, latest, latest_etag, latest_manifest, parent, golden, base)
         if refreshed:
             result["golden_changed"] = refreshed["golden_changed"]

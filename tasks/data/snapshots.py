@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from tasks import storage
 from tasks.errors import SpecInvalid
+from tasks.manifests import BatchRecord, BatchStats, SnapshotManifest
 
 log = logging.getLogger("tasks.data.snapshots")
 
@@ -39,7 +40,9 @@ def manifest_uri(snapshot_uri: str) -> str:
 
 
 def read_manifest(snapshot_uri: str) -> dict[str, Any]:
-    return storage.read_json(manifest_uri(snapshot_uri))
+    """The snapshot's manifest, validated (``SnapshotManifest.read``: an older manifest reads as it was written)
+    and handed on as its JSON."""
+    return SnapshotManifest.read(storage.read_json(manifest_uri(snapshot_uri))).dump()
 
 
 def check_labels(labels: list[str], manifest: dict[str, Any], what: str) -> None:
@@ -178,15 +181,16 @@ def processed_files(snapshots_uri: str) -> list[dict[str, Any]]:
     files: list[dict[str, Any]] = []
     for obj in storage.list_objects(batch_records_uri(snapshots_uri)):
         if obj.uri.endswith(".json"):
-            files.extend(storage.read_json(obj.uri).get("files", []))
+            files.extend(BatchRecord.read(storage.read_json(obj.uri)).dump().get("files", []))
     return files
 
 
 def record_batch(snapshots_uri: str, batch_id: str, files: list[dict[str, Any]], snapshot_id: str,
-                 stats: dict[str, Any]) -> None:
-    record = {"batch_id": batch_id, "files": files, "snapshot_id": snapshot_id, "recorded_at": storage.utcnow(),
-              **{k: v for k, v in stats.items() if k not in ("files_ingested", "empty_file_keys")}}
-    create(storage.join(batch_records_uri(snapshots_uri), f"{batch_id}.json"), json_bytes(record))
+                 stats: BatchStats) -> None:
+    kept = {k: v for k, v in stats.dump().items() if k not in ("files_ingested", "empty_file_keys")}
+    record = BatchRecord(**{"files": files, "snapshot_id": snapshot_id, "recorded_at": storage.utcnow(), **kept,
+                            "batch_id": batch_id})
+    create(storage.join(batch_records_uri(snapshots_uri), f"{batch_id}.json"), json_bytes(record.dump()))
 
 
 def part_path(batch_id: str) -> str:
@@ -230,10 +234,10 @@ def golden_fields(golden: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def write_manifest(snapshots_uri: str, manifest: dict[str, Any]) -> str:
+def write_manifest(snapshots_uri: str, manifest: SnapshotManifest) -> str:
     """The snapshot folder's manifest.json (create-only); returns the snapshot URI."""
-    snapshot_uri = storage.join(snapshots_uri, manifest["snapshot_id"])
-    create(manifest_uri(snapshot_uri), json_bytes(manifest))
+    snapshot_uri = storage.join(snapshots_uri, manifest.snapshot_id)
+    create(manifest_uri(snapshot_uri), json_bytes(manifest.dump()))
     return snapshot_uri
 
 

@@ -40,6 +40,7 @@ from tasks import cli, storage
 from tasks.data import snapshots
 from tasks.data.ingest import golden_array
 from tasks.errors import InfrastructureError, SpecInvalid
+from tasks.manifests import BatchRecord, SnapshotManifest
 from tasks.spec import load_spec
 
 log = logging.getLogger("tasks.data.withdraw")
@@ -83,13 +84,14 @@ def _part_totals(snapshots_uri: str, part: str, names: Sequence[str], tmp_dir: s
 
 def _batch_files(snapshots_uri: str, batch_id: str) -> list[dict[str, Any]]:
     try:
-        return storage.read_json(storage.join(snapshots.batch_records_uri(snapshots_uri), f"{batch_id}.json"))["files"]
+        record = storage.read_json(storage.join(snapshots.batch_records_uri(snapshots_uri), f"{batch_id}.json"))
+        return BatchRecord.read(record).dump()["files"]
     except storage.NotFound:
         return []
 
 
 def _new_manifest(spec, latest_manifest: dict[str, Any], parts: list[str], change: dict[str, Any],
-                  tmp_dir: str) -> dict[str, Any]:
+                  tmp_dir: str) -> SnapshotManifest:
     """The manifest of the latest snapshot with ``parts`` instead of its own; sums and counts are adjusted by the
     parts that leave or join (each read once), so the other parts are not read."""
     where, names = spec.layout.snapshots, list(spec.data.labels)
@@ -105,14 +107,14 @@ def _new_manifest(spec, latest_manifest: dict[str, Any], parts: list[str], chang
     sources = sorted({f["key"] for p in parts for f in _batch_files(where, snapshots.batch_of_part(p))})
     digest = total.hexdigest()
     golden = snapshots.golden_fields(latest_manifest)  # the same golden set as the latest snapshot
-    return {
-        "snapshot_id": snapshots.snapshot_id_of(digest, golden["golden_id"], golden.get("golden_generation", 0)),
-        "pipeline": spec.name, "content_hash": digest, "content_sum": total.encode(),
-        "parent": latest_manifest["snapshot_id"], "parts": parts, "rows": total.rows, "new_rows": 0,
-        "label_counts": labels, "split_counts": splits, **change, "sources": sources,
-        "labels": latest_manifest.get("labels", list(spec.data.labels)), **golden,
-        "created_at": storage.utcnow(),
-    }
+    return SnapshotManifest(
+        snapshot_id=snapshots.snapshot_id_of(digest, golden["golden_id"], golden.get("golden_generation", 0)),
+        pipeline=spec.name, content_hash=digest, content_sum=total.encode(),
+        parent=latest_manifest["snapshot_id"], parts=parts, rows=total.rows, new_rows=0,
+        label_counts=labels, split_counts=splits, **change, sources=sources,
+        labels=latest_manifest.get("labels", list(spec.data.labels)), **golden,
+        created_at=storage.utcnow(),
+    )
 
 
 def _move(spec, edit, change: dict[str, Any]) -> dict[str, Any] | None:
@@ -132,15 +134,15 @@ def _move(spec, edit, change: dict[str, Any]) -> dict[str, Any] | None:
                 raise SpecInvalid(f"withdrawing would leave pipeline {spec.name}'s snapshot empty; land data first")
             new = _new_manifest(spec, manifest, parts, change, tmp)
         snapshot_uri = snapshots.write_manifest(where, new)
-        pointer = {"snapshot_id": new["snapshot_id"], "snapshot_uri": snapshot_uri, "rows": new["rows"],
+        pointer = {"snapshot_id": new.snapshot_id, "snapshot_uri": snapshot_uri, "rows": new.rows,
                    "updated_at": storage.utcnow()}
         try:
             snapshots.move_latest(where, pointer, etag)
         except storage.PreconditionFailed:
             log.info("latest.json moved while withdrawing; redoing it on the new snapshot")
             continue
-        return {"snapshot_id": new["snapshot_id"], "snapshot_uri": snapshot_uri, "parent": manifest["snapshot_id"],
-                "rows": new["rows"]}
+        return {"snapshot_id": new.snapshot_id, "snapshot_uri": snapshot_uri, "parent": manifest["snapshot_id"],
+                "rows": new.rows}
     raise InfrastructureError(f"{snapshots.latest_uri(where)} kept moving ({MOVE_ATTEMPTS} tries); rerun")
 
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from tasks import storage
 from tasks.contracts import VERSION_MANIFEST
+from tasks.manifests import VersionManifest
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,8 @@ def event_extra(pipeline: str, pointer: dict[str, Any], event: str, manifest: di
 
 def extra_for(spec: Any, pointer: dict[str, Any], event: str, actor: str | None = None) -> dict[str, Any]:
     try:  # the manifest read directly (registry.read_manifest's path): the registry imports this module
-        manifest = storage.read_json(storage.join(spec.layout.version(pointer["version"]), VERSION_MANIFEST))
+        manifest = VersionManifest.read(storage.read_json(storage.join(spec.layout.version(pointer["version"]),
+                                                                        VERSION_MANIFEST))).dump()
     except storage.NotFound:
         manifest = {}
     return event_extra(spec.name, pointer, event, manifest, actor)

@@ -71,7 +71,7 @@ def decide(spec: Any, ingest_result: dict[str, Any] | None, drift_result: dict[s
 
 
 def _typed(model: type, raw: dict[str, Any] | None) -> Any:
-    return None if raw is None else model.model_validate({k: v for k, v in raw.items() if v is not None})
+    return None if raw is None else model.read({k: v for k, v in raw.items() if v is not None})
 
 
 @dataclass(frozen=True)

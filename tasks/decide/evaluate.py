@@ -34,11 +34,12 @@ from sklearn.metrics import confusion_matrix
 
 from tasks import cli, results, storage
 from tasks import metrics as metrics_mod
-from tasks.contracts import EvaluateResult, GateResult
+from tasks.contracts import ChampionComparison, EvaluateResult, GateResult
 from tasks.data import snapshots
 from tasks.decide import CandidateArgs, registry, remedies
 from tasks.decide import gates as gates_mod
 from tasks.errors import SpecInvalid
+from tasks.manifests import VersionManifest
 from tasks.spec import PipelineSpec, load_spec
 from tasks.train import modeling
 
@@ -174,7 +175,7 @@ def champion_trained_rows(champion_uri: str, golden_df: Any, golden_uri: str, sn
     none = np.zeros(len(golden_df), dtype=bool)
     info: dict[str, Any] = {"champion_uri": champion_uri, "looked": False}
     try:
-        version = storage.read_json(storage.join(champion_uri, registry.MANIFEST))
+        version = VersionManifest.read(storage.read_json(storage.join(champion_uri, registry.MANIFEST))).dump()
     except storage.NotFound:
         version = {}
     info["champion_version"] = version.get("version")
@@ -354,7 +355,7 @@ def read_inputs(spec: PipelineSpec, snapshot_uri: str, golden: str | None, champ
 
 
 def compare_rows(spec: PipelineSpec, inputs: Inputs, preds: dict[str, np.ndarray]
-                 ) -> tuple[gates_mod.ChampionRows | None, dict[str, Any] | None]:
+                 ) -> tuple[gates_mod.ChampionRows | None, ChampionComparison | None]:
     """The golden rows the champion comparisons use (None: all) and ``champion_comparison`` (None: no champion)."""
     if not inputs.champion_uri:
         return None, None
@@ -364,23 +365,25 @@ def compare_rows(spec: PipelineSpec, inputs: Inputs, preds: dict[str, np.ndarray
         champion_rows = gates_mod.ChampionRows(
             ~inputs.trained, f"whose text the champion {looked.get('champion_version') or inputs.champion_uri} "
                              f"trained on, as a train row of its snapshot {looked.get('champion_snapshot_id')}")
-    comparison = {**gates_mod.champion_comparison(spec.gates, len(inputs.golden_df), champion_rows), **looked}
+    accuracy = {}
     if champion_rows is not None:
         keep = champion_rows.keep
-        comparison["compared_accuracy"] = {name: round(float(np.mean(pred[keep] == y_true[keep])), 4)
-                                           for name, pred in preds.items()} if keep.any() else {}
-    log.info("champion comparison on %d of %d golden rows%s%s", comparison["compared_rows"],
-             comparison["golden_rows"],
-             (f" ({comparison['excluded_rows']} {champion_rows.why} left out"
-              f"{'; too few left: not compared' if comparison['too_few'] else ''})" if champion_rows is not None
+        accuracy["compared_accuracy"] = {name: round(float(np.mean(pred[keep] == y_true[keep])), 4)
+                                         for name, pred in preds.items()} if keep.any() else {}
+    comparison = gates_mod.champion_comparison(spec.gates, len(inputs.golden_df), champion_rows, **looked,
+                                               **accuracy)
+    log.info("champion comparison on %d of %d golden rows%s%s", comparison.compared_rows,
+             comparison.golden_rows,
+             (f" ({comparison.excluded_rows} {champion_rows.why} left out"
+              f"{'; too few left: not compared' if comparison.too_few else ''})" if champion_rows is not None
               else ""),
-             f"; {comparison['note']}" if comparison.get("note") else "")
+             f"; {comparison.note}" if comparison.note else "")
     return champion_rows, comparison
 
 
 def write_reports(spec: PipelineSpec, run_uri: str, out_uri: str, inputs: Inputs, scored: dict[str, Any],
                   pngs: dict[str, str], champion_rows: gates_mod.ChampionRows | None,
-                  comparison: dict[str, Any] | None, passed: bool, first_run: bool,
+                  comparison: ChampionComparison | None, passed: bool, first_run: bool,
                   gate_list: list[gates_mod.Gate]) -> EvaluateResult:
     """metrics.json, gate_report.json and .md; the result (the small XCom) that points at them."""
     labels, golden_uri, snapshot_uri, champion_uri = (spec.data.labels, inputs.golden_uri, inputs.snapshot_uri,
@@ -394,14 +397,15 @@ def write_reports(spec: PipelineSpec, run_uri: str, out_uri: str, inputs: Inputs
     left_out = [] if champion_rows is None else np.flatnonzero(~champion_rows.keep).tolist()
     storage.write_json(storage.join(out_uri, "metrics.json"),
                        {"labels": labels, "golden_uri": golden_uri, "snapshot_uri": snapshot_uri,
-                        "champion_uri": champion_uri, "champion_comparison": comparison,
+                        "champion_uri": champion_uri,
+                        "champion_comparison": comparison.dump() if comparison else None,
                         "champion_left_out_rows": left_out,  # positions in the golden set's data.parquet
                         "models": scored})
     storage.write_json(report_uri, {
         "pipeline": spec.name, "run_uri": run_uri, "passed": passed, "first_run": first_run, "failed_gates": failed,
         "gates": [g.to_dict() for g in gate_list], "thresholds": spec.gates.model_dump(mode="json"),
         "golden_uri": golden_uri, "snapshot_uri": snapshot_uri, "champion_uri": champion_uri, "metrics": summary,
-        "champion_comparison": comparison, "confusion_matrices": pngs})
+        "champion_comparison": comparison.dump() if comparison else None, "confusion_matrices": pngs})
     storage.write_text(report_md_uri, gates_mod.render_markdown(spec.name, run_uri, passed, first_run, gate_list,
                                                                summary, comparison))
     return EvaluateResult(

@@ -25,7 +25,7 @@ from scipy.optimize import brentq
 from scipy.stats import binomtest, false_discovery_control, norm
 
 from tasks import metrics
-from tasks.contracts import GateResult, Remedy
+from tasks.contracts import ChampionComparison, GateResult, Remedy
 from tasks.decide import remedies
 
 
@@ -498,36 +498,36 @@ class ChampionRows:
     why: str
 
 
-def champion_comparison(gates_spec: Any, golden_rows: int, champion_rows: ChampionRows | None) -> dict[str, Any]:
+def champion_comparison(gates_spec: Any, golden_rows: int, champion_rows: ChampionRows | None,
+                        **looked: Any) -> ChampionComparison:
     """How many golden rows the comparisons with the champion use, how many are left out and why, and whether too
     few remain to compare at all: fewer than ``gates.class_recall_min_support``, the fewest golden rows on which
     the gates let a paired comparison (one class's recall) decide anything; a golden set with no rows left out
-    is compared whatever its size (non-inferiority sizes itself to it: tasks/decide/power.py)."""
+    is compared whatever its size (non-inferiority sizes itself to it: tasks/decide/power.py). ``looked``: what
+    evaluate read to know which rows the champion trained on (ChampionComparison's other fields)."""
     kept = golden_rows if champion_rows is None else int(np.count_nonzero(champion_rows.keep))
     excluded = golden_rows - kept
     minimum = int(gates_spec.class_recall_min_support)
-    out = {"golden_rows": golden_rows, "compared_rows": kept, "excluded_rows": excluded,
-           "min_compared_rows": minimum, "too_few": bool(excluded and kept < minimum)}
-    if excluded:
-        out["why"] = champion_rows.why
-    return out
+    why = {"why": champion_rows.why} if excluded else {}
+    return ChampionComparison(golden_rows=golden_rows, compared_rows=kept, excluded_rows=excluded,
+                              min_compared_rows=minimum, too_few=bool(excluded and kept < minimum), **why, **looked)
 
 
-def compared_on(comparison: dict[str, Any]) -> str:
+def compared_on(comparison: ChampionComparison) -> str:
     """The phrase a champion comparison's reason starts with, when rows were left out of it ("" otherwise)."""
-    if not comparison["excluded_rows"]:
+    if not comparison.excluded_rows:
         return ""
-    return (f"on {comparison['compared_rows']} of {comparison['golden_rows']} golden rows (left out: "
-            f"{comparison['excluded_rows']} {comparison['why']})")
+    return (f"on {comparison.compared_rows} of {comparison.golden_rows} golden rows (left out: "
+            f"{comparison.excluded_rows} {comparison.why})")
 
 
-def _on_kept_rows(gate: Gate, comparison: dict[str, Any]) -> Gate:
+def _on_kept_rows(gate: Gate, comparison: ChampionComparison) -> Gate:
     """A champion comparison made on fewer than all golden rows: its reason and details say so."""
-    if not comparison["excluded_rows"]:
+    if not comparison.excluded_rows:
         return gate
     keys = ("golden_rows", "compared_rows", "excluded_rows", "why")
     return gate.model_copy(update={"reason": f"{compared_on(comparison)}: {gate.reason}",
-                                   "details": {**gate.details, **{k: comparison[k] for k in keys}}})
+                                   "details": {**gate.details, **{k: getattr(comparison, k) for k in keys}}})
 
 
 def with_remedy(gate: Gate, remedy: Remedy) -> Gate:
@@ -586,18 +586,18 @@ class _Compared:
     """The golden rows the champion comparisons use: ``comparison`` (champion_comparison), ``keep`` (None: all)
     and ``too_few``, why none are compared ("" when they are)."""
 
-    comparison: dict[str, Any]
+    comparison: ChampionComparison
     keep: np.ndarray | None
     too_few: str
 
     @classmethod
     def of(cls, g: Any, y_true: np.ndarray, champion_rows: ChampionRows | None) -> _Compared:
         comparison = champion_comparison(g, len(y_true), champion_rows)
-        keep = champion_rows.keep if comparison["excluded_rows"] else None
-        too_few = (f"only {comparison['compared_rows']} of {comparison['golden_rows']} golden rows left (left out: "
-                   f"{comparison['excluded_rows']} {comparison.get('why')}), fewer than "
-                   f"gates.class_recall_min_support ({comparison['min_compared_rows']})"
-                   if comparison["too_few"] else "")
+        keep = champion_rows.keep if comparison.excluded_rows else None
+        too_few = (f"only {comparison.compared_rows} of {comparison.golden_rows} golden rows left (left out: "
+                   f"{comparison.excluded_rows} {comparison.why}), fewer than "
+                   f"gates.class_recall_min_support ({comparison.min_compared_rows})"
+                   if comparison.too_few else "")
         return cls(comparison, keep, too_few)
 
     def kept(self, values: np.ndarray) -> np.ndarray:
@@ -693,7 +693,7 @@ def student_checks(g: Any, y_true: np.ndarray, teacher: ModelScores, student: Mo
 
 
 def render_markdown(pipeline: str, run_uri: str, passed: bool, first_run: bool, gates: Sequence[Gate],
-                    metrics_summary: dict[str, Any], champion_comparison: dict[str, Any] | None = None) -> str:
+                    metrics_summary: dict[str, Any], champion_comparison: ChampionComparison | None = None) -> str:
     lines = [f"# Gate report: {pipeline}", "", f"- run: `{run_uri}`",
              f"- verdict: **{'PASSED' if passed else 'FAILED'}**"]
     if first_run:
@@ -722,22 +722,25 @@ def render_markdown(pipeline: str, run_uri: str, passed: bool, first_run: bool, 
     return "\n".join(lines) + "\n"
 
 
-def comparison_lines(comparison: dict[str, Any] | None) -> list[str]:
-    """The gate report's line on golden rows left out of the champion comparison (none when none were)."""
-    if not comparison or not comparison.get("excluded_rows"):
+def comparison_lines(comparison: ChampionComparison | dict[str, Any] | None) -> list[str]:
+    """The gate report's line on golden rows left out of the champion comparison (none when none were); a dict
+    is a stored one (the model card reads it from the evaluate result's JSON)."""
+    if isinstance(comparison, dict):
+        comparison = ChampionComparison.read(comparison)
+    if comparison is None or not comparison.excluded_rows:
         return []
-    n, kept, excluded = comparison["golden_rows"], comparison["compared_rows"], comparison["excluded_rows"]
-    left_out = f"{excluded} golden rows {comparison['why']}"
-    if comparison.get("too_few"):
+    n, kept, excluded = comparison.golden_rows, comparison.compared_rows, comparison.excluded_rows
+    left_out = f"{excluded} golden rows {comparison.why}"
+    if comparison.too_few:
         line = (f"- **champion not compared:** once the {left_out} are left out, only {kept} of {n} remain, fewer "
-                f"than gates.class_recall_min_support ({comparison['min_compared_rows']}); non-inferiority, "
+                f"than gates.class_recall_min_support ({comparison.min_compared_rows}); non-inferiority, "
                 f"per-class recall and the champion's retention are skipped. The floors, the baselines and the "
                 f"candidates' own checks use all {n} rows.")
     else:
         line = (f"- **champion compared on {kept} of {n} golden rows:** the {left_out} are left out of "
                 f"non-inferiority, per-class recall and the champion's retention (its score on them is "
                 f"optimistic). The floors, the baselines and the candidates' own checks use all {n} rows.")
-    accuracy = comparison.get("compared_accuracy") or {}
+    accuracy = comparison.compared_accuracy or {}
     if accuracy:
         line += f" Accuracy on the {kept} compared rows: " + ", ".join(
             f"{name} {value:.4f}" for name, value in accuracy.items()) + "."

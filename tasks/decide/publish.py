@@ -39,6 +39,7 @@ from tasks import __version__, cli, results, storage
 from tasks.contracts import EvaluateResult, PublishResult
 from tasks.data import snapshots
 from tasks.decide import CandidateArgs, approval as approvals, model_card, registry, remedies, serving
+from tasks.manifests import VersionManifest
 from tasks.spec import PipelineSpec, dump, load_spec
 
 log = logging.getLogger(__name__)
@@ -189,37 +190,36 @@ def assemble(spec: PipelineSpec, state: dict[str, str], run_uri: str, snapshot_u
     triton = serving.publish_triton(spec, out, version, exports, spec.data.labels)
 
     frozen = dump(spec)
-    manifest = {
-        "version": version,
-        "pipeline": spec.name,
-        "created_at": storage.utcnow(),
-        "snapshot_id": snapshot["snapshot_id"],
-        "snapshot_uri": snapshot_uri,
-        "golden_uri": evaluation.golden_uri,
-        "parent_champion": expected_champion,
-        "code_version": inputs.code_version,
-        "image": inputs.image,
-        "parameters": {k: frozen[k] for k in ("model", "train", "student", "gates")} | {
+    manifest = VersionManifest(
+        version=version,
+        pipeline=spec.name,
+        created_at=storage.utcnow(),
+        snapshot_id=snapshot["snapshot_id"],
+        snapshot_uri=snapshot_uri,
+        golden_uri=evaluation.golden_uri,
+        parent_champion=expected_champion,
+        code_version=inputs.code_version,
+        image=inputs.image,
+        parameters={k: frozen[k] for k in ("model", "train", "student", "gates")} | {
             "labels": frozen["data"]["labels"]},
-        "run_uri": run_uri,
-        "training": run_training(run_uri),  # full or incremental, and why
-        "sources": {"teacher": teacher_uri, "student": student_uri, "evaluation": evaluation_uri,
-                    "exports": exports},
-        "exports": {name: f"exports/{name}/" for name in exports},
-        "model_cards": {role: f"{role}/{model_card.CARD}" for role in cards},
-        "serving": {"huggingface": {role: f"{role}/" for role in cards}, "triton": triton},
-        "evaluation": evaluation.model_dump(mode="json", include={
+        run_uri=run_uri,
+        training=run_training(run_uri),  # full or incremental, and why
+        sources={"teacher": teacher_uri, "student": student_uri, "evaluation": evaluation_uri, "exports": exports},
+        exports={name: f"exports/{name}/" for name in exports},
+        model_cards={role: f"{role}/{model_card.CARD}" for role in cards},
+        serving={"huggingface": {role: f"{role}/" for role in cards}, "triton": triton},
+        evaluation=evaluation.model_dump(mode="json", include={
             "passed", "first_run", "failed_gates", "gates", "metrics", "report_uri", "report_md_uri",
             "champion_comparison"}),
-        "files": dict(sorted(out.files.items())),
-    }
+        files=dict(sorted(out.files.items())),
+    )
     if approval is not None:  # the person's answer, when the spec asked for one (tasks/decide/approval.py)
-        manifest["approval"] = approval
+        manifest.approval = approval
     what_would_change = run_remedies(run_uri, evaluation)
     if what_would_change:  # what setting or data would change the outcome (tasks/decide/remedies.py)
-        manifest["remedies"] = what_would_change
+        manifest.remedies = what_would_change
     try:
-        storage.write_json(storage.join(vuri, registry.MANIFEST), manifest, if_none_match=True)
+        storage.write_json(storage.join(vuri, registry.MANIFEST), manifest.dump(), if_none_match=True)
     except storage.PreconditionFailed:
         pass  # an earlier attempt of this run finished the manifest; verification decides
     return cards
@@ -243,7 +243,7 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, eva
     run_uri = storage.normalize(run_uri)
     snapshot_uri = storage.normalize(snapshot_uri)
     spec = load_spec(storage.join(run_uri, "spec.json"))
-    evaluation = EvaluateResult.model_validate(storage.read_json(storage.normalize(evaluation_uri)))
+    evaluation = EvaluateResult.read(storage.read_json(storage.normalize(evaluation_uri)))
     state = version_for_run(run_uri)
     version = state["version"]
     vuri = registry.version_uri(spec, version)

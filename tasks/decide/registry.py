@@ -45,6 +45,7 @@ from tasks import cli, storage
 from tasks.contracts import VERSION_MANIFEST
 from tasks.decide import champion_events, serving
 from tasks.errors import GateFailed, InfrastructureError, SpecInvalid
+from tasks.manifests import VersionManifest
 from tasks.spec import PipelineSpec, load_spec
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def version_uri(spec: PipelineSpec, version: str) -> str:
 
 def read_manifest(spec: PipelineSpec, version: str) -> dict[str, Any]:
     try:
-        return storage.read_json(storage.join(version_uri(spec, version), MANIFEST))
+        return VersionManifest.read(storage.read_json(storage.join(version_uri(spec, version), MANIFEST))).dump()
     except storage.NotFound:
         raise RegistryError(f"version {version} has no manifest (unknown or incomplete)") from None
 

@@ -157,7 +157,7 @@ def refused_publish(run_uri: str) -> PublishResult | None:
     candidate was gated; a version that failed verification): published, not promoted, with the reason. None
     when publish failed before that (storage down): the run failed during publishing and may be redone."""
     uri = storage.join(run_uri, TaskIds.PUBLISH, "result.json")
-    return PublishResult.model_validate(storage.read_json(uri)) if storage.exists(uri) else None
+    return PublishResult.read(storage.read_json(uri)) if storage.exists(uri) else None
 
 
 def record_trained(run: RunContext, summary: dict[str, Any]) -> None:

@@ -26,7 +26,7 @@ def validated(task_id: str, result: Result | dict | None) -> Result | None:
     if result is None or isinstance(result, model):
         return result
     try:
-        return model.model_validate(result)
+        return model.read(result)
     except ValidationError as exc:
         raise MalformedResult(f"the {task_id} result does not match {model.__name__}: {exc}") from exc
 
@@ -64,10 +64,10 @@ def _evaluation_lines(metrics: dict[str, Any]) -> dict[str, Any]:
 def _left_out(evaluation: Result | None) -> dict[str, Any]:
     """Golden rows left out of the comparison with the champion (it trained on their texts), only when some
     were."""
-    comparison = getattr(evaluation, "champion_comparison", None) or {}
-    if not comparison.get("excluded_rows"):
+    comparison = getattr(evaluation, "champion_comparison", None)
+    if comparison is None or not comparison.excluded_rows:
         return {}
-    return {"champion_comparison": {k: comparison.get(k) for k in (
+    return {"champion_comparison": {k: getattr(comparison, k) for k in (
         "golden_rows", "compared_rows", "excluded_rows", "too_few", "why")}}
 
 

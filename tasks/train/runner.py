@@ -63,7 +63,7 @@ class Recipe:
     trainer_cls: type | None = None  # None: transformers.Trainer, i.e. the model's own cross-entropy
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. DistillTrainer's teacher and alpha
     exports: Sequence[str] = ()  # CPU-serving exports of the trained model (tasks.train.export)
-    result: dict[str, Any] = field(default_factory=dict)  # stage-specific TrainResult fields
+    result: dict[str, Any] = field(default_factory=dict)  # stage-specific TrainResult fields, each declared there
     note: str = ""  # one line for the log
     learning_rate_source: str = "spec"  # "spec", "champion <version>" (its recorded rate); "search" is the runner's
     # Called with the tokenized train split once the batch is planned (distill: the teacher cache), as
@@ -79,7 +79,7 @@ class Prepared:
 
     train_set: Any
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
-    result: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)  # TrainResult fields (declared there: teacher_cache, ...)
 
 
 def run(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], Recipe]) -> int:
