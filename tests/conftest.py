@@ -21,6 +21,14 @@ from tasks.cli import set_offline_env  # noqa: E402
 
 set_offline_env()
 
+# One OpenMP thread in every test process and in what they start (stage subprocesses, dag.test(), the live
+# Airflow's tasks), before torch is imported: `make test` runs 2 workers on 2 cores, each with a stage subprocess
+# or a scheduler beside it, and torch's default of one thread per core then leaves OpenMP threads spin-waiting for
+# each other: a tiny BERT's training steps ran 14x slower with 2 threads than with 1 on the loaded machine
+# (docs/architecture.md, "Test time"). The tests' models are tiny: more threads would not help them. An
+# OMP_NUM_THREADS set by the caller wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # A private Airflow home with SQLite for this test session, set before anything imports airflow.
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="airflow-test-home-"))
 os.environ.update({
