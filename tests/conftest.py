@@ -75,7 +75,7 @@ def pytest_terminal_summary(terminalreporter):
 UNIT_FILES = {
     "test_cli_exit.py", "test_code_rules.py", "test_cost.py", "test_decide.py", "test_demo_lock.py", "test_docs.py",
     "test_formats.py", "test_fortunes_data.py", "test_gates.py", "test_golden_conflicts.py", "test_ingest_chunks.py",
-    "test_new_dataset.py", "test_remedies.py", "test_spec.py", "test_steps.py", "test_summary.py",
+    "test_new_dataset.py", "test_remedies.py", "test_spec.py", "test_steps.py", "test_summary.py", "test_uv_install.py",
 }
 SLOW_FILES = {"test_drift_nulls.py", "test_length_buckets.py"}  # unit tests, but many draws or a Trainer each
 E2E_FILES = {
