@@ -99,8 +99,9 @@ def file_tier(name: str) -> str | None:
 # The longest files (CI's --durations), then the other e2e files, the integration, slow and unit ones: the order
 # pytest-xdist hands out files in (`--no-loadscope-reorder`, Makefile), so that no long file starts last and runs
 # alone on one worker at the end. Files stay whole and keep their tests' order.
-LONGEST_FILES = ("test_live_airflow.py", "test_label_stop.py", "test_e2e_dag.py", "test_odd_triggers.py",
-                 "test_local_run.py")
+LONGEST_FILES = ("test_live_airflow.py", "test_local_run.py", "test_e2e_dag.py", "test_odd_triggers.py",
+                 "test_incremental.py", "test_label_stop.py", "test_gpu_efficiency_bench.py",
+                 "test_teacher_cache_ddp.py", "test_ddp.py")
 TIER_ORDER = ("e2e", "integration", "slow", None)
 
 
