@@ -21,6 +21,14 @@ from tasks.cli import set_offline_env  # noqa: E402
 
 set_offline_env()
 
+# One OpenMP thread in every test process and in what they start (stage subprocesses, dag.test(), the live
+# Airflow's tasks), before torch is imported: `make test` runs 2 workers on 2 cores, each with a stage subprocess
+# or a scheduler beside it, and torch's default of one thread per core then leaves OpenMP threads spin-waiting for
+# each other: a tiny BERT's training steps ran 14x slower with 2 threads than with 1 on the loaded machine
+# (docs/architecture.md, "Test time"). The tests' models are tiny: more threads would not help them. An
+# OMP_NUM_THREADS set by the caller wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # A private Airflow home with SQLite for this test session, set before anything imports airflow.
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="airflow-test-home-"))
 os.environ.update({
@@ -68,7 +76,7 @@ UNIT_FILES = {
     "test_cli_exit.py", "test_code_rules.py", "test_cost.py", "test_decide.py", "test_demo_lock.py", "test_docs.py",
     "test_formats.py", "test_fortunes_data.py", "test_gates.py", "test_golden_conflicts.py", "test_ingest_chunks.py",
     "test_new_dataset.py", "test_remedies.py", "test_spec.py", "test_steps.py", "test_summary.py",
-    "test_records.py",
+    "test_records.py", "test_uv_install.py",
 }
 SLOW_FILES = {"test_drift_nulls.py", "test_length_buckets.py"}  # unit tests, but many draws or a Trainer each
 E2E_FILES = {
@@ -92,8 +100,9 @@ def file_tier(name: str) -> str | None:
 # The longest files (CI's --durations), then the other e2e files, the integration, slow and unit ones: the order
 # pytest-xdist hands out files in (`--no-loadscope-reorder`, Makefile), so that no long file starts last and runs
 # alone on one worker at the end. Files stay whole and keep their tests' order.
-LONGEST_FILES = ("test_live_airflow.py", "test_label_stop.py", "test_e2e_dag.py", "test_odd_triggers.py",
-                 "test_local_run.py")
+LONGEST_FILES = ("test_live_airflow.py", "test_local_run.py", "test_e2e_dag.py", "test_odd_triggers.py",
+                 "test_incremental.py", "test_label_stop.py", "test_gpu_efficiency_bench.py",
+                 "test_teacher_cache_ddp.py", "test_ddp.py")
 TIER_ORDER = ("e2e", "integration", "slow", None)
 
 

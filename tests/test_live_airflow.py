@@ -171,7 +171,7 @@ def airflow(tmp_path_factory, bucket, moto_server, tiny_model_dir, smtp, hook):
             "RETRAIN_STAGE_MODE": "local",
             # The one way the stages get S3 credentials and endpoint: the Airflow connection (compose does same).
             "AIRFLOW_CONN_AWS_DEFAULT": f"aws://testing:testing@/?endpoint_url={endpoint}&region_name=us-east-1",
-            **OFFLINE_ENV, "OMP_NUM_THREADS": "2",
+            **OFFLINE_ENV, "OMP_NUM_THREADS": "1",
             "AIRFLOW_CONN_SMTP_TEST": smtp.conn_json(),
             "AIRFLOW_CONN_RETRAIN_WEBHOOK": json.dumps({"conn_type": "http", "password": WEBHOOK_SECRET,
                                                         "host": f"http://127.0.0.1:{hook.port}/hooks/retrain"}),
