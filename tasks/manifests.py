@@ -25,18 +25,15 @@ from tasks.contracts import Record
 # ---------------------------------------------------------------- ingest: one batch
 
 
-class BatchStats(Record):
+class BatchCounts(Record):
     """What one ingest batch read and put aside (docs/data.md, "The counts add up"):
     ``rows_read = new_rows + quarantined_rows + duplicates_removed + contaminated_removed`` and
-    ``files_count = files_read + quarantined_files + empty_files``. In the ingest result; the snapshot manifest's
-    ``batch`` and the batch record keep them too (``KEPT``)."""
+    ``files_count = files_read + quarantined_files + empty_files``. The ingest result's statistics, the snapshot
+    manifest's ``batch`` and the batch record all carry them."""
 
-    batch_id: str
-    files_ingested: list[str] = []  # keys of the files read (first 200)
     files_count: int = 0
     files_read: int = 0
     empty_files: int = 0
-    empty_file_keys: list[str] = []  # keys of the zero-byte files (first 200): the result only
     rows_read: int = 0
     quarantined_rows: int = 0
     quarantined_files: int = 0
@@ -44,6 +41,15 @@ class BatchStats(Record):
     quarantine_uri: str | None = None
     duplicates_removed: int = 0
     contaminated_removed: int = 0
+
+
+class BatchStats(BatchCounts):
+    """One ingest batch's statistics, in the ingest result; the snapshot manifest's ``batch`` and the batch record
+    keep them too (``KEPT``)."""
+
+    batch_id: str
+    files_ingested: list[str] = []  # keys of the files read (first 200)
+    empty_file_keys: list[str] = []  # keys of the zero-byte files (first 200): the result only
 
     # The statistics kept in the snapshot manifest's batch (and read back by a recovery).
     KEPT: ClassVar[tuple[str, ...]] = ("files_ingested", "files_count", "files_read", "empty_files", "rows_read", "quarantined_rows",
@@ -65,7 +71,7 @@ class LandingFileRecord(Record):
     mtime: float | int | None = None
 
 
-class SnapshotBatch(Record):
+class SnapshotBatch(BatchCounts):
     """The snapshot manifest's ``batch``: the batch that made the snapshot, its files, its new rows' labels and
     its statistics (BatchStats.KEPT)."""
 
@@ -73,19 +79,9 @@ class SnapshotBatch(Record):
     files: list[LandingFileRecord] = []
     label_counts: dict[str, int] = {}
     files_ingested: list[str] = []
-    files_count: int = 0
-    files_read: int = 0
-    empty_files: int = 0
-    rows_read: int = 0
-    quarantined_rows: int = 0
-    quarantined_files: int = 0
-    quarantine_reasons: dict[str, int] = {}
-    quarantine_uri: str | None = None
-    duplicates_removed: int = 0
-    contaminated_removed: int = 0
 
 
-class BatchRecord(Record):
+class BatchRecord(BatchCounts):
     """``snapshots/<pipeline>/batches/<batch_id>.json``: a committed batch's files (they count as processed),
     the snapshot it went into, and its statistics (all but the key lists)."""
 
@@ -93,16 +89,6 @@ class BatchRecord(Record):
     files: list[LandingFileRecord] = []
     snapshot_id: str | None = None
     recorded_at: str | None = None
-    files_count: int = 0
-    files_read: int = 0
-    empty_files: int = 0
-    rows_read: int = 0
-    quarantined_rows: int = 0
-    quarantined_files: int = 0
-    quarantine_reasons: dict[str, int] = {}
-    quarantine_uri: str | None = None
-    duplicates_removed: int = 0
-    contaminated_removed: int = 0
 
 
 # ---------------------------------------------------------------- snapshots
