@@ -280,15 +280,27 @@ def fill_wheelhouse(wheelhouse: Path) -> bool:
     if stamp.exists() and stamp.read_text().strip() == wheelhouse_stamp():
         return False
     wheelhouse.mkdir(parents=True, exist_ok=True)
-    # The CPU torch wheel comes from PyTorch's index once; after that the wheelhouse itself offers it (its
-    # 2.13.0+cpu sorts above PyPI's 2.13.0), so a top-up needs only the ordinary index.
-    torch_index = ([] if any(wheelhouse.glob("torch-*+cpu-*.whl"))
-                   else ["--extra-index-url", "https://download.pytorch.org/whl/cpu"])
+    if not any(wheelhouse.glob("torch-*+cpu-*.whl")):
+        fetch_cpu_torch(wheelhouse)
+    # The wheelhouse's torch X+cpu sorts above PyPI's X, so the rest needs only pip's own index settings.
     run([sys.executable, "-m", "pip", "download", "-q", "--dest", str(wheelhouse), "--find-links", str(wheelhouse),
-         *torch_index, "-r", "requirements.txt", "-c", "constraints.txt", *WHEELHOUSE_EXTRAS],
+         "-r", "requirements.txt", "-c", "constraints.txt", *WHEELHOUSE_EXTRAS],
         timeout=1800, nice=True)
     stamp.write_text(wheelhouse_stamp() + "\n")
     return True
+
+
+def fetch_cpu_torch(wheelhouse: Path) -> None:
+    """The pinned torch as its CPU wheel (X+cpu), from pip's own settings first (a mirror or find-links folder
+    may hold it), else from PyTorch's CPU index. The order matters where that index is unreachable: pip, given
+    it as an extra index for every requirement, waited out its timeout and retries package by package."""
+    pin = next(line.strip() for line in (ROOT / "constraints.txt").read_text().splitlines()
+               if line.startswith("torch=="))
+    download = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--dest", str(wheelhouse),
+                "--timeout", "30", "--retries", "1", f"{pin}+cpu"]
+    if run(download, timeout=900, nice=True, check=False).returncode == 0:
+        return
+    run([*download, "--extra-index-url", "https://download.pytorch.org/whl/cpu"], timeout=1800, nice=True)
 
 
 class WheelhouseServer:
