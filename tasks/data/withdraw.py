@@ -153,7 +153,7 @@ def withdraw(spec, batch_ids: Sequence[str], reason: str, run_key: str | None = 
     wanted = set(batch_ids)
     present: list[str] = []
 
-    def edit(parts: list[str], manifest: dict[str, Any], tmp: str) -> list[str]:
+    def edit(parts: list[str], manifest: SnapshotManifest, tmp: str) -> list[str]:
         # By batch: after a re-freeze a batch's part may be a rewrite (parts/filtered/<id>/<batch_id>.parquet).
         present[:] = [p for p in parts if snapshots.batch_of_part(p) in wanted]
         return [p for p in parts if snapshots.batch_of_part(p) not in wanted]
@@ -189,7 +189,7 @@ def readmit(spec, batch_ids: Sequence[str], reason: str) -> dict[str, Any]:
                          snapshots.json_bytes({"batch_id": b, "reason": reason, "accepted_at": storage.utcnow()}))
     change = {"readmitted": {"batches": sorted(batch_ids), "reason": reason}}
 
-    def edit(parts: list[str], manifest: dict[str, Any], tmp: str) -> list[str]:
+    def edit(parts: list[str], manifest: SnapshotManifest, tmp: str) -> list[str]:
         present = {snapshots.batch_of_part(p) for p in parts}
         back = [b for b in batch_ids if b not in present]
         return parts + [_without_golden_rows(spec, snapshots.part_path(b), manifest, tmp, change["readmitted"])
@@ -199,12 +199,12 @@ def readmit(spec, batch_ids: Sequence[str], reason: str) -> dict[str, Any]:
     return {"readmitted": sorted(batch_ids), **_now_latest(where, moved), "reason": reason}
 
 
-def _without_golden_rows(spec, part: str, manifest: dict[str, Any], tmp: str, record: dict[str, Any]) -> str:
+def _without_golden_rows(spec, part: str, manifest: SnapshotManifest, tmp: str, record: dict[str, Any]) -> str:
     """The part to readmit: as ingested, unless the golden set was re-frozen since and holds some of its texts;
     then its rewrite without them (the rows of every part in a snapshot stay out of the golden set it names)."""
-    if not manifest.get("golden_generation"):  # never re-frozen: the part was checked against this very set
+    if not manifest.golden_generation:  # never re-frozen: the part was checked against this very set
         return part
-    texts = golden_array(manifest)
+    texts = golden_array(snapshots.golden_fields(manifest))
     hi, _ = snapshots.text_keys(texts)
     out = snapshots.filter_part(spec.layout.snapshots, part, texts, hi, list(spec.data.labels), tmp)
     if out is None:
@@ -212,7 +212,7 @@ def _without_golden_rows(spec, part: str, manifest: dict[str, Any], tmp: str, re
     record.setdefault("golden_removed_rows", {})[snapshots.batch_of_part(part)] = out.removed.rows
     if out.part is None:
         raise SpecInvalid(f"every row of batch {snapshots.batch_of_part(part)} is now in the golden set "
-                          f"{manifest.get('golden_id')}; there is nothing to readmit")
+                          f"{manifest.golden_id}; there is nothing to readmit")
     return out.part
 
 
