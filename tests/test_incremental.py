@@ -46,8 +46,7 @@ def test_a_night_small_against_the_history_trains_incrementally_and_says_why():
     training = Decision.model_validate(out).training
     assert training["mode"] == "incremental" and training["incremental_streak"] == 2
     assert training["estimated_rows"] == {"incremental": 2000, "full": 21_000}
-    assert "1,000 rows new since the champion's snapshot plus 1x as many older rows replayed" in \
-        training["reasons"][0]
+    assert training["new_rows"] == 1000 and training["replay_multiple"] == 1  # replayed: 1x the new rows
 
 
 def test_a_skip_has_no_training_kind():
