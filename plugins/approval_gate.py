@@ -104,8 +104,8 @@ class CandidateApprovalOperator(HITLOperator):
                         f"Override the failed gates of the {run.pipeline} candidate? "
                         f"({', '.join(evaluation.failed_gates)})")
         self.body = approvals.body(
-            pipeline=run.pipeline, kind=kind, evaluation=evaluation.dump(),
-            drift=DriftResult.read(drift).dump() if drift else None,
+            pipeline=run.pipeline, kind=kind, evaluation=evaluation,
+            drift=DriftResult.read(drift) if drift else None,
             reasons=Decision.read(decision).reasons if decision else [],
             champion=champion, registry_url=registry_ui.pipeline_url(base_url, run.pipeline),
             run_url=retrain_alerts.run_url(base_url, ti.dag_id, ti.run_id),

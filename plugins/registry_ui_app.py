@@ -144,7 +144,7 @@ def version_view(spec: PipelineSpec, version: str, champion: str | None) -> dict
     """One version: its manifest's headline, metrics with CIs, and its gate results (from the gate report)."""
     manifest = registry.read_manifest(spec, version)
     vuri = registry.version_uri(spec, version)
-    evaluation = manifest.get("evaluation") or {}
+    evaluation = manifest.evaluation
     report = _read_json(storage.join(vuri, "reports", "gate_report.json")) or {}
     full_metrics = _read_json(storage.join(vuri, "reports", "metrics.json"))
     summary = evaluation.get("metrics") or {}
@@ -162,25 +162,25 @@ def version_view(spec: PipelineSpec, version: str, champion: str | None) -> dict
         gates.append({"name": g.get("name"), "passed": g.get("passed"), "skipped": g.get("skipped", False),
                       "value": g.get("value"), "threshold": g.get("threshold"), "reason": g.get("reason", ""),
                       "ci": ci})
-    run_uri = manifest.get("run_uri") or ""
+    run_uri = manifest.run_uri or ""
     run_key = run_uri.rstrip("/").rsplit("/", 1)[-1] if run_uri.startswith(spec.layout.runs.rstrip("/") + "/") else None
     plots = sorted(f"confusion_{key}" for key in report.get("confusion_matrices") or {})
     return {
         "version": version,
         "champion": version == champion,
-        "created_at": manifest.get("created_at"),
-        "snapshot_id": manifest.get("snapshot_id"),
-        "parent_champion": manifest.get("parent_champion"),
-        "code_version": manifest.get("code_version"),
+        "created_at": manifest.created_at,
+        "snapshot_id": manifest.snapshot_id,
+        "parent_champion": manifest.parent_champion,
+        "code_version": manifest.code_version,
         "passed": evaluation.get("passed"),
         "first_run": evaluation.get("first_run"),
         "failed_gates": evaluation.get("failed_gates") or [],
-        "approval": _approval(manifest.get("approval")),
+        "approval": _approval(manifest.approval),
         "metrics": metrics,
         "gates": gates,
         "run_key": run_key,
-        "training": (manifest.get("training") or {}).get("mode"),  # full or incremental (train.retrain_mode)
-        "remedies": manifest.get("remedies") or [],  # what would change the outcome (tasks/decide/remedies.py)
+        "training": (manifest.training or {}).get("mode"),  # full or incremental (train.retrain_mode)
+        "remedies": manifest.remedies or [],  # what would change the outcome (tasks/decide/remedies.py)
         "samples": night_samples(spec, run_key),
         "confusion_plots": plots,
         "uri": vuri,

@@ -249,7 +249,7 @@ class Decision(Result):
     triggers: list[str] = []
     champion_snapshot_rows: int | None = None  # drift's reference_rows; None = unknown (absolute trigger only)
     retrain_fraction_rows: int | None = None  # decide.retrain_every_fraction of them, as new rows; None = off/unknown
-    # On a retrain: {mode: full|incremental, reasons, incremental_streak, new_rows, ...} (tasks/decide/retrain_policy.py)
+    # On a retrain: {mode: full|incremental, full_because, reasons, incremental_streak, ...} (tasks/decide/retrain_policy.py)
     training: dict[str, Any] | None = None
     # The settings and numbers the rule read (tasks/decide/decision.py), for the summary and the tests.
     min_new_rows: int | None = None

@@ -10,8 +10,9 @@ import pytest
 
 from decision_support import make_spec, write_snapshot
 from tasks import storage
-from tasks.contracts import Outcome
+from tasks.contracts import DriftResult, EvaluateResult, Outcome
 from tasks.decide import approval, publish, registry
+from tasks.manifests import VersionManifest
 from tasks.spec import parse_spec
 
 pytestmark = pytest.mark.timeout(80)
@@ -89,7 +90,8 @@ def test_the_question_body_carries_the_gate_report_intervals_drift_and_registry_
                     "student": {"golden_accuracy": 0.9}, "champion": {"teacher": {"golden_accuracy": 0.905}}}}
     drift = {"drift_detected": True, "summary": "1 of 5 checks drifted",
              "checks": {"length_ks": {"drifted": True, "statistic": 0.12, "threshold": 0.1}}}
-    text = approval.body(pipeline="sst2", kind="approval", evaluation=evaluation, drift=drift,
+    text = approval.body(pipeline="sst2", kind="approval", evaluation=EvaluateResult.read(evaluation),
+                         drift=DriftResult.read(drift),
                          reasons=["drift with 300 new rows"], champion="v1",
                          registry_url="http://af/retrain-registry/pipelines/sst2", timeout_minutes=60)
     assert "| non_inferiority_teacher | pass | -0.0040 | -0.0100 |" in text
@@ -97,8 +99,9 @@ def test_the_question_body_carries_the_gate_report_intervals_drift_and_registry_
     assert "DETECTED - 1 of 5 checks drifted" in text and "length_ks: statistic 0.1200" in text
     assert "(http://af/retrain-registry/pipelines/sst2)" in text and "drift with 300 new rows" in text
     assert "Champion now: `v1`" in text and "60 min" in text
-    override = approval.body(pipeline="sst2", kind="override", evaluation={**evaluation, "passed": False,
-                             "failed_gates": ["min_accuracy"]}, drift=None, reasons=[], champion=None,
+    override = approval.body(pipeline="sst2", kind="override", evaluation=EvaluateResult.read(
+                             {**evaluation, "passed": False, "failed_gates": ["min_accuracy"]}), drift=None,
+                             reasons=[], champion=None,
                              registry_url="http://af/r")
     assert "FAILED its gates** (min_accuracy)" in override and "reason is required" in override
     assert "no drift result" in override
@@ -152,7 +155,7 @@ def test_approved_candidate_is_promoted_and_the_audit_and_card_name_the_responde
     assert record["event"] == "promote-approved" and record["approved_by"] == "alice"
     assert record["approval"]["reason"] == "numbers look right"
     manifest = registry.read_manifest(spec, result["version"])
-    assert manifest["approval"]["responded_by"] == ALICE
+    assert manifest.approval["responded_by"] == ALICE
     card = storage.read_text(result["model_cards"]["student"])
     assert "## Approval" in card and "| answered by | alice |" in card and "numbers look right" in card
     assert registry.verify(spec, result["version"])["ok"]
@@ -165,7 +168,7 @@ def test_rejected_candidate_is_published_as_rejected_and_not_promoted(env):
     assert not result["promoted"] and result["approval"]["decision"] == approval.REJECTED
     assert approval.responder(result["approval"]) == "alice"
     assert registry.read_champion(spec) is None
-    assert registry.read_manifest(spec, result["version"])["approval"]["decision"] == "rejected"
+    assert registry.read_manifest(spec, result["version"]).approval["decision"] == "rejected"
     (record,) = registry.read_audit(spec)
     assert record["event"] == "rejected" and record["actor"] == "alice" and record["version"] == result["version"]
 
@@ -178,7 +181,7 @@ def test_overridden_failed_gate_is_promoted_and_marked_overridden_everywhere(env
     assert result["promoted"] and result["approval"]["decision"] == approval.OVERRIDDEN
     assert approval.responder(result["approval"]) == "alice"
     manifest = registry.read_manifest(spec, result["version"])
-    assert manifest["evaluation"]["passed"] is False and manifest["approval"]["decision"] == "overridden"
+    assert manifest.evaluation["passed"] is False and manifest.approval["decision"] == "overridden"
     (record,) = registry.read_audit(spec)
     assert record["event"] == "promote-overridden" and record["approved_by"] == "alice"
     card = storage.read_text(result["model_cards"]["teacher"])
@@ -204,7 +207,7 @@ def test_without_approval_publish_behaves_as_before(env):
     run = _evaluated_run(spec, "r1", True)
     result = publish.run(run, snap, model, model, storage.join(run, "evaluate", "result.json"), None).dump()
     assert result["promoted"] and result["approval"] is None
-    assert "approval" not in registry.read_manifest(spec, result["version"])
+    assert "approval" not in registry.read_manifest(spec, result["version"]).dump()  # not stored at all
     assert "## Approval" not in storage.read_text(result["model_cards"]["student"])
     assert [r["event"] for r in registry.read_audit(spec)] == ["promote"]
 
@@ -278,9 +281,10 @@ def test_a_champion_event_says_what_moved_with_metrics_approval_and_an_idempoten
 
     pointer = {"version": "v2", "version_uri": "s3://b/models/sst2/v2", "previous": "v1",
                "promoted_at": "2026-12-06T08:00:00Z", "snapshot_id": "s1"}
-    manifest = {"evaluation": {"metrics": {"student": {"golden_accuracy": 0.9, "golden_accuracy_ci": [0.88, 0.92],
-                                                       "holdout_loss": 0.3}}},
-                "approval": approval.answer("always", "approval", ["Approve"], "ok", ALICE, None)}
+    manifest = VersionManifest(
+        evaluation={"metrics": {"student": {"golden_accuracy": 0.9, "golden_accuracy_ci": [0.88, 0.92],
+                                            "holdout_loss": 0.3}}},
+        approval=approval.answer("always", "approval", ["Approve"], "ok", ALICE, None))
     extra = champion_events.event_extra("sst2", pointer, "promote-approved", manifest)
     assert extra["version"] == "v2" and extra["previous"] == "v1" and extra["version_uri"].endswith("/v2")
     assert extra["metrics"] == {"student": {"golden_accuracy": 0.9, "golden_accuracy_ci": [0.88, 0.92]}}

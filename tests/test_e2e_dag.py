@@ -180,12 +180,13 @@ def typo_night(same_snapshot_night) -> Story:
 def test_first_batch_makes_the_first_champion(first_night):
     story = first_night
     from tasks import storage
+    from tasks.contracts import Outcome
 
     run = story.runs["first"]
     assert run.state == "success", run.tasks
     assert run.tasks["finetune"] == run.tasks["distill"] == run.tasks["publish"] == "success"
     assert run.tasks["fail_if_any_failed"] == "skipped"
-    assert run.summary["outcome"] == "promoted"
+    assert run.summary["outcome"] == Outcome.PROMOTED
     champion = story.champion_after_first
     version_uri = champion["version_uri"]
     assert version_uri == f"{story.bucket}/models/tiny/{champion['version']}"
@@ -206,12 +207,14 @@ def test_first_batch_makes_the_first_champion(first_night):
 
 
 def test_unchanged_data_skips_without_starting_a_training_stage(unchanged_night):
+    from tasks.contracts import Outcome
+
     story = unchanged_night
     run = story.runs["unchanged"]
     assert run.state == "success", run.tasks
     assert run.tasks["decide"] == "success"
     assert run.tasks["finetune"] == run.tasks["distill"] == run.tasks["evaluate"] == run.tasks["publish"] == "skipped"
-    assert run.summary["outcome"] == "skipped"
+    assert run.summary["outcome"] == Outcome.SKIPPED
     # Promoted on this snapshot, so it is on record as trained on; the skip says so.
     assert "already trained on snapshot" in run.summary["decision"]["reasons"][0], run.summary["decision"]
     assert run.summary["task_states"]["finetune"] == "skipped"
@@ -221,6 +224,7 @@ def test_unchanged_data_skips_without_starting_a_training_stage(unchanged_night)
 def test_a_drifted_batch_retrains_and_a_failed_gate_blocks_it_and_alerts(drifted_night):
     story = drifted_night
     from tasks import storage
+    from tasks.contracts import Outcome
 
     run = story.runs["drift_blocked"]
     champion = story.champion_after_first
@@ -240,7 +244,7 @@ def test_a_drifted_batch_retrains_and_a_failed_gate_blocks_it_and_alerts(drifted
     assert run.tasks["gate"] == "failed" and run.tries["gate"] == 1
     assert run.tasks["publish"] == "upstream_failed"
     assert run.tasks["notify"] == "success" and run.tasks["fail_if_any_failed"] == "failed"
-    assert summary["outcome"] == "blocked by gates"
+    assert summary["outcome"] == Outcome.BLOCKED
     assert storage.read_json(story.bucket + "/models/tiny/champion.json")["version"] == champion["version"]
     assert len(run.mails) == 1 and len(run.posts) == 1, (run.mails, run.posts)
     mail = str(run.mails[0])
@@ -253,11 +257,12 @@ def test_the_same_snapshot_is_not_trained_on_twice(same_snapshot_night):
     story = same_snapshot_night
     """Blocked by its gates, the drifted snapshot is on record as trained on: the next trigger skips it."""
     from tasks import storage
+    from tasks.contracts import Outcome
 
     blocked = story.runs["drift_blocked"].summary
     snapshot_id = blocked["ingest"]["snapshot_id"]
     record = storage.read_json(f"{story.bucket}/runs/tiny/trained/{snapshot_id}.json")
-    assert record["outcome"] == "blocked by gates" and record["run_key"] == blocked["run_key"]
+    assert record["outcome"] == Outcome.BLOCKED and record["run_key"] == blocked["run_key"]
     run = story.runs["same_snapshot"]
     assert run.state == "success", run.tasks
     assert run.tasks["finetune"] == "skipped"

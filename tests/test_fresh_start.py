@@ -25,6 +25,7 @@ def test_collapse_is_one_class_for_nearly_everything_beyond_its_share():
     labels = ["negative", "positive"]
     assert fresh_start.predicted_top([1, 1, 1, 0], 2) == (1, 0.75)
     why = fresh_start.collapse(0, 1.0, [50, 50], labels)
+    # the sentence is the product: it becomes the fresh start's reason in the decision and the model card
     assert why and "'negative' for 100% of the holdout rows, which are 50% 'negative'" in why
     assert fresh_start.collapse(0, 0.85, [50, 50], labels) is None  # not nearly everything
     assert fresh_start.collapse(0, 1.0, [97, 3], labels) is None  # a 97/3 split: the majority is right 97% of the time
@@ -154,4 +155,5 @@ def test_a_champion_that_already_answers_one_class_is_not_blamed_on_the_warm_sta
     assert finetune.main(["--run", run, "--snapshot", snapshot, "--champion", champion]) == 0
     result = storage.read_json(storage.join(run, "finetune", "result.json"))
     assert result["init_from"] == "champion v1" and result["fresh_start"] is None
+    # no fresh start, so no field: the progress line is what tells a person why
     assert "but so does the champion it started from" in caplog.text

@@ -102,28 +102,28 @@ def test_refreeze_then_the_next_ingest_removes_stored_rows_now_in_the_golden_set
     ids = [r["batch_id"] for r in ingested]
     assert change["removed_by_batch"] == {ids[0]: 5, ids[2]: 3}
     manifest = snapshots.read_manifest(now["snapshot_uri"])
-    assert manifest["golden_id"] == pointer["golden_id"] and manifest["golden_uri"] == pointer["golden_uri"]
-    assert manifest["golden_changed"] == change and manifest["golden_generation"] == 1
+    assert manifest.golden_id == pointer["golden_id"] and manifest.golden_uri == pointer["golden_uri"]
+    assert manifest.golden_changed == change and manifest.golden_generation == 1
     # Only the parts holding such rows are rewritten; batch 1's part is listed as it was.
-    assert manifest["parts"][1] == snapshots.part_path(ids[1])
+    assert manifest.parts[1] == snapshots.part_path(ids[1])
     assert all(p.startswith("parts/filtered/") and p.endswith(f"{b}.parquet")
-               for p, b in zip(manifest["parts"][::2], ids[::2]))
+               for p, b in zip(manifest.parts[::2], ids[::2]))
     # The rows kept are exactly the old ones minus the new golden texts, and the counts and sums add up.
     frame = snapshots.read_snapshot(now["snapshot_uri"])
     old_frame = snapshots.read_snapshot(old["snapshot_uri"])
-    assert set(frame["text"]) == set(old_frame["text"]) - texts(new_rows) and len(frame) == 292 == manifest["rows"]
-    assert manifest["label_counts"] == {n: int((frame["label"] == i).sum()) for i, n in enumerate(spec.data.labels)}
-    assert manifest["split_counts"] == {s: int((frame["split"] == s).sum()) for s in ("train", "holdout")}
+    assert set(frame["text"]) == set(old_frame["text"]) - texts(new_rows) and len(frame) == 292 == manifest.rows
+    assert manifest.label_counts == {n: int((frame["label"] == i).sum()) for i, n in enumerate(spec.data.labels)}
+    assert manifest.split_counts == {s: int((frame["split"] == s).sum()) for s in ("train", "holdout")}
     assert set(frame["batch"]) == set(ids)  # rewritten rows keep the batch that added them
     # The same rows ingested from scratch give the same content hash (the sum is right, not only the counts).
     fresh = make_spec(spec.storage.uri + "-fresh")
     put(fresh.golden.source_uri, tsv_bytes(new_rows))
     kept = [(t, y) for rows in batches for t, y in rows if normalize_text(t) not in texts(new_rows)]
     land(fresh, "all.tsv", tsv_bytes(kept))
-    assert snapshots.read_manifest(run_ingest(fresh)["snapshot_uri"])["content_hash"] == manifest["content_hash"]
+    assert snapshots.read_manifest(run_ingest(fresh)["snapshot_uri"]).content_hash == manifest.content_hash
     # New objects only: the old snapshot, its parts and the old golden set are as they were.
     assert_kept(before, stored(spec))
-    assert snapshots.read_manifest(old["snapshot_uri"])["rows"] == 300
+    assert snapshots.read_manifest(old["snapshot_uri"]).rows == 300
 
     # An ingest after that is unchanged again; a landed file is checked against the new set: a row of it is
     # dropped (contaminated), a row only the old set held is training data now.
@@ -136,7 +136,7 @@ def test_refreeze_then_the_next_ingest_removes_stored_rows_now_in_the_golden_set
     assert later["changed"] is True and later["new_rows"] == 21 and later["contaminated_removed"] == 1
     assert later["parent_snapshot_id"] == now["snapshot_id"] and later["golden_id"] == pointer["golden_id"]
     later_manifest = snapshots.read_manifest(later["snapshot_uri"])
-    assert later_manifest["golden_uri"] == pointer["golden_uri"] and later_manifest["rows"] == 313
+    assert later_manifest.golden_uri == pointer["golden_uri"] and later_manifest.rows == 313
     assert normalize_text(first[35][0]) in set(snapshots.read_snapshot(later["snapshot_uri"])["text"])
 
 
@@ -252,9 +252,9 @@ def test_refreeze_with_a_landed_file_then_withdraw_and_readmit_a_rewritten_batch
     now = run_ingest(spec)
     assert now["changed"] is True and now["new_rows"] == 30 and now["contaminated_removed"] == 2
     assert now["golden_changed"]["removed_rows"] == 4
-    cleaned = snapshots.read_manifest(now["snapshot_uri"])["parent"]
+    cleaned = snapshots.read_manifest(now["snapshot_uri"]).parent
     assert cleaned != before["snapshot_id"]
-    assert snapshots.read_manifest(storage.join(spec.layout.snapshots, cleaned))["parent"] == before["snapshot_id"]
+    assert snapshots.read_manifest(storage.join(spec.layout.snapshots, cleaned)).parent == before["snapshot_id"]
     frame = snapshots.read_snapshot(now["snapshot_uri"])
     assert set(frame["text"]) == texts(a + b[4:] + c) and len(frame) == 186
 
@@ -266,7 +266,7 @@ def test_refreeze_with_a_landed_file_then_withdraw_and_readmit_a_rewritten_batch
     assert set(snapshots.read_snapshot(back["snapshot_uri"])["text"]) == texts(a + b[4:] + c)
     assert back["snapshot_id"] == now["snapshot_id"]  # the same rows, the same golden set: the same snapshot
     readmitted = snapshots.read_manifest(back["snapshot_uri"])
-    assert readmitted["golden_id"] == now["golden_id"] and readmitted["golden_generation"] == 1
+    assert readmitted.golden_id == now["golden_id"] and readmitted.golden_generation == 1
 
 
 def make_champion(spec, ingested, model_dir, version="v1") -> str:
@@ -338,7 +338,7 @@ def test_evaluate_leaves_the_golden_rows_the_champion_trained_on_out_of_the_cham
         "golden_rows": 31, "compared_rows": 31 - k, "excluded_rows": k, "too_few": False}
     assert comparison["looked"] and comparison["champion_snapshot_id"] == before["snapshot_id"]
     assert comparison["champion_golden_id"] == before["golden_id"] != comparison["golden_id"] == now["golden_id"]
-    assert "the champion v1 trained on" in comparison["why"]
+    assert comparison["champion_version"] == "v1"  # the version whose training rows are left out
     metrics = storage.read_json(storage.join(run_uri, "evaluate", "metrics.json"))
     new_golden = snapshots.read_golden(now["golden_uri"])
     assert set(new_golden["text"].iloc[metrics["champion_left_out_rows"]]) == trained
@@ -366,7 +366,7 @@ def test_evaluate_leaves_the_golden_rows_the_champion_trained_on_out_of_the_cham
 
     card = model_card.render(model_card.CardInputs(
         spec=spec, version="v2", published_at="now", snapshot_uri=now["snapshot_uri"],
-        snapshot=snapshots.read_manifest(now["snapshot_uri"]), evaluation=result.dump(), parent_champion="v1",
+        snapshot=snapshots.read_manifest(now["snapshot_uri"]).dump(), evaluation=result.dump(), parent_champion="v1",
         run_uri=run_uri, code_version="test"), "student")
     gates_section = card.split("## Gates", 1)[1].split("## Lineage", 1)[0]
     assert f"**champion compared on {31 - k} of 31 golden rows:** the {k} golden rows whose text" in gates_section
@@ -429,7 +429,7 @@ def test_evaluate_with_too_few_golden_rows_the_champion_did_not_train_on(tmp_pat
         for name in (f"non_inferiority_{role}", f"class_recall_{role}"):
             assert by[name]["skipped"] and by[name]["passed"] and by[name]["value"] is None
         assert by[f"baseline_accuracy_{role}"]["details"]["n"] == 35  # the floors still judge on every row
-    assert "the champion's retention is not used" in by["student_retention"]["reason"]
+    assert by["student_retention"]["details"]["champion_retention"] is None  # too few rows: not the champion's
     assert "**champion not compared:**" in storage.read_text(result.report_md_uri)
 
 

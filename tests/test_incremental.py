@@ -17,6 +17,7 @@ from tasks import storage
 from tasks.contracts import Decision
 from tasks.spec import TrainSpec
 from tasks.decide.decision import decide
+from tasks.decide import retrain_policy
 from tasks.decide.retrain_policy import training_kind
 from tasks.train import replay
 
@@ -46,8 +47,7 @@ def test_a_night_small_against_the_history_trains_incrementally_and_says_why():
     training = Decision.model_validate(out).training
     assert training["mode"] == "incremental" and training["incremental_streak"] == 2
     assert training["estimated_rows"] == {"incremental": 2000, "full": 21_000}
-    assert "1,000 rows new since the champion's snapshot plus 1x as many older rows replayed" in \
-        training["reasons"][0]
+    assert training["new_rows"] == 1000 and training["replay_multiple"] == 1  # replayed: 1x the new rows
 
 
 def test_a_skip_has_no_training_kind():
@@ -55,23 +55,23 @@ def test_a_skip_has_no_training_kind():
     assert out["retrain"] is False and "training" not in out
 
 
-@pytest.mark.parametrize("case, args, why", [
-    ("first run", dict(champion=None), "no champion to warm-start from"),
-    ("drift", dict(drift_result=drift(drifted=True)), "drift was detected"),
+@pytest.mark.parametrize("case, args, because", [
+    ("first run", dict(champion=None), retrain_policy.FIRST_RUN),
+    ("drift", dict(drift_result=drift(drifted=True)), retrain_policy.DRIFT),
     ("new class", dict(drift_result=drift(reference={"negative": 20_000, "positive": 0},
                                           current={"negative": 900, "positive": 100})),
-     "class(es) ['positive'] have rows for the first time"),
+     retrain_policy.NEW_CLASS),
     ("streak", dict(champion={**CHAMPION, "training": {"mode": "incremental", "incremental_streak": 3}}),
-     "ends 3 incremental retrain(s) in a row; every 4th is full"),
+     retrain_policy.STREAK),
     ("no cheaper", dict(ingest_result=ingest(new_rows=5000, total_rows=10_000),
                         drift_result=drift(new_rows=5000), spec_train={"max_train_rows": 4500}),
-     "no fewer than the 4,500 of a full retrain"),
+     retrain_policy.NO_CHEAPER),
     ("blocked", dict(previous={"training_mode": "incremental", "outcome": "blocked by gates", "run_key": "r7"}),
-     "the previous incremental candidate (run r7) was blocked by its gates"),
-    ("policy", dict(spec_train={"retrain_mode": "full"}), "train.retrain_mode is full"),
-    ("cold start", dict(spec_train={"init_from": "base"}), "train.init_from is base"),
+     retrain_policy.PREVIOUS_BLOCKED),
+    ("policy", dict(spec_train={"retrain_mode": "full"}), retrain_policy.BY_SETTING),
+    ("cold start", dict(spec_train={"init_from": "base"}), retrain_policy.FROM_BASE),
 ])
-def test_full_retrains_come_on_their_conditions(case, args, why):
+def test_full_retrains_come_on_their_conditions(case, args, because):
     spec = make_spec("file:///tmp/unused", train={"retrain_mode": "incremental", "full_retrain_every": 4,
                                                   **args.pop("spec_train", {})})
     champion = args.pop("champion", CHAMPION)
@@ -79,8 +79,8 @@ def test_full_retrains_come_on_their_conditions(case, args, why):
     decision = {"retrain": True, "new_rows": drift_result["new_rows"],
                 "drift_detected": drift_result["drift_detected"]}
     out = training_kind(spec, decision, ingest_result, drift_result, champion, **args)
-    assert out["mode"] == "full" and out["incremental_streak"] == 0, case
-    assert why in out["reasons"][0] and out["reasons"][0].startswith("Full retrain on the whole snapshot"), out
+    assert out["mode"] == "full" and out["incremental_streak"] == 0 and out["full_because"] == because, out
+    assert out["reasons"][0].startswith("Full retrain on the whole snapshot"), out  # the model card's sentence
 
 
 def test_the_demo_night_is_a_full_retrain():
@@ -92,6 +92,7 @@ def test_the_demo_night_is_a_full_retrain():
                  {"version": "v1", "snapshot_id": "aaaa"})
     estimated = out["training"]["estimated_rows"]
     assert out["training"]["mode"] == "full" and estimated["incremental"] >= estimated["full"] == 4500
+    assert out["training"]["full_because"] == retrain_policy.NO_CHEAPER
 
 
 # ---------------------------------------------------------------- the replay sample

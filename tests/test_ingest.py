@@ -17,6 +17,7 @@ from tasks.data.ingest import run_ingest
 from tasks.data.snapshots import split_of
 from tasks.data.validation import normalize_text
 from tasks.errors import DataRejected, InfrastructureError
+from tasks.manifests import LandingFileRecord
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -61,9 +62,9 @@ def test_ingest_snapshot_then_idempotent_reingest(root):
     assert len(frame) == 150 and set(frame["label"]) == {0, 1}
     assert not set(frame["text"]) & {normalize_text(t) for t, _ in golden}
     manifest = snapshots.read_manifest(first["snapshot_uri"])
-    assert manifest["rows"] == 150 and manifest["sources"] == ["day1/a.tsv"]
-    assert manifest["golden_uri"] == first["golden_uri"] and manifest["golden_id"] == first["golden_id"]
-    assert sum(manifest["label_counts"].values()) == 150 and manifest["content_hash"].startswith(first["snapshot_id"])
+    assert manifest.rows == 150 and manifest.sources == ["day1/a.tsv"]
+    assert manifest.golden_uri == first["golden_uri"] and manifest.golden_id == first["golden_id"]
+    assert sum(manifest.label_counts.values()) == 150 and manifest.content_hash.startswith(first["snapshot_id"])
     assert snapshots.read_golden(first["golden_uri"])["text"].tolist()[0] == normalize_text(golden[0][0])
     stored = storage.read_json(storage.join(run_folder(spec), "ingest", "result.json"))
     assert stored["snapshot_id"] == first["snapshot_id"]
@@ -88,9 +89,9 @@ def test_changed_file_gives_new_snapshot_and_dedups_against_earlier(root):
     assert second["new_rows"] == 80 and second["duplicates_removed"] == 20 and second["total_rows"] == 200
     assert second["parent_snapshot_id"] == first["snapshot_id"]
     # The earlier snapshot and its part are untouched; the new one reuses the part.
-    assert snapshots.read_manifest(first["snapshot_uri"])["rows"] == 120
+    assert snapshots.read_manifest(first["snapshot_uri"]).rows == 120
     assert storage.read_bytes(storage.join(spec.layout.snapshots, "parts", first["batch_id"] + ".parquet")) == before
-    assert snapshots.read_manifest(second["snapshot_uri"])["parts"][0] == f"parts/{first['batch_id']}.parquet"
+    assert snapshots.read_manifest(second["snapshot_uri"]).parts[0] == f"parts/{first['batch_id']}.parquet"
     assert storage.read_json(storage.join(spec.layout.snapshots, "latest.json"))["snapshot_id"] == second["snapshot_id"]
 
     land(spec, "b.tsv", tsv_bytes(rows[:50]))  # a new file of only known rows: no new snapshot
@@ -347,7 +348,7 @@ def test_concurrent_ingests_cannot_both_move_latest(tmp_path, monkeypatch):
     seen = snapshots.read_latest(spec.layout.snapshots)
     other = run_ingest(spec)  # the other run commits first
     a = next(o for o in storage.list_objects(spec.layout.landing) if o.uri.endswith("/a.tsv"))
-    monkeypatch.setattr(snapshots, "processed_files", lambda s: [{"key": "a.tsv", "etag": a.etag, "size": a.size}])
+    monkeypatch.setattr(snapshots, "processed_files", lambda s: [LandingFileRecord(key="a.tsv", etag=a.etag, size=a.size)])
     monkeypatch.setattr(snapshots, "read_latest", StaleFirstRead(seen))
     same = run_ingest(spec)  # same files on the same parent: the same snapshot, so this run ends unchanged
     assert same["changed"] is False and same["snapshot_id"] == other["snapshot_id"] != base["snapshot_id"]

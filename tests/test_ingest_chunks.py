@@ -210,8 +210,8 @@ def test_dedup_against_a_snapshot_written_before_text_hashes(tmp_path):
     assert list(frame.columns) == snapshots.COLUMNS and len(frame) == 200
     assert all(split_of(t, 0.2) == s for t, s in zip(frame["text"], frame["split"]))
     manifest = snapshots.read_manifest(result["snapshot_uri"])
-    assert sum(manifest["label_counts"].values()) == 200 and sum(manifest["split_counts"].values()) == 200
-    assert manifest["split_counts"]["holdout"] == int((frame["split"] == "holdout").sum())
+    assert sum(manifest.label_counts.values()) == 200 and sum(manifest.split_counts.values()) == 200
+    assert manifest.split_counts["holdout"] == int((frame["split"] == "holdout").sum())
 
 
 def test_snapshot_id_depends_on_the_rows_not_on_how_they_were_batched(tmp_path):

@@ -158,7 +158,7 @@ def test_any_file_name_is_ingested_or_quarantined_under_an_escaped_name(tmp_path
     assert sources == sorted(ODD_NAMES.values())
     assert all(r["reason"] == validation.UNKNOWN_LABEL for r in quarantined_rows(result))
     manifest = snapshots.read_manifest(result["snapshot_uri"])
-    assert set(ODD_NAMES.values()) <= set(manifest["sources"])
+    assert set(ODD_NAMES.values()) <= set(manifest.sources)
     # The 255-byte unsupported file is copied whole, under a shortened name that the summary gives.
     (whole,) = summary_of(result)["whole_files"]
     assert whole["key"] == long_bad.decode() and whole["reason"] == validation.UNSUPPORTED_FORMAT

@@ -160,6 +160,7 @@ def test_a_candidate_trains_no_longer_than_the_run_itself(store, tiny_model_dir,
     _, result = finetune(root, snapshot, "short", {"train.learning_rate": "auto", "train.lr_search_steps": 100},
                          tiny_model_dir=tiny_model_dir)
     assert result["learning_rate_source"] == "search" and result["global_step"] == 4  # 30 rows, batch 8, 1 epoch
+    # the steps per trial are in the progress line only (lr_search.json keeps the trials)
     assert "2 candidates [5e-05, 0.0005] (effective batch 8), 4 steps each" in caplog.text
 
 

@@ -170,6 +170,7 @@ def test_finetune_selects_on_holdout_rows_drawn_like_the_golden_set(tiny_model_d
     holdout = result["metrics"]["holdout_rows"]
     assert selection["mode"] == "like_golden" and selection["golden_uri"].startswith(root)
     assert 0 < selection["rows"] < holdout
+    # the progress lines are the product here (the fields are checked above)
     assert f"model selection on {selection['rows']} of {holdout} holdout rows drawn like the golden set" in out
     assert selection["shortfalls"]  # ~230 holdout rows, few of them long: the log names the scarce cells
     assert all(f"label {s['label']} with {s['tokens']} tokens: {s['holdout_rows']} of {s['wanted']}" in out
@@ -196,6 +197,7 @@ def test_a_snapshot_without_a_golden_set_selects_on_the_holdout_split(tiny_model
     snapshot = write_snapshot(root, "sst2", read_tsv("train", limit=120))
     monkeypatch.setenv("RETRAIN_SCRATCH_DIR", str(tmp_path / "scratch"))
     assert finetune.main(["--run", run, "--snapshot", snapshot, "--champion", "none"]) == 0
+    # the fallback is said in the progress lines (the docstring's "and says so"); the field is checked below
     assert "records no golden_uri; model selection on the holdout split instead" in caplog.text
     result = storage.read_json(storage.join(run, "finetune", "result.json"))
     assert result["selection"] == {"mode": "holdout", "rows": result["metrics"]["holdout_rows"]}
@@ -223,4 +225,5 @@ def test_a_short_sample_under_half_the_split_falls_back_to_the_whole_holdout(tin
     chosen, summary = model_selection_rows(hp, holdout_set, snapshot, tokenizer, 128, "finetune")
     assert summary["like_golden_fallback"]["shortfalls"] and summary["like_golden_fallback"]["rows"] < len(holdout) / 2
     assert chosen is holdout_set and summary["mode"] == "holdout" and summary["rows"] == len(holdout)
+    # the progress line says so
     assert f"model selection on all {len(holdout)} holdout rows" in caplog.text

@@ -246,7 +246,7 @@ def test_the_label_list_may_grow_at_the_end_but_not_change_under_stored_rows(tmp
     spec = twenty_class_spec(tmp_path)
     land(spec, "a.tsv", tsv([(t, LABELS[i % 20]) for i, t in enumerate(texts(40))]))
     first = run_ingest(spec)
-    assert snapshots.read_manifest(first["snapshot_uri"])["labels"] == LABELS
+    assert snapshots.read_manifest(first["snapshot_uri"]).labels == LABELS
 
     reordered = twenty_class_spec(tmp_path, labels=[LABELS[1], LABELS[0], *LABELS[2:]])
     land(reordered, "b.tsv", tsv([(t, LABELS[0]) for t in texts(10, offset=100)]))

@@ -130,6 +130,7 @@ def test_a_task_marked_success_by_hand_is_summarized_and_a_redone_run_keeps_its_
     redoes it; the earlier summary is kept under previous/. Clearing prepare_run after the spec file changed
     keeps the run's frozen spec.json (the spec its artifacts were made with)."""
     from tasks import storage
+    from tasks.contracts import Outcome
     from tasks.spec import dump, load_spec
 
     land(pipeline["bucket"], "batch-1.tsv", 0, 160)
@@ -146,7 +147,7 @@ def test_a_task_marked_success_by_hand_is_summarized_and_a_redone_run_keeps_its_
     assert storage.read_json(run_uri + "/spec.json")["gates"] == dump(load_spec(pipeline["spec_file"]))["gates"]
     first = storage.read_json(run_uri + "/summary.json")
     assert first["dry_run"] is False
-    assert first["outcome"] == "failed during training or evaluation"
+    assert first["outcome"] == Outcome.FAILED_IN_TRAINING
     assert first["notes"] == ["finetune is marked success but left no result (marked by hand?): the summary "
                               "counts it as not run"]
     # distill failed at once, saying which argument is missing (before: "--teacher None", the "none" sentinel)
@@ -173,6 +174,7 @@ def test_a_task_marked_success_by_hand_is_summarized_and_a_redone_run_keeps_its_
 def finished(pipeline):
     """One manual run that trains on the first batch and promotes the first champion."""
     from tasks import storage
+    from tasks.contracts import Outcome
 
     land(pipeline["bucket"], "batch-1.tsv", 0, 160)  # again (the same file) when that test is deselected
     started = time.monotonic()
@@ -180,7 +182,7 @@ def finished(pipeline):
     state, tasks, _ = states_of(run)
     assert state == "success" and tasks["publish"] == "success", tasks
     summary = storage.read_json(run_uri_of(pipeline["bucket"], run.run_id) + "/summary.json")
-    assert summary["outcome"] == "promoted", summary
+    assert summary["outcome"] == Outcome.PROMOTED, summary
     return {**pipeline, "summary": summary, "run_id": run.run_id, "seconds": time.monotonic() - started,
             "champion": storage.read_json(pipeline["bucket"] + f"/models/{NAME}/champion.json")}
 
@@ -215,6 +217,7 @@ def test_publish_retried_after_the_champion_moved_is_refused_and_the_summary_say
     summary is "published, not promoted" with the reason (before: "failed during training or evaluation",
     which the operator could clear again and again)."""
     from tasks import storage
+    from tasks.contracts import Outcome
 
     dag, bucket = finished["dag"], finished["bucket"]
     second = datetime(2026, 11, 24, 2, 0, tzinfo=timezone.utc)
@@ -230,7 +233,7 @@ def test_publish_retried_after_the_champion_moved_is_refused_and_the_summary_say
     assert tasks["publish"] == "failed" and tries["publish"] == 2 and state == "failed", (tasks, tries)  # no retry
     assert storage.read_json(bucket + f"/models/{NAME}/champion.json") == moved
     summary = storage.read_json(run_uri_of(bucket, run.run_id) + "/summary.json")
-    assert summary["outcome"] == "published, not promoted", summary
+    assert summary["outcome"] == Outcome.PUBLISHED_NOT_PROMOTED, summary
     assert summary["publish"]["reason"].startswith("not promoted: champion is v-moved-meanwhile, but ")
     (mail,) = finished["smtp"].messages[mails:]
     assert mail["subject"].startswith(f"[retrain:{NAME}] not promoted: publish failed after 2 tries")  # 1: the mark

@@ -119,7 +119,8 @@ def test_below_small_set_min_rows_the_gate_fails_and_says_how_many_rows():
     blocked = gates.sized_non_inferiority_gate("ni", cand, champ, g)
     more = blocked.details["power"]["more_rows_needed"]
     assert not blocked.passed and not blocked.skipped and (blocked.value, blocked.threshold) == (40, 100)
-    assert "fewer than the small-set rule needs (gates.small_set_min_rows 100)" in blocked.reason
+    assert blocked.details["small_set_min_rows"] == 100 and blocked.remedy.case == remedies.UNDERPOWERED
+    # the remedy's sentence is the product: the alert and the registry page show it
     assert f"add 60 golden rows (100 in all) for the small-set rule or {more:,} (" in blocked.reason
     assert blocked.remedy.settings == ["gates.small_set_min_rows", "gates.expected_difference"]
     assert blocked.reason.endswith(blocked.remedy.action)

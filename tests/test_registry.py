@@ -66,11 +66,11 @@ def test_good_batch_promotes_pointer_moves_audit_grows_verify_passes(env, capsys
     assert registry.main(["--spec", storage.join(spec.layout.run("r2"), "spec.json"), "verify", second["version"]]) == 0
     manifest = registry.read_manifest(spec, second["version"])
     for key in ("version", "snapshot_id", "parent_champion", "code_version", "image", "parameters", "evaluation", "files"):
-        assert key in manifest
-    assert manifest["parent_champion"] == first["version"]
-    assert manifest["evaluation"]["champion_comparison"]["excluded_rows"] == 2  # what the gates compared on
+        assert key in manifest.model_fields_set  # stored, not a default
+    assert manifest.parent_champion == first["version"]
+    assert manifest.evaluation["champion_comparison"]["excluded_rows"] == 2  # what the gates compared on
     assert {"teacher/model.safetensors", "student/config.json", "reports/gate_report.md", "reports/spec.json",
-            "teacher/README.md", "student/README.md"} <= set(manifest["files"])
+            "teacher/README.md", "student/README.md"} <= set(manifest.files)
     registry.main(["--spec", storage.join(spec.layout.run("r2"), "spec.json"), "list"])
     listing = capsys.readouterr().out
     assert f"* {second['version']}" in listing and first["version"] in listing
@@ -248,7 +248,7 @@ def test_rollback_restores_previous_and_rerun_reproduces_commands(env, capsys):
     manifest = registry.read_manifest(spec, second["version"])
     run = spec.layout.run(f"rerun-{second['version']}")
     assert lines[0].endswith(f"registry --spec {second['version_uri']}/reports/spec.json copy-spec {second['version']} --run {run}")
-    assert lines[1].endswith(f"tasks finetune --run {run} --snapshot {manifest['snapshot_uri']} "
+    assert lines[1].endswith(f"tasks finetune --run {run} --snapshot {manifest.snapshot_uri} "
                              f"--champion {first['version_uri']}")
     assert f"distill --run {run} --snapshot {snap} --teacher {run}/finetune/model" in lines[2]
     assert f"evaluate --run {run} --snapshot {snap}" in lines[3] and f"--champion {first['version_uri']}" in lines[3]
@@ -256,7 +256,7 @@ def test_rollback_restores_previous_and_rerun_reproduces_commands(env, capsys):
     # the first step really reproduces the frozen spec of the version
     assert registry.main(["--spec", spec_file, "copy-spec", second["version"], "--run", run]) == 0
     assert storage.read_json(storage.join(run, "spec.json")) == storage.read_json(storage.join(spec.layout.run("r2"), "spec.json"))
-    assert json.loads(json.dumps(manifest["parameters"]))["gates"]["min_retention"] == 0.0
+    assert json.loads(json.dumps(manifest.parameters))["gates"]["min_retention"] == 0.0
 
 
 def test_version_ids_sort_by_time_within_one_second():
@@ -282,8 +282,8 @@ def test_student_exports_are_published_and_verified_with_the_version(env):
     result = publish.run(run, snap, model, model, storage.join(run, "evaluate", "result.json"), None).dump()
     assert result["verified"] and result["promoted"], result["reason"]
     manifest = registry.read_manifest(spec, result["version"])
-    assert manifest["exports"] == {"int8": "exports/int8/"}
-    assert manifest["files"]["exports/int8/model_int8.pt"]["size"] == len(b"int8 weights")
+    assert manifest.exports == {"int8": "exports/int8/"}
+    assert manifest.files["exports/int8/model_int8.pt"]["size"] == len(b"int8 weights")
     assert storage.read_bytes(storage.join(result["version_uri"], "exports/int8/model_int8.pt")) == b"int8 weights"
 
     # A distill result about another student (say, publish run by hand on a different model): not its exports.
@@ -296,7 +296,7 @@ def test_student_exports_are_published_and_verified_with_the_version(env):
                          registry.read_champion(spec)["version"]).dump()
     assert result["verified"]
     manifest = registry.read_manifest(spec, result["version"])
-    assert manifest["exports"] == {} and not any(f.startswith("exports/") for f in manifest["files"])
+    assert manifest.exports == {} and not any(f.startswith("exports/") for f in manifest.files)
 
 
 def test_each_version_carries_a_model_card_that_loads_and_is_verified(env, tmp_path, monkeypatch):
@@ -370,7 +370,7 @@ def test_each_version_carries_a_model_card_that_loads_and_is_verified(env, tmp_p
         assert f"| run | `{run}` |" in body and "stale card" not in text
 
     manifest = registry.read_manifest(spec, version)
-    assert manifest["files"]["student/README.md"]["size"] == len(text.encode())
+    assert manifest.files["student/README.md"]["size"] == len(text.encode())
     card = storage.join(result.version_uri, "student", "README.md")
     storage.write_text(card, text.replace("Intended use", "Any use"))
     assert registry.verify(spec, version)["mismatched"] == ["student/README.md"]

@@ -170,7 +170,7 @@ def test_hugging_face_folders_load_with_transformers_pipeline_and_match_the_regi
     assert result["promoted"] and result["verified"], result["reason"]
     version = result["version"]
     manifest = registry.read_manifest(spec, version)
-    assert manifest["serving"]["huggingface"] == {"teacher": "teacher/", "student": "student/"}
+    assert manifest.serving["huggingface"] == {"teacher": "teacher/", "student": "student/"}
     # The source config has transformers' generic names; the published one names the spec's labels, and is a
     # verified file of the version like every other.
     source_config = json.loads(storage.read_text(storage.join(model, "config.json")))
@@ -180,7 +180,7 @@ def test_hugging_face_folders_load_with_transformers_pipeline_and_match_the_regi
     assert len(set(expected.argmax(axis=1))) == 2, "a golden set predicted all one class proves little"
     texts = [t for t, _ in GOLDEN]
     for role in ("teacher", "student"):
-        config = registry.read_manifest(spec, version)["files"][f"{role}/config.json"]
+        config = registry.read_manifest(spec, version).files[f"{role}/config.json"]
         assert config["sha256"] == storage.sha256_uri(storage.join(result["version_uri"], role, "config.json"))
         local = storage.download_dir(storage.join(result["version_uri"], role), tmp_path / role)  # KServe's copy
         saved = json.loads((local / "config.json").read_text())
@@ -204,10 +204,10 @@ def test_triton_repository_serves_the_champion_and_follows_promotion_and_rollbac
     first = _publish(spec, snap, model, onnx, "r1")
     assert first["promoted"], first["reason"]
     n1 = serving.triton_number(first["version"])
-    entry = registry.read_manifest(spec, first["version"])["serving"]["triton"]
+    entry = registry.read_manifest(spec, first["version"]).serving["triton"]
     assert entry["export"] == "onnx" and entry["version_number"] == n1
     assert {"serving/triton/config.pbtxt", "serving/triton/labels.txt"} <= set(
-        registry.read_manifest(spec, first["version"])["files"])
+        registry.read_manifest(spec, first["version"]).files)
 
     model_uri = storage.join(spec.storage.uri, "serving", "triton", "sst2")  # the default repository
     assert serving.triton_model_uri(spec) == model_uri
@@ -293,7 +293,7 @@ def test_a_failed_sync_never_undoes_a_promotion_and_sync_serving_repairs_it(env,
 
     # A champion without an ONNX export: promoted, reported as not in step, the repository left serving the last.
     plain = _publish(spec, snap, model, None, "r3", expected=cand["version"])
-    assert plain["promoted"] and registry.read_manifest(spec, plain["version"])["serving"]["triton"] is None
+    assert plain["promoted"] and registry.read_manifest(spec, plain["version"]).serving["triton"] is None
     assert serving.sync(spec)["ok"] is False
     assert _served(spec) == (serving.triton_number(cand["version"]), cand["version"])
     proc = subprocess.run([sys.executable, "-m", "tasks", "registry", "--spec", spec_file, "sync-serving"], cwd=ROOT,

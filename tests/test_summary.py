@@ -3,6 +3,7 @@ it reads every stage result through its contract, and a malformed one fails loud
 
 import pytest
 
+from tasks.contracts import Outcome
 from tasks.decide.summary import MalformedResult, build_summary, format_summary
 
 RUN = {"pipeline": "sst2", "run_key": "retrain-r2", "run_uri": "s3://b/runs/sst2/retrain-r2", "run_type": "scheduled",
@@ -24,7 +25,7 @@ def test_summary_reports_golden_metrics_and_outcome():
                                               "student": None}}},
     }
     summary = build_summary(RUN, results)
-    assert summary["outcome"] == "blocked by gates" and summary["champion_before"] == "v1"
+    assert summary["outcome"] == Outcome.BLOCKED and summary["champion_before"] == "v1"
     assert summary["teacher"]["holdout_accuracy"] == 0.89
     assert summary["evaluation"]["teacher"]["golden_accuracy"] == 0.851
     text = format_summary(summary)
@@ -48,13 +49,13 @@ def test_typed_results_are_summarized_as_their_json():
     typed = {task: RESULT_OF_TASK[task].model_validate(raw) for task, raw in results.items()}
     summary = build_summary(RunContext.model_validate(RUN), typed)
     assert summary == build_summary(RUN, results)
-    assert summary["outcome"] == "promoted" and summary["publish"]["version"] == "v2"
+    assert summary["outcome"] == Outcome.PROMOTED and summary["publish"]["version"] == "v2"
 
 
 def test_skip_outcome_and_no_champion():
     summary = build_summary({**RUN, "run_key": "r3", "champion_version": "none"},
                             {"decide": {"retrain": False, "reasons": ["Skipped: no new snapshot."]}})
-    assert summary["outcome"] == "skipped" and summary["champion_before"] is None
+    assert summary["outcome"] == Outcome.SKIPPED and summary["champion_before"] is None
     assert "decision: skip - Skipped: no new snapshot." in format_summary(summary)
 
 

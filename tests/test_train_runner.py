@@ -3,7 +3,6 @@ declared class), and bad inputs fail with the right error kind before any traini
 
 from __future__ import annotations
 
-import logging
 import re
 
 import numpy as np
@@ -333,11 +332,9 @@ def test_stratified_sample_keeps_each_label_share():
     assert selection.stratified_sample(labels, 500, seed=1) == list(range(100))
 
 
-def test_model_selection_on_a_stratified_holdout_sample(tiny_model_dir, tmp_path, monkeypatch, caplog,
-                                                         one_torch_thread):
+def test_model_selection_on_a_stratified_holdout_sample(tiny_model_dir, tmp_path, monkeypatch, one_torch_thread):
     """train.selection_rows: the evaluations during training run on a stratified sample of the holdout split;
     the final metrics on the whole split."""
-    caplog.set_level(logging.INFO, logger="tasks.train")  # the stages' progress lines
     from tasks.train import finetune
 
     root = storage.normalize(str(tmp_path / "store"))
@@ -351,7 +348,7 @@ def test_model_selection_on_a_stratified_holdout_sample(tiny_model_dir, tmp_path
     result = storage.read_json(storage.join(run, "finetune", "result.json"))
     holdout = result["metrics"]["holdout_rows"]
     assert holdout == 300 - result["train_rows"] and holdout > 10
-    assert f"model selection on a stratified 10 of {holdout} holdout rows" in caplog.text
+    assert result["selection"] == {"mode": "holdout", "rows": 10}  # a 10-row sample of the split
     history = storage.read_json(result["metrics_uri"])["log_history"]
     assert [e["step"] for e in history if "eval_accuracy" in e][:2] == [5, 10]
     # Each evaluation during training scored 10 rows: its accuracy is a multiple of 1/10; the last entry is the

@@ -73,8 +73,8 @@ def test_withdraw_gives_back_the_snapshot_before_the_bad_batch_and_a_corrected_f
     rows = snapshots.read_snapshot(fixed["snapshot_uri"])
     assert dict(zip(rows["text"], rows["label"])) == {normalize_text(t): y for t, y in good + bad}
     manifest = snapshots.read_manifest(fixed["snapshot_uri"])
-    assert manifest["rows"] == 200 and sum(manifest["label_counts"].values()) == 200
-    assert manifest["sources"] == ["day1.tsv", "day2.tsv"]
+    assert manifest.rows == 200 and sum(manifest.label_counts.values()) == 200
+    assert manifest.sources == ["day1.tsv", "day2.tsv"]
 
 
 def test_withdraw_a_batch_in_the_middle_keeps_the_later_ones_and_readmit_puts_it_back(root):
@@ -91,9 +91,9 @@ def test_withdraw_a_batch_in_the_middle_keeps_the_later_ones_and_readmit_puts_it
     kept = snapshots.read_snapshot(done["snapshot_uri"])
     assert set(kept["text"]) == {normalize_text(t) for t, _ in batches[0] + batches[2]}
     manifest = snapshots.read_manifest(done["snapshot_uri"])
-    assert manifest["withdrawn"]["batches"] == [ids[1]] and manifest["sources"] == ["b0.tsv", "b2.tsv"]
-    assert manifest["rows"] == 120 and sum(manifest["split_counts"].values()) == 120
-    assert manifest["label_counts"] == {name: int((kept["label"] == i).sum())
+    assert manifest.withdrawn["batches"] == [ids[1]] and manifest.sources == ["b0.tsv", "b2.tsv"]
+    assert manifest.rows == 120 and sum(manifest.split_counts.values()) == 120
+    assert manifest.label_counts == {name: int((kept["label"] == i).sum())
                                         for i, name in enumerate(spec.data.labels)}
     assert withdraw.accepted_batches(spec.layout.snapshots) == []
 

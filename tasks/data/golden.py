@@ -166,7 +166,8 @@ def ensure_golden(spec: PipelineSpec) -> dict[str, Any]:
         pass
     else:
         manifest = storage.read_json(storage.join(pointer["golden_uri"], "manifest.json"))
-        snapshots.check_labels(spec.data.labels, manifest, f"frozen golden set {pointer['golden_id']}")
+        snapshots.check_labels(spec.data.labels, manifest.get("labels"), manifest.get("label_counts"),
+                               f"frozen golden set {pointer['golden_id']}")
         return pointer
     pointer = freeze(spec)
     try:
@@ -279,7 +280,7 @@ def champion_overlap(spec: PipelineSpec, texts: set[str]) -> dict[str, Any] | No
     found = np.zeros(len(values), dtype=bool)
     with tempfile.TemporaryDirectory(prefix="golden-champion-") as tmp:
         base = storage.parent(snapshot_uri)  # parts are named from the snapshots folder (a parent's are reused)
-        for part in snapshots.read_manifest(snapshot_uri)["parts"]:
+        for part in snapshots.read_manifest(snapshot_uri).parts:
             found |= snapshots.train_texts_in_part(storage.join(base, part), values, hi_keys, tmp)
     return {"version": champion.get("version"), "snapshot_id": champion.get("snapshot_id"),
             "rows": int(found.sum())}

@@ -504,13 +504,13 @@ def _add_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
 
 
 def commit(spec: PipelineSpec, batch: Batch, new: NewPart, latest: dict[str, Any] | None,
-           latest_etag: str | None, parent_manifest: dict[str, Any] | None, parent: "snapshots.StoredKeys | None",
+           latest_etag: str | None, parent_manifest: SnapshotManifest | None, parent: "snapshots.StoredKeys | None",
            golden: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     """part -> manifest -> latest.json (moved only from ``latest_etag``, the version this run read) -> batch
     record; returns the stage result."""
     where = spec.layout.snapshots
     stats = batch.stats()
-    parent_manifest = parent_manifest or {}
+    parent_manifest = SnapshotManifest() if parent_manifest is None else parent_manifest
     part = snapshots.write_part(where, batch.batch_id, new.path)
     total = parent.total.merged(new.content) if parent is not None else new.content
     digest = total.hexdigest()
@@ -525,7 +525,7 @@ def commit(spec: PipelineSpec, batch: Batch, new: NewPart, latest: dict[str, Any
         content_hash=digest,
         content_sum=total.encode(),
         parent=latest["snapshot_id"] if latest else None,
-        parts=parent_manifest.get("parts", []) + [part],
+        parts=parent_manifest.parts + [part],
         rows=rows,
         new_rows=new.rows,
         label_counts=label_counts,
@@ -533,7 +533,7 @@ def commit(spec: PipelineSpec, batch: Batch, new: NewPart, latest: dict[str, Any
         labels=spec.data.labels,
         batch=SnapshotBatch(batch_id=batch.batch_id, files=batch.records(), label_counts=new.label_counts,
                             **stats.kept()),
-        sources=sorted({*parent_manifest.get("sources", []), *batch.read}),
+        sources=sorted({*parent_manifest.sources, *batch.read}),
         **golden_fields,
         created_at=storage.utcnow(),
     )
@@ -556,14 +556,14 @@ def commit(spec: PipelineSpec, batch: Batch, new: NewPart, latest: dict[str, Any
             "label_counts": manifest.label_counts, "asset_extra": extra}
 
 
-def golden_changed(manifest: dict[str, Any] | None, golden: dict[str, Any]) -> bool:
+def golden_changed(manifest: SnapshotManifest | None, golden: dict[str, Any]) -> bool:
     """The latest snapshot was checked against another golden set than the current one (a re-freeze since). A
     manifest that names none (written by hand) is taken as it is."""
-    return bool(manifest and manifest.get("golden_id") and manifest["golden_id"] != golden["golden_id"])
+    return manifest is not None and bool(manifest.golden_id) and manifest.golden_id != golden["golden_id"]
 
 
 def remove_golden_rows(spec: PipelineSpec, latest: dict[str, Any], latest_etag: str | None,
-                       manifest: dict[str, Any], golden: dict[str, Any], base: dict[str, Any],
+                       manifest: SnapshotManifest, golden: dict[str, Any], base: dict[str, Any],
                        work: str) -> dict[str, Any] | None:
     """After a re-freeze: a new snapshot of the latest one's rows minus those whose text is in the current golden
     set, naming that set. Only the parts that hold such rows are rewritten (new objects, snapshots.filter_part);
@@ -571,18 +571,18 @@ def remove_golden_rows(spec: PipelineSpec, latest: dict[str, Any], latest_etag: 
     says from which set to which, and what was removed. Returns the stage result for that snapshot, or None when
     a concurrent ingest made one first."""
     where, names = spec.layout.snapshots, list(spec.data.labels)
-    if manifest.get("content_sum") is None or manifest.get("split_counts") is None:  # an old manifest: sum it
+    if manifest.content_sum is None or manifest.split_counts is None:  # an old manifest: sum it
         stored = snapshots.hash_index(latest["snapshot_uri"], manifest, work, names)
         total, labels, splits = stored.total, stored.label_counts, stored.split_counts
     else:
-        total = snapshots.ContentSum.decode(manifest["content_sum"])
-        labels, splits = dict(manifest["label_counts"]), dict(manifest["split_counts"])
+        total = snapshots.ContentSum.decode(manifest.content_sum)
+        labels, splits = dict(manifest.label_counts), dict(manifest.split_counts)
     texts = golden_array(golden)
     hi, _ = snapshots.text_keys(texts)
     parts: list[str] = []
     rewritten: dict[str, str | None] = {}
     by_batch: dict[str, int] = {}
-    for part in manifest["parts"]:
+    for part in manifest.parts:
         out = snapshots.filter_part(where, part, texts, hi, names, work)
         if out is None:
             parts.append(part)
@@ -597,15 +597,15 @@ def remove_golden_rows(spec: PipelineSpec, latest: dict[str, Any], latest_etag: 
     removed = sum(by_batch.values())
     fields = snapshots.golden_fields(golden)
     digest = total.hexdigest()
-    change = {"from": manifest["golden_id"], "from_uri": manifest.get("golden_uri"), "to": golden["golden_id"],
+    change = {"from": manifest.golden_id, "from_uri": manifest.golden_uri, "to": golden["golden_id"],
               "to_uri": golden["golden_uri"], "removed_rows": removed, "removed_by_batch": by_batch,
               "rewritten_parts": rewritten}
     new = SnapshotManifest(
         snapshot_id=snapshots.snapshot_id_of(digest, golden["golden_id"], fields.get("golden_generation", 0)),
         pipeline=spec.name, content_hash=digest, content_sum=total.encode(),
-        parent=manifest["snapshot_id"], parts=parts, rows=total.rows, new_rows=0,
-        label_counts=labels, split_counts=splits, labels=manifest.get("labels", names),
-        sources=manifest.get("sources", []), **fields, golden_changed=change, created_at=storage.utcnow(),
+        parent=manifest.snapshot_id, parts=parts, rows=total.rows, new_rows=0,
+        label_counts=labels, split_counts=splits, labels=names if manifest.labels is None else manifest.labels,
+        sources=manifest.sources, **fields, golden_changed=change, created_at=storage.utcnow(),
     )
     snapshot_uri = snapshots.write_manifest(where, new)
     pointer = {"snapshot_id": new.snapshot_id, "snapshot_uri": snapshot_uri, "rows": new.rows,
@@ -628,23 +628,25 @@ def remove_golden_rows(spec: PipelineSpec, latest: dict[str, Any], latest_etag: 
                       f"text is in the new set removed"}
 
 
-def recover_unrecorded_batch(spec: PipelineSpec, latest: dict[str, Any], manifest: dict[str, Any],
+def recover_unrecorded_batch(spec: PipelineSpec, latest: dict[str, Any], manifest: SnapshotManifest,
                              files: list[LandingFile], base: dict[str, Any]) -> dict[str, Any] | None:
     """A run that moved latest.json but died before recording its batch: record it now and report the snapshot
     as new (its Asset event was never sent), instead of re-reading the files as duplicates. ``manifest`` is the
     latest snapshot's."""
-    batch = manifest.get("batch") or {}
-    committed = {(f["key"], f["etag"], int(f["size"])) for f in batch.get("files", [])}
+    batch = manifest.batch
+    committed = {(f.key, f.etag, f.size) for f in batch.files} if batch else set()
     if not committed or committed != {f.identity for f in recorded(files)}:
         return None
-    stats = BatchStats.read({**{k: batch[k] for k in BATCH_STATS if k in batch}, "batch_id": batch["batch_id"]})
-    snapshots.record_batch(spec.layout.snapshots, batch["batch_id"], batch["files"], manifest["snapshot_id"], stats)
-    log.info("recorded batch %s of snapshot %s (its run stopped before recording it)", batch["batch_id"],
-             manifest["snapshot_id"])
-    extra = {"snapshot_id": manifest["snapshot_id"], "snapshot_uri": latest["snapshot_uri"],
-             "total_rows": manifest["rows"], "new_rows": manifest["new_rows"]}
-    return {**base, **stats.dump(), **extra, "changed": True, "parent_snapshot_id": manifest.get("parent"),
-            "label_counts": manifest["label_counts"], "recovered": True, "asset_extra": extra}
+    kept = {k: v for k, v in batch.dump().items() if k in BATCH_STATS}  # the statistics the manifest holds
+    stats = BatchStats.read({**kept, "batch_id": batch.batch_id})
+    snapshots.record_batch(spec.layout.snapshots, batch.batch_id, [f.dump() for f in batch.files],
+                           manifest.snapshot_id, stats)
+    log.info("recorded batch %s of snapshot %s (its run stopped before recording it)", batch.batch_id,
+             manifest.snapshot_id)
+    extra = {"snapshot_id": manifest.snapshot_id, "snapshot_uri": latest["snapshot_uri"],
+             "total_rows": manifest.rows, "new_rows": manifest.new_rows}
+    return {**base, **stats.dump(), **extra, "changed": True, "parent_snapshot_id": manifest.parent,
+            "label_counts": manifest.label_counts, "recovered": True, "asset_extra": extra}
 
 
 def unchanged(latest: dict[str, Any], base: dict[str, Any], *, reason: str) -> dict[str, Any]:
@@ -669,7 +671,8 @@ def run_ingest(spec: PipelineSpec, run_uri: str | None = None) -> dict[str, Any]
     # latest.json, its ETag (the version commit() moves it from) and its snapshot's manifest: read once.
     latest, latest_etag, latest_manifest = snapshots.read_latest_manifest(layout.snapshots)
     if latest:
-        snapshots.check_labels(spec.data.labels, latest_manifest, f"latest snapshot {latest['snapshot_id']}")
+        snapshots.check_labels(spec.data.labels, latest_manifest.labels, latest_manifest.label_counts,
+                               f"latest snapshot {latest['snapshot_id']}")
     files = landing.new_files(layout.landing, snapshots.processed_files(layout.snapshots))
     base = {"golden_uri": golden["golden_uri"], "golden_id": golden["golden_id"], "landing_uri": layout.landing}
     if not files and latest is None:

@@ -32,6 +32,7 @@ from typing import BinaryIO, Iterator
 
 from tasks import storage
 from tasks.data.validation import NOT_REGULAR, OUTSIDE_LANDING, SYMLINK, UNREADABLE
+from tasks.manifests import LandingFileRecord
 
 log = logging.getLogger("tasks.data.landing")
 
@@ -316,7 +317,7 @@ def open_file(landing_uri: str, f: LandingFile, tmp_dir: str) -> Iterator[Binary
 _MD5 = re.compile(r"[0-9a-f]{32}")
 
 
-def quick_check(processed: list[dict]) -> dict[tuple[str, int, float], str]:
+def quick_check(processed: list[LandingFileRecord]) -> dict[tuple[str, int, float], str]:
     """The recorded ETag of each processed file by (key, size, mtime), so that a local landing folder is not read
     whole on every ingest (S3 lists ETags for free; a local file's MD5 means reading it). This is rsync's quick
     check: a file whose name, size and mtime are all unchanged is taken as unchanged. Content rewritten in place
@@ -324,15 +325,15 @@ def quick_check(processed: list[dict]) -> dict[tuple[str, int, float], str]:
     count, and a (key, size, mtime) recorded with two ETags is read again."""
     seen: dict[tuple[str, int, float], str | None] = {}
     for f in processed:
-        if f.get("mtime") is None or not _MD5.fullmatch(str(f["etag"])):
+        if f.mtime is None or not _MD5.fullmatch(f.etag):
             continue
-        key = (f["key"], int(f["size"]), float(f["mtime"]))
-        seen[key] = f["etag"] if seen.get(key, f["etag"]) == f["etag"] else None
+        key = (f.key, f.size, float(f.mtime))
+        seen[key] = f.etag if seen.get(key, f.etag) == f.etag else None
     return {key: etag for key, etag in seen.items() if etag is not None}
 
 
-def new_files(landing_uri: str, processed: list[dict]) -> list[LandingFile]:
+def new_files(landing_uri: str, processed: list[LandingFileRecord]) -> list[LandingFile]:
     """The landing entries whose identity (key + ETag + size) no committed batch holds; ``processed``: the batch
     records' file entries (``snapshots.processed_files``)."""
-    done = {(f["key"], f["etag"], int(f["size"])) for f in processed}
+    done = {(f.key, f.etag, f.size) for f in processed}
     return [f for f in list_landing(landing_uri, quick_check(processed)) if f.identity not in done]

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from tasks import storage
 from tasks.errors import SpecInvalid
-from tasks.manifests import BatchRecord, BatchStats, SnapshotManifest
+from tasks.manifests import BatchRecord, BatchStats, LandingFileRecord, SnapshotManifest
 
 log = logging.getLogger("tasks.data.snapshots")
 
@@ -39,23 +39,23 @@ def manifest_uri(snapshot_uri: str) -> str:
     return storage.join(snapshot_uri, "manifest.json")
 
 
-def read_manifest(snapshot_uri: str) -> dict[str, Any]:
-    """The snapshot's manifest, validated (``SnapshotManifest.read``: an older manifest reads as it was written)
-    and handed on as its JSON."""
-    return SnapshotManifest.read(storage.read_json(manifest_uri(snapshot_uri))).dump()
+def read_manifest(snapshot_uri: str) -> SnapshotManifest:
+    """The snapshot's manifest (``SnapshotManifest.read``: an older manifest reads as it was written)."""
+    return SnapshotManifest.read(storage.read_json(manifest_uri(snapshot_uri)))
 
 
-def check_labels(labels: list[str], manifest: dict[str, Any], what: str) -> None:
-    """Stored rows keep a label's index into data.labels, so the spec's labels must be the stored ones, in their
-    order, plus any new ones at the end; else SpecInvalid (exit 4) before anything is read or written. A manifest
-    written before it recorded ``labels`` is checked by the names its label_counts hold (order unknown)."""
-    stored = manifest.get("labels")
+def check_labels(labels: list[str], stored: list[str] | None, label_counts: dict[str, int] | None,
+                 what: str) -> None:
+    """Stored rows keep a label's index into data.labels, so the spec's labels must be the stored ones
+    (``stored``: a snapshot's or golden set's manifest's ``labels``), in their order, plus any new ones at the end;
+    else SpecInvalid (exit 4) before anything is read or written. A manifest written before it recorded ``labels``
+    is checked by the names its ``label_counts`` hold (order unknown)."""
     if stored is not None:
         if labels[: len(stored)] == stored:
             return
         problem = f"they are {stored} (label i = name i)"
     else:
-        missing = sorted(set(manifest.get("label_counts") or {}) - set(labels))
+        missing = sorted(set(label_counts or {}) - set(labels))
         if not missing:
             return
         problem = f"they hold labels no longer in data.labels: {missing}"
@@ -75,14 +75,14 @@ def parquet_bytes(frame: "pd.DataFrame") -> bytes:
     return buf.getvalue()
 
 
-def read_snapshot(snapshot_uri: str, manifest: dict[str, Any] | None = None) -> "pd.DataFrame":
+def read_snapshot(snapshot_uri: str, manifest: SnapshotManifest | None = None) -> "pd.DataFrame":
     """All rows of a snapshot, in part order (``manifest``: its manifest, when the caller has read it already).
     Part paths in the manifest are URIs relative to the pipeline's snapshots folder (``parts/<batch_id>.parquet``)
     so that a snapshot can reuse its parent's parts."""
     if manifest is None:
         manifest = read_manifest(snapshot_uri)
     base = storage.parent(snapshot_uri)
-    frames = [read_parquet(storage.join(base, part)) for part in manifest["parts"]]
+    frames = [read_parquet(storage.join(base, part)) for part in manifest.parts]
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in COLUMNS})
     frame = pd.concat(frames, ignore_index=True)
@@ -154,7 +154,7 @@ def read_latest(snapshots_uri: str) -> tuple[dict[str, Any] | None, str | None]:
     return storage.read_json(uri), info.etag
 
 
-def read_latest_manifest(snapshots_uri: str) -> tuple[dict[str, Any] | None, str | None, dict[str, Any] | None]:
+def read_latest_manifest(snapshots_uri: str) -> tuple[dict[str, Any] | None, str | None, SnapshotManifest | None]:
     """(latest.json pointer, its ETag, the manifest of the snapshot it points at) or (None, None, None) before the
     first snapshot. Read once per run and passed down: a manifest is create-only, so one read is as good as many;
     the ETag is the version a later move_latest must start from."""
@@ -176,12 +176,12 @@ def batch_records_uri(snapshots_uri: str) -> str:
     return storage.join(snapshots_uri, "batches")
 
 
-def processed_files(snapshots_uri: str) -> list[dict[str, Any]]:
+def processed_files(snapshots_uri: str) -> list[LandingFileRecord]:
     """What the batch records keep of every landing file a committed batch holds: key, ETag, size, mtime."""
-    files: list[dict[str, Any]] = []
+    files: list[LandingFileRecord] = []
     for obj in storage.list_objects(batch_records_uri(snapshots_uri)):
         if obj.uri.endswith(".json"):
-            files.extend(BatchRecord.read(storage.read_json(obj.uri)).dump().get("files", []))
+            files.extend(BatchRecord.read(storage.read_json(obj.uri)).files)
     return files
 
 
@@ -223,10 +223,12 @@ def snapshot_id_of(digest: str, golden_id: str | None = None, golden_generation:
     return hashlib.sha256(f"snapshot-golden:{digest}:{golden_id}".encode()).hexdigest()[:16]
 
 
-def golden_fields(golden: dict[str, Any]) -> dict[str, Any]:
+def golden_fields(golden: dict[str, Any] | SnapshotManifest) -> dict[str, Any]:
     """The golden set a snapshot's manifest names, from a golden pointer or another manifest;
     ``golden_generation`` only once the golden set was replaced (manifests of a never-replaced set are as they
     were)."""
+    if isinstance(golden, SnapshotManifest):
+        golden = golden.dump()  # the fields it holds, as the pointer's keys
     out = {"golden_id": golden.get("golden_id"), "golden_uri": golden.get("golden_uri")}
     generation = int(golden.get("golden_generation", golden.get("generation", 0)) or 0)
     if generation:
@@ -391,11 +393,11 @@ def part_rows(part_uri: str, tmp_dir: str) -> Iterable[tuple[Any, Any, Any]]:
         yield th, batch.column(1).to_numpy(zero_copy_only=False).astype(np.int64), batch.column(2)
 
 
-def hash_index(snapshot_uri: str, manifest: dict[str, Any], tmp_dir: str, names: list[str]) -> StoredKeys:
+def hash_index(snapshot_uri: str, manifest: SnapshotManifest, tmp_dir: str, names: list[str]) -> StoredKeys:
     """The StoredKeys of a snapshot (``manifest`` is its manifest, already read), read part by part and a row
     group at a time (``part_rows``)."""
     base = storage.parent(snapshot_uri)
-    stored_sum = manifest.get("content_sum")
+    stored_sum = manifest.content_sum
     total = ContentSum()
     counts = np.zeros(len(names), dtype=np.int64)
     splits: Counter = Counter()
@@ -404,7 +406,7 @@ def hash_index(snapshot_uri: str, manifest: dict[str, Any], tmp_dir: str, names:
     keys = StoredKeys(folder, 0, total, {}, {})
     outs = [open(keys.bucket(t), "wb") for t in range(256)]  # noqa: SIM115 (closed below)
     try:
-        for part in manifest["parts"]:
+        for part in manifest.parts:
             for th, labels, split in part_rows(storage.join(base, part), tmp_dir):
                 hi, lo = hash_keys(th)
                 recs = np.empty(len(hi), dtype=np.dtype(KEY_FIELDS))

@@ -40,7 +40,7 @@ from tasks import cli, storage
 from tasks.data import snapshots
 from tasks.data.ingest import golden_array
 from tasks.errors import InfrastructureError, SpecInvalid
-from tasks.manifests import BatchRecord, SnapshotManifest
+from tasks.manifests import BatchRecord, LandingFileRecord, SnapshotManifest
 from tasks.spec import load_spec
 
 log = logging.getLogger("tasks.data.withdraw")
@@ -82,37 +82,37 @@ def _part_totals(snapshots_uri: str, part: str, names: Sequence[str], tmp_dir: s
     return total, {name: int(counts[i]) for i, name in enumerate(names)}, splits
 
 
-def _batch_files(snapshots_uri: str, batch_id: str) -> list[dict[str, Any]]:
+def _batch_files(snapshots_uri: str, batch_id: str) -> list[LandingFileRecord]:
     try:
         record = storage.read_json(storage.join(snapshots.batch_records_uri(snapshots_uri), f"{batch_id}.json"))
-        return BatchRecord.read(record).dump()["files"]
+        return BatchRecord.read(record).files
     except storage.NotFound:
         return []
 
 
-def _new_manifest(spec, latest_manifest: dict[str, Any], parts: list[str], change: dict[str, Any],
+def _new_manifest(spec, latest_manifest: SnapshotManifest, parts: list[str], change: dict[str, Any],
                   tmp_dir: str) -> SnapshotManifest:
     """The manifest of the latest snapshot with ``parts`` instead of its own; sums and counts are adjusted by the
     parts that leave or join (each read once), so the other parts are not read."""
     where, names = spec.layout.snapshots, list(spec.data.labels)
-    total = snapshots.ContentSum.decode(latest_manifest["content_sum"])
-    labels = dict(latest_manifest["label_counts"])
-    splits = dict(latest_manifest["split_counts"])
-    old, new = set(latest_manifest["parts"]), set(parts)
+    total = snapshots.ContentSum.decode(latest_manifest.content_sum)
+    labels = dict(latest_manifest.label_counts)
+    splits = dict(latest_manifest.split_counts)
+    old, new = set(latest_manifest.parts), set(parts)
     for part, sign in [*((p, -1) for p in old - new), *((p, 1) for p in new - old)]:
         part_sum, part_labels, part_splits = _part_totals(where, part, names, tmp_dir)
         total = total.merged(part_sum) if sign > 0 else total.minus(part_sum)
         labels = {k: labels.get(k, 0) + sign * part_labels.get(k, 0) for k in {**labels, **part_labels}}
         splits = {k: splits.get(k, 0) + sign * part_splits.get(k, 0) for k in {**splits, **part_splits}}
-    sources = sorted({f["key"] for p in parts for f in _batch_files(where, snapshots.batch_of_part(p))})
+    sources = sorted({f.key for p in parts for f in _batch_files(where, snapshots.batch_of_part(p))})
     digest = total.hexdigest()
     golden = snapshots.golden_fields(latest_manifest)  # the same golden set as the latest snapshot
     return SnapshotManifest(
         snapshot_id=snapshots.snapshot_id_of(digest, golden["golden_id"], golden.get("golden_generation", 0)),
         pipeline=spec.name, content_hash=digest, content_sum=total.encode(),
-        parent=latest_manifest["snapshot_id"], parts=parts, rows=total.rows, new_rows=0,
+        parent=latest_manifest.snapshot_id, parts=parts, rows=total.rows, new_rows=0,
         label_counts=labels, split_counts=splits, **change, sources=sources,
-        labels=latest_manifest.get("labels", list(spec.data.labels)), **golden,
+        labels=list(spec.data.labels) if latest_manifest.labels is None else latest_manifest.labels, **golden,
         created_at=storage.utcnow(),
     )
 
@@ -127,8 +127,8 @@ def _move(spec, edit, change: dict[str, Any]) -> dict[str, Any] | None:
         if latest is None:
             raise SpecInvalid(f"pipeline {spec.name} has no snapshot yet ({snapshots.latest_uri(where)} missing)")
         with tempfile.TemporaryDirectory(prefix="withdraw-") as tmp:
-            parts = edit(list(manifest["parts"]), manifest, tmp)
-            if parts == manifest["parts"]:
+            parts = edit(list(manifest.parts), manifest, tmp)
+            if parts == manifest.parts:
                 return None
             if not parts:
                 raise SpecInvalid(f"withdrawing would leave pipeline {spec.name}'s snapshot empty; land data first")
@@ -141,7 +141,7 @@ def _move(spec, edit, change: dict[str, Any]) -> dict[str, Any] | None:
         except storage.PreconditionFailed:
             log.info("latest.json moved while withdrawing; redoing it on the new snapshot")
             continue
-        return {"snapshot_id": new.snapshot_id, "snapshot_uri": snapshot_uri, "parent": manifest["snapshot_id"],
+        return {"snapshot_id": new.snapshot_id, "snapshot_uri": snapshot_uri, "parent": manifest.snapshot_id,
                 "rows": new.rows}
     raise InfrastructureError(f"{snapshots.latest_uri(where)} kept moving ({MOVE_ATTEMPTS} tries); rerun")
 
@@ -153,7 +153,7 @@ def withdraw(spec, batch_ids: Sequence[str], reason: str, run_key: str | None = 
     wanted = set(batch_ids)
     present: list[str] = []
 
-    def edit(parts: list[str], manifest: dict[str, Any], tmp: str) -> list[str]:
+    def edit(parts: list[str], manifest: SnapshotManifest, tmp: str) -> list[str]:
         # By batch: after a re-freeze a batch's part may be a rewrite (parts/filtered/<id>/<batch_id>.parquet).
         present[:] = [p for p in parts if snapshots.batch_of_part(p) in wanted]
         return [p for p in parts if snapshots.batch_of_part(p) not in wanted]
@@ -162,7 +162,7 @@ def withdraw(spec, batch_ids: Sequence[str], reason: str, run_key: str | None = 
     now = {snapshots.batch_of_part(p) for p in present}
     # A retried decide finds its batches out already: they count as withdrawn, their first record stays.
     done = sorted(b for b in batch_ids if b in now or storage.exists(withdrawn_uri(where, b)))
-    files = {b: [f["key"] for f in _batch_files(where, b)] for b in done}
+    files = {b: [f.key for f in _batch_files(where, b)] for b in done}
     for b in sorted(now):
         record = {"batch_id": b, "reason": reason, "run_key": run_key, "files": files[b],
                   "withdrawn_at": storage.utcnow(), "snapshot_id": moved["snapshot_id"] if moved else None}
@@ -189,7 +189,7 @@ def readmit(spec, batch_ids: Sequence[str], reason: str) -> dict[str, Any]:
                          snapshots.json_bytes({"batch_id": b, "reason": reason, "accepted_at": storage.utcnow()}))
     change = {"readmitted": {"batches": sorted(batch_ids), "reason": reason}}
 
-    def edit(parts: list[str], manifest: dict[str, Any], tmp: str) -> list[str]:
+    def edit(parts: list[str], manifest: SnapshotManifest, tmp: str) -> list[str]:
         present = {snapshots.batch_of_part(p) for p in parts}
         back = [b for b in batch_ids if b not in present]
         return parts + [_without_golden_rows(spec, snapshots.part_path(b), manifest, tmp, change["readmitted"])
@@ -199,12 +199,12 @@ def readmit(spec, batch_ids: Sequence[str], reason: str) -> dict[str, Any]:
     return {"readmitted": sorted(batch_ids), **_now_latest(where, moved), "reason": reason}
 
 
-def _without_golden_rows(spec, part: str, manifest: dict[str, Any], tmp: str, record: dict[str, Any]) -> str:
+def _without_golden_rows(spec, part: str, manifest: SnapshotManifest, tmp: str, record: dict[str, Any]) -> str:
     """The part to readmit: as ingested, unless the golden set was re-frozen since and holds some of its texts;
     then its rewrite without them (the rows of every part in a snapshot stay out of the golden set it names)."""
-    if not manifest.get("golden_generation"):  # never re-frozen: the part was checked against this very set
+    if not manifest.golden_generation:  # never re-frozen: the part was checked against this very set
         return part
-    texts = golden_array(manifest)
+    texts = golden_array(snapshots.golden_fields(manifest))
     hi, _ = snapshots.text_keys(texts)
     out = snapshots.filter_part(spec.layout.snapshots, part, texts, hi, list(spec.data.labels), tmp)
     if out is None:
@@ -212,7 +212,7 @@ def _without_golden_rows(spec, part: str, manifest: dict[str, Any], tmp: str, re
     record.setdefault("golden_removed_rows", {})[snapshots.batch_of_part(part)] = out.removed.rows
     if out.part is None:
         raise SpecInvalid(f"every row of batch {snapshots.batch_of_part(part)} is now in the golden set "
-                          f"{manifest.get('golden_id')}; there is nothing to readmit")
+                          f"{manifest.golden_id}; there is nothing to readmit")
     return out.part
 
 

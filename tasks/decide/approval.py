@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from tasks import storage
+from tasks.contracts import DriftResult, EvaluateResult
 
 APPROVE, REJECT = "Approve", "Reject"  # the HITL options (Airflow's ApprovalOperator uses the same two)
 OPTIONS = [APPROVE, REJECT]
@@ -168,34 +169,33 @@ def _ci(m: dict[str, Any], key: str) -> str:
     return _fmt(value) + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci and len(ci) == 2 else "")
 
 
-def body(*, pipeline: str, kind: str, evaluation: dict[str, Any], drift: dict[str, Any] | None,
+def body(*, pipeline: str, kind: str, evaluation: EvaluateResult, drift: DriftResult | None,
          reasons: list[str], champion: str | None, registry_url: str, run_url: str | None = None,
          confidence: float = 0.95, timeout_minutes: float | None = None) -> str:
     """What the person reads in Required actions: the gate table, the metrics with their intervals, the drift
     summary, why the run retrained, and the links to the registry page and the run."""
-    passed = bool(evaluation.get("passed"))
+    passed = evaluation.passed
     level = f"{confidence:.0%}"
     lines = []
     if kind == "override":
         lines += [f"**The candidate of `{pipeline}` FAILED its gates** "
-                  f"({', '.join(evaluation.get('failed_gates') or []) or 'see the table'}). "
+                  f"({', '.join(evaluation.failed_gates) or 'see the table'}). "
                   "**Approve** overrides them and promotes it, recorded as *overridden* on the version, its model "
                   "card, the registry page and the audit trail: **a reason is required** (without one the override "
                   "is refused). **Reject** keeps the gate failure: nothing is promoted.", ""]
     else:
         lines += [f"**The candidate of `{pipeline}` passed its gates**"
-                  + (" (first run: floors only)" if evaluation.get("first_run") else "") + ". "
+                  + (" (first run: floors only)" if evaluation.first_run else "") + ". "
                   "**Approve** publishes and promotes it. **Reject** publishes it as *rejected*; the champion stays. "
                   "Your name and reason go into the audit trail and the model card.", ""]
     lines += [f"Champion now: `{champion or 'none'}`"
               + (f" · no answer within {timeout_minutes:g} min: nothing is promoted and on-call is alerted"
                  if timeout_minutes else ""), ""]
     lines += ["| gate | verdict | value | threshold | note |", "|---|---|---|---|---|"]
-    for g in evaluation.get("gates") or []:
-        verdict = "skipped" if g.get("skipped") else ("pass" if g.get("passed") else "**FAIL**")
-        lines.append(f"| {g.get('name')} | {verdict} | {_fmt(g.get('value'))} | {_fmt(g.get('threshold'))} | "
-                     f"{_fmt(g.get('reason') or '')} |")
-    metrics = evaluation.get("metrics") or {}
+    for g in evaluation.gates:
+        verdict = "skipped" if g.skipped else ("pass" if g.passed else "**FAIL**")
+        lines.append(f"| {g.name} | {verdict} | {_fmt(g.value)} | {_fmt(g.threshold)} | {_fmt(g.reason)} |")
+    metrics = evaluation.metrics
     rows = [("candidate teacher", metrics.get("teacher")), ("candidate student", metrics.get("student"))]
     champion_metrics = metrics.get("champion") or {}
     rows += [(f"champion {role}", champion_metrics.get(role)) for role in ("teacher", "student")]
@@ -207,9 +207,9 @@ def body(*, pipeline: str, kind: str, evaluation: dict[str, Any], drift: dict[st
     if drift is None:
         lines.append("**Drift:** no drift result for this run")
     else:
-        lines.append(f"**Drift:** {'DETECTED' if drift.get('drift_detected') else 'not detected'}"
-                     + (f" - {drift['summary']}" if drift.get("summary") else ""))
-        for name, check in sorted((drift.get("checks") or {}).items()):
+        lines.append(f"**Drift:** {'DETECTED' if drift.drift_detected else 'not detected'}"
+                     + (f" - {drift.summary}" if drift.summary else ""))
+        for name, check in sorted(drift.checks.items()):
             if isinstance(check, dict) and check.get("drifted"):
                 lines.append(f"- {name}: statistic {_fmt(check.get('statistic'))} vs threshold "
                              f"{_fmt(check.get('threshold'))}")
@@ -218,8 +218,8 @@ def body(*, pipeline: str, kind: str, evaluation: dict[str, Any], drift: dict[st
     lines += ["", f"[Model registry page]({registry_url})"]
     if run_url:
         lines.append(f" · [Airflow run]({run_url})")
-    if evaluation.get("report_md_uri"):
-        lines += ["", f"Gate report: `{evaluation['report_md_uri']}`"]
+    if evaluation.report_md_uri:
+        lines += ["", f"Gate report: `{evaluation.report_md_uri}`"]
     if not passed and kind == "approval":  # cannot happen through question(); said plainly if it ever does
         lines += ["", "Note: the evaluation did not pass."]
     return "\n".join(lines)

@@ -47,16 +47,16 @@ def asset_name(pipeline: str) -> str:
     return f"{pipeline}_champion"
 
 
-def headline_metrics(manifest: dict[str, Any]) -> dict[str, Any]:
-    metrics = (manifest.get("evaluation") or {}).get("metrics") or {}
+def headline_metrics(manifest: VersionManifest) -> dict[str, Any]:
+    metrics = manifest.evaluation.get("metrics") or {}
     return {role: {k: m[k] for k in HEADLINE if k in m} for role in ("teacher", "student")
             if isinstance(m := metrics.get(role), dict)}
 
 
-def event_extra(pipeline: str, pointer: dict[str, Any], event: str, manifest: dict[str, Any] | None = None,
+def event_extra(pipeline: str, pointer: dict[str, Any], event: str, manifest: VersionManifest | None = None,
                 actor: str | None = None) -> dict[str, Any]:
     """What the Asset event carries about one move of the champion pointer."""
-    manifest = manifest or {}
+    manifest = manifest or VersionManifest()
     extra = {
         "pipeline": pipeline,
         "event": event,
@@ -70,8 +70,8 @@ def event_extra(pipeline: str, pointer: dict[str, Any], event: str, manifest: di
     }
     if actor:
         extra["actor"] = actor
-    if manifest.get("approval"):
-        approval = manifest["approval"]
+    if manifest.approval:
+        approval = manifest.approval
         extra["approval"] = {k: approval.get(k) for k in ("decision", "responded_by", "reason")}
     return extra
 
@@ -79,9 +79,9 @@ def event_extra(pipeline: str, pointer: dict[str, Any], event: str, manifest: di
 def extra_for(spec: Any, pointer: dict[str, Any], event: str, actor: str | None = None) -> dict[str, Any]:
     try:  # the manifest read directly (registry.read_manifest's path): the registry imports this module
         manifest = VersionManifest.read(storage.read_json(storage.join(spec.layout.version(pointer["version"]),
-                                                                        VERSION_MANIFEST))).dump()
+                                                                        VERSION_MANIFEST)))
     except storage.NotFound:
-        manifest = {}
+        manifest = None
     return event_extra(spec.name, pointer, event, manifest, actor)
 
 

@@ -39,7 +39,7 @@ from tasks.data import snapshots
 from tasks.decide import CandidateArgs, registry, remedies
 from tasks.decide import gates as gates_mod
 from tasks.errors import SpecInvalid
-from tasks.manifests import VersionManifest
+from tasks.manifests import SnapshotManifest, VersionManifest
 from tasks.spec import PipelineSpec, load_spec
 from tasks.train import modeling
 
@@ -141,10 +141,10 @@ def _resolve_champion(spec: PipelineSpec, champion: str | None) -> str | None:
     return spec.layout.version(champion)  # a bare version id
 
 
-def resolve_golden(snapshot_uri: str, golden: str | None, manifest: dict) -> str:
+def resolve_golden(snapshot_uri: str, golden: str | None, manifest: SnapshotManifest) -> str:
     if golden:
         return storage.normalize(golden)
-    uri = manifest.get("golden_uri")
+    uri = manifest.golden_uri
     if not uri:
         raise SpecInvalid(f"snapshot {snapshot_uri} records no golden_uri; pass --golden")
     return uri
@@ -154,11 +154,11 @@ def resolve_golden(snapshot_uri: str, golden: str | None, manifest: dict) -> str
 
 
 
-def same_golden_set(snapshot_manifest: dict[str, Any], golden_id: str | None, golden_uri: str) -> bool:
+def same_golden_set(snapshot_manifest: SnapshotManifest, golden_id: str | None, golden_uri: str) -> bool:
     """Whether a snapshot's manifest names this golden set (by id where both are known, else by its folder)."""
-    if snapshot_manifest.get("golden_id") and golden_id:
-        return snapshot_manifest["golden_id"] == golden_id
-    named = snapshot_manifest.get("golden_uri")
+    if snapshot_manifest.golden_id and golden_id:
+        return snapshot_manifest.golden_id == golden_id
+    named = snapshot_manifest.golden_uri
     return bool(named) and storage.normalize(named) == storage.normalize(golden_uri)
 
 
@@ -175,15 +175,15 @@ def champion_trained_rows(champion_uri: str, golden_df: Any, golden_uri: str, sn
     none = np.zeros(len(golden_df), dtype=bool)
     info: dict[str, Any] = {"champion_uri": champion_uri, "looked": False}
     try:
-        version = VersionManifest.read(storage.read_json(storage.join(champion_uri, registry.MANIFEST))).dump()
+        version = VersionManifest.read(storage.read_json(storage.join(champion_uri, registry.MANIFEST)))
     except storage.NotFound:
-        version = {}
-    info["champion_version"] = version.get("version")
-    if not version.get("snapshot_uri"):
+        version = VersionManifest()
+    info["champion_version"] = version.version
+    if not version.snapshot_uri:
         info["note"] = (f"the champion {champion_uri} names no snapshot (no version manifest with snapshot_uri): "
                         f"what it trained on is unknown, so every golden row is compared")
         return none, info
-    champion_snapshot = storage.normalize(version["snapshot_uri"])
+    champion_snapshot = storage.normalize(version.snapshot_uri)
     try:
         champion_manifest = manifest if champion_snapshot == snapshot_uri else snapshots.read_manifest(
             champion_snapshot)
@@ -191,16 +191,16 @@ def champion_trained_rows(champion_uri: str, golden_df: Any, golden_uri: str, sn
         info["note"] = (f"the champion's snapshot {champion_snapshot} has no manifest: what it trained on is "
                         f"unknown, so every golden row is compared")
         return none, info
-    run_names_golden = storage.normalize(manifest.get("golden_uri") or "") == storage.normalize(golden_uri)
-    golden_id = manifest.get("golden_id") if run_names_golden else None
-    info.update(champion_snapshot_id=champion_manifest.get("snapshot_id"), champion_snapshot_uri=champion_snapshot,
-                champion_golden_id=champion_manifest.get("golden_id"),
+    run_names_golden = storage.normalize(manifest.golden_uri or "") == storage.normalize(golden_uri)
+    golden_id = manifest.golden_id if run_names_golden else None
+    info.update(champion_snapshot_id=champion_manifest.snapshot_id, champion_snapshot_uri=champion_snapshot,
+                champion_golden_id=champion_manifest.golden_id,
                 golden_id=golden_id or golden_uri.rstrip("/").rsplit("/", 1)[-1])
     if same_golden_set(champion_manifest, golden_id, golden_uri):
         return none, info  # the common case: the champion's snapshot was made without this set's texts
     base = storage.parent(champion_snapshot)
-    shared = set(manifest["parts"]) if run_names_golden and storage.parent(snapshot_uri) == base else set()
-    parts = [p for p in champion_manifest["parts"] if p not in shared]
+    shared = set(manifest.parts) if run_names_golden and storage.parent(snapshot_uri) == base else set()
+    parts = [p for p in champion_manifest.parts if p not in shared]
     texts = pa.array(sorted(set(golden_df["text"].astype(str))), pa.string())
     hi_keys = snapshots.text_keys(texts)[0]
     found = np.zeros(len(texts), dtype=bool)
@@ -211,7 +211,7 @@ def champion_trained_rows(champion_uri: str, golden_df: Any, golden_uri: str, sn
                 break
             found |= snapshots.train_texts_in_part(storage.join(base, part), texts, hi_keys, tmp)
             read += 1
-    info.update(looked=True, parts=len(champion_manifest["parts"]), parts_shared=len(champion_manifest["parts"])
+    info.update(looked=True, parts=len(champion_manifest.parts), parts_shared=len(champion_manifest.parts)
                 - len(parts), parts_read=read)
     trained = set(texts.filter(pa.array(found)).to_pylist())
     return golden_df["text"].astype(str).isin(trained).to_numpy(), info

@@ -145,7 +145,7 @@ def snapshot_manifest(snapshot_uri: str) -> dict[str, Any]:
     """The snapshot's manifest, with at least its id (from the folder name when there is no manifest)."""
     fallback = snapshot_uri.rstrip("/").rsplit("/", 1)[-1]
     try:
-        manifest = dict(snapshots.read_manifest(snapshot_uri))
+        manifest = snapshots.read_manifest(snapshot_uri).dump()  # as stored: the model card renders it
     except storage.NotFound:
         manifest = {}
     manifest["snapshot_id"] = str(manifest.get("snapshot_id") or manifest.get("id") or fallback)

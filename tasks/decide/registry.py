@@ -83,9 +83,9 @@ def version_uri(spec: PipelineSpec, version: str) -> str:
     return spec.layout.version(version)
 
 
-def read_manifest(spec: PipelineSpec, version: str) -> dict[str, Any]:
+def read_manifest(spec: PipelineSpec, version: str) -> VersionManifest:
     try:
-        return VersionManifest.read(storage.read_json(storage.join(version_uri(spec, version), MANIFEST))).dump()
+        return VersionManifest.read(storage.read_json(storage.join(version_uri(spec, version), MANIFEST)))
     except storage.NotFound:
         raise RegistryError(f"version {version} has no manifest (unknown or incomplete)") from None
 
@@ -106,7 +106,7 @@ def verify(spec: PipelineSpec, version: str) -> dict[str, Any]:
     """Re-hash every file of a version against its manifest. ``ok`` only if nothing is missing, extra or changed."""
     manifest = read_manifest(spec, version)
     base = version_uri(spec, version).rstrip("/") + "/"
-    expected: dict[str, dict[str, Any]] = manifest.get("files", {})
+    expected = manifest.files
     present = {o.uri[len(base):]: o for o in storage.list_objects(base)}
     present.pop(MANIFEST, None)
     missing = sorted(set(expected) - set(present))
@@ -208,11 +208,11 @@ def promote(spec: PipelineSpec, version: str, *, expected_champion: str | None, 
     pointer = {
         "version": version,
         "version_uri": version_uri(spec, version),
-        "snapshot_id": manifest.get("snapshot_id"),
-        "snapshot_uri": manifest.get("snapshot_uri"),
+        "snapshot_id": manifest.snapshot_id,
+        "snapshot_uri": manifest.snapshot_uri,
         "promoted_at": storage.utcnow(),
         "previous": current_version,
-        "training": manifest.get("training"),  # full or incremental: the next decision counts the streak
+        "training": manifest.training,  # full or incremental: the next decision counts the streak
     }
     new_etag = _move_pointer(spec, pointer, etag)
     _audit(spec, event, {**pointer, "champion_etag": new_etag, **(extra or {})})
@@ -245,12 +245,12 @@ def rollback(spec: PipelineSpec, to: str | None = None, *, actor: str | None = N
         raise RegistryError(f"{target} already is the champion")
     require_verified(spec, target)
     manifest = read_manifest(spec, target)
-    previous = current["version"] if to else manifest.get("parent_champion")
+    previous = current["version"] if to else manifest.parent_champion
     pointer = {
         "version": target,
         "version_uri": version_uri(spec, target),
-        "snapshot_id": manifest.get("snapshot_id"),
-        "snapshot_uri": manifest.get("snapshot_uri"),
+        "snapshot_id": manifest.snapshot_id,
+        "snapshot_uri": manifest.snapshot_uri,
         "promoted_at": storage.utcnow(),
         "previous": previous,
         "rolled_back_from": current["version"],
@@ -269,17 +269,17 @@ def rerun_commands(spec: PipelineSpec, version: str, run_key: str | None = None)
     manifest = read_manifest(spec, version)
     run_key = run_key or f"rerun-{version}"
     run = spec.layout.run(run_key)
-    snapshot = manifest["snapshot_uri"]
+    snapshot = manifest.snapshot_uri
     spec_uri = storage.join(version_uri(spec, version), "reports", "spec.json")
     teacher = storage.join(run, "finetune", "model")
     student = storage.join(run, "distill", "model")
-    parent = manifest.get("parent_champion")
+    parent = manifest.parent_champion
     champion = version_uri(spec, parent) if parent else "none"
     py = [sys.executable if os.environ.get("RETRAIN_RERUN_PYTHON") == "current" else "python", "-m", "tasks"]
     evaluate = py + ["evaluate", "--run", run, "--snapshot", snapshot, "--teacher", teacher, "--student", student,
                      "--champion", champion]
-    if manifest.get("golden_uri"):
-        evaluate += ["--golden", manifest["golden_uri"]]
+    if manifest.golden_uri:
+        evaluate += ["--golden", manifest.golden_uri]
     return [
         py + ["registry", "--spec", spec_uri, "copy-spec", version, "--run", run],
         py + ["finetune", "--run", run, "--snapshot", snapshot, "--champion", champion],
@@ -294,15 +294,15 @@ def rerun_commands(spec: PipelineSpec, version: str, run_key: str | None = None)
 # ---------------------------------------------------------------- CLI
 
 
-def _fmt_row(version: str, manifest: dict[str, Any], champion: str | None) -> str:
-    ev = manifest.get("evaluation", {})
+def _fmt_row(version: str, manifest: VersionManifest, champion: str | None) -> str:
+    ev = manifest.evaluation
     m = ev.get("metrics", {})
     t = (m.get("teacher") or {}).get("golden_accuracy")
     s = (m.get("student") or {}).get("golden_accuracy")
     verdict = "passed" if ev.get("passed") else f"FAILED {','.join(ev.get('failed_gates', []))}"
     mark = "*" if version == champion else " "
     fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
-    return (f"{mark} {version:<27} {manifest.get('created_at', ''):<21} {str(manifest.get('snapshot_id'))[:16]:<17}"
+    return (f"{mark} {version:<27} {manifest.created_at or '':<21} {str(manifest.snapshot_id)[:16]:<17}"
             f" {fmt(t):>7} {fmt(s):>7}  {verdict}")
 
 
@@ -315,10 +315,10 @@ def cmd_list(spec: PipelineSpec, args: argparse.Namespace) -> int:
     current = champion["version"] if champion else None
     rows = [(v, read_manifest(spec, v)) for v in list_versions(spec)]
     if args.json:
-        _print_json([{"version": v, "champion": v == current, "created_at": m.get("created_at"),
-                      "snapshot_id": m.get("snapshot_id"), "passed": m.get("evaluation", {}).get("passed"),
-                      "failed_gates": m.get("evaluation", {}).get("failed_gates"),
-                      "metrics": m.get("evaluation", {}).get("metrics")} for v, m in rows])
+        _print_json([{"version": v, "champion": v == current, "created_at": m.created_at,
+                      "snapshot_id": m.snapshot_id, "passed": m.evaluation.get("passed"),
+                      "failed_gates": m.evaluation.get("failed_gates"),
+                      "metrics": m.evaluation.get("metrics")} for v, m in rows])
         return 0
     print(f"  {'version':<27} {'created_at':<21} {'snapshot':<17} {'teacher':>7} {'student':>7}  gates")
     for v, m in rows:
@@ -332,7 +332,7 @@ def cmd_champion(spec: PipelineSpec, args: argparse.Namespace) -> int:
 
 
 def cmd_show(spec: PipelineSpec, args: argparse.Namespace) -> int:
-    _print_json(read_manifest(spec, args.version))
+    _print_json(read_manifest(spec, args.version).dump())  # the stored JSON, as stored
     return 0
 
 
@@ -385,7 +385,7 @@ def cmd_copy_spec(spec: PipelineSpec, args: argparse.Namespace) -> int:
 def cmd_rerun(spec: PipelineSpec, args: argparse.Namespace) -> int:
     manifest = read_manifest(spec, args.version)
     commands = rerun_commands(spec, args.version, args.run_key)
-    print(f"# rebuild {args.version}: code {manifest.get('code_version')}, image {manifest.get('image')}")
+    print(f"# rebuild {args.version}: code {manifest.code_version}, image {manifest.image}")
     print("# run inside that image (or a checkout at that commit); the new version is published with "
           "--no-promote for comparison")
     for cmd in commands:

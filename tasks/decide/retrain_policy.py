@@ -27,6 +27,11 @@ from typing import Any
 FULL = "full"
 INCREMENTAL = "incremental"
 
+# Why a retrain is full (``training.full_because``), one per condition of the module doc, in its order.
+BY_SETTING, FIRST_RUN, FROM_BASE, NO_NEW_ROWS = "retrain_mode", "first_run", "init_from_base", "no_new_rows"
+NEW_CLASS, DRIFT, PREVIOUS_BLOCKED = "new_class", "drift", "previous_blocked"
+STREAK, NO_CHEAPER = "full_retrain_every", "no_cheaper"
+
 
 def train_settings(spec: Any) -> Any:
     section = spec.get("train", {}) if isinstance(spec, dict) else spec.train
@@ -69,7 +74,8 @@ def previous_candidate(spec: Any, ingest: dict[str, Any]) -> dict[str, Any] | No
 def training_kind(spec: Any, decision: dict[str, Any], ingest: dict[str, Any] | None,
                   drift: dict[str, Any] | None, champion: dict[str, Any] | None,
                   previous: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``{mode, reasons[], incremental_streak, replay_multiple, new_rows, estimated_rows}`` for a retrain."""
+    """``{mode, reasons[], incremental_streak, replay_multiple, new_rows, estimated_rows}`` for a retrain, and on a
+    full one ``full_because``: which condition made it full (the constants above)."""
     hp = train_settings(spec)
     ingest, drift = ingest or {}, drift or {}
     new_rows = int(decision.get("new_rows") or 0)
@@ -78,29 +84,30 @@ def training_kind(spec: Any, decision: dict[str, Any], ingest: dict[str, Any] | 
                            "replay_multiple": hp.replay_multiple, "new_rows": new_rows, "incremental_streak": 0}
     reasons: list[str] = out["reasons"]
 
-    def full(reason: str) -> dict[str, Any]:
+    def full(because: str, reason: str) -> dict[str, Any]:
+        out["full_because"] = because
         reasons.append(f"Full retrain on the whole snapshot: {reason}.")
         return out
 
     if hp.retrain_mode == FULL:
-        return full("train.retrain_mode is full")
+        return full(BY_SETTING, "train.retrain_mode is full")
     if champion is None:
-        return full("there is no champion to warm-start from (first run)")
+        return full(FIRST_RUN, "there is no champion to warm-start from (first run)")
     if hp.init_from != "champion":
-        return full("train.init_from is base, so every retrain starts from the base model")
+        return full(FROM_BASE, "train.init_from is base, so every retrain starts from the base model")
     if new_rows <= 0:
-        return full("no rows are new since the champion's snapshot")
+        return full(NO_NEW_ROWS, "no rows are new since the champion's snapshot")
     added = first_time_classes(ingest, drift)
     if added:
-        return full(f"class(es) {added} have rows for the first time")
+        return full(NEW_CLASS, f"class(es) {added} have rows for the first time")
     if hp.full_retrain_on_drift and decision.get("drift_detected"):
-        return full("drift was detected (train.full_retrain_on_drift)")
+        return full(DRIFT, "drift was detected (train.full_retrain_on_drift)")
     if previous and previous.get("training_mode") == INCREMENTAL and previous.get("outcome") == "blocked by gates":
-        return full(f"the previous incremental candidate (run {previous.get('run_key') or '?'}) was blocked by its "
-                    "gates")
+        return full(PREVIOUS_BLOCKED, f"the previous incremental candidate (run {previous.get('run_key') or '?'}) "
+                                      "was blocked by its gates")
     if hp.full_retrain_every is not None and streak + 1 >= hp.full_retrain_every:
-        return full(f"the champion ends {streak} incremental retrain(s) in a row; every "
-                    f"{hp.full_retrain_every}th is full (train.full_retrain_every)")
+        return full(STREAK, f"the champion ends {streak} incremental retrain(s) in a row; every "
+                            f"{hp.full_retrain_every}th is full (train.full_retrain_every)")
     total = ingest.get("total_rows")
     incremental_rows = new_rows + math.floor(hp.replay_multiple * new_rows)
     full_rows = int(total) if total else None
@@ -108,8 +115,8 @@ def training_kind(spec: Any, decision: dict[str, Any], ingest: dict[str, Any] | 
         full_rows = min(full_rows, hp.max_train_rows)
     out["estimated_rows"] = {"incremental": incremental_rows, "full": full_rows}
     if full_rows is not None and incremental_rows >= full_rows:
-        return full(f"{new_rows:,} new rows plus {hp.replay_multiple:g}x as many replayed would be "
-                    f"{incremental_rows:,} rows, no fewer than the {full_rows:,} of a full retrain")
+        return full(NO_CHEAPER, f"{new_rows:,} new rows plus {hp.replay_multiple:g}x as many replayed would be "
+                                f"{incremental_rows:,} rows, no fewer than the {full_rows:,} of a full retrain")
     out["mode"] = INCREMENTAL
     out["incremental_streak"] = streak + 1
     reasons.append(f"Incremental retrain: the {new_rows:,} rows new since the champion's snapshot plus "

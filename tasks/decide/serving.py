@@ -246,8 +246,8 @@ def sync(spec: PipelineSpec, attempts: int = 3) -> dict[str, Any]:
             return report | {"reason": "no champion yet"}
         version = champion["version"]
         vuri = storage.join(spec.layout.models, version)
-        manifest = VersionManifest.read(storage.read_json(storage.join(vuri, MANIFEST))).dump()
-        entry = (manifest.get("serving") or {}).get("triton")
+        manifest = VersionManifest.read(storage.read_json(storage.join(vuri, MANIFEST)))
+        entry = manifest.serving.get("triton")
         report |= {"champion": version}
         if not entry:
             if not storage.exists(storage.join(model_uri, STATE)):  # never served here: nothing to keep in step
@@ -256,7 +256,7 @@ def sync(spec: PipelineSpec, attempts: int = 3) -> dict[str, Any]:
             return report | {"ok": False, "reason": (
                 f"champion {version} has no Triton layout (no ONNX export; student.export): the repository "
                 "still serves what it served before")}
-        files = manifest["files"]
+        files = manifest.files
         number = entry["version_number"]
         copied = 0
         for rel in sorted(r for r in files if r.startswith(entry["model_dir"])):

@@ -68,10 +68,10 @@ def run_drift(spec: PipelineSpec, run_uri: str, snapshot_uri: str, champion_uri:
 
     # 2. Reference = the champion's snapshot; current = the rows it does not hold.
     champion = _champion_manifest(champion_uri)
-    reference = snapshots.read_snapshot(champion["snapshot_uri"])
+    reference = snapshots.read_snapshot(champion.snapshot_uri)
     new = current[~current["text"].isin(set(reference["text"]))].reset_index(drop=True)
-    result.update(champion_uri=champion_uri, reference_snapshot_uri=champion["snapshot_uri"],
-                  reference_snapshot_id=champion.get("snapshot_id"), reference_rows=len(reference),
+    result.update(champion_uri=champion_uri, reference_snapshot_uri=champion.snapshot_uri,
+                  reference_snapshot_id=champion.snapshot_id, reference_rows=len(reference),
                   new_rows=len(new), reference_label_counts=snapshots.label_counts(reference["label"], names))
     if len(new) < cfg.min_rows:
         return _finish(out_uri, result, summary=f"Only {len(new)} new rows since the champion's snapshot (fewer "
@@ -112,17 +112,17 @@ def run_drift(spec: PipelineSpec, run_uri: str, snapshot_uri: str, champion_uri:
                    current_label_counts=dict(zip(names, np.bincount(new["label"], minlength=len(names)).tolist())))
 
 
-def _champion_manifest(champion_uri: str) -> dict[str, Any]:
+def _champion_manifest(champion_uri: str) -> VersionManifest:
     """The champion's version manifest; it must name the snapshot the champion was trained on.
 
     A version without one cannot serve as a champion: the --champion argument is invalid (SpecInvalid, no
     retry: running again reads the same manifest). It is not the landed data's fault, so not DataRejected."""
     uri = storage.join(champion_uri, "manifest.json")
     try:
-        manifest = VersionManifest.read(storage.read_json(uri)).dump()
+        manifest = VersionManifest.read(storage.read_json(uri))
     except FileNotFoundError as exc:
         raise SpecInvalid(f"--champion {champion_uri} has no manifest.json; it is not a registry version") from exc
-    if not manifest.get("snapshot_uri"):
+    if not manifest.snapshot_uri:
         raise SpecInvalid(f"champion manifest {uri} names no snapshot_uri; cannot tell which data the champion "
                           f"was trained on")
     return manifest

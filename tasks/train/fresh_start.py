@@ -22,6 +22,7 @@ import numpy as np
 
 from tasks import storage
 from tasks.contracts import VERSION_MANIFEST
+from tasks.manifests import VersionManifest
 
 log = logging.getLogger(__name__)
 COLLAPSE_SHARE = 0.9  # one class predicted for this share of the holdout rows or more ...
@@ -43,17 +44,18 @@ def _label_counts(snapshot_uri: str) -> dict[str, int] | None:
         manifest = snapshots.read_manifest(storage.normalize(snapshot_uri))
     except storage.NotFound:
         return None
-    counts = manifest.get("label_counts")
-    return {str(k): int(v) for k, v in counts.items()} if isinstance(counts, dict) else None
+    # None (unknown) for a manifest that never recorded its label counts, not {} (no rows of any class).
+    return dict(manifest.label_counts) if "label_counts" in manifest.model_fields_set else None
 
 
 def champion_snapshot(champion_uri: str) -> str | None:
     """The snapshot the champion version was trained on (its version manifest's snapshot_uri), or None."""
     try:
-        version = storage.read_json(storage.join(storage.normalize(champion_uri), VERSION_MANIFEST))
+        version = VersionManifest.read(storage.read_json(storage.join(storage.normalize(champion_uri),
+                                                                        VERSION_MANIFEST)))
     except storage.NotFound:
         return None
-    return version.get("snapshot_uri")
+    return version.snapshot_uri
 
 
 def unseen_classes(champion_uri: str, snapshot_uri: str, labels: Sequence[str]) -> list[str]:

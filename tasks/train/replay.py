@@ -23,6 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from tasks import storage
+from tasks.contracts import VERSION_MANIFEST
+from tasks.manifests import VersionManifest
 
 log = logging.getLogger(__name__)
 LENGTH_BINS = 4  # token-length bins of the history, at its quantiles: the replay keeps its length mix
@@ -119,14 +121,15 @@ def training_rows(spec, run_uri: str, snapshot, champion_uri: str | None, train_
                                        "not from the champion, and a model not warm-started needs the whole "
                                        "history."]).report
     champion_uri = cli.optional(champion_uri)
-    manifest = storage.read_json(storage.join(champion_uri, "manifest.json")) if champion_uri else {}
-    if not manifest.get("snapshot_uri"):
+    manifest = VersionManifest.read(storage.read_json(storage.join(champion_uri, VERSION_MANIFEST))) \
+        if champion_uri else VersionManifest()
+    if not manifest.snapshot_uri:
         return train_set, _full(rows, ["Full retrain on the whole snapshot: the champion names no snapshot, so "
                                        "no row is known to be old."]).report
     frame, _ = train_data.load_splits(snapshot.uri, spec.train.max_train_rows, snapshot.manifest)
     if len(frame) != rows:  # the token cache's split is this one, row for row; anything else is a bug to see
         raise RuntimeError(f"snapshot {snapshot.uri}: {len(frame)} train rows read, {rows} tokenized")
-    champion_texts = snapshots.read_snapshot(manifest["snapshot_uri"])["text"]
+    champion_texts = snapshots.read_snapshot(manifest.snapshot_uri)["text"]
     chosen = select(frame["text"].isin(champion_texts).to_numpy(), frame["label"].astype(int).to_numpy(),
                     train_data.token_counts(train_set), multiple=spec.train.replay_multiple, seed=spec.train.seed,
                     names=spec.data.labels)
@@ -134,7 +137,7 @@ def training_rows(spec, run_uri: str, snapshot, champion_uri: str | None, train_
         return train_set, _full(rows, ["Full retrain on the whole snapshot: none of the new rows is in the train "
                                        "split."]).report
     chosen.report["reasons"] = list(decided.get("reasons") or [])
-    chosen.report["champion_snapshot_id"] = manifest.get("snapshot_id")
+    chosen.report["champion_snapshot_id"] = manifest.snapshot_id
     r = chosen.report
     log.info(f"[{stage}] incremental retrain: {r['new_rows']} new + {r['replay_rows']} replayed of {r['history_rows']} "
              f"older train rows = {r['train_rows']} of the snapshot's {rows}")

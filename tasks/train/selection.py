@@ -11,6 +11,7 @@ import numpy as np
 
 from tasks import storage
 from tasks.errors import SpecInvalid
+from tasks.manifests import SnapshotManifest
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def like_golden_sample(holdout_lengths: Sequence[int], holdout_labels: Sequence[
 
 
 def model_selection_rows(hp, holdout_set, snapshot_uri: str, tokenizer, max_length: int, stage: str,
-                         manifest: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+                         manifest: SnapshotManifest | None = None) -> tuple[Any, dict[str, Any]]:
     """(the rows the evaluations during training score, a summary for the result).
 
     ``train.selection: like_golden``: holdout rows sampled to the golden set's token-length x label mix
@@ -153,7 +154,7 @@ def model_selection_rows(hp, holdout_set, snapshot_uri: str, tokenizer, max_leng
     from tasks.data import snapshots
 
     if hp.selection == "like_golden":
-        golden_uri = (manifest if manifest is not None else snapshots.read_manifest(snapshot_uri)).get("golden_uri")
+        golden_uri = (manifest if manifest is not None else snapshots.read_manifest(snapshot_uri)).golden_uri
         if not golden_uri:
             log.info(f"[{stage}] train.selection like_golden: snapshot {snapshot_uri} records no golden_uri; model "
                      "selection on the holdout split instead")

@@ -40,6 +40,7 @@ from datasets import load_from_disk
 
 from tasks import storage
 from tasks.errors import SpecInvalid
+from tasks.manifests import SnapshotManifest
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class SnapshotIdentity:
     uri: str
     id: str
     manifest_sha256: str
-    manifest: dict[str, Any] = field(repr=False)
+    manifest: SnapshotManifest = field(repr=False)
 
 
 def snapshot_identity(snapshot_uri: str) -> SnapshotIdentity:
@@ -96,8 +97,8 @@ def snapshot_identity(snapshot_uri: str) -> SnapshotIdentity:
         raw = storage.read_bytes(manifest_uri(uri))
     except storage.NotFound as exc:
         raise SpecInvalid(f"--snapshot {snapshot_uri}: no snapshot there ({exc})") from None
-    manifest = json.loads(raw)
-    return SnapshotIdentity(uri, str(manifest.get("snapshot_id") or uri.rsplit("/", 1)[-1]),
+    manifest = SnapshotManifest.read(json.loads(raw))
+    return SnapshotIdentity(uri, str(manifest.snapshot_id or uri.rsplit("/", 1)[-1]),
                             storage.sha256_bytes(raw), manifest)
 
 

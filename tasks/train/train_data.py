@@ -11,13 +11,14 @@ from datasets import Dataset
 
 from tasks import storage
 from tasks.errors import DataRejected, SpecInvalid
+from tasks.manifests import SnapshotManifest
 
 if TYPE_CHECKING:
     import pandas as pd
 
 
 def load_splits(snapshot_uri: str, max_train_rows: int | None,
-                manifest: dict[str, Any] | None = None) -> tuple["pd.DataFrame", "pd.DataFrame"]:
+                manifest: SnapshotManifest | None = None) -> tuple["pd.DataFrame", "pd.DataFrame"]:
     """(train, holdout) rows of a snapshot (``manifest``: its manifest, when already read). With a cap, the newest
     rows win: parts are stored oldest batch first, so the cap keeps the tail of the train split."""
     from tasks.data.snapshots import read_snapshot
