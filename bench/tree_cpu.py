@@ -1,7 +1,7 @@
 """The CPU time (user + sys) of a command and of every process it starts, sampled once a second, by kind.
 
-``/usr/bin/time`` counts only the processes the command reaped: a running Airflow's component killed together
-with its ``timeout`` wrapper is reaped by init, and its CPU is lost. This follows the whole process tree instead,
+``/usr/bin/time`` counts only the processes the command reaped: a process whose parent is killed first is reaped
+by init, and its CPU is counted nowhere (a running Airflow's components and their task processes). This follows the whole process tree instead,
 and keeps sampling a process once seen (an orphan included); it misses processes that live less than a sample
 period. docs/architecture.md ("Test time") quotes it, e.g.::
 
