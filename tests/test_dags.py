@@ -128,25 +128,47 @@ def test_tasks_package_never_imports_airflow():
     assert offenders == []
 
 
-# Parse a DAG folder in a fresh interpreter the way Airflow does (DagBag), and report Airflow's own stats.
+# Parse a DAG folder in a fresh interpreter the way Airflow does (DagBag), and report Airflow's own stats (wall
+# time) and the CPU time each file's parse took in this process (what the budget is checked on: wall time
+# grows with whatever else the shared cores run, CPU time does not).
+PARSE_CPU = textwrap.dedent("""
+    import time
+    from airflow.dag_processing.dagbag import DagBag
+    parse_cpu = {}
+    _process_file = DagBag.process_file
+    def _counted(self, filepath, *args, **kwargs):
+        start = time.process_time()
+        try:
+            return _process_file(self, filepath, *args, **kwargs)
+        finally:
+            parse_cpu[str(filepath)] = parse_cpu.get(str(filepath), 0.0) + time.process_time() - start
+    DagBag.process_file = _counted
+""")
+# Quiet-machine target: <= 1.0 s of wall time per file (docs/benchmarks.md, bench/dag_parse_approval.py); the
+# files take 0.02 to 0.6 s of CPU (the first pays for importing plugins/ and the spec models). 1.5 s of CPU
+# leaves room for a slow CI machine and still fails on a heavy import at parse time.
+PARSE_CPU_LIMIT_S = 1.5
 PARSE_PROBE = textwrap.dedent("""
     import importlib.util, json, sys
     import airflow.sdk  # Airflow's own import cost is not ours
     from airflow.dag_processing.dagbag import DagBag
+""") + PARSE_CPU + textwrap.dedent("""
     before = set(sys.modules)
     bag = DagBag(dag_folder=sys.argv[1])
     new = set(sys.modules) - before
     heavy = sorted(m for m in new if m.split(".")[0] in
                    ("torch", "transformers", "pandas", "datasets", "evaluate", "sklearn"))
     print(json.dumps({"stats": [[s.file, s.duration.total_seconds()] for s in bag.dagbag_stats],
+                      "cpu": parse_cpu,
                       "errors": {k: v[-800:] for k, v in bag.import_errors.items()}, "heavy": heavy,
                       "cncf": sorted(m for m in new if m.startswith(("airflow.providers.cncf", "kubernetes")))}))
 """)
 
 
 def test_dag_file_parse_time_and_no_heavy_imports():
-    """Airflow's DagBag stats per file, both modes. Kubernetes mode must not import the cncf provider (~0.7 s)
-    at parse time: the pod operator is built when the task runs. Quiet-machine target: <= 1.0 s per file."""
+    """Airflow's DagBag stats per file, both modes, reported; the CPU time of each file's parse checked against
+    PARSE_CPU_LIMIT_S. Kubernetes mode must not import the cncf provider (~0.7 s) at parse time: the pod operator
+    is built when the task runs."""
     import os
 
     for mode in ("local", "kubernetes"):
@@ -158,7 +180,9 @@ def test_dag_file_parse_time_and_no_heavy_imports():
         assert result["cncf"] == [], f"{mode} mode imports the Kubernetes provider at parse time: {result['cncf']}"
         for file, seconds in result["stats"]:
             REPORTED[f"DAG parse time {Path(file).name} ({mode} mode, DagBag stats)"] = f"{seconds:.2f} s"
-            assert seconds < 3.0, f"{file} took {seconds:.2f} s to parse in {mode} mode"  # 1.0 s on a quiet machine
+        assert sorted(Path(f).name for f in result["cpu"]) == sorted(Path(f).name for f, _ in result["stats"])
+        for file, cpu in result["cpu"].items():
+            assert cpu < PARSE_CPU_LIMIT_S, f"{file} took {cpu:.2f} s of CPU to parse in {mode} mode"
 
 
 def bare_env() -> dict:

@@ -9,8 +9,10 @@ storage on S3 (moto on 127.0.0.1) reached through the ``aws_default`` connection
 
 Order matters and is the story of a deployment: the trigger form rejects bad input; a file lands and the
 scheduler, not a person, starts the retrain run from the ingest DAG's Asset event; then an operator triggers a
-forced dry run with a threshold override from the form. One Airflow serves the module and is stopped at the end,
-and the teardown fails the module if any of its processes is still alive.
+forced dry run with a threshold override from the form. The approval pipelines' first runs (other DAGs) start with
+the landed file's and train alongside the tiny pipeline's runs; their questions are answered, or left to time out,
+by the tests after. One Airflow serves the module and is stopped at the end, and the teardown fails the module if
+any of its processes is still alive.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def tiny_spec(storage_uri: str, model_dir: Path) -> dict:
     # The first run only has floors; a random-init model clears floors of zero.
     raw["gates"].update(min_accuracy=0.0, min_macro_f1=0.0, min_retention=0.0, max_class_recall_drop=1.0,
                         min_accuracy_over_baseline=None, min_macro_f1_over_baseline=None,
-                        non_inferiority_margin=1.0)
+                        non_inferiority_margin=1.0, latency_samples=5)  # no latency budget here: the fewest calls
     raw["alerts"].update(email=[], slack_conn_id=None)
     # The ingest DAG's own schedule fires within a minute. The nightly slot was an hour ago: unpausing must not
     # start a run for it (docs/triggers.md), and the next one is 23 hours away, well after this module.
@@ -67,6 +69,9 @@ def tiny_spec(storage_uri: str, model_dir: Path) -> dict:
 
 GATED = "gated"
 GATED_DAG = f"retrain_{GATED}"
+# The approve run is started with the module's first pipeline run and answered tests later: its question waits
+# long enough for that. The unanswered run's question times out while the module goes on.
+GATED_APPROVAL_TIMEOUT_MINUTES = 20
 APPROVAL_TIMEOUT_MINUTES = 0.75
 ANSWER_AFTER_S = 12
 WEBHOOK_SECRET = "webhook-test-secret"
@@ -79,7 +84,7 @@ def gated_spec(storage_uri: str, model_dir: Path) -> dict:
     raw["name"] = GATED
     raw["golden"]["source_uri"] = f"{storage_uri}/reference/{GATED}/golden.tsv"
     raw["train"].update(max_train_rows=80)
-    raw["approval"] = {"policy": "always", "timeout_minutes": APPROVAL_TIMEOUT_MINUTES}
+    raw["approval"] = {"policy": "always", "timeout_minutes": GATED_APPROVAL_TIMEOUT_MINUTES}
     raw["events"] = {"webhook_conn_id": "retrain_webhook", "webhook_retries": 3}
     raw["alerts"].update(email=["oncall@example.com"], smtp_conn_id="smtp_test", slack_conn_id=None,
                          from_email="airflow@example.com")
@@ -87,7 +92,7 @@ def gated_spec(storage_uri: str, model_dir: Path) -> dict:
 
 
 # The timeout's pipeline: the approval pipeline again, under another name, so that its run (a DAG runs one run at a
-# time) is asked and waits out its timeout while the approve and reject runs of GATED go on, not after them.
+# time) is asked and waits out its timeout while the tiny pipeline's runs and GATED's go on, not after them.
 UNANSWERED = "unanswered"
 UNANSWERED_DAG = f"retrain_{UNANSWERED}"
 
@@ -95,6 +100,7 @@ UNANSWERED_DAG = f"retrain_{UNANSWERED}"
 def unanswered_spec(storage_uri: str, model_dir: Path) -> dict:
     raw = gated_spec(storage_uri, model_dir)
     raw["name"] = UNANSWERED
+    raw["approval"]["timeout_minutes"] = APPROVAL_TIMEOUT_MINUTES
     raw["golden"]["source_uri"] = f"{storage_uri}/reference/{UNANSWERED}/golden.tsv"
     raw["events"] = {"webhook_conn_id": None}  # the webhook test counts GATED's posts only
     return raw
@@ -268,6 +274,8 @@ def test_trigger_form_rejects_invalid_conf_with_a_clear_error(api):
     assert len(api.dag_runs(RETRAIN_DAG)) == before, "a rejected trigger still created a run"
 
 
+# The approval pipelines' runs start first, to train alongside this test's and the next ones' (other DAGs).
+@pytest.mark.usefixtures("approve_run", "unanswered_run")
 def test_a_landed_file_makes_the_scheduler_start_retraining(airflow, api, bucket):
     """New file → the ingest DAG's own schedule → new snapshot → Asset event → asset-triggered retrain run."""
     from tasks import storage
@@ -368,8 +376,13 @@ def _wait_for_question(airflow, api, run_id: str) -> dict:
         if tasks.get("approve") == "awaiting_input":
             # Answer as a person would, not within the scheduler's next beat: Airflow 3.3 fails a HITL task whose
             # answer resumes it before the scheduler has processed the worker's exit from parking it
-            # (docs/known-issues.md, "An approval answered within seconds").
-            time.sleep(ANSWER_AFTER_S)
+            # (docs/known-issues.md, "An approval answered within seconds"). ANSWER_AFTER_S after the request was
+            # made (the same machine's clock): a request that has waited that long already is answered at once.
+            from datetime import datetime, timezone
+
+            asked = datetime.fromisoformat(api.ok("GET", _hitl_path(run_id))["created_at"].replace("Z", "+00:00"))
+            waited = (datetime.now(timezone.utc) - asked).total_seconds()
+            time.sleep(min(ANSWER_AFTER_S, max(0.0, ANSWER_AFTER_S - waited)))
             return api.ok("GET", _hitl_path(run_id))
         run = api.dag_run(GATED_DAG, run_id)
         assert run["state"] not in ("success", "failed") and time.monotonic() < deadline, (
@@ -399,20 +412,29 @@ def _champion(bucket, pipeline: str = GATED) -> dict | None:
 
 @pytest.fixture(scope="module")
 def unanswered_run(api, bucket) -> str:
-    """The run whose question nobody answers, started with the first approval test (which asks for it) and
-    checked by the timeout test after the others: its training, question and timeout overlap theirs."""
+    """The run whose question nobody answers, started with the module's first pipeline run (the landed-file test
+    asks for it) and checked by the timeout test after the approval tests: its training, question and timeout
+    overlap the other tests' runs."""
     return _start_gated_run(api, bucket, pipeline=UNANSWERED)
 
 
-@pytest.mark.usefixtures("unanswered_run")  # started first, to run alongside this test and the next
+@pytest.fixture(scope="module")
+def approve_run(api, bucket) -> str:
+    """The GATED run the approval test answers, started with the module's first pipeline run (the landed-file test
+    asks for it): it trains and is asked while the tiny pipeline's tests run (its question waits up to
+    GATED_APPROVAL_TIMEOUT_MINUTES). The reject run comes after it (a DAG runs one run at a time)."""
+    return _start_gated_run(api, bucket)
+
+
 def test_approval_waits_in_required_actions_and_approving_through_the_api_promotes(airflow, api, bucket, smtp,
-                                                                                  tmp_path):
+                                                                                  tmp_path, approve_run,
+                                                                                  unanswered_run):
     """policy always: the run stops after the gates with our gate report in the request; a person's Approve
     (PATCH .../hitlDetails, as the Required actions page sends it) publishes and promotes, and the audit trail
     names them. On-call got the request's link by e-mail while it waited."""
     from tasks import storage
 
-    run_id = _start_gated_run(api, bucket)
+    run_id = approve_run
     detail = _wait_for_question(airflow, api, run_id)
     assert detail["options"] == ["Approve", "Reject"] and detail["response_received"] is False
     body = detail["body"]
