@@ -22,6 +22,7 @@ import yaml
 
 from conftest import ROOT
 from data_helpers import local_run
+from tasks.contracts import Outcome
 
 POSITIVE = ["good", "great", "lovely", "superb", "wonderful", "brilliant", "delightful", "excellent"]
 NEGATIVE = ["bad", "awful", "poor", "dreadful", "terrible", "boring", "dull", "horrible"]
@@ -96,7 +97,7 @@ def nights(tmp_path_factory, tiny_model_dir):
 
 def test_the_first_champion_learned_the_easy_task(nights):
     code, summary, log = nights["first"]
-    assert code == 0 and summary["outcome"] == "promoted", log[-4000:]
+    assert code == 0 and summary["outcome"] == Outcome.PROMOTED, log[-4000:]
     # The premise of the story: a champion whose agreement with correct labels is high.
     assert summary["evaluation"]["teacher"]["golden_accuracy"] >= 0.9, summary["evaluation"]
 
@@ -104,7 +105,7 @@ def test_the_first_champion_learned_the_easy_task(nights):
 def test_a_flipped_batch_is_stopped_before_training_withdrawn_and_alerted(nights):
     code, summary, log = nights["stopped"]
     assert code == 1, log[-4000:]
-    assert summary["outcome"] == "stopped: labels failed the quality check", summary
+    assert summary["outcome"] == Outcome.STOPPED, summary
     assert summary["decision"]["stopped"] is True and summary["decision"]["retrain"] is False
     states = summary["task_states"]
     assert states["decide"] == "failed" and states["finetune"] != "success" and states["distill"] != "success"
@@ -130,4 +131,4 @@ def test_the_corrected_file_lands_and_is_not_stopped(nights):
     # quarantined as conflicting with the withdrawn labels.
     assert summary["ingest"]["total_rows"] == 600 + 200, summary["ingest"]
     assert summary["decision"]["stopped"] is False, summary["decision"]
-    assert summary["outcome"] == "skipped" and code == 0, log[-4000:]  # 200 rows, no drift: below the routine bar
+    assert summary["outcome"] == Outcome.SKIPPED and code == 0, log[-4000:]  # 200 rows, no drift: below the routine bar

@@ -28,6 +28,7 @@ import yaml
 from conftest import ROOT, read_sst2
 from live_airflow import LiveAirflow
 from tasks.cli import OFFLINE_ENV
+from tasks.contracts import Outcome
 
 PIPELINE = "tiny"
 INGEST_DAG = f"ingest_{PIPELINE}"
@@ -538,7 +539,7 @@ def test_an_unanswered_request_times_out_promotes_nothing_and_alerts(airflow, ap
     summary = storage.read_json(api.ok("GET", f"/api/v2/dags/{UNANSWERED_DAG}/dagRuns/{quote(run_id, safe='')}/"
                                               "taskInstances/prepare_run/xcomEntries/return_value",
                                        params={"deserialize": True})["value"]["run_uri"] + "/summary.json")
-    assert summary["outcome"] == "not approved: no answer in time" and summary["approval"]["decision"] == "timed_out"
+    assert summary["outcome"] == Outcome.NOT_APPROVED and summary["approval"]["decision"] == "timed_out"
 
 
 # ---------------------------------------------------------------- champion moves as Asset events

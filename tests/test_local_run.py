@@ -15,6 +15,7 @@ import yaml
 from conftest import DATA, ROOT
 from data_helpers import local_run
 from lineage_helpers import lineage_graph, openlineage_file_env, path_between, read_events
+from tasks.contracts import Outcome
 
 EMOTION = ROOT / "include" / "pipelines" / "emotion.yaml"
 
@@ -86,7 +87,7 @@ def test_make_ingest_snapshots_a_fresh_storage(first_ingest):
 def test_make_run_promotes_a_first_emotion_champion(first_night):
     summary, storage = first_night["summary"], first_night["storage"]
     assert first_night["code"] == 0, first_night["log"][-4000:]
-    assert summary["pipeline"] == "emotion" and summary["outcome"] == "promoted"
+    assert summary["pipeline"] == "emotion" and summary["outcome"] == Outcome.PROMOTED
     assert summary["ingest"]["snapshot_id"] == first_night["result"]["snapshot_id"]  # the same data, once
     champion = json.loads((storage / "models" / "emotion" / "champion.json").read_text())
     assert champion["version"] == summary["publish"]["version"]
