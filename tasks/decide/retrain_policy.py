@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from tasks.contracts import Outcome
+
 FULL = "full"
 INCREMENTAL = "incremental"
 
@@ -102,7 +104,7 @@ def training_kind(spec: Any, decision: dict[str, Any], ingest: dict[str, Any] | 
         return full(NEW_CLASS, f"class(es) {added} have rows for the first time")
     if hp.full_retrain_on_drift and decision.get("drift_detected"):
         return full(DRIFT, "drift was detected (train.full_retrain_on_drift)")
-    if previous and previous.get("training_mode") == INCREMENTAL and previous.get("outcome") == "blocked by gates":
+    if previous and previous.get("training_mode") == INCREMENTAL and previous.get("outcome") == Outcome.BLOCKED:
         return full(PREVIOUS_BLOCKED, f"the previous incremental candidate (run {previous.get('run_key') or '?'}) "
                                       "was blocked by its gates")
     if hp.full_retrain_every is not None and streak + 1 >= hp.full_retrain_every:
