@@ -711,6 +711,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-engine", action="store_true", help="leave a dockerd this run started running")
     parser.add_argument("--no-down", action="store_true", help="leave the stack up (debugging); skips the down check")
     args = parser.parse_args(argv)
+    # stdout carries the JSON line alone: the pod-stages step builds pods with the provider, and Airflow prints its
+    # log lines to the stdout it sees when first imported, so until the result everything goes to stderr.
+    result_out, sys.stdout = sys.stdout, sys.stderr
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -814,6 +817,7 @@ def main(argv: list[str] | None = None) -> int:
         result["ok"] = "error" not in result and expected <= set(checks) and all(checks.values())
         LOG.write(json.dumps(result) + "\n")
         LOG.close()
+        sys.stdout = result_out
         print(json.dumps(result), flush=True)
     return 0 if result["ok"] else 1
 
