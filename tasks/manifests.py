@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from tasks.contracts import Record
+from tasks import storage
+from tasks.contracts import VERSION_MANIFEST, Record
 
 # ---------------------------------------------------------------- ingest: one batch
 
@@ -150,3 +151,8 @@ class VersionManifest(Record):
     files: dict[str, dict[str, Any]] = {}  # {relative path: {sha256, size}}: what verification re-hashes
     approval: dict[str, Any] | None = None  # a person's answer, when the spec asked (tasks/decide/approval.py)
     remedies: list[dict[str, Any]] | None = None  # what would change the outcome (tasks/decide/remedies.py)
+
+
+def read_version_manifest(version_uri: str) -> VersionManifest:
+    """The manifest of the registry version at ``version_uri`` (storage.NotFound where the folder has none)."""
+    return VersionManifest.read(storage.read_json(storage.join(version_uri, VERSION_MANIFEST)))

@@ -32,8 +32,7 @@ import urllib.request
 from typing import Any
 
 from tasks import storage
-from tasks.contracts import VERSION_MANIFEST
-from tasks.manifests import VersionManifest
+from tasks.manifests import VersionManifest, read_version_manifest
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +77,7 @@ def event_extra(pipeline: str, pointer: dict[str, Any], event: str, manifest: Ve
 
 def extra_for(spec: Any, pointer: dict[str, Any], event: str, actor: str | None = None) -> dict[str, Any]:
     try:  # the manifest read directly (registry.read_manifest's path): the registry imports this module
-        manifest = VersionManifest.read(storage.read_json(storage.join(spec.layout.version(pointer["version"]),
-                                                                        VERSION_MANIFEST)))
+        manifest = read_version_manifest(spec.layout.version(pointer["version"]))
     except storage.NotFound:
         manifest = None
     return event_extra(spec.name, pointer, event, manifest, actor)

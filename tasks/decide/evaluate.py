@@ -36,10 +36,10 @@ from tasks import cli, results, storage
 from tasks import metrics as metrics_mod
 from tasks.contracts import ChampionComparison, EvaluateResult, GateResult
 from tasks.data import snapshots
-from tasks.decide import CandidateArgs, registry, remedies
+from tasks.decide import CandidateArgs, remedies
 from tasks.decide import gates as gates_mod
 from tasks.errors import SpecInvalid
-from tasks.manifests import SnapshotManifest, VersionManifest
+from tasks.manifests import SnapshotManifest, VersionManifest, read_version_manifest
 from tasks.spec import PipelineSpec, load_spec
 from tasks.train import modeling
 
@@ -175,7 +175,7 @@ def champion_trained_rows(champion_uri: str, golden_df: Any, golden_uri: str, sn
     none = np.zeros(len(golden_df), dtype=bool)
     info: dict[str, Any] = {"champion_uri": champion_uri, "looked": False}
     try:
-        version = VersionManifest.read(storage.read_json(storage.join(champion_uri, registry.MANIFEST)))
+        version = read_version_manifest(champion_uri)
     except storage.NotFound:
         version = VersionManifest()
     info["champion_version"] = version.version

@@ -45,7 +45,7 @@ from tasks import cli, storage
 from tasks.contracts import VERSION_MANIFEST
 from tasks.decide import champion_events, serving
 from tasks.errors import GateFailed, InfrastructureError, SpecInvalid
-from tasks.manifests import VersionManifest
+from tasks.manifests import VersionManifest, read_version_manifest
 from tasks.spec import PipelineSpec, load_spec
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def version_uri(spec: PipelineSpec, version: str) -> str:
 
 def read_manifest(spec: PipelineSpec, version: str) -> VersionManifest:
     try:
-        return VersionManifest.read(storage.read_json(storage.join(version_uri(spec, version), MANIFEST)))
+        return read_version_manifest(version_uri(spec, version))
     except storage.NotFound:
         raise RegistryError(f"version {version} has no manifest (unknown or incomplete)") from None
 

@@ -38,7 +38,7 @@ from typing import Any, Sequence
 from tasks import storage
 from tasks.contracts import VERSION_MANIFEST
 from tasks.errors import GateFailed
-from tasks.manifests import VersionManifest
+from tasks.manifests import read_version_manifest
 from tasks.spec import PipelineSpec
 
 log = logging.getLogger(__name__)
@@ -246,7 +246,7 @@ def sync(spec: PipelineSpec, attempts: int = 3) -> dict[str, Any]:
             return report | {"reason": "no champion yet"}
         version = champion["version"]
         vuri = storage.join(spec.layout.models, version)
-        manifest = VersionManifest.read(storage.read_json(storage.join(vuri, MANIFEST)))
+        manifest = read_version_manifest(vuri)
         entry = manifest.serving.get("triton")
         report |= {"champion": version}
         if not entry:

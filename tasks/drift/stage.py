@@ -40,7 +40,7 @@ from tasks.drift import report
 from tasks.drift.embeddings import model_checks
 from tasks.drift.stats import TextSide, TokenCounter, statistical_checks
 from tasks.errors import SpecInvalid
-from tasks.manifests import VersionManifest
+from tasks.manifests import VersionManifest, read_version_manifest
 from tasks.spec import PipelineSpec, load_spec
 
 log = logging.getLogger("tasks.drift.stage")
@@ -119,7 +119,7 @@ def _champion_manifest(champion_uri: str) -> VersionManifest:
     retry: running again reads the same manifest). It is not the landed data's fault, so not DataRejected."""
     uri = storage.join(champion_uri, "manifest.json")
     try:
-        manifest = VersionManifest.read(storage.read_json(uri))
+        manifest = read_version_manifest(champion_uri)
     except FileNotFoundError as exc:
         raise SpecInvalid(f"--champion {champion_uri} has no manifest.json; it is not a registry version") from exc
     if not manifest.snapshot_uri:

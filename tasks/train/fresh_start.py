@@ -21,8 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from tasks import storage
-from tasks.contracts import VERSION_MANIFEST
-from tasks.manifests import VersionManifest
+from tasks.manifests import read_version_manifest
 
 log = logging.getLogger(__name__)
 COLLAPSE_SHARE = 0.9  # one class predicted for this share of the holdout rows or more ...
@@ -51,8 +50,7 @@ def _label_counts(snapshot_uri: str) -> dict[str, int] | None:
 def champion_snapshot(champion_uri: str) -> str | None:
     """The snapshot the champion version was trained on (its version manifest's snapshot_uri), or None."""
     try:
-        version = VersionManifest.read(storage.read_json(storage.join(storage.normalize(champion_uri),
-                                                                        VERSION_MANIFEST)))
+        version = read_version_manifest(storage.normalize(champion_uri))
     except storage.NotFound:
         return None
     return version.snapshot_uri

@@ -23,8 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tasks import storage
-from tasks.contracts import VERSION_MANIFEST
-from tasks.manifests import VersionManifest
+from tasks.manifests import VersionManifest, read_version_manifest
 
 log = logging.getLogger(__name__)
 LENGTH_BINS = 4  # token-length bins of the history, at its quantiles: the replay keeps its length mix
@@ -121,8 +120,7 @@ def training_rows(spec, run_uri: str, snapshot, champion_uri: str | None, train_
                                        "not from the champion, and a model not warm-started needs the whole "
                                        "history."]).report
     champion_uri = cli.optional(champion_uri)
-    manifest = VersionManifest.read(storage.read_json(storage.join(champion_uri, VERSION_MANIFEST))) \
-        if champion_uri else VersionManifest()
+    manifest = read_version_manifest(champion_uri) if champion_uri else VersionManifest()
     if not manifest.snapshot_uri:
         return train_set, _full(rows, ["Full retrain on the whole snapshot: the champion names no snapshot, so "
                                        "no row is known to be old."]).report
