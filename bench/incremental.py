@@ -10,7 +10,15 @@ golden-accuracy gap (mean over seeds), the student's per seed, and how the incre
 from the first history size to the last; and the champion's own golden accuracy, where both nights start.
 
     .venv/bin/python bench/incremental.py                           # N = 10,000 and 20,000, M = 1,000, 3 seeds
+    .venv/bin/python bench/incremental.py --two-cores               # the same bars, sized for 2 CPU cores (below)
     .venv/bin/python bench/incremental.py --quick --set model.base=DIR   # a smoke test: 300/600 rows, 1 seed
+
+``--two-cores`` is ``--history 10000 20000 --champion-once --later-seeds 1 --full-seeds-last 0``: every bar read at
+N = 10,000 with 3 seeds of both nights, and at N = 20,000 one incremental night (seed 1), for how its samples change
+when the history doubles. ``--champion-once`` trains the champion at the first size only and registers the same
+weights against each larger history: the rows a night trains on (and so its samples) follow from the snapshots and
+the champion's snapshot, not from the weights, and a second champion on 20,000 rows would cost about 13 minutes on
+2 cores. Accuracies at a reused size are those of nights from the first size's champion.
 
 The night's rows are the same for every history size (the last M rows of the pool), and the history is the first
 N rows of SST-2 train with at least --min-words words (full sentences, like the golden set). Stages run in this
@@ -143,6 +151,16 @@ def decide_night(run: str, spec, snapshot: str, champion_snapshot: str, champion
     return decision
 
 
+def nights_at(args: argparse.Namespace, n: int) -> list[tuple[int, str]]:
+    """(seed, mode) of the nights run at history size ``n``: every seed and both modes, but after the first size
+    only --later-seeds of the seeds, and at the last size only --full-seeds-last full nights."""
+    seeds = args.seeds[:args.later_seeds] if n != args.history[0] and args.later_seeds is not None else args.seeds
+    last = n == args.history[-1] and len(args.history) > 1
+    full_seeds = seeds[:args.full_seeds_last] if last and args.full_seeds_last is not None else seeds
+    return [(seed, mode) for seed in seeds for mode in ("full", "incremental")
+            if mode == "incremental" or seed in full_seeds]
+
+
 def mean(values: list[float]) -> float:
     return round(statistics.fmean(values), 4)
 
@@ -154,7 +172,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="train.seed of the nights (1 2 3)")
     parser.add_argument("--full-seeds-last", type=int, default=None,
                         help="at the last history size, run the full warm start with only this many of the seeds "
-                             "(its samples do not depend on the seed; the accuracy bar is read at the first size)")
+                             "(0: none; its samples do not depend on the seed; the accuracy bar is read at the first "
+                             "size)")
+    parser.add_argument("--later-seeds", type=int, default=None,
+                        help="after the first history size, run each night with only this many of the seeds")
+    parser.add_argument("--champion-once", action="store_true",
+                        help="train the champion at the first history size only; later sizes register its weights "
+                             "against their own history snapshot (a night's rows do not depend on the weights)")
+    parser.add_argument("--two-cores", action="store_true",
+                        help="the issue's setting sized for 2 CPU cores: --history 10000 20000 --champion-once "
+                             "--later-seeds 1 --full-seeds-last 0")
     parser.add_argument("--min-words", type=int, default=10)
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: N = 300 and 600, M = 60, seed 1 (unless given)")
@@ -162,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="spec override for every run, e.g. model.base=DIR (JSON values)")
     parser.add_argument("--storage", default=None, help="storage root (default: a temporary folder)")
     args = parser.parse_args(argv)
+    if args.two_cores:
+        args.champion_once = True
+        args.later_seeds = 1 if args.later_seeds is None else args.later_seeds
+        args.full_seeds_last = 0 if args.full_seeds_last is None else args.full_seeds_last
     quick, full = ([300, 600], 60, [1]), ([10_000, 20_000], 1000, [1, 2, 3])
     default = quick if args.quick else full
     args.history, args.new, args.seeds = (args.history or default[0], args.new or default[1],
@@ -185,37 +216,39 @@ def main(argv: list[str] | None = None) -> int:
         root = args.storage or f"file://{tmp}/store"
         os.environ["RETRAIN_SCRATCH_DIR"] = f"{tmp}/scratch"
         golden_uri = write_golden(root, PIPELINE, golden)
+        max_length = load_spec(storage_join(make_run(root, "spec", overrides), "spec.json")).model.max_length
         sizes: dict[str, Any] = {}
+        first_champion: dict[str, Any] | None = None  # the first size's champion results (--champion-once)
         for n in args.history:
             history = write_parts(root, [(f"history{n}", pool[:n])], golden_uri)
-            run = make_run(root, f"champion-{n}", overrides)
-            champion_results = run_stages(run, history, None)
+            reused = args.champion_once and first_champion is not None
+            if reused:
+                champion_results = first_champion
+            else:
+                run = make_run(root, f"champion-{n}", overrides)
+                champion_results = run_stages(run, history, None)
+                first_champion = first_champion or champion_results
             champion_uri = promote(root, f"v{n}", champion_results, history)
-            champion_golden = golden_scores(champion_results, golden,  # where both nights start from
-                                            load_spec(storage_join(run, "spec.json")).model.max_length, 0)
+            champion_golden = golden_scores(champion_results, golden, max_length, 0)  # where both nights start
             champion = {"version": f"v{n}", "version_uri": champion_uri,
                         "snapshot_id": history.rsplit("/", 1)[-1], "snapshot_uri": history}
             snapshot = write_parts(root, [(f"history{n}", pool[:n]), ("night", night_rows)], golden_uri)
             modes: dict[str, list[dict[str, Any]]] = {"full": [], "incremental": []}
-            last = n == args.history[-1] and len(args.history) > 1
-            for seed in args.seeds:
-                for mode in ("full", "incremental"):
-                    if mode == "full" and last and args.full_seeds_last is not None \
-                            and args.seeds.index(seed) >= args.full_seeds_last:
-                        continue
-                    run = make_run(root, f"night-{n}-{mode}-{seed}",
-                                   {**overrides, "train.seed": seed, "train.retrain_mode": mode})
-                    spec = load_spec(storage_join(run, "spec.json"))
-                    decision = decide_night(run, spec, snapshot, history, champion)
-                    assert decision["training"]["mode"] == mode, decision["training"]
-                    results = run_stages(run, snapshot, champion_uri)
-                    figures = night_figures(results)
-                    figures.update(seed=seed, golden=golden_scores(results, golden, spec.model.max_length, seed))
-                    modes[mode].append(figures)
-                    print(f"[bench] N={n} {mode} seed {seed}: {figures['samples']} samples, "
-                          f"{figures['wall_seconds']} s, teacher {figures['golden']['teacher']['accuracy']}, "
-                          f"student {figures['golden']['student']['accuracy']}", file=sys.stderr, flush=True)
-            sizes[str(n)] = {"champion_golden": champion_golden, **summarize(modes)}
+            for seed, mode in nights_at(args, n):
+                run = make_run(root, f"night-{n}-{mode}-{seed}",
+                               {**overrides, "train.seed": seed, "train.retrain_mode": mode})
+                spec = load_spec(storage_join(run, "spec.json"))
+                decision = decide_night(run, spec, snapshot, history, champion)
+                assert decision["training"]["mode"] == mode, decision["training"]
+                results = run_stages(run, snapshot, champion_uri)
+                figures = night_figures(results)
+                figures.update(seed=seed, golden=golden_scores(results, golden, max_length, seed))
+                modes[mode].append(figures)
+                print(f"[bench] N={n} {mode} seed {seed}: {figures['samples']} samples, "
+                      f"{figures['wall_seconds']} s, teacher {figures['golden']['teacher']['accuracy']}, "
+                      f"student {figures['golden']['student']['accuracy']}", file=sys.stderr, flush=True)
+            sizes[str(n)] = {"champion_golden": champion_golden, "champion_trained_on": args.history[0]
+                             if reused else n, **summarize(modes)}
     out = {"bench": "incremental", "new_rows": args.new, "seeds": args.seeds, "history": sizes,
            "wall_seconds": round(time.monotonic() - started, 1), "overrides": overrides}
     out["bars"] = bars(sizes, args.history)
@@ -232,14 +265,16 @@ def storage_join(*parts: str) -> str:
 def summarize(modes: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for mode, nights in modes.items():
-        out[mode] = {
-            "nights": nights,
-            "samples_mean": mean([x["samples"] for x in nights]),
-            "wall_seconds_mean": mean([x["wall_seconds"] for x in nights]),
-            "teacher_accuracy_mean": mean([x["golden"]["teacher"]["accuracy"] for x in nights]),
-            "student_accuracy_mean": mean([x["golden"]["student"]["accuracy"] for x in nights]),
-        }
+        out[mode] = {"nights": nights}
+        if nights:  # none where a mode was not run at this size (--full-seeds-last 0)
+            out[mode].update(
+                samples_mean=mean([x["samples"] for x in nights]),
+                wall_seconds_mean=mean([x["wall_seconds"] for x in nights]),
+                teacher_accuracy_mean=mean([x["golden"]["teacher"]["accuracy"] for x in nights]),
+                student_accuracy_mean=mean([x["golden"]["student"]["accuracy"] for x in nights]))
     full, incremental = out["full"], out["incremental"]
+    if not (full["nights"] and incremental["nights"]):
+        return out
     out["samples_ratio"] = round(incremental["samples_mean"] / full["samples_mean"], 4)
     out["wall_ratio"] = round(incremental["wall_seconds_mean"] / full["wall_seconds_mean"], 4)
     out["teacher_gap_points"] = round(100 * (full["teacher_accuracy_mean"] - incremental["teacher_accuracy_mean"]), 2)
@@ -252,17 +287,21 @@ def summarize(modes: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 
 def bars(sizes: dict[str, Any], history: list[int]) -> dict[str, Any]:
+    """The issue's bars: samples and accuracy read where both nights ran at the first size, the growth from the
+    first size to the last (incremental; full too where it ran at both)."""
     first, last = sizes[str(history[0])], sizes[str(history[-1])]
     growth = last["incremental"]["samples_mean"] / first["incremental"]["samples_mean"] - 1
+    compared = [s for s in sizes.values() if "samples_ratio" in s]
     return {
-        "incremental_samples_share_max": max(s["samples_ratio"] for s in sizes.values()),
-        "incremental_samples_at_most_25pct": all(s["samples_ratio"] <= 0.25 for s in sizes.values()),
+        "incremental_samples_share_max": max(s["samples_ratio"] for s in compared),
+        "incremental_samples_at_most_25pct": all(s["samples_ratio"] <= 0.25 for s in compared),
         "teacher_gap_points_first_size": first["teacher_gap_points"],
         "teacher_within_half_point": first["teacher_gap_points"] <= 0.5,
         "student_within_half_point_some_seed": any(g <= 0.5 for g in first["student_gap_points_by_seed"].values()),
         "incremental_samples_growth_on_doubling": round(growth, 4),
         "incremental_growth_at_most_10pct": abs(growth) <= 0.10,
-        "full_samples_growth": round(last["full"]["samples_mean"] / first["full"]["samples_mean"] - 1, 4),
+        "full_samples_growth": round(last["full"]["samples_mean"] / first["full"]["samples_mean"] - 1, 4)
+        if last["full"]["nights"] else None,
     }
 
 

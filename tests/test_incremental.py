@@ -271,15 +271,18 @@ def test_the_model_card_and_the_version_manifest_say_what_the_model_trained_on(t
 
 
 def test_the_benchmark_runs_both_nights_and_prints_one_json_line(tiny_model_dir, tmp_path):
-    """bench/incremental.py --quick at one history size on the tiny model: the stages' own sample counts, a full
-    night on every train row of the snapshot and an incremental one on the night's new train rows plus replay_multiple x as many."""
+    """bench/incremental.py --quick on the tiny model: the stages' own sample counts, a full night on every train
+    row of the snapshot and an incremental one on the night's new train rows plus replay_multiple x as many; at the
+    doubled history (--champion-once --full-seeds-last 0, as --two-cores runs it) one incremental night from the
+    same champion weights, its samples unchanged."""
     import subprocess
     import sys
 
     from conftest import ROOT
 
     proc = subprocess.run(
-        [sys.executable, "bench/incremental.py", "--quick", "--history", "300", "--set",
+        [sys.executable, "bench/incremental.py", "--quick", "--history", "300", "600", "--champion-once",
+         "--full-seeds-last", "0", "--set",
          f"model.base={tiny_model_dir}", "--storage", "file://" + str(tmp_path / "store")],
         cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -300,7 +303,13 @@ def test_the_benchmark_runs_both_nights_and_prints_one_json_line(tiny_model_dir,
     for night in (full, incremental):
         lower, upper = night["golden"]["teacher"]["ci"]
         assert lower <= night["golden"]["teacher"]["accuracy"] <= upper
-    assert out["bars"]["incremental_samples_growth_on_doubling"] == 0.0  # one size: compared with itself
+    doubled = out["history"]["600"]
+    assert doubled["champion_trained_on"] == 300 and doubled["full"]["nights"] == []
+    assert "samples_ratio" not in doubled  # no full night to compare with at this size
+    (night,) = doubled["incremental"]["nights"]
+    assert night["training"]["finetune"]["new_rows"] == kind["new_rows"]  # the same night's rows, twice the history
+    assert out["bars"]["incremental_samples_growth_on_doubling"] == round(night["samples"] / incremental["samples"] - 1, 4)
+    assert out["bars"]["incremental_growth_at_most_10pct"] and out["bars"]["full_samples_growth"] is None
 
 
 def test_inference_passes_count_as_the_stage_samples(tiny_model_dir, monkeypatch):
