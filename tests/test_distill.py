@@ -157,6 +157,31 @@ def test_gradients_reach_the_student_only_and_training_is_deterministic(teacher,
     assert any(not torch.equal(v, other.model.state_dict()[k]) for k, v in first.model.state_dict().items())
 
 
+def test_the_teacher_runs_once_per_evaluation_batch_and_later_evaluations_score_the_same(teacher, tokenizer,
+                                                                                          tmp_path):
+    """DistillTrainer.teacher_eval_logits: the frozen teacher's logits on the holdout are computed on the first
+    evaluation and reused; a second evaluation runs the student only and gives the same loss, and only the passes
+    that ran count as inference samples."""
+    from tasks.train import train_data
+
+    trainer = _train_student(teacher, tokenizer, tmp_path)
+    rows = read_tsv("dev", limit=150)
+    holdout = train_data.tokenize(tokenizer, [t for t, _ in rows], [y for _, y in rows], 64)
+    calls: list[int] = []
+    forward = trainer.teacher.forward
+    trainer.teacher.forward = lambda *a, **k: (calls.append(len(k["input_ids"])), forward(*a, **k))[1]
+
+    first = trainer.evaluate(holdout)
+    ran_first = sum(calls)
+    second = trainer.evaluate(holdout)
+    assert ran_first == len(holdout) and sum(calls) == ran_first  # every row once, then never again
+    assert trainer.teacher_eval_samples == len(holdout)
+    assert second["eval_loss"] == pytest.approx(first["eval_loss"], abs=1e-6)
+    # A batch never seen (other rows) runs the teacher.
+    trainer.evaluate(holdout.select(range(10)))
+    assert sum(calls) == ran_first + 10
+
+
 def test_distill_stage_on_s3_with_int8_and_onnx_exports(s3_env, tmp_path, tiny_model_dir):
     import numpy as np
 

@@ -405,3 +405,22 @@ def test_the_train_data_report_names_cut_rows_and_classes_without_rows(tiny_mode
     fine = train_data.train_data_report(short.select([0, 1]), ["joy", "sadness"], 16)  # a select-ed split too
     assert (fine["rows"], fine["rows_at_max_length"], fine["classes_without_rows"]) == (2, 0, [])
     assert train_data.train_data_warnings(fine) == []
+
+
+def test_the_best_models_holdout_metrics_are_those_logged_at_its_step():
+    """runner.best_evaluation: with model selection on the whole holdout split, the best checkpoint's metrics are
+    the evaluation logged at its step (not a second pass over the same rows); None where the log lacks it."""
+    from types import SimpleNamespace
+
+    from tasks.train.runner import best_evaluation
+
+    log_history = [{"loss": 0.6, "step": 100}, {"eval_loss": 0.5, "eval_accuracy": 0.8, "step": 100},
+                   {"eval_loss": 0.4, "eval_accuracy": 0.9, "eval_macro_f1": 0.89, "step": 200},
+                   {"eval_loss": 0.45, "eval_accuracy": 0.85, "step": 250}]
+
+    def trainer(best):
+        return SimpleNamespace(state=SimpleNamespace(best_model_checkpoint=best, log_history=log_history))
+
+    assert best_evaluation(trainer("/scratch/finetune/checkpoint-200"), "finetune") == log_history[2]
+    assert best_evaluation(trainer("/scratch/finetune/checkpoint-300"), "finetune") is None  # not in this log
+    assert best_evaluation(trainer(None), "finetune") is None  # no checkpoint: evaluate the model as it is

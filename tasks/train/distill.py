@@ -15,6 +15,7 @@ ONNX, ONNX int8) go to ``RUN_URI/distill/<format>/``.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import os
 import re
@@ -137,7 +138,7 @@ class DistillTrainer(Trainer):
 
     On a CUDA GPU the teacher runs with bf16 weights (cast once) under ``torch.inference_mode``. With
     ``teacher_outputs`` (``tasks.train.teacher_cache``), training batches carry the teacher's cached logits and
-    hidden states and the teacher does not run; evaluation batches still use it."""
+    hidden states and the teacher does not run. Evaluation batches run it once each (``teacher_eval_logits``)."""
 
     loss_is_scaled_for_ga = False  # our loss is a per-batch mean
 
@@ -165,15 +166,12 @@ class DistillTrainer(Trainer):
         if cached_logits is not None:
             teacher_logits = cached_logits
             teacher_hidden = list(cached_hidden) if want_hidden else None
+        elif not model.training:
+            teacher_logits, teacher_hidden = self.teacher_eval_logits(inputs, len(labels)), None
         else:
-            # Live teacher passes: those of training steps are the distillation's cost (teacher samples), those
-            # of evaluations go with the evaluation's (inference).
-            kind = "teacher_samples" if model.training else "teacher_eval_samples"
-            setattr(self, kind, getattr(self, kind, 0) + len(labels))
-            if self.teacher.device != labels.device:
-                self.teacher.to(labels.device)
-            with torch.inference_mode():
-                teacher_out = self.teacher(**inputs, output_hidden_states=want_hidden)
+            # Live teacher passes of training steps: the distillation's cost (teacher samples).
+            self.teacher_samples = getattr(self, "teacher_samples", 0) + len(labels)
+            teacher_out = self.run_teacher(inputs, labels.device, want_hidden)
             teacher_logits = teacher_out.logits
             teacher_hidden = [teacher_out.hidden_states[t] for _, t in self.hidden_pairs] if want_hidden else None
         student_out = model(**inputs, output_hidden_states=want_hidden)
@@ -185,6 +183,26 @@ class DistillTrainer(Trainer):
         )
         inputs["labels"] = labels
         return (parts["loss"], student_out) if return_outputs else parts["loss"]
+
+    def run_teacher(self, inputs, device, want_hidden: bool):
+        if self.teacher.device != device:
+            self.teacher.to(device)
+        with torch.inference_mode():
+            return self.teacher(**inputs, output_hidden_states=want_hidden)
+
+    def teacher_eval_logits(self, inputs, rows: int):
+        """The teacher's logits on an evaluation batch, computed on the first evaluation and reused: the teacher
+        does not change, and the Trainer's evaluation batches are the same every time (its eval sampler is
+        seeded), so each later evaluation of the holdout costs the student's pass alone. Keyed by the batch's
+        token ids, so a batch never seen is simply computed. Computed passes count as the evaluation's
+        (inference) samples."""
+        cache = self.__dict__.setdefault("_teacher_eval_cache", {})
+        key = (tuple(inputs["input_ids"].shape),
+               hashlib.sha1(inputs["input_ids"].detach().cpu().numpy().tobytes()).hexdigest())
+        if key not in cache:
+            self.teacher_eval_samples = getattr(self, "teacher_eval_samples", 0) + rows
+            cache[key] = self.run_teacher(inputs, inputs["input_ids"].device, False).logits
+        return cache[key]
 
 
 # ---------------------------------------------------------------- the stage
