@@ -306,7 +306,7 @@ def bars(sizes: dict[str, Any], history: list[int]) -> dict[str, Any]:
         "incremental_samples_growth_on_doubling": None if growth is None else round(growth, 4),
         "incremental_growth_at_most_10pct": None if growth is None else abs(growth) <= 0.10,
         "full_samples_growth": round(last["full"]["samples_mean"] / first["full"]["samples_mean"] - 1, 4)
-        if last["full"]["nights"] else None,
+        if len(history) > 1 and last["full"]["nights"] else None,
     }
 
 
