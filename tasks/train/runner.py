@@ -111,6 +111,7 @@ def run_holding(stage: str, args: Any, recipe_of: Callable[[PipelineSpec, Any], 
                                      loaded.spec.data.labels)  # a balanced model's decision, set on the holdout
     if decided:
         class_weights["decision_offsets"] = decided
+        trained.model_changed = bool(decided["folded"])  # not the model its logged evaluations scored
     outcome = evaluate(loaded, trained, selection_set)
     if not trained.trainer.is_world_process_zero():
         return 0
@@ -255,6 +256,7 @@ class Trained:
     epochs: float
     resume: str | None = None  # the checkpoint training resumed from
     stopped_at_epoch: float = 0.0
+    model_changed: bool = False  # changed after training (decision offsets folded in)
 
 
 def train(loaded: Loaded, selection_set: Any, rate: LearningRate, *, epochs: float,
@@ -336,7 +338,8 @@ def holdout_metrics(loaded: Loaded, trained: Trained, selection_set: Any) -> dic
     base model)."""
     trainer, holdout_set = trained.trainer, loaded.holdout_set
     if not (loaded.stage == "finetune" and loaded.recipe.init_from.startswith("champion")):
-        if selection_set is holdout_set and (logged := best_evaluation(trainer, loaded.stage)) is not None:
+        if selection_set is holdout_set and not trained.model_changed \
+                and (logged := best_evaluation(trainer, loaded.stage)) is not None:
             return logged
         return trainer.evaluate() if selection_set is holdout_set else trainer.evaluate(holdout_set)
     predicted = trainer.predict(holdout_set, metric_key_prefix="eval")
