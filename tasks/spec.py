@@ -376,6 +376,14 @@ class GatesSpec(_Section):
         "bayes", description="Non-inferiority on an underpowered golden set: bayes = pass if P(acc diff > -margin) "
                              ">= small_set_probability (uniform prior on the paired outcomes); floors = skip it, "
                              "the floors decide; require_rows = fail, saying how many golden rows are needed")
+    underpowered_evidence: Literal["golden_and_holdout", "golden"] = Field(
+        "golden_and_holdout", description="Rows an underpowered comparison adds before gates.underpowered decides: "
+                                          "golden_and_holdout = the snapshot's holdout rows neither the candidate "
+                                          "nor the champion trained on (the split is a hash of the text, so they "
+                                          "stay held out across snapshots); if the two together can detect "
+                                          "gates.expected_difference, the interval test decides on them, unless "
+                                          "the golden rows alone show the candidate worse; golden = the golden "
+                                          "rows only")
     small_set_probability: float = Field(
         0.85, gt=0.5, lt=1, description="gates.underpowered: bayes passes a candidate when the posterior probability "
                                        "that it is at most non_inferiority_margin worse reaches this")

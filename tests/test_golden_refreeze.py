@@ -347,9 +347,14 @@ def test_evaluate_leaves_the_golden_rows_the_champion_trained_on_out_of_the_cham
     assert part_scans == [storage.join(spec.layout.snapshots, snapshots.part_path(before["batch_id"]))]
     by = gate_report(result)
     kept = new_golden[~new_golden["text"].isin(trained)]
+    now_rows = snapshots.read_snapshot(now["snapshot_uri"])
+    holdout_rows = int((now_rows["split"] == "holdout").sum())  # the champion trained on none of them
     for role in ("teacher", "student"):
         ni, recall = by[f"non_inferiority_{role}"], by[f"class_recall_{role}"]
-        assert ni["details"]["n"] == 31 - k and ni["details"]["excluded_rows"] == k
+        # 26-ish golden rows cannot decide: the holdout rows neither model trained on are added to them
+        assert ni["details"]["golden_power"]["n"] == 31 - k and ni["details"]["excluded_rows"] == k
+        assert ni["details"]["holdout_rows"] == holdout_rows > 0
+        assert ni["details"]["n"] == 31 - k + holdout_rows
         assert (ni["details"]["compared_rows"], ni["details"]["golden_rows"]) == (31 - k, 31)
         assert {label: t["n"] for label, t in recall["details"]["classes"].items()} == {
             label: int((kept["label"] == i).sum()) for i, label in enumerate(spec.data.labels)
@@ -394,9 +399,11 @@ def test_evaluate_without_a_refreeze_compares_on_every_row_and_reads_no_part(roo
     assert comparison["excluded_rows"] == 0 and comparison["compared_rows"] == comparison["golden_rows"] == 40
     assert comparison["looked"] is False and "parts_read" not in comparison and part_scans == []
     by = gate_report(result)
+    holdout_rows = int((snapshots.read_snapshot(now["snapshot_uri"])["split"] == "holdout").sum())
     for role in ("teacher", "student"):
-        assert by[f"non_inferiority_{role}"]["details"]["n"] == 40
-        assert "excluded_rows" not in by[f"non_inferiority_{role}"]["details"]
+        details = by[f"non_inferiority_{role}"]["details"]
+        assert details["golden_power"]["n"] == 40 and details["holdout_rows"] == holdout_rows > 0
+        assert "excluded_rows" not in details
     assert "champion compared on" not in storage.read_text(result.report_md_uri)
     metrics = storage.read_json(storage.join(run_uri, "evaluate", "metrics.json"))
     assert metrics["champion_left_out_rows"] == []
@@ -450,3 +457,35 @@ def test_a_part_written_before_text_hash_is_matched_by_its_texts_train_rows_only
         "a golden text": True, "another golden": True, "held out golden": False, "never stored": False}
     assert not snapshots.train_texts_in_part(part, pa.array(["never stored"], pa.string()),
                                             np.zeros(1, dtype=np.uint64), str(tmp_path)).any()
+
+
+def test_evaluate_adds_only_the_holdout_rows_no_model_trained_on(tmp_path, tiny_model_dir, one_torch_thread,
+                                                                part_scans):
+    """An underpowered comparison adds the snapshot's holdout rows, but not one whose text the champion trained
+    on: here the champion's snapshot split the same texts at data.holdout_fraction 0.05, this run's at 0.5."""
+    from tasks.decide import evaluate
+
+    rows = read_sst2("train", limit=120)
+    old = make_spec("file://" + str(tmp_path / "old"), data={"holdout_fraction": 0.05})
+    put_golden(old)
+    land(old, "a.tsv", tsv_bytes(rows))
+    before = run_ingest(old)
+    champion = make_champion(old, before, tiny_model_dir)
+    spec = make_spec("file://" + str(tmp_path / "new"), data={"holdout_fraction": 0.5},
+                     gates={"latency_samples": 5})
+    put_golden(spec)
+    land(spec, "a.tsv", tsv_bytes(rows))
+    run_uri = run_folder(spec, "r")
+    now = run_ingest(spec, run_uri)
+    frame = snapshots.read_snapshot(now["snapshot_uri"])
+    holdout = set(frame.loc[frame["split"] == "holdout", "text"])
+    fresh = holdout - train_texts(before["snapshot_uri"])
+    assert 0 < len(fresh) < len(holdout)  # most of this holdout was the champion's training data
+    model = "file://" + str(tiny_model_dir)
+    result = evaluate.run(run_uri, now["snapshot_uri"], model, model, champion)
+    assert len(part_scans) == 1  # the champion's one part (another folder), read once for both sets
+    by = gate_report(result)
+    for role in ("teacher", "student"):
+        ni = by[f"non_inferiority_{role}"]
+        assert ni["details"]["holdout_rows"] == len(fresh) and ni["details"]["golden_power"]["n"] == 40
+        assert f"adds {len(fresh)} holdout rows neither model trained on, of {len(holdout)} in snapshot" in ni["reason"]

@@ -133,3 +133,65 @@ def test_below_small_set_min_rows_the_gate_fails_and_says_how_many_rows():
     # floors and require_rows act as before whatever the size
     assert gates.sized_non_inferiority_gate("ni", cand, champ, GatesSpec(small_set_min_rows=100,
                                                                           underpowered="floors")).skipped
+
+
+def _holdout(n: int, gains: int, losses: int) -> gates.HoldoutEvidence:
+    return gates.HoldoutEvidence(*_paired(n, gains, losses))
+
+
+def test_an_underpowered_golden_set_adds_the_holdout_rows_neither_model_trained_on():
+    g = GatesSpec()
+    assert g.underpowered_evidence == "golden_and_holdout"  # the default
+    cand, champ = _paired(40, 1, 1)  # a tie on 40 rows: the small-set rule alone cannot pass it
+    assert not gates.sized_non_inferiority_gate("ni", cand, champ, g).passed
+    better = gates.sized_non_inferiority_gate("ni", cand, champ, g, _holdout(600, 60, 12))
+    assert better.passed and better.threshold == -g.non_inferiority_margin  # the interval test, on 640 rows
+    assert better.details["n"] == 640 and better.details["holdout_rows"] == 600
+    assert better.details["golden_power"]["underpowered"] and not better.details["power"]["underpowered"]
+    assert "so the comparison adds 600 holdout rows neither model trained on" in better.reason
+    # A holdout that shows the candidate worse blocks it, though the golden rows alone would have passed it.
+    clear_gain = _paired(40, 5, 2)
+    assert gates.sized_non_inferiority_gate("ni", *clear_gain, g).passed
+    worse = gates.sized_non_inferiority_gate("ni", *clear_gain, g, _holdout(600, 12, 60))
+    assert not worse.passed and worse.details["upper"] < 0 and worse.details["holdout_rows"] == 600
+    # Golden rows that show the candidate worse decide alone: the holdout cannot outvote them.
+    shown_worse = gates.sized_non_inferiority_gate("ni", *_paired(40, 0, 12), g, _holdout(2000, 200, 20))
+    assert not shown_worse.passed and "holdout_rows" not in shown_worse.details
+    # Off, or a golden set that can decide: the holdout is not used.
+    off = gates.sized_non_inferiority_gate("ni", *clear_gain, GatesSpec(underpowered_evidence="golden"),
+                                           _holdout(600, 12, 60))
+    assert off.passed and "holdout_rows" not in off.details
+    large = _paired(1000, 60, 50)
+    assert gates.sized_non_inferiority_gate("ni", *large, g, _holdout(600, 0, 60)).reason == \
+        gates.sized_non_inferiority_gate("ni", *large, g).reason
+
+
+def test_too_few_holdout_rows_leave_the_small_set_rule_to_decide_on_every_row():
+    g = GatesSpec()
+    gate = gates.sized_non_inferiority_gate("ni", *_paired(40, 1, 1), g, _holdout(30, 4, 0))
+    assert gate.details["underpowered"] == "bayes" and gate.details["power"]["n"] == 70  # 40 golden + 30 holdout
+    assert (gate.details["power"]["gains"], gate.details["power"]["losses"]) == (5, 1)
+    assert "and 70 rows can detect" in gate.reason and gate.reason.endswith(gate.remedy.action)
+    assert gate.passed == (gate.value >= g.small_set_probability)
+    # gates.small_set_min_rows counts the rows compared, the holdout's included
+    assert not gates.sized_non_inferiority_gate("ni", *_paired(40, 1, 1), GatesSpec(small_set_min_rows=100),
+                                                _holdout(30, 4, 0)).passed
+    assert gates.sized_non_inferiority_gate("ni", *_paired(40, 1, 1), GatesSpec(small_set_min_rows=60),
+                                            _holdout(30, 4, 0)).details["underpowered"] == "bayes"
+
+
+def test_evaluate_gates_hands_each_role_its_holdout_rows():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 40)
+    pred = y.copy()
+
+    def scores(p):
+        return gates.ModelScores(p, metrics.accuracy(y, p), metrics.macro_f1(y, p, 2))
+
+    holdout = {"teacher": _holdout(600, 60, 12), "student": _holdout(600, 12, 60)}
+    passed, _, out = gates.evaluate_gates(GatesSpec(), ["n", "p"], y, teacher=scores(pred), student=scores(pred),
+                                          champion_teacher=scores(pred), champion_student=scores(pred),
+                                          holdout=holdout)
+    by = {g.name: g for g in out}
+    assert by["non_inferiority_teacher"].passed and by["non_inferiority_teacher"].details["holdout_rows"] == 600
+    assert not by["non_inferiority_student"].passed and not passed

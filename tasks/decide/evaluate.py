@@ -14,6 +14,9 @@ numbers computed here.
 After a re-freeze the golden set may hold texts the champion trained on (:func:`champion_trained_rows`): those
 rows are left out of the comparisons with the champion, not of the floors; ``champion_comparison`` in the result,
 the gate report and the model card says how many and why.
+
+A golden set too small to compare with the champion (tasks/decide/power.py) is helped by the holdout rows
+neither model trained on (:func:`holdout_evidence`; gates.underpowered_evidence).
 """
 
 from __future__ import annotations
@@ -163,15 +166,19 @@ def same_golden_set(snapshot_manifest: SnapshotManifest, golden_id: str | None, 
 
 
 def champion_trained_rows(champion_uri: str, golden_df: Any, golden_uri: str, snapshot_uri: str,
-                          manifest: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+                          manifest: SnapshotManifest, holdout_df: Any = None
+                          ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """The golden rows whose text the champion trained on (a bool per row: a train row of the snapshot its
-    version's manifest names), and what was looked at.
+    version's manifest names), the same for ``holdout_df`` (this run's holdout rows; None when not asked or when
+    what the champion trained on is unknown), and what was looked at.
 
     Only a champion whose snapshot named another golden set than this run's can have trained on this set's texts
     (an ingest keeps the current golden set's texts out of every snapshot it makes; a re-freeze changes the set,
-    docs/data.md): otherwise nothing is read beyond the two manifests. When it did, its snapshot's parts are
-    scanned part by part, except the parts this run's snapshot lists too when that snapshot names this golden set
-    (they hold none of its texts)."""
+    docs/data.md): otherwise nothing is read for them beyond the two manifests. When it did, its snapshot's parts
+    are scanned part by part, except the parts this run's snapshot lists too when that snapshot names this golden
+    set (they hold none of its texts). The holdout's texts are looked for in the champion's parts this run's
+    snapshot does not list (the caller matches them against this snapshot's train rows: holdout_evidence), in the
+    same pass."""
     none = np.zeros(len(golden_df), dtype=bool)
     info: dict[str, Any] = {"champion_uri": champion_uri, "looked": False}
     try:
@@ -182,7 +189,7 @@ def champion_trained_rows(champion_uri: str, golden_df: Any, golden_uri: str, sn
     if not version.snapshot_uri:
         info["note"] = (f"the champion {champion_uri} names no snapshot (no version manifest with snapshot_uri): "
                         f"what it trained on is unknown, so every golden row is compared")
-        return none, info
+        return none, None, info
     champion_snapshot = storage.normalize(version.snapshot_uri)
     try:
         champion_manifest = manifest if champion_snapshot == snapshot_uri else snapshots.read_manifest(
@@ -190,31 +197,38 @@ def champion_trained_rows(champion_uri: str, golden_df: Any, golden_uri: str, sn
     except storage.NotFound:
         info["note"] = (f"the champion's snapshot {champion_snapshot} has no manifest: what it trained on is "
                         f"unknown, so every golden row is compared")
-        return none, info
+        return none, None, info
     run_names_golden = storage.normalize(manifest.golden_uri or "") == storage.normalize(golden_uri)
     golden_id = manifest.golden_id if run_names_golden else None
     info.update(champion_snapshot_id=champion_manifest.snapshot_id, champion_snapshot_uri=champion_snapshot,
                 champion_golden_id=champion_manifest.golden_id,
                 golden_id=golden_id or golden_uri.rstrip("/").rsplit("/", 1)[-1])
-    if same_golden_set(champion_manifest, golden_id, golden_uri):
-        return none, info  # the common case: the champion's snapshot was made without this set's texts
+    look_golden = not same_golden_set(champion_manifest, golden_id, golden_uri)  # else: the common case, none
     base = storage.parent(champion_snapshot)
-    shared = set(manifest.parts) if run_names_golden and storage.parent(snapshot_uri) == base else set()
+    listed = set(manifest.parts) if storage.parent(snapshot_uri) == base else set()
+    shared = listed if (run_names_golden or not look_golden) else set()
     parts = [p for p in champion_manifest.parts if p not in shared]
-    texts = pa.array(sorted(set(golden_df["text"].astype(str))), pa.string())
-    hi_keys = snapshots.text_keys(texts)[0]
+    frames = ([golden_df] if look_golden else []) + ([holdout_df] if holdout_df is not None else [])
+    texts = pa.array(sorted(set().union(*(set(f["text"].astype(str)) for f in frames))), pa.string())
     found = np.zeros(len(texts), dtype=bool)
     read = 0
-    with tempfile.TemporaryDirectory(prefix="evaluate-champion-") as tmp:
-        for part in parts:
-            if found.all():
-                break
-            found |= snapshots.train_texts_in_part(storage.join(base, part), texts, hi_keys, tmp)
-            read += 1
-    info.update(looked=True, parts=len(champion_manifest.parts), parts_shared=len(champion_manifest.parts)
-                - len(parts), parts_read=read)
+    if len(texts) and parts:
+        hi_keys = snapshots.text_keys(texts)[0]
+        with tempfile.TemporaryDirectory(prefix="evaluate-champion-") as tmp:
+            for part in parts:
+                if found.all():
+                    break
+                found |= snapshots.train_texts_in_part(storage.join(base, part), texts, hi_keys, tmp)
+                read += 1
+    if look_golden:
+        info.update(looked=True, parts=len(champion_manifest.parts), parts_shared=len(champion_manifest.parts)
+                    - len(parts), parts_read=read)
     trained = set(texts.filter(pa.array(found)).to_pylist())
-    return golden_df["text"].astype(str).isin(trained).to_numpy(), info
+
+    def of(frame: Any) -> np.ndarray:
+        return frame["text"].astype(str).isin(trained).to_numpy()
+
+    return (of(golden_df) if look_golden else none), (None if holdout_df is None else of(holdout_df)), info
 
 
 def _summary(m: dict[str, Any]) -> dict[str, Any]:
@@ -233,13 +247,14 @@ def _summary(m: dict[str, Any]) -> dict[str, Any]:
 
 
 def score_models(spec: PipelineSpec, models: dict[str, str], sets: dict[str, Any], out_uri: str
-                 ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, str]]:
+                 ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, str], dict[str, np.ndarray]]:
     """Every model on every set: metrics (with the golden set's bootstrap intervals), golden predictions for
-    the gates, confusion PNGs, and the student's CPU cost."""
+    the gates, confusion PNGs, the student's CPU cost, and holdout predictions (for holdout_evidence)."""
     labels = spec.data.labels
     g = spec.gates
     scored: dict[str, Any] = {}
     preds: dict[str, np.ndarray] = {}
+    holdout_preds: dict[str, np.ndarray] = {}
     pngs: dict[str, str] = {}
     for name, uri in models.items():
         local = modeling.materialize(uri)
@@ -260,6 +275,8 @@ def score_models(spec: PipelineSpec, models: dict[str, str], sets: dict[str, Any
                 entry[set_name]["ci"] = gates_mod.bootstrap_intervals(
                     y_true, y_pred, len(labels), resamples=g.bootstrap_resamples,
                     confidence=g.confidence, seed=g.seed)
+            elif set_name == "holdout":
+                holdout_preds[name] = y_pred
             png_uri = storage.join(out_uri, f"confusion_{name}_{set_name}.png")
             storage.write_bytes(png_uri, confusion_png(entry[set_name]["confusion_matrix"], labels,
                                                        f"{spec.name} {name} on {set_name}"))
@@ -270,7 +287,7 @@ def score_models(spec: PipelineSpec, models: dict[str, str], sets: dict[str, Any
                                             max_length=spec.model.max_length, samples=g.latency_samples),
                              **{f"size_{k}": v for k, v in model_size_mb(local).items()}}
         scored[name] = entry
-    return scored, preds, pngs
+    return scored, preds, pngs, holdout_preds
 
 
 def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, champion: str | None,
@@ -286,8 +303,9 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, cha
     if inputs.champion_uri:
         models["champion_teacher"] = storage.join(inputs.champion_uri, "teacher")
         models["champion_student"] = storage.join(inputs.champion_uri, "student")
-    scored, preds, pngs = score_models(spec, models, inputs.sets, out_uri)
+    scored, preds, pngs, holdout_preds = score_models(spec, models, inputs.sets, out_uri)
     champion_rows, comparison = compare_rows(spec, inputs, preds)
+    holdout = holdout_evidence(spec, inputs, holdout_preds)
     cost = scored["student"]["cost"]
 
     def scores(name: str) -> gates_mod.ModelScores | None:
@@ -300,7 +318,7 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, cha
         spec.gates, spec.data.labels, inputs.y_true, teacher=scores("teacher"),
         student=scores("student"), champion_teacher=scores("champion_teacher"),
         champion_student=scores("champion_student"), student_latency_ms_p95=cost["latency_ms_p95"],
-        student_size_mb=cost["size_weights_mb"], champion_rows=champion_rows)
+        student_size_mb=cost["size_weights_mb"], champion_rows=champion_rows, holdout=holdout)
     result = write_reports(spec, run_uri, out_uri, inputs, scored, pngs, champion_rows, comparison,
                            passed, first_run, gate_list)
     result.remedies = remedies.of_run(None, {"gates": [g.dump() for g in gate_list]},
@@ -333,6 +351,8 @@ class Inputs:
     champion_uri: str | None
     trained: np.ndarray | None = None
     looked: dict[str, Any] = field(default_factory=dict)
+    holdout_trained: np.ndarray | None = None  # one bool per holdout row, as ``trained``; None: unknown
+    train_texts: Any = ()  # the snapshot's train rows' texts (holdout_evidence)
 
     @property
     def y_true(self) -> np.ndarray:
@@ -345,12 +365,15 @@ def read_inputs(spec: PipelineSpec, snapshot_uri: str, golden: str | None, champ
     golden_df = snapshots.read_golden(golden_uri)
     snap = snapshots.read_snapshot(snapshot_uri, manifest)
     sets = {"golden": golden_df, "holdout": snap[snap["split"] == "holdout"]}
-    inputs = Inputs(snapshot_uri, golden_uri, golden_df, sets, _resolve_champion(spec, champion))
+    inputs = Inputs(snapshot_uri, golden_uri, golden_df, sets, _resolve_champion(spec, champion),
+                    train_texts=snap.loc[snap["split"] != "holdout", "text"].astype(str).to_numpy())
     if inputs.champion_uri:
         # Golden rows whose text the champion trained on (the golden set was replaced since) stay out of the
         # comparisons with it: its score there is optimistic. The floors use every row.
-        inputs.trained, inputs.looked = champion_trained_rows(inputs.champion_uri, golden_df, golden_uri,
-                                                              snapshot_uri, manifest)
+        # The holdout rows the champion trained on are looked for in the same pass (holdout_evidence).
+        holdout = sets["holdout"] if spec.gates.underpowered_evidence == "golden_and_holdout" else None
+        inputs.trained, inputs.holdout_trained, inputs.looked = champion_trained_rows(
+            inputs.champion_uri, golden_df, golden_uri, snapshot_uri, manifest, holdout)
     return inputs
 
 
@@ -379,6 +402,31 @@ def compare_rows(spec: PipelineSpec, inputs: Inputs, preds: dict[str, np.ndarray
               else ""),
              f"; {comparison.note}" if comparison.note else "")
     return champion_rows, comparison
+
+
+def holdout_evidence(spec: PipelineSpec, inputs: Inputs, holdout_preds: dict[str, np.ndarray]
+                     ) -> dict[str, gates_mod.HoldoutEvidence] | None:
+    """Per role, the holdout rows a comparison the golden set cannot decide may add (gates.underpowered_evidence):
+    the snapshot's holdout rows whose text is a train row neither of this snapshot (a text stored twice, as both,
+    after a change of data.holdout_fraction) nor of the champion's (read as for the golden set). The split is a
+    hash of the text fixed at ingest, so these are rows no model of the pipeline trained on. None: no champion,
+    the setting is off, or what the champion trained on is unknown."""
+    holdout = inputs.sets.get("holdout")
+    if (not inputs.champion_uri or spec.gates.underpowered_evidence != "golden_and_holdout" or holdout is None
+            or not len(holdout) or "champion_teacher" not in holdout_preds):
+        return None
+    if inputs.holdout_trained is None:
+        log.info("no holdout rows for an underpowered comparison: %s", inputs.looked.get("note"))
+        return None
+    texts = holdout["text"].astype(str)
+    keep = ~(inputs.holdout_trained | texts.isin(set(inputs.train_texts)).to_numpy())
+    y = holdout["label"].astype(int).to_numpy()[keep]
+    why = (f"neither model trained on, of {len(holdout)} in snapshot "
+           f"{storage.normalize(inputs.snapshot_uri).rstrip('/').rsplit('/', 1)[-1]}")
+    log.info("holdout rows neither model trained on: %d of %d", int(keep.sum()), len(holdout))
+    return {role: gates_mod.HoldoutEvidence(holdout_preds[role][keep] == y,
+                                            holdout_preds[f"champion_{role}"][keep] == y, why)
+            for role in ("teacher", "student") if role in holdout_preds and f"champion_{role}" in holdout_preds}
 
 
 def write_reports(spec: PipelineSpec, run_uri: str, out_uri: str, inputs: Inputs, scored: dict[str, Any],

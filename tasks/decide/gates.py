@@ -273,11 +273,29 @@ def non_inferiority_gate(name: str, candidate_correct, champion_correct, *, marg
     return make_gate(name, ok, _r(ci["lower"]), -margin, reason, details=details)
 
 
-def sized_non_inferiority_gate(name: str, candidate_correct, champion_correct, g: Any) -> Gate:
+@dataclass
+class HoldoutEvidence:
+    """Rows of the snapshot's holdout split that neither the candidate nor the champion trained on (evaluate:
+    holdout_evidence), for a comparison the golden set is too small to decide: one bool per row, whether the
+    candidate is right and whether the champion is; ``why`` the rows qualify, a phrase after "N holdout rows"."""
+
+    candidate_correct: np.ndarray
+    champion_correct: np.ndarray
+    why: str = "neither model trained on"
+
+    def __len__(self) -> int:
+        return int(np.asarray(self.candidate_correct).size)
+
+
+def sized_non_inferiority_gate(name: str, candidate_correct, champion_correct, g: Any,
+                               holdout: HoldoutEvidence | None = None) -> Gate:
     """Non-inferiority sized to the evidence (tasks/decide/power.py): the bootstrap rule when the golden rows can
     detect ``g.expected_difference``, or when its whole interval lies below ``-margin`` (the candidate is shown
-    worse whatever the size); otherwise what ``g.underpowered`` says (a small-set rule, the floors alone, or a
-    failure asking for more golden rows). Every reason on an underpowered set ends with what would change it."""
+    worse whatever the size). Otherwise, with ``holdout`` rows and ``g.underpowered_evidence:
+    golden_and_holdout``, the comparison adds them: the bootstrap rule decides on golden + holdout rows when
+    those can detect the difference. Still underpowered: what ``g.underpowered`` says (a small-set rule, the
+    floors alone, or a failure asking for more golden rows), on every row compared. Every reason on an
+    underpowered golden set ends with what would change it."""
     from tasks.decide import power
 
     confidence = getattr(g, "confidence", 0.95)
@@ -286,37 +304,59 @@ def sized_non_inferiority_gate(name: str, candidate_correct, champion_correct, g
     if expected is None:  # off: the bootstrap rule whatever the size
         return non_inferiority_gate(name, candidate_correct, champion_correct, margin=margin,
                                     resamples=g.bootstrap_resamples, confidence=confidence, seed=g.seed)
-    sized = power.assess(candidate_correct, champion_correct, confidence=confidence, margin=margin,
-                         expected_difference=expected)
-    interval = non_inferiority_gate(name, candidate_correct, champion_correct, margin=margin,
-                                    resamples=g.bootstrap_resamples, confidence=confidence, seed=g.seed)
-    if not sized["underpowered"] or interval.details["upper"] < -margin:  # powered, or shown worse all the same
-        return interval.model_copy(update={"details": {**interval.details, "power": sized}})
-    n, action = sized["n"], g.underpowered
+
+    def sized_on(cand: Any, champ: Any) -> tuple[dict[str, Any], Gate]:
+        return (power.assess(cand, champ, confidence=confidence, margin=margin, expected_difference=expected),
+                non_inferiority_gate(name, cand, champ, margin=margin, resamples=g.bootstrap_resamples,
+                                     confidence=confidence, seed=g.seed))
+
+    golden, interval = sized_on(candidate_correct, champion_correct)
+    if not golden["underpowered"] or interval.details["upper"] < -margin:  # powered, or shown worse all the same
+        return interval.model_copy(update={"details": {**interval.details, "power": golden}})
+    n, action = golden["n"], g.underpowered
+    size = (f"{n} golden rows can detect a gain of {golden['detectable_difference']:.3f} at best "
+            f"({int(confidence * 100)}% confidence, power {power.POWER:g}, discordance {golden['discordance']:.3f}), "
+            f"more than gates.expected_difference {expected:g}")
+    remedy = remedies.underpowered(golden["more_rows_needed"], golden["rows_needed"],
+                                   require_rows=action == "require_rows")
+    sized, added = golden, {}
+    if holdout is not None and len(holdout) and getattr(g, "underpowered_evidence", "golden") == "golden_and_holdout":
+        # Rows neither model trained on are evidence too: the golden set is the team's yardstick, but 40 rows of
+        # it cannot tell +8 points from -3 at the churn real retrains have (docs/registry.md); the holdout can.
+        pooled, pooled_interval = sized_on(np.concatenate([np.asarray(candidate_correct, bool),
+                                                           np.asarray(holdout.candidate_correct, bool)]),
+                                           np.concatenate([np.asarray(champion_correct, bool),
+                                                           np.asarray(holdout.champion_correct, bool)]))
+        added = {"golden_power": golden, "holdout_rows": len(holdout), "underpowered_evidence": "golden_and_holdout"}
+        with_holdout = (f"{size}, so the comparison adds {len(holdout)} holdout rows {holdout.why} "
+                        f"(gates.underpowered_evidence: golden_and_holdout)")
+        if not pooled["underpowered"]:
+            return pooled_interval.model_copy(update={
+                "reason": f"{with_holdout}: {pooled_interval.reason}",
+                "details": {**pooled_interval.details, "power": pooled, **added}})
+        size = (f"{with_holdout}, and {pooled['n']} rows can detect {pooled['detectable_difference']:.3f} at best, "
+                f"still more than {expected:g}")
+        sized, interval = pooled, pooled_interval
     ci = interval.details
     measured = (f"accuracy diff {ci['diff']:+.4f}, {int(confidence * 100)}% CI [{ci['lower']:+.4f}, "
-                f"{ci['upper']:+.4f}] (n={n}); ")
-    size = (f"{n} golden rows can detect a gain of {sized['detectable_difference']:.3f} at best "
-            f"({int(confidence * 100)}% confidence, power {power.POWER:g}, discordance {sized['discordance']:.3f}), "
-            f"more than gates.expected_difference {expected:g}")
-    remedy = remedies.underpowered(sized["more_rows_needed"], sized["rows_needed"],
-                                   require_rows=action == "require_rows")
-    details: dict[str, Any] = {**ci, "power": sized, "underpowered": action}
+                f"{ci['upper']:+.4f}] (n={sized['n']}); ")
+    details: dict[str, Any] = {**ci, "power": sized, "underpowered": action, **added}
     if action == "floors":
         return make_gate(name, True, None, None, f"not compared with the champion: {measured}but {size}; the "
                          f"floors decide (gates.underpowered: floors). {remedy.action}", skipped=True,
                          details=details, remedy=remedy)
     if action == "require_rows":
-        return make_gate(name, False, _r(sized["detectable_difference"]), expected,
+        return make_gate(name, False, _r(golden["detectable_difference"]), expected,
                          f"{measured}but {size}; promotion needs a larger golden set (gates.underpowered: "
                          f"require_rows). {remedy.action}", details=details, remedy=remedy)
     min_rows = getattr(g, "small_set_min_rows", None)
-    if min_rows and n < min_rows:  # too few rows even for the small-set rule at the churn of real retrains
-        remedy = remedies.too_few_for_small_set(n, min_rows, sized["more_rows_needed"], sized["rows_needed"])
-        return make_gate(name, False, n, min_rows, f"{measured}but {size}, and {n} rows are fewer than the small-set "
-                         f"rule needs (gates.small_set_min_rows {min_rows}). {remedy.action}",
+    compared = sized["n"]  # golden rows, and the holdout's where they were added
+    if min_rows and compared < min_rows:  # too few rows even for the small-set rule at the churn of real retrains
+        remedy = remedies.too_few_for_small_set(compared, min_rows, golden["more_rows_needed"], golden["rows_needed"])
+        return make_gate(name, False, compared, min_rows, f"{measured}but {size}, and {compared} rows are fewer than "
+                         f"the small-set rule needs (gates.small_set_min_rows {min_rows}). {remedy.action}",
                          details={**details, "small_set_min_rows": min_rows}, remedy=remedy)
-    probability = power.posterior_not_worse(sized["gains"], sized["losses"], n, margin=margin, seed=g.seed)
+    probability = power.posterior_not_worse(sized["gains"], sized["losses"], sized["n"], margin=margin, seed=g.seed)
     needed = g.small_set_probability
     ok = probability >= needed
     details.update(posterior_not_worse=round(probability, 4), small_set_probability=needed,
@@ -559,13 +599,15 @@ def _accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 def evaluate_gates(gates_spec: Any, labels: Sequence[str], y_true: Sequence[int], *, teacher: ModelScores,
                    student: ModelScores, champion_teacher: ModelScores | None = None,
                    champion_student: ModelScores | None = None, student_latency_ms_p95: float | None = None,
-                   student_size_mb: float | None = None,
-                   champion_rows: ChampionRows | None = None) -> tuple[bool, bool, list[Gate]]:
+                   student_size_mb: float | None = None, champion_rows: ChampionRows | None = None,
+                   holdout: dict[str, HoldoutEvidence] | None = None) -> tuple[bool, bool, list[Gate]]:
     """Apply every gate. Returns (passed, first_run, gates). ``gates_spec`` is ``spec.gates``.
 
     ``champion_rows``: the golden rows the comparisons with the champion use (non-inferiority, per-class recall,
     the champion's retention), None = all; the floors, the baselines and the candidates' own retention always use
-    every row. Too few rows left (champion_comparison): those comparisons are skipped, saying why."""
+    every row. Too few rows left (champion_comparison): those comparisons are skipped, saying why. ``holdout``:
+    per role ("teacher", "student"), holdout rows neither model trained on, which non-inferiority adds when the
+    golden rows cannot decide (sized_non_inferiority_gate)."""
     y_true = np.asarray(y_true)
     first_run = champion_teacher is None and champion_student is None
     compared = _Compared.of(gates_spec, y_true, None if first_run else champion_rows)
@@ -574,7 +616,7 @@ def evaluate_gates(gates_spec: Any, labels: Sequence[str], y_true: Sequence[int]
         out += floor_gates(gates_spec, role, scores)
         out += baseline_gates(gates_spec, role, labels, y_true, scores)
     for role, cand, champ in (("teacher", teacher, champion_teacher), ("student", student, champion_student)):
-        out += champion_gates(gates_spec, role, labels, y_true, cand, champ, compared)
+        out += champion_gates(gates_spec, role, labels, y_true, cand, champ, compared, (holdout or {}).get(role))
     out += student_checks(gates_spec, y_true, teacher, student, champion_teacher, champion_student, compared,
                           latency_ms_p95=student_latency_ms_p95, size_mb=student_size_mb, first_run=first_run)
     passed = all(gate.passed for gate in out)
@@ -642,17 +684,19 @@ def baseline_gates(g: Any, role: str, labels: Sequence[str], y_true: np.ndarray,
 
 
 def champion_gates(g: Any, role: str, labels: Sequence[str], y_true: np.ndarray, cand: ModelScores,
-                   champ: ModelScores | None, compared: _Compared) -> list[Gate]:
-    """Non-inferiority and per-class recall against the champion's model of the same role, on the compared rows;
-    both skipped, saying why, on a first run or with too few rows left."""
+                   champ: ModelScores | None, compared: _Compared, holdout: HoldoutEvidence | None = None
+                   ) -> list[Gate]:
+    """Non-inferiority and per-class recall against the champion's model of the same role, on the compared rows
+    (non-inferiority adds ``holdout`` rows when those cannot decide); both skipped, saying why, on a first run or
+    with too few rows left."""
     if champ is None or compared.too_few:
         why = (f"not compared with the champion: {compared.too_few}; the floors apply" if compared.too_few
                else "first run: no champion, so only the floors apply")
         return [skipped(f"non_inferiority_{role}", why), skipped(f"class_recall_{role}", why)]
     y, cand_pred, champ_pred = compared.kept(y_true), compared.kept(cand.y_pred), compared.kept(champ.y_pred)
     return [
-        _on_kept_rows(sized_non_inferiority_gate(f"non_inferiority_{role}", cand_pred == y, champ_pred == y, g),
-                      compared.comparison),
+        _on_kept_rows(sized_non_inferiority_gate(f"non_inferiority_{role}", cand_pred == y, champ_pred == y, g,
+                                                 holdout), compared.comparison),
         _on_kept_rows(class_recall_gate(
             f"class_recall_{role}", y, cand_pred, champ_pred, labels, max_drop=g.max_class_recall_drop,
             min_support=g.class_recall_min_support, alpha=g.class_recall_alpha,

@@ -6,7 +6,9 @@ golden rows, given how often the two models disagree (the paired discordance: th
 right). A golden set whose detectable gain is larger than ``gates.expected_difference`` is *underpowered*: the
 bootstrap interval's lower bound cannot clear ``-margin`` for a candidate as good as the team expects, so the
 interval rule alone would block every retrain (docs/benchmarks.md, "Small golden sets").
-``gates.underpowered`` says what happens then:
+The gate then adds the snapshot's holdout rows neither model trained on (``gates.underpowered_evidence``,
+gates.sized_non_inferiority_gate) and asks again; if the rows together still cannot decide,
+``gates.underpowered`` says what happens:
 
 * ``bayes`` (default): the gate decides with a rule built for small sets: the posterior probability, under a
   uniform Dirichlet prior on the paired outcome shares (gain, loss, tie), that accuracy(candidate) -
