@@ -154,6 +154,8 @@ def test_an_underpowered_golden_set_adds_the_holdout_rows_neither_model_trained_
     assert gates.sized_non_inferiority_gate("ni", *clear_gain, g).passed
     worse = gates.sized_non_inferiority_gate("ni", *clear_gain, g, _holdout(600, 12, 60))
     assert not worse.passed and worse.details["upper"] < 0 and worse.details["holdout_rows"] == 600
+    assert worse.remedy.case == remedies.UNDERPOWERED and worse.reason.endswith(worse.remedy.action)
+    assert better.remedy is None
     # Golden rows that show the candidate worse decide alone: the holdout cannot outvote them.
     shown_worse = gates.sized_non_inferiority_gate("ni", *_paired(40, 0, 12), g, _holdout(2000, 200, 20))
     assert not shown_worse.passed and "holdout_rows" not in shown_worse.details

@@ -331,9 +331,10 @@ def sized_non_inferiority_gate(name: str, candidate_correct, champion_correct, g
         with_holdout = (f"{size}, so the comparison adds {len(holdout)} holdout rows {holdout.why} "
                         f"(gates.underpowered_evidence: golden_and_holdout)")
         if not pooled["underpowered"]:
-            return pooled_interval.model_copy(update={
+            gate = pooled_interval.model_copy(update={
                 "reason": f"{with_holdout}: {pooled_interval.reason}",
                 "details": {**pooled_interval.details, "power": pooled, **added}})
+            return gate if gate.passed else with_remedy(gate, remedy)  # what would let the golden set decide
         size = (f"{with_holdout}, and {pooled['n']} rows can detect {pooled['detectable_difference']:.3f} at best, "
                 f"still more than {expected:g}")
         sized, interval = pooled, pooled_interval
