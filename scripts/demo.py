@@ -18,6 +18,7 @@ import csv
 import fcntl
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,9 @@ def parse_args() -> argparse.Namespace:
                         help="land only SST-2 rows with at least this many words (full sentences, like dev)")
     parser.add_argument("--max-train-rows", type=int, default=int(os.environ.get("DEMO_MAX_TRAIN_ROWS", 4500)),
                         help="train on at most this many rows, newest first (the spec's train.max_train_rows)")
+    parser.add_argument("--golden-rows", type=int, default=int(os.environ.get("DEMO_GOLDEN_ROWS") or 0) or None,
+                        help="a golden set of this many SST-2 dev rows (a seeded random draw) instead of all 872: "
+                             "how the gates decide on a small golden set (docs/registry.md)")
     parser.add_argument("--keep", action="store_true", help="keep .demo/ from an earlier run")
     return parser.parse_args()
 
@@ -131,6 +135,16 @@ def main() -> int:
         return 2
 
 
+def cut_golden(source_uri: str, rows: int, seed: int = 0) -> None:
+    """Keep a seeded random draw of ``rows`` rows of the golden source file (a header line, then one row a line)."""
+    from tasks import storage
+
+    header, *lines = storage.read_text(source_uri).splitlines()
+    random.Random(seed).shuffle(lines)
+    storage.write_text(source_uri, "\n".join([header, *lines[:rows]]) + "\n")
+    print(f"[demo] golden set: {min(rows, len(lines))} of its {len(lines)} rows (seed {seed})", flush=True)
+
+
 def run_demo(args: argparse.Namespace, lock_fd: int) -> int:
     if DEMO.exists() and not args.keep:
         shutil.rmtree(DEMO)
@@ -145,7 +159,10 @@ def run_demo(args: argparse.Namespace, lock_fd: int) -> int:
     landing = storage_root / "landing" / "sst2"
     from tasks.spec import load_spec
 
-    local_run.seed_golden(load_spec(ROOT / "include" / "pipelines" / "sst2.yaml"))  # SST-2 dev, from golden.seed_uri
+    spec = load_spec(ROOT / "include" / "pipelines" / "sst2.yaml")
+    local_run.seed_golden(spec)  # SST-2 dev, from golden.seed_uri
+    if args.golden_rows:
+        cut_golden(spec.golden.source_uri, args.golden_rows)
     bag = local_run.load_dags(ROOT / "dags")
 
     timings = {}

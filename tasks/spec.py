@@ -382,8 +382,9 @@ class GatesSpec(_Section):
                                           "nor the champion trained on (the split is a hash of the text, so they "
                                           "stay held out across snapshots); if the two together can detect "
                                           "gates.expected_difference, the interval test decides on them, unless "
-                                          "the golden rows alone show the candidate worse; golden = the golden "
-                                          "rows only")
+                                          "the golden rows alone show the candidate worse. A baseline_* floor the "
+                                          "golden rows leave open is judged again with the holdout rows the model "
+                                          "never trained on. golden = the golden rows only")
     small_set_probability: float = Field(
         0.85, gt=0.5, lt=1, description="gates.underpowered: bayes passes a candidate when the posterior probability "
                                        "that it is at most non_inferiority_margin worse reaches this")

@@ -68,3 +68,18 @@ def test_a_second_demo_refuses_and_a_killed_one_leaves_no_stale_lock(tmp_path, m
             assert time.monotonic() < deadline, "the lock outlived its holder"
             time.sleep(0.05)
     assert demo.main() == 0 and len(started) == 1
+
+
+def test_golden_rows_keeps_a_seeded_draw_of_the_golden_file(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # demo.py imports local_run
+    demo = load_demo_module()
+    source = tmp_path / "golden.tsv"
+    rows = [f"sentence {i} \t{i % 2}" for i in range(100)]
+    source.write_text("\n".join(["sentence\tlabel", *rows]) + "\n")
+    demo.cut_golden("file://" + str(source), 40)
+    header, *kept = source.read_text().splitlines()
+    assert header == "sentence\tlabel" and len(kept) == 40 == len(set(kept)) and set(kept) <= set(rows)
+    again = tmp_path / "again.tsv"
+    again.write_text("\n".join(["sentence\tlabel", *rows]) + "\n")
+    demo.cut_golden("file://" + str(again), 40)
+    assert again.read_text() == source.read_text()  # seeded: the same rows every run

@@ -359,8 +359,9 @@ def test_evaluate_leaves_the_golden_rows_the_champion_trained_on_out_of_the_cham
         assert {label: t["n"] for label, t in recall["details"]["classes"].items()} == {
             label: int((kept["label"] == i).sum()) for i, label in enumerate(spec.data.labels)
             if (kept["label"] == i).any()}
-        # The floors use every row.
-        assert by[f"baseline_accuracy_{role}"]["details"]["n"] == 31
+        # The floors use every golden row (and, left open by them, the holdout's too).
+        floor = by[f"baseline_accuracy_{role}"]["details"]
+        assert floor.get("golden", floor)["n"] == 31 and floor["n"] == 31 + floor.get("holdout_rows", 0)
         assert "excluded_rows" not in by[f"baseline_macro_f1_{role}"]["details"]
     md = storage.read_text(result.report_md_uri)
     assert f"**champion compared on {31 - k} of 31 golden rows:** the {k} golden rows whose text" in md
@@ -435,7 +436,8 @@ def test_evaluate_with_too_few_golden_rows_the_champion_did_not_train_on(tmp_pat
     for role in ("teacher", "student"):
         for name in (f"non_inferiority_{role}", f"class_recall_{role}"):
             assert by[name]["skipped"] and by[name]["passed"] and by[name]["value"] is None
-        assert by[f"baseline_accuracy_{role}"]["details"]["n"] == 35  # the floors still judge on every row
+        floor = by[f"baseline_accuracy_{role}"]["details"]
+        assert floor.get("golden", floor)["n"] == 35  # the floors still judge on every golden row
     assert by["student_retention"]["details"]["champion_retention"] is None  # too few rows: not the champion's
     assert "**champion not compared:**" in storage.read_text(result.report_md_uri)
 

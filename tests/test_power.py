@@ -197,3 +197,43 @@ def test_evaluate_gates_hands_each_role_its_holdout_rows():
     by = {g.name: g for g in out}
     assert by["non_inferiority_teacher"].passed and by["non_inferiority_teacher"].details["holdout_rows"] == 600
     assert not by["non_inferiority_student"].passed and not passed
+
+
+def _labels(n: int, positives: int) -> np.ndarray:
+    y = np.zeros(n, dtype=int)
+    y[:positives] = 1
+    return y
+
+
+def _wrong(y: np.ndarray, rows: int) -> np.ndarray:
+    """``y`` with the first ``rows`` of each class flipped, about half from each class."""
+    pred = y.copy()
+    for cls in (0, 1):
+        idx = np.flatnonzero(y == cls)[: (rows + 1 - cls) // 2]
+        pred[idx] = 1 - cls
+    return pred
+
+
+def test_a_floor_forty_golden_rows_leave_open_is_judged_with_the_holdout_rows():
+    g = GatesSpec()
+    y = _labels(40, 13)  # 67.5% one class: an 80% model cannot show it beats always answering it
+    pred = _wrong(y, 8)
+    scores = gates.ModelScores(pred, metrics.accuracy(y, pred), metrics.macro_f1(y, pred, 2))
+    alone = {gate.name: gate for gate in gates.baseline_gates(g, "teacher", ["n", "p"], y, scores)}
+    assert not alone["baseline_accuracy_teacher"].passed  # the demo on a 40-row golden set: no first champion
+    hy = _labels(400, 180)
+    good = gates.HoldoutRows(hy, _wrong(hy, 48))  # 88% on 400 rows it never trained on
+    out = {gate.name: gate for gate in gates.baseline_gates(g, "teacher", ["n", "p"], y, scores, good)}
+    acc = out["baseline_accuracy_teacher"]
+    assert acc.passed and acc.details["n"] == 440 and acc.details["holdout_rows"] == 400
+    assert acc.details["golden"]["n"] == 40 and acc.details["golden"]["lower"] <= 0
+    assert acc.reason.startswith("40 golden rows cannot show it (") and "400 holdout rows it never trained on" in acc.reason
+    # a model no better than the majority on the holdout stays blocked, and the remedy still closes the reason
+    flat = gates.HoldoutRows(hy, np.zeros_like(hy))
+    blocked = {gate.name: gate for gate in gates.baseline_gates(g, "teacher", ["n", "p"], y, scores, flat)}
+    assert not blocked["baseline_accuracy_teacher"].passed
+    assert blocked["baseline_accuracy_teacher"].reason.endswith(remedies.below_baseline().action)
+    # a floor the golden rows decide never looks at the holdout; nor does one with the setting off
+    assert "holdout_rows" not in out["baseline_macro_f1_teacher"].details and out["baseline_macro_f1_teacher"].passed
+    off = gates.baseline_gates(GatesSpec(underpowered_evidence="golden"), "teacher", ["n", "p"], y, scores, good)
+    assert not off[0].passed and "holdout_rows" not in off[0].details

@@ -306,6 +306,7 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, cha
     scored, preds, pngs, holdout_preds = score_models(spec, models, inputs.sets, out_uri)
     champion_rows, comparison = compare_rows(spec, inputs, preds)
     holdout = holdout_evidence(spec, inputs, holdout_preds)
+    floor_rows = holdout_rows(spec, inputs, holdout_preds)
     cost = scored["student"]["cost"]
 
     def scores(name: str) -> gates_mod.ModelScores | None:
@@ -318,7 +319,8 @@ def run(run_uri: str, snapshot_uri: str, teacher_uri: str, student_uri: str, cha
         spec.gates, spec.data.labels, inputs.y_true, teacher=scores("teacher"),
         student=scores("student"), champion_teacher=scores("champion_teacher"),
         champion_student=scores("champion_student"), student_latency_ms_p95=cost["latency_ms_p95"],
-        student_size_mb=cost["size_weights_mb"], champion_rows=champion_rows, holdout=holdout)
+        student_size_mb=cost["size_weights_mb"], champion_rows=champion_rows, holdout=holdout,
+        holdout_rows=floor_rows)
     result = write_reports(spec, run_uri, out_uri, inputs, scored, pngs, champion_rows, comparison,
                            passed, first_run, gate_list)
     result.remedies = remedies.of_run(None, {"gates": [g.dump() for g in gate_list]},
@@ -352,7 +354,7 @@ class Inputs:
     trained: np.ndarray | None = None
     looked: dict[str, Any] = field(default_factory=dict)
     holdout_trained: np.ndarray | None = None  # one bool per holdout row, as ``trained``; None: unknown
-    train_texts: Any = ()  # the snapshot's train rows' texts (holdout_evidence)
+    holdout_in_train: np.ndarray | None = None  # one bool per holdout row: its text is also a train row here
 
     @property
     def y_true(self) -> np.ndarray:
@@ -365,8 +367,9 @@ def read_inputs(spec: PipelineSpec, snapshot_uri: str, golden: str | None, champ
     golden_df = snapshots.read_golden(golden_uri)
     snap = snapshots.read_snapshot(snapshot_uri, manifest)
     sets = {"golden": golden_df, "holdout": snap[snap["split"] == "holdout"]}
+    train_texts = snap.loc[snap["split"] != "holdout", "text"].astype(str)
     inputs = Inputs(snapshot_uri, golden_uri, golden_df, sets, _resolve_champion(spec, champion),
-                    train_texts=snap.loc[snap["split"] != "holdout", "text"].astype(str).to_numpy())
+                    holdout_in_train=sets["holdout"]["text"].astype(str).isin(train_texts).to_numpy())
     if inputs.champion_uri:
         # Golden rows whose text the champion trained on (the golden set was replaced since) stay out of the
         # comparisons with it: its score there is optimistic. The floors use every row.
@@ -418,8 +421,7 @@ def holdout_evidence(spec: PipelineSpec, inputs: Inputs, holdout_preds: dict[str
     if inputs.holdout_trained is None:
         log.info("no holdout rows for an underpowered comparison: %s", inputs.looked.get("note"))
         return None
-    texts = holdout["text"].astype(str)
-    keep = ~(inputs.holdout_trained | texts.isin(set(inputs.train_texts)).to_numpy())
+    keep = ~(inputs.holdout_trained | inputs.holdout_in_train)
     y = holdout["label"].astype(int).to_numpy()[keep]
     why = (f"neither model trained on, of {len(holdout)} in snapshot "
            f"{storage.normalize(inputs.snapshot_uri).rstrip('/').rsplit('/', 1)[-1]}")
@@ -427,6 +429,21 @@ def holdout_evidence(spec: PipelineSpec, inputs: Inputs, holdout_preds: dict[str
     return {role: gates_mod.HoldoutEvidence(holdout_preds[role][keep] == y,
                                             holdout_preds[f"champion_{role}"][keep] == y, why)
             for role in ("teacher", "student") if role in holdout_preds and f"champion_{role}" in holdout_preds}
+
+
+def holdout_rows(spec: PipelineSpec, inputs: Inputs, holdout_preds: dict[str, np.ndarray]
+                 ) -> dict[str, gates_mod.HoldoutRows] | None:
+    """Per candidate ("teacher", "student"), its predictions on the holdout rows whose text is no train row of this
+    snapshot, which a floor over the majority baseline adds where the golden rows leave it open
+    (gates.underpowered_evidence). None when the setting is off or the snapshot has no holdout rows."""
+    holdout = inputs.sets.get("holdout")
+    if spec.gates.underpowered_evidence != "golden_and_holdout" or holdout is None or not len(holdout):
+        return None
+    keep = ~inputs.holdout_in_train
+    y = holdout["label"].astype(int).to_numpy()[keep]
+    why = f"it never trained on (of {len(holdout)} in the snapshot)"
+    return {role: gates_mod.HoldoutRows(y, holdout_preds[role][keep], why)
+            for role in ("teacher", "student") if role in holdout_preds}
 
 
 def write_reports(spec: PipelineSpec, run_uri: str, out_uri: str, inputs: Inputs, scored: dict[str, Any],
