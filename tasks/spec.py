@@ -389,8 +389,9 @@ class GatesSpec(_Section):
         0.85, gt=0.5, lt=1, description="gates.underpowered: bayes passes a candidate when the posterior probability "
                                        "that it is at most non_inferiority_margin worse reaches this")
     small_set_min_rows: int | None = Field(
-        None, ge=1, description="gates.underpowered: bayes decides only on golden sets of at least this many rows; "
-                                 "a smaller one fails, saying how many rows to add. 100 holds a -3-points candidate "
+        None, ge=1, description="gates.underpowered: bayes decides only on at least this many rows (golden, and "
+                                 "the holdout's where gates.underpowered_evidence adds them); fewer fail, saying "
+                                 "how many rows to add. 100 holds a -3-points candidate "
                                  "under 5% at the churn real retrains have, where 40 rows cannot by any test "
                                  "(docs/registry.md); null = the small-set rule at any size")
     max_class_recall_drop: float = Field(
